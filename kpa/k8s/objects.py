@@ -1,0 +1,880 @@
+"""The parts of Kubernetes API objects that decide what kube-proxy programs on a node.
+
+Objects come from `kubectl get -o json|yaml` dumps (see `load_objects`) or from a live API
+server (`kpa.k8s.live`); both paths convert raw JSON-shaped mappings with the same
+functions here, so defaulting and validation behave identically.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import sys
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from kpa.errors import InputError
+
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+ZONE_LABEL = "topology.kubernetes.io/zone"
+# Default ClientIP affinity timeout the API server fills in (3 hours).
+DEFAULT_AFFINITY_TIMEOUT = 10800
+OBJECT_FILE_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def canonical_ip(text: str) -> str:
+    """Return `text` in canonical IP notation, so IPv6 spellings compare equal."""
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        return text
+
+
+def ip_family(address: str) -> int | None:
+    """4 or 6 for an IP address, None for anything else (e.g. an FQDN)."""
+    try:
+        return ipaddress.ip_address(address).version
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    kind: str
+    namespace: str | None
+    name: str
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    name: str
+    protocol: str
+    port: int
+    # A number, or the name of a container port resolved per endpoint by the slice controller.
+    target_port: int | str
+    node_port: int | None
+
+
+@dataclass(frozen=True)
+class LoadBalancerIngress:
+    ip: str | None
+    hostname: str | None
+    # "VIP" (the default) or "Proxy"; kube-proxy skips programming Proxy-mode IPs.
+    ip_mode: str | None
+
+
+@dataclass(frozen=True)
+class Service:
+    namespace: str
+    name: str
+    type: str
+    cluster_ips: tuple[str, ...]
+    headless: bool
+    ports: tuple[ServicePort, ...]
+    external_ips: tuple[str, ...] = ()
+    load_balancer_ingress: tuple[LoadBalancerIngress, ...] = ()
+    load_balancer_source_ranges: tuple[str, ...] = ()
+    external_traffic_policy: str = "Cluster"
+    internal_traffic_policy: str = "Cluster"
+    session_affinity: str = "None"
+    session_affinity_timeout: int | None = None
+    ip_families: tuple[str, ...] = ()
+    health_check_node_port: int | None = None
+    has_selector: bool = True
+    external_name: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+    @property
+    def load_balancer_ips(self) -> tuple[str, ...]:
+        return tuple(i.ip for i in self.load_balancer_ingress if i.ip)
+
+    def port(self, name: str, protocol: str | None = None) -> ServicePort | None:
+        for service_port in self.ports:
+            if service_port.name == name and protocol in (None, service_port.protocol):
+                return service_port
+        return None
+
+
+@dataclass(frozen=True)
+class EndpointConditions:
+    ready: bool
+    serving: bool
+    terminating: bool
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    addresses: tuple[str, ...]
+    conditions: EndpointConditions
+    node_name: str | None = None
+    zone: str | None = None
+    hint_zones: tuple[str, ...] = ()
+    target_ref: ObjectRef | None = None
+
+
+@dataclass(frozen=True)
+class EndpointPort:
+    name: str
+    protocol: str
+    port: int | None
+
+
+@dataclass(frozen=True)
+class EndpointSlice:
+    namespace: str
+    name: str
+    service_name: str | None
+    address_type: str
+    endpoints: tuple[Endpoint, ...]
+    ports: tuple[EndpointPort, ...]
+    # True when converted from a legacy v1 Endpoints object rather than read as a slice.
+    from_endpoints: bool = False
+
+
+@dataclass(frozen=True)
+class ServiceEndpoint:
+    """One backend of one service port, merged across the service's slices."""
+
+    address: str
+    port: int
+    protocol: str
+    ready: bool
+    serving: bool
+    terminating: bool
+    node_name: str | None
+    zone: str | None
+    hint_zones: tuple[str, ...]
+    target_ref: ObjectRef | None
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    internal_ips: tuple[str, ...]
+    external_ips: tuple[str, ...]
+    pod_cidrs: tuple[str, ...]
+    zone: str | None = None
+
+
+@dataclass(frozen=True)
+class Pod:
+    namespace: str
+    name: str
+    node_name: str | None
+    pod_ips: tuple[str, ...]
+    host_network: bool
+    phase: str | None = None
+
+
+class ClusterObjects:
+    """The cluster objects kpa knows about, with the lookups tracing needs."""
+
+    def __init__(
+        self,
+        services: Iterable[Service] = (),
+        endpoint_slices: Iterable[EndpointSlice] = (),
+        nodes: Iterable[Node] = (),
+        pods: Iterable[Pod] = (),
+        warnings: Iterable[str] = (),
+        ignored_kinds: Mapping[str, int] | None = None,
+    ) -> None:
+        # Later duplicates replace earlier ones, as if the later file were applied last.
+        self._services = {s.key: s for s in services}
+        self._slices = {(s.namespace, s.name, s.from_endpoints): s for s in endpoint_slices}
+        self._nodes = {n.name: n for n in nodes}
+        self._pods = {(p.namespace, p.name): p for p in pods}
+        self.warnings: list[str] = list(warnings)
+        self.ignored_kinds: Counter[str] = Counter(ignored_kinds or {})
+        self._index()
+
+    def _index(self) -> None:
+        self._by_cluster_ip: dict[str, Service] = {}
+        self._by_external_ip: dict[str, list[Service]] = {}
+        self._by_lb_ip: dict[str, list[Service]] = {}
+        for service in self._services.values():
+            for ip in service.cluster_ips:
+                self._by_cluster_ip[canonical_ip(ip)] = service
+            for ip in service.external_ips:
+                self._by_external_ip.setdefault(canonical_ip(ip), []).append(service)
+            for ip in service.load_balancer_ips:
+                self._by_lb_ip.setdefault(canonical_ip(ip), []).append(service)
+
+        slices: dict[tuple[str, str], list[EndpointSlice]] = {}
+        for endpoint_slice in self._slices.values():
+            if endpoint_slice.service_name is not None:
+                key = (endpoint_slice.namespace, endpoint_slice.service_name)
+                slices.setdefault(key, []).append(endpoint_slice)
+        # kube-proxy reads only EndpointSlices; converted legacy Endpoints stand in only for
+        # services that have no slices at all (e.g. a dump taken with an old kubectl).
+        self._slices_by_service: dict[tuple[str, str], tuple[EndpointSlice, ...]] = {}
+        for key, found in slices.items():
+            real = [s for s in found if not s.from_endpoints]
+            chosen = real or found
+            self._slices_by_service[key] = tuple(sorted(chosen, key=lambda s: s.name))
+
+        self._pod_by_ip: dict[str, Pod] = {}
+        # Host-network pods share their node's IP; a pod with its own IP is the better answer.
+        for pod in sorted(self._pods.values(), key=lambda p: not p.host_network):
+            for ip in pod.pod_ips:
+                self._pod_by_ip[canonical_ip(ip)] = pod
+        self._node_by_ip: dict[str, Node] = {}
+        for node in self._nodes.values():
+            for ip in (*node.external_ips, *node.internal_ips):
+                self._node_by_ip[canonical_ip(ip)] = node
+
+    @property
+    def services(self) -> tuple[Service, ...]:
+        return tuple(self._services.values())
+
+    @property
+    def endpoint_slices(self) -> tuple[EndpointSlice, ...]:
+        return tuple(self._slices.values())
+
+    @property
+    def nodes(self) -> tuple[Node, ...]:
+        return tuple(self._nodes.values())
+
+    @property
+    def pods(self) -> tuple[Pod, ...]:
+        return tuple(self._pods.values())
+
+    def merged(self, other: ClusterObjects) -> ClusterObjects:
+        """A new container with `other`'s objects layered over this one's."""
+        return ClusterObjects(
+            (*self.services, *other.services),
+            (*self.endpoint_slices, *other.endpoint_slices),
+            (*self.nodes, *other.nodes),
+            (*self.pods, *other.pods),
+            (*self.warnings, *other.warnings),
+            self.ignored_kinds + other.ignored_kinds,
+        )
+
+    def service(self, namespace: str, name: str) -> Service | None:
+        return self._services.get((namespace, name))
+
+    def service_by_cluster_ip(self, ip: str) -> Service | None:
+        return self._by_cluster_ip.get(canonical_ip(ip))
+
+    def services_by_external_ip(self, ip: str) -> tuple[Service, ...]:
+        """Several services may share an external IP on different ports."""
+        return tuple(self._by_external_ip.get(canonical_ip(ip), ()))
+
+    def services_by_load_balancer_ip(self, ip: str) -> tuple[Service, ...]:
+        return tuple(self._by_lb_ip.get(canonical_ip(ip), ()))
+
+    def slices_for_service(self, namespace: str, name: str) -> tuple[EndpointSlice, ...]:
+        return self._slices_by_service.get((namespace, name), ())
+
+    def endpoints_for(
+        self,
+        namespace: str,
+        name: str,
+        port_name: str = "",
+        protocol: str | None = None,
+        family: int | None = None,
+    ) -> tuple[ServiceEndpoint, ...]:
+        """Backends of the service port named `port_name`, merged across slices.
+
+        An address listed by several slices appears once; like kube-proxy, a ready copy
+        wins over a not-ready one. Sorted by address then port for stable output.
+        """
+        merged: dict[tuple[str, int], ServiceEndpoint] = {}
+        for endpoint_slice in self.slices_for_service(namespace, name):
+            if endpoint_slice.address_type not in ("IPv4", "IPv6"):
+                continue  # kube-proxy ignores FQDN slices
+            if family is not None and endpoint_slice.address_type != f"IPv{family}":
+                continue
+            for slice_port in endpoint_slice.ports:
+                if slice_port.name != port_name or slice_port.port is None:
+                    continue
+                if protocol is not None and slice_port.protocol != protocol:
+                    continue
+                for endpoint in endpoint_slice.endpoints:
+                    if not endpoint.addresses:
+                        continue
+                    # kube-proxy uses only the first address of an endpoint.
+                    address = canonical_ip(endpoint.addresses[0])
+                    key = (address, slice_port.port)
+                    if key in merged and not endpoint.conditions.ready:
+                        continue
+                    merged[key] = ServiceEndpoint(
+                        address=address,
+                        port=slice_port.port,
+                        protocol=slice_port.protocol,
+                        ready=endpoint.conditions.ready,
+                        serving=endpoint.conditions.serving,
+                        terminating=endpoint.conditions.terminating,
+                        node_name=endpoint.node_name,
+                        zone=endpoint.zone,
+                        hint_zones=endpoint.hint_zones,
+                        target_ref=endpoint.target_ref,
+                    )
+        return tuple(merged[k] for k in sorted(merged, key=_address_sort_key))
+
+    def pod_by_ip(self, ip: str) -> Pod | None:
+        return self._pod_by_ip.get(canonical_ip(ip))
+
+    def node(self, name: str) -> Node | None:
+        return self._nodes.get(name)
+
+    def node_by_ip(self, ip: str) -> Node | None:
+        return self._node_by_ip.get(canonical_ip(ip))
+
+
+def _address_sort_key(key: tuple[str, int]) -> tuple[int, int, int]:
+    address, port = key
+    try:
+        parsed = ipaddress.ip_address(address)
+        return (parsed.version, int(parsed), port)
+    except ValueError:
+        return (0, 0, port)
+
+
+# --------------------------------------------------------------------------------------
+# Converting JSON-shaped mappings into the dataclasses above.
+
+
+class _LinedDict(dict[str, Any]):
+    """A YAML mapping that remembers the (1-based) line it started on."""
+
+    line: int | None = None
+
+
+class _SchemaError(Exception):
+    def __init__(self, line: int | None, message: str) -> None:
+        super().__init__(message)
+        self.line, self.message = line, message
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+class _Fields:
+    """Typed, defaulting access to one mapping, with errors that name where they are."""
+
+    def __init__(self, data: Mapping[str, Any], where: str, line: int | None) -> None:
+        self.data, self.where = data, where
+        self.line = getattr(data, "line", None) or line
+
+    def _path(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def fail(self, key: str, expected: str, value: Any) -> _SchemaError:
+        return _SchemaError(
+            self.line, f"expected {expected} at {self._path(key)}, found {_describe(value)}"
+        )
+
+    def mapping(self, key: str) -> _Fields:
+        value = self.data.get(key)
+        if value is None:
+            return _Fields({}, self._path(key), self.line)
+        if not isinstance(value, Mapping):
+            raise self.fail(key, "a mapping", value)
+        return _Fields(value, self._path(key), self.line)
+
+    def mappings(self, key: str) -> list[_Fields]:
+        value = self.data.get(key)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise self.fail(key, "a list", value)
+        result = []
+        for index, item in enumerate(value):
+            if not isinstance(item, Mapping):
+                raise self.fail(f"{key}[{index}]", "a mapping", item)
+            result.append(_Fields(item, f"{self._path(key)}[{index}]", self.line))
+        return result
+
+    def text(self, key: str, default: str | None = None) -> str | None:
+        value = self.data.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            raise self.fail(key, "a string", value)
+        return value
+
+    def required_text(self, key: str) -> str:
+        value = self.text(key)
+        if not value:
+            raise self.fail(key, "a non-empty string", self.data.get(key))
+        return value
+
+    def integer(self, key: str) -> int | None:
+        value = self.data.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(key, "an integer", value)
+        return value
+
+    def int_or_text(self, key: str) -> int | str | None:
+        value = self.data.get(key)
+        if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+            return value
+        if isinstance(value, str):
+            # The API accepts digit strings for IntOrString; normalise them to numbers.
+            return int(value) if value.isdigit() else value
+        raise self.fail(key, "an integer or a port name", value)
+
+    def boolean(self, key: str) -> bool | None:
+        value = self.data.get(key)
+        if value is None or isinstance(value, bool):
+            return value
+        raise self.fail(key, "true or false", value)
+
+    def texts(self, key: str) -> tuple[str, ...]:
+        value = self.data.get(key)
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            raise self.fail(key, "a list of strings", value)
+        for index, item in enumerate(value):
+            if not isinstance(item, str):
+                raise self.fail(f"{key}[{index}]", "a string", item)
+        return tuple(value)
+
+
+def _metadata(obj: _Fields, namespaced: bool) -> tuple[str, str]:
+    meta = obj.mapping("metadata")
+    name = meta.required_text("name")
+    namespace = meta.text("namespace", "default") if namespaced else ""
+    return namespace or "default", name
+
+
+def _object_ref(fields: _Fields) -> ObjectRef | None:
+    if not fields.data:
+        return None
+    return ObjectRef(
+        kind=fields.text("kind", "") or "",
+        namespace=fields.text("namespace"),
+        name=fields.text("name", "") or "",
+    )
+
+
+def _parse_service(obj: _Fields) -> Service:
+    namespace, name = _metadata(obj, namespaced=True)
+    spec, status = obj.mapping("spec"), obj.mapping("status")
+    service_type = spec.text("type", "ClusterIP") or "ClusterIP"
+    cluster_ips = spec.texts("clusterIPs")
+    if not cluster_ips and spec.text("clusterIP"):
+        cluster_ips = (spec.text("clusterIP") or "",)
+    headless = "None" in cluster_ips
+    cluster_ips = tuple(canonical_ip(ip) for ip in cluster_ips if ip and ip != "None")
+
+    ports = []
+    for port_fields in spec.mappings("ports"):
+        port = port_fields.integer("port")
+        if port is None:
+            raise port_fields.fail("port", "an integer", None)
+        target = port_fields.int_or_text("targetPort")
+        ports.append(
+            ServicePort(
+                name=port_fields.text("name", "") or "",
+                protocol=port_fields.text("protocol", "TCP") or "TCP",
+                port=port,
+                target_port=port if target is None else target,
+                node_port=port_fields.integer("nodePort"),
+            )
+        )
+
+    ingress = tuple(
+        LoadBalancerIngress(
+            ip=canonical_ip(i.text("ip") or "") or None,
+            hostname=i.text("hostname"),
+            ip_mode=i.text("ipMode"),
+        )
+        for i in status.mapping("loadBalancer").mappings("ingress")
+    )
+
+    affinity = spec.text("sessionAffinity", "None") or "None"
+    timeout = None
+    if affinity == "ClientIP":
+        config = spec.mapping("sessionAffinityConfig").mapping("clientIP")
+        timeout = config.integer("timeoutSeconds") or DEFAULT_AFFINITY_TIMEOUT
+
+    return Service(
+        namespace=namespace,
+        name=name,
+        type=service_type,
+        cluster_ips=cluster_ips,
+        headless=headless,
+        ports=tuple(ports),
+        external_ips=tuple(canonical_ip(ip) for ip in spec.texts("externalIPs")),
+        load_balancer_ingress=ingress,
+        load_balancer_source_ranges=spec.texts("loadBalancerSourceRanges"),
+        external_traffic_policy=spec.text("externalTrafficPolicy", "Cluster") or "Cluster",
+        internal_traffic_policy=spec.text("internalTrafficPolicy", "Cluster") or "Cluster",
+        session_affinity=affinity,
+        session_affinity_timeout=timeout,
+        ip_families=spec.texts("ipFamilies"),
+        health_check_node_port=spec.integer("healthCheckNodePort"),
+        has_selector=bool(spec.data.get("selector")),
+        external_name=spec.text("externalName"),
+    )
+
+
+def _conditions(fields: _Fields) -> EndpointConditions:
+    # The API's documented defaulting: unset ready means ready, unset serving copies ready,
+    # unset terminating means not terminating.
+    ready = fields.boolean("ready")
+    ready = True if ready is None else ready
+    serving = fields.boolean("serving")
+    terminating = fields.boolean("terminating")
+    return EndpointConditions(
+        ready=ready,
+        serving=ready if serving is None else serving,
+        terminating=bool(terminating),
+    )
+
+
+def _parse_endpoint_slice(obj: _Fields) -> EndpointSlice:
+    namespace, name = _metadata(obj, namespaced=True)
+    labels = obj.mapping("metadata").mapping("labels")
+    endpoints = []
+    for endpoint in obj.mappings("endpoints"):
+        hints = endpoint.mapping("hints")
+        endpoints.append(
+            Endpoint(
+                addresses=endpoint.texts("addresses"),
+                conditions=_conditions(endpoint.mapping("conditions")),
+                node_name=endpoint.text("nodeName"),
+                zone=endpoint.text("zone"),
+                hint_zones=tuple(
+                    z.text("name", "") or "" for z in hints.mappings("forZones")
+                ),
+                target_ref=_object_ref(endpoint.mapping("targetRef")),
+            )
+        )
+    ports = tuple(
+        EndpointPort(
+            name=p.text("name", "") or "",
+            protocol=p.text("protocol", "TCP") or "TCP",
+            port=p.integer("port"),
+        )
+        for p in obj.mappings("ports")
+    )
+    return EndpointSlice(
+        namespace=namespace,
+        name=name,
+        service_name=labels.text(SERVICE_NAME_LABEL),
+        address_type=obj.required_text("addressType"),
+        endpoints=tuple(endpoints),
+        ports=ports,
+    )
+
+
+def _parse_endpoints(obj: _Fields) -> list[EndpointSlice]:
+    """Convert a legacy v1 Endpoints object into one slice per subset and address family."""
+    namespace, name = _metadata(obj, namespaced=True)
+    slices = []
+    for subset_index, subset in enumerate(obj.mappings("subsets")):
+        ports = tuple(
+            EndpointPort(
+                name=p.text("name", "") or "",
+                protocol=p.text("protocol", "TCP") or "TCP",
+                port=p.integer("port"),
+            )
+            for p in subset.mappings("ports")
+        )
+        by_family: dict[str, list[Endpoint]] = {}
+        for key, ready in (("addresses", True), ("notReadyAddresses", False)):
+            for address in subset.mappings(key):
+                ip = address.required_text("ip")
+                family = ip_family(ip)
+                endpoint = Endpoint(
+                    addresses=(canonical_ip(ip),),
+                    # Endpoints has no serving/terminating; not-ready addresses serve nothing.
+                    conditions=EndpointConditions(ready=ready, serving=ready, terminating=False),
+                    node_name=address.text("nodeName"),
+                    target_ref=_object_ref(address.mapping("targetRef")),
+                )
+                by_family.setdefault(f"IPv{family}" if family else "FQDN", []).append(endpoint)
+        for address_type, endpoints in sorted(by_family.items()):
+            slices.append(
+                EndpointSlice(
+                    namespace=namespace,
+                    name=f"{name}-subset{subset_index}-{address_type.lower()}",
+                    service_name=name,
+                    address_type=address_type,
+                    endpoints=tuple(endpoints),
+                    ports=ports,
+                    from_endpoints=True,
+                )
+            )
+    return slices
+
+
+def _parse_node(obj: _Fields) -> Node:
+    _, name = _metadata(obj, namespaced=False)
+    spec, status = obj.mapping("spec"), obj.mapping("status")
+    internal, external = [], []
+    for address in status.mappings("addresses"):
+        kind, value = address.text("type"), address.text("address")
+        if value and kind == "InternalIP":
+            internal.append(canonical_ip(value))
+        elif value and kind == "ExternalIP":
+            external.append(canonical_ip(value))
+    cidrs = spec.texts("podCIDRs")
+    if not cidrs and spec.text("podCIDR"):
+        cidrs = (spec.text("podCIDR") or "",)
+    labels = obj.mapping("metadata").mapping("labels")
+    return Node(
+        name=name,
+        internal_ips=tuple(internal),
+        external_ips=tuple(external),
+        pod_cidrs=cidrs,
+        zone=labels.text(ZONE_LABEL),
+    )
+
+
+def _parse_pod(obj: _Fields) -> Pod:
+    namespace, name = _metadata(obj, namespaced=True)
+    spec, status = obj.mapping("spec"), obj.mapping("status")
+    ips = tuple(canonical_ip(p.required_text("ip")) for p in status.mappings("podIPs"))
+    if not ips and status.text("podIP"):
+        ips = (canonical_ip(status.text("podIP") or ""),)
+    return Pod(
+        namespace=namespace,
+        name=name,
+        node_name=spec.text("nodeName"),
+        pod_ips=ips,
+        host_network=bool(spec.boolean("hostNetwork")),
+        phase=status.text("phase"),
+    )
+
+
+# (kind, apiVersion) pairs kpa understands.
+_KNOWN_KINDS = {
+    "Service": "v1",
+    "EndpointSlice": "discovery.k8s.io/v1",
+    "Endpoints": "v1",
+    "Node": "v1",
+    "Pod": "v1",
+}
+
+
+class _Collector:
+    """Accumulates objects from many documents into one ClusterObjects."""
+
+    def __init__(self) -> None:
+        self.services: list[Service] = []
+        self.slices: list[EndpointSlice] = []
+        self.nodes: list[Node] = []
+        self.pods: list[Pod] = []
+        self.ignored: Counter[str] = Counter()
+        self.warnings: list[str] = []
+
+    def add_document(self, document: Any, line: int | None, implied_kind: str | None) -> None:
+        if document is None:
+            return  # an empty YAML document, e.g. a trailing '---'
+        if isinstance(document, list):
+            for item in document:
+                self.add_document(item, line, implied_kind)
+            return
+        if not isinstance(document, Mapping):
+            raise _SchemaError(
+                line, f"expected a Kubernetes object (a mapping), found {_describe(document)}"
+            )
+        obj = _Fields(document, "", line)
+        kind = obj.text("kind") or implied_kind
+        if not kind:
+            raise _SchemaError(obj.line, "expected a Kubernetes object with 'kind', found none")
+        if kind.endswith("List") and isinstance(document.get("items"), list):
+            # Raw API list responses omit kind on their items; the list's kind implies it.
+            item_kind = kind[: -len("List")] or None
+            for item in obj.mappings("items"):
+                self.add_document(item.data, item.line, item_kind)
+            return
+        api_version = obj.text("apiVersion")
+        expected_version = _KNOWN_KINDS.get(kind)
+        if expected_version is None:
+            self.ignored[kind] += 1
+            return
+        if api_version is not None and api_version != expected_version:
+            self.ignored[f"{kind} ({api_version})"] += 1
+            return
+        if kind == "Service":
+            self.services.append(_parse_service(obj))
+        elif kind == "EndpointSlice":
+            self.slices.append(_parse_endpoint_slice(obj))
+        elif kind == "Endpoints":
+            self.slices.extend(_parse_endpoints(obj))
+        elif kind == "Node":
+            self.nodes.append(_parse_node(obj))
+        elif kind == "Pod":
+            self.pods.append(_parse_pod(obj))
+
+    def result(self) -> ClusterObjects:
+        warnings = list(self.warnings)
+        if self.ignored:
+            counts = ", ".join(f"{n} {kind}" for kind, n in sorted(self.ignored.items()))
+            warnings.append(f"ignored {sum(self.ignored.values())} objects of other kinds: {counts}")
+        return ClusterObjects(
+            self.services, self.slices, self.nodes, self.pods, warnings, self.ignored
+        )
+
+
+def objects_from_documents(documents: Iterable[Any], source: str = "<api>") -> ClusterObjects:
+    """Build a ClusterObjects from already-decoded JSON-shaped documents (e.g. API lists)."""
+    collector = _Collector()
+    for document in documents:
+        try:
+            collector.add_document(document, None, None)
+        except _SchemaError as error:
+            raise InputError(source, error.line, error.message) from None
+    return collector.result()
+
+
+# --------------------------------------------------------------------------------------
+# Reading files.
+
+_BaseLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _LineLoader(_BaseLoader):  # type: ignore[misc]
+    """A safe YAML loader whose mappings remember their line numbers."""
+
+
+def _construct_lined_mapping(loader: Any, node: yaml.MappingNode) -> Iterator[_LinedDict]:
+    data = _LinedDict()
+    data.line = node.start_mark.line + 1
+    yield data
+    data.update(loader.construct_mapping(node))
+
+
+_LineLoader.add_constructor("tag:yaml.org,2002:map", _construct_lined_mapping)
+
+
+def _looks_like_json(text: str) -> bool:
+    stripped = text.lstrip()
+    return stripped[:1] in ("{", "[")
+
+
+def _yaml_documents(text: str, source: str) -> Iterator[Any]:
+    try:
+        yield from yaml.load_all(text, Loader=_LineLoader)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        line = mark.line + 1 if mark is not None else None
+        problem = error.problem or "malformed YAML"
+        if "expected" not in problem:
+            problem = f"expected valid YAML, found {problem}"
+        raise InputError(source, line, problem) from None
+    except yaml.YAMLError as error:
+        raise InputError(source, None, f"expected valid YAML, found {error}") from None
+
+
+def _load_text(text: str, source: str, collector: _Collector) -> None:
+    if _looks_like_json(text):
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise InputError(
+                source,
+                error.lineno,
+                f"expected valid JSON, found {error.msg.lower()} at column {error.colno}",
+            ) from None
+        try:
+            collector.add_document(document, None, None)
+        except _SchemaError as error:
+            # JSON decoding keeps no positions; JSON is (nearly always) YAML, so decode it
+            # again with line tracking to say where the problem is.
+            _report_with_lines(text, source, error)
+        return
+    for document in _yaml_documents(text, source):
+        try:
+            collector.add_document(document, getattr(document, "line", None), None)
+        except _SchemaError as error:
+            raise InputError(source, error.line, error.message) from None
+
+
+def _report_with_lines(text: str, source: str, original: _SchemaError) -> None:
+    scratch = _Collector()
+    try:
+        for document in yaml.load_all(text, Loader=_LineLoader):
+            scratch.add_document(document, getattr(document, "line", None), None)
+    except _SchemaError as error:
+        raise InputError(source, error.line, error.message) from None
+    except yaml.YAMLError:
+        pass
+    raise InputError(source, original.line, original.message) from None
+
+
+def _files_under(directory: Path) -> list[Path]:
+    found = []
+    for path in sorted(directory.rglob("*")):
+        relative = path.relative_to(directory).parts
+        if any(part.startswith(".") for part in relative):
+            continue
+        if path.is_file() and path.suffix.lower() in OBJECT_FILE_SUFFIXES:
+            found.append(path)
+    return found
+
+
+def load_objects(paths: Sequence[str], stdin: TextIO | None = None) -> ClusterObjects:
+    """Read Kubernetes objects from files, directories (recursively) and `-` (stdin).
+
+    Accepts single objects, `List`/`*List` kinds, multi-document YAML and `kubectl -o
+    json|yaml` output. Kinds kpa does not use are skipped and counted in `warnings`.
+    Raises InputError (FILE:LINE: expected ..., found ...) for malformed input.
+    """
+    collector = _Collector()
+    for raw in paths:
+        if raw == "-":
+            stream = stdin if stdin is not None else sys.stdin
+            _load_text(stream.read(), "<stdin>", collector)
+            continue
+        path = Path(raw)
+        if path.is_dir():
+            files = _files_under(path)
+            if not files:
+                collector.warnings.append(f"{raw}: no *.yaml, *.yml or *.json files found")
+        elif path.exists():
+            files = [path]
+        else:
+            raise InputError(raw, None, "expected a file or directory, found nothing there")
+        for file in files:
+            try:
+                text = file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as error:
+                raise InputError(str(file), None, f"cannot read: {error}") from None
+            _load_text(text, str(file), collector)
+    return collector.result()
+
+
+__all__ = [
+    "DEFAULT_AFFINITY_TIMEOUT",
+    "SERVICE_NAME_LABEL",
+    "ClusterObjects",
+    "Endpoint",
+    "EndpointConditions",
+    "EndpointPort",
+    "EndpointSlice",
+    "LoadBalancerIngress",
+    "Node",
+    "ObjectRef",
+    "Pod",
+    "Service",
+    "ServiceEndpoint",
+    "ServicePort",
+    "canonical_ip",
+    "ip_family",
+    "load_objects",
+    "objects_from_documents",
+]
