@@ -1,0 +1,3 @@
+from kpa.cli import main
+
+main()
