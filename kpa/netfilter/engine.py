@@ -1,0 +1,349 @@
+"""The symbolic trace engine: hooks, chains, rules, in the kernel's order.
+
+Knows netfilter, not Kubernetes. A packet state enters a hook; every base
+chain registered there runs in priority order (iptables tables and nftables
+base chains alike); rules split the state where they depend on open fields
+or on chance; verdicts end chains, hooks or the packet's life.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+from kpa.netfilter.domain import IntSet, NameSet, describe_addresses, describe_ints
+from kpa.netfilter.index import candidate_rules
+from kpa.netfilter.model import Chain, Flow, Rule, Ruleset, Table, Verdict, VerdictKind
+from kpa.netfilter.packet import PROTOCOL_NAMES, Hop, PacketSpec, State, TraceContext, full_domain
+
+MAX_DEPTH = 64
+
+
+@dataclass
+class Outcome:
+    verdict: str  # ACCEPT, DROP, REJECT
+    delivery: str | None  # local, forward, output; None when the packet dies
+    state: State
+    probability: Fraction
+    conditions: list[str]
+    ended_in: str | None = None  # the hook where a DROP/REJECT happened
+    reason: str = ""
+    detail: str | None = None
+
+    @property
+    def path(self) -> tuple[Hop, ...]:
+        return self.state.path
+
+    def dnat_text(self) -> str | None:
+        return _endpoint(self.state.dnat, self.state.version)
+
+    def snat_text(self) -> str | None:
+        return _endpoint(self.state.snat, self.state.version)
+
+    def to_json(self) -> dict[str, Any]:
+        st = self.state
+        return {
+            "probability": float(self.probability),
+            "probability_exact": f"{self.probability.numerator}/{self.probability.denominator}",
+            "verdict": self.verdict,
+            "reject_with": self.detail if self.verdict == "REJECT" else None,
+            "delivery": self.delivery,
+            "ended_in": self.ended_in,
+            "dnat": self.dnat_text(),
+            "masquerade": st.masquerade,
+            "snat": self.snat_text(),
+            "mark": hex(st.mark),
+            "conditions": self.conditions,
+            "unknown": [a.describe() for a in st.assumptions],
+            "notes": list(dict.fromkeys(st.notes)),
+            "reason": self.reason,
+            "path": [h.to_json() for h in st.path],
+        }
+
+
+def _endpoint(value: tuple[int, int | None] | None, version: int) -> str | None:
+    if value is None:
+        return None
+    ip, port = value
+    addr = str(ipaddress.ip_address(ip))
+    if port is None:
+        return addr
+    return f"[{addr}]:{port}" if version == 6 else f"{addr}:{port}"
+
+
+@dataclass
+class TraceResult:
+    packet: PacketSpec
+    outcomes: list[Outcome]
+    warnings: list[str] = field(default_factory=list)
+    truncated: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        p = self.packet
+        return {
+            "packet": {
+                "family": "ipv6" if p.family.version == 6 else "ipv4", "src": p.src, "dst": p.dst,
+                "protocol": p.proto, "sport": p.sport, "dport": p.dport, "in_iface": p.iif,
+                "out_iface": p.oif, "origin": p.origin, "ctstate": p.ctstate, "mark": hex(p.mark),
+            },
+            "outcomes": [o.to_json() for o in self.outcomes],
+            "warnings": self.warnings,
+            "truncated": self.truncated,
+        }
+
+
+class Engine:
+    def __init__(self, ruleset: Ruleset, ctx: TraceContext) -> None:
+        self.ruleset = ruleset
+        self.ctx = ctx
+        self._tables: dict[int, Table] = {}
+        self._states_seen = 0
+        self.truncated = False
+        for t in ruleset.tables:
+            for c in t.chains.values():
+                self._tables[id(c)] = t
+
+    # -- public ----------------------------------------------------------
+    def trace(self, spec: PacketSpec) -> TraceResult:
+        start = spec.initial_state()
+        finals: list[tuple[State, str, str | None, str | None, str]] = []
+        if spec.origin == "output":
+            self._trace_output(start, finals)
+        else:
+            self._trace_prerouting(start, finals)
+        outcomes = self._outcomes(start, finals)
+        return TraceResult(spec, outcomes, list(dict.fromkeys(self.ctx.warnings)), self.truncated)
+
+    # -- packet journeys -------------------------------------------------
+    def _trace_prerouting(self, st: State, finals: list[Any]) -> None:
+        for s in self._hook("PREROUTING", [st], finals):
+            local, remote = self._split_local(s)
+            if local is not None:
+                for s2 in self._hook("INPUT", [local.set(hook="INPUT")], finals):
+                    finals.append((s2, "ACCEPT", "local", None, "delivered to a local socket"))
+            if remote is not None:
+                fwd = self._hook("FORWARD", [remote], finals)
+                for s2 in self._hook("POSTROUTING", fwd, finals):
+                    finals.append((s2, "ACCEPT", "forward", None, "forwarded out of the node"))
+
+    def _trace_output(self, st: State, finals: list[Any]) -> None:
+        routed = self._route_output(st, st.domains["oif"])
+        for s in self._hook("OUTPUT", routed, finals):
+            # DNAT in OUTPUT changes the destination: the kernel routes again.
+            rerouted = self._route_output(s, st.domains["oif"]) if "dst" in s.rewrites else [s]
+            for s2 in self._hook("POSTROUTING", rerouted, finals):
+                local, remote = self._split_local(s2)
+                if remote is not None:
+                    finals.append((remote, "ACCEPT", "output", None, "sent out of the node"))
+                if local is not None:
+                    # Looped back over lo: conntrack already confirmed the
+                    # connection at POSTROUTING, so nat does not run again.
+                    back = local.with_domain("iif", NameSet("lo"))
+                    pre = self._hook("PREROUTING", [back], finals, nat=False)
+                    for s3 in self._hook("INPUT", pre, finals, nat=False):
+                        finals.append((s3, "ACCEPT", "local", None, "delivered to a local socket over loopback"))
+
+    def _route_output(self, st: State, user_oif: NameSet) -> list[State]:
+        local, remote = self._split_local(st)
+        out: list[State] = []
+        if local is not None:
+            out.append(local.with_domain("oif", NameSet("lo")) if user_oif.is_unconstrained() else local)
+        if remote is not None:
+            out.append(remote)
+        return out
+
+    def _split_local(self, st: State) -> tuple[State | None, State | None]:
+        return st.restrict("dst", self.ctx.is_local(st.version))
+
+    # -- hooks and chains ------------------------------------------------
+    def _hook(self, hook: str, states: list[State], finals: list[Any], nat: bool = True) -> list[State]:
+        if not states:
+            return []
+        states = [s.set(hook=hook) for s in states]
+        for chain in self.ruleset.hook_chains(states[0].family, hook):
+            table = self._tables[id(chain)]
+            next_states: list[State] = []
+            for st in states:
+                for s2, v in self._base_chain(table, chain, st, nat):
+                    if v.kind is VerdictKind.ACCEPT:
+                        next_states.append(s2)
+                    elif v.kind is VerdictKind.REJECT:
+                        finals.append((s2, "REJECT", v.detail, hook, self._death_reason(v, chain, hook)))
+                    else:
+                        finals.append((s2, "DROP", None, hook, self._death_reason(v, chain, hook)))
+            states = next_states
+            if not states:
+                break
+        return states
+
+    @staticmethod
+    def _death_reason(v: Verdict, chain: Chain, hook: str) -> str:
+        if v.detail and v.kind is VerdictKind.DROP and v.detail.startswith("policy"):
+            return f"{chain.table}/{chain.name} policy DROP"
+        if v.kind is VerdictKind.REJECT:
+            return f"rejected ({v.detail}) in {hook}"
+        return f"dropped in {hook}" + (f" ({v.detail})" if v.detail else "")
+
+    def _base_chain(self, table: Table, chain: Chain, st: State, nat: bool) -> list[tuple[State, Verdict]]:
+        is_nat = chain.kind == "nat"
+        out: list[tuple[State, Verdict]] = []
+        if is_nat:
+            if not nat:
+                return [(st, Verdict(VerdictKind.ACCEPT))]
+            new, other = st.restrict_ctstate(frozenset({"NEW"}))
+            if other is not None:
+                out.extend(self._nat_by_conntrack(table, chain, other))
+            if new is None:
+                return out
+            st = new
+        for s, v in self._chain(table, chain, st, 0):
+            if v.kind is VerdictKind.RETURN:
+                policy = chain.policy or "ACCEPT"
+                s = s.hop(Hop(s.hook, table.name, chain.name, None, chain.location, f"policy {policy}", family=table.family.value))
+                v = Verdict(VerdictKind.ACCEPT) if policy == "ACCEPT" else Verdict(VerdictKind.DROP, detail="policy")
+            out.append((s, v))
+        return out
+
+    def _nat_by_conntrack(self, table: Table, chain: Chain, st: State) -> list[tuple[State, Verdict]]:
+        """Later packets of a connection follow the NAT its first packet got.
+
+        kpa finds that mapping by walking the nat chain as the connection's
+        first packet did, then restores this packet's own state and marks the
+        hops as coming from the conntrack entry rather than from rules.
+        """
+        out: list[tuple[State, Verdict]] = []
+        if chain.kind != "nat" or not chain.rules:
+            return [(st, Verdict(VerdictKind.ACCEPT))]
+        first = st.set(ctstate=frozenset({"NEW"}))
+        for s, v in self._chain(table, chain, first, 0):
+            extra = s.path[len(st.path):]
+            hops = tuple(Hop(h.hook, h.table, h.chain, h.rule, h.location, h.text, h.comment,
+                             "via the conntrack entry of the connection's first packet", h.family) for h in extra)
+            s2 = s.set(ctstate=st.ctstate, mark=st.mark, path=st.path + hops)
+            out.append((s2, Verdict(VerdictKind.ACCEPT) if v.kind in (VerdictKind.RETURN, VerdictKind.ACCEPT) else v))
+        return out
+
+    def _chain(self, table: Table, chain: Chain, st: State, depth: int) -> list[tuple[State, Verdict]]:
+        """Run a chain; RETURN in the results means the chain fell through or returned."""
+        if depth > MAX_DEPTH:
+            self.ctx.warnings.append(f"jumps nest deeper than {MAX_DEPTH} at {table.name}/{chain.name}; a loop?")
+            return [(st, Verdict(VerdictKind.DROP, detail="jump loop"))]
+        results: list[tuple[State, Verdict]] = []
+        active = [st]
+        for rule in candidate_rules(chain, active):
+            if not active:
+                break
+            if len(active) > self.ctx.max_outcomes:
+                active.sort(key=lambda s: s.probability, reverse=True)
+                del active[self.ctx.max_outcomes:]
+                self.truncated = True
+            next_active: list[State] = []
+            for s in active:
+                for s2, flow in self._rule(rule, s):
+                    if flow is Flow.NO_MATCH:
+                        next_active.append(s2)
+                        continue
+                    s2 = s2.hop(self._hop(table, rule, s2, flow))
+                    if flow is Flow.CONTINUE:
+                        next_active.append(s2)
+                        continue
+                    assert isinstance(flow, Verdict)
+                    self._verdict(table, flow, s2, depth, next_active, results)
+            active = next_active
+        results.extend((s, Verdict(VerdictKind.RETURN)) for s in active)
+        return results
+
+    def _verdict(self, table: Table, v: Verdict, st: State, depth: int,
+                 next_active: list[State], results: list[tuple[State, Verdict]]) -> None:
+        if v.kind in (VerdictKind.JUMP, VerdictKind.GOTO):
+            target = table.chains.get(v.chain or "")
+            if target is None:
+                self.ctx.warnings.append(f"jump to undefined chain {v.chain} in table {table.name}")
+                results.append((st, Verdict(VerdictKind.DROP, detail=f"undefined chain {v.chain}")))
+                return
+            for s3, v3 in self._chain(table, target, st, depth + 1):
+                if v3.kind is VerdictKind.RETURN and v.kind is VerdictKind.JUMP:
+                    next_active.append(s3)
+                else:
+                    results.append((s3, v3))
+            return
+        results.append((st, v))
+
+    def _rule(self, rule: Rule, st: State) -> Iterable[tuple[State, Flow | Verdict]]:
+        self.ctx.rule = rule
+        states = [st]
+        for expr in rule.exprs:
+            nxt: list[State] = []
+            for s in states:
+                for s2, flow in expr.step(s, self.ctx):
+                    if flow is Flow.CONTINUE:
+                        nxt.append(s2)
+                    else:
+                        yield s2, flow
+            states = nxt
+            if not states:
+                return
+        for s in states:
+            yield s, Flow.CONTINUE
+
+    def _hop(self, table: Table, rule: Rule, st: State, flow: Flow | Verdict) -> Hop:
+        note = None
+        if isinstance(flow, Verdict) and flow.detail in ("DNAT", "REDIRECT") and st.dnat:
+            note = f"DNAT to {_endpoint(st.dnat, st.version)}"
+        elif isinstance(flow, Verdict) and flow.detail == "SNAT" and st.snat:
+            note = f"SNAT to {_endpoint(st.snat, st.version)}"
+        elif isinstance(flow, Verdict) and flow.detail == "MASQUERADE":
+            note = "masquerade to the outgoing interface's address"
+        return Hop(st.hook, table.name, rule.chain, rule.index, rule.location, rule.text, rule.comment, note,
+                   table.family.value)
+
+    # -- results ---------------------------------------------------------
+    def _outcomes(self, start: State, finals: list[Any]) -> list[Outcome]:
+        merged: dict[Any, Outcome] = {}
+        for st, verdict, extra, where, reason in finals:
+            conditions = describe_conditions(start, st)
+            delivery = extra if verdict == "ACCEPT" else None
+            detail = extra if verdict == "REJECT" else None
+            key = (verdict, delivery, detail, where, st.dnat, st.snat, st.masquerade, st.mark, tuple(conditions),
+                   st.assumptions, st.path)
+            if key in merged:
+                merged[key].probability += st.probability
+                continue
+            merged[key] = Outcome(verdict, delivery, st, st.probability, conditions,
+                                  ended_in=where, reason=reason, detail=detail)
+        return sorted(merged.values(), key=lambda o: (-o.probability, o.verdict))
+
+
+def describe_conditions(start: State, end: State) -> list[str]:
+    """What must hold of the open fields for this outcome, in the user's terms."""
+    out: list[str] = []
+    v = start.version
+    for name, before in start.domains.items():
+        after = end.domains[name]
+        if after == before:
+            continue
+        if isinstance(after, NameSet):
+            label = {"iif": "in-iface", "oif": "out-iface"}[name]
+            out.extend(f"{label} {d}" if d.startswith("not ") else f"{label} = {d}" for d in after.describe())
+            continue
+        assert isinstance(after, IntSet) and isinstance(before, IntSet)
+        removed = before - after
+        render = (lambda s: describe_addresses(s, v)) if name in ("src", "dst") else (
+            (lambda s: [PROTOCOL_NAMES.get(a, str(a)) if a == b else f"{a}-{b}" for a, b in s]) if name == "proto"
+            else describe_ints)
+        label = {"proto": "protocol", "icmp_type": "icmp-type"}.get(name, name)
+        if before == full_domain(name, v) and removed.size() < after.size() and len(removed.spans) <= len(after.spans):
+            out.append(f"{label} not in {', '.join(render(removed))}")
+        else:
+            out.append(f"{label} in {', '.join(render(after))}")
+    if end.ctstate != start.ctstate:
+        out.append(f"ctstate in {','.join(sorted(end.ctstate))}")
+    out.extend(end.facts)
+    return out
+
+
+def trace(ruleset: Ruleset, spec: PacketSpec, ctx: TraceContext) -> TraceResult:
+    return Engine(ruleset, ctx).trace(spec)

@@ -1,0 +1,261 @@
+"""kpa's one intermediate representation of a netfilter ruleset.
+
+Every input format (iptables-save, ip6tables-save, nft text, nft JSON) parses
+into these types. A rule is an ordered list of expressions, as in nftables:
+matches narrow the packet, statements change it, and at most one verdict ends
+the rule. An iptables rule is the special case "matches, then one target".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kpa.netfilter.packet import State, TraceContext
+
+
+class Family(str, Enum):
+    IPV4 = "ip"
+    IPV6 = "ip6"
+    INET = "inet"
+    ARP = "arp"
+    BRIDGE = "bridge"
+    NETDEV = "netdev"
+
+    @property
+    def version(self) -> int:
+        return 6 if self is Family.IPV6 else 4
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    file: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+class VerdictKind(str, Enum):
+    ACCEPT = "ACCEPT"
+    DROP = "DROP"
+    REJECT = "REJECT"
+    RETURN = "RETURN"
+    JUMP = "JUMP"
+    GOTO = "GOTO"
+    QUEUE = "QUEUE"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    kind: VerdictKind
+    chain: str | None = None
+    # REJECT's reply (icmp-port-unreachable, tcp-reset, ...) or why a DROP happened.
+    detail: str | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.kind in (VerdictKind.ACCEPT, VerdictKind.DROP, VerdictKind.REJECT, VerdictKind.QUEUE)
+
+    def __str__(self) -> str:
+        if self.chain:
+            return f"{self.kind.value.lower()} {self.chain}"
+        return self.kind.value + (f" ({self.detail})" if self.detail else "")
+
+
+ACCEPT = Verdict(VerdictKind.ACCEPT)
+DROP = Verdict(VerdictKind.DROP)
+RETURN = Verdict(VerdictKind.RETURN)
+
+
+class Flow(Enum):
+    """What an expression tells the engine to do next, besides a verdict."""
+
+    CONTINUE = "continue"  # go on to the next expression of this rule
+    NO_MATCH = "no-match"  # this rule does not apply: go to the next rule
+
+
+Step = tuple["State", "Flow | Verdict"]
+
+
+class Expr:
+    """One piece of a rule. Extension modules subclass this.
+
+    `step` is the symbolic semantics: given a packet state it returns every
+    way the expression can go, each with the (narrowed or rewritten) state.
+    Probabilistic expressions scale the states' probability.
+    """
+
+    #: Module name as the source format spells it (`tcp`, `statistic`, `DNAT`...).
+    name: str = ""
+    #: False for an expression kpa parsed but cannot evaluate.
+    known: bool = True
+
+    def step(self, st: State, ctx: TraceContext) -> Iterable[Step]:
+        raise NotImplementedError
+
+    def render(self) -> list[str]:
+        """Tokens in iptables-save syntax (unquoted values; the renderer quotes)."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return " ".join(self.render())
+
+    def chain_refs(self) -> Iterator[tuple[VerdictKind, str]]:
+        """Chains this expression can jump or go to."""
+        return iter(())
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "text": self.describe(), "known": self.known}
+
+
+@dataclass(eq=False)
+class Rule:
+    table: str
+    chain: str
+    index: int  # 1-based position in its chain, as `iptables -L --line-numbers` counts
+    exprs: list[Expr]
+    location: Location
+    text: str
+    comment: str | None = None
+    counters: tuple[int, int] | None = None
+    handle: int | None = None
+
+    @property
+    def known(self) -> bool:
+        return all(e.known for e in self.exprs)
+
+    def unknown_exprs(self) -> list[Expr]:
+        return [e for e in self.exprs if not e.known]
+
+    def chain_refs(self) -> Iterator[tuple[VerdictKind, str]]:
+        for e in self.exprs:
+            yield from e.chain_refs()
+
+
+# iptables tables hook in at fixed priorities; nftables base chains carry theirs.
+# These are the kernel's NF_IP_PRI_* values, which is also what nft's named
+# priorities (raw, mangle, dstnat, filter, security, srcnat) stand for.
+IPTABLES_PRIORITY: dict[tuple[str, str], int] = {
+    ("raw", "PREROUTING"): -300,
+    ("raw", "OUTPUT"): -300,
+    ("mangle", "PREROUTING"): -150,
+    ("mangle", "INPUT"): -150,
+    ("mangle", "FORWARD"): -150,
+    ("mangle", "OUTPUT"): -150,
+    ("mangle", "POSTROUTING"): -150,
+    ("nat", "PREROUTING"): -100,
+    ("nat", "OUTPUT"): -100,
+    ("nat", "INPUT"): 100,
+    ("nat", "POSTROUTING"): 100,
+    ("filter", "INPUT"): 0,
+    ("filter", "FORWARD"): 0,
+    ("filter", "OUTPUT"): 0,
+    ("security", "INPUT"): 50,
+    ("security", "FORWARD"): 50,
+    ("security", "OUTPUT"): 50,
+}
+
+IPTABLES_TABLES = ("raw", "mangle", "nat", "filter", "security")
+HOOKS = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
+
+
+@dataclass(eq=False)
+class Chain:
+    name: str
+    table: str
+    rules: list[Rule] = field(default_factory=list)
+    # Base chains only: where they hook in, how, and what happens at their end.
+    hook: str | None = None
+    priority: int | None = None
+    kind: str | None = None  # "filter" | "nat" | "route"
+    policy: str | None = None
+    counters: tuple[int, int] | None = None
+    location: Location | None = None
+    handle: int | None = None
+    # Lazily built lookup used by the engine to skip rules that pin another
+    # destination address; see kpa.netfilter.index.
+    _index: Any = field(default=None, repr=False)
+
+    @property
+    def is_base(self) -> bool:
+        return self.hook is not None
+
+
+@dataclass(eq=False)
+class NamedSet:
+    """An nftables set or map (ipset lists use the same shape)."""
+
+    name: str
+    key_types: tuple[str, ...]
+    # Each element is a tuple of key parts; a part is an IntSet-able value or a name.
+    elements: list[tuple[Any, ...]] = field(default_factory=list)
+    # For maps: the value each element maps to (a verdict or data), index-aligned.
+    values: list[Any] | None = None
+    flags: frozenset[str] = frozenset()
+    location: Location | None = None
+    # Sets a rule can add to at runtime (`update @set`), so their content is not final.
+    dynamic: bool = False
+
+
+@dataclass(eq=False)
+class Table:
+    family: Family
+    name: str
+    chains: dict[str, Chain] = field(default_factory=dict)
+    sets: dict[str, NamedSet] = field(default_factory=dict)
+    # Which input this table came from, e.g. "iptables-nft", "iptables-legacy", "nft".
+    source: str = ""
+    location: Location | None = None
+    # Tables that iptables-nft manages, seen through `nft list ruleset`.
+    managed_by_iptables: bool = False
+
+    def chain(self, name: str) -> Chain | None:
+        return self.chains.get(name)
+
+    def base_chains(self) -> Iterator[Chain]:
+        return (c for c in self.chains.values() if c.is_base)
+
+    def rules(self) -> Iterator[Rule]:
+        for c in self.chains.values():
+            yield from c.rules
+
+
+@dataclass(eq=False)
+class Ruleset:
+    tables: list[Table] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def table(self, family: Family, name: str) -> Table | None:
+        for t in self.tables:
+            if t.family is family and t.name == name:
+                return t
+        return None
+
+    def families(self) -> set[Family]:
+        return {t.family for t in self.tables}
+
+    def hook_chains(self, family: Family, hook: str) -> list[Chain]:
+        """Base chains on a hook for packets of `family`, in the kernel's order.
+
+        inet tables see both IPv4 and IPv6 packets. The sort is stable, so at
+        equal priority the table registered first runs first.
+        """
+        chains: list[Chain] = []
+        for t in self.tables:
+            if t.family is family or (t.family is Family.INET and family in (Family.IPV4, Family.IPV6)):
+                chains.extend(c for c in t.base_chains() if c.hook == hook)
+        return sorted(chains, key=lambda c: c.priority if c.priority is not None else 0)
+
+    def find_table_of(self, chain: Chain) -> Table:
+        for t in self.tables:
+            if t.chains.get(chain.name) is chain:
+                return t
+        raise KeyError(chain.name)
+
+    def merge(self, other: Ruleset) -> None:
+        self.tables.extend(other.tables)
+        self.warnings.extend(other.warnings)

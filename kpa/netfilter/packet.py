@@ -1,0 +1,247 @@
+"""The symbolic packet the engine pushes through the hooks.
+
+A `State` describes a set of packets (every field a domain) together with
+what has happened to them so far: probability, rewrites, marks, path. The
+domains describe the packet *as sent*; NAT rewrites are kept separately in
+`rewrites`, so the conditions reported at the end are always about the
+packet the user asked about.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
+from typing import Any
+
+from kpa.netfilter.domain import IntSet, NameSet, network_set
+from kpa.netfilter.model import Family, Location, Rule
+
+PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17, "ipv6-icmp": 58, "icmpv6": 58, "sctp": 132, "gre": 47,
+             "esp": 50, "ah": 51, "udplite": 136, "dccp": 33, "ipip": 4, "all": -1}
+PROTOCOL_NAMES = {v: k for k, v in PROTOCOLS.items() if k not in ("icmpv6", "all")}
+
+CT_STATES = frozenset({"NEW", "ESTABLISHED", "RELATED", "INVALID", "UNTRACKED", "SNAT", "DNAT"})
+# The states a real packet is in; SNAT/DNAT are derived from the conntrack status.
+PACKET_CT_STATES = frozenset({"NEW", "ESTABLISHED", "RELATED", "INVALID", "UNTRACKED"})
+
+ADDR_BITS = {4: 32, 6: 128}
+INT_FIELDS = ("src", "dst", "proto", "sport", "dport", "icmp_type")
+NAME_FIELDS = ("iif", "oif")
+
+
+def full_domain(name: str, version: int) -> IntSet:
+    if name in ("src", "dst"):
+        return IntSet.range(0, (1 << ADDR_BITS[version]) - 1)
+    if name in ("sport", "dport"):
+        return IntSet.range(0, 65535)
+    return IntSet.range(0, 255)
+
+
+def parse_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ipaddress.ip_address(text)
+
+
+@dataclass(frozen=True)
+class Hop:
+    """One rule the packet matched (or a chain's policy/end) on its way."""
+
+    hook: str
+    table: str
+    chain: str
+    rule: int | None  # None for a chain policy
+    location: Location | None
+    text: str
+    comment: str | None = None
+    note: str | None = None
+    family: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "hook": self.hook, "table": self.table, "chain": self.chain, "rule": self.rule,
+            "file": self.location.file if self.location else None,
+            "line": self.location.line if self.location else None,
+            "text": self.text, "comment": self.comment, "note": self.note,
+        }
+
+
+@dataclass(frozen=True)
+class Assumption:
+    """A rule kpa could not evaluate, and which way this outcome assumed it went."""
+
+    location: Location | None
+    text: str
+    reason: str
+    matched: bool
+
+    def describe(self) -> str:
+        where = f"{self.location}: " if self.location else ""
+        way = "assumed to match" if self.matched else "assumed not to match"
+        return f"{where}{self.text} — {self.reason}; {way}"
+
+
+@dataclass(frozen=True)
+class State:
+    family: Family
+    domains: dict[str, Any]  # field -> IntSet | NameSet
+    ctstate: frozenset[str] = frozenset({"NEW"})
+    mark: int = 0
+    ctmark: int = 0
+    tcp_flags: int = 0x02  # SYN: the first packet of a connection
+    probability: Fraction = Fraction(1)
+    rewrites: dict[str, int] = field(default_factory=dict)
+    dnat: tuple[int, int | None] | None = None
+    snat: tuple[int, int | None] | None = None
+    masquerade: bool = False
+    # Address lists of the `recent` match (session affinity): list name -> member?
+    recent: dict[str, bool | None] = field(default_factory=dict)
+    path: tuple[Hop, ...] = ()
+    assumptions: tuple[Assumption, ...] = ()
+    notes: tuple[str, ...] = ()
+    # Conditions on state kpa cannot see (e.g. affinity lists), chosen on an open split.
+    facts: tuple[str, ...] = ()
+    hook: str = ""
+
+    @property
+    def version(self) -> int:
+        return self.family.version
+
+    # -- reading fields -------------------------------------------------
+    def get(self, name: str) -> Any:
+        if name in self.rewrites:
+            return IntSet.single(self.rewrites[name])
+        return self.domains[name]
+
+    def concrete(self, name: str) -> int | None:
+        if name in self.rewrites:
+            return self.rewrites[name]
+        dom = self.domains[name]
+        return dom.single_value() if isinstance(dom, IntSet) else None
+
+    # -- narrowing ------------------------------------------------------
+    def restrict(self, name: str, allowed: IntSet) -> tuple[State | None, State | None]:
+        """Split on `name in allowed`: (states where it holds, where it does not)."""
+        if name in self.rewrites:
+            return (self, None) if self.rewrites[name] in allowed else (None, self)
+        dom: IntSet = self.domains[name]
+        yes, no = dom & allowed, dom - allowed
+        if not no:
+            return self, None
+        if not yes:
+            return None, self
+        return self.with_domain(name, yes), self.with_domain(name, no)
+
+    def restrict_name(self, name: str, pattern: str, is_prefix: bool) -> tuple[State | None, State | None]:
+        dom: NameSet = self.domains[name]
+        yes, no = dom.split(pattern, is_prefix)
+        return (
+            None if yes is None else (self if yes is dom else self.with_domain(name, yes)),
+            None if no is None else (self if no is dom else self.with_domain(name, no)),
+        )
+
+    def restrict_ctstate(self, allowed: frozenset[str]) -> tuple[State | None, State | None]:
+        yes, no = self.ctstate & allowed, self.ctstate - allowed
+        return (
+            replace(self, ctstate=yes) if yes else None,
+            replace(self, ctstate=no) if no else None,
+        )
+
+    def with_domain(self, name: str, value: Any) -> State:
+        domains = dict(self.domains)
+        domains[name] = value
+        return replace(self, domains=domains)
+
+    # -- changing the packet --------------------------------------------
+    def rewrite(self, **values: int) -> State:
+        rw = dict(self.rewrites)
+        rw.update(values)
+        return replace(self, rewrites=rw)
+
+    def scaled(self, factor: Fraction) -> State:
+        return replace(self, probability=self.probability * factor)
+
+    def hop(self, h: Hop) -> State:
+        return replace(self, path=(*self.path, h))
+
+    def assume(self, a: Assumption) -> State:
+        return replace(self, assumptions=(*self.assumptions, a))
+
+    def note(self, text: str) -> State:
+        return replace(self, notes=(*self.notes, text))
+
+    def set(self, **changes: Any) -> State:
+        return replace(self, **changes)
+
+
+@dataclass
+class PacketSpec:
+    """What the user asked about. None leaves a field open."""
+
+    family: Family = Family.IPV4
+    src: str | None = None
+    dst: str | None = None
+    proto: str | None = None
+    sport: int | None = None
+    dport: int | None = None
+    icmp_type: int | None = None
+    iif: str | None = None
+    oif: str | None = None
+    origin: str = "prerouting"  # or "output"
+    ctstate: str | None = "NEW"  # None leaves it open
+    mark: int = 0
+
+    def initial_state(self) -> State:
+        v = self.family.version
+        doms: dict[str, Any] = {}
+        for name in INT_FIELDS:
+            doms[name] = full_domain(name, v)
+        if self.src:
+            doms["src"] = network_set(ipaddress.ip_network(self.src, strict=False))
+        if self.dst:
+            doms["dst"] = network_set(ipaddress.ip_network(self.dst, strict=False))
+        if self.proto:
+            doms["proto"] = IntSet.single(protocol_number(self.proto, self.family))
+        if self.sport is not None:
+            doms["sport"] = IntSet.single(self.sport)
+        if self.dport is not None:
+            doms["dport"] = IntSet.single(self.dport)
+        if self.icmp_type is not None:
+            doms["icmp_type"] = IntSet.single(self.icmp_type)
+        doms["iif"] = NameSet(self.iif) if self.iif else NameSet()
+        doms["oif"] = NameSet(self.oif) if self.oif else NameSet()
+        if self.origin == "output":
+            # Locally generated packets have no input interface.
+            doms["iif"] = NameSet("")
+        ct = frozenset({self.ctstate.upper()}) if self.ctstate else PACKET_CT_STATES
+        flags = 0x02 if "NEW" in ct and len(ct) == 1 else 0x10
+        return State(self.family, doms, ctstate=ct, mark=self.mark, tcp_flags=flags)
+
+
+def protocol_number(name: str, family: Family = Family.IPV4) -> int:
+    key = name.lower()
+    if key == "icmp" and family is Family.IPV6:
+        return 58
+    if key in PROTOCOLS:
+        return PROTOCOLS[key]
+    if key.isdigit():
+        return int(key)
+    raise ValueError(f"unknown protocol {name!r}")
+
+
+@dataclass
+class TraceContext:
+    """Facts about the node that are not in the ruleset."""
+
+    local: dict[int, IntSet]  # IP version -> the node's local addresses
+    # recent-match lists the client is in (True), not in (False), or open (None).
+    affinity: dict[str, bool | None] = field(default_factory=dict)
+    affinity_default: bool | None = False
+    ipsets: dict[str, IntSet] = field(default_factory=dict)
+    max_outcomes: int = 512
+    warnings: list[str] = field(default_factory=list)
+    # Set by the engine: the rule being evaluated, for assumptions and hops.
+    rule: Rule | None = None
+    chain_lookup: Any = None
+
+    def is_local(self, version: int) -> IntSet:
+        return self.local.get(version, IntSet())
