@@ -1,0 +1,27 @@
+"""Netfilter extensions: one module per match or target, parsing and semantics side by side."""
+
+from kpa.ext import (  # noqa: F401  (importing a module registers its parsers)
+    addrtype,
+    comment,
+    connmark,
+    conntrack,
+    ct,
+    icmp,
+    ipset,
+    iprange,
+    limit,
+    mark,
+    multiport,
+    nat,
+    nfacct,
+    owner,
+    passive,
+    physdev,
+    recent,
+    reject,
+    statistic,
+    tcp,
+)
+from kpa.ext.base import MATCHES, TARGETS
+
+__all__ = ["MATCHES", "TARGETS"]
