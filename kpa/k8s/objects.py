@@ -555,9 +555,7 @@ def _parse_endpoint_slice(obj: _Fields) -> EndpointSlice:
                 conditions=_conditions(endpoint.mapping("conditions")),
                 node_name=endpoint.text("nodeName"),
                 zone=endpoint.text("zone"),
-                hint_zones=tuple(
-                    z.text("name", "") or "" for z in hints.mappings("forZones")
-                ),
+                hint_zones=tuple(z.text("name", "") or "" for z in hints.mappings("forZones")),
                 target_ref=_object_ref(endpoint.mapping("targetRef")),
             )
         )
@@ -724,7 +722,9 @@ class _Collector:
         warnings = list(self.warnings)
         if self.ignored:
             counts = ", ".join(f"{n} {kind}" for kind, n in sorted(self.ignored.items()))
-            warnings.append(f"ignored {sum(self.ignored.values())} objects of other kinds: {counts}")
+            warnings.append(
+                f"ignored {sum(self.ignored.values())} objects of other kinds: {counts}"
+            )
         return ClusterObjects(
             self.services, self.slices, self.nodes, self.pods, warnings, self.ignored
         )
