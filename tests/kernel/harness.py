@@ -52,6 +52,8 @@ Family = Literal["ipv4", "ipv6"]
 Backend = Literal["nft", "legacy"]
 Origin = Literal["external", "client_pod", "node"]
 Proto = Literal["tcp", "udp", "icmp", "sctp"]
+# (origin, source address or None for the kernel's choice, destination, protocol, dport)
+Flow = tuple[Origin, str | None, str, Proto, int]
 
 # Every namespace this process created, so tests can prove none were leaked.
 _CREATED: list[str] = []
@@ -200,9 +202,11 @@ class CtEntry:
 
     @property
     def dnat(self) -> tuple[str, int | None] | None:
-        if (self.reply.src, self.reply.sport) == (self.orig.dst, self.orig.dport):
+        # ICMP has no destination port; its reply "sport" is the echo id, not a target.
+        port = self.reply.sport if self.orig.dport is not None else None
+        if (self.reply.src, port) == (self.orig.dst, self.orig.dport):
             return None
-        return self.reply.src, self.reply.sport
+        return self.reply.src, port
 
     @property
     def snat(self) -> str | None:
@@ -550,7 +554,7 @@ class Topology:
         return self.send_many([(from_, src_ip, dst_ip, proto, dport)] * count,
                               timeout=timeout, sport=sport)
 
-    def send_many(self, flows: Sequence[tuple[Origin, str | None, str, Proto, int]],
+    def send_many(self, flows: Sequence[Flow],
                   timeout: float = 1.0, sport: int | None = None) -> list[Observation]:
         """Send many (origin, src, dst, proto, dport) flows at once; one helper process
         per origin namespace, all running concurrently. Results keep the input order."""
@@ -598,7 +602,7 @@ class Topology:
             f"set 1; }}" for h, p in hooks)
         self.load_nft(f"table inet kpat_trace {{\n{chains}\n}}\n")
         monitor = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns["node"], "nft", "monitor", "trace"],
+            ["ip", "netns", "exec", self.ns["node"], "nft", "-a", "monitor", "trace"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             time.sleep(0.2)  # let the monitor subscribe before traffic flows
