@@ -346,6 +346,7 @@ class _LinedDict(dict[str, Any]):
     """A YAML mapping that remembers the (1-based) line it started on."""
 
     line: int | None = None
+    key_lines: dict[str, int] | None = None
 
 
 class _SchemaError(Exception):
@@ -376,8 +377,10 @@ class _Fields:
         return f"{self.where}.{key}" if self.where else key
 
     def fail(self, key: str, expected: str, value: Any) -> _SchemaError:
+        key_lines = getattr(self.data, "key_lines", None) or {}
+        line = key_lines.get(key.split("[", 1)[0], self.line)
         return _SchemaError(
-            self.line, f"expected {expected} at {self._path(key)}, found {_describe(value)}"
+            line, f"expected {expected} at {self._path(key)}, found {_describe(value)}"
         )
 
     def mapping(self, key: str) -> _Fields:
@@ -754,6 +757,11 @@ class _LineLoader(_BaseLoader):  # type: ignore[misc]
 def _construct_lined_mapping(loader: Any, node: yaml.MappingNode) -> Iterator[_LinedDict]:
     data = _LinedDict()
     data.line = node.start_mark.line + 1
+    data.key_lines = {
+        key.value: key.start_mark.line + 1
+        for key, _ in node.value
+        if isinstance(key, yaml.ScalarNode)
+    }
     yield data
     data.update(loader.construct_mapping(node))
 
@@ -772,10 +780,10 @@ def _yaml_documents(text: str, source: str) -> Iterator[Any]:
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         line = mark.line + 1 if mark is not None else None
-        problem = error.problem or "malformed YAML"
-        if "expected" not in problem:
-            problem = f"expected valid YAML, found {problem}"
-        raise InputError(source, line, problem) from None
+        detail = " ".join(part for part in (error.problem, error.context) if part)
+        raise InputError(
+            source, line, f"expected valid YAML, found a syntax error ({detail or 'unknown'})"
+        ) from None
     except yaml.YAMLError as error:
         raise InputError(source, None, f"expected valid YAML, found {error}") from None
 
