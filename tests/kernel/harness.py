@@ -50,7 +50,10 @@ SENDER = Path(__file__).with_name("sender.py")
 
 Family = Literal["ipv4", "ipv6"]
 Backend = Literal["nft", "legacy"]
-Origin = Literal["external", "client_pod", "node"]
+# "external" (outside namespace), "client_pod", "node" (locally generated, OUTPUT), or
+# "pod:<ip>" for one of local_pod_ips (e.g. a pod reaching its own service: hairpin).
+# Endpoint pods drop what they receive, so such flows only ever end in a timeout.
+Origin = str
 Proto = Literal["tcp", "udp", "icmp", "sctp"]
 # (origin, source address or None for the kernel's choice, destination, protocol, dport)
 Flow = tuple[Origin, str | None, str, Proto, int]
@@ -93,6 +96,16 @@ table inet kpat_silent {
     }
 }
 """
+
+
+_EMPTY_LEGACY = "".join(
+    f"*{table}\n" + "".join(f":{c} ACCEPT [0:0]\n" for c in chains) + "COMMIT\n"
+    for table, chains in {
+        "raw": ("PREROUTING", "OUTPUT"),
+        "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
+        "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
+        "filter": ("INPUT", "FORWARD", "OUTPUT"),
+    }.items())
 
 
 class HarnessError(RuntimeError):
@@ -308,6 +321,7 @@ class Topology:
         self.ns: dict[str, str] = {}  # role -> namespace name
         self.pod_ns: dict[str, str] = {}  # pod ip -> namespace name
         self.loaded_backend: Backend | None = None
+        self._legacy_families: set[Family] = set()
         self._macs = 0
         self._v6 = self.spec.family == "ipv6"
         self._plen = 128 if self._v6 else 32
@@ -474,6 +488,8 @@ class Topology:
         self.run_in("node", [self._tool(backend, family, "restore"), "-w", "10"],
                     stdin=payload)
         self.loaded_backend = backend
+        if backend == "legacy":
+            self._legacy_families.add(family or self.spec.family)
 
     def load_nft(self, text: str, flush: bool = False) -> None:
         """Load an nftables ruleset with ``nft -f``; ``flush`` empties the ruleset first
@@ -485,14 +501,11 @@ class Topology:
     def reset(self) -> None:
         """Remove all rules (both backends, both families), conntrack and recent state."""
         self.run_in("node", ["nft", "flush", "ruleset"])
-        for prefix in ("iptables", "ip6tables"):
-            tool = f"{prefix}-legacy"
-            for table in ("raw", "mangle", "nat", "filter"):
-                self.run_in("node", [tool, "-w", "10", "-t", table, "-F"], check=False)
-                self.run_in("node", [tool, "-w", "10", "-t", table, "-X"], check=False)
-                for chain in ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"):
-                    self.run_in("node", [tool, "-w", "10", "-t", table, "-P", chain,
-                                         "ACCEPT"], check=False)
+        # Legacy tables cannot be unregistered from userspace; restoring them empty with
+        # ACCEPT policies is the closest thing (their hooks stay attached, harmlessly).
+        for family in sorted(self._legacy_families):
+            self.run_in("node", [self._tool("legacy", family, "restore"), "-w", "10"],
+                        stdin=_EMPTY_LEGACY)
         self.conntrack_flush()
         self.clear_recent()
         self.loaded_backend = None
@@ -540,8 +553,13 @@ class Topology:
                              "[ -e \"$f\" ] && echo / > \"$f\"; done; true"])
 
     # ----------------------------------------------------------------- traffic
-    def _origin_role(self, origin: Origin) -> str:
-        return {"external": "outside", "client_pod": "client", "node": "node"}[origin]
+    def _origin_ns(self, origin: Origin) -> str:
+        if origin.startswith("pod:"):
+            return self.pod_ns[origin[4:]]
+        roles = {"external": "outside", "client_pod": "client", "node": "node"}
+        if origin not in roles:
+            raise ValueError(f"unknown origin {origin!r}")
+        return self.ns[roles[origin]]
 
     def send(self, from_: Origin, src_ip: str | None, dst_ip: str, proto: Proto,
              dport: int = 0, count: int = 1, timeout: float = 1.0,
@@ -559,17 +577,17 @@ class Topology:
         """Send many (origin, src, dst, proto, dport) flows at once; one helper process
         per origin namespace, all running concurrently. Results keep the input order."""
         version = 6 if self._v6 else 4
-        by_role: dict[str, list[int]] = {}
+        by_ns: dict[str, list[int]] = {}
         for i, flow in enumerate(flows):
-            by_role.setdefault(self._origin_role(flow[0]), []).append(i)
+            by_ns.setdefault(self._origin_ns(flow[0]), []).append(i)
         procs = []
-        for role, idxs in by_role.items():
+        for ns, idxs in by_ns.items():
             req = {"timeout": timeout, "flows": [
                 {"family": version, "proto": flows[i][3], "src": flows[i][1],
                  "sport": sport or 0, "dst": flows[i][2], "dport": flows[i][4]}
                 for i in idxs]}
             proc = subprocess.Popen(
-                ["ip", "netns", "exec", self.ns[role], sys.executable, str(SENDER)],
+                ["ip", "netns", "exec", ns, sys.executable, str(SENDER)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 text=True)
             assert proc.stdin is not None

@@ -462,3 +462,41 @@ def test_namespaces_removed_even_on_exception() -> None:
 def test_spec_rejects_mixed_families() -> None:
     with pytest.raises(ValueError):
         Topology(TopologySpec(family="ipv6"))  # IPv4 default addresses
+
+
+def test_conntrack_is_attached_lazily(t4: Topology) -> None:
+    # Without any rule that needs conntrack the namespace tracks nothing, so a test that
+    # asserts "no entry" must make sure something in its ruleset enables tracking.
+    t4.load_iptables("""*filter
+:INPUT ACCEPT [0:0]
+-A INPUT -p udp --dport 81 -j DROP
+COMMIT
+""")
+    [untracked] = t4.send("external", "203.0.113.10", "192.168.10.2", "udp", 82)
+    assert untracked.result == "refused" and t4.conntrack() == []
+    t4.load_iptables("""*filter
+:INPUT ACCEPT [0:0]
+-A INPUT -p udp --dport 81 -m conntrack --ctstate NEW -j DROP
+COMMIT
+""")
+    [tracked] = t4.send("external", "203.0.113.10", "192.168.10.2", "udp", 82)
+    assert len(t4.conntrack_for(tracked)) == 1
+
+
+@pytest.mark.parametrize("backend", ["nft", "legacy"])
+def test_hairpin_from_endpoint_pod_is_masqueraded(t4: Topology, backend: str) -> None:
+    t4.load_iptables("""*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+-A PREROUTING -d 10.96.0.20/32 -p tcp --dport 80 -j DNAT --to-destination 10.244.0.10:8080
+-A POSTROUTING -s 10.244.0.10/32 -d 10.244.0.10/32 -j MASQUERADE
+COMMIT
+""", backend="nft" if backend == "nft" else "legacy")
+    [obs] = t4.send("pod:10.244.0.10", None, "10.96.0.20", "tcp", 80, timeout=0.5)
+    assert (obs.src, obs.result) == ("10.244.0.10", "timeout")
+    [entry] = t4.conntrack_for(obs)
+    assert entry.dnat == ("10.244.0.10", 8080)
+    # No address on the cali interface: MASQUERADE uses the node's primary address.
+    assert entry.snat == "192.168.10.2"
