@@ -45,7 +45,8 @@ def test_platforms_cover_linux_and_darwin_on_amd64_and_arm64() -> None:
         assert re.fullmatch(r"[0-9a-f]{64}", platform["sha256"])
         # krew links kubectl-<name> to `bin`, which must be an installed file.
         assert platform["bin"] == "kubectl-kpa"
-        assert re.search(rf'^{platform["bin"]} = "kpa\\.cli:', pyproject, re.MULTILINE)
+        entry_point = f'{platform["bin"]} = "kpa.cli:'
+        assert any(line.startswith(entry_point) for line in pyproject.splitlines())
         assert {"from": "kubectl-kpa", "to": "."} in platform["files"]
     assert seen == {(os, arch) for os in ("linux", "darwin") for arch in ("amd64", "arm64")}
     assert len(seen) == len(spec["platforms"])
