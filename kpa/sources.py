@@ -1,0 +1,161 @@
+"""Reading rules from where users have them: files, stdin, gzip, or the live host.
+
+The format is detected from the content, so `--rules` takes any mix of
+iptables-save, ip6tables-save, `nft list ruleset` and `nft -j list ruleset`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+
+from kpa.errors import InputError, KpaError
+from kpa.netfilter.model import Ruleset
+
+
+@dataclass
+class RulesInput:
+    name: str
+    text: str
+    kind: str  # "iptables" | "nft-text" | "nft-json"
+
+
+def read_text(path: str) -> str:
+    """Read a file (or `-` for stdin), transparently gunzipping it."""
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as fh:
+                data = fh.read()
+    except OSError as exc:
+        raise InputError(path, None, f"cannot read: {exc.strerror}") from None
+    if data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as exc:
+            raise InputError(path, None, f"expected a complete gzip stream, found a damaged one ({exc})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise InputError(path, line, "expected text, found binary data") from None
+
+
+def detect_kind(text: str) -> str:
+    for line in text.splitlines():
+        s = line.strip()
+        if not s:
+            continue
+        if s.startswith("{"):
+            return "nft-json"
+        if s.startswith(("table ", "flush ruleset", "add table", "define ")):
+            return "nft-text"
+        if s.startswith("#") and ("nft" in s.lower() and "managed by iptables" not in s and "iptables" not in s):
+            continue
+        if s.startswith("#"):
+            if "table " in s:
+                return "nft-text"
+            continue
+        return "iptables"
+    return "iptables"
+
+
+def parse_text(text: str, name: str, kind: str | None = None) -> Ruleset:
+    kind = kind or detect_kind(text)
+    if kind == "nft-json":
+        from kpa.parse.nft_json import parse_nft_json
+        return parse_nft_json(text, name)
+    if kind == "nft-text":
+        from kpa.parse.nft_text import parse_nft_text
+        return parse_nft_text(text, name)
+    from kpa.parse.iptables_save import parse_iptables
+    return parse_iptables(text, name)
+
+
+def load_rules(paths: list[str]) -> Ruleset:
+    """Parse every input and combine them into one ruleset.
+
+    iptables dumps and nft dumps of the same host overlap (iptables-nft's
+    tables show up in both); the combiner keeps each table once.
+    """
+    ipt: list[Ruleset] = []
+    nft: list[Ruleset] = []
+    for p in paths:
+        text = read_text(p)
+        kind = detect_kind(text)
+        rs = parse_text(text, p, kind)
+        (nft if kind.startswith("nft") else ipt).append(rs)
+    return combine(ipt, nft)
+
+
+def combine(ipt: list[Ruleset], nft: list[Ruleset]) -> Ruleset:
+    if nft:
+        from kpa.parse.mixed import combine as combine_mixed
+        return combine_mixed(ipt, nft)
+    out = Ruleset()
+    for rs in ipt:
+        out.merge(rs)
+    return out
+
+
+# -- live mode -------------------------------------------------------------
+
+def _run(cmd: list[str]) -> str | None:
+    if shutil.which(cmd[0]) is None:
+        return None
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return res.stdout if res.returncode == 0 else None
+
+
+def _rule_count(text: str | None) -> int:
+    return 0 if not text else sum(1 for line in text.splitlines() if line.startswith("-A "))
+
+
+def detect_backend() -> tuple[str, list[str]]:
+    """Pick the iptables backend in use the way kube-proxy does: by which has rules.
+
+    Returns the backend ("nft" or "legacy") and warnings. Only the *-save
+    tools are run: they read, never write.
+    """
+    warnings: list[str] = []
+    nft_text = _run(["iptables-nft-save"])
+    legacy_tables = ""
+    if os.path.exists("/proc/net/ip_tables_names"):
+        with open("/proc/net/ip_tables_names") as fh:
+            legacy_tables = fh.read().strip()
+    legacy_text = _run(["iptables-legacy-save"]) if legacy_tables else None
+    n_nft, n_legacy = _rule_count(nft_text), _rule_count(legacy_text)
+    if n_nft and n_legacy:
+        warnings.append(f"both iptables backends hold rules (nft: {n_nft}, legacy: {n_legacy}); using the larger")
+    return ("legacy" if n_legacy > n_nft else "nft"), warnings
+
+
+def live_rules() -> tuple[Ruleset, list[str]]:
+    """Read this host's rules with the real save tools (read-only)."""
+    if os.geteuid() != 0:
+        raise KpaError("--live reads the kernel's rules and needs root (try sudo)")
+    backend, warnings = detect_backend()
+    ipt: list[Ruleset] = []
+    nft: list[Ruleset] = []
+    for tool in (f"iptables-{backend}-save", f"ip6tables-{backend}-save"):
+        text = _run([tool])
+        if text is None and backend == "nft":
+            text = _run([tool.replace("-nft", "")])
+        if text and text.strip():
+            ipt.append(parse_text(text, f"<{tool}>", "iptables"))
+    nft_json = _run(["nft", "-j", "list", "ruleset"])
+    if nft_json and nft_json.strip():
+        nft.append(parse_text(nft_json, "<nft -j list ruleset>", "nft-json"))
+    if not ipt and not nft:
+        raise KpaError("no rules could be read: none of iptables-save, ip6tables-save or nft is installed and working")
+    rs = combine(ipt, nft)
+    rs.warnings.extend(warnings)
+    return rs, warnings
