@@ -1,0 +1,278 @@
+"""What kube-proxy built, per Service port, read back from the ruleset.
+
+kube-proxy names its chains by hash and explains them in `-m comment`
+text. kpa reads the comments first; where they are missing (kube-proxy drops
+them on large clusters) and cluster objects are given, it recomputes the
+chain-name hashes to recover which Service port a chain belongs to.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+from kpa.ext.base import IntCond, Match, VerdictExpr
+from kpa.ext.nat import NatTarget
+from kpa.ext.recent import RecentMatch
+from kpa.ext.statistic import StatisticMatch
+from kpa.k8s import naming
+from kpa.netfilter.model import Chain, Rule, Ruleset, Table, VerdictKind
+
+ENTRY_KINDS = {
+    "cluster IP": "clusterIP",
+    "external IP": "externalIP",
+    "loadbalancer IP": "loadBalancerIP",
+}
+SERVICE_CHAIN_PREFIXES = ("KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-")
+
+
+@dataclass
+class Entry:
+    kind: str  # clusterIP, nodePort, externalIP, loadBalancerIP
+    address: str | None  # None for NodePorts (any local address)
+    port: int | None
+    chain: str
+    location: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "address": self.address,
+            "port": self.port,
+            "chain": self.chain,
+            "location": self.location,
+        }
+
+
+@dataclass
+class EndpointView:
+    chain: str
+    address: str | None
+    probability: Fraction
+    location: str
+    local_only: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "chain": self.chain,
+            "endpoint": self.address,
+            "probability": float(self.probability),
+            "probability_exact": f"{self.probability.numerator}/{self.probability.denominator}",
+            "location": self.location,
+        }
+
+
+@dataclass
+class ServicePortView:
+    name: str | None  # "ns/name:port" as kube-proxy prints it, when known
+    protocol: str | None
+    family: str
+    entries: list[Entry] = field(default_factory=list)
+    chains: dict[str, str] = field(default_factory=dict)  # SVC/SVL/EXT/FW -> chain name
+    endpoints: list[EndpointView] = field(default_factory=list)
+    local_endpoints: list[EndpointView] = field(default_factory=list)
+    no_endpoints: bool = False
+    name_source: str = "comment"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "service_port": self.name,
+            "protocol": self.protocol,
+            "family": self.family,
+            "name_from": self.name_source,
+            "entries": [e.to_json() for e in self.entries],
+            "chains": self.chains,
+            "endpoints": [e.to_json() for e in self.endpoints],
+            "local_endpoints": [e.to_json() for e in self.local_endpoints],
+            "no_endpoints": self.no_endpoints,
+        }
+
+
+def _dst(rule: Rule) -> str | None:
+    for e in rule.exprs:
+        if isinstance(e, Match) and e.name == "dst":
+            c = e.conds[0]
+            if isinstance(c, IntCond):
+                v = c.values.single_value()
+                if v is not None:
+                    return str(ipaddress.ip_address(v))
+    return None
+
+
+def _dport(rule: Rule) -> int | None:
+    for e in rule.exprs:
+        if isinstance(e, Match):
+            for c in e.conds:
+                if isinstance(c, IntCond) and c.field == "dport" and not c.negated:
+                    return c.values.single_value()
+    return None
+
+
+def _proto(rule: Rule) -> str | None:
+    for e in rule.exprs:
+        if isinstance(e, Match) and e.name == "proto":
+            return e.options[0].args[0].upper()
+    return None
+
+
+def _jump(rule: Rule) -> str | None:
+    for kind, target in rule.chain_refs():
+        if kind in (VerdictKind.JUMP, VerdictKind.GOTO):
+            return target
+    return None
+
+
+def _comment_name(comment: str | None) -> str | None:
+    if not comment:
+        return None
+    head = comment.split(" ", 1)[0]
+    return head if "/" in head else None
+
+
+def endpoint_split(chain: Chain) -> list[tuple[Rule, str, Fraction]]:
+    """The jumps to endpoint chains with the exact share of traffic each gets."""
+    out: list[tuple[Rule, str, Fraction]] = []
+    remaining = Fraction(1)
+    for r in chain.rules:
+        target = _jump(r)
+        if target is None or not target.startswith("KUBE-SEP-"):
+            continue
+        if any(isinstance(e, RecentMatch) for e in r.exprs):
+            continue  # session-affinity shortcuts apply only to returning clients
+        p = Fraction(1)
+        for e in r.exprs:
+            if isinstance(e, StatisticMatch):
+                p = 1 - e.probability if e.negated else e.probability
+        out.append((r, target, remaining * p))
+        remaining -= remaining * p
+    return out
+
+
+def _dnat_target(chain: Chain | None, version: int) -> str | None:
+    if chain is None:
+        return None
+    for r in chain.rules:
+        for e in r.exprs:
+            if isinstance(e, NatTarget) and e.name == "DNAT" and e.ip is not None:
+                addr = str(ipaddress.ip_address(e.ip))
+                if e.port is None:
+                    return addr
+                return f"[{addr}]:{e.port}" if version == 6 else f"{addr}:{e.port}"
+    return None
+
+
+def hash_names(services: list[tuple[str, str]]) -> dict[str, str]:
+    """Map kube-proxy chain names back to Service port names, by recomputing hashes."""
+    out: dict[str, str] = {}
+    for spn, proto in services:
+        for chain in naming.iptables_service_chains(spn, proto).values():
+            out[chain] = spn
+    return out
+
+
+def service_ports(rs: Ruleset, known: dict[str, str] | None = None) -> list[ServicePortView]:
+    """One view per (family, Service port) found in the nat tables."""
+    views: list[ServicePortView] = []
+    for t in rs.tables:
+        if t.name != "nat":
+            continue
+        views.extend(_table_views(t, rs, known or {}))
+    return views
+
+
+def _table_views(t: Table, rs: Ruleset, known: dict[str, str]) -> list[ServicePortView]:
+    by_key: dict[str, ServicePortView] = {}
+    version = t.family.version
+    fam = "ipv6" if version == 6 else "ipv4"
+
+    def view_for(chain_name: str, comment: str | None, proto: str | None) -> ServicePortView:
+        key = chain_name[chain_name.rfind("-") + 1 :]
+        v = by_key.get(key)
+        if v is None:
+            name = _comment_name(comment)
+            source = "comment"
+            if name is None and chain_name in known:
+                name, source = known[chain_name], "hash"
+            elif name is None:
+                source = "unknown"
+            v = by_key[key] = ServicePortView(name, proto, fam, name_source=source)
+        if v.name is None and _comment_name(comment):
+            v.name, v.name_source = _comment_name(comment), "comment"
+        if v.protocol is None:
+            v.protocol = proto
+        return v
+
+    def add_entry(chain: Chain, kind_default: str) -> None:
+        for r in chain.rules:
+            target = _jump(r)
+            if target is None or not target.startswith(SERVICE_CHAIN_PREFIXES):
+                continue
+            kind = kind_default
+            if r.comment:
+                for suffix, k in ENTRY_KINDS.items():
+                    if r.comment.endswith(suffix):
+                        kind = k
+            elif target.startswith("KUBE-FW-"):
+                kind = "loadBalancerIP"
+            elif target.startswith("KUBE-EXT-") and kind_default == "clusterIP":
+                kind = "externalIP"
+            v = view_for(target, r.comment, _proto(r))
+            v.entries.append(Entry(kind, _dst(r), _dport(r), target, str(r.location)))
+
+    for name, kind in (("KUBE-SERVICES", "clusterIP"), ("KUBE-NODEPORTS", "nodePort")):
+        c = t.chains.get(name)
+        if c is not None:
+            add_entry(c, kind)
+    for c in t.chains.values():
+        if c.name.startswith(SERVICE_CHAIN_PREFIXES):
+            v = view_for(c.name, next((r.comment for r in c.rules if r.comment), None), None)
+            v.chains[c.name.split("-")[1]] = c.name
+            if c.name.startswith(("KUBE-SVC-", "KUBE-SVL-")):
+                dest = v.endpoints if c.name.startswith("KUBE-SVC-") else v.local_endpoints
+                for r, sep, p in endpoint_split(c):
+                    dest.append(
+                        EndpointView(
+                            sep, _dnat_target(t.chains.get(sep), version), p, str(r.location)
+                        )
+                    )
+    _mark_no_endpoints(rs, t, by_key)
+    return sorted(by_key.values(), key=lambda v: (v.name or "~", v.family))
+
+
+def _mark_no_endpoints(rs: Ruleset, nat: Table, views: dict[str, ServicePortView]) -> None:
+    """Services without endpoints get a filter-table REJECT instead of nat chains."""
+    filt = rs.table(nat.family, "filter")
+    if filt is None:
+        return
+    names = {v.name: v for v in views.values() if v.name}
+    for chain_name in ("KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES"):
+        c = filt.chains.get(chain_name)
+        if c is None:
+            continue
+        for r in c.rules:
+            if not (r.comment and r.comment.endswith("has no endpoints")):
+                continue
+            spn = r.comment.split(" ", 1)[0]
+            v = names.get(spn)
+            if v is None:
+                v = names[spn] = views[f"noep:{spn}"] = ServicePortView(
+                    spn, _proto(r), "ipv6" if nat.family.version == 6 else "ipv4"
+                )
+            v.no_endpoints = True
+            kind = "clusterIP" if chain_name == "KUBE-SERVICES" else "externalIP"
+            if _dst(r) is None:
+                kind = "nodePort"
+            v.entries.append(Entry(kind, _dst(r), _dport(r), "REJECT", str(r.location)))
+
+
+__all__ = [
+    "EndpointView",
+    "Entry",
+    "ServicePortView",
+    "VerdictExpr",
+    "endpoint_split",
+    "hash_names",
+    "service_ports",
+]
