@@ -202,7 +202,10 @@ class Engine:
         for s, v in self._chain(table, chain, st, 0):
             if v.kind is VerdictKind.RETURN:
                 policy = chain.policy or "ACCEPT"
-                s = s.hop(Hop(s.hook, table.name, chain.name, None, chain.location, f"policy {policy}", family=table.family.value))
+                # An empty chain's ACCEPT policy tells the reader nothing.
+                if chain.rules or policy != "ACCEPT":
+                    s = s.hop(Hop(s.hook, table.name, chain.name, None, chain.location, f"policy {policy}",
+                                  family=table.family.value))
                 v = Verdict(VerdictKind.ACCEPT) if policy == "ACCEPT" else Verdict(VerdictKind.DROP, detail="policy")
             out.append((s, v))
         return out

@@ -1,0 +1,446 @@
+"""The `kpa` command line (also `kubectl kpa` through the kubectl-kpa entry point)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, NoReturn
+
+import click
+
+from kpa import __version__
+from kpa.errors import KpaError
+
+OUTPUT_TEXT = click.Choice(["text", "json", "yaml"])
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def example_dir() -> str:
+    return str(resources.files("kpa") / "data" / "example")
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    raise KpaError(message) if code == 2 else click.exceptions.Exit(code)
+
+
+@dataclass
+class Inputs:
+    """Everything a command reads: rules, cluster objects, and node facts."""
+
+    rules: list[str] = field(default_factory=list)
+    cluster: list[str] = field(default_factory=list)
+    node_ips: list[str] = field(default_factory=list)
+    node: str | None = None
+    live: bool = False
+    example: bool = False
+
+    def resolve_example(self) -> None:
+        if not self.example:
+            return
+        d = example_dir()
+        self.rules = self.rules or [os.path.join(d, "rules.v4.save")]
+        self.cluster = self.cluster or [os.path.join(d, "cluster.yaml")]
+        with open(os.path.join(d, "meta.json")) as fh:
+            meta = json.load(fh)
+        if not self.node_ips:
+            self.node_ips = [ip for ip in meta.get("node_ips", {}).values() if ip]
+        self.node = self.node or meta.get("node_name")
+
+
+def rules_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--example", is_flag=True, help="Use the example cluster bundled with kpa.")(fn)
+    fn = click.option("--live", is_flag=True, help="Read this host's rules (iptables-save, ip6tables-save, nft; read-only, needs root).")(fn)
+    fn = click.option("--rules", "-r", "rules", multiple=True, metavar="FILE",
+                      help="iptables-save, ip6tables-save, `nft list ruleset` or `nft -j list ruleset` output; "
+                           "gzip is fine; `-` reads stdin. Repeatable.")(fn)
+    return fn
+
+
+def cluster_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--node", metavar="NAME", help="This node's name, to find its Node object and local endpoints.")(fn)
+    fn = click.option("--node-ip", "node_ips", multiple=True, metavar="IP",
+                      help="An address of this node (repeatable). Defaults to the Node object's addresses.")(fn)
+    fn = click.option("--cluster", "-c", "cluster", multiple=True, metavar="PATH",
+                      help="Services, EndpointSlices, Nodes, Pods as `kubectl get -o yaml|json` prints them; "
+                           "files, directories or `-`. Repeatable.")(fn)
+    return fn
+
+
+def load_ruleset(inp: Inputs) -> Any:
+    from kpa.sources import live_rules, load_rules
+
+    inp.resolve_example()
+    if inp.live:
+        rs, _ = live_rules()
+        if inp.rules:
+            rs.merge(load_rules(inp.rules))
+        return rs
+    if not inp.rules:
+        raise click.UsageError("give --rules FILE (or --live, or --example)")
+    return load_rules(inp.rules)
+
+
+def load_cluster(inp: Inputs) -> Any:
+    if not inp.cluster:
+        return None
+    from kpa.k8s.objects import load_objects
+
+    return load_objects(list(inp.cluster))
+
+
+def local_addresses(inp: Inputs, objects: Any) -> dict[int, Any]:
+    from kpa.netfilter.domain import IntSet, network_set
+
+    ips = list(inp.node_ips)
+    if not ips and objects is not None:
+        node = objects.node(inp.node) if inp.node else (objects.nodes[0] if len(objects.nodes) == 1 else None)
+        if node is not None:
+            ips = list(node.internal_ips) + list(node.external_ips)
+    local = {4: network_set(ipaddress.ip_network("127.0.0.0/8")), 6: IntSet.single(1)}
+    for ip in ips:
+        try:
+            a = ipaddress.ip_address(ip)
+        except ValueError:
+            raise click.BadParameter(f"expected an IP address, found {ip!r}", param_hint="--node-ip") from None
+        local[a.version] = local[a.version] | IntSet.single(int(a))
+    return local
+
+
+def color_enabled(ctx: click.Context) -> bool:
+    if os.environ.get("NO_COLOR"):
+        return False
+    return sys.stdout.isatty()
+
+
+# -- the command group ---------------------------------------------------------
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="kpa")
+def cli() -> None:
+    """kpa: what does this node's netfilter do to this packet, and why?
+
+    kpa reads a node's rules (iptables-save, ip6tables-save, nft list ruleset,
+    or the live host) and the cluster's Services, EndpointSlices, Nodes and
+    Pods, rebuilds the chains kube-proxy wrote, and traces packets through
+    them, reporting every possible outcome with its exact probability.
+
+    \b
+    Examples:
+      kpa trace --example --dst 10.96.0.11 -p tcp --dport 80
+      kpa trace -r node.save --node-ip 192.168.0.2 --dst 10.96.0.10 -p udp --dport 53
+      kpa check -r node.save
+      kpa show -r node.save -c cluster.yaml
+      kpa graph -r node.save --from-chain KUBE-SERVICES -o mermaid
+    """
+
+
+# -- check -----------------------------------------------------------------------
+
+@cli.command(context_settings=CONTEXT)
+@rules_options
+@click.option("-o", "--output", "fmt", type=OUTPUT_TEXT, default="text", show_default=True)
+def check(rules: Sequence[str], live: bool, example: bool, fmt: str) -> None:
+    """Parse and validate rules, like `iptables-restore --test` or `nft -c`.
+
+    Prints one line per table: chains, rules, unknown matches and targets,
+    and dangling jumps. Exit status: 0 clean, 1 problems found, 2 input
+    unreadable.
+
+    \b
+    Examples:
+      kpa check -r node.save
+      iptables-save | kpa check -r -
+      kpa check -r node.save.gz -o json
+    """
+    from kpa.graph import build_graph, find_problems
+
+    rs = load_ruleset(Inputs(list(rules), live=live, example=example))
+    g = build_graph(rs)
+    problems = find_problems(g)
+    dangling_by_table: dict[tuple[str, str], list[str]] = {}
+    for node, refs in problems.dangling:
+        dangling_by_table.setdefault((node[0], node[1]), []).append(f"{node[2]} (from {', '.join(refs)})")
+    tables = []
+    findings = 0
+    for t in rs.tables:
+        rules_ = list(t.rules())
+        unknown = [(r, e) for r in rules_ for e in r.unknown_exprs()]
+        dangling = dangling_by_table.get((t.family.value, t.name), [])
+        unused = [n[2] for n in problems.unreferenced if n[:2] == (t.family.value, t.name)
+                  and t.chains[n[2]].rules]
+        findings += len(unknown) + len(dangling)
+        tables.append({
+            "family": t.family.value, "table": t.name, "source": t.source, "chains": len(t.chains),
+            "rules": len(rules_),
+            "unknown": [{"location": str(r.location), "what": e.describe(), "why": getattr(e, "reason", "")}
+                        for r, e in unknown],
+            "dangling_jumps": dangling, "unreferenced_chains": unused,
+        })
+    cycles = [" -> ".join(f"{n[1]}/{n[2]}" for n in c) for c in problems.cycles]
+    findings += len(cycles)
+    if fmt != "text":
+        from kpa.render.output import dump
+
+        click.echo(dump({"tables": tables, "cycles": cycles, "warnings": rs.warnings, "ok": findings == 0}, fmt), nl=False)
+    else:
+        for tb in tables:
+            click.echo(f"{tb['family']:<4} {tb['table']:<9} {tb['chains']:>6} chains {tb['rules']:>8} rules "
+                       f"{len(tb['unknown']):>4} unknown {len(tb['dangling_jumps']):>3} dangling jumps  [{tb['source']}]")
+            for u in tb["unknown"][:20]:
+                click.echo(f"  unknown: {u['location']}: {u['what']} ({u['why']})")
+            for d in tb["dangling_jumps"]:
+                click.echo(f"  dangling jump to {d}")
+            for c in tb["unreferenced_chains"]:
+                click.echo(f"  note: chain {c} has rules but nothing jumps to it")
+        for c in cycles:
+            click.echo(f"loop: {c}")
+        for w in rs.warnings:
+            click.echo(f"warning: {w}")
+    if findings:
+        raise click.exceptions.Exit(1)
+
+
+# -- graph -----------------------------------------------------------------------
+
+@cli.command(context_settings=CONTEXT)
+@rules_options
+@click.option("-o", "--output", "fmt", type=click.Choice(["dot", "mermaid", "json"]), default="dot", show_default=True)
+@click.option("--from-chain", metavar="CHAIN", help="Only what this chain reaches (CHAIN or TABLE/CHAIN).")
+def graph(rules: Sequence[str], live: bool, example: bool, fmt: str, from_chain: str | None) -> None:
+    """Print the chain graph as DOT, Mermaid or JSON.
+
+    \b
+    Examples:
+      kpa graph -r node.save | dot -Tsvg > chains.svg
+      kpa graph -r node.save --from-chain KUBE-SVC-ERIFXISQEP7F7OF4 -o mermaid
+    """
+    from kpa import graph as G
+
+    rs = load_ruleset(Inputs(list(rules), live=live, example=example))
+    g = G.build_graph(rs)
+    if from_chain:
+        starts = G.find_chain(g, from_chain)
+        if not starts:
+            raise KpaError(f"no chain named {from_chain!r} in the rules")
+        sub = G.reachable(g, starts[0])
+        for s in starts[1:]:
+            sub = type(sub)(sub)
+            sub.update(G.reachable(g, s))
+        g = sub
+    click.echo({"dot": G.to_dot, "mermaid": G.to_mermaid, "json": G.dumps_json}[fmt](g), nl=False)
+
+
+# -- show ------------------------------------------------------------------------
+
+@cli.command(context_settings=CONTEXT)
+@rules_options
+@cluster_options
+@click.option("--service", "service_filter", metavar="NS/NAME", help="Only this Service.")
+@click.option("-o", "--output", "fmt", type=OUTPUT_TEXT, default="text", show_default=True)
+def show(rules: Sequence[str], live: bool, example: bool, cluster: Sequence[str], node_ips: Sequence[str],
+         node: str | None, service_filter: str | None, fmt: str) -> None:
+    """List what kube-proxy built for each Service port.
+
+    For each port: its entry rules (ClusterIP, NodePort, external IP, load
+    balancer), its KUBE-SVC/SVL/EXT/FW chains, and its endpoints with their
+    exact share of traffic. Names come from kube-proxy's comments, or, where
+    those are missing, from recomputing its chain-name hashes with --cluster.
+
+    \b
+    Examples:
+      kpa show --example
+      kpa show -r node.save -c objects/ --service shop/frontend -o json
+    """
+    from kpa.k8s.kubeproxy import hash_names, service_ports
+
+    inp = Inputs(list(rules), list(cluster), list(node_ips), node, live, example)
+    rs = load_ruleset(inp)
+    objects = load_cluster(inp)
+    known: dict[str, str] = {}
+    if objects is not None:
+        from kpa.k8s.naming import service_port_name
+
+        known = hash_names([(service_port_name(s.namespace, s.name, p.name), p.protocol)
+                            for s in objects.services for p in s.ports])
+    views = service_ports(rs, known)
+    if service_filter:
+        views = [v for v in views if v.name and (v.name == service_filter or v.name.split(":")[0] == service_filter)]
+    if fmt != "text":
+        from kpa.render.output import dump
+
+        click.echo(dump({"service_ports": [v.to_json() for v in views]}, fmt), nl=False)
+        return
+    color = color_enabled(click.get_current_context())
+    for v in views:
+        title = f"{v.name or '(unnamed)'} {v.protocol or ''} [{v.family}]"
+        click.echo(click.style(title, bold=True) if color else title)
+        for e in v.entries:
+            where = f"{e.address or '<node addresses>'}:{e.port}"
+            click.echo(f"  {e.kind:<15} {where:<26} -> {e.chain}  ({e.location})")
+        for kind, name in sorted(v.chains.items()):
+            click.echo(f"  chain {kind:<4} {name}")
+        if v.no_endpoints:
+            click.echo("  no endpoints: traffic is rejected")
+        for label, eps in (("endpoint", v.endpoints), ("local endpoint", v.local_endpoints)):
+            for ep in eps:
+                click.echo(f"  {label:<15} {ep.address or '?':<26} {float(ep.probability) * 100:6.2f}%  via {ep.chain}")
+        click.echo("")
+
+
+# -- trace -----------------------------------------------------------------------
+
+@cli.command(context_settings=CONTEXT)
+@rules_options
+@cluster_options
+@click.option("--src", "-s", metavar="IP[/LEN]", help="Source address (or CIDR); open if omitted.")
+@click.option("--dst", "-d", metavar="IP[/LEN]", help="Destination address (or CIDR); open if omitted.")
+@click.option("-p", "--protocol", "proto", type=click.Choice(["tcp", "udp", "sctp", "icmp"]), help="Open if omitted.")
+@click.option("--sport", type=click.IntRange(0, 65535), help="Source port; open if omitted.")
+@click.option("--dport", type=click.IntRange(0, 65535), help="Destination port; open if omitted.")
+@click.option("--origin", type=click.Choice(["prerouting", "output"]),
+              help="Where the packet enters: from a network interface, or from a local process.  [default: prerouting]")
+@click.option("--in-iface", "-i", metavar="NAME", help="Input interface; open if omitted.")
+@click.option("--out-iface", metavar="NAME", help="Output interface; open if omitted.")
+@click.option("--ctstate", type=click.Choice(["NEW", "ESTABLISHED", "RELATED", "INVALID", "UNTRACKED", "any"],
+              case_sensitive=False), default="NEW", show_default=True, help="Connection-tracking state; `any` leaves it open.")
+@click.option("--mark", default="0", show_default=True, help="The packet's mark as it enters.")
+@click.option("--affinity", multiple=True, metavar="LIST", help="Treat the client as already in this `recent` list (session affinity).")
+@click.option("--affinity-open", is_flag=True, help="Explore both cases for every session-affinity list.")
+@click.option("--to", "to", metavar="svc/NS/NAME[:PORT]", help="Target a Service by name (needs --cluster).")
+@click.option("--via", type=click.Choice(["cluster-ip", "nodeport", "lb", "external-ip"]), default="cluster-ip",
+              show_default=True, help="Which entry point of --to to use.")
+@click.option("--from", "from_", metavar="pod/NS/NAME|node/NAME|external|IP", help="Who sends the packet.")
+@click.option("--family", type=click.Choice(["ipv4", "ipv6"]), help="Packet family; guessed from the addresses.")
+@click.option("--max-outcomes", type=click.IntRange(1), default=512, show_default=True)
+@click.option("-o", "--output", "fmt", type=OUTPUT_TEXT, default="text", show_default=True)
+def trace(rules: Sequence[str], live: bool, example: bool, cluster: Sequence[str], node_ips: Sequence[str],
+          node: str | None, src: str | None, dst: str | None, proto: str | None, sport: int | None,
+          dport: int | None, origin: str | None, in_iface: str | None, out_iface: str | None, ctstate: str,
+          mark: str, affinity: Sequence[str], affinity_open: bool, to: str | None, via: str,
+          from_: str | None, family: str | None, max_outcomes: int, fmt: str) -> None:
+    """Trace a packet through the node's netfilter and list every outcome.
+
+    Fields left out stay open: kpa splits on the rules that test them and
+    gives, for each outcome, the condition on the open fields. Each outcome
+    lists every rule hit (table/chain #n and FILE:LINE), NAT rewrites, the
+    verdict and its exact probability. For any one concrete packet, the
+    outcomes whose conditions it meets have probabilities summing to 1.
+
+    \b
+    Examples:
+      kpa trace --example --dst 10.96.0.11 -p tcp --dport 80
+      kpa trace --example --src 198.51.100.7 --dst 203.0.113.10 -p tcp --dport 443
+      kpa trace --example --dst 192.168.0.2 -p tcp --dport 30080 --origin prerouting -o json
+      kpa trace -r node.save -c cluster/ --to svc/shop/web:http --from external
+    """
+    from kpa.netfilter.engine import trace as run_trace
+    from kpa.netfilter.model import Family
+    from kpa.netfilter.packet import PacketSpec, TraceContext
+
+    inp = Inputs(list(rules), list(cluster), list(node_ips), node, live, example)
+    rs = load_ruleset(inp)
+    objects = load_cluster(inp)
+    local = local_addresses(inp, objects)
+    spec_origin = origin
+    if to or from_:
+        from kpa.k8s.resolve import resolve_endpoints
+
+        r = resolve_endpoints(objects, inp, to, via, from_, proto)
+        dst = dst or r.dst
+        dport = dport if dport is not None else r.dport
+        proto = proto or r.proto
+        src = src or r.src
+        spec_origin = spec_origin or r.origin
+    try:
+        mark_value = int(mark, 0)
+    except ValueError:
+        raise click.BadParameter(f"expected a number like 0x4000, found {mark!r}", param_hint="--mark") from None
+    fam = Family.IPV6 if family == "ipv6" else Family.IPV4
+    if family is None:
+        for a in (dst, src):
+            if a:
+                try:
+                    fam = Family.IPV6 if ipaddress.ip_network(a, strict=False).version == 6 else Family.IPV4
+                except ValueError:
+                    raise click.BadParameter(f"expected an IP address or CIDR, found {a!r}") from None
+                break
+    spec = PacketSpec(family=fam, src=src, dst=dst, proto=proto, sport=sport, dport=dport, iif=in_iface,
+                      oif=out_iface, origin=spec_origin or "prerouting",
+                      ctstate=None if ctstate.lower() == "any" else ctstate.upper(), mark=mark_value)
+    try:
+        spec.initial_state()
+    except ValueError as exc:
+        raise KpaError(f"bad packet: {exc}") from None
+    if fam not in rs.families() and Family.INET not in rs.families():
+        raise KpaError(f"the rules hold no {'IPv6' if fam is Family.IPV6 else 'IPv4'} tables for this packet")
+    ctx = TraceContext(local=local, affinity={n: True for n in affinity},
+                       affinity_default=None if affinity_open else False, max_outcomes=max_outcomes)
+    result = run_trace(rs, spec, ctx)
+    result.warnings = list(rs.warnings) + result.warnings
+    if fmt != "text":
+        from kpa.render.output import dump
+
+        click.echo(dump(result.to_json(), fmt), nl=False)
+        return
+    from kpa.render.trace import render_trace
+
+    click.echo(render_trace(result, color_enabled(click.get_current_context())), nl=False)
+
+
+# -- completion ------------------------------------------------------------------
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print a shell completion script.
+
+    \b
+    Examples:
+      eval "$(kpa completion bash)"
+      kpa completion fish > ~/.config/fish/completions/kpa.fish
+    """
+    from click.shell_completion import get_completion_class
+
+    cls = get_completion_class(shell)
+    if cls is None:
+        raise KpaError(f"no completion support for {shell}")
+    comp = cls(cli, {}, "kpa", "_KPA_COMPLETE")
+    click.echo(comp.source())
+
+
+# -- entry points ------------------------------------------------------------------
+
+def _run(prog_name: str, args: list[str] | None = None) -> None:
+    try:
+        cli.main(args=args, prog_name=prog_name, standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except KpaError as exc:
+        click.echo(f"{prog_name}: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except BrokenPipeError:
+        sys.stderr.close()
+        sys.exit(0)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(0)
+
+
+def main() -> None:
+    _run("kpa")
+
+
+def kubectl_main() -> None:
+    """`kubectl kpa ...`: kubectl finds `kubectl-kpa` on PATH and runs it."""
+    _run("kubectl kpa")
