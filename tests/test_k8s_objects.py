@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import subprocess
@@ -257,6 +258,15 @@ def test_directories_are_read_recursively(tmp_path: Path) -> None:
     (tmp_path / "a" / "notes.txt").write_text("not: [yaml")
     (tmp_path / ".git" / "hidden.yaml").write_text(node.format("hidden"))
     assert sorted(n.name for n in load_objects([str(tmp_path)]).nodes) == ["deep", "top"]
+
+
+def test_gzipped_dumps_are_read(tmp_path: Path) -> None:
+    (tmp_path / "nodes.json.gz").write_bytes(gzip.compress((RECORDED / "nodes.json").read_bytes()))
+    (tmp_path / "broken.yaml.gz").write_bytes(b"\x1f\x8b\x08\x00truncated")
+    with pytest.raises(InputError, match=r"broken\.yaml\.gz: expected a complete gzip stream"):
+        load_objects([str(tmp_path)])
+    (tmp_path / "broken.yaml.gz").unlink()
+    assert len(load_objects([str(tmp_path)]).nodes) == 2
 
 
 def test_stdin_dash_in_a_subprocess() -> None:

@@ -7,6 +7,7 @@ functions here, so defaulting and validation behave identically.
 
 from __future__ import annotations
 
+import gzip
 import ipaddress
 import json
 import sys
@@ -830,23 +831,42 @@ def _files_under(directory: Path) -> list[Path]:
         relative = path.relative_to(directory).parts
         if any(part.startswith(".") for part in relative):
             continue
-        if path.is_file() and path.suffix.lower() in OBJECT_FILE_SUFFIXES:
+        name = path.name.lower().removesuffix(".gz")
+        if path.is_file() and name.endswith(OBJECT_FILE_SUFFIXES):
             found.append(path)
     return found
+
+
+def _decode(data: bytes, source: str) -> str:
+    """Bytes of a dump as text, gunzipping it first when it is gzip-compressed."""
+    if data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as error:
+            raise InputError(
+                source, None, f"expected a complete gzip stream, found a damaged one ({error})"
+            ) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise InputError(source, line, "expected UTF-8 text, found binary data") from None
 
 
 def load_objects(paths: Sequence[str], stdin: TextIO | None = None) -> ClusterObjects:
     """Read Kubernetes objects from files, directories (recursively) and `-` (stdin).
 
     Accepts single objects, `List`/`*List` kinds, multi-document YAML and `kubectl -o
-    json|yaml` output. Kinds kpa does not use are skipped and counted in `warnings`.
+    json|yaml` output, optionally gzip-compressed. Kinds kpa does not use are skipped and counted in `warnings`.
     Raises InputError (FILE:LINE: expected ..., found ...) for malformed input.
     """
     collector = _Collector()
     for raw in paths:
         if raw == "-":
-            stream = stdin if stdin is not None else sys.stdin
-            _load_text(stream.read(), "<stdin>", collector)
+            if stdin is not None:
+                _load_text(stdin.read(), "<stdin>", collector)
+            else:
+                _load_text(_decode(sys.stdin.buffer.read(), "<stdin>"), "<stdin>", collector)
             continue
         path = Path(raw)
         if path.is_dir():
@@ -859,10 +879,10 @@ def load_objects(paths: Sequence[str], stdin: TextIO | None = None) -> ClusterOb
             raise InputError(raw, None, "expected a file or directory, found nothing there")
         for file in files:
             try:
-                text = file.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as error:
-                raise InputError(str(file), None, f"cannot read: {error}") from None
-            _load_text(text, str(file), collector)
+                data = file.read_bytes()
+            except OSError as error:
+                raise InputError(str(file), None, f"cannot read: {error.strerror}") from None
+            _load_text(_decode(data, str(file)), str(file), collector)
     return collector.result()
 
 
