@@ -94,21 +94,19 @@ def load_cluster(inp: Inputs) -> Any:
 
 
 def local_addresses(inp: Inputs, objects: Any) -> dict[int, Any]:
-    from kpa.netfilter.domain import IntSet, network_set
+    from kpa.netfilter.packet import node_local_addresses
 
     ips = list(inp.node_ips)
     if not ips and objects is not None:
         node = objects.node(inp.node) if inp.node else (objects.nodes[0] if len(objects.nodes) == 1 else None)
         if node is not None:
             ips = list(node.internal_ips) + list(node.external_ips)
-    local = {4: network_set(ipaddress.ip_network("127.0.0.0/8")), 6: IntSet.single(1)}
     for ip in ips:
         try:
-            a = ipaddress.ip_address(ip)
+            ipaddress.ip_address(ip)
         except ValueError:
             raise click.BadParameter(f"expected an IP address, found {ip!r}", param_hint="--node-ip") from None
-        local[a.version] = local[a.version] | IntSet.single(int(a))
-    return local
+    return node_local_addresses(ips)
 
 
 def color_enabled(ctx: click.Context) -> bool:

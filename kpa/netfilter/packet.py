@@ -228,6 +228,15 @@ def protocol_number(name: str, family: Family = Family.IPV4) -> int:
     raise ValueError(f"unknown protocol {name!r}")
 
 
+def node_local_addresses(ips: list[str]) -> dict[int, IntSet]:
+    """The addresses `addrtype LOCAL` and routing treat as this node's: given ones plus loopback."""
+    local = {4: network_set(ipaddress.ip_network("127.0.0.0/8")), 6: IntSet.single(1)}
+    for ip in ips:
+        a = ipaddress.ip_address(ip)
+        local[a.version] = local[a.version] | IntSet.single(int(a))
+    return local
+
+
 @dataclass
 class TraceContext:
     """Facts about the node that are not in the ruleset."""
