@@ -209,3 +209,28 @@ def test_unreachable_server_is_a_clean_error(tmp_path: Path) -> None:
         KpaError, match=rf"^cannot reach the Kubernetes API server at http://127\.0\.0\.1:{port}"
     ):
         load_live(str(path), None, None)
+
+
+def test_expired_continue_token_restarts_the_list_once(server: Any, kubeconfig: str) -> None:
+    serve_cluster(server)
+    page1 = api.recorded("endpointslices-page1.json")
+    expired = {
+        "kind": "Status",
+        "code": 410,
+        "reason": "Expired",
+        "message": "The provided continue parameter is too old to display a consistent list result.",
+    }
+    answers = iter([page1, expired, page1, api.recorded("endpointslices-page2.json")])
+
+    def slices(_request: Any) -> Any:
+        body = next(answers)
+        return api.Reply(410 if body is expired else 200, body)
+
+    server.route("GET", SLICES, slices)
+    objects = load_live(kubeconfig, None, None, page_size=2)
+
+    tokens = [r.param("continue") for r in server.seen("GET", SLICES)]
+    assert tokens == [None, page1["metadata"]["continue"], None, page1["metadata"]["continue"]]
+    # The fresh list still delivers both pages.
+    names = {s.name for s in objects.endpoint_slices if not s.from_endpoints}
+    assert {"kube-dns-7hhsv", "web-8fz2c"} <= names
