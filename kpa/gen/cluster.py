@@ -151,13 +151,14 @@ def node_ip(family: Family, index: int) -> str:
 def node_pod_cidr(family: Family, index: int) -> str:
     if family == "ipv4":
         return f"10.244.{index}.0/24"
-    return f"fd00:10:244:{index:x}::/64"
+    return str(ipaddress.ip_network(f"fd00:10:244:{index:x}::/64"))
 
 
 def pod_ip(family: Family, node_index: int, host: int) -> str:
     if family == "ipv4":
         return f"10.244.{node_index}.{host}"
-    return f"fd00:10:244:{node_index:x}::{host:x}"
+    # Canonical text: kube-proxy hashes the address as Go prints it.
+    return str(ipaddress.ip_address(f"fd00:10:244:{node_index:x}::{host:x}"))
 
 
 def lb_ip(family: Family, index: int) -> str:
