@@ -9,7 +9,18 @@ from __future__ import annotations
 
 import ipaddress
 
-from kpa.ext.base import Cond, FnCond, Match, Option, OptionError, ParseCtx, Split, Unsupported, match, parts
+from kpa.ext.base import (
+    Cond,
+    FnCond,
+    Match,
+    Option,
+    OptionError,
+    ParseCtx,
+    Split,
+    Unsupported,
+    match,
+    parts,
+)
 from kpa.netfilter.domain import IntSet, network_set
 from kpa.netfilter.packet import State, TraceContext
 

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from kpa.ext.base import Match, Option, OptionError, ParseCtx, PredCond, Statement, Unsupported, match, parse_value_mask, target
+from kpa.ext.base import (
+    Match,
+    Option,
+    OptionError,
+    ParseCtx,
+    PredCond,
+    Statement,
+    Unsupported,
+    match,
+    parse_value_mask,
+    target,
+)
 from kpa.ext.mark import MASK32, apply_mark, mark_update
 from kpa.netfilter.model import Expr
 from kpa.netfilter.packet import State, TraceContext

@@ -7,7 +7,24 @@ hold once kpa has applied that kind of NAT to the connection.
 
 from __future__ import annotations
 
-from kpa.ext.base import Cond, FnCond, IntCond, Match, Option, OptionError, ParseCtx, Split, Unsupported, match, parse_networks, parse_port_range, parts
+from collections.abc import Callable
+
+from kpa.ext.base import (
+    Cond,
+    FnCond,
+    IntCond,
+    Match,
+    Option,
+    OptionError,
+    ParseCtx,
+    PredCond,
+    Split,
+    Unsupported,
+    match,
+    parse_networks,
+    parse_port_range,
+    parts,
+)
 from kpa.netfilter.domain import IntSet
 from kpa.netfilter.packet import CT_STATES, State, TraceContext, protocol_number
 
@@ -41,6 +58,10 @@ def _orig_cond(field: str, values: IntSet, negated: bool) -> Cond:
     return FnCond(test, negated)
 
 
+def _const(value: bool) -> Callable[[State, TraceContext], bool]:
+    return lambda st, ctx: value
+
+
 @match("conntrack")
 def parse_conntrack(opts: list[Option], ctx: ParseCtx) -> Match:
     conds: list[Cond] = []
@@ -63,8 +84,8 @@ def parse_conntrack(opts: list[Option], ctx: ParseCtx) -> Match:
             conds.append(IntCond("proto", IntSet.single(number), o.negated))
         elif o.name == "--ctdir":
             # Traced packets travel in the original direction.
-            want = o.arg().upper() == "ORIGINAL"
-            conds.append(FnCond(lambda s, c, want=want: ([s], []) if want else ([], [s]), o.negated))
+            original = o.arg().upper() == "ORIGINAL"
+            conds.append(PredCond(_const(original), o.negated))
         else:
             raise Unsupported(f"conntrack option {o.name} is not modelled")
     return Match(name="conntrack", options=opts, conds=conds)

@@ -7,7 +7,16 @@ the kernel's ifname comparison with a shortened mask.
 
 from __future__ import annotations
 
-from kpa.ext.base import IntCond, Match, NameCond, Option, OptionError, ParseCtx, PredCond, parse_networks
+from kpa.ext.base import (
+    IntCond,
+    Match,
+    NameCond,
+    Option,
+    OptionError,
+    ParseCtx,
+    PredCond,
+    parse_networks,
+)
 from kpa.netfilter.domain import IntSet
 from kpa.netfilter.packet import protocol_number
 

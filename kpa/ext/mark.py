@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from kpa.ext.base import Match, Option, OptionError, ParseCtx, PredCond, Statement, match, parse_value_mask, target
+from kpa.ext.base import (
+    Match,
+    Option,
+    OptionError,
+    ParseCtx,
+    PredCond,
+    Statement,
+    match,
+    parse_value_mask,
+    target,
+)
 from kpa.netfilter.model import Expr
 from kpa.netfilter.packet import State, TraceContext
 

@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from kpa.ext.base import Cond, FnCond, IntCond, Match, Option, ParseCtx, Split, Unsupported, match, parse_port_range, parts
+from kpa.ext.base import (
+    Cond,
+    FnCond,
+    IntCond,
+    Match,
+    Option,
+    ParseCtx,
+    Split,
+    Unsupported,
+    match,
+    parse_port_range,
+    parts,
+)
 from kpa.netfilter.domain import IntSet
 from kpa.netfilter.packet import State, TraceContext
 

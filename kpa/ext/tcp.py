@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from kpa.ext.base import Cond, IntCond, Match, Option, OptionError, ParseCtx, PredCond, Unsupported, match, parse_port_range
+from kpa.ext.base import (
+    Cond,
+    IntCond,
+    Match,
+    Option,
+    OptionError,
+    ParseCtx,
+    PredCond,
+    Unsupported,
+    match,
+    parse_port_range,
+)
 
 TCP_FLAGS = {"FIN": 0x01, "SYN": 0x02, "RST": 0x04, "PSH": 0x08, "ACK": 0x10, "URG": 0x20,
              "ECE": 0x40, "CWR": 0x80, "ALL": 0xFF, "NONE": 0}

@@ -128,7 +128,8 @@ def describe_addresses(values: IntSet, version: int) -> list[str]:
     cls = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
     out: list[str] = []
     for lo, hi in values:
-        nets = list(ipaddress.summarize_address_range(cls(lo), cls(hi)))
+        nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = list(
+            ipaddress.summarize_address_range(cls(lo), cls(hi)))  # type: ignore[arg-type]
         if len(nets) <= 4:
             out.extend(n.compressed if n.prefixlen != n.max_prefixlen else str(n.network_address) for n in nets)
         else:

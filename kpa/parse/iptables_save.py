@@ -15,10 +15,30 @@ from dataclasses import dataclass
 
 from kpa import ext
 from kpa.errors import InputError
-from kpa.ext.base import Option, OptionError, ParseCtx, Statement, Unsupported, UnknownExpr, VerdictExpr
+from kpa.ext.base import (
+    Option,
+    OptionError,
+    ParseCtx,
+    Statement,
+    UnknownExpr,
+    Unsupported,
+    VerdictExpr,
+)
 from kpa.ext.comment import CommentMatch
 from kpa.ext.core import address, fragment, interface, protocol
-from kpa.netfilter.model import IPTABLES_PRIORITY, IPTABLES_TABLES, Chain, Expr, Family, Location, Rule, Ruleset, Table, Verdict, VerdictKind
+from kpa.netfilter.model import (
+    IPTABLES_PRIORITY,
+    IPTABLES_TABLES,
+    Chain,
+    Expr,
+    Family,
+    Location,
+    Rule,
+    Ruleset,
+    Table,
+    Verdict,
+    VerdictKind,
+)
 
 BUILTIN_CHAINS = {
     "raw": ("PREROUTING", "OUTPUT"),

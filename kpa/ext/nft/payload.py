@@ -1,0 +1,81 @@
+"""payload (nft_payload): header fields such as `ip daddr`, `tcp dport`, `th dport`.
+
+A header field only exists when its header does: nft guards `tcp dport` with
+`meta l4proto tcp` and, in inet/bridge/netdev tables, `ip daddr` with
+`meta nfproto ipv4`. kpa keeps that guard apart from the comparison, so a
+negated test (`ip saddr != 10.0.0.0/8`) never matches an IPv6 packet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from kpa.ext.base import Cond, IntCond, Split, parts
+from kpa.ext.nft.base import Key, UnmodelledKey, Value, union
+from kpa.netfilter.domain import IntSet
+from kpa.netfilter.packet import State, TraceContext
+
+PORT_PROTOCOLS = IntSet.of((6, 6), (17, 17), (33, 33), (132, 132), (136, 136))
+L4 = {"tcp": 6, "udp": 17, "sctp": 132, "udplite": 136, "dccp": 33}
+
+# (protocol, field) -> (state field, datatype, IP version or None, l4 protocols or None)
+FIELDS: dict[tuple[str, str], tuple[str, str, int | None, IntSet | None]] = {
+    ("ip", "saddr"): ("src", "ipv4_addr", 4, None),
+    ("ip", "daddr"): ("dst", "ipv4_addr", 4, None),
+    ("ip", "protocol"): ("proto", "inet_proto", 4, None),
+    ("ip6", "saddr"): ("src", "ipv6_addr", 6, None),
+    ("ip6", "daddr"): ("dst", "ipv6_addr", 6, None),
+    ("ip6", "nexthdr"): ("proto", "inet_proto", 6, None),
+    ("th", "sport"): ("sport", "inet_service", None, PORT_PROTOCOLS),
+    ("th", "dport"): ("dport", "inet_service", None, PORT_PROTOCOLS),
+    ("icmp", "type"): ("icmp_type", "icmp_type", 4, IntSet.single(1)),
+    ("icmpv6", "type"): ("icmp_type", "icmpv6_type", 6, IntSet.single(58)),
+}
+for _proto, _num in L4.items():
+    FIELDS[(_proto, "sport")] = ("sport", "inet_service", None, IntSet.single(_num))
+    FIELDS[(_proto, "dport")] = ("dport", "inet_service", None, IntSet.single(_num))
+
+
+@dataclass(eq=False)
+class FieldKey(Key):
+    """A header field kpa tracks as a packet domain."""
+
+    field: str = ""
+    version: int | None = None  # None: the table's family already implies it
+    protocols: IntSet | None = None
+
+    def state_field(self) -> str | None:
+        return self.field
+
+    def needs_guard(self) -> bool:
+        return self.version is not None or self.protocols is not None
+
+    def guard(self, st: State, ctx: TraceContext) -> Split:
+        if self.version is not None and st.version != self.version:
+            return [], [st]
+        if self.protocols is None:
+            return [st], []
+        return parts(*st.restrict("proto", self.protocols))
+
+    def test(self, st: State, ctx: TraceContext, values: Sequence[Value]) -> Split:
+        return parts(*st.restrict(self.field, union(values)))
+
+    def cond(self, values: Sequence[Value], negated: bool = False) -> Cond:
+        # A plain IntCond lets kpa.netfilter.index see pinned destinations.
+        return IntCond(self.field, union(values), negated)
+
+
+def payload_key(protocol: str, fld: str, family: str) -> FieldKey:
+    """The key for `PROTOCOL FIELD` in a table of `family` (ip, ip6, inet, ...)."""
+    spec = FIELDS.get((protocol, fld))
+    if spec is None:
+        raise UnmodelledKey(f"payload {protocol} {fld} is not modelled")
+    state_field, dtype, version, protos = spec
+    # In an ip or ip6 table every packet has that network header already.
+    if family in ("ip", "ip6") and version is not None and (version == 6) == (family == "ip6"):
+        version = None
+    elif family in ("ip", "ip6") and version is not None:
+        # An ip table never sees IPv6 packets, so the field never exists.
+        version = 6 if family == "ip" else 4
+    return FieldKey(field=state_field, dtype=dtype, text=f"{protocol} {fld}", version=version, protocols=protos)
