@@ -415,7 +415,10 @@ def completion(shell: str) -> None:
 
 def _run(prog_name: str, args: list[str] | None = None) -> None:
     try:
-        cli.main(args=args, prog_name=prog_name, standalone_mode=False)
+        # Without standalone mode click returns an Exit's code instead of raising it.
+        code = cli.main(args=args, prog_name=prog_name, standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
