@@ -30,11 +30,13 @@ class ValueError_(ValueError):
     """A constant that does not fit its key's datatype."""
 
 
+@dataclass(eq=False)
 class Key:
     """The left side of an nft comparison, lookup or map."""
 
     dtype: str = "integer"
     text: str = ""
+
     # nft adds a dependency (`meta nfproto ipv4`, `meta l4proto tcp`) in front
     # of header fields; a packet without that header never matches, even `!=`.
     def guard(self, st: State, ctx: TraceContext) -> Split:
@@ -159,9 +161,7 @@ class ConcatKey(Key):
         return any(k.needs_guard() for k in self.keys)
 
     def guard(self, st: State, ctx: TraceContext) -> Split:
-        from kpa.ext.base import Cond as _Cond
-
-        conds: list[_Cond] = [FnCond(lambda s, c, k=k: k.guard(s, c)) for k in self.keys if k.needs_guard()]
+        conds: list[Cond] = [FnCond(k.guard) for k in self.keys if k.needs_guard()]
         return conjunction(conds, st, ctx)
 
     def test(self, st: State, ctx: TraceContext, values: Sequence[Value]) -> Split:
@@ -259,9 +259,12 @@ def parse_value(dtype: str, raw: Any) -> Value:
         text = str(raw)
         if dtype in ("ipv4_addr", "ipv6_addr") and "/" in text:
             return network_set(ipaddress.ip_network(text, strict=False))
-        if "-" in text[1:] and not (dtype.startswith("icmp") and text in ICMP_TYPES | ICMPV6_TYPES):
-            lo_s, hi_s = text.split("-", 1) if not text.startswith("-") else (text, "")
-            if dtype != "inet_service" or not (lo_s.isalpha() and hi_s.isalpha()):
+        if "-" in text[1:]:
+            # Names may contain '-' (ipv6-icmp, echo-request): only a failed name is a range.
+            try:
+                return IntSet.single(_scalar(dtype, text))
+            except (ValueError, KeyError):
+                lo_s, hi_s = text.split("-", 1)
                 return IntSet.range(_scalar(dtype, lo_s), _scalar(dtype, hi_s))
         return IntSet.single(_scalar(dtype, text))
     except ValueError_:

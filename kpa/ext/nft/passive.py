@@ -17,6 +17,7 @@ from kpa.netfilter.packet import State, TraceContext
 
 @dataclass(eq=False)
 class PassiveStmt(Expr):
+    name: str = ""
     text: str = ""
     note: str | None = None
     # `limit rate over` / `quota over` match once exceeded: never, for one packet.

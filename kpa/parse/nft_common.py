@@ -1,0 +1,568 @@
+"""Lowering nftables rulesets into kpa's IR, shared by the text and JSON readers.
+
+Both readers turn their input into the shapes of nft's JSON schema
+(libnftables-json): a rule is a list of statement objects such as
+`{"match": {"op": "==", "left": {"payload": {...}}, "right": "10.96.0.1"}}`.
+The text reader builds those objects from `nft list ruleset` lines, the JSON
+reader takes them as they are. `Builder` turns them into tables, chains,
+sets and rules; `lower_stmt` turns one statement into kpa expressions from
+kpa.ext.nft.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kpa.errors import InputError
+from kpa.ext.base import UnknownExpr
+from kpa.ext.nft.base import (
+    ConcatKey,
+    Element,
+    Key,
+    UnmodelledKey,
+    Value,
+    ValueError_,
+    key_match,
+    parse_value,
+)
+from kpa.ext.nft.bitwise import OP_WORDS, MarkExpr, MarkSet, MaskedMarkKey, RandomKey
+from kpa.ext.nft.compat import xt_expr
+from kpa.ext.nft.ct import ct_key
+from kpa.ext.nft.dynset import SetUpdate
+from kpa.ext.nft.fib import fib_key
+from kpa.ext.nft.lookup import SetLookup, VerdictMap
+from kpa.ext.nft.meta import MarkKey, meta_key
+from kpa.ext.nft.nat import NftNat, NftNatMap
+from kpa.ext.nft.numgen import NumgenKey
+from kpa.ext.nft.passive import NotrackStmt, passive
+from kpa.ext.nft.payload import payload_key
+from kpa.ext.nft.verdict import reject_expr, verdict_expr, verdict_value
+from kpa.netfilter.domain import IntSet
+from kpa.netfilter.model import (
+    Chain,
+    Expr,
+    Family,
+    Flow,
+    Location,
+    NamedSet,
+    Rule,
+    Ruleset,
+    Table,
+    Verdict,
+)
+
+PRIORITIES = {"raw": -300, "mangle": -150, "dstnat": -100, "filter": 0, "security": 50, "srcnat": 100}
+BRIDGE_PRIORITIES = {"dstnat": -300, "filter": -200, "out": 100, "srcnat": 300}
+IP_HOOKS = {"prerouting", "input", "forward", "output", "postrouting"}
+VERDICTS = ("accept", "drop", "continue", "return", "jump", "goto", "queue")
+PASSIVE = {"counter", "log", "limit", "quota", "comment", "flow", "ct helper", "ct timeout", "ct expectation",
+           "meter", "synproxy", "dup", "fwd", "connlimit"}
+IPTABLES_CHAINS = {"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"}
+DTYPE_BITS = {"ipv4_addr": 32, "ipv6_addr": 128, "inet_service": 16, "inet_proto": 8, "mark": 32,
+              "integer": 32, "icmp_type": 8, "icmpv6_type": 8}
+
+
+class Malformed(Exception):
+    """A statement whose shape does not fit nft's schema; the reader adds FILE:LINE."""
+
+
+def parse_priority(value: Any, family: str) -> int:
+    """`filter`, `dstnat - 10`, `-100`, or an int from JSON."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    text = str(value).strip()
+    m = re.fullmatch(r"([a-z]+)\s*(?:([+-])\s*(\d+))?", text)
+    if m:
+        names = BRIDGE_PRIORITIES if family == "bridge" else PRIORITIES
+        if m.group(1) not in names:
+            raise Malformed(f"expected a priority name ({', '.join(names)}) or number, found {text!r}")
+        base = names[m.group(1)]
+        off = int(m.group(3) or 0)
+        return base - off if m.group(2) == "-" else base + off
+    try:
+        return int(text)
+    except ValueError:
+        raise Malformed(f"expected a priority name or number, found {text!r}") from None
+
+
+def hook_name(hook: str) -> str:
+    return hook.upper() if hook in IP_HOOKS else hook
+
+
+def looks_iptables_managed(table: Table) -> bool:
+    """iptables-nft's own tables: a classic name and base chains named after their hooks."""
+    if table.family not in (Family.IPV4, Family.IPV6) or table.name not in ("filter", "nat", "mangle", "raw", "security"):
+        return False
+    bases = list(table.base_chains())
+    return bool(bases) and all(c.name in IPTABLES_CHAINS and c.name == c.hook for c in bases)
+
+
+# -- rendering (for rule text of JSON input and expression labels) ---------------
+
+def fmt(x: Any) -> str:
+    """An nft-syntax rendering of a JSON-schema expression or statement."""
+    if x is None:
+        return ""
+    if isinstance(x, bool):
+        return str(x).lower()
+    if isinstance(x, (int, str)):
+        return str(x)
+    if isinstance(x, list):
+        return ",".join(fmt(v) for v in x)
+    if not isinstance(x, dict) or len(x) != 1:
+        return str(x)
+    (k, v), = x.items()
+    if k == "payload":
+        return f"{v.get('protocol', '')} {v.get('field', '')}".strip() if "field" in v else "@payload"
+    if k == "meta":
+        return f"meta {v['key']}"
+    if k == "ct":
+        return f"ct {v['dir'] + ' ' if v.get('dir') else ''}{v['key']}"
+    if k == "fib":
+        flags = v.get("flags", [])
+        return f"fib {' . '.join(flags if isinstance(flags, list) else [flags])} {v.get('result', '')}"
+    if k == "numgen":
+        off = f" offset {v['offset']}" if v.get("offset") else ""
+        return f"numgen {v.get('mode')} mod {v.get('mod')}{off}"
+    if k == "concat":
+        return " . ".join(fmt(p) for p in v)
+    if k == "set":
+        if isinstance(v, list):
+            return "{ " + ", ".join(f"{fmt(e[0])} : {fmt(e[1])}" if isinstance(e, list) else fmt(e) for e in v) + " }"
+        return fmt(v)
+    if k == "prefix":
+        return f"{v['addr']}/{v['len']}"
+    if k == "range":
+        return f"{fmt(v[0])}-{fmt(v[1])}"
+    if k in ("&", "|", "^", "<<", ">>"):
+        return f"{fmt(v[0])} {k} {fmt(v[1])}"
+    if k == "elem":
+        return fmt(v.get("val"))
+    if k == "match":
+        op = v.get("op", "==")
+        shown = "" if op in ("==", "in") else f" {op}"
+        return f"{fmt(v['left'])}{shown} {fmt(v['right'])}"
+    if k in ("vmap", "map"):
+        return f"{fmt(v['key'])} {k} {fmt(v['data'])}"
+    if k in ("jump", "goto"):
+        return f"{k} {v['target']}"
+    if k in VERDICTS:
+        return str(k)
+    if k == "mangle":
+        return f"{fmt(v['key'])} set {fmt(v['value'])}"
+    if k in ("dnat", "snat", "masquerade", "redirect"):
+        parts = [k]
+        if isinstance(v, dict):
+            if "addr" in v or "port" in v:
+                addr = fmt(v.get("addr", ""))
+                port = f":{v['port']}" if "port" in v else ""
+                parts += ["to", addr + port]
+            if v.get("flags"):
+                parts.append(fmt(v["flags"]))
+        return " ".join(parts)
+    if k == "reject":
+        if isinstance(v, dict) and v.get("type"):
+            return f"reject with {v['type']} {v.get('expr', '')}".strip()
+        return "reject"
+    if k == "set" or (k in ("update", "add")):
+        return f"{k} {fmt(v)}"
+    if k == "xt":
+        return f"xt {v.get('type')} {v.get('name')}"
+    if k == "counter":
+        return "counter" if not isinstance(v, dict) else f"counter packets {v.get('packets', 0)} bytes {v.get('bytes', 0)}"
+    if v in (None, {}):
+        return str(k)
+    shown = fmt(v) if not isinstance(v, dict) else " ".join(f"{a} {fmt(b)}" for a, b in v.items())
+    return f"{k} {shown}"
+
+
+def fmt_stmt(stmt: dict[str, Any]) -> str:
+    if len(stmt) == 1 and "set" in stmt and isinstance(stmt["set"], dict) and "op" in stmt["set"]:
+        s = stmt["set"]
+        return f"{s['op']} {s['set']} {{ {fmt(s['elem'])} }}"
+    return fmt(stmt)
+
+
+# -- building the IR -----------------------------------------------------------
+
+@dataclass
+class Builder:
+    file: str
+    ruleset: Ruleset = field(default_factory=Ruleset)
+    managed: set[tuple[str, str]] = field(default_factory=set)
+    _updated: set[tuple[int, str]] = field(default_factory=set)
+
+    def error(self, line: int | None, message: str) -> InputError:
+        return InputError(self.file, line, message)
+
+    def table(self, family: str, name: str, line: int | None) -> Table:
+        try:
+            fam = Family(family)
+        except ValueError:
+            raise self.error(line, f"expected a table family (ip, ip6, inet, arp, bridge, netdev), found {family!r}") from None
+        existing = self.ruleset.table(fam, name)
+        if existing is not None:
+            return existing
+        t = Table(fam, name, source="nft", location=Location(self.file, line or 0))
+        self.ruleset.tables.append(t)
+        return t
+
+    def chain(self, table: Table, name: str, line: int | None, handle: int | None = None,
+              ctype: str | None = None, hook: str | None = None, prio: Any = None, policy: str | None = None) -> Chain:
+        c = table.chains.get(name)
+        if c is None:
+            c = Chain(name, table.name, location=Location(self.file, line or 0), handle=handle)
+            table.chains[name] = c
+        if hook is not None:
+            try:
+                c.priority = parse_priority(prio if prio is not None else 0, table.family.value)
+            except Malformed as exc:
+                raise self.error(line, str(exc)) from None
+            c.hook = hook_name(hook)
+            if ctype not in ("filter", "nat", "route"):
+                raise self.error(line, f"expected chain type filter, nat or route, found {ctype!r}")
+            c.kind = ctype
+            pol = (policy or "accept").upper()
+            if pol not in ("ACCEPT", "DROP"):
+                raise self.error(line, f"expected policy accept or drop, found {policy!r}")
+            c.policy = pol
+        return c
+
+    # sets ------------------------------------------------------------------
+    def set(self, table: Table, name: str, line: int | None, spec: dict[str, Any]) -> NamedSet:
+        try:
+            key_types = self._types(spec.get("type"), table)
+            data = spec.get("map")
+            flags = spec.get("flags", [])
+            flags = [flags] if isinstance(flags, str) else list(flags)
+            ns = NamedSet(name, key_types, flags=frozenset(flags), location=Location(self.file, line or 0),
+                          dynamic="dynamic" in flags)
+            ns.values = [] if data is not None else None
+            data_types = self._types(data, table) if data is not None and data != "verdict" else ()
+            for item in spec.get("elem", []) or []:
+                if data is not None:
+                    if not isinstance(item, list) or len(item) != 2:
+                        raise Malformed(f"expected a `key : value` map element, found {fmt(item)!r}")
+                    ns.elements.append(self.element(item[0], key_types))
+                    assert ns.values is not None
+                    ns.values.append(self.map_value(item[1], data == "verdict", data_types))
+                else:
+                    ns.elements.append(self.element(item, key_types))
+        except (Malformed, ValueError_, UnmodelledKey) as exc:
+            raise self.error(line, f"set {name}: {exc}") from None
+        table.sets[name] = ns
+        return ns
+
+    def _types(self, spec: Any, table: Table) -> tuple[str, ...]:
+        if isinstance(spec, str):
+            return tuple(p.strip() for p in spec.split(" . "))
+        if isinstance(spec, list):
+            return tuple(str(p) for p in spec)
+        if isinstance(spec, dict) and "typeof" in spec:
+            key = self.key(spec["typeof"], table.family.value)
+            return tuple(k.dtype for k in key.keys) if isinstance(key, ConcatKey) else (key.dtype,)
+        raise Malformed(f"expected a set type, found {spec!r}")
+
+    def element(self, raw: Any, dtypes: Sequence[str]) -> Element:
+        if isinstance(raw, dict) and "elem" in raw:
+            raw = raw["elem"].get("val")
+        parts = raw["concat"] if isinstance(raw, dict) and "concat" in raw else [raw]
+        if len(parts) != len(dtypes):
+            raise Malformed(f"expected {len(dtypes)} part(s) ({' . '.join(dtypes)}), found {fmt(raw)!r}")
+        return tuple(parse_value(t, p) for t, p in zip(dtypes, parts, strict=True))
+
+    def map_value(self, raw: Any, verdict: bool, dtypes: Sequence[str]) -> Any:
+        if verdict:
+            if not isinstance(raw, dict) or len(raw) != 1:
+                raise Malformed(f"expected a verdict, found {fmt(raw)!r}")
+            (k, v), = raw.items()
+            if k not in VERDICTS:
+                raise Malformed(f"expected a verdict, found {fmt(raw)!r}")
+            return verdict_value(k, v.get("target") if isinstance(v, dict) else None)
+        el = self.element(raw, dtypes)
+        if dtypes and dtypes[0] in ("ipv4_addr", "ipv6_addr"):
+            ip = el[0].single_value() if isinstance(el[0], IntSet) else None
+            port = el[1].single_value() if len(el) > 1 and isinstance(el[1], IntSet) else None
+            return (ip, port)
+        return el
+
+    # rules -----------------------------------------------------------------
+    def rule(self, table: Table, chain_name: str, line: int | None, stmts: list[dict[str, Any]],
+             text: str | None = None, comment: str | None = None, handle: int | None = None) -> Rule:
+        chain = table.chains.get(chain_name)
+        if chain is None:
+            raise self.error(line, f"expected a chain declared in table {table.family.value} {table.name}, found {chain_name!r}")
+        exprs: list[Expr] = []
+        counters: tuple[int, int] | None = None
+        for stmt in stmts:
+            if not isinstance(stmt, dict) or len(stmt) != 1:
+                raise self.error(line, f"expected a statement object with one key, found {str(stmt)[:60]!r}")
+            if "counter" in stmt and isinstance(stmt["counter"], dict) and "packets" in stmt["counter"]:
+                c = stmt["counter"]
+                counters = (int(c.get("packets", 0)), int(c.get("bytes", 0)))
+            if "comment" in stmt and comment is None:
+                comment = str(stmt["comment"])
+            try:
+                exprs.extend(self.lower(stmt, table))
+            except (Malformed, ValueError_) as exc:
+                raise self.error(line, f"{fmt_stmt(stmt)}: {exc}") from None
+        rule_text = text if text is not None else " ".join(fmt_stmt(s) for s in stmts)
+        r = Rule(table.name, chain_name, len(chain.rules) + 1, exprs, Location(self.file, line or 0), rule_text,
+                 comment=comment, counters=counters, handle=handle)
+        chain.rules.append(r)
+        return r
+
+    def finish(self) -> Ruleset:
+        for t in self.ruleset.tables:
+            if (t.family.value, t.name) in self.managed or looks_iptables_managed(t):
+                t.managed_by_iptables = True
+            for name, ns in t.sets.items():
+                if (id(t), name) in self._updated:
+                    ns.dynamic = True
+        return self.ruleset
+
+    # -- lowering ------------------------------------------------------------
+    def key(self, raw: Any, family: str) -> Key:
+        if not isinstance(raw, dict) or len(raw) != 1:
+            raise UnmodelledKey(f"{fmt(raw)} is not a modelled key")
+        (k, v), = raw.items()
+        if k == "payload":
+            if "field" not in v:
+                raise UnmodelledKey("raw payload expressions are not modelled")
+            return payload_key(str(v.get("protocol")), str(v["field"]), family)
+        if k == "meta":
+            if v["key"] == "random":
+                return RandomKey()
+            return meta_key(str(v["key"]))
+        if k == "ct":
+            return ct_key(str(v["key"]), v.get("dir"), family)
+        if k == "fib":
+            flags = v.get("flags", [])
+            return fib_key(str(v.get("result")), [flags] if isinstance(flags, str) else list(flags))
+        if k == "numgen":
+            mod = int(v.get("mod", 0))
+            if mod < 1:
+                raise Malformed(f"expected numgen mod of at least 1, found {mod}")
+            return NumgenKey(mode=str(v.get("mode")), modulus=mod, offset=int(v.get("offset", 0) or 0))
+        if k == "concat":
+            keys = [self.key(p, family) for p in v]
+            if any(isinstance(p, (NumgenKey, RandomKey)) for p in keys):
+                raise UnmodelledKey("a random number inside a concatenation is not modelled")
+            return ConcatKey(keys=keys)
+        if k == "&":
+            inner, mask = v
+            ik = self.key(inner, family)
+            m = self.const_int(mask)
+            if isinstance(ik, MarkKey):
+                return MaskedMarkKey(inner=ik, mask=m)
+            if isinstance(ik, RandomKey):
+                return RandomKey(mask=m)
+        raise UnmodelledKey(f"{fmt(raw)} is not a modelled key")
+
+    @staticmethod
+    def const_int(raw: Any) -> int:
+        try:
+            return raw if isinstance(raw, int) else int(str(raw), 0)
+        except ValueError:
+            raise Malformed(f"expected a number, found {raw!r}") from None
+
+    def values(self, key: Key, right: Any) -> list[Value | tuple[Value, ...]]:
+        """The constants on the right of a comparison, typed by the key."""
+        items = right["set"] if isinstance(right, dict) and "set" in right else (right if isinstance(right, list) else [right])
+        out: list[Value | tuple[Value, ...]] = []
+        for it in items:
+            if isinstance(key, ConcatKey):
+                out.append(self.element(it, [k.dtype for k in key.keys]))
+            else:
+                if isinstance(it, dict) and "elem" in it:
+                    it = it["elem"].get("val")
+                out.append(key.parse(it))
+        return out
+
+    def unknown(self, stmt: dict[str, Any], reason: str, target: bool = False) -> UnknownExpr:
+        (name,) = stmt.keys()
+        return UnknownExpr(name=name, tokens=fmt_stmt(stmt).split(), reason=reason, is_target=target)
+
+    def lower(self, stmt: dict[str, Any], table: Table) -> list[Expr]:
+        (k, v), = stmt.items()
+        family = table.family.value
+        if k in VERDICTS:
+            return [verdict_expr(k, v.get("target") if isinstance(v, dict) else None)]
+        if k == "match":
+            return self.lower_match(stmt, v, table)
+        if k == "vmap":
+            return self.lower_vmap(stmt, v, table)
+        if k == "reject":
+            detail = None
+            if isinstance(v, dict) and v.get("type"):
+                detail = f"{v['type']} {v.get('expr', '')}".strip()
+            return [reject_expr(detail)]
+        if k in ("dnat", "snat", "masquerade", "redirect"):
+            return self.lower_nat(stmt, k, v or {}, table)
+        if k == "mangle":
+            return self.lower_mangle(stmt, v, family)
+        if k == "set" and isinstance(v, dict) and "op" in v:
+            return self.lower_dynset(stmt, v, table)
+        if k == "xt":
+            return [xt_expr(str(v.get("type", "match")), str(v.get("name", "?")))]
+        if k == "notrack":
+            return [NotrackStmt()]
+        if k in PASSIVE:
+            over = isinstance(v, dict) and bool(v.get("inv"))
+            return [passive(k, fmt_stmt(stmt), over)]
+        return [self.unknown(stmt, f"nft statement {k!r} is not modelled", target=True)]
+
+    def _named(self, ref: str, table: Table) -> NamedSet | None:
+        return table.sets.get(ref[1:])
+
+    def lower_match(self, stmt: dict[str, Any], v: dict[str, Any], table: Table) -> list[Expr]:
+        op = v.get("op", "==")
+        if "left" not in v or "right" not in v:
+            raise Malformed("expected a match with left and right")
+        try:
+            key = self.key(v["left"], table.family.value)
+        except UnmodelledKey as exc:
+            return [self.unknown(stmt, str(exc))]
+        right = v["right"]
+        text = fmt_stmt(stmt)
+        negated = op == "!="
+        try:
+            if isinstance(right, str) and right.startswith("@"):
+                ns = self._named(right, table)
+                if ns is None:
+                    return [self.unknown(stmt, f"set {right} is not in the dump")]
+                if isinstance(key, (NumgenKey, RandomKey)):
+                    return [self.unknown(stmt, "a random number looked up in a named set is not modelled")]
+                return [SetLookup(key=key, set=ns, negated=negated, text=text)]
+            if op in ("<", ">", "<=", ">="):
+                return key_match(key, [self.compare(key, op, right)], False, text)
+            if op not in ("==", "!=", "in"):
+                raise Malformed(f"expected a comparison operator, found {op!r}")
+            vals = self.values(key, right)
+            if isinstance(key, ConcatKey):
+                return [SetLookup(key=key, elements=[x for x in vals if isinstance(x, tuple)], negated=negated, text=text)]
+            return key_match(key, [x for x in vals if not isinstance(x, tuple)], negated, text)
+        except UnmodelledKey as exc:
+            return [self.unknown(stmt, str(exc))]
+
+    def compare(self, key: Key, op: str, right: Any) -> IntSet:
+        val = key.parse(right)
+        if not isinstance(val, IntSet) or val.single_value() is None:
+            raise Malformed(f"expected a number to compare with, found {fmt(right)!r}")
+        n = val.min()
+        top = (1 << DTYPE_BITS.get(key.dtype, 32)) - 1
+        return {"<": IntSet.range(0, n - 1), "<=": IntSet.range(0, n), ">": IntSet.range(n + 1, top),
+                ">=": IntSet.range(n, top)}[op]
+
+    def lower_vmap(self, stmt: dict[str, Any], v: dict[str, Any], table: Table) -> list[Expr]:
+        text = fmt_stmt(stmt)
+        try:
+            key = self.key(v.get("key"), table.family.value)
+        except UnmodelledKey as exc:
+            return [self.unknown(stmt, str(exc), target=True)]
+        data = v.get("data")
+        if isinstance(data, str) and data.startswith("@"):
+            ns = self._named(data, table)
+            if ns is None:
+                return [self.unknown(stmt, f"map {data} is not in the dump", target=True)]
+            return [VerdictMap(key=key, set=ns, text=text)]
+        items = data["set"] if isinstance(data, dict) and "set" in data else None
+        if not isinstance(items, list):
+            raise Malformed(f"expected a verdict map, found {fmt(data)!r}")
+        dtypes = [k.dtype for k in key.keys] if isinstance(key, ConcatKey) else [key.dtype]
+        elements: list[Element] = []
+        verdicts: list[Verdict | Flow] = []
+        for it in items:
+            if not isinstance(it, list) or len(it) != 2:
+                raise Malformed(f"expected `key : verdict`, found {fmt(it)!r}")
+            try:
+                elements.append(self.element(it[0], dtypes))
+            except UnmodelledKey as exc:
+                return [self.unknown(stmt, str(exc), target=True)]
+            verdicts.append(self.map_value(it[1], True, ()))
+        return [VerdictMap(key=key, elements=elements, verdicts=verdicts, text=text)]
+
+    def lower_nat(self, stmt: dict[str, Any], kind: str, v: dict[str, Any], table: Table) -> list[Expr]:
+        name = {"dnat": "DNAT", "snat": "SNAT", "masquerade": "MASQUERADE", "redirect": "REDIRECT"}[kind]
+        text = fmt_stmt(stmt)
+        addr = v.get("addr")
+        port = v.get("port")
+        if isinstance(addr, dict) and "map" in addr:
+            m = addr["map"]
+            try:
+                key = self.key(m.get("key"), table.family.value)
+            except UnmodelledKey as exc:
+                return [self.unknown(stmt, str(exc), target=True)]
+            data = m.get("data")
+            if isinstance(data, str) and data.startswith("@"):
+                ns = self._named(data, table)
+                if ns is None or ns.values is None:
+                    return [self.unknown(stmt, f"map {data} is not in the dump", target=True)]
+                return [NftNatMap(name=name, key=key, set=ns, text=text)]
+            items = data.get("set") if isinstance(data, dict) else None
+            if not isinstance(items, list):
+                raise Malformed(f"expected a nat map, found {fmt(data)!r}")
+            dtypes = [k.dtype for k in key.keys] if isinstance(key, ConcatKey) else [key.dtype]
+            v6 = v.get("family") == "ip6" or table.family is Family.IPV6
+            addr_t = "ipv6_addr" if v6 else "ipv4_addr"
+            elements: list[Element] = []
+            targets: list[tuple[int, int | None]] = []
+            for it in items:
+                elements.append(self.element(it[0], dtypes))
+                to_ip, to_port = self.map_value(it[1], False, (addr_t, "inet_service") if isinstance(it[1], dict) and "concat" in it[1] else (addr_t,))
+                if to_ip is None:
+                    raise Malformed(f"expected one address to translate to, found {fmt(it[1])!r}")
+                targets.append((to_ip, to_port))
+            return [NftNatMap(name=name, key=key, elements=elements, targets=targets, text=text)]
+        if (isinstance(addr, dict) and "range" in addr) or (isinstance(addr, str) and "-" in addr) or isinstance(addr, dict):
+            return [self.unknown(stmt, f"{kind} to an address range or expression is not modelled", target=True)]
+        if isinstance(port, dict):
+            return [self.unknown(stmt, f"{kind} to a port range or expression is not modelled", target=True)]
+        ip: int | None = None
+        if addr is not None:
+            try:
+                ip = int(ipaddress.ip_address(str(addr)))
+            except ValueError:
+                raise Malformed(f"expected an address to translate to, found {addr!r}") from None
+        if kind in ("dnat", "snat") and ip is None:
+            return [self.unknown(stmt, f"{kind} without an address is not modelled", target=True)]
+        pnum = self.const_int(port) if port is not None else None
+        return [NftNat(name=name, ip=ip, port=pnum, text=text)]
+
+    def mark_expr(self, raw: Any) -> MarkExpr:
+        if isinstance(raw, dict) and len(raw) == 1:
+            (k, v), = raw.items()
+            if k == "meta" and v.get("key") == "mark":
+                return "meta mark"
+            if k == "ct" and v.get("key") == "mark" and not v.get("dir"):
+                return "ct mark"
+            k = OP_WORDS.get(k, k)
+            if k in ("&", "|", "^", "<<", ">>") and isinstance(v, list) and len(v) == 2:
+                return (k, self.mark_expr(v[0]), self.mark_expr(v[1]))
+            raise UnmodelledKey(f"mark value {fmt(raw)} is not modelled")
+        return self.const_int(raw)
+
+    def lower_mangle(self, stmt: dict[str, Any], v: dict[str, Any], family: str) -> list[Expr]:
+        target = fmt(v.get("key"))
+        if target in ("meta mark", "ct mark"):
+            try:
+                return [MarkSet(target=target, value=self.mark_expr(v.get("value")))]
+            except UnmodelledKey as exc:
+                return [self.unknown(stmt, str(exc), target=True)]
+        # Other fields (nftrace, priority, dscp...) do not steer the packet through netfilter.
+        if target in ("meta nftrace", "meta priority", "ct zone", "ct helper"):
+            return [passive("set", fmt_stmt(stmt))]
+        return [self.unknown(stmt, f"setting {target} is not modelled", target=True)]
+
+    def lower_dynset(self, stmt: dict[str, Any], v: dict[str, Any], table: Table) -> list[Expr]:
+        name = str(v.get("set", "")).lstrip("@")
+        self._updated.add((id(table), name))
+        try:
+            key = self.key(v.get("elem"), table.family.value)
+        except UnmodelledKey as exc:
+            return [self.unknown(stmt, str(exc), target=True)]
+        return [SetUpdate(op=str(v.get("op")), set_name=name, key=key, text=fmt_stmt(stmt))]

@@ -1,0 +1,100 @@
+"""Reader for `nft -j list ruleset` (libnftables JSON, schema version 1).
+
+The objects (table, chain, set, map, rule) are handed to the shared lowering
+in kpa.parse.nft_common. `nft -j` prints everything on one line; when the
+JSON is pretty-printed, errors point at the line of the offending object.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from kpa.errors import InputError
+from kpa.netfilter.model import Ruleset
+from kpa.parse.nft_common import Builder
+
+HEAD = re.compile(r'\s*\{\s*"nftables"\s*:\s*\[')
+# Objects nft lists that do not affect a packet's path through the hooks.
+IGNORED = {"metainfo", "flowtable", "counter", "quota", "ct helper", "ct timeout", "ct expectation", "limit",
+           "secmark", "synproxy", "element", "tunnel"}
+
+
+def _objects(text: str, file: str) -> Iterator[tuple[int, Any]]:
+    """Each element of the top-level `nftables` array with the line it starts on."""
+    m = HEAD.match(text)
+    dec = json.JSONDecoder()
+    if m is None:
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(file, exc.lineno, f"expected nft JSON, {exc.msg}") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("nftables"), list):
+            raise InputError(file, 1, 'expected an object {"nftables": [...]}, found something else')
+        for obj in doc["nftables"]:
+            yield 1, obj
+        return
+    pos, line, n = m.end(), text.count("\n", 0, m.end()) + 1, len(text)
+    counted = pos
+    while True:
+        while pos < n and text[pos] in " \t\r\n,":
+            pos += 1
+        if pos >= n:
+            raise InputError(file, text.count("\n") + 1, "expected ']' closing the nftables array, found end of input")
+        if text[pos] == "]":
+            break
+        line += text.count("\n", counted, pos)
+        counted = pos
+        try:
+            obj, end = dec.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            raise InputError(file, exc.lineno, f"expected nft JSON, {exc.msg}") from None
+        yield line, obj
+        pos = end
+    rest = text[pos + 1:].strip()
+    if not re.fullmatch(r"\}\s*", rest):
+        raise InputError(file, text.count("\n", 0, pos) + 1, "expected '}' after the nftables array")
+
+
+def _str(obj: dict[str, Any], key: str, what: str, file: str, line: int) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str):
+        raise InputError(file, line, f"expected {what} ({key!r}) as a string, found {value!r}")
+    return value
+
+
+def parse_nft_json(text: str, file: str = "<stdin>") -> Ruleset:
+    b = Builder(file)
+    for line, obj in _objects(text, file):
+        if not isinstance(obj, dict) or len(obj) != 1:
+            raise InputError(file, line, f"expected an object with one key (table, chain, rule...), found {str(obj)[:60]!r}")
+        (kind, body), = obj.items()
+        if kind in IGNORED:
+            continue
+        if not isinstance(body, dict):
+            raise InputError(file, line, f"expected the attributes of a {kind}, found {body!r}")
+        family = _str(body, "family", "a family", file, line)
+        if kind == "table":
+            b.table(family, _str(body, "name", "a table name", file, line), line)
+            continue
+        if kind not in ("chain", "set", "map", "rule"):
+            b.ruleset.warnings.append(f"{file}:{line}: nft object {kind!r} ignored")
+            continue
+        table = b.table(family, _str(body, "table", "a table name", file, line), line)
+        if kind == "chain":
+            b.chain(table, _str(body, "name", "a chain name", file, line), line, body.get("handle"),
+                    body.get("type"), body.get("hook"), body.get("prio"), body.get("policy"))
+        elif kind in ("set", "map"):
+            b.set(table, _str(body, "name", "a set name", file, line), line, body)
+        else:
+            exprs = body.get("expr")
+            if not isinstance(exprs, list):
+                raise InputError(file, line, f"expected the rule's statements ('expr') as a list, found {exprs!r}")
+            b.rule(table, _str(body, "chain", "a chain name", file, line), line, exprs,
+                   comment=body.get("comment"), handle=body.get("handle"))
+    return b.finish()
+
+
+__all__ = ["parse_nft_json"]

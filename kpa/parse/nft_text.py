@@ -1,0 +1,572 @@
+"""Reader for `nft list ruleset` text (also `nft -a`), nftables 0.9.x to 1.1.x.
+
+Blocks (table, chain, set, map) are read line by line; each rule line is
+parsed into the JSON-schema shapes of kpa.parse.nft_common and lowered from
+there, so text and JSON input mean exactly the same IR. A construct the
+reader does not know is kept as one unknown expression covering the rest of
+the rule, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from kpa.errors import InputError
+from kpa.netfilter.model import Ruleset, Table
+from kpa.parse.nft_common import VERDICTS, Builder
+
+HANDLE = re.compile(r"\s*#\s*handle\s+(\d+)\s*$")
+WARNING = re.compile(r"#\s*Warning:\s*table\s+(\S+)\s+(\S+)\s+is managed by iptables-nft")
+SKIPPED_BLOCKS = {"flowtable", "counter", "quota", "ct", "limit", "secmark", "synproxy", "tunnel"}
+
+PAYLOAD = {"ip", "ip6", "tcp", "udp", "udplite", "sctp", "dccp", "th", "icmp", "icmpv6", "ether", "vlan", "arp",
+           "ah", "esp", "comp", "igmp", "gre", "ipcomp", "dst", "hbh", "frag", "rt", "mh", "auth"}
+BARE_META = {"iif", "oif", "iifname", "oifname", "iiftype", "oiftype", "mark", "skuid", "skgid", "nftrace",
+             "rtclassid", "pkttype", "cpu", "iifgroup", "oifgroup", "cgroup", "random", "l4proto", "nfproto",
+             "priority", "length", "secmark", "ibrname", "obrname", "ibrvproto", "ibrpvid", "time", "day", "hour"}
+CT_KEYS = {"state", "status", "mark", "direction", "l3proto", "protocol", "proto-src", "proto-dst", "saddr",
+           "daddr", "expiration", "helper", "zone", "count", "id", "label", "bytes", "packets", "avgpkt", "event"}
+BINOPS = {"&": "&", "|": "|", "^": "^", "<<": "<<", ">>": ">>", "and": "&", "or": "|", "xor": "^"}
+CMP = {"==", "!=", "<", ">", "<=", ">=", "eq", "ne", "lt", "gt", "le", "ge"}
+CMP_WORDS = {"eq": "==", "ne": "!=", "lt": "<", "gt": ">", "le": "<=", "ge": ">="}
+NAT_FLAGS = {"random", "fully-random", "persistent", "netmap", "prefix"}
+ELEMENT_ATTRS = {"timeout", "expires", "counter", "comment", "packets", "bytes"}
+
+
+class Unparsed(Exception):
+    """Syntax the rule reader does not know: the rest of the rule becomes unknown."""
+
+
+@dataclass(slots=True)
+class Tok:
+    text: str
+    quoted: bool = False
+
+
+def tokenize(line: str, file: str, lineno: int) -> list[Tok]:
+    out: list[Tok] = []
+    i, n = 0, len(line)
+    while i < n:
+        c = line[i]
+        if c in " \t;":
+            i += 1
+            continue
+        if c == '"':
+            j = i + 1
+            buf: list[str] = []
+            while j < n and line[j] != '"':
+                if line[j] == "\\" and j + 1 < n:
+                    j += 1
+                buf.append(line[j])
+                j += 1
+            if j >= n:
+                raise InputError(file, lineno, 'expected a closing ", found end of line')
+            out.append(Tok("".join(buf), True))
+            i = j + 1
+            continue
+        if c in "{}":
+            out.append(Tok(c))
+            i += 1
+            continue
+        if c == "," and (i + 1 >= n or line[i + 1] in " \t}"):
+            out.append(Tok(","))
+            i += 1
+            continue
+        j = i
+        while j < n and line[j] not in ' \t{}";' and not (line[j] == "," and (j + 1 >= n or line[j + 1] in " \t}")):
+            j += 1
+        out.append(Tok(line[i:j]))
+        i = j
+    return out
+
+
+class RuleParser:
+    """Turns the tokens of one rule into nft JSON-schema statements."""
+
+    def __init__(self, toks: list[Tok]) -> None:
+        self.toks = toks
+        self.pos = 0
+
+    # -- token helpers -------------------------------------------------------
+    def peek(self, k: int = 0) -> str | None:
+        p = self.pos + k
+        return self.toks[p].text if p < len(self.toks) and not self.toks[p].quoted else (
+            None if p >= len(self.toks) else "\x00" + self.toks[p].text)
+
+    def next(self) -> str:
+        if self.pos >= len(self.toks):
+            raise Unparsed("unexpected end of rule")
+        t = self.toks[self.pos]
+        self.pos += 1
+        return t.text
+
+    def accept(self, word: str) -> bool:
+        if self.peek() == word:
+            self.pos += 1
+            return True
+        return False
+
+    def rest_text(self) -> str:
+        return " ".join(f'"{t.text}"' if t.quoted else t.text for t in self.toks[self.pos:])
+
+    # -- statements ------------------------------------------------------------
+    def statements(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        while self.pos < len(self.toks):
+            start = self.pos
+            try:
+                out.append(self.statement())
+            except Unparsed as exc:
+                self.pos = start
+                out.append({"unparsed": {"text": self.rest_text(), "reason": str(exc)}})
+                break
+        return out
+
+    def statement(self) -> dict[str, Any]:
+        t = self.peek()
+        if t in VERDICTS:
+            self.next()
+            if t in ("jump", "goto"):
+                return {t: {"target": self.next()}}
+            if t == "queue":
+                while self.peek() in ("num", "bypass", "fanout", "to", "flags") or (self.peek() or "x")[0].isdigit():
+                    self.next()
+            return {t: None}
+        if t == "reject":
+            self.next()
+            if not self.accept("with"):
+                return {"reject": None}
+            kind = self.next()
+            if kind == "tcp":
+                self.next()  # reset
+                return {"reject": {"type": "tcp reset"}}
+            self.accept("type")
+            return {"reject": {"type": kind, "expr": self.next()}}
+        if t == "counter":
+            self.next()
+            body: dict[str, Any] = {}
+            while self.peek() in ("packets", "bytes", "name"):
+                k = self.next()
+                body[k] = self.next()
+            return {"counter": {k: int(v) if v.isdigit() else v for k, v in body.items()} or None}
+        if t == "log":
+            self.next()
+            opts: dict[str, Any] = {}
+            while self.peek() in ("prefix", "level", "group", "snaplen", "queue-threshold", "flags"):
+                k = self.next()
+                opts[k] = self.next()
+            return {"log": opts or None}
+        if t == "limit":
+            self.next()
+            if not self.accept("rate"):
+                raise Unparsed("expected `limit rate`")
+            over = self.accept("over")
+            self.accept("until")
+            rate = self.next()
+            if "/" not in rate:
+                rate += " " + self.next()
+            if self.accept("burst"):
+                self.next()
+                self.accept("packets")
+                self.accept("bytes")
+            return {"limit": {"rate": rate, "inv": over}}
+        if t == "quota":
+            self.next()
+            over = self.accept("over")
+            self.accept("until")
+            amount = self.next() + " " + self.next()
+            if self.accept("used"):
+                self.next()
+                self.next()
+            return {"quota": {"val": amount, "inv": over}}
+        if t is not None and t.startswith("\x00"):
+            raise Unparsed(f"unexpected string {t[1:]!r}")
+        if t == "comment":
+            self.next()
+            return {"comment": self.next()}
+        if t == "notrack":
+            self.next()
+            return {"notrack": None}
+        if t in ("dnat", "snat", "masquerade", "redirect"):
+            return self.nat()
+        if t in ("update", "add", "delete") and (self.peek(1) or "").startswith("@"):
+            op = self.next()
+            name = self.next()
+            if not self.accept("{"):
+                raise Unparsed("expected `{ key }` after the set")
+            elem = self.concat_expr()
+            for _ in range(8):  # element options such as `timeout 3h`
+                if self.peek() == "}":
+                    break
+                self.next()
+            if not self.accept("}"):
+                raise Unparsed("expected } closing the set element")
+            return {"set": {"op": op, "elem": elem, "set": name}}
+        if t == "xt":
+            self.next()
+            return {"xt": {"type": self.next(), "name": self.next()}}
+        if t == "flow":
+            self.next()
+            self.accept("add")
+            self.accept("offload")
+            return {"flow": {"flowtable": self.next()}}
+        left = self.concat_expr()
+        nt = self.peek()
+        if nt == "set":
+            self.next()
+            return {"mangle": {"key": left, "value": self.value_expr()}}
+        if nt == "vmap":
+            self.next()
+            return {"vmap": {"key": left, "data": self.rhs(map_verdicts=True)}}
+        op = "=="
+        if nt in CMP:
+            op = CMP_WORDS.get(self.next(), nt)
+        right = self.rhs()
+        if self.peek() == "/":
+            raise Unparsed("masked comparisons (`/`) are not read")
+        return {"match": {"op": op, "left": left, "right": right}}
+
+    # -- expressions ----------------------------------------------------------
+    def primary(self) -> dict[str, Any]:
+        t = self.next()
+        if t in PAYLOAD:
+            fld = self.next()
+            if fld in ("option", "ext", "hdr") or not re.fullmatch(r"[a-z][a-z0-9-]*", fld):
+                raise Unparsed(f"{t} {fld} is not read")
+            return {"payload": {"protocol": t, "field": fld}}
+        if t == "meta":
+            return {"meta": {"key": self.next()}}
+        if t in BARE_META:
+            return {"meta": {"key": t}}
+        if t == "ct":
+            direction = None
+            if self.peek() in ("original", "reply"):
+                direction = self.next()
+            key = self.next()
+            if key in ("ip", "ip6"):
+                key = f"{key} {self.next()}"
+            elif key not in CT_KEYS:
+                raise Unparsed(f"ct {key} is not read")
+            body: dict[str, Any] = {"key": key}
+            if direction:
+                body["dir"] = direction
+            return {"ct": body}
+        if t == "fib":
+            flags = [self.next()]
+            while self.accept("."):
+                flags.append(self.next())
+            return {"fib": {"result": self.next(), "flags": flags}}
+        if t == "numgen":
+            mode = self.next()
+            if not self.accept("mod"):
+                raise Unparsed("expected numgen MODE mod N")
+            body = {"mode": mode, "mod": int(self.next(), 0), "offset": 0}
+            if self.accept("offset"):
+                body["offset"] = int(self.next(), 0)
+            return {"numgen": body}
+        raise Unparsed(f"{t!r} is not read as an expression")
+
+    def unary(self) -> dict[str, Any]:
+        left = self.primary()
+        while self.peek() in BINOPS:
+            op = BINOPS[self.next()]
+            left = {op: [left, self.next()]}
+        return left
+
+    def concat_expr(self) -> dict[str, Any]:
+        parts = [self.unary()]
+        while self.accept("."):
+            parts.append(self.unary())
+        return parts[0] if len(parts) == 1 else {"concat": parts}
+
+    def value_expr(self) -> Any:
+        t = self.peek()
+        left: Any
+        if t is not None and (t in PAYLOAD or t in BARE_META or t in ("meta", "ct", "numgen", "fib")):
+            left = self.primary()
+        else:
+            left = self.next()
+        while self.peek() in BINOPS:
+            op = BINOPS[self.next()]
+            left = {op: [left, self.next()]}
+        return left
+
+    def scalar(self) -> Any:
+        t = self.peek()
+        if t is None:
+            raise Unparsed("expected a value, found end of rule")
+        if t in ("{", "}", ",", ":"):
+            raise Unparsed(f"expected a value, found {t!r}")
+        text = self.next()
+        parts = [text]
+        while self.accept("."):
+            parts.append(self.next())
+        return parts[0] if len(parts) == 1 else {"concat": parts}
+
+    def rhs(self, map_verdicts: bool = False) -> Any:
+        if self.peek() is not None and (self.peek() or "").startswith("@"):
+            return self.next()
+        if not self.accept("{"):
+            if map_verdicts:
+                raise Unparsed("expected a verdict map")
+            return self.scalar()
+        items: list[Any] = []
+        while not self.accept("}"):
+            key = self.scalar()
+            while self.peek() in ELEMENT_ATTRS:
+                self._skip_attr()
+            if self.accept(":"):
+                value = self.verdict_value() if map_verdicts else self.scalar()
+                items.append([key, value])
+            else:
+                items.append(key)
+            while self.peek() in ELEMENT_ATTRS:
+                self._skip_attr()
+            if not self.accept(",") and self.peek() != "}":
+                raise Unparsed(f"expected ',' or '}}' in a set, found {self.peek()!r}")
+        return {"set": items}
+
+    def _skip_attr(self) -> None:
+        w = self.next()
+        if w in ("timeout", "expires", "comment", "packets", "bytes"):
+            self.next()
+
+    def verdict_value(self) -> dict[str, Any]:
+        t = self.next()
+        if t in ("jump", "goto"):
+            return {t: {"target": self.next()}}
+        if t in VERDICTS:
+            return {t: None}
+        raise Unparsed(f"expected a verdict, found {t!r}")
+
+    def nat(self) -> dict[str, Any]:
+        kind = self.next()
+        body: dict[str, Any] = {}
+        if self.peek() in ("ip", "ip6") and self.peek(1) in ("to", "addr"):
+            body["family"] = self.next()
+        if self.accept("addr"):  # `dnat ip addr . port to ...` (concatenated map data)
+            self.accept(".")
+            self.accept("port")
+        if self.accept("to"):
+            t = self.peek() or ""
+            starts_expr = (t in PAYLOAD and self.peek(1) not in (None, ",")) or t in ("meta", "ct", "numgen", "jhash", "symhash")
+            if starts_expr and not re.match(r"^[\d\[:]", t):
+                key = self.concat_expr()
+                if not self.accept("map"):
+                    raise Unparsed("expected `map` after the nat key")
+                body["addr"] = {"map": {"key": key, "data": self.rhs()}}
+            else:
+                addr, port = split_nat_address(self.next())
+                if addr is not None:
+                    body["addr"] = addr
+                if port is not None:
+                    body["port"] = port
+        flags: list[str] = []
+        while self.peek() is not None and all(f in NAT_FLAGS for f in (self.peek() or "").split(",")):
+            flags.extend(self.next().split(","))
+        if flags:
+            body["flags"] = flags
+        return {kind: body or None}
+
+
+def _range(text: str) -> Any:
+    if "-" in text:
+        lo, hi = text.split("-", 1)
+        return {"range": [lo, hi]}
+    return text
+
+
+def split_nat_address(text: str) -> tuple[Any, Any]:
+    """`10.0.0.1:80`, `[fd00::1]:80`, `:8080`, `fd00::1`, `10.0.0.1-10.0.0.9`."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else None
+        return host, (_range(port) if port else None)
+    if text.startswith(":"):
+        return None, _range(text[1:])
+    if text.count(":") == 1:
+        host, port = text.split(":")
+        return _range(host), _range(port)
+    return _range(text), None
+
+
+def _port_value(v: Any) -> Any:
+    return int(v) if isinstance(v, str) and v.isdigit() else v
+
+
+class TextReader:
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.b = Builder(file)
+
+    def error(self, line: int, message: str) -> InputError:
+        return InputError(self.file, line, message)
+
+    def parse(self, text: str) -> Ruleset:
+        if "\x00" in text:
+            raise self.error(text[: text.index("\x00")].count("\n") + 1, "expected nft text, found binary data")
+        lines = text.splitlines()
+        i = 0
+        table: Table | None = None
+        table_line = 0
+        while i < len(lines):
+            lineno = i + 1
+            raw = lines[i].strip()
+            i += 1
+            if not raw:
+                continue
+            if raw.startswith("#"):
+                m = WARNING.search(raw)
+                if m:
+                    self.b.managed.add((m.group(1), m.group(2)))
+                continue
+            handle, line = _handle(raw)
+            toks = tokenize(line, self.file, lineno)
+            words = [t.text for t in toks]
+            if table is None:
+                if len(words) >= 3 and words[0] == "table" and words[-1] == "{":
+                    fam, name = (words[1], words[2]) if len(words) == 4 else ("ip", words[1])
+                    table = self.b.table(fam, name, lineno)
+                    table_line = lineno
+                    continue
+                raise self.error(lineno, f"expected 'table FAMILY NAME {{', found {line[:60]!r}")
+            if words == ["}"]:
+                table = None
+                continue
+            if words and words[0] in ("chain", "set", "map") and words[-1] == "{" and len(words) == 3:
+                i = self._block(words[0], words[1], table, lines, i, lineno, handle)
+                continue
+            if words and words[-1] == "{" and (words[0] in SKIPPED_BLOCKS):
+                i = self._skip(lines, i, lineno)
+                continue
+            if words and words[0] in ("flags", "comment"):
+                continue
+            raise self.error(lineno, f"expected a chain, set or map in table {table.name!r}, found {line[:60]!r}")
+        if table is not None:
+            raise self.error(len(lines) + 1, f"expected '}}' closing table {table.name!r} (opened at line {table_line}), found end of input")
+        return self.b.finish()
+
+    def _skip(self, lines: list[str], i: int, start: int) -> int:
+        depth = 1
+        while i < len(lines):
+            depth += lines[i].count("{") - lines[i].count("}")
+            i += 1
+            if depth <= 0:
+                return i
+        raise self.error(start, "expected '}' closing this block, found end of input")
+
+    def _block(self, kind: str, name: str, table: Table, lines: list[str], i: int, start: int, handle: int | None) -> int:
+        spec: dict[str, Any] = {}
+        chain = self.b.chain(table, name, start, handle) if kind == "chain" else None
+        while i < len(lines):
+            lineno = i + 1
+            raw = lines[i].strip()
+            i += 1
+            if not raw or raw.startswith("#"):
+                continue
+            rule_handle, line = _handle(raw)
+            if line == "}":
+                if kind != "chain":
+                    self.b.set(table, name, start, spec)
+                return i
+            if chain is not None:
+                if line.startswith("type ") and " hook " in line:
+                    self._chain_head(table, name, line, start, handle, lineno)
+                elif (line.startswith("comment ") and not chain.rules and re.fullmatch(r'comment "(?:[^"\\]|\\.)*"', line)) or line.startswith("policy "):
+                    continue
+                else:
+                    self._rule(table, name, line, lineno, rule_handle)
+                continue
+            # set or map attribute; `elements = { ... }` may span lines
+            if line.startswith("elements"):
+                text = line
+                while text.count("{") > text.count("}") and i < len(lines):
+                    text += " " + lines[i].strip()
+                    i += 1
+                toks = tokenize(text.split("=", 1)[1], self.file, lineno)
+                p = RuleParser(toks)
+                try:
+                    value = p.rhs(map_verdicts="map" in spec and spec["map"] == "verdict")
+                except Unparsed as exc:
+                    raise self.error(lineno, f"set {name}: {exc}") from None
+                spec["elem"] = value["set"] if isinstance(value, dict) else [value]
+                continue
+            self._set_attr(spec, line, lineno, table)
+        raise self.error(start, f"expected '}}' closing {kind} {name!r}, found end of input")
+
+    def _set_attr(self, spec: dict[str, Any], line: str, lineno: int, table: Table) -> None:
+        word, _, rest = line.partition(" ")
+        if word in ("type", "typeof"):
+            key_part, _, data = rest.partition(" : ")
+            if word == "type":
+                spec["type"] = key_part.strip()
+            else:
+                p = RuleParser(tokenize(key_part, self.file, lineno))
+                try:
+                    spec["type"] = {"typeof": p.concat_expr()}
+                except Unparsed as exc:
+                    raise self.error(lineno, f"typeof: {exc}") from None
+            if data:
+                data = data.strip()
+                if data.startswith(("ipv4_addr", "ipv6_addr", "inet_service", "verdict", "mark", "ifname", "integer")):
+                    spec["map"] = data
+                else:
+                    p = RuleParser(tokenize(data, self.file, lineno))
+                    try:
+                        spec["map"] = {"typeof": p.concat_expr()}
+                    except Unparsed:
+                        spec["map"] = data
+        elif word == "flags":
+            spec["flags"] = [f.strip() for f in rest.split(",")]
+        # size, timeout, gc-interval, policy, auto-merge, counter, comment: no effect on lookups
+
+    def _chain_head(self, table: Table, name: str, line: str, start: int, handle: int | None, lineno: int) -> None:
+        m = re.match(r"type\s+(\S+)\s+hook\s+(\S+)(?:\s+devices?\s*=?\s*(?:\"[^\"]*\"|\{[^}]*\}|\S+))?\s+priority\s+([^;]+);"
+                     r"(?:\s*policy\s+(\S+?)\s*;)?", line)
+        if not m:
+            raise self.error(lineno, f"expected 'type TYPE hook HOOK priority PRIO;', found {line[:60]!r}")
+        self.b.chain(table, name, lineno, handle, m.group(1), m.group(2), m.group(3).strip(), m.group(4))
+
+    def _rule(self, table: Table, chain: str, line: str, lineno: int, handle: int | None) -> None:
+        toks = tokenize(line, self.file, lineno)
+        stmts = RuleParser(toks).statements()
+        lowered: list[dict[str, Any]] = []
+        for s in stmts:
+            if "unparsed" in s:
+                lowered.append({"unparsed": s["unparsed"]})
+            else:
+                _fix_ports(s)
+                lowered.append(s)
+        rule = self.b.rule(table, chain, lineno, [s for s in lowered if "unparsed" not in s], text=line, handle=handle)
+        for s in lowered:
+            if "unparsed" in s:
+                from kpa.ext.base import UnknownExpr
+
+                u = s["unparsed"]
+                has_verdict = any(w in VERDICTS or w in ("reject", "dnat", "snat", "masquerade", "redirect")
+                                  for w in u["text"].split())
+                rule.exprs.append(UnknownExpr(name="nft", tokens=u["text"].split(), is_target=has_verdict,
+                                              reason=f"nft syntax not modelled ({u['reason']})"))
+
+
+def _fix_ports(stmt: dict[str, Any]) -> None:
+    for kind in ("dnat", "snat", "masquerade", "redirect"):
+        body = stmt.get(kind)
+        if isinstance(body, dict) and "port" in body:
+            body["port"] = _port_value(body["port"])
+
+
+def _handle(line: str) -> tuple[int | None, str]:
+    m = HANDLE.search(line)
+    if m and line.count('"', 0, m.start()) % 2 == 0:
+        return int(m.group(1)), line[: m.start()].rstrip()
+    return None, line
+
+
+def parse_nft_text(text: str, file: str = "<stdin>") -> Ruleset:
+    return TextReader(file).parse(text)
+
+
+__all__ = ["parse_nft_text", "tokenize"]
