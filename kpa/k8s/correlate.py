@@ -1,0 +1,782 @@
+"""Pair kube-proxy's chains with the Service ports and endpoints they serve.
+
+Two sides are built per (layout, family, Service port):
+
+* expected - what kube-proxy would program for the cluster objects on this
+  node, choosing endpoints with the generator's copy of kube-proxy's rules
+  (`kpa.gen.iptables.categorize_endpoints`) so both agree by construction;
+* actual - what the ruleset holds, read back by `kpa.k8s.kubeproxy` for
+  iptables mode, or from the `kube-proxy` nftables table's chain names.
+
+Chains are named from their comments first; chains without comments (large
+clusters) are named by recomputing kube-proxy's hashes for every Service port
+in the objects. A chain neither way can name is kept as unmapped: it belongs
+to no Service port the objects know.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Literal, cast
+
+from kpa.ext.base import VerdictExpr
+from kpa.ext.comment import CommentMatch
+from kpa.gen import cluster as gen_cluster
+from kpa.gen.iptables import EndpointInfo, PortView, categorize_endpoints
+from kpa.k8s import kubeproxy, naming
+from kpa.k8s.objects import ClusterObjects, Service, ServiceEndpoint, ServicePort, canonical_ip
+from kpa.netfilter.model import Chain, Family, Rule, Ruleset, Table, VerdictKind
+
+Mode = Literal["iptables", "nftables"]
+FamilyName = Literal["ipv4", "ipv6"]
+NameSource = Literal["comment", "hash", "chain-name", "unknown"]
+
+NFT_TABLE = "kube-proxy"
+_NFT_SERVICE_KINDS = ("service", "local", "external", "firewall")
+_IPT_KIND_OF = {"SVC": "svc", "SVL": "svl", "EXT": "ext", "FW": "fw"}
+
+
+@dataclass(frozen=True)
+class EndpointRef:
+    """One endpoint of a Service port: its ``ip:port`` and the chain that DNATs to it."""
+
+    endpoint: str | None
+    chain: str
+    node_name: str | None = None
+    # Exact share of new connections the statistic cascade sends here (iptables mode).
+    probability: Fraction | None = None
+    location: str | None = None
+
+
+@dataclass(frozen=True)
+class ChainRef:
+    name: str
+    location: str | None
+
+
+@dataclass
+class Expected:
+    """What kube-proxy would program for one Service port, from the cluster objects."""
+
+    service_type: str
+    cluster_ip: str
+    node_port: int | None
+    internal_policy_local: bool
+    external_policy_local: bool
+    externally_accessible: bool
+    # All usable endpoints, then the ones the Cluster and Local chains pick.
+    endpoints: tuple[EndpointRef, ...]
+    cluster: tuple[EndpointRef, ...]
+    local: tuple[EndpointRef, ...]
+    has_endpoints: bool
+    # False when this node is unknown, so which endpoints are local is unknown too.
+    local_known: bool
+    chains: dict[str, str] = field(default_factory=dict)  # kind -> chain kube-proxy would create
+
+    @property
+    def internal_dropped(self) -> bool:
+        """iTP Local with no local endpoint: ClusterIP traffic from this node is dropped."""
+        return (
+            self.local_known
+            and self.internal_policy_local
+            and self.has_endpoints
+            and not self.local
+        )
+
+    @property
+    def external_dropped(self) -> bool:
+        """eTP Local with no local endpoint: external traffic to this node is dropped."""
+        return (
+            self.local_known
+            and self.external_policy_local
+            and self.externally_accessible
+            and self.has_endpoints
+            and not self.local
+        )
+
+
+@dataclass
+class Actual:
+    """What the ruleset holds for one Service port."""
+
+    name_source: NameSource
+    chains: dict[str, ChainRef] = field(default_factory=dict)  # kind -> chain
+    cluster: list[EndpointRef] = field(default_factory=list)
+    local: list[EndpointRef] = field(default_factory=list)
+    entries: list[kubeproxy.Entry] = field(default_factory=list)
+    # Filter-table rules: "has no endpoints" REJECTs and "has no local endpoints" DROPs,
+    # each as the chain holding the rule and the rule's location.
+    rejects: list[ChainRef] = field(default_factory=list)
+    local_drops: list[ChainRef] = field(default_factory=list)
+    # Chain the ClusterIP entry leads to, and the chain EXT finally hands over to.
+    internal_target: str | None = None
+    external_target: str | None = None
+
+    @property
+    def programmed(self) -> bool:
+        """Traffic to the port is steered to endpoints by some rule."""
+        return bool(self.chains) or any(e.chain != "REJECT" for e in self.entries)
+
+    @property
+    def location(self) -> str | None:
+        for e in self.entries:
+            return e.location
+        for c in self.chains.values():
+            if c.location:
+                return c.location
+        for ref in (*self.rejects, *self.local_drops):
+            return ref.location
+        return None
+
+
+@dataclass
+class PortCorrelation:
+    mode: Mode
+    family: FamilyName
+    name: str  # ServicePortName, "ns/name" or "ns/name:port"
+    protocol: str | None  # lower case
+    service_exists: bool
+    expected: Expected | None = None
+    actual: Actual | None = None
+
+    @property
+    def label(self) -> str:
+        proto = f"/{self.protocol}" if self.protocol else ""
+        return f"{self.name}{proto} ({self.family}, {self.mode})"
+
+
+@dataclass(frozen=True)
+class UnmappedChain:
+    """A per-Service chain no comment or recomputed hash ties to a known Service port."""
+
+    mode: Mode
+    family: FamilyName
+    chain: str
+    location: str | None
+
+
+@dataclass(frozen=True)
+class OrphanEndpoint:
+    """An endpoint chain nothing jumps to; kube-proxy deletes these on each sync."""
+
+    mode: Mode
+    family: FamilyName
+    service: str | None
+    chain: str
+    endpoint: str | None
+    location: str | None
+
+
+@dataclass
+class Correlation:
+    ports: list[PortCorrelation] = field(default_factory=list)
+    unmapped: list[UnmappedChain] = field(default_factory=list)
+    orphans: list[OrphanEndpoint] = field(default_factory=list)
+    # Which kube-proxy layouts the ruleset holds, per family.
+    layouts: list[tuple[Mode, FamilyName]] = field(default_factory=list)
+    node_name: str | None = None
+    node_source: Literal["given", "inferred", "unknown"] = "unknown"
+
+    def port(
+        self,
+        name: str,
+        protocol: str | None = None,
+        family: FamilyName | None = None,
+        mode: Mode | None = None,
+    ) -> PortCorrelation | None:
+        for p in self.ports:
+            if p.name != name:
+                continue
+            if protocol is not None and p.protocol != protocol.lower():
+                continue
+            if (family or p.family) == p.family and (mode or p.mode) == p.mode:
+                return p
+        return None
+
+
+# ------------------------------------------------------------------ objects side
+
+
+@dataclass(frozen=True)
+class _ObjPort:
+    service: Service
+    port: ServicePort
+    name: str
+    protocol: str
+    family: FamilyName
+    cluster_ip: str
+    endpoints: tuple[ServiceEndpoint, ...]
+
+
+def _family_name(family: Family) -> FamilyName:
+    return "ipv6" if family.version == 6 else "ipv4"
+
+
+def _version(family: FamilyName) -> int:
+    return 6 if family == "ipv6" else 4
+
+
+def _object_ports(objects: ClusterObjects, family: FamilyName) -> list[_ObjPort]:
+    """Service ports the ``family`` proxier handles: skips headless and ExternalName."""
+    version = _version(family)
+    out: list[_ObjPort] = []
+    for svc in objects.services:
+        if svc.headless or svc.type == "ExternalName":
+            continue
+        cluster_ip = next(
+            (canonical_ip(ip) for ip in svc.cluster_ips if _ip_version(ip) == version), None
+        )
+        if cluster_ip is None:
+            continue
+        for sp in svc.ports:
+            out.append(
+                _ObjPort(
+                    service=svc,
+                    port=sp,
+                    name=naming.service_port_name(svc.namespace, svc.name, sp.name),
+                    protocol=sp.protocol.lower(),
+                    family=family,
+                    cluster_ip=cluster_ip,
+                    endpoints=objects.endpoints_for(
+                        svc.namespace, svc.name, sp.name, sp.protocol, version
+                    ),
+                )
+            )
+    return out
+
+
+def _ip_version(text: str) -> int | None:
+    try:
+        return ipaddress.ip_address(text.split("/")[0]).version
+    except ValueError:
+        return None
+
+
+def _port_view(op: _ObjPort, node_name: str | None, mode: Mode) -> PortView:
+    """The generator's view of a Service port, so kube-proxy's selection rules are shared."""
+    svc, sp, version = op.service, op.port, _version(op.family)
+    same = tuple(ip for ip in svc.external_ips if _ip_version(ip) == version)
+    # kube-proxy leaves Proxy-mode load-balancer IPs to the load balancer.
+    vips = tuple(
+        canonical_ip(i.ip)
+        for i in svc.load_balancer_ingress
+        if i.ip and i.ip_mode != "Proxy" and _ip_version(i.ip) == version
+    )
+    ranges = tuple(
+        str(ipaddress.ip_network(c.strip(), strict=False))
+        for c in svc.load_balancer_source_ranges
+        if _ip_version(c.strip()) == version
+    )
+    gen_port = gen_cluster.ServicePort(
+        port=sp.port,
+        target_port=0,  # endpoints already carry their resolved port
+        name=sp.name,
+        protocol=cast(gen_cluster.Protocol, sp.protocol),
+        node_port=sp.node_port or 0,
+    )
+    gen_svc = gen_cluster.Service(
+        namespace=svc.namespace,
+        name=svc.name,
+        ports=[gen_port],
+        cluster_ips=[op.cluster_ip],
+        type=cast(gen_cluster.ServiceType, svc.type),
+        external_ips=list(same),
+        lb_ingress_ips=list(vips),
+        lb_source_ranges=list(ranges),
+        external_traffic_policy=cast(gen_cluster.TrafficPolicy, svc.external_traffic_policy),
+        internal_traffic_policy=cast(gen_cluster.TrafficPolicy, svc.internal_traffic_policy),
+        session_affinity=cast(gen_cluster.Affinity, svc.session_affinity),
+    )
+    infos = tuple(
+        EndpointInfo(
+            endpoint=key,
+            ip=ep.address,
+            is_local=node_name is not None and ep.node_name == node_name,
+            ready=ep.ready,
+            serving=ep.serving,
+            terminating=ep.terminating,
+            chain=_endpoint_chain(mode, op.name, op.protocol, key),
+        )
+        # kube-proxy orders each endpoint list by its string form.
+        for key, ep in sorted(
+            (naming.endpoint_string(ep.address, ep.port), ep) for ep in op.endpoints
+        )
+    )
+    return PortView(
+        service=gen_svc,
+        port=gen_port,
+        name=op.name,
+        protocol=op.protocol,
+        cluster_ip=op.cluster_ip,
+        external_ips=same,
+        lb_vips=vips,
+        source_ranges=ranges,
+        endpoints=infos,
+    )
+
+
+def _endpoint_chain(mode: Mode, spn: str, proto: str, endpoint: str) -> str:
+    if mode == "iptables":
+        return naming.sep_chain(spn, proto, endpoint)
+    return naming.nft_endpoint_chain(spn, proto, endpoint)
+
+
+def _service_chains(mode: Mode, spn: str, proto: str) -> dict[str, str]:
+    if mode == "iptables":
+        return naming.iptables_service_chains(spn, proto)
+    return {
+        "service": naming.nft_service_chain(spn, proto),
+        "local": naming.nft_local_chain(spn, proto),
+        "external": naming.nft_external_chain(spn, proto),
+        "firewall": naming.nft_firewall_chain(spn, proto),
+    }
+
+
+def expected_port(op: _ObjPort, node_name: str | None, mode: Mode) -> Expected:
+    view = _port_view(op, node_name, mode)
+    cat = categorize_endpoints(view)
+    node_of = {naming.endpoint_string(e.address, e.port): e.node_name for e in op.endpoints}
+
+    def refs(infos: Iterable[EndpointInfo]) -> tuple[EndpointRef, ...]:
+        return tuple(EndpointRef(i.endpoint, i.chain, node_of.get(i.endpoint)) for i in infos)
+
+    names = _service_chains(mode, op.name, op.protocol)
+    svc_k, svl_k, ext_k, fw_k = (("svc", "svl", "ext", "fw") if mode == "iptables"
+                                 else _NFT_SERVICE_KINDS)
+    chains: dict[str, str] = {}
+    if cat.cluster and view.uses_cluster_endpoints:
+        chains[svc_k] = names[svc_k]
+    if cat.local and view.uses_local_endpoints:
+        chains[svl_k] = names[svl_k]
+    if cat.has_any and view.externally_accessible:
+        chains[ext_k] = names[ext_k]
+    fw_needs_endpoints = mode == "iptables"  # nftables mode keeps its firewall chain regardless
+    if view.lb_vips and view.source_ranges and (cat.has_any or not fw_needs_endpoints):
+        chains[fw_k] = names[fw_k]
+    return Expected(
+        service_type=op.service.type,
+        cluster_ip=op.cluster_ip,
+        node_port=op.port.node_port,
+        internal_policy_local=view.internal_policy_local,
+        external_policy_local=view.external_policy_local,
+        externally_accessible=view.externally_accessible,
+        endpoints=refs(view.endpoints),
+        cluster=refs(cat.cluster),
+        local=refs(cat.local) if node_name is not None else (),
+        has_endpoints=cat.has_any,
+        local_known=node_name is not None,
+        chains=chains,
+    )
+
+
+# ------------------------------------------------------------------ rules side
+
+
+def _jump_target(rule: Rule) -> str | None:
+    for kind, target in rule.chain_refs():
+        if kind in (VerdictKind.JUMP, VerdictKind.GOTO):
+            return target
+    return None
+
+
+def _unconditional(rule: Rule) -> bool:
+    return all(isinstance(e, (CommentMatch, VerdictExpr)) for e in rule.exprs)
+
+
+def _final_handover(chain: Chain | None, prefixes: tuple[str, ...]) -> str | None:
+    """Target of the chain's closing unconditional jump to one of ``prefixes``."""
+    if chain is None or not chain.rules:
+        return None
+    last = chain.rules[-1]
+    target = _jump_target(last)
+    if target is not None and target.startswith(prefixes) and _unconditional(last):
+        return target
+    return None
+
+
+def _comment_head(rule: Rule) -> str | None:
+    if not rule.comment:
+        return None
+    head = rule.comment.split(" ", 1)[0]
+    return head if "/" in head else None
+
+
+@dataclass
+class _Collected:
+    ports: dict[tuple[str, str | None], PortCorrelation] = field(default_factory=dict)
+    unmapped: list[UnmappedChain] = field(default_factory=list)
+    orphans: list[OrphanEndpoint] = field(default_factory=list)
+
+
+def _iptables_actual(
+    rs: Ruleset,
+    nat: Table,
+    known: dict[str, tuple[str, str]],
+    out: _Collected,
+    object_ports: list[_ObjPort],
+) -> None:
+    family = _family_name(nat.family)
+    views = [
+        v
+        for v in kubeproxy.service_ports(rs, {c: spn for c, (spn, _) in known.items()})
+        if v.family == family
+    ]
+    referenced: set[str] = set()
+    for v in views:
+        chain_names = list(v.chains.values())
+        if v.name is None:
+            for name in chain_names:
+                c = nat.chains[name]
+                out.unmapped.append(
+                    UnmappedChain("iptables", family, name, _chain_location(c))
+                )
+            referenced.update(e.chain for e in (*v.endpoints, *v.local_endpoints))
+            continue
+        proto = v.protocol or next(
+            (known[n][1] for n in chain_names if n in known), None
+        ) or _sep_protocol(nat, v)
+        source: NameSource = "comment" if v.name_source == "comment" else "hash"
+        actual = Actual(name_source=source, entries=list(v.entries))
+        for name in chain_names:
+            kind = _IPT_KIND_OF[name.split("-")[1]]
+            actual.chains[kind] = ChainRef(name, _chain_location(nat.chains[name]))
+        for dest, views_eps in ((actual.cluster, v.endpoints), (actual.local, v.local_endpoints)):
+            for e in views_eps:
+                referenced.add(e.chain)
+                dest.append(EndpointRef(e.address, e.chain, None, e.probability, e.location))
+        actual.rejects = [
+            ChainRef("KUBE-SERVICES" if e.kind == "clusterIP" else "KUBE-EXTERNAL-SERVICES",
+                     e.location)
+            for e in v.entries
+            if e.chain == "REJECT"
+        ]
+        actual.entries = [e for e in v.entries if e.chain != "REJECT"]
+        cip = next((e for e in actual.entries if e.kind == "clusterIP"), None)
+        actual.internal_target = cip.chain if cip else None
+        ext = actual.chains.get("ext")
+        if ext is not None:
+            actual.external_target = _final_handover(
+                nat.chains.get(ext.name), ("KUBE-SVC-", "KUBE-SVL-")
+            )
+        _add_actual(out, "iptables", family, v.name, proto, actual)
+    _iptables_local_drops(rs, nat, family, out)
+    _iptables_orphans(nat, family, referenced, known, object_ports, out)
+
+
+def _sep_protocol(nat: Table, v: kubeproxy.ServicePortView) -> str | None:
+    """Protocol from an endpoint chain's DNAT rule (``-p tcp``), for ports without entries."""
+    for e in (*v.endpoints, *v.local_endpoints):
+        c = nat.chains.get(e.chain)
+        for r in c.rules if c else ():
+            proto = kubeproxy._proto(r)
+            if proto:
+                return proto.lower()
+    return None
+
+
+def _chain_location(c: Chain) -> str | None:
+    if c.rules:
+        return str(c.rules[0].location)
+    return str(c.location) if c.location else None
+
+
+def _add_actual(
+    out: _Collected, mode: Mode, family: FamilyName, name: str, proto: str | None, actual: Actual
+) -> None:
+    proto = proto.lower() if proto else None
+    key = (f"{mode}|{family}|{name}", proto)
+    existing = out.ports.get(key)
+    if existing is None:
+        out.ports[key] = PortCorrelation(mode, family, name, proto, False, actual=actual)
+    elif existing.actual is not None:
+        # A second view for the same port: a REJECT-only view merges into the chain view.
+        a = existing.actual
+        a.chains.update(actual.chains)
+        a.cluster += actual.cluster
+        a.local += actual.local
+        a.entries += actual.entries
+        a.rejects += actual.rejects
+
+
+def _iptables_local_drops(rs: Ruleset, nat: Table, family: FamilyName, out: _Collected) -> None:
+    filt = rs.table(nat.family, "filter")
+    if filt is None:
+        return
+    for chain_name in ("KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES"):
+        c = filt.chains.get(chain_name)
+        for r in c.rules if c else ():
+            if not (r.comment and r.comment.endswith("has no local endpoints")):
+                continue
+            spn = r.comment.split(" ", 1)[0]
+            proto = kubeproxy._proto(r)
+            proto = proto.lower() if proto else None
+            key = (f"iptables|{family}|{spn}", proto)
+            pc = out.ports.get(key)
+            if pc is None:
+                pc = out.ports[key] = PortCorrelation(
+                    "iptables", family, spn, proto, False, actual=Actual("comment")
+                )
+            assert pc.actual is not None
+            pc.actual.local_drops.append(ChainRef(chain_name, str(r.location)))
+
+
+def _iptables_orphans(
+    nat: Table,
+    family: FamilyName,
+    referenced: set[str],
+    known: dict[str, tuple[str, str]],
+    object_ports: list[_ObjPort],
+    out: _Collected,
+) -> None:
+    for c in nat.chains.values():
+        if not c.name.startswith("KUBE-SEP-") or c.name in referenced:
+            continue
+        target = kubeproxy._dnat_target(c, 6 if family == "ipv6" else 4)
+        spn = next((h for h in map(_comment_head, c.rules) if h), None)
+        if spn is None and target is not None:
+            # Recompute the endpoint chain name for each known port with this endpoint.
+            spn = next(
+                (
+                    op.name
+                    for op in object_ports
+                    if naming.sep_chain(op.name, op.protocol, target) == c.name
+                ),
+                None,
+            )
+        out.orphans.append(
+            OrphanEndpoint("iptables", family, spn, c.name, target, _chain_location(c))
+        )
+
+
+def _nft_readable(chain: str) -> str | None:
+    """The ``ns/name/proto/port[__ip/port]`` part of a kube-proxy nftables chain name."""
+    _, _, rest = chain.partition("-")
+    if len(rest) < 10 or rest[8] != "-" or rest.endswith("..."):
+        return None  # truncated names can only be matched by hash
+    return rest[9:]
+
+
+def _nft_port_of(readable: str) -> tuple[str, str] | None:
+    parts = readable.split("/")
+    if len(parts) != 4:
+        return None
+    ns, name, proto, port = parts
+    return naming.service_port_name(ns, name, port), proto
+
+
+def _nft_endpoint_of(readable: str, family: FamilyName) -> tuple[str, str, str] | None:
+    svc_part, sep, ep_part = readable.partition("__")
+    port_of = _nft_port_of(svc_part) if sep else None
+    host, _, port = ep_part.rpartition("/")
+    if port_of is None or not host or not port.isdigit():
+        return None
+    if family == "ipv6":
+        host = host.replace(".", ":")
+    try:
+        host = str(ipaddress.ip_address(host))
+    except ValueError:
+        return None
+    return port_of[0], port_of[1], naming.endpoint_string(host, int(port))
+
+
+def _nft_actual(
+    t: Table,
+    known: dict[str, tuple[str, str]],
+    known_eps: dict[str, tuple[str, str, str]],
+    out: _Collected,
+) -> None:
+    family = _family_name(t.family)
+    by_port: dict[tuple[str, str], Actual] = {}
+    sources: dict[tuple[str, str], NameSource] = {}
+    endpoint_chains: dict[str, tuple[str, str, str] | None] = {}
+    for c in t.chains.values():
+        kind, _, _ = c.name.partition("-")
+        if kind == "endpoint":
+            readable = _nft_readable(c.name)
+            endpoint_chains[c.name] = known_eps.get(c.name) or (
+                _nft_endpoint_of(readable, family) if readable else None
+            )
+            continue
+        if kind not in _NFT_SERVICE_KINDS:
+            continue
+        readable = _nft_readable(c.name)
+        port_of = _nft_port_of(readable) if readable else None
+        source: NameSource = "chain-name"
+        if port_of is None and c.name in known:
+            port_of, source = known[c.name], "hash"
+        if port_of is None:
+            out.unmapped.append(UnmappedChain("nftables", family, c.name, _chain_location(c)))
+            continue
+        actual = by_port.setdefault(port_of, Actual(source))
+        sources.setdefault(port_of, source)
+        actual.chains[kind] = ChainRef(c.name, _chain_location(c))
+    referenced: set[str] = set()
+    for (spn, proto), actual in by_port.items():
+        for kind, dest in (("service", actual.cluster), ("local", actual.local)):
+            ref = actual.chains.get(kind)
+            if ref is None:
+                continue
+            targets = [
+                tgt for r in t.chains[ref.name].rules for _, tgt in r.chain_refs()
+                if tgt.startswith("endpoint-")
+            ]
+            if not targets:
+                # Without a readable dispatch rule, fall back to the chains' own names.
+                targets = sorted(
+                    n for n, ep in endpoint_chains.items()
+                    if ep is not None and ep[:2] == (spn, proto)
+                )
+            for tgt in dict.fromkeys(targets):
+                referenced.add(tgt)
+                ep = endpoint_chains.get(tgt)
+                target = t.chains.get(tgt)
+                dest.append(
+                    EndpointRef(ep[2] if ep else None, tgt, None, None,
+                                _chain_location(target) if target else None)
+                )
+        ext = actual.chains.get("external")
+        if ext is not None:
+            actual.external_target = _final_handover(
+                t.chains.get(ext.name), ("service-", "local-")
+            )
+        _add_actual(out, "nftables", family, spn, proto, actual)
+    for name, ep in endpoint_chains.items():
+        if name not in referenced:
+            c = t.chains[name]
+            out.orphans.append(
+                OrphanEndpoint("nftables", family, ep[0] if ep else None, name,
+                               ep[2] if ep else None, _chain_location(c))
+            )
+
+
+# ------------------------------------------------------------------ correlation
+
+
+def kube_proxy_layouts(rs: Ruleset) -> Iterator[tuple[Mode, Table]]:
+    """Tables holding kube-proxy's per-Service rules: iptables nat tables and nft tables."""
+    for t in rs.tables:
+        if t.family not in (Family.IPV4, Family.IPV6):
+            continue
+        if t.name == "nat" and "KUBE-SERVICES" in t.chains and not _is_nft_native(t):
+            yield "iptables", t
+        elif t.name == NFT_TABLE and not t.managed_by_iptables:
+            yield "nftables", t
+
+
+def _is_nft_native(t: Table) -> bool:
+    return t.source == "nft" and not t.managed_by_iptables
+
+
+def _infer_node(
+    out: _Collected,
+    objects: ClusterObjects,
+    object_ports: dict[tuple[FamilyName, str, str], _ObjPort],
+) -> str | None:
+    """The node whose endpoints fill the Local-policy chains, if exactly one does."""
+    nodes: set[str] = set()
+    for pc in out.ports.values():
+        if pc.actual is None:
+            continue
+        op = object_ports.get((pc.family, pc.name, pc.protocol or ""))
+        by_ep = {
+            naming.endpoint_string(e.address, e.port): e.node_name for e in op.endpoints
+        } if op else {}
+        for ep in pc.actual.local:
+            node = by_ep.get(ep.endpoint or "")
+            if node is None and ep.endpoint:
+                pod = objects.pod_by_ip(ep.endpoint.rsplit(":", 1)[0].strip("[]"))
+                node = pod.node_name if pod else None
+            if node:
+                nodes.add(node)
+    return nodes.pop() if len(nodes) == 1 else None
+
+
+def correlate(
+    rs: Ruleset, objects: ClusterObjects, node_name: str | None = None
+) -> Correlation:
+    """Pair every kube-proxy chain in ``rs`` with its Service port in ``objects``.
+
+    ``node_name`` is the node the rules were taken from; without it kpa infers
+    the node from the endpoints in Local-policy chains, or leaves Local
+    expectations unchecked.
+    """
+    layouts = list(kube_proxy_layouts(rs))
+    families = {_family_name(t.family) for _, t in layouts}
+    obj_ports = {fam: _object_ports(objects, fam) for fam in families}
+    by_key = {(fam, op.name, op.protocol): op for fam, ops in obj_ports.items() for op in ops}
+
+    out = _Collected()
+    for mode, t in layouts:
+        fam = _family_name(t.family)
+        known: dict[str, tuple[str, str]] = {}
+        known_eps: dict[str, tuple[str, str, str]] = {}
+        for op in obj_ports[fam]:
+            for chain in _service_chains(mode, op.name, op.protocol).values():
+                known[chain] = (op.name, op.protocol)
+            if mode == "nftables":
+                for e in op.endpoints:
+                    key = naming.endpoint_string(e.address, e.port)
+                    known_eps[_endpoint_chain(mode, op.name, op.protocol, key)] = (
+                        op.name, op.protocol, key
+                    )
+        if mode == "iptables":
+            _iptables_actual(rs, t, known, out, obj_ports[fam])
+        else:
+            _nft_actual(t, known, known_eps, out)
+
+    node_source: Literal["given", "inferred", "unknown"] = "given"
+    if node_name is None:
+        node_name = _infer_node(out, objects, by_key)
+        node_source = "inferred" if node_name else "unknown"
+
+    result = Correlation(
+        unmapped=out.unmapped,
+        orphans=out.orphans,
+        layouts=[(mode, _family_name(t.family)) for mode, t in layouts],
+        node_name=node_name,
+        node_source=node_source,
+    )
+    seen: set[tuple[str, str, str, str | None]] = set()
+    for (_, proto), pc in sorted(out.ports.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
+        match = by_key.get((pc.family, pc.name, proto or ""))
+        if match is None and proto is None:
+            # Protocol unknown from the rules (no entry rule): any port of that name will do.
+            match = next((o for k, o in by_key.items() if k[:2] == (pc.family, pc.name)), None)
+            if match is not None:
+                pc.protocol = match.protocol
+        if match is not None:
+            pc.expected = expected_port(match, node_name, pc.mode)
+        ns, name, _ = naming.split_service_port_name(pc.name)
+        pc.service_exists = objects.service(ns, name) is not None
+        seen.add((pc.mode, pc.family, pc.name, pc.protocol))
+        result.ports.append(pc)
+    for mode, t in layouts:
+        fam = _family_name(t.family)
+        for op in obj_ports[fam]:
+            if (mode, fam, op.name, op.protocol) in seen:
+                continue
+            seen.add((mode, fam, op.name, op.protocol))
+            result.ports.append(
+                PortCorrelation(mode, fam, op.name, op.protocol, True,
+                                expected=expected_port(op, node_name, mode))
+            )
+    result.ports.sort(key=lambda p: (p.name, p.protocol or "", p.family, p.mode))
+    return result
+
+
+__all__ = [
+    "Actual",
+    "ChainRef",
+    "Correlation",
+    "EndpointRef",
+    "Expected",
+    "OrphanEndpoint",
+    "PortCorrelation",
+    "UnmappedChain",
+    "correlate",
+    "expected_port",
+    "kube_proxy_layouts",
+]

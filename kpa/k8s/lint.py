@@ -1,0 +1,363 @@
+"""Find drift between a node's kube-proxy rules and the cluster objects: `kpa lint`.
+
+Every check reads a `kpa.k8s.correlate.Correlation` (expected vs actual per
+Service port) or the ruleset itself, and reports `Finding`s that name the
+Service port, the chain and the FILE:LINE of the rule involved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, Literal
+
+from kpa.graph import build_graph, find_problems
+from kpa.k8s.correlate import (
+    Actual,
+    Correlation,
+    EndpointRef,
+    Expected,
+    PortCorrelation,
+    correlate,
+)
+from kpa.k8s.objects import ClusterObjects
+from kpa.netfilter.model import Ruleset
+
+Severity = Literal["error", "warning", "info"]
+SEVERITY_RANK: dict[str, int] = {"error": 0, "warning": 1, "info": 2}
+
+# The statistic match keeps probabilities as integers over 2^31, so each step
+# of the cascade is off by at most half of 2^-31; n steps add up to n of those.
+QUANTUM = Fraction(1, 1 << 31)
+
+#: Every code `lint` can report, with its severity and a one-line meaning.
+CODES: dict[str, tuple[Severity, str]] = {
+    "service-without-rules": (
+        "error", "a Service port has usable endpoints but no rules send traffic to them"),
+    "stale-service-rules": (
+        "error", "rules remain for a Service or Service port that no longer exists"),
+    "stale-endpoint": (
+        "error", "rules send traffic to an endpoint the EndpointSlices no longer offer"),
+    "missing-endpoint": (
+        "warning", "an endpoint the EndpointSlices offer gets no traffic from the rules"),
+    "orphan-endpoint-chain": (
+        "warning", "an endpoint chain that nothing jumps to; kube-proxy deletes these"),
+    "traffic-policy-mismatch": (
+        "error", "rules follow a different traffic policy than the Service asks for"),
+    "uneven-probabilities": (
+        "warning", "the statistic cascade does not give each endpoint an equal share"),
+    "local-policy-no-local-endpoints": (
+        "warning", "traffic policy Local with no endpoint on this node: that traffic is dropped"),
+    "no-endpoints": ("info", "a Service port has no usable endpoint: its traffic is rejected"),
+    "unknown-rules": ("warning", "a rule uses a match or target kpa cannot model"),
+    "dangling-jump": ("error", "a rule jumps to a chain that does not exist"),
+    "no-kube-proxy-rules": (
+        "warning", "the ruleset holds none of kube-proxy's Service rules to compare with"),
+    "node-unknown": (
+        "info", "the node is unknown, so Local traffic-policy checks were skipped"),
+}
+
+
+@dataclass(frozen=True)
+class Finding:
+    code: str
+    severity: Severity
+    service: str | None
+    message: str
+    location: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "severity": self.severity,
+            "service": self.service,
+            "message": self.message,
+            "location": self.location,
+        }
+
+
+def _finding(code: str, service: str | None, message: str, location: str | None) -> Finding:
+    return Finding(code, CODES[code][0], service, message, location)
+
+
+def _at(location: str | None) -> str:
+    return f" at {location}" if location else ""
+
+
+def _is_local_chain(name: str | None) -> bool:
+    return bool(name) and str(name).startswith(("KUBE-SVL-", "local-"))
+
+
+def lint(ruleset: Ruleset, objects: ClusterObjects, node_name: str | None) -> list[Finding]:
+    """All findings for one node's ruleset against the cluster objects, most severe first."""
+    corr = correlate(ruleset, objects, node_name)
+    findings = list(lint_correlation(corr, objects))
+    findings.extend(_rule_checks(ruleset, _chain_owners(corr)))
+    return sort_findings(findings)
+
+
+def lint_correlation(corr: Correlation, objects: ClusterObjects) -> Iterator[Finding]:
+    """The drift checks that need only the correlation."""
+    if not corr.layouts:
+        if objects.services:
+            yield _finding(
+                "no-kube-proxy-rules", None,
+                f"the ruleset has no nat KUBE-SERVICES chain and no {'kube-proxy'} nftables "
+                f"table, so none of the {len(objects.services)} Services can be checked",
+                None)
+        return
+    if corr.node_name is None and any(
+        p.expected and (p.expected.internal_policy_local or p.expected.external_policy_local)
+        for p in corr.ports
+    ):
+        yield _finding(
+            "node-unknown", None,
+            "no node given and none could be inferred from Local-policy chains: "
+            "checks of Local traffic policies were skipped (give the node name)", None)
+    for pc in corr.ports:
+        yield from _port_checks(pc)
+    for u in corr.unmapped:
+        yield _finding(
+            "stale-service-rules", None,
+            f"chain {u.chain} ({u.family}, {u.mode}){_at(u.location)} matches no Service "
+            "port in the cluster objects by comment or by recomputed name: its Service is gone",
+            u.location)
+    for o in corr.orphans:
+        if o.mode != "iptables":
+            continue  # nftables-mode kube-proxy deletes flushed chains a sync later
+        yield _finding(
+            "orphan-endpoint-chain", o.service,
+            f"{o.service or 'unknown Service port'}: endpoint chain {o.chain}"
+            f" (DNAT to {o.endpoint or '?'}){_at(o.location)} is not referenced by any "
+            "Service chain", o.location)
+
+
+def _port_checks(pc: PortCorrelation) -> Iterator[Finding]:
+    e, a = pc.expected, pc.actual
+    if e is None:
+        if a is not None:
+            yield _stale_service(pc, a)
+        return
+    reject = a.rejects[0] if a and a.rejects else None
+    if not e.has_endpoints:
+        by = f" by filter {reject.name} rule{_at(reject.location)}" if reject else ""
+        yield _finding(
+            "no-endpoints", pc.name,
+            f"{pc.label} has no ready or serving-terminating endpoint: its traffic is "
+            f"rejected{by}", reject.location if reject else None)
+    if a is None or not a.programmed:
+        if e.has_endpoints and e.chains:
+            why = "the ruleset has no entry rule or chain for it"
+            if reject is not None:
+                why = (f"filter {reject.name} rule{_at(reject.location)} rejects it as having "
+                       "no endpoints")
+            yield _finding(
+                "service-without-rules", pc.name,
+                f"{pc.label} has {len(e.endpoints)} endpoint(s) but {why}; expected chain(s) "
+                f"{', '.join(e.chains.values())}",
+                reject.location if reject else None)
+    else:
+        yield from _endpoint_drift(pc, e, a, local=False)
+        if e.local_known:
+            yield from _endpoint_drift(pc, e, a, local=True)
+        yield from _policy_drift(pc, e, a)
+        yield from _shares(pc, a.cluster)
+        yield from _shares(pc, a.local)
+    yield from _local_drops(pc, e, a)
+
+
+def _stale_service(pc: PortCorrelation, a: Actual) -> Finding:
+    chains = ", ".join(c.name for c in a.chains.values()) or "its entry rules"
+    if not pc.service_exists:
+        why = "whose Service no longer exists"
+    else:
+        why = "which the Service no longer has"
+    where = a.location
+    return _finding(
+        "stale-service-rules", pc.name,
+        f"rules remain for Service port {pc.label}, {why}: {chains}{_at(where)}", where)
+
+
+def _endpoint_drift(pc: PortCorrelation, e: Expected, a: Actual, local: bool) -> Iterator[Finding]:
+    expected = e.local if local else e.cluster
+    actual = a.local if local else a.cluster
+    which = "Local-policy" if local else "Cluster-policy"
+    chain = _policy_chain(a, local)
+    exp_chains = {r.chain: r for r in expected}
+    act_chains = {r.chain: r for r in actual}
+    offered = {r.chain: r for r in e.endpoints}
+    for name, ref in act_chains.items():
+        if name in exp_chains:
+            continue
+        if name in offered:
+            why = "is listed but not usable (not ready, or not on this node)"
+        else:
+            why = "is not in the EndpointSlices"
+        yield _finding(
+            "stale-endpoint", pc.name,
+            f"{pc.label}: {which} chain {chain} sends traffic to {ref.endpoint or '?'} "
+            f"via {name}{_at(ref.location)}, which {why}", ref.location)
+    for name, ref in exp_chains.items():
+        if name in act_chains:
+            continue
+        node = f" on node {ref.node_name}" if ref.node_name else ""
+        where = _chain_location(a, local)
+        yield _finding(
+            "missing-endpoint", pc.name,
+            f"{pc.label}: endpoint {ref.endpoint}{node} is usable but {which} chain "
+            f"{chain or '(none)'}{_at(where)} does not send traffic to it (expected {name})",
+            where)
+
+
+def _policy_chain(a: Actual, local: bool) -> str | None:
+    for kind in (("svl", "local") if local else ("svc", "service")):
+        if kind in a.chains:
+            return a.chains[kind].name
+    return None
+
+
+def _chain_location(a: Actual, local: bool) -> str | None:
+    for kind in (("svl", "local") if local else ("svc", "service")):
+        if kind in a.chains:
+            return a.chains[kind].location
+    return a.location
+
+
+def _policy_drift(pc: PortCorrelation, e: Expected, a: Actual) -> Iterator[Finding]:
+    if a.internal_target is not None and e.has_endpoints:
+        actual_local = _is_local_chain(a.internal_target)
+        if actual_local != e.internal_policy_local:
+            loc = next((x.location for x in a.entries if x.kind == "clusterIP"), a.location)
+            yield _finding(
+                "traffic-policy-mismatch", pc.name,
+                f"{pc.label}: internalTrafficPolicy is "
+                f"{'Local' if e.internal_policy_local else 'Cluster'} but the cluster IP rule"
+                f"{_at(loc)} jumps to {a.internal_target}", loc)
+    ext = a.chains.get("ext") or a.chains.get("external")
+    if ext is not None and e.externally_accessible and e.has_endpoints:
+        # An EXT chain without a final handover belongs to eTP Local with no local endpoint.
+        actual_local = a.external_target is None or _is_local_chain(a.external_target)
+        if actual_local != e.external_policy_local:
+            yield _finding(
+                "traffic-policy-mismatch", pc.name,
+                f"{pc.label}: externalTrafficPolicy is "
+                f"{'Local' if e.external_policy_local else 'Cluster'} but chain {ext.name}"
+                f"{_at(ext.location)} hands external traffic to "
+                f"{a.external_target or 'no endpoint chain (Local policy, no local endpoint)'}",
+                ext.location)
+
+
+def _shares(pc: PortCorrelation, refs: Sequence[EndpointRef]) -> Iterator[Finding]:
+    probs = [r.probability for r in refs]
+    if not refs or any(p is None for p in probs):
+        return
+    n = len(refs)
+    fair = Fraction(1, n)
+    tolerance = n * QUANTUM
+    total = sum((p for p in probs if p is not None), Fraction(0))
+    worst = max(refs, key=lambda r: abs((r.probability or Fraction(0)) - fair))
+    off = abs((worst.probability or Fraction(0)) - fair)
+    if off <= tolerance and abs(1 - total) <= tolerance:
+        return
+    shares = ", ".join(f"{r.endpoint or r.chain} {float(r.probability or 0):.4f}" for r in refs)
+    yield _finding(
+        "uneven-probabilities", pc.name,
+        f"{pc.label}: the statistic cascade gives {shares} (sum {float(total):.4f}) instead "
+        f"of 1/{n} each; worst is {worst.chain}{_at(worst.location)}", worst.location)
+
+
+def _local_drops(pc: PortCorrelation, e: Expected, a: Actual | None) -> Iterator[Finding]:
+    drop = a.local_drops[0] if a and a.local_drops else None
+    drop_loc = drop.location if drop else None
+    by = f" by filter {drop.name} rule{_at(drop_loc)}" if drop else ""
+    node = "this node"
+    kinds: list[str] = []
+    if e.local_known:
+        if e.internal_dropped:
+            kinds.append("internalTrafficPolicy")
+        if e.external_dropped:
+            kinds.append("externalTrafficPolicy")
+    elif drop_loc is not None:
+        kinds.append("internal or external traffic policy")
+    for kind in kinds:
+        yield _finding(
+            "local-policy-no-local-endpoints", pc.name,
+            f"{pc.label}: {kind} is Local but {node} has none of its "
+            f"{len(e.endpoints)} endpoint(s), so that traffic is dropped{by}",
+            drop_loc or (a.location if a else None))
+
+
+def _chain_owners(corr: Correlation) -> dict[str, str]:
+    """Chain name -> Service port, for naming the owner of a rule-level finding."""
+    owners: dict[str, str] = {}
+    for pc in corr.ports:
+        if pc.expected:
+            for name in pc.expected.chains.values():
+                owners[name] = pc.name
+            for r in pc.expected.endpoints:
+                owners[r.chain] = pc.name
+        if pc.actual:
+            for c in pc.actual.chains.values():
+                owners[c.name] = pc.name
+            for r in (*pc.actual.cluster, *pc.actual.local):
+                owners[r.chain] = pc.name
+    return owners
+
+
+def _rule_checks(rs: Ruleset, owners: dict[str, str]) -> Iterator[Finding]:
+    for t in rs.tables:
+        for c in t.chains.values():
+            for r in c.rules:
+                if r.known:
+                    continue
+                what = ", ".join(sorted({x.name or "?" for x in r.unknown_exprs()}))
+                yield _finding(
+                    "unknown-rules", owners.get(c.name),
+                    f"{t.family.value} {t.name}/{c.name} rule {r.index}{_at(str(r.location))}: "
+                    f"kpa cannot model {what}, so traces through it are approximate",
+                    str(r.location))
+    for node, refs in find_problems(build_graph(rs)).dangling:
+        family, table, chain = node
+        loc = refs[0] if refs else None
+        more = f" (and {len(refs) - 1} more)" if len(refs) > 1 else ""
+        yield _finding(
+            "dangling-jump", owners.get(chain),
+            f"{family} {table}: rule{_at(loc)}{more} jumps to chain {chain}, which does "
+            "not exist", loc)
+
+
+def sort_findings(findings: Iterable[Finding]) -> list[Finding]:
+    return sorted(
+        findings,
+        key=lambda f: (SEVERITY_RANK[f.severity], f.service or "", f.code, f.location or ""),
+    )
+
+
+def exit_status(findings: Iterable[Finding], fail_on: Severity = "error") -> int:
+    """`kpa lint`'s exit code: 1 if any finding is at least as severe as ``fail_on``, else 0."""
+    limit = SEVERITY_RANK[fail_on]
+    return 1 if any(SEVERITY_RANK[f.severity] <= limit for f in findings) else 0
+
+
+def format_text(findings: Sequence[Finding]) -> str:
+    """One line per finding, then a count per severity."""
+    lines = [f"{f.severity}: [{f.code}] {f.message}" for f in findings]
+    counts = {s: sum(1 for f in findings if f.severity == s) for s in SEVERITY_RANK}
+    lines.append(
+        "no findings" if not findings
+        else ", ".join(f"{n} {s}{'s' if n != 1 else ''}" for s, n in counts.items() if n)
+    )
+    return "\n".join(lines) + "\n"
+
+
+__all__ = [
+    "CODES",
+    "Finding",
+    "Severity",
+    "exit_status",
+    "format_text",
+    "lint",
+    "lint_correlation",
+    "sort_findings",
+]
