@@ -17,6 +17,7 @@ to no Service port the objects know.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -37,6 +38,8 @@ NameSource = Literal["comment", "hash", "chain-name", "unknown"]
 NFT_TABLE = "kube-proxy"
 _NFT_SERVICE_KINDS = ("service", "local", "external", "firewall")
 _IPT_KIND_OF = {"SVC": "svc", "SVL": "svl", "EXT": "ext", "FW": "fw"}
+# prefix-HASH8-readable; fixed chains such as service-endpoints-check have no hash.
+_NFT_CHAIN_RE = re.compile(r"^(service|local|external|firewall|endpoint)-[A-Z2-7]{8}-(.+)$")
 
 
 @dataclass(frozen=True)
@@ -551,12 +554,18 @@ def _iptables_orphans(
         )
 
 
+def _nft_kind(chain: str) -> str | None:
+    """``service``, ``endpoint``... for per-Service chains; None for kube-proxy's fixed chains."""
+    m = _NFT_CHAIN_RE.match(chain)
+    return m.group(1) if m else None
+
+
 def _nft_readable(chain: str) -> str | None:
     """The ``ns/name/proto/port[__ip/port]`` part of a kube-proxy nftables chain name."""
-    _, _, rest = chain.partition("-")
-    if len(rest) < 10 or rest[8] != "-" or rest.endswith("..."):
+    m = _NFT_CHAIN_RE.match(chain)
+    if m is None or chain.endswith("..."):
         return None  # truncated names can only be matched by hash
-    return rest[9:]
+    return m.group(2)
 
 
 def _nft_port_of(readable: str) -> tuple[str, str] | None:
@@ -593,14 +602,14 @@ def _nft_actual(
     sources: dict[tuple[str, str], NameSource] = {}
     endpoint_chains: dict[str, tuple[str, str, str] | None] = {}
     for c in t.chains.values():
-        kind, _, _ = c.name.partition("-")
+        kind = _nft_kind(c.name)
         if kind == "endpoint":
             readable = _nft_readable(c.name)
             endpoint_chains[c.name] = known_eps.get(c.name) or (
                 _nft_endpoint_of(readable, family) if readable else None
             )
             continue
-        if kind not in _NFT_SERVICE_KINDS:
+        if kind is None:
             continue
         readable = _nft_readable(c.name)
         port_of = _nft_port_of(readable) if readable else None
