@@ -304,8 +304,10 @@ class Builder:
             if "counter" in stmt and isinstance(stmt["counter"], dict) and "packets" in stmt["counter"]:
                 c = stmt["counter"]
                 counters = (int(c.get("packets", 0)), int(c.get("bytes", 0)))
-            if "comment" in stmt and comment is None:
-                comment = str(stmt["comment"])
+            if "comment" in stmt:
+                # A rule attribute (as JSON has it), not a statement.
+                comment = comment or str(stmt["comment"])
+                continue
             try:
                 exprs.extend(self.lower(stmt, table))
             except (Malformed, ValueError_) as exc:

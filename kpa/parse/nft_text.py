@@ -266,6 +266,15 @@ class RuleParser:
             if self.accept("offset"):
                 body["offset"] = int(self.next(), 0)
             return {"numgen": body}
+        if t in ("jhash", "symhash"):
+            body = {"expr": self.concat_expr()} if t == "jhash" else {}
+            if not self.accept("mod"):
+                raise Unparsed(f"expected {t} ... mod N")
+            body["mod"] = int(self.next(), 0)
+            for opt in ("seed", "offset"):
+                if self.accept(opt):
+                    body[opt] = self.next()
+            return {t: body}
         raise Unparsed(f"{t!r} is not read as an expression")
 
     def unary(self) -> dict[str, Any]:
