@@ -19,6 +19,7 @@ from kpa.k8s.correlate import (
     EndpointRef,
     Expected,
     PortCorrelation,
+    UnmappedChain,
     correlate,
 )
 from kpa.k8s.objects import ClusterObjects
@@ -117,12 +118,19 @@ def lint_correlation(corr: Correlation, objects: ClusterObjects) -> Iterator[Fin
             "checks of Local traffic policies were skipped (give the node name)", None)
     for pc in corr.ports:
         yield from _port_checks(pc)
+    # One finding per lost Service port: its chains share the hash in their names.
+    groups: dict[tuple[str, str, str], list[UnmappedChain]] = {}
     for u in corr.unmapped:
+        suffix = u.chain.rsplit("-", 1)[-1] if u.mode == "iptables" else u.chain.split("-", 1)[-1]
+        groups.setdefault((u.mode, u.family, suffix), []).append(u)
+    for (mode, family, _), chains in groups.items():
+        where = chains[0].location
+        names = ", ".join(f"{u.chain}{_at(u.location)}" for u in chains)
         yield _finding(
             "stale-service-rules", None,
-            f"chain {u.chain} ({u.family}, {u.mode}){_at(u.location)} matches no Service "
-            "port in the cluster objects by comment or by recomputed name: its Service is gone",
-            u.location)
+            f"chain(s) {names} ({family}, {mode}) match no Service port in the cluster "
+            "objects by comment or by recomputed name: their Service is gone",
+            where)
     for o in corr.orphans:
         if o.mode != "iptables":
             continue  # nftables-mode kube-proxy deletes flushed chains a sync later
@@ -172,7 +180,7 @@ def _stale_service(pc: PortCorrelation, a: Actual) -> Finding:
     if not pc.service_exists:
         why = "whose Service no longer exists"
     else:
-        why = "which the Service no longer has"
+        why = "which the Service no longer offers (port removed, or now headless)"
     where = a.location
     return _finding(
         "stale-service-rules", pc.name,
