@@ -335,3 +335,21 @@ def test_drift_on_a_random_cluster_captured_from_the_kernel() -> None:
     assert {f.service for f in stale} == shrunk_ports
     assert all(dropped.ip in f.message for f in stale)
     assert {c for c, _ in _errors(findings)} == {"stale-service-rules", "stale-endpoint"}
+
+
+def test_endpoint_chain_nothing_jumps_to_is_an_orphan(tmp_path: Path) -> None:
+    sep = naming.sep_chain("default/web:http", "tcp", "10.244.2.12:8080")
+    svc = naming.svc_chain("default/web:http", "tcp")
+    rs = _edited(tmp_path, lambda t: "".join(
+        line for line in t.splitlines(keepends=True)
+        if not (line.startswith(f"-A {svc} ") and line.rstrip().endswith(f"-j {sep}"))
+    ))
+    findings = lint(rs, _objects(SCENARIOS["kitchen-sink"]()[0]), NODE)
+    (f,) = _of(findings, "orphan-endpoint-chain")
+    assert f.service == "default/web:http" and sep in f.message
+    assert "10.244.2.12:8080" in f.message and f"-A {sep}" in _line_of(f.location)
+    # The cascade now stops short: a third of the traffic falls through the chain.
+    (u,) = _of(findings, "uneven-probabilities", "default/web:http")
+    assert "sum 0.6667" in u.message
+    (m,) = _of(findings, "missing-endpoint", "default/web:http")
+    assert "10.244.2.12:8080" in m.message
