@@ -259,3 +259,18 @@ def test_rulesets_without_kube_proxy_give_an_empty_correlation() -> None:
     objects = load_objects([str(FIXTURES / "clusters" / "clusterip.yaml")])
     corr = correlate(rs, objects, None)
     assert corr.layouts == [] and corr.ports == []
+
+
+def test_dual_stack_rules_give_one_port_per_family() -> None:
+    rs = Ruleset()
+    for family in ("v4", "v6"):
+        save = FIXTURES / "iptables" / f"dual-stack.nft.{family}.save"
+        rs.merge(parse_iptables(save.read_text(), str(save)))
+    objects = load_objects([str(FIXTURES / "clusters" / "dual-stack.yaml")])
+    corr = correlate(rs, objects, None)
+    assert sorted(corr.layouts) == [("iptables", "ipv4"), ("iptables", "ipv6")]
+    v6 = corr.port("default/web-ds:http", "tcp", "ipv6")
+    assert v6 is not None and v6.actual is not None and v6.actual.cluster
+    assert all(e.endpoint and e.endpoint.startswith("[") for e in v6.actual.cluster)
+    assert all(e.location and ".v6." in e.location for e in v6.actual.cluster)
+    _assert_agrees(corr)
