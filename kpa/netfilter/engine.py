@@ -99,12 +99,7 @@ class Engine:
     def __init__(self, ruleset: Ruleset, ctx: TraceContext) -> None:
         self.ruleset = ruleset
         self.ctx = ctx
-        self._tables: dict[int, Table] = {}
-        self._states_seen = 0
         self.truncated = False
-        for t in ruleset.tables:
-            for c in t.chains.values():
-                self._tables[id(c)] = t
 
     # -- public ----------------------------------------------------------
     def trace(self, spec: PacketSpec) -> TraceResult:
@@ -163,8 +158,7 @@ class Engine:
         if not states:
             return []
         states = [s.set(hook=hook) for s in states]
-        for chain in self.ruleset.hook_chains(states[0].family, hook):
-            table = self._tables[id(chain)]
+        for table, chain in self.ruleset.hook_chains(states[0].family, hook):
             next_states: list[State] = []
             for st in states:
                 for s2, v in self._base_chain(table, chain, st, nat):

@@ -3,7 +3,9 @@
 KUBE-SERVICES on a large cluster holds a rule per Service port, each pinned
 to one destination address. When every packet state in play has a concrete
 destination, only the rules pinned to that address, plus the rules that pin
-no address, can apply. The index yields exactly those, in chain order.
+no address, can apply. KUBE-NODEPORTS pins ports instead, and is indexed
+the same way on the destination port. The index yields exactly the rules
+that may apply, in chain order.
 """
 
 from __future__ import annotations
@@ -20,31 +22,38 @@ MIN_RULES = 32
 
 @dataclass
 class DstIndex:
-    generic: list[int]
+    generic: list[int]  # rules that pin neither destination address nor port
     by_dst: dict[int, list[int]]
+    by_dport: dict[int, list[int]]  # rules that pin only the destination port (NodePorts)
 
 
-def pinned_destination(rule: Rule) -> int | None:
+def pinned(rule: Rule, field: str) -> int | None:
+    """The single value a rule requires of `field`, if one of its matches demands it."""
     from kpa.ext.base import IntCond, Match
 
     for e in rule.exprs:
-        if isinstance(e, Match) and e.name == "dst" and len(e.conds) == 1:
-            c = e.conds[0]
-            if isinstance(c, IntCond) and not c.negated and c.field == "dst":
-                return c.values.single_value()
+        if isinstance(e, Match):
+            for c in e.conds:
+                if isinstance(c, IntCond) and c.field == field and not c.negated:
+                    value = c.values.single_value()
+                    if value is not None:
+                        return value
     return None
 
 
 def build(chain: Chain) -> DstIndex:
-    generic: list[int] = []
-    by_dst: dict[int, list[int]] = {}
+    idx = DstIndex([], {}, {})
     for pos, rule in enumerate(chain.rules):
-        dst = pinned_destination(rule)
-        if dst is None:
-            generic.append(pos)
+        dst = pinned(rule, "dst")
+        if dst is not None:
+            idx.by_dst.setdefault(dst, []).append(pos)
+            continue
+        dport = pinned(rule, "dport")
+        if dport is not None:
+            idx.by_dport.setdefault(dport, []).append(pos)
         else:
-            by_dst.setdefault(dst, []).append(pos)
-    return DstIndex(generic, by_dst)
+            idx.generic.append(pos)
+    return idx
 
 
 def candidate_rules(chain: Chain, states: list[State]) -> Iterator[Rule]:
@@ -52,18 +61,30 @@ def candidate_rules(chain: Chain, states: list[State]) -> Iterator[Rule]:
     if len(rules) < MIN_RULES:
         yield from rules
         return
-    dsts = set()
+    dsts: set[int] = set()
+    dports: set[int] | None = set()
     for s in states:
         d = s.concrete("dst")
         if d is None:
             yield from rules
             return
         dsts.add(d)
+        p = s.concrete("dport")
+        if p is None:
+            dports = None
+        elif dports is not None:
+            dports.add(p)
     if chain._index is None:
         chain._index = build(chain)
     idx: DstIndex = chain._index
     positions = set(idx.generic)
     for d in dsts:
         positions.update(idx.by_dst.get(d, ()))
+    if dports is None:
+        for group in idx.by_dport.values():
+            positions.update(group)
+    else:
+        for p in dports:
+            positions.update(idx.by_dport.get(p, ()))
     for pos in sorted(positions):
         yield rules[pos]

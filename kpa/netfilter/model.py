@@ -228,6 +228,9 @@ class Table:
 class Ruleset:
     tables: list[Table] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # (family, hook) -> [(table, base chain)], built on first use: large rulesets
+    # have tens of thousands of chains but only a handful of base chains.
+    _hooks: dict[tuple[Family, str], list[tuple[Table, Chain]]] = field(default_factory=dict, repr=False)
 
     def table(self, family: Family, name: str) -> Table | None:
         for t in self.tables:
@@ -238,17 +241,23 @@ class Ruleset:
     def families(self) -> set[Family]:
         return {t.family for t in self.tables}
 
-    def hook_chains(self, family: Family, hook: str) -> list[Chain]:
+    def hook_chains(self, family: Family, hook: str) -> list[tuple[Table, Chain]]:
         """Base chains on a hook for packets of `family`, in the kernel's order.
 
         inet tables see both IPv4 and IPv6 packets. The sort is stable, so at
         equal priority the table registered first runs first.
         """
-        chains: list[Chain] = []
+        key = (family, hook)
+        cached = self._hooks.get(key)
+        if cached is not None:
+            return cached
+        chains: list[tuple[Table, Chain]] = []
         for t in self.tables:
             if t.family is family or (t.family is Family.INET and family in (Family.IPV4, Family.IPV6)):
-                chains.extend(c for c in t.base_chains() if c.hook == hook)
-        return sorted(chains, key=lambda c: c.priority if c.priority is not None else 0)
+                chains.extend((t, c) for c in t.base_chains() if c.hook == hook)
+        chains.sort(key=lambda tc: tc[1].priority if tc[1].priority is not None else 0)
+        self._hooks[key] = chains
+        return chains
 
     def find_table_of(self, chain: Chain) -> Table:
         for t in self.tables:
@@ -259,3 +268,4 @@ class Ruleset:
     def merge(self, other: Ruleset) -> None:
         self.tables.extend(other.tables)
         self.warnings.extend(other.warnings)
+        self._hooks.clear()
