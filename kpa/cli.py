@@ -38,6 +38,11 @@ class Inputs:
     node: str | None = None
     live: bool = False
     example: bool = False
+    kube: bool = False
+    kubeconfig: str | None = None
+    context: str | None = None
+    namespace: str | None = None
+    image: str | None = None
 
     def resolve_example(self) -> None:
         if not self.example:
@@ -61,6 +66,19 @@ def rules_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+def kube_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--image", metavar="IMAGE",
+                      help="Image for the debug pod that reads a node's rules (with --kube --node and no --rules).")(fn)
+    fn = click.option("-n", "--namespace", metavar="NS", help="Only read objects in this namespace (and run the debug pod there).")(fn)
+    fn = click.option("--context", metavar="NAME", help="kubeconfig context to use.")(fn)
+    fn = click.option("--kubeconfig", metavar="FILE", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster).")(fn)
+    fn = click.option("--kube/--no-kube", default=False,
+                      help="Read cluster objects from the Kubernetes API (read-only); with --node and no --rules, "
+                           "also read that node's rules through a short-lived debug pod. On by default as "
+                           "`kubectl kpa`.")(fn)
+    return fn
+
+
 def cluster_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = click.option("--node", metavar="NAME", help="This node's name, to find its Node object and local endpoints.")(fn)
     fn = click.option("--node-ip", "node_ips", multiple=True, metavar="IP",
@@ -80,17 +98,49 @@ def load_ruleset(inp: Inputs) -> Any:
         if inp.rules:
             rs.merge(load_rules(inp.rules))
         return rs
+    if not inp.rules and inp.kube and inp.node:
+        return node_rules_from_cluster(inp)
     if not inp.rules:
-        raise click.UsageError("give --rules FILE (or --live, or --example)")
+        raise click.UsageError("give --rules FILE (or --live, --example, or --kube --node NAME)")
     return load_rules(inp.rules)
 
 
-def load_cluster(inp: Inputs) -> Any:
-    if not inp.cluster:
-        return None
-    from kpa.k8s.objects import load_objects
+def collect_dumps(inp: Inputs) -> dict[str, str]:
+    from kpa.k8s.debugpod import DEFAULT_IMAGE, collect_node_rules
+    from kpa.k8s.live import close, connect
 
-    return load_objects(list(inp.cluster))
+    assert inp.node is not None
+    click.echo(f"reading {inp.node}'s rules through a temporary debug pod ...", err=True)
+    api = connect(inp.kubeconfig, inp.context)
+    try:
+        return collect_node_rules(api, inp.node, image=inp.image or DEFAULT_IMAGE, namespace=inp.namespace or "default")
+    finally:
+        close(api)
+
+
+def node_rules_from_cluster(inp: Inputs) -> Any:
+    from kpa.sources import combine, parse_text
+
+    dumps = collect_dumps(inp)
+    ipt = [parse_text(dumps[k], f"<{inp.node}: {k}>", "iptables") for k in ("iptables-save", "ip6tables-save")
+           if dumps.get(k, "").strip()]
+    nft = [parse_text(dumps["nft-ruleset-json"], f"<{inp.node}: nft -j list ruleset>", "nft-json")] \
+        if dumps.get("nft-ruleset-json", "").strip() else []
+    if not ipt and not nft:
+        raise KpaError(f"no rules could be read from node {inp.node}: {dumps.get('errors', 'no output')}")
+    return combine(ipt, nft)
+
+
+def load_cluster(inp: Inputs) -> Any:
+    if inp.cluster:
+        from kpa.k8s.objects import load_objects
+
+        return load_objects(list(inp.cluster))
+    if inp.kube and not inp.example:
+        from kpa.k8s.live import load_live
+
+        return load_live(inp.kubeconfig, inp.context, inp.namespace)
+    return None
 
 
 def local_addresses(inp: Inputs, objects: Any) -> dict[int, Any]:
@@ -238,10 +288,12 @@ def graph(rules: Sequence[str], live: bool, example: bool, fmt: str, from_chain:
 @cli.command(context_settings=CONTEXT)
 @rules_options
 @cluster_options
+@kube_options
 @click.option("--service", "service_filter", metavar="NS/NAME", help="Only this Service.")
 @click.option("-o", "--output", "fmt", type=OUTPUT_TEXT, default="text", show_default=True)
 def show(rules: Sequence[str], live: bool, example: bool, cluster: Sequence[str], node_ips: Sequence[str],
-         node: str | None, service_filter: str | None, fmt: str) -> None:
+         node: str | None, kube: bool, kubeconfig: str | None, context: str | None, namespace: str | None,
+         image: str | None, service_filter: str | None, fmt: str) -> None:
     """List what kube-proxy built for each Service port.
 
     For each port: its entry rules (ClusterIP, NodePort, external IP, load
@@ -256,7 +308,8 @@ def show(rules: Sequence[str], live: bool, example: bool, cluster: Sequence[str]
     """
     from kpa.k8s.kubeproxy import hash_names, service_ports
 
-    inp = Inputs(list(rules), list(cluster), list(node_ips), node, live, example)
+    inp = Inputs(list(rules), list(cluster), list(node_ips), node, live, example, kube, kubeconfig, context,
+                 namespace, image)
     rs = load_ruleset(inp)
     objects = load_cluster(inp)
     known: dict[str, str] = {}
@@ -295,6 +348,7 @@ def show(rules: Sequence[str], live: bool, example: bool, cluster: Sequence[str]
 @cli.command(context_settings=CONTEXT)
 @rules_options
 @cluster_options
+@kube_options
 @click.option("--src", "-s", metavar="IP[/LEN]", help="Source address (or CIDR); open if omitted.")
 @click.option("--dst", "-d", metavar="IP[/LEN]", help="Destination address (or CIDR); open if omitted.")
 @click.option("-p", "--protocol", "proto", type=click.Choice(["tcp", "udp", "sctp", "icmp"]), help="Open if omitted.")
@@ -317,7 +371,8 @@ def show(rules: Sequence[str], live: bool, example: bool, cluster: Sequence[str]
 @click.option("--max-outcomes", type=click.IntRange(1), default=512, show_default=True)
 @click.option("-o", "--output", "fmt", type=OUTPUT_TEXT, default="text", show_default=True)
 def trace(rules: Sequence[str], live: bool, example: bool, cluster: Sequence[str], node_ips: Sequence[str],
-          node: str | None, src: str | None, dst: str | None, proto: str | None, sport: int | None,
+          node: str | None, kube: bool, kubeconfig: str | None, context: str | None, namespace: str | None,
+          image: str | None, src: str | None, dst: str | None, proto: str | None, sport: int | None,
           dport: int | None, origin: str | None, in_iface: str | None, out_iface: str | None, ctstate: str,
           mark: str, affinity: Sequence[str], affinity_open: bool, to: str | None, via: str,
           from_: str | None, family: str | None, max_outcomes: int, fmt: str) -> None:
@@ -335,12 +390,14 @@ def trace(rules: Sequence[str], live: bool, example: bool, cluster: Sequence[str
       kpa trace --example --src 198.51.100.7 --dst 203.0.113.10 -p tcp --dport 443
       kpa trace --example --dst 192.168.0.2 -p tcp --dport 30080 --origin prerouting -o json
       kpa trace -r node.save -c cluster/ --to svc/shop/web:http --from external
+      kubectl kpa trace --kube --node worker-1 --to svc/shop/web:http --from pod/shop/client-0
     """
     from kpa.netfilter.engine import trace as run_trace
     from kpa.netfilter.model import Family
     from kpa.netfilter.packet import PacketSpec, TraceContext
 
-    inp = Inputs(list(rules), list(cluster), list(node_ips), node, live, example)
+    inp = Inputs(list(rules), list(cluster), list(node_ips), node, live, example, kube, kubeconfig, context,
+                 namespace, image)
     rs = load_ruleset(inp)
     objects = load_cluster(inp)
     local = local_addresses(inp, objects)
@@ -390,6 +447,103 @@ def trace(rules: Sequence[str], live: bool, example: bool, cluster: Sequence[str
     click.echo(render_trace(result, color_enabled(click.get_current_context())), nl=False)
 
 
+# -- lint ------------------------------------------------------------------------
+
+@cli.command(context_settings=CONTEXT)
+@rules_options
+@cluster_options
+@kube_options
+@click.option("--fail-on", type=click.Choice(["error", "warning"]), default="error", show_default=True,
+              help="Lowest severity that makes the exit status 1.")
+@click.option("-o", "--output", "fmt", type=OUTPUT_TEXT, default="text", show_default=True)
+def lint(rules: Sequence[str], live: bool, example: bool, cluster: Sequence[str], node_ips: Sequence[str],
+         node: str | None, kube: bool, kubeconfig: str | None, context: str | None, namespace: str | None,
+         image: str | None, fail_on: str, fmt: str) -> None:
+    """Check that kube-proxy's rules match the cluster's Services and endpoints.
+
+    Finds Service ports without rules, rules for Services or endpoints that no
+    longer exist, endpoint sets that differ from the EndpointSlices, uneven
+    load-balancing probabilities, Local traffic policies with no local
+    endpoints, rules kpa cannot model, and dangling jumps. Exit status: 0
+    clean, 1 findings at or above --fail-on, 2 bad input. See docs/lint.md.
+
+    \b
+    Examples:
+      kpa lint --example
+      kpa lint -r node.save -c cluster/ --node worker-1 -o json
+      iptables-save | kpa lint -r - --kube --node "$(hostname)" --fail-on warning
+    """
+    from kpa.k8s.lint import exit_status, format_text
+    from kpa.k8s.lint import lint as run_lint
+
+    inp = Inputs(list(rules), list(cluster), list(node_ips), node, live, example, kube, kubeconfig, context,
+                 namespace, image)
+    rs = load_ruleset(inp)
+    objects = load_cluster(inp)
+    if objects is None:
+        raise click.UsageError("lint compares rules with cluster objects: give --cluster PATH (or --kube)")
+    findings = run_lint(rs, objects, inp.node)
+    if fmt == "text":
+        click.echo(format_text(findings), nl=False)
+    else:
+        from kpa.render.output import dump
+
+        click.echo(dump({"findings": [f.to_json() for f in findings]}, fmt), nl=False)
+    code = exit_status(findings, fail_on)  # type: ignore[arg-type]
+    if code:
+        raise click.exceptions.Exit(code)
+
+
+# -- collect ---------------------------------------------------------------------
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--node", required=True, metavar="NAME", help="The node whose rules to read.")
+@click.option("-o", "--output-dir", "out_dir", required=True, type=click.Path(file_okay=False), metavar="DIR")
+@click.option("--kubeconfig", metavar="FILE")
+@click.option("--context", metavar="NAME")
+@click.option("-n", "--namespace", metavar="NS", help="Namespace for the debug pod (objects are read cluster-wide).")
+@click.option("--image", metavar="IMAGE", help="Image for the debug pod.")
+def collect(node: str, out_dir: str, kubeconfig: str | None, context: str | None, namespace: str | None,
+            image: str | None) -> None:
+    """Save a node's rules and the cluster's objects for offline use and bug reports.
+
+    Reads the rules through a short-lived privileged debug pod on the node
+    (deleted afterwards, whatever happens) and lists Services,
+    EndpointSlices, Endpoints, Nodes and Pods read-only. The directory can
+    then be used with `kpa trace -r DIR/… -c DIR/cluster.json`.
+
+    \b
+    Examples:
+      kpa collect --node worker-1 -o ./worker-1
+      kubectl kpa collect --context prod --node worker-1 -o /tmp/kpa-bug
+    """
+    from kpa.k8s.live import close, connect, list_documents
+
+    inp = Inputs(node=node, kube=True, kubeconfig=kubeconfig, context=context, namespace=namespace, image=image)
+    dumps = collect_dumps(inp)
+    os.makedirs(out_dir, exist_ok=True)
+    names = {"iptables-save": "iptables.save", "ip6tables-save": "ip6tables.save",
+             "nft-ruleset-json": "nft-ruleset.json"}
+    written = []
+    for key, filename in names.items():
+        if dumps.get(key, "").strip():
+            with open(os.path.join(out_dir, filename), "w") as fh:
+                fh.write(dumps[key])
+            written.append(filename)
+    api = connect(kubeconfig, context)
+    try:
+        docs = list_documents(api, None)
+    finally:
+        close(api)
+    items = [item for d in docs for item in d.get("items", [])]
+    with open(os.path.join(out_dir, "cluster.json"), "w") as fh:
+        json.dump({"apiVersion": "v1", "kind": "List", "items": items}, fh)
+    with open(os.path.join(out_dir, "meta.json"), "w") as fh:
+        json.dump({"node_name": node, "iptables_backend": dumps.get("iptables-backend"),
+                   "errors": dumps.get("errors")}, fh, indent=2)
+    click.echo(f"wrote {', '.join([*written, 'cluster.json', 'meta.json'])} to {out_dir}")
+
+
 # -- completion ------------------------------------------------------------------
 
 @cli.command(context_settings=CONTEXT)
@@ -413,10 +567,10 @@ def completion(shell: str) -> None:
 
 # -- entry points ------------------------------------------------------------------
 
-def _run(prog_name: str, args: list[str] | None = None) -> None:
+def _run(prog_name: str, args: list[str] | None = None, defaults: dict[str, Any] | None = None) -> None:
     try:
         # Without standalone mode click returns an Exit's code instead of raising it.
-        code = cli.main(args=args, prog_name=prog_name, standalone_mode=False)
+        code = cli.main(args=args, prog_name=prog_name, standalone_mode=False, default_map=defaults)
         if isinstance(code, int) and code:
             sys.exit(code)
     except click.exceptions.Exit as exc:
@@ -443,5 +597,9 @@ def main() -> None:
 
 
 def kubectl_main() -> None:
-    """`kubectl kpa ...`: kubectl finds `kubectl-kpa` on PATH and runs it."""
-    _run("kubectl kpa")
+    """`kubectl kpa ...`: kubectl finds `kubectl-kpa` on PATH and runs it.
+
+    As a kubectl plugin kpa talks to the cluster of the current kubeconfig
+    context by default, like kubectl itself (`--no-kube` turns that off).
+    """
+    _run("kubectl kpa", defaults={cmd: {"kube": True} for cmd in ("trace", "show", "lint")})

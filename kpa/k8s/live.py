@@ -205,6 +205,17 @@ def list_objects(
     legacy_endpoints: bool = True,
 ) -> ClusterObjects:
     """Like load_live, with an already-configured client."""
+    documents = list_documents(api_client, namespace, page_size, legacy_endpoints)
+    return objects_from_documents(documents, source=server_of(api_client))
+
+
+def list_documents(
+    api_client: client.ApiClient,
+    namespace: str | None,
+    page_size: int = 500,
+    legacy_endpoints: bool = True,
+) -> list[dict[str, Any]]:
+    """The raw list objects, as the API server sent them (for saving with `kpa collect`)."""
     core = client.CoreV1Api(api_client)
     discovery = client.DiscoveryV1Api(api_client)
     plan: list[tuple[_Resource, Callable[..., Any], Callable[..., Any]]] = [
@@ -234,7 +245,7 @@ def list_objects(
         else:
             scope = "at cluster scope"
             documents.append(_list_pages(api_client, resource, list_all, scope, page_size))
-    return objects_from_documents(documents, source=server_of(api_client))
+    return documents
 
 
 __all__ = [
@@ -242,6 +253,7 @@ __all__ = [
     "api_error_message",
     "close",
     "connect",
+    "list_documents",
     "list_objects",
     "load_live",
 ]

@@ -72,9 +72,24 @@ class Token:
     quoted: bool = False
 
 
+_SIMPLE_QUOTED = re.compile(r'"([^"\\]*)"(?=\s|$)|(\S+)')
+
+
 def tokenize(line: str, file: str, lineno: int) -> list[Token]:
     if '"' not in line and "'" not in line and "\\" not in line:
         return [Token(t) for t in line.split()]
+    if "'" not in line and "\\" not in line and line.count('"') % 2 == 0:
+        # iptables-save quotes comments without escapes in the common case.
+        fast: list[Token] = []
+        for quoted, plain in _SIMPLE_QUOTED.findall(line):
+            if plain:
+                if '"' in plain:
+                    break
+                fast.append(Token(plain))
+            else:
+                fast.append(Token(quoted, True))
+        else:
+            return fast
     out: list[Token] = []
     i, n = 0, len(line)
     while i < n:
@@ -123,6 +138,9 @@ class IptablesParser:
         self.file = file
         self.family = family
         self.source = "iptables"
+        # Parsed expressions are immutable, so identical text can share one object;
+        # kube-proxy dumps repeat the same matches across thousands of rules.
+        self._cache: dict[tuple[object, ...], Expr] = {}
 
     def error(self, lineno: int, message: str) -> InputError:
         return InputError(self.file, lineno, message)
@@ -319,18 +337,25 @@ class IptablesParser:
                     negate, j = True, j + 1
                 if j >= n:
                     raise self.error(lineno, f"expected a value after {word}, found end of rule")
-                opt = Option(word, [toks[j].text], negate)
+                value = toks[j].text
+                key = (word, value, negate, pctx.family)
+                core = self._cache.get(key)
+                if core is None:
+                    opt = Option(word, [value], negate)
+                    try:
+                        if field in ("src", "dst"):
+                            core = address(opt, pctx, field)
+                        elif field in ("iif", "oif"):
+                            core = interface(opt, field)
+                        else:
+                            core = protocol(opt, pctx)
+                    except OptionError as exc:
+                        raise self.error(lineno, f"{word}: {exc}") from None
+                    self._cache[key] = core
+                exprs.append(core)
+                if field == "proto":
+                    pctx.protocol = value.lower()
                 negate = False
-                try:
-                    if field in ("src", "dst"):
-                        exprs.append(address(opt, pctx, field))
-                    elif field in ("iif", "oif"):
-                        exprs.append(interface(opt, field))
-                    else:
-                        exprs.append(protocol(opt, pctx))
-                        pctx.protocol = toks[j].text.lower()
-                except OptionError as exc:
-                    raise self.error(lineno, f"{word}: {exc}") from None
                 i = j + 1
                 continue
             if word.startswith("--"):
@@ -357,18 +382,36 @@ class IptablesParser:
         return exprs, comment, counters
 
     def _match(self, name: str, opts: list[Option], pctx: ParseCtx, lineno: int) -> Expr:
+        key = (name, pctx.family, *((o.name, o.negated, *o.args) for o in opts))
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
         parser = ext.MATCHES.get(name)
-        tokens = ["-m", name] + [t for o in opts for t in o.render()]
+        expr: Expr
         if parser is None:
-            return UnknownExpr(name=name, tokens=tokens, reason=f"match module {name!r} is not modelled")
-        try:
-            return parser(opts, pctx)
-        except Unsupported as exc:
-            return UnknownExpr(name=name, tokens=tokens, reason=str(exc))
-        except OptionError as exc:
-            raise self.error(lineno, f"{name}: {exc}") from None
+            tokens = ["-m", name] + [t for o in opts for t in o.render()]
+            expr = UnknownExpr(name=name, tokens=tokens, reason=f"match module {name!r} is not modelled")
+        else:
+            try:
+                expr = parser(opts, pctx)
+            except Unsupported as exc:
+                tokens = ["-m", name] + [t for o in opts for t in o.render()]
+                expr = UnknownExpr(name=name, tokens=tokens, reason=str(exc))
+            except OptionError as exc:
+                raise self.error(lineno, f"{name}: {exc}") from None
+        self._cache[key] = expr
+        return expr
 
     def _target(self, table: Table, name: str, opts: list[Option], goto: bool, pctx: ParseCtx, lineno: int) -> Expr:
+        if not opts:
+            key: tuple[object, ...] = ("-g" if goto else "-j", name, name in table.chains, table.name)
+            hit = self._cache.get(key)
+            if hit is None:
+                hit = self._cache[key] = self._new_target(table, name, opts, goto, pctx, lineno)
+            return hit
+        return self._new_target(table, name, opts, goto, pctx, lineno)
+
+    def _new_target(self, table: Table, name: str, opts: list[Option], goto: bool, pctx: ParseCtx, lineno: int) -> Expr:
         tokens = ["-g" if goto else "-j", name] + [t for o in opts for t in o.render()]
         if goto:
             if opts:
