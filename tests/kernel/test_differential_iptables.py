@@ -1,0 +1,260 @@
+"""kpa's iptables tracing against the real kernel, for iptables-nft and iptables-legacy.
+
+For every scenario fixture (and a few random clusters captured through the real save
+tool) the saved kube-proxy rules are loaded into a namespace topology, probe flows
+derived from the cluster objects are sent, and what the kernel did to each flow is
+compared with kpa's trace of the same packet (see diffutil.py for the evidence and the
+comparison). The kernel is the reference; no test states what a Service should do.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import socket
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kpa.gen.capture import capture_iptables
+from kpa.gen.cluster import random_cluster
+from kpa.gen.iptables import render_restore
+from kpa.gen.objects import to_objects
+from kpa.gen.options import ProxierOptions, meta_dict
+from kpa.netfilter.model import Ruleset
+from kpa.parse.iptables_save import parse_iptables
+
+from .diffutil import (
+    ClusterView,
+    Fate,
+    Prediction,
+    Probe,
+    Verdict,
+    affinity_rounds,
+    cluster_view,
+    collect,
+    compare,
+    install_observer,
+    kernel_fate,
+    predict,
+    predict_cli,
+    probes,
+    recent_lists,
+    reset_evidence,
+)
+from .harness import (
+    Backend,
+    Family,
+    Flow,
+    Topology,
+    created_namespaces,
+    list_namespaces,
+)
+
+pytestmark = pytest.mark.kernel
+
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+SUFFIX = {"ipv4": "v4", "ipv6": "v6"}
+BACKENDS: tuple[Backend, ...] = ("nft", "legacy")
+SCENARIO_NAMES = sorted(p.name.removesuffix(".meta.json")
+                        for p in (FIXTURES / "clusters").glob("*.meta.json"))
+RANDOM_SEEDS = (1, 2, 3)
+RANDOM_SERVICES = 20
+RANDOM_ENDPOINTS = 3
+# Flows per probe: a handful when one outcome is expected (enough to notice a split kpa
+# missed), many when the kernel picks an endpoint at random.
+DETERMINISTIC_FLOWS = 3
+SPLIT_FLOWS = 200
+# The kitchen sink and random clusters repeat Services the small scenarios already
+# measure with SPLIT_FLOWS; fewer flows keep the module fast and still catch gross errors.
+LARGE_SPLIT_FLOWS = 40
+# Seconds the sender waits for an answer. IPv6 needs more than the first SYN
+# retransmission (1 s): the ICMPv6 error a REJECT sends back reaches the socket while
+# connect() still holds it, so it is only kept as a soft error (SO_ERROR, not a wake-up)
+# and the connection fails for good on the retransmitted SYN's error.
+TIMEOUT = {"ipv4": 0.6, "ipv6": 1.5}
+
+
+def _sctp_supported() -> bool:
+    try:
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_SCTP).close()
+    except OSError:
+        return False
+    return True
+
+
+PROTOCOLS = ("tcp", "udp", "sctp") if _sctp_supported() else ("tcp", "udp")
+
+
+def _families(name: str) -> list[Family]:
+    meta = json.loads((FIXTURES / "clusters" / f"{name}.meta.json").read_text())
+    return list(meta["families"])
+
+
+@dataclass(frozen=True)
+class Case:
+    backend: Backend
+    name: str  # scenario name, or random-<seed>
+    family: Family
+
+    @property
+    def id(self) -> str:
+        return f"{self.backend}-{self.name}-{SUFFIX[self.family]}"
+
+
+CASES = [Case(b, n, f) for b in BACKENDS for n in SCENARIO_NAMES for f in _families(n)]
+CASES += [Case(b, f"random-{s}", "ipv4") for b in BACKENDS for s in RANDOM_SEEDS]
+
+
+@dataclass
+class Env:
+    case: Case
+    topo: Topology
+    view: ClusterView
+    ruleset: Ruleset
+    rules_path: Path | None
+    probes: list[Probe]
+    split_flows: int
+
+
+def _inputs(case: Case) -> tuple[str, Path | None, dict[str, object], list[dict[str, object]]]:
+    if case.name.startswith("random-"):
+        cluster = random_cluster(int(case.name.split("-")[1]), RANDOM_SERVICES,
+                                 RANDOM_ENDPOINTS)
+        options = ProxierOptions(node_name="node-0")
+        text = capture_iptables(render_restore(cluster, options, case.family), case.backend,
+                                case.family)
+        return text, None, meta_dict(cluster, options), to_objects(cluster)
+    path = FIXTURES / "iptables" / f"{case.name}.{case.backend}.{SUFFIX[case.family]}.save"
+    meta = json.loads((FIXTURES / "clusters" / f"{case.name}.meta.json").read_text())
+    objects = list(yaml.safe_load_all((FIXTURES / "clusters" / f"{case.name}.yaml").read_text()))
+    return path.read_text(), path, meta, objects
+
+
+def _build_env(case: Case, probe_filter: str | None = None) -> Iterator[Env]:
+    text, path, meta, objects = _inputs(case)
+    view = cluster_view(meta, objects, case.family)
+    ruleset = parse_iptables(text, str(path or f"{case.name}.save"))
+    large = case.name == "kitchen-sink" or case.name.startswith("random-")
+    with Topology(view.spec()) as topo:
+        topo.load_iptables(text, backend=case.backend)
+        install_observer(topo)
+        yield Env(case, topo, view, ruleset, path, probes(view, PROTOCOLS),
+                  LARGE_SPLIT_FLOWS if large else SPLIT_FLOWS)
+
+
+_TALLY: collections.Counter[str] = collections.Counter()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def summary(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Report how much was compared, and prove no namespace outlived its topology."""
+    yield
+    leaked = sorted(set(created_namespaces()) & set(list_namespaces()))
+    assert leaked == [], f"namespaces leaked: {leaked}"
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None and _TALLY:
+        # Teardown output is captured; the figures belong in the session log.
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(
+                f"\ndifferential: {_TALLY['probes']} probes, {_TALLY['flows']} flows, "
+                f"{_TALLY['split']} of the probes checked against kpa's probabilities")
+
+
+@pytest.fixture(scope="module", params=CASES, ids=[c.id for c in CASES])
+def env(request: pytest.FixtureRequest) -> Iterator[Env]:
+    yield from _build_env(request.param)
+
+
+# ------------------------------------------------------------------------------ running
+def _flow(p: Probe) -> Flow:
+    return (p.origin, p.send_src, p.dst, p.proto, p.dport)
+
+
+def _flow_count(p: Probe, preds: Sequence[Prediction], split: int) -> int:
+    # The object count guards against kpa wrongly predicting a single outcome.
+    random = len({x.fate for x in preds}) > 1 or p.endpoints > 1
+    return split if random else DETERMINISTIC_FLOWS
+
+
+def _local(view: ClusterView) -> set[str]:
+    return {view.node_ip, "::1"}
+
+
+def run(env: Env, items: Sequence[Probe], preds: dict[Probe, list[Prediction]],
+        counts: dict[Probe, int]) -> list[Verdict]:
+    """Send every probe's flows in one batch and compare each probe with kpa."""
+    topo = env.topo
+    reset_evidence(topo)
+    flows = [_flow(p) for p in items for _ in range(counts[p])]
+    observations = topo.send_many(flows, timeout=TIMEOUT[env.view.family])
+    evidence = collect(topo)
+    fates: dict[Probe, list[Fate]] = collections.defaultdict(list)
+    i = 0
+    for p in items:
+        for obs in observations[i:i + counts[p]]:
+            # kpa was told the source the kernel was expected to pick.
+            assert obs.src == p.src, f"{p.label}: sent from {obs.src}, kpa asked about {p.src}"
+            fates[p].append(kernel_fate(obs, evidence, _local(env.view)))
+        i += counts[p]
+    _TALLY["probes"] += len(items)
+    _TALLY["flows"] += len(flows)
+    _TALLY["split"] += sum(len({x.fate for x in preds[p]}) > 1 for p in items)
+    return [compare(p, preds[p], fates[p]) for p in items]
+
+
+def _report(verdicts: Sequence[Verdict]) -> str:
+    bad = [v for v in verdicts if v.problems]
+    return f"{len(bad)} of {len(verdicts)} probes disagree:\n" + "\n".join(
+        v.describe() for v in bad)
+
+
+# ------------------------------------------------------------------------------ tests
+def test_kpa_agrees_with_kernel(env: Env) -> None:
+    """Flows to Services without session affinity: every probe in one batch."""
+    items = [p for p in env.probes if not p.affinity]
+    preds = {p: predict(env.ruleset, p, env.view) for p in items}
+    counts = {p: _flow_count(p, preds[p], env.split_flows) for p in items}
+    env.topo.clear_recent()
+    verdicts = run(env, items, preds, counts)
+    assert all(not v.problems for v in verdicts), _report(verdicts)
+
+
+def test_session_affinity_sticks(env: Env) -> None:
+    """A first connection goes where kpa's default (client in no list) allows; a second
+    one from the same source must follow the lists the kernel filled in between."""
+    items = [p for p in env.probes if p.affinity]
+    if not items:
+        pytest.skip("no Service with session affinity")
+    verdicts: list[Verdict] = []
+    for group in affinity_rounds(items):
+        env.topo.clear_recent()
+        first = {p: predict(env.ruleset, p, env.view) for p in group}
+        got = run(env, group, first, dict.fromkeys(group, 1))
+        verdicts += got
+        lists = recent_lists(env.topo)
+        member = {p: sorted(n for n, srcs in lists.items() if p.src in srcs) for p in group}
+        for v in got:
+            (fate,) = v.kernel
+            # Otherwise the second connection would test nothing new.
+            assert fate.dnat is None or member[v.probe], f"{v.probe.label}: no recent entry"
+        second = {p: predict(env.ruleset, p, env.view, member[p]) for p in group}
+        verdicts += run(env, group, second, dict.fromkeys(group, DETERMINISTIC_FLOWS))
+    assert all(not v.problems for v in verdicts), _report(verdicts)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cli_trace_json_agrees_with_kernel(backend: Backend) -> None:
+    """The same comparison through ``kpa trace -o json`` as a user runs it."""
+    case = Case(backend, "loadbalancer-source-ranges", "ipv4")
+    for env in _build_env(case):
+        assert env.rules_path is not None
+        items = [p for p in env.probes if not p.affinity]
+        preds = {p: predict_cli(env.rules_path, p, env.view) for p in items}
+        counts = {p: _flow_count(p, preds[p], env.split_flows) for p in items}
+        verdicts = run(env, items, preds, counts)
+        assert all(not v.problems for v in verdicts), _report(verdicts)
