@@ -258,3 +258,27 @@ def test_cli_trace_json_agrees_with_kernel(backend: Backend) -> None:
         counts = {p: _flow_count(p, preds[p], env.split_flows) for p in items}
         verdicts = run(env, items, preds, counts)
         assert all(not v.problems for v in verdicts), _report(verdicts)
+
+
+@pytest.mark.parametrize("mutation", ["probability", "dnat-port", "masquerade"])
+def test_comparison_flags_a_wrong_prediction(mutation: str) -> None:
+    """The comparison has teeth: kpa fed a subtly different ruleset than the kernel runs
+    must be caught, by the binomial check or by an unpredicted kernel fate."""
+    case = Case("nft", "clusterip", "ipv4")
+    for env in _build_env(case):
+        text = (FIXTURES / "iptables" / "clusterip.nft.v4.save").read_text()
+        wrong = {
+            # 1/3 -> 9/10 for the first endpoint: same endpoints, different shares (far
+            # enough apart that 200 flows tell them apart every time).
+            "probability": ("--probability 0.33333333349", "--probability 0.90000000000"),
+            "dnat-port": ("10.244.1.11:8080", "10.244.1.11:8081"),
+            # Nothing marked for masquerade: node-originated flows would keep their source.
+            "masquerade": ("-j MARK --set-xmark 0x4000/0x4000", "-j MARK --set-xmark 0x0/0x0"),
+        }[mutation]
+        assert wrong[0] in text
+        bad = parse_iptables(text.replace(wrong[0], wrong[1]), "mutated.save")
+        items = [p for p in env.probes if not p.affinity]
+        preds = {p: predict(bad, p, env.view) for p in items}
+        counts = {p: SPLIT_FLOWS if p.endpoints > 1 else DETERMINISTIC_FLOWS for p in items}
+        verdicts = run(env, items, preds, counts)
+        assert any(v.problems for v in verdicts), _report(verdicts)
