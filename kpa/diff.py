@@ -589,15 +589,22 @@ def compare_entry(
             traced[sc.origin] = (ta.run(e, sc.origin), tb.run(e, sc.origin))
         oa, ob = traced[sc.origin]
         cuts = list(dict.fromkeys(o.state.domains["src"] for o in (*oa, *ob)))
-        groups: dict[tuple[Any, ...], tuple[IntSet, Dist, Dist]] = {}
+        # Atoms that differ for the same reasons are one group; its distributions shown
+        # are those of its largest atom.
+        groups: dict[tuple[str, ...], tuple[IntSet, Dist, Dist, int]] = {}
         for atom in _atoms(sc.addresses, cuts):
             da, db = _dist(oa, atom), _dist(ob, atom)
             if same_dist(da, db):
                 continue
-            gk = (tuple(sorted(da.items())), tuple(sorted(db.items())))
+            gk = tuple(explain(da, db, sc.name))
             prev = groups.get(gk)
-            groups[gk] = (atom if prev is None else prev[0] | atom, da, db)
-        for where, da, db in groups.values():
+            if prev is None:
+                groups[gk] = (atom, da, db, atom.size())
+            elif atom.size() > prev[3]:
+                groups[gk] = (prev[0] | atom, da, db, atom.size())
+            else:
+                groups[gk] = (prev[0] | atom, prev[1], prev[2], prev[3])
+        for where, da, db, _ in groups.values():
             addresses = None if where == sc.addresses else describe_addresses(where, e.version)
             diffs.append(SourceDiff(sc.name, addresses, [], da, db))
     return _merge_classes(diffs)
