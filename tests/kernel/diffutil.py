@@ -168,9 +168,9 @@ def cluster_view(meta: Obj, objects: Sequence[Obj], family: Family) -> ClusterVi
         if obj.get("kind") != "Service":
             continue
         m = obj["metadata"]
-        view = _service(obj, family, slices[f"{m.get('namespace', 'default')}/{m['name']}"])
-        if view.cluster_ip:
-            services.append(view)
+        sv = _service(obj, family, slices[f"{m.get('namespace', 'default')}/{m['name']}"])
+        if sv.cluster_ip:
+            services.append(sv)
     node_ips = {canon(a["address"]) for o in objects if o.get("kind") == "Node"
                 for a in o.get("status", {}).get("addresses", [])
                 if a.get("type") in ("InternalIP", "ExternalIP")}
@@ -179,7 +179,8 @@ def cluster_view(meta: Obj, objects: Sequence[Obj], family: Family) -> ClusterVi
     view = ClusterView(family=family, node_name=node_name, node_ip=canon(node_ip),
                        all_node_ips=all_node_ips, pod_cidr=pod_cidr,
                        service_cidr=meta["service_cidrs"][family], services=services)
-    local, remote = [], []
+    local: list[str] = []
+    remote: list[str] = []
     for svc in services:
         for ip, node in svc.endpoints:
             if ip in all_node_ips:
@@ -547,6 +548,7 @@ def kernel_fate(obs: Observation, ev: Evidence, local: set[str]) -> Fate:
     node_origin = obs.origin == "node"
     if obs.result in ("connected", "reply"):
         raise AssertionError(f"something answered {obs}: the topology should be silent")
+    dnat: Endpoint | None = None
     got = ev.delivered.get(key)
     if got is not None:
         dnat = None if (got.dst, got.dport) == key[3:] else (got.dst, got.dport)
@@ -559,7 +561,6 @@ def kernel_fate(obs: Observation, ev: Evidence, local: set[str]) -> Fate:
         to_local = canon(entry.reply.src) in local or entry.reply.src.startswith("127.")
         if not (node_origin and to_local):
             masq = (canon(entry.reply.dst), entry.reply.dport) != (key[1], key[2])
-            dnat = None
             if entry.dnat is not None:
                 dnat = (canon(entry.dnat[0]), entry.dnat[1])
             return Fate("ACCEPT", "output" if node_origin else "forward", dnat, masq)
