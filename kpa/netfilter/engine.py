@@ -136,7 +136,7 @@ class Engine:
                 if local is not None:
                     # Looped back over lo: conntrack already confirmed the
                     # connection at POSTROUTING, so nat does not run again.
-                    back = local.with_domain("iif", NameSet("lo"))
+                    back = local.with_domain("iif", NameSet("lo")).set(derived=local.derived | {"iif"})
                     pre = self._hook("PREROUTING", [back], finals, nat=False)
                     for s3 in self._hook("INPUT", pre, finals, nat=False):
                         finals.append((s3, "ACCEPT", "local", None, "delivered to a local socket over loopback"))
@@ -145,7 +145,9 @@ class Engine:
         local, remote = self._split_local(st)
         out: list[State] = []
         if local is not None:
-            out.append(local.with_domain("oif", NameSet("lo")) if user_oif.is_unconstrained() else local)
+            if user_oif.is_unconstrained():
+                local = local.with_domain("oif", NameSet("lo")).set(derived=local.derived | {"oif"})
+            out.append(local)
         if remote is not None:
             out.append(remote)
         return out
@@ -320,7 +322,7 @@ def describe_conditions(start: State, end: State) -> list[str]:
     v = start.version
     for name, before in start.domains.items():
         after = end.domains[name]
-        if after == before:
+        if after == before or name in end.derived:
             continue
         if isinstance(after, NameSet):
             label = {"iif": "in-iface", "oif": "out-iface"}[name]

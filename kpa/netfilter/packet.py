@@ -100,6 +100,8 @@ class State:
     notes: tuple[str, ...] = ()
     # Conditions on state kpa cannot see (e.g. affinity lists), chosen on an open split.
     facts: tuple[str, ...] = ()
+    # Fields the engine itself fixed (e.g. routing picked `lo`): not user conditions.
+    derived: frozenset[str] = frozenset()
     hook: str = ""
 
     @property
