@@ -115,3 +115,15 @@ def test_kubectl_discovers_the_plugin(tmp_path: Path) -> None:
     assert json.loads(res.stdout)["outcomes"][0]["verdict"] == "REJECT"
     helped = subprocess.run(["kubectl", "kpa", "--help"], capture_output=True, text=True, env=env, check=False)
     assert "kubectl kpa" in helped.stdout
+
+
+def test_diff_exit_codes_and_json() -> None:
+    ipt = FIXTURES / "iptables" / "kitchen-sink.nft.v4.save"
+    nft = FIXTURES / "nft" / "kube-proxy" / "kitchen-sink.v4.nft"
+    objects = FIXTURES / "clusters" / "kitchen-sink.yaml"
+    same = kpa("diff", str(ipt), str(ipt), "-c", str(objects))
+    assert same.returncode == 0, same.stderr
+    differ = kpa("diff", str(ipt), str(nft), "-c", str(objects), "-o", "json")
+    assert differ.returncode == 1, differ.stderr
+    doc = json.loads(differ.stdout)
+    assert doc["identical"] is False
