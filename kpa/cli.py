@@ -43,6 +43,7 @@ class Inputs:
     context: str | None = None
     namespace: str | None = None
     image: str | None = None
+    iptc: bool = False
 
     def resolve_example(self) -> None:
         if not self.example:
@@ -59,6 +60,7 @@ class Inputs:
 
 def rules_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = click.option("--example", is_flag=True, help="Use the example cluster bundled with kpa.")(fn)
+    fn = click.option("--iptc", is_flag=True, help="With --live, read existing legacy tables through python-iptables.")(fn)
     fn = click.option("--live", is_flag=True, help="Read this host's rules (iptables-save, ip6tables-save, nft; read-only, needs root).")(fn)
     fn = click.option("--rules", "-r", "rules", multiple=True, metavar="FILE",
                       help="iptables-save, ip6tables-save, `nft list ruleset` or `nft -j list ruleset` output; "
@@ -94,7 +96,7 @@ def load_ruleset(inp: Inputs) -> Any:
 
     inp.resolve_example()
     if inp.live:
-        rs, _ = live_rules()
+        rs, _ = live_rules(use_iptc=inp.iptc)
         if inp.rules:
             rs.merge(load_rules(inp.rules))
         return rs
@@ -192,7 +194,7 @@ def cli() -> None:
 @cli.command(context_settings=CONTEXT)
 @rules_options
 @click.option("-o", "--output", "fmt", type=OUTPUT_TEXT, default="text", show_default=True)
-def check(rules: Sequence[str], live: bool, example: bool, fmt: str) -> None:
+def check(rules: Sequence[str], live: bool, iptc: bool, example: bool, fmt: str) -> None:
     """Parse and validate rules, like `iptables-restore --test` or `nft -c`.
 
     Prints one line per table: chains, rules, unknown matches and targets,
@@ -207,7 +209,7 @@ def check(rules: Sequence[str], live: bool, example: bool, fmt: str) -> None:
     """
     from kpa.graph import build_graph, find_problems
 
-    rs = load_ruleset(Inputs(list(rules), live=live, example=example))
+    rs = load_ruleset(Inputs(list(rules), live=live, example=example, iptc=iptc))
     g = build_graph(rs)
     problems = find_problems(g)
     dangling_by_table: dict[tuple[str, str], list[str]] = {}
@@ -259,7 +261,7 @@ def check(rules: Sequence[str], live: bool, example: bool, fmt: str) -> None:
 @rules_options
 @click.option("-o", "--output", "fmt", type=click.Choice(["dot", "mermaid", "json"]), default="dot", show_default=True)
 @click.option("--from-chain", metavar="CHAIN", help="Only what this chain reaches (CHAIN or TABLE/CHAIN).")
-def graph(rules: Sequence[str], live: bool, example: bool, fmt: str, from_chain: str | None) -> None:
+def graph(rules: Sequence[str], live: bool, iptc: bool, example: bool, fmt: str, from_chain: str | None) -> None:
     """Print the chain graph as DOT, Mermaid or JSON.
 
     \b
@@ -269,7 +271,7 @@ def graph(rules: Sequence[str], live: bool, example: bool, fmt: str, from_chain:
     """
     from kpa import graph as G
 
-    rs = load_ruleset(Inputs(list(rules), live=live, example=example))
+    rs = load_ruleset(Inputs(list(rules), live=live, example=example, iptc=iptc))
     g = G.build_graph(rs)
     if from_chain:
         starts = G.find_chain(g, from_chain)
@@ -291,7 +293,7 @@ def graph(rules: Sequence[str], live: bool, example: bool, fmt: str, from_chain:
 @kube_options
 @click.option("--service", "service_filter", metavar="NS/NAME", help="Only this Service.")
 @click.option("-o", "--output", "fmt", type=OUTPUT_TEXT, default="text", show_default=True)
-def show(rules: Sequence[str], live: bool, example: bool, cluster: Sequence[str], node_ips: Sequence[str],
+def show(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: Sequence[str], node_ips: Sequence[str],
          node: str | None, kube: bool, kubeconfig: str | None, context: str | None, namespace: str | None,
          image: str | None, service_filter: str | None, fmt: str) -> None:
     """List what kube-proxy built for each Service port.
@@ -309,7 +311,7 @@ def show(rules: Sequence[str], live: bool, example: bool, cluster: Sequence[str]
     from kpa.k8s.kubeproxy import hash_names, service_ports
 
     inp = Inputs(list(rules), list(cluster), list(node_ips), node, live, example, kube, kubeconfig, context,
-                 namespace, image)
+                 namespace, image, iptc)
     rs = load_ruleset(inp)
     objects = load_cluster(inp)
     known: dict[str, str] = {}
@@ -370,7 +372,7 @@ def show(rules: Sequence[str], live: bool, example: bool, cluster: Sequence[str]
 @click.option("--family", type=click.Choice(["ipv4", "ipv6"]), help="Packet family; guessed from the addresses.")
 @click.option("--max-outcomes", type=click.IntRange(1), default=512, show_default=True)
 @click.option("-o", "--output", "fmt", type=OUTPUT_TEXT, default="text", show_default=True)
-def trace(rules: Sequence[str], live: bool, example: bool, cluster: Sequence[str], node_ips: Sequence[str],
+def trace(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: Sequence[str], node_ips: Sequence[str],
           node: str | None, kube: bool, kubeconfig: str | None, context: str | None, namespace: str | None,
           image: str | None, src: str | None, dst: str | None, proto: str | None, sport: int | None,
           dport: int | None, origin: str | None, in_iface: str | None, out_iface: str | None, ctstate: str,
@@ -397,7 +399,7 @@ def trace(rules: Sequence[str], live: bool, example: bool, cluster: Sequence[str
     from kpa.netfilter.packet import PacketSpec, TraceContext
 
     inp = Inputs(list(rules), list(cluster), list(node_ips), node, live, example, kube, kubeconfig, context,
-                 namespace, image)
+                 namespace, image, iptc)
     rs = load_ruleset(inp)
     objects = load_cluster(inp)
     local = local_addresses(inp, objects)
@@ -456,7 +458,7 @@ def trace(rules: Sequence[str], live: bool, example: bool, cluster: Sequence[str
 @click.option("--fail-on", type=click.Choice(["error", "warning"]), default="error", show_default=True,
               help="Lowest severity that makes the exit status 1.")
 @click.option("-o", "--output", "fmt", type=OUTPUT_TEXT, default="text", show_default=True)
-def lint(rules: Sequence[str], live: bool, example: bool, cluster: Sequence[str], node_ips: Sequence[str],
+def lint(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: Sequence[str], node_ips: Sequence[str],
          node: str | None, kube: bool, kubeconfig: str | None, context: str | None, namespace: str | None,
          image: str | None, fail_on: str, fmt: str) -> None:
     """Check that kube-proxy's rules match the cluster's Services and endpoints.
@@ -477,7 +479,7 @@ def lint(rules: Sequence[str], live: bool, example: bool, cluster: Sequence[str]
     from kpa.k8s.lint import lint as run_lint
 
     inp = Inputs(list(rules), list(cluster), list(node_ips), node, live, example, kube, kubeconfig, context,
-                 namespace, image)
+                 namespace, image, iptc)
     rs = load_ruleset(inp)
     objects = load_cluster(inp)
     if objects is None:

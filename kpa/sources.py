@@ -138,15 +138,25 @@ def detect_backend() -> tuple[str, list[str]]:
     return ("legacy" if n_legacy > n_nft else "nft"), warnings
 
 
-def live_rules() -> tuple[Ruleset, list[str]]:
-    """Read this host's rules with the real save tools (read-only)."""
+def live_rules(use_iptc: bool = False) -> tuple[Ruleset, list[str]]:
+    """Read this host's rules with the real save tools (read-only).
+
+    With `use_iptc`, legacy tables are read through python-iptables instead,
+    but only tables that already exist (see kpa.live_iptc for why).
+    """
     if os.geteuid() != 0:
         raise KpaError("--live reads the kernel's rules and needs root (try sudo)")
     backend, warnings = detect_backend()
     ipt: list[Ruleset] = []
     nft: list[Ruleset] = []
     for tool in (f"iptables-{backend}-save", f"ip6tables-{backend}-save"):
-        text = _run([tool])
+        text = None
+        if use_iptc and backend == "legacy":
+            from kpa.live_iptc import read_legacy_iptc
+
+            text = read_legacy_iptc("ipv6" if tool.startswith("ip6") else "ipv4")
+        if text is None:
+            text = _run([tool])
         if text is None and backend == "nft":
             text = _run([tool.replace("-nft", "")])
         if text and text.strip():
