@@ -134,3 +134,10 @@ def test_gzip_and_stdin_sources(tmp_path: Path) -> None:
     res = kpa("check", "--rules", "-", stdin=dump.read_bytes())
     assert res.returncode == 0, res.stderr
     assert "nat" in res.stdout
+
+
+def test_non_contiguous_mask_is_unknown_not_an_error() -> None:
+    text = HEAD + "-A PREROUTING -d 1.0.0.0/255.0.255.0 -j ACCEPT\n-A PREROUTING -d 1.0.0.0/255.0.0.0 -j ACCEPT\nCOMMIT\n"
+    r1, r2 = parse_iptables(text, "t").tables[0].chains["PREROUTING"].rules
+    assert not r1.known and "non-contiguous" in r1.unknown_exprs()[0].reason  # type: ignore[attr-defined]
+    assert r2.known

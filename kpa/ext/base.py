@@ -237,11 +237,42 @@ class Statement(Expr):
 
 # -- parsing helpers -----------------------------------------------------
 
+def _fast_ipv4(text: str) -> IntSet | None:
+    """Plain dotted-quad with an optional prefix: the common case, parsed without ipaddress."""
+    addr, _, plen = text.partition("/")
+    parts = addr.split(".")
+    if len(parts) != 4 or not all(p.isdigit() and len(p) <= 3 for p in parts):
+        return None
+    a, b, c, d = (int(p) for p in parts)
+    if a > 255 or b > 255 or c > 255 or d > 255:
+        return None
+    bits = 32
+    if plen:
+        if not plen.isdigit() or int(plen) > 32:
+            return None
+        bits = int(plen)
+    value = (a << 24) | (b << 16) | (c << 8) | d
+    host = (1 << (32 - bits)) - 1
+    lo = value & ~host
+    return IntSet(((lo, lo | host),))
+
+
 def parse_network(text: str, family: Family) -> IntSet:
+    if family is not Family.IPV6:
+        fast = _fast_ipv4(text)
+        if fast is not None:
+            return fast
     try:
         net = ipaddress.ip_network(text, strict=False)
     except ValueError as exc:
-        raise OptionError(f"expected an address or CIDR, found {text!r}") from exc
+        addr, _, mask = text.partition("/")
+        try:
+            ipaddress.ip_address(addr)
+            ipaddress.ip_address(mask)
+        except ValueError:
+            raise OptionError(f"expected an address or CIDR, found {text!r}") from exc
+        # iptables-save prints a non-contiguous mask in dotted form; kpa does not model those.
+        raise Unsupported(f"non-contiguous address mask {mask} is not modelled") from exc
     if (net.version == 6) != (family is Family.IPV6) and family in (Family.IPV4, Family.IPV6):
         raise OptionError(f"expected an IPv{family.version} address, found {text!r}")
     return network_set(net)

@@ -351,6 +351,8 @@ class IptablesParser:
                             core = protocol(opt, pctx)
                     except OptionError as exc:
                         raise self.error(lineno, f"{word}: {exc}") from None
+                    except Unsupported as exc:
+                        core = UnknownExpr(name=field, tokens=opt.render(), reason=str(exc))
                     self._cache[key] = core
                 exprs.append(core)
                 if field == "proto":
