@@ -371,13 +371,14 @@ def show(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: S
 @click.option("--from", "from_", metavar="pod/NS/NAME|node/NAME|external|IP", help="Who sends the packet.")
 @click.option("--family", type=click.Choice(["ipv4", "ipv6"]), help="Packet family; guessed from the addresses.")
 @click.option("--max-outcomes", type=click.IntRange(1), default=512, show_default=True)
+@click.option("--explain", is_flag=True, help="For each rule hit, show which rules just before it did not match, and why.")
 @click.option("-o", "--output", "fmt", type=OUTPUT_TEXT, default="text", show_default=True)
 def trace(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: Sequence[str], node_ips: Sequence[str],
           node: str | None, kube: bool, kubeconfig: str | None, context: str | None, namespace: str | None,
           image: str | None, src: str | None, dst: str | None, proto: str | None, sport: int | None,
           dport: int | None, origin: str | None, in_iface: str | None, out_iface: str | None, ctstate: str,
           mark: str, affinity: Sequence[str], affinity_open: bool, to: str | None, via: str,
-          from_: str | None, family: str | None, max_outcomes: int, fmt: str) -> None:
+          from_: str | None, family: str | None, max_outcomes: int, explain: bool, fmt: str) -> None:
     """Trace a packet through the node's netfilter and list every outcome.
 
     Fields left out stay open: kpa splits on the rules that test them and
@@ -391,6 +392,7 @@ def trace(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: 
       kpa trace --example --dst 10.96.0.11 -p tcp --dport 80
       kpa trace --example --src 198.51.100.7 --dst 203.0.113.10 -p tcp --dport 443
       kpa trace --example --dst 192.168.0.2 -p tcp --dport 30080 --origin prerouting -o json
+      kpa trace --example --dst 10.96.0.13 -p tcp --dport 9090 --explain
       kpa trace -r node.save -c cluster/ --to svc/shop/web:http --from external
       kubectl kpa trace --kube --node worker-1 --to svc/shop/web:http --from pod/shop/client-0
     """
@@ -436,7 +438,8 @@ def trace(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: 
     if fam not in rs.families() and Family.INET not in rs.families():
         raise KpaError(f"the rules hold no {'IPv6' if fam is Family.IPV6 else 'IPv4'} tables for this packet")
     ctx = TraceContext(local=local, affinity={n: True for n in affinity},
-                       affinity_default=None if affinity_open else False, max_outcomes=max_outcomes)
+                       affinity_default=None if affinity_open else False, max_outcomes=max_outcomes,
+                       explain=explain)
     result = run_trace(rs, spec, ctx)
     result.warnings = list(rs.warnings) + result.warnings
     if fmt != "text":

@@ -149,3 +149,15 @@ def test_identical_outcomes_merge() -> None:
     outs = run(text, src="10.0.0.1", dst="10.9.9.9", proto="tcp", dport=1)
     # Two paths (rule hit / policy) differ, so two outcomes remain, each 1/2.
     assert sorted(o.probability for o in outs) == [Fraction(1, 2), Fraction(1, 2)]
+
+
+def test_explain_names_the_failing_part_of_the_rules_before_a_hit() -> None:
+    text = filt("-A FORWARD -s 10.1.0.0/16 -j DROP\n-A FORWARD -p udp -j DROP\n-A FORWARD -p tcp -m tcp --dport 22 -j REJECT\n")
+    rs = parse_iptables(text, "t.save")
+    spec = PacketSpec(src="10.2.0.1", dst="10.9.9.9", proto="tcp", dport=22)
+    [o] = trace(rs, spec, TraceContext(local=node_local_addresses([NODE]), explain=True)).outcomes
+    hit = o.path[-1]
+    assert hit.rule == 3
+    assert [(m.rule, m.failed) for m in hit.misses] == [(1, "-s 10.1.0.0/16"), (2, "-p udp")]
+    plain = trace(rs, spec, TraceContext(local=node_local_addresses([NODE]))).outcomes[0]
+    assert plain.path[-1].misses == ()

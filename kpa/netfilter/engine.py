@@ -17,9 +17,19 @@ from typing import Any
 from kpa.netfilter.domain import IntSet, NameSet, describe_addresses, describe_ints
 from kpa.netfilter.index import candidate_rules
 from kpa.netfilter.model import Chain, Flow, Rule, Ruleset, Table, Verdict, VerdictKind
-from kpa.netfilter.packet import PROTOCOL_NAMES, Hop, PacketSpec, State, TraceContext, full_domain
+from kpa.netfilter.packet import (
+    PROTOCOL_NAMES,
+    Hop,
+    Miss,
+    PacketSpec,
+    State,
+    TraceContext,
+    full_domain,
+)
 
 MAX_DEPTH = 64
+# How many of the rules just before a hit --explain shows.
+EXPLAIN_MISSES = 3
 
 
 @dataclass
@@ -246,6 +256,8 @@ class Engine:
                         next_active.append(s2)
                         continue
                     s2 = s2.hop(self._hop(table, rule, s2, flow))
+                    if s2.misses:
+                        s2 = s2.set(misses=())
                     if flow is Flow.CONTINUE:
                         next_active.append(s2)
                         continue
@@ -280,6 +292,8 @@ class Engine:
                 for s2, flow in expr.step(s, self.ctx):
                     if flow is Flow.CONTINUE:
                         nxt.append(s2)
+                    elif flow is Flow.NO_MATCH and self.ctx.explain:
+                        yield self._missed(rule, expr, s2), flow
                     else:
                         yield s2, flow
             states = nxt
@@ -287,6 +301,12 @@ class Engine:
                 return
         for s in states:
             yield s, Flow.CONTINUE
+
+    def _missed(self, rule: Rule, expr: Any, st: State) -> State:
+        """Remember why a rule did not match, for --explain (the last few per chain)."""
+        miss = Miss(rule.chain, rule.index, rule.location, rule.text, expr.describe())
+        kept = tuple(m for m in st.misses if m.chain == rule.chain)[-(EXPLAIN_MISSES - 1):]
+        return st.set(misses=(*kept, miss))
 
     def _hop(self, table: Table, rule: Rule, st: State, flow: Flow | Verdict) -> Hop:
         note = None
@@ -297,7 +317,7 @@ class Engine:
         elif isinstance(flow, Verdict) and flow.detail == "MASQUERADE":
             note = "masquerade to the outgoing interface's address"
         return Hop(st.hook, table.name, rule.chain, rule.index, rule.location, rule.text, rule.comment, note,
-                   table.family.value)
+                   table.family.value, tuple(m for m in st.misses if m.chain == rule.chain))
 
     # -- results ---------------------------------------------------------
     def _outcomes(self, start: State, finals: list[Any]) -> list[Outcome]:

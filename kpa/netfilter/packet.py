@@ -43,6 +43,22 @@ def parse_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
 
 
 @dataclass(frozen=True)
+class Miss:
+    """A rule that did not match just before a hit, and the part that failed (--explain)."""
+
+    chain: str
+    rule: int
+    location: Location | None
+    text: str
+    failed: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rule": self.rule, "file": self.location.file if self.location else None,
+                "line": self.location.line if self.location else None, "text": self.text,
+                "failed": self.failed}
+
+
+@dataclass(frozen=True)
 class Hop:
     """One rule the packet matched (or a chain's policy/end) on its way."""
 
@@ -55,14 +71,19 @@ class Hop:
     comment: str | None = None
     note: str | None = None
     family: str = ""
+    # With --explain: the rules of this chain just before this one that did not match.
+    misses: tuple[Miss, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "hook": self.hook, "table": self.table, "chain": self.chain, "rule": self.rule,
             "file": self.location.file if self.location else None,
             "line": self.location.line if self.location else None,
             "text": self.text, "comment": self.comment, "note": self.note,
         }
+        if self.misses:
+            doc["not_matched"] = [m.to_json() for m in self.misses]
+        return doc
 
 
 @dataclass(frozen=True)
@@ -100,6 +121,7 @@ class State:
     notes: tuple[str, ...] = ()
     # Conditions on state kpa cannot see (e.g. affinity lists), chosen on an open split.
     facts: tuple[str, ...] = ()
+    misses: tuple[Miss, ...] = ()
     # Fields the engine itself fixed (e.g. routing picked `lo`): not user conditions.
     derived: frozenset[str] = frozenset()
     hook: str = ""
@@ -249,6 +271,7 @@ class TraceContext:
     affinity_default: bool | None = False
     ipsets: dict[str, IntSet] = field(default_factory=dict)
     max_outcomes: int = 512
+    explain: bool = False
     warnings: list[str] = field(default_factory=list)
     # Set by the engine: the rule being evaluated, for assumptions and hops.
     rule: Rule | None = None

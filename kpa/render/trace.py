@@ -71,6 +71,9 @@ def render_outcome(n: int, total: int, o: Outcome, color: bool) -> list[str]:
     for h in st.path:
         where = f" ({_short(str(h.location))})" if h.location else ""
         rule = f"#{h.rule}" if h.rule is not None else "policy"
+        for m in h.misses:
+            miss = f"    {'':<11} {h.table}/{m.chain} #{m.rule} did not match: {m.failed}"
+            lines.append(click.style(miss, fg="bright_black") if color else miss)
         hop = f"    {h.hook:<11} {h.table}/{h.chain} {rule}{where}"
         lines.append(click.style(hop, dim=True) if color else hop)
         lines.append(f"      {h.text}")
