@@ -31,6 +31,7 @@ from kpa.netfilter.engine import trace
 from kpa.netfilter.model import Ruleset
 from kpa.netfilter.packet import TraceContext, node_local_addresses
 from kpa.sources import load_rules
+from kpa.sources import parse_text as load_rules_text
 
 from .diffutil import (
     ClusterView,
@@ -403,3 +404,34 @@ def test_path_matches_nft_trace() -> None:
         assert candidates, f"kernel fate {fate} is not among kpa's outcomes"
         assert kernel in candidates, (
             f"kernel chains {kernel}\nkpa chains for {fate}: {candidates}")
+
+
+@pytest.mark.parametrize("mutation", ["numgen", "dnat-port", "masquerade"])
+def test_comparison_flags_a_wrong_prediction(mutation: str) -> None:
+    """The comparison has teeth for nft rules too: kpa fed a subtly different ruleset
+    than the kernel runs must be caught, by the binomial check or an unpredicted fate."""
+    case = Case("clusterip", "ipv4")
+    first = "goto endpoint-3SIRFEN2-default/web/tcp/http__10.244.0.10/8080"
+    for env in _build_env(case):
+        text = case.path("nft").read_text()
+        wrong = {
+            # Same endpoints, different shares: 4/6 to the first instead of the kernel's
+            # 1/3, far enough apart that 200 flows tell them apart every time.
+            "numgen": [(f"numgen random mod 3 vmap {{ 0 : {first}, 1 :",
+                        "numgen random mod 6 vmap { "
+                        + ", ".join(f"{k} : {first}" for k in range(4)) + ", 4 :"),
+                       (" 2 : goto endpoint-4ZRRYAFG", " 5 : goto endpoint-4ZRRYAFG")],
+            "dnat-port": [("dnat to 10.244.1.11:8080", "dnat to 10.244.1.11:8081")],
+            # Nothing marked: flows from outside the cluster would keep their source.
+            "masquerade": [("meta mark set meta mark | 0x00004000",
+                            "meta mark set meta mark | 0x00000000")],
+        }[mutation]
+        for old, new in wrong:
+            assert text.count(old) == 1, old
+            text = text.replace(old, new)
+        bad = load_rules_text(text, "mutated.nft")
+        items = [p for p in env.probes if not p.affinity]
+        preds = {p: nft_predict(bad, p, env.view) for p in items}
+        counts = {p: SPLIT_FLOWS if p.endpoints > 1 else DETERMINISTIC_FLOWS for p in items}
+        verdicts = run(env, items, preds, counts)
+        assert any(v.problems for v in verdicts), _report(verdicts)
