@@ -129,7 +129,7 @@ def describe_addresses(values: IntSet, version: int) -> list[str]:
     out: list[str] = []
     for lo, hi in values:
         nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = list(
-            ipaddress.summarize_address_range(cls(lo), cls(hi)))  # type: ignore[arg-type]
+            ipaddress.summarize_address_range(cls(lo), cls(hi)))
         if len(nets) <= 4:
             out.extend(n.compressed if n.prefixlen != n.max_prefixlen else str(n.network_address) for n in nets)
         else:

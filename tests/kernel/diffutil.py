@@ -24,6 +24,7 @@ Kernel evidence per flow (see :func:`kernel_fate`):
 from __future__ import annotations
 
 import collections
+import dataclasses
 import ipaddress
 import json
 import math
@@ -319,7 +320,8 @@ class Fate:
     verdict: str
     delivery: str | None = None
     dnat: Endpoint | None = None
-    masquerade: bool = False
+    # None: the kernel's evidence cannot tell (see kernel_fate).
+    masquerade: bool | None = False
     result: str | None = None
 
     def __str__(self) -> str:
@@ -331,6 +333,8 @@ class Fate:
             parts.append(f"dnat {ip}" + (f":{port}" if port is not None else ""))
         if self.masquerade:
             parts.append("masq")
+        elif self.masquerade is None:
+            parts.append("masq?")
         return " ".join(parts)
 
     def accepts(self, kernel: Fate) -> bool:
@@ -340,6 +344,8 @@ class Fate:
         if self.result == "unreachable:*" and kernel.result:
             return (self.verdict == kernel.verdict
                     and kernel.result.startswith("unreachable:"))
+        if kernel.masquerade is None:
+            return dataclasses.replace(self, masquerade=None) == kernel
         return self == kernel
 
 
@@ -560,7 +566,11 @@ def kernel_fate(obs: Observation, ev: Evidence, local: set[str]) -> Fate:
     if entry is not None:
         to_local = canon(entry.reply.src) in local or entry.reply.src.startswith("127.")
         if not (node_origin and to_local):
-            masq = (canon(entry.reply.dst), entry.reply.dport) != (key[1], key[2])
+            masq: bool | None = (canon(entry.reply.dst), entry.reply.dport) != (key[1], key[2])
+            if not masq and node_origin and key[1] in local:
+                # Masquerading a flow that already has the node's address changes only the
+                # port, and --random-fully may draw the very port it had: unobservable.
+                masq = None
             if entry.dnat is not None:
                 dnat = (canon(entry.dnat[0]), entry.dnat[1])
             return Fate("ACCEPT", "output" if node_origin else "forward", dnat, masq)
