@@ -442,6 +442,9 @@ def trace(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: 
                        explain=explain)
     result = run_trace(rs, spec, ctx)
     result.warnings = list(rs.warnings) + result.warnings
+    from kpa.k8s.resolve import name_endpoints
+
+    name_endpoints(result.outcomes, objects)
     if fmt != "text":
         from kpa.render.output import dump
 

@@ -38,6 +38,12 @@ def test_trace_json_schema_on_the_example() -> None:
     assert set(doc) >= {"packet", "outcomes", "warnings"}
     outcomes = doc["outcomes"]
     assert abs(sum(o["probability"] for o in outcomes) - 1) < 1e-12
+    # With objects, each endpoint is named by the pod that owns the DNAT address.
+    objects = yaml.safe_load_all((ROOT / "kpa" / "data" / "example" / "cluster.yaml").read_text())
+    owners = {ip: f"pod/{d['metadata']['namespace']}/{d['metadata']['name']} on node {d['spec']['nodeName']}"
+              for d in objects if d and d["kind"] == "Pod" for ip in [d["status"]["podIP"]]}
+    for o in outcomes:
+        assert o["endpoint"] == owners[o["dnat"].split(":")[0]]
     for o in outcomes:
         assert set(o) >= {"probability", "verdict", "delivery", "dnat", "masquerade", "snat", "conditions",
                           "unknown", "path"}

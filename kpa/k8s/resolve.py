@@ -128,3 +128,22 @@ def resolve_endpoints(
         s = resolve_source(objects, from_, inp.node, node_ips)
         out.src, out.origin = s.src, s.origin
     return out
+
+
+def name_endpoints(outcomes: list[Any], objects: Any) -> None:
+    """Label each outcome's DNAT target with the pod behind it: `pod/NS/NAME on node X`."""
+    if objects is None:
+        return
+    for o in outcomes:
+        dnat = o.state.dnat
+        if dnat is None:
+            continue
+        ip = str(ipaddress.ip_address(dnat[0]))
+        pod = objects.pod_by_ip(ip)
+        if pod is not None:
+            where = f" on node {pod.node_name}" if pod.node_name else ""
+            o.labels["endpoint"] = f"pod/{pod.namespace}/{pod.name}{where}"
+            continue
+        node = objects.node_by_ip(ip)
+        if node is not None:
+            o.labels["endpoint"] = f"node/{node.name}"

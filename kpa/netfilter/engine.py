@@ -42,6 +42,8 @@ class Outcome:
     ended_in: str | None = None  # the hook where a DROP/REJECT happened
     reason: str = ""
     detail: str | None = None
+    # Names layers above the engine attach, e.g. which pod a DNAT target is.
+    labels: dict[str, str] = field(default_factory=dict)
 
     @property
     def path(self) -> tuple[Hop, ...]:
@@ -63,6 +65,7 @@ class Outcome:
             "delivery": self.delivery,
             "ended_in": self.ended_in,
             "dnat": self.dnat_text(),
+            "endpoint": self.labels.get("endpoint"),
             "masquerade": st.masquerade,
             "snat": self.snat_text(),
             "mark": hex(st.mark),

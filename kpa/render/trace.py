@@ -53,7 +53,8 @@ def render_outcome(n: int, total: int, o: Outcome, color: bool) -> list[str]:
     lines = [" ".join(parts)]
     facts = []
     if o.dnat_text():
-        facts.append(f"DNAT to {o.dnat_text()}")
+        who = o.labels.get("endpoint")
+        facts.append(f"DNAT to {o.dnat_text()}" + (f" ({who})" if who else ""))
     if st.masquerade:
         facts.append("masqueraded")
     if o.snat_text():
