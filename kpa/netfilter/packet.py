@@ -10,7 +10,7 @@ packet the user asked about.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
@@ -130,6 +130,15 @@ class State:
     def version(self) -> int:
         return self.family.version
 
+    def _with(self, **changes: Any) -> State:
+        # dataclasses.replace re-validates through __init__ and dominated trace
+        # time; states are immutable values, so a shallow copy is enough.
+        new = object.__new__(State)
+        d = new.__dict__
+        d.update(self.__dict__)
+        d.update(changes)
+        return new
+
     # -- reading fields -------------------------------------------------
     def get(self, name: str) -> Any:
         if name in self.rewrites:
@@ -166,35 +175,35 @@ class State:
     def restrict_ctstate(self, allowed: frozenset[str]) -> tuple[State | None, State | None]:
         yes, no = self.ctstate & allowed, self.ctstate - allowed
         return (
-            replace(self, ctstate=yes) if yes else None,
-            replace(self, ctstate=no) if no else None,
+            self._with(ctstate=yes) if yes else None,
+            self._with(ctstate=no) if no else None,
         )
 
     def with_domain(self, name: str, value: Any) -> State:
         domains = dict(self.domains)
         domains[name] = value
-        return replace(self, domains=domains)
+        return self._with(domains=domains)
 
     # -- changing the packet --------------------------------------------
     def rewrite(self, **values: int) -> State:
         rw = dict(self.rewrites)
         rw.update(values)
-        return replace(self, rewrites=rw)
+        return self._with(rewrites=rw)
 
     def scaled(self, factor: Fraction) -> State:
-        return replace(self, probability=self.probability * factor)
+        return self._with(probability=self.probability * factor)
 
     def hop(self, h: Hop) -> State:
-        return replace(self, path=(*self.path, h))
+        return self._with(path=(*self.path, h))
 
     def assume(self, a: Assumption) -> State:
-        return replace(self, assumptions=(*self.assumptions, a))
+        return self._with(assumptions=(*self.assumptions, a))
 
     def note(self, text: str) -> State:
-        return replace(self, notes=(*self.notes, text))
+        return self._with(notes=(*self.notes, text))
 
     def set(self, **changes: Any) -> State:
-        return replace(self, **changes)
+        return self._with(**changes)
 
 
 @dataclass
