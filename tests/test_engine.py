@@ -161,3 +161,10 @@ def test_explain_names_the_failing_part_of_the_rules_before_a_hit() -> None:
     assert [(m.rule, m.failed) for m in hit.misses] == [(1, "-s 10.1.0.0/16"), (2, "-p udp")]
     plain = trace(rs, spec, TraceContext(local=node_local_addresses([NODE]))).outcomes[0]
     assert plain.path[-1].misses == ()
+
+
+def test_conditions_read_as_a_network_with_holes() -> None:
+    text = filt("-A FORWARD -s 10.244.0.5/32 -j ACCEPT\n-A FORWARD -s 10.244.0.0/16 -j DROP\n")
+    outs = run(text, dst="10.9.9.9", proto="tcp", dport=1)
+    conds = sorted(c for o in outs for c in o.conditions)
+    assert conds == ["src in 10.244.0.0/16 except 10.244.0.5", "src in 10.244.0.5", "src not in 10.244.0.0/16"]

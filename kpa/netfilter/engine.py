@@ -357,10 +357,18 @@ def describe_conditions(start: State, end: State) -> list[str]:
             (lambda s: [PROTOCOL_NAMES.get(a, str(a)) if a == b else f"{a}-{b}" for a, b in s]) if name == "proto"
             else describe_ints)
         label = {"proto": "protocol", "icmp_type": "icmp-type"}.get(name, name)
-        if before == full_domain(name, v) and removed.size() < after.size() and len(removed.spans) <= len(after.spans):
-            out.append(f"{label} not in {', '.join(render(removed))}")
-        else:
-            out.append(f"{label} in {', '.join(render(after))}")
+        candidates = [f"{label} in {', '.join(render(after))}"]
+        if before == full_domain(name, v) and removed.size() < after.size():
+            candidates.append(f"{label} not in {', '.join(render(removed))}")
+        if name in ("src", "dst") and len(after.spans) > 1:
+            # "in 10.244.0.0/16 except 10.244.0.10" reads better than the CIDRs around a hole.
+            lo, hi = after.spans[0][0], after.spans[-1][1]
+            host_bits = (lo ^ hi).bit_length()
+            hull = IntSet.range(lo >> host_bits << host_bits, ((hi >> host_bits) + 1 << host_bits) - 1)
+            if hull & before == hull:
+                holes = hull - after
+                candidates.append(f"{label} in {', '.join(render(hull))} except {', '.join(render(holes))}")
+        out.append(min(candidates, key=len))
     if end.ctstate != start.ctstate:
         out.append(f"ctstate in {','.join(sorted(end.ctstate))}")
     out.extend(end.facts)
