@@ -8,14 +8,12 @@ to it.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -25,18 +23,8 @@ ROOT = Path(__file__).parent.parent
 EXAMPLE = ROOT / "kpa" / "data" / "example"
 
 
-def _helpers() -> ModuleType:
-    name = "kpa_tests_k8s_apiserver"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parent / "k8s" / "apiserver.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+from k8s import apiserver as api  # noqa: E402  (tests/ is on sys.path under pytest)
 
-
-api = _helpers()
 LISTS = {"Service": r"/api/v1/services", "EndpointSlice": r"/apis/discovery\.k8s\.io/v1/endpointslices",
          "Endpoints": r"/api/v1/endpoints", "Node": r"/api/v1/nodes", "Pod": r"/api/v1/pods"}
 PODS = r"/api/v1/namespaces/default/pods"

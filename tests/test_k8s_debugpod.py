@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from k8s import apiserver as api
 
 from kpa.errors import KpaError
 from kpa.k8s.debugpod import (
@@ -20,22 +18,6 @@ from kpa.k8s.debugpod import (
     parse_collector_output,
 )
 from kpa.k8s.live import close, connect
-
-
-def _helpers() -> ModuleType:
-    name = "kpa_tests_k8s_apiserver"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, Path(__file__).parent / "k8s" / "apiserver.py"
-        )
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-api = _helpers()
 
 PODS = r"/api/v1/namespaces/kube-system/pods"
 POD = PODS + r"/[^/]+"

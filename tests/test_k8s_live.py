@@ -2,34 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import socket
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from k8s import apiserver as api
 
 from kpa.errors import KpaError
 from kpa.k8s.live import LIVE_POD_FIELD_SELECTOR, load_live
-
-
-def _helpers() -> ModuleType:
-    name = "kpa_tests_k8s_apiserver"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, Path(__file__).parent / "k8s" / "apiserver.py"
-        )
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-api = _helpers()
 
 SERVICES = r"/api/v1/services"
 SLICES = r"/apis/discovery\.k8s\.io/v1/endpointslices"

@@ -1,0 +1,1 @@
+"""Test helpers: an HTTP server that replays recorded Kubernetes API responses."""
