@@ -28,27 +28,25 @@ from kpa.netfilter.model import Ruleset
 from kpa.parse.iptables_save import parse_iptables
 
 from .diffutil import (
+    DETERMINISTIC_FLOWS,
     ClusterView,
-    Fate,
     Prediction,
     Probe,
     Verdict,
     affinity_rounds,
     cluster_view,
-    collect,
-    compare,
+    flow_count,
     install_observer,
-    kernel_fate,
     predict,
     predict_cli,
     probes,
     recent_lists,
-    reset_evidence,
+    report,
+    run_batch,
 )
 from .harness import (
     Backend,
     Family,
-    Flow,
     Topology,
     created_namespaces,
     list_namespaces,
@@ -64,18 +62,12 @@ SCENARIO_NAMES = sorted(p.name.removesuffix(".meta.json")
 RANDOM_SEEDS = (1, 2, 3)
 RANDOM_SERVICES = 20
 RANDOM_ENDPOINTS = 3
-# Flows per probe: a handful when one outcome is expected (enough to notice a split kpa
-# missed), many when the kernel picks an endpoint at random.
-DETERMINISTIC_FLOWS = 3
+# Flows per probe when the kernel picks an endpoint at random (diffutil.DETERMINISTIC_FLOWS
+# otherwise).
 SPLIT_FLOWS = 200
 # The kitchen sink and random clusters repeat Services the small scenarios already
 # measure with SPLIT_FLOWS; fewer flows keep the module fast and still catch gross errors.
 LARGE_SPLIT_FLOWS = 40
-# Seconds the sender waits for an answer. IPv6 needs more than the first SYN
-# retransmission (1 s): the ICMPv6 error a REJECT sends back reaches the socket while
-# connect() still holds it, so it is only kept as a soft error (SO_ERROR, not a wake-up)
-# and the connection fails for good on the retransmitted SYN's error.
-TIMEOUT = {"ipv4": 0.6, "ipv6": 1.5}
 
 
 def _sctp_supported() -> bool:
@@ -171,46 +163,9 @@ def env(request: pytest.FixtureRequest) -> Iterator[Env]:
 
 
 # ------------------------------------------------------------------------------ running
-def _flow(p: Probe) -> Flow:
-    return (p.origin, p.send_src, p.dst, p.proto, p.dport)
-
-
-def _flow_count(p: Probe, preds: Sequence[Prediction], split: int) -> int:
-    # The object count guards against kpa wrongly predicting a single outcome.
-    random = len({x.fate for x in preds}) > 1 or p.endpoints > 1
-    return split if random else DETERMINISTIC_FLOWS
-
-
-def _local(view: ClusterView) -> set[str]:
-    return {view.node_ip, "::1"}
-
-
 def run(env: Env, items: Sequence[Probe], preds: dict[Probe, list[Prediction]],
         counts: dict[Probe, int]) -> list[Verdict]:
-    """Send every probe's flows in one batch and compare each probe with kpa."""
-    topo = env.topo
-    reset_evidence(topo)
-    flows = [_flow(p) for p in items for _ in range(counts[p])]
-    observations = topo.send_many(flows, timeout=TIMEOUT[env.view.family])
-    evidence = collect(topo)
-    fates: dict[Probe, list[Fate]] = collections.defaultdict(list)
-    i = 0
-    for p in items:
-        for obs in observations[i:i + counts[p]]:
-            # kpa was told the source the kernel was expected to pick.
-            assert obs.src == p.src, f"{p.label}: sent from {obs.src}, kpa asked about {p.src}"
-            fates[p].append(kernel_fate(obs, evidence, _local(env.view)))
-        i += counts[p]
-    _TALLY["probes"] += len(items)
-    _TALLY["flows"] += len(flows)
-    _TALLY["split"] += sum(len({x.fate for x in preds[p]}) > 1 for p in items)
-    return [compare(p, preds[p], fates[p]) for p in items]
-
-
-def _report(verdicts: Sequence[Verdict]) -> str:
-    bad = [v for v in verdicts if v.problems]
-    return f"{len(bad)} of {len(verdicts)} probes disagree:\n" + "\n".join(
-        v.describe() for v in bad)
+    return run_batch(env.topo, env.view, items, preds, counts, _TALLY)
 
 
 # ------------------------------------------------------------------------------ tests
@@ -218,10 +173,10 @@ def test_kpa_agrees_with_kernel(env: Env) -> None:
     """Flows to Services without session affinity: every probe in one batch."""
     items = [p for p in env.probes if not p.affinity]
     preds = {p: predict(env.ruleset, p, env.view) for p in items}
-    counts = {p: _flow_count(p, preds[p], env.split_flows) for p in items}
+    counts = {p: flow_count(p, preds[p], env.split_flows) for p in items}
     env.topo.clear_recent()
     verdicts = run(env, items, preds, counts)
-    assert all(not v.problems for v in verdicts), _report(verdicts)
+    assert all(not v.problems for v in verdicts), report(verdicts)
 
 
 def test_session_affinity_sticks(env: Env) -> None:
@@ -244,7 +199,7 @@ def test_session_affinity_sticks(env: Env) -> None:
             assert fate.dnat is None or member[v.probe], f"{v.probe.label}: no recent entry"
         second = {p: predict(env.ruleset, p, env.view, member[p]) for p in group}
         verdicts += run(env, group, second, dict.fromkeys(group, DETERMINISTIC_FLOWS))
-    assert all(not v.problems for v in verdicts), _report(verdicts)
+    assert all(not v.problems for v in verdicts), report(verdicts)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -255,9 +210,9 @@ def test_cli_trace_json_agrees_with_kernel(backend: Backend) -> None:
         assert env.rules_path is not None
         items = [p for p in env.probes if not p.affinity]
         preds = {p: predict_cli(env.rules_path, p, env.view) for p in items}
-        counts = {p: _flow_count(p, preds[p], env.split_flows) for p in items}
+        counts = {p: flow_count(p, preds[p], env.split_flows) for p in items}
         verdicts = run(env, items, preds, counts)
-        assert all(not v.problems for v in verdicts), _report(verdicts)
+        assert all(not v.problems for v in verdicts), report(verdicts)
 
 
 @pytest.mark.parametrize("mutation", ["probability", "dnat-port", "masquerade"])
@@ -281,4 +236,4 @@ def test_comparison_flags_a_wrong_prediction(mutation: str) -> None:
         preds = {p: predict(bad, p, env.view) for p in items}
         counts = {p: SPLIT_FLOWS if p.endpoints > 1 else DETERMINISTIC_FLOWS for p in items}
         verdicts = run(env, items, preds, counts)
-        assert any(v.problems for v in verdicts), _report(verdicts)
+        assert any(v.problems for v in verdicts), report(verdicts)

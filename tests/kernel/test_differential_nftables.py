@@ -34,6 +34,7 @@ from kpa.sources import load_rules
 from kpa.sources import parse_text as load_rules_text
 
 from .diffutil import (
+    DETERMINISTIC_FLOWS,
     ClusterView,
     Fate,
     Prediction,
@@ -43,18 +44,19 @@ from .diffutil import (
     canon,
     cluster_view,
     collect,
-    compare,
+    flow,
+    flow_count,
     from_json,
     from_outcomes,
     install_observer,
     kernel_fate,
     packet_spec,
     probes,
-    reset_evidence,
+    report,
+    run_batch,
 )
 from .harness import (
     Family,
-    Flow,
     Observation,
     Topology,
     TraceLine,
@@ -73,12 +75,9 @@ TABLE = "kube-proxy"
 # source ranges, affinity sets, numgen maps and IPv6.
 JSON_CASES = {("loadbalancer-source-ranges", "ipv4"), ("session-affinity", "ipv4"),
               ("dual-stack", "ipv6")}
-DETERMINISTIC_FLOWS = 3
 SPLIT_FLOWS = 200
 # The kitchen sink repeats Services the small scenarios measure with SPLIT_FLOWS.
 LARGE_SPLIT_FLOWS = 40
-# IPv6 REJECTs surface only on the retransmitted SYN (see the iptables module).
-TIMEOUT = {"ipv4": 0.6, "ipv6": 1.5}
 # kube-proxy's nftables mode has no SCTP-specific handling the kernel here could run.
 PROTOCOLS = ("tcp", "udp")
 
@@ -213,45 +212,9 @@ def nft_predict_cli(rules: Path, probe: Probe, view: ClusterView) -> list[Predic
 
 
 # ------------------------------------------------------------------------------ running
-def _flow(p: Probe) -> Flow:
-    return (p.origin, p.send_src, p.dst, p.proto, p.dport)
-
-
-def _flow_count(p: Probe, preds: Sequence[Prediction], split: int) -> int:
-    # The object count guards against kpa wrongly predicting a single outcome.
-    random = len({x.fate for x in preds}) > 1 or p.endpoints > 1
-    return split if random else DETERMINISTIC_FLOWS
-
-
-def _local(view: ClusterView) -> set[str]:
-    return {view.node_ip, "::1"}
-
-
 def run(env: Env, items: Sequence[Probe], preds: dict[Probe, list[Prediction]],
         counts: dict[Probe, int]) -> list[Verdict]:
-    """Send every probe's flows in one batch and compare each probe with kpa."""
-    topo = env.topo
-    reset_evidence(topo)
-    flows = [_flow(p) for p in items for _ in range(counts[p])]
-    observations = topo.send_many(flows, timeout=TIMEOUT[env.view.family])
-    evidence = collect(topo)
-    fates: dict[Probe, list[Fate]] = collections.defaultdict(list)
-    i = 0
-    for p in items:
-        for obs in observations[i:i + counts[p]]:
-            assert obs.src == p.src, f"{p.label}: sent from {obs.src}, kpa asked about {p.src}"
-            fates[p].append(kernel_fate(obs, evidence, _local(env.view)))
-        i += counts[p]
-    _TALLY["probes"] += len(items)
-    _TALLY["flows"] += len(flows)
-    _TALLY["split"] += sum(len({x.fate for x in preds[p]}) > 1 for p in items)
-    return [compare(p, preds[p], fates[p]) for p in items]
-
-
-def _report(verdicts: Sequence[Verdict]) -> str:
-    bad = [v for v in verdicts if v.problems]
-    return f"{len(bad)} of {len(verdicts)} probes disagree:\n" + "\n".join(
-        v.describe() for v in bad)
+    return run_batch(env.topo, env.view, items, preds, counts, _TALLY)
 
 
 # ------------------------------------------------------------------------------ affinity
@@ -291,10 +254,10 @@ def test_kpa_agrees_with_kernel(env: Env) -> None:
     """Flows to Services without session affinity: every probe in one batch."""
     items = [p for p in env.probes if not p.affinity]
     preds = {p: nft_predict(env.ruleset, p, env.view) for p in items}
-    counts = {p: _flow_count(p, preds[p], env.split_flows) for p in items}
+    counts = {p: flow_count(p, preds[p], env.split_flows) for p in items}
     flush_affinity(env.topo)
     verdicts = run(env, items, preds, counts)
-    assert all(not v.problems for v in verdicts), _report(verdicts)
+    assert all(not v.problems for v in verdicts), report(verdicts)
 
 
 def test_session_affinity_sticks(env: Env) -> None:
@@ -318,7 +281,7 @@ def test_session_affinity_sticks(env: Env) -> None:
             assert fate.dnat is None or member[v.probe], f"{v.probe.label}: no set entry"
         second = {p: nft_predict(env.ruleset, p, env.view, member[p]) for p in group}
         verdicts += run(env, group, second, dict.fromkeys(group, DETERMINISTIC_FLOWS))
-    assert all(not v.problems for v in verdicts), _report(verdicts)
+    assert all(not v.problems for v in verdicts), report(verdicts)
 
 
 def test_cli_trace_json_agrees_with_kernel() -> None:
@@ -328,9 +291,9 @@ def test_cli_trace_json_agrees_with_kernel() -> None:
     for env in _build_env(case):
         items = [p for p in env.probes if not p.affinity]
         preds = {p: nft_predict_cli(env.rules_path, p, env.view) for p in items}
-        counts = {p: _flow_count(p, preds[p], env.split_flows) for p in items}
+        counts = {p: flow_count(p, preds[p], env.split_flows) for p in items}
         verdicts = run(env, items, preds, counts)
-        assert all(not v.problems for v in verdicts), _report(verdicts)
+        assert all(not v.problems for v in verdicts), report(verdicts)
 
 
 def _by_fate(preds: Sequence[Prediction]) -> dict[tuple[Fate, tuple[str, ...]], Fraction]:
@@ -382,14 +345,14 @@ def test_path_matches_nft_trace() -> None:
 
         def send(topo: Topology = topo, probe: Probe = probe,
                  sent: list[Observation] = sent) -> None:
-            sent.extend(topo.send_many([_flow(probe)], timeout=0.3))
+            sent.extend(topo.send_many([flow(probe)], timeout=0.3))
 
         lines = topo.nft_trace(
             send, match=f"{addr} saddr {probe.src} {addr} daddr {probe.dst} "
                   f"{probe.proto} dport {probe.dport}")
         (obs,) = sent
         ev = collect(env.topo)
-        fate = kernel_fate(obs, ev, _local(env.view))
+        fate = kernel_fate(obs, ev, {env.view.node_ip, "::1"})
         ctx = TraceContext(local=node_local_addresses(env.view.all_node_ips),
                            affinity_default=False)
         outcomes = trace(env.ruleset, packet_spec(probe, env.view.family), ctx).outcomes
@@ -434,4 +397,4 @@ def test_comparison_flags_a_wrong_prediction(mutation: str) -> None:
         preds = {p: nft_predict(bad, p, env.view) for p in items}
         counts = {p: SPLIT_FLOWS if p.endpoints > 1 else DETERMINISTIC_FLOWS for p in items}
         verdicts = run(env, items, preds, counts)
-        assert any(v.problems for v in verdicts), _report(verdicts)
+        assert any(v.problems for v in verdicts), report(verdicts)
