@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
@@ -22,10 +22,6 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 def example_dir() -> str:
     return str(resources.files("kpa") / "data" / "example")
-
-
-def fail(message: str, code: int = 2) -> NoReturn:
-    raise KpaError(message) if code == 2 else click.exceptions.Exit(code)
 
 
 @dataclass

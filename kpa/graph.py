@@ -13,7 +13,7 @@ from typing import Any
 
 import networkx as nx
 
-from kpa.netfilter.model import Ruleset, VerdictKind
+from kpa.netfilter.model import Ruleset
 
 Node = tuple[str, str, str]
 
@@ -109,4 +109,4 @@ def dumps_json(g: nx.DiGraph) -> str:
     return json.dumps(to_json(g), indent=2) + "\n"
 
 
-__all__ = ["VerdictKind", "build_graph", "find_problems", "reachable", "to_dot", "to_json", "to_mermaid"]
+__all__ = ["build_graph", "find_problems", "reachable", "to_dot", "to_json", "to_mermaid"]

@@ -474,7 +474,7 @@ def _sep_protocol(nat: Table, v: kubeproxy.ServicePortView) -> str | None:
     for e in (*v.endpoints, *v.local_endpoints):
         c = nat.chains.get(e.chain)
         for r in c.rules if c else ():
-            proto = kubeproxy._proto(r)
+            proto = kubeproxy.rule_protocol(r)
             if proto:
                 return proto.lower()
     return None
@@ -514,7 +514,7 @@ def _iptables_local_drops(rs: Ruleset, nat: Table, family: FamilyName, out: _Col
             if not (r.comment and r.comment.endswith("has no local endpoints")):
                 continue
             spn = r.comment.split(" ", 1)[0]
-            proto = kubeproxy._proto(r)
+            proto = kubeproxy.rule_protocol(r)
             proto = proto.lower() if proto else None
             key = (f"iptables|{family}|{spn}", proto)
             pc = out.ports.get(key)
@@ -537,7 +537,7 @@ def _iptables_orphans(
     for c in nat.chains.values():
         if not c.name.startswith("KUBE-SEP-") or c.name in referenced:
             continue
-        target = kubeproxy._dnat_target(c, 6 if family == "ipv6" else 4)
+        target = kubeproxy.dnat_target(c, 6 if family == "ipv6" else 4)
         spn = next((h for h in map(_comment_head, c.rules) if h), None)
         if spn is None and target is not None:
             # Recompute the endpoint chain name for each known port with this endpoint.

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from kpa.ext.base import IntCond, Match, VerdictExpr
+from kpa.ext.base import IntCond, Match
 from kpa.ext.nat import NatTarget
 from kpa.ext.recent import RecentMatch
 from kpa.ext.statistic import StatisticMatch
@@ -110,7 +110,7 @@ def _dport(rule: Rule) -> int | None:
     return None
 
 
-def _proto(rule: Rule) -> str | None:
+def rule_protocol(rule: Rule) -> str | None:
     for e in rule.exprs:
         if isinstance(e, Match) and e.name == "proto":
             return e.options[0].args[0].upper()
@@ -150,7 +150,7 @@ def endpoint_split(chain: Chain) -> list[tuple[Rule, str, Fraction]]:
     return out
 
 
-def _dnat_target(chain: Chain | None, version: int) -> str | None:
+def dnat_target(chain: Chain | None, version: int) -> str | None:
     if chain is None:
         return None
     for r in chain.rules:
@@ -218,7 +218,7 @@ def _table_views(t: Table, rs: Ruleset, known: dict[str, str]) -> list[ServicePo
                 kind = "loadBalancerIP"
             elif target.startswith("KUBE-EXT-") and kind_default == "clusterIP":
                 kind = "externalIP"
-            v = view_for(target, r.comment, _proto(r))
+            v = view_for(target, r.comment, rule_protocol(r))
             v.entries.append(Entry(kind, _dst(r), _dport(r), target, str(r.location)))
 
     for name, kind in (("KUBE-SERVICES", "clusterIP"), ("KUBE-NODEPORTS", "nodePort")):
@@ -234,7 +234,7 @@ def _table_views(t: Table, rs: Ruleset, known: dict[str, str]) -> list[ServicePo
                 for r, sep, p in endpoint_split(c):
                     dest.append(
                         EndpointView(
-                            sep, _dnat_target(t.chains.get(sep), version), p, str(r.location)
+                            sep, dnat_target(t.chains.get(sep), version), p, str(r.location)
                         )
                     )
     _mark_no_endpoints(rs, t, by_key)
@@ -258,7 +258,7 @@ def _mark_no_endpoints(rs: Ruleset, nat: Table, views: dict[str, ServicePortView
             v = names.get(spn)
             if v is None:
                 v = names[spn] = views[f"noep:{spn}"] = ServicePortView(
-                    spn, _proto(r), "ipv6" if nat.family.version == 6 else "ipv4"
+                    spn, rule_protocol(r), "ipv6" if nat.family.version == 6 else "ipv4"
                 )
             v.no_endpoints = True
             kind = "clusterIP" if chain_name == "KUBE-SERVICES" else "externalIP"
@@ -271,8 +271,9 @@ __all__ = [
     "EndpointView",
     "Entry",
     "ServicePortView",
-    "VerdictExpr",
+    "dnat_target",
     "endpoint_split",
     "hash_names",
+    "rule_protocol",
     "service_ports",
 ]

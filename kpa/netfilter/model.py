@@ -259,12 +259,6 @@ class Ruleset:
         self._hooks[key] = chains
         return chains
 
-    def find_table_of(self, chain: Chain) -> Table:
-        for t in self.tables:
-            if t.chains.get(chain.name) is chain:
-                return t
-        raise KeyError(chain.name)
-
     def merge(self, other: Ruleset) -> None:
         self.tables.extend(other.tables)
         self.warnings.extend(other.warnings)

@@ -38,10 +38,6 @@ def full_domain(name: str, version: int) -> IntSet:
     return IntSet.range(0, 255)
 
 
-def parse_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    return ipaddress.ip_address(text)
-
-
 @dataclass(frozen=True)
 class Miss:
     """A rule that did not match just before a hit, and the part that failed (--explain)."""
