@@ -52,7 +52,7 @@ def state_cond(states: frozenset[str], negated: bool) -> Cond:
 def _orig_cond(field: str, values: IntSet, negated: bool) -> Cond:
     # The original tuple is the packet as it was before any NAT.
     def test(st: State, ctx: TraceContext) -> Split:
-        dom: IntSet = st.domains[field]
+        dom = st.original(field)
         yes, no = dom & values, dom - values
         return ([st.with_domain(field, yes)] if yes else []), ([st.with_domain(field, no)] if no else [])
     return FnCond(test, negated)

@@ -24,7 +24,7 @@ class RecentMatch(Expr):
     negated: bool = False
 
     def step(self, st: State, ctx: TraceContext) -> Iterable[Step]:
-        current = st.recent.get(self.list_name, ctx.affinity.get(self.list_name, ctx.affinity_default))
+        current = st.recent_member(self.list_name, ctx.affinity.get(self.list_name, ctx.affinity_default))
         cases = [True, False] if current is None else [current]
         for member in cases:
             s = st

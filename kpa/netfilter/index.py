@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from kpa.netfilter.model import Chain, Rule
-from kpa.netfilter.packet import State
+from kpa.netfilter.packet import READ_GROUP, READ_VAL, State, note_read
 
 # Below this size a plain scan is as fast as consulting the index.
 MIN_RULES = 32
@@ -61,22 +61,29 @@ def candidate_rules(chain: Chain, states: list[State]) -> Iterator[Rule]:
     if len(rules) < MIN_RULES:
         yield from rules
         return
+    if chain._index is None:
+        chain._index = build(chain)
+    idx: DstIndex = chain._index
     dsts: set[int] = set()
     dports: set[int] | None = set()
     for s in states:
-        d = s.concrete("dst")
+        d = s.peek("dst")
         if d is None:
+            note_read((READ_VAL, "dst", None))
             yield from rules
             return
+        # Which rules apply depends only on the group the value falls in.
+        note_read((READ_GROUP, "dst", idx.by_dst, d if d in idx.by_dst else None))
         dsts.add(d)
-        p = s.concrete("dport")
+        if not idx.by_dport:
+            continue
+        p = s.peek("dport")
+        note_read((READ_VAL, "dport", None) if p is None
+                  else (READ_GROUP, "dport", idx.by_dport, p if p in idx.by_dport else None))
         if p is None:
             dports = None
         elif dports is not None:
             dports.add(p)
-    if chain._index is None:
-        chain._index = build(chain)
-    idx: DstIndex = chain._index
     positions = set(idx.generic)
     for d in dsts:
         positions.update(idx.by_dst.get(d, ()))

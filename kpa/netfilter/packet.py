@@ -26,6 +26,31 @@ CT_STATES = frozenset({"NEW", "ESTABLISHED", "RELATED", "INVALID", "UNTRACKED", 
 PACKET_CT_STATES = frozenset({"NEW", "ESTABLISHED", "RELATED", "INVALID", "UNTRACKED"})
 
 ADDR_BITS = {4: 32, 6: 128}
+
+# Field reads, recorded while the engine memoises a base chain (kpa.netfilter.memo).
+# Expressions read packet fields only through State's methods below (never
+# `state.domains[...]` directly), so this list is everything a chain looked at.
+READ_IN = 0  # (READ_IN, field, allowed, hit): a concrete value tested against a set
+READ_DOM = 1  # (READ_DOM, field, domain): an open, un-rewritten field's whole domain mattered
+READ_VAL = 2  # (READ_VAL, field, value or None): the concrete value itself (or that there is none)
+READ_ORIG = 3  # (READ_ORIG, field, domain): the field as sent, before any NAT
+READ_NAME = 4  # (READ_NAME, field, NameSet): an interface constraint
+READ_GROUP = 5  # (READ_GROUP, field, groups, key): which index group a concrete value falls in
+READ_RECENT = 6  # (READ_RECENT, list, membership or ABSENT): what the state says of an address list
+ABSENT = object()
+_reads: list[tuple[Any, ...]] | None = None
+
+
+def record_reads(reads: list[tuple[Any, ...]] | None) -> list[tuple[Any, ...]] | None:
+    """Start (a list) or stop (None) recording field reads; returns the previous recorder."""
+    global _reads
+    previous, _reads = _reads, reads
+    return previous
+
+
+def note_read(read: tuple[Any, ...]) -> None:
+    if _reads is not None:
+        _reads.append(read)
 INT_FIELDS = ("src", "dst", "proto", "sport", "dport", "icmp_type")
 NAME_FIELDS = ("iif", "oif")
 
@@ -138,21 +163,61 @@ class State:
     # -- reading fields -------------------------------------------------
     def get(self, name: str) -> Any:
         if name in self.rewrites:
-            return IntSet.single(self.rewrites[name])
-        return self.domains[name]
+            value = self.rewrites[name]
+            if _reads is not None:
+                _reads.append((READ_VAL, name, value))
+            return IntSet.single(value)
+        dom = self.domains[name]
+        if _reads is not None:
+            single = dom.single_value() if isinstance(dom, IntSet) else None
+            _reads.append((READ_VAL, name, single) if single is not None else (READ_DOM, name, dom))
+        return dom
 
     def concrete(self, name: str) -> int | None:
+        value = self.peek(name)
+        if _reads is not None:
+            _reads.append((READ_VAL, name, value))
+        return value
+
+    def peek(self, name: str) -> int | None:
+        """The field's one value if it has one, without recording the read (for indexes that record their own)."""
         if name in self.rewrites:
             return self.rewrites[name]
         dom = self.domains[name]
         return dom.single_value() if isinstance(dom, IntSet) else None
 
+    def original(self, name: str) -> IntSet:
+        """The field as the packet was sent, before NAT (conntrack's original tuple)."""
+        dom: IntSet = self.domains[name]
+        if _reads is not None:
+            _reads.append((READ_ORIG, name, dom))
+        return dom
+
+    def recent_member(self, name: str, default: bool | None) -> bool | None:
+        """Whether the client is in a `recent` list / runtime set, as far as this state has decided."""
+        value = self.recent.get(name, ABSENT)
+        if _reads is not None:
+            _reads.append((READ_RECENT, name, value))
+        return default if value is ABSENT else value  # type: ignore[return-value]
+
     # -- narrowing ------------------------------------------------------
     def restrict(self, name: str, allowed: IntSet) -> tuple[State | None, State | None]:
         """Split on `name in allowed`: (states where it holds, where it does not)."""
         if name in self.rewrites:
-            return (self, None) if self.rewrites[name] in allowed else (None, self)
+            hit = self.rewrites[name] in allowed
+            if _reads is not None:
+                _reads.append((READ_IN, name, allowed, hit))
+            return (self, None) if hit else (None, self)
         dom: IntSet = self.domains[name]
+        single = dom.single_value()
+        if single is not None:
+            # A concrete field never splits: it is in the set or not.
+            hit = single in allowed
+            if _reads is not None:
+                _reads.append((READ_IN, name, allowed, hit))
+            return (self, None) if hit else (None, self)
+        if _reads is not None:
+            _reads.append((READ_DOM, name, dom))
         yes, no = dom & allowed, dom - allowed
         if not no:
             return self, None
@@ -162,6 +227,8 @@ class State:
 
     def restrict_name(self, name: str, pattern: str, is_prefix: bool) -> tuple[State | None, State | None]:
         dom: NameSet = self.domains[name]
+        if _reads is not None:
+            _reads.append((READ_NAME, name, dom))
         yes, no = dom.split(pattern, is_prefix)
         return (
             None if yes is None else (self if yes is dom else self.with_domain(name, yes)),
@@ -277,6 +344,8 @@ class TraceContext:
     ipsets: dict[str, IntSet] = field(default_factory=dict)
     max_outcomes: int = 512
     explain: bool = False
+    # Reuse base-chain evaluations between states the chain cannot tell apart (kpa.netfilter.memo).
+    memo: bool = True
     warnings: list[str] = field(default_factory=list)
     # Set by the engine: the rule being evaluated, for assumptions and hops.
     rule: Rule | None = None

@@ -72,7 +72,7 @@ class CtTupleKey(Key):
             if self.field in ("dst", "dport") and st.masquerade:
                 st = st.note("ct reply daddr after masquerade: taken as the original source")
             return parts(*st.restrict(swapped, allowed))
-        dom = st.domains[self.field]
+        dom = st.original(self.field)
         yes, no = dom & allowed, dom - allowed
         return ([st.with_domain(self.field, yes)] if yes else []), ([st.with_domain(self.field, no)] if no else [])
 

@@ -24,7 +24,7 @@ from kpa.netfilter.packet import State, TraceContext
 
 def affinity_split(st: State, ctx: TraceContext, set_name: str) -> list[tuple[State, bool]]:
     """The ways the client can stand toward a runtime set: (state, is member)."""
-    current = st.recent.get(set_name, ctx.affinity.get(set_name, ctx.affinity_default))
+    current = st.recent_member(set_name, ctx.affinity.get(set_name, ctx.affinity_default))
     if current is not None:
         return [(st, current)]
     out: list[tuple[State, bool]] = []
