@@ -16,6 +16,7 @@ from typing import Any
 
 from kpa.netfilter.domain import IntSet, NameSet, describe_addresses, describe_ints
 from kpa.netfilter.index import candidate_rules
+from kpa.netfilter.memo import memo_for
 from kpa.netfilter.model import Chain, Flow, Rule, Ruleset, Table, Verdict, VerdictKind
 from kpa.netfilter.packet import (
     PROTOCOL_NAMES,
@@ -113,6 +114,7 @@ class Engine:
         self.ruleset = ruleset
         self.ctx = ctx
         self.truncated = False
+        self.memo = memo_for(ruleset, ctx)
 
     # -- public ----------------------------------------------------------
     def trace(self, spec: PacketSpec) -> TraceResult:
@@ -176,7 +178,7 @@ class Engine:
         for table, chain in self.ruleset.hook_chains(states[0].family, hook):
             next_states: list[State] = []
             for st in states:
-                for s2, v in self._base_chain(table, chain, st, nat):
+                for s2, v in self._run_base_chain(table, chain, st, nat):
                     if v.kind is VerdictKind.ACCEPT:
                         next_states.append(s2)
                     elif v.kind is VerdictKind.REJECT:
@@ -195,6 +197,12 @@ class Engine:
         if v.kind is VerdictKind.REJECT:
             return f"rejected ({v.detail}) in {hook}"
         return f"dropped in {hook}" + (f" ({v.detail})" if v.detail else "")
+
+    def _run_base_chain(self, table: Table, chain: Chain, st: State, nat: bool) -> list[tuple[State, Verdict]]:
+        if self.memo is None or not chain.rules:
+            return self._base_chain(table, chain, st, nat)
+        return self.memo.run(self.memo.key(id(chain), nat, st), st, self.ctx,
+                             lambda s: self._base_chain(table, chain, s, nat), lambda: self.truncated)
 
     def _base_chain(self, table: Table, chain: Chain, st: State, nat: bool) -> list[tuple[State, Verdict]]:
         is_nat = chain.kind == "nat"
@@ -324,19 +332,26 @@ class Engine:
 
     # -- results ---------------------------------------------------------
     def _outcomes(self, start: State, finals: list[Any]) -> list[Outcome]:
-        merged: dict[Any, Outcome] = {}
+        merged: dict[Any, list[Outcome]] = {}
+        ordered: list[Outcome] = []
         for st, verdict, extra, where, reason in finals:
             conditions = describe_conditions(start, st)
             delivery = extra if verdict == "ACCEPT" else None
             detail = extra if verdict == "REJECT" else None
+            # The path is compared only when everything else agrees: hashing every hop is slow.
             key = (verdict, delivery, detail, where, st.dnat, st.snat, st.masquerade, st.mark, tuple(conditions),
-                   st.assumptions, st.path)
-            if key in merged:
-                merged[key].probability += st.probability
-                continue
-            merged[key] = Outcome(verdict, delivery, st, st.probability, conditions,
+                   st.assumptions, len(st.path))
+            same = merged.setdefault(key, [])
+            for o in same:
+                if o.state.path == st.path:
+                    o.probability += st.probability
+                    break
+            else:
+                outcome = Outcome(verdict, delivery, st, st.probability, conditions,
                                   ended_in=where, reason=reason, detail=detail)
-        return sorted(merged.values(), key=lambda o: (-o.probability, o.verdict))
+                same.append(outcome)
+                ordered.append(outcome)
+        return sorted(ordered, key=lambda o: (-o.probability, o.verdict))
 
 
 def describe_conditions(start: State, end: State) -> list[str]:
