@@ -40,14 +40,22 @@ class StatisticMatch(Expr):
     nth: bool = False
 
     def step(self, st: State, ctx: TraceContext) -> Iterable[Step]:
-        p = 1 - self.probability if self.negated else self.probability
-        if p > 0:
-            s = st.scaled(p)
+        hit, miss = self.shares()
+        if hit:
+            s = st.scaled(hit)
             if self.nth:
                 s = s.note("statistic nth mode counts packets; the probability is its long-run share")
             yield s, Flow.CONTINUE
-        if p < 1:
-            yield st.scaled(1 - p), Flow.NO_MATCH
+        if miss:
+            yield st.scaled(miss), Flow.NO_MATCH
+
+    def shares(self) -> tuple[Fraction, Fraction]:
+        """(share that matches, share that does not); worked out once, as every packet needs them."""
+        cached: tuple[Fraction, Fraction] | None = self.__dict__.get("_shares")
+        if cached is None:
+            p = 1 - self.probability if self.negated else self.probability
+            cached = self.__dict__["_shares"] = (p, 1 - p)
+        return cached
 
     def render(self) -> list[str]:
         return ["-m", "statistic"] + [t for o in self.options for t in o.render()]

@@ -29,6 +29,7 @@ from kpa.netfilter.packet import (
 )
 
 MAX_DEPTH = 64
+_ACCEPT = Verdict(VerdictKind.ACCEPT)
 # How many of the rules just before a hit --explain shows.
 EXPLAIN_MISSES = 3
 
@@ -199,6 +200,8 @@ class Engine:
         return f"dropped in {hook}" + (f" ({v.detail})" if v.detail else "")
 
     def _run_base_chain(self, table: Table, chain: Chain, st: State, nat: bool) -> list[tuple[State, Verdict]]:
+        if not chain.rules and chain.kind != "nat" and (chain.policy or "ACCEPT") == "ACCEPT":
+            return [(st, _ACCEPT)]  # an empty accepting chain (mangle on most nodes) changes nothing
         if self.memo is None or not chain.rules:
             return self._base_chain(table, chain, st, nat)
         return self.memo.run(self.memo.key(id(chain), nat, st), st, self.ctx,
