@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import json
 import os
@@ -203,11 +204,12 @@ def check(rules: Sequence[str], live: bool, iptc: bool, example: bool, fmt: str)
       iptables-save | kpa check -r -
       kpa check -r node.save.gz -o json
     """
-    from kpa.graph import build_graph, find_problems
+    from kpa.graph import chain_problems
 
     rs = load_ruleset(Inputs(list(rules), live=live, example=example, iptc=iptc))
-    g = build_graph(rs)
-    problems = find_problems(g)
+    # Everything loaded lives until exit: keep the cyclic collector from rescanning it.
+    gc.freeze()
+    problems = chain_problems(rs)
     dangling_by_table: dict[tuple[str, str], list[str]] = {}
     for node, refs in problems.dangling:
         dangling_by_table.setdefault((node[0], node[1]), []).append(f"{node[2]} (from {', '.join(refs)})")
