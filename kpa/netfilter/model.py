@@ -8,10 +8,10 @@ the rule. An iptables rule is the special case "matches, then one target".
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from kpa.netfilter.packet import State, TraceContext
@@ -112,17 +112,39 @@ class Expr:
         return {"name": self.name, "text": self.describe(), "known": self.known}
 
 
-@dataclass(eq=False)
 class Rule:
+    """One rule: its position, its source text, and its ordered expressions.
+
+    A plain class rather than a dataclass so that LazyRule can derive
+    `exprs`, `comment` and `location` on first use and cache them as ordinary
+    instance attributes (reads after the first cost nothing extra).
+    """
+
     table: str
     chain: str
     index: int  # 1-based position in its chain, as `iptables -L --line-numbers` counts
     exprs: list[Expr]
     location: Location
     text: str
-    comment: str | None = None
-    counters: tuple[int, int] | None = None
-    handle: int | None = None
+    comment: str | None
+    counters: tuple[int, int] | None
+    handle: int | None
+
+    def __init__(self, table: str, chain: str, index: int, exprs: list[Expr], location: Location, text: str,
+                 comment: str | None = None, counters: tuple[int, int] | None = None,
+                 handle: int | None = None) -> None:
+        self.table = table
+        self.chain = chain
+        self.index = index
+        self.exprs = exprs
+        self.location = location
+        self.text = text
+        self.comment = comment
+        self.counters = counters
+        self.handle = handle
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.table}/{self.chain} #{self.index} at {self.location}: {self.text!r})"
 
     @property
     def known(self) -> bool:
@@ -134,6 +156,104 @@ class Rule:
     def chain_refs(self) -> Iterator[tuple[VerdictKind, str]]:
         for e in self.exprs:
             yield from e.chain_refs()
+
+
+class RuleShape:
+    """What every rule of one shape shares, as far as validation needs.
+
+    Parsers that validate many rules of identical structure at once (see
+    kpa.parse.iptables_save) record here whether the shape's rules have
+    expressions kpa does not model, and which chains they jump or go to.
+    """
+
+    __slots__ = ("counters", "unknown")
+
+    def __init__(self, unknown: bool, counters: tuple[int, int] | None) -> None:
+        self.unknown = unknown
+        self.counters = counters
+
+
+class RuleSource(Protocol):
+    """Builds a lazy rule's expressions from its text, exactly as an eager parse would have."""
+
+    file: str
+
+    def materialise(self, rule: LazyRule) -> tuple[list[Expr], str | None]: ...
+
+
+class _Derived:
+    """A non-data descriptor: computed on first read, then an ordinary instance attribute."""
+
+    def __init__(self, fn: Callable[[LazyRule], None]) -> None:
+        self.fn = fn
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: LazyRule | None, owner: type) -> Any:
+        if obj is None:
+            return self
+        self.fn(obj)
+        return obj.__dict__[self.name]
+
+
+def _materialise(rule: LazyRule) -> None:
+    exprs, comment = rule._source.materialise(rule)
+    d = rule.__dict__
+    d.setdefault("exprs", exprs)
+    d.setdefault("comment", comment)
+
+
+def _locate(rule: LazyRule) -> None:
+    rule.__dict__.setdefault("location", Location(rule._source.file, rule.lineno))
+
+
+class LazyRule(Rule):
+    """A rule whose text has been validated but whose expressions are built on first use.
+
+    Validation (kpa check) needs only what the rule's shape tells: whether it
+    holds unknown expressions and where it jumps. Anything that reads
+    `exprs`, `comment` or `location` gets exactly what an eager parse gives.
+    """
+
+    lineno: int
+    _source: RuleSource
+    _shape: RuleShape
+    _refs: tuple[tuple[VerdictKind, str], ...]
+
+    def __init__(self, table: str, chain: str, index: int, text: str, lineno: int, source: RuleSource,
+                 shape: RuleShape, refs: tuple[tuple[VerdictKind, str], ...]) -> None:
+        self.table = table
+        self.chain = chain
+        self.index = index
+        self.text = text
+        self.lineno = lineno
+        self.counters = shape.counters
+        self.handle = None
+        self._source = source
+        self._shape = shape
+        self._refs = refs
+
+    if not TYPE_CHECKING:
+        exprs = _Derived(_materialise)
+        comment = _Derived(_materialise)
+        location = _Derived(_locate)
+
+    @property
+    def known(self) -> bool:
+        if "exprs" not in self.__dict__:
+            return not self._shape.unknown
+        return all(e.known for e in self.exprs)
+
+    def unknown_exprs(self) -> list[Expr]:
+        if "exprs" not in self.__dict__ and not self._shape.unknown:
+            return []
+        return [e for e in self.exprs if not e.known]
+
+    def chain_refs(self) -> Iterator[tuple[VerdictKind, str]]:
+        if "exprs" not in self.__dict__:
+            return iter(self._refs)
+        return super().chain_refs()
 
 
 # iptables tables hook in at fixed priorities; nftables base chains carry theirs.
