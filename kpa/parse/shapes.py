@@ -1,0 +1,164 @@
+"""Rule skeletons: validating each distinct iptables rule shape once.
+
+kube-proxy writes hundreds of thousands of rules from a few dozen patterns
+that differ only in addresses, ports, comments and hash-named chains.
+`skeletonise` replaces such values in a whole dump by PLACEHOLDER, with one C
+regex pass per kind of value. A value becomes a placeholder only if it is
+strictly valid for the option right before it: a dotted quad with octets
+0-255 and a prefix 0-32, a port 0-65535, a hash-suffixed chain name, a quoted
+comment without quotes, backslashes or control characters in it. Anything
+else (a port 70000, a /33, 10.0.0.256, an unknown option) stays in the
+skeleton as written, so it gives the rule a skeleton of its own.
+
+The parser sends the first rule of each skeleton through the full parser,
+noting which option consumed each token (`roles`). `analyse` then accepts
+the skeleton only if every placeholder was consumed by a parser for which
+any value of that kind gives the same outcome: the core -s/-d options, the
+port options of tcp/udp/udplite/sctp/dccp, comment's --comment, recent's
+--name, the address of DNAT/SNAT, or the chain name of a -j/-g without
+target options. Later rules with an accepted skeleton therefore parse
+without error and to the same structure; only the chain each is appended
+to, and the chain it jumps to, depend on their values. Any other skeleton
+returns None and its rules are all parsed in full, as before.
+"""
+
+from __future__ import annotations
+
+import re
+
+from kpa import ext
+from kpa.ext import comment, nat, recent, tcp
+from kpa.netfilter.model import Family, Rule, RuleShape, VerdictKind
+
+PLACEHOLDER = "\x01"
+
+# Which option consumed a value token: ("core", "-s"), ("match", module, option),
+# ("target", target, option) or ("jump", "-j").
+Role = tuple[str, ...]
+
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}"
+_CIDR4 = rf"{_IPV4}(?:/(?:3[0-2]|[12]?[0-9]))?"
+_PORT = r"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}|0)"
+# kube-proxy's per-Service and per-endpoint chains: KUBE-SVC-, KUBE-SEP-, KUBE-EXT-,
+# KUBE-FW-, KUBE-SVL-, KUBE-XLB- followed by 16 characters of a base32 hash.
+_HASHED_CHAIN = r"KUBE-[A-Z]{2,3}-[A-Z0-9]{16}"
+# No quote, backslash or anything str.splitlines() breaks on.
+_COMMENT = r'"[^"\\\'\x00-\x1f\x7f\x85\u2028\u2029]*"'
+_END = r"(?=[ \r\n]|\Z)"
+_HASHED_CHAIN_RE = re.compile(_HASHED_CHAIN)
+
+
+def _passes(option: str, value: str) -> tuple[str, re.Pattern[str], str]:
+    return f" {option} ", re.compile(f" {re.escape(option)} {value}{_END}"), f" {option} {PLACEHOLDER}"
+
+
+# Comments first, so that no later pass looks inside one.
+_IPV4_PASSES = [
+    _passes("--comment", _COMMENT),
+    _passes("-s", _CIDR4),
+    _passes("-d", _CIDR4),
+    _passes("--dport", _PORT),
+    _passes("--sport", _PORT),
+    _passes("-j", _HASHED_CHAIN),
+    _passes("-g", _HASHED_CHAIN),
+    _passes("--name", _HASHED_CHAIN),
+    _passes("--to-destination", f"{_IPV4}:{_PORT}"),
+    _passes("--to-source", f"{_IPV4}:{_PORT}"),
+]
+
+
+def skeletonise(text: str, family: Family) -> str | None:
+    """`text` with valid values replaced by PLACEHOLDER, line for line; None if the fast path does not apply."""
+    if PLACEHOLDER in text or family is not Family.IPV4:
+        return None
+    for literal, pattern, repl in _IPV4_PASSES:
+        if literal in text:
+            text = pattern.sub(repl, text)
+    return text
+
+
+class Shape(RuleShape):
+    """An accepted skeleton: the facts its rules share."""
+
+    __slots__ = ("refs", "target_kind")
+
+    def __init__(self, rule: Rule, target_kind: VerdictKind | None) -> None:
+        super().__init__(not rule.known, rule.counters)
+        # Where a placeholder -j/-g goes (the value then names the chain), or None.
+        self.target_kind = target_kind
+        # Otherwise the chains every rule of this shape jumps or goes to.
+        self.refs: tuple[tuple[VerdictKind, str], ...] = () if target_kind else tuple(rule.chain_refs())
+
+
+# What a skeleton not seen yet maps to, so that one dict lookup tells all three cases.
+MISSING: Shape = Shape.__new__(Shape)
+
+_PORT_PARSERS = {tcp.parse_tcp, tcp.parse_udp, tcp.parse_sctp, tcp.parse_dccp}
+
+
+def _accepts(role: Role | None, option: str) -> bool:
+    """Whether every value the skeleton pass for `option` replaces parses the same way for `role`."""
+    if role is None:
+        return False
+    kind = role[0]
+    if kind == "core":
+        return role[1] == option and option in ("-s", "-d")
+    if kind == "match":
+        _, module, opt = role
+        if opt != option:
+            return False
+        parser = ext.MATCHES.get(module)
+        if option in ("--dport", "--sport"):
+            return parser in _PORT_PARSERS
+        if option == "--comment":
+            return parser is comment.parse_comment
+        if option == "--name":
+            return parser is recent.parse_recent
+        return False
+    if kind == "target":
+        _, target, opt = role
+        if opt != option:
+            return False
+        parser = ext.TARGETS.get(target)
+        return ((option, parser) == ("--to-destination", nat.parse_dnat)
+                or (option, parser) == ("--to-source", nat.parse_snat))
+    return False
+
+
+def analyse(skel: str, rule: Rule, roles: dict[int, Role], tokens: list[str]) -> Shape | None:
+    """The shape of the skeleton `skel` if its placeholders cannot change how its rules parse, else None.
+
+    `skel` is the skeleton of what follows `-A CHAIN` in `rule`, the
+    skeleton's first rule, parsed in full: `tokens` are its tokens after
+    `-A CHAIN` and `roles` records which option consumed each of them.
+    """
+    if '"' in skel or "'" in skel or "\\" in skel:
+        # Then tokenising could depend on the values; only comments may be quoted.
+        return None
+    parts = skel.split()
+    if len(parts) != len(tokens):
+        return None
+    target_kind: VerdictKind | None = None
+    last = len(parts) - 1
+    for k, part in enumerate(parts):
+        if part != PLACEHOLDER:
+            if part != tokens[k]:
+                return None
+            continue
+        if k == 0:
+            return None
+        prev = parts[k - 1]
+        role = roles.get(k)
+        if role is not None and role[0] == "jump" and prev in ("-j", "-g") and role[1] == prev and k == last:
+            target_kind = VerdictKind.GOTO if prev == "-g" else VerdictKind.JUMP
+            if tuple(rule.chain_refs()) != ((target_kind, tokens[k]),):
+                return None
+            # A -j to a name that is not a chain is a jump to a missing chain, unless the
+            # name is a target: no hashed name may be one, whatever its value.
+            if any(_HASHED_CHAIN_RE.fullmatch(name) for name in ext.TARGETS):
+                return None
+            continue
+        if not _accepts(role, prev):
+            return None
+    return Shape(rule, target_kind)
