@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from itertools import chain as chained
 from typing import TYPE_CHECKING, Any
 
 from kpa.netfilter.model import Chain, Ruleset
@@ -92,17 +93,22 @@ def chain_problems(rs: Ruleset) -> GraphProblems:
     for (fam, tname), t in zip(keys, rs.tables, strict=True):
         chains = t.chains
         succ: dict[str, list[str]] = {}
-        referenced: set[str] = set()
         for name, c in chains.items():
-            if c.rules:
-                targets = [target for r in c.rules for _, target in r.chain_refs()]
+            rules = c.rules
+            if rules:
+                targets: list[str] = []
+                for r in rules:
+                    for _, target in r.chain_refs():
+                        targets.append(target)
                 if targets:
                     succ[name] = targets
-                    referenced.update(targets)
+        referenced = set(chained.from_iterable(succ.values()))
         if not referenced.issubset(chains):
             p.dangling.extend(((fam, tname, name), refs) for name, refs in _refs_to_missing(t.chains, succ).items())
-        p.unreferenced.extend((fam, tname, name) for name, c in chains.items()
-                              if c.hook is None and name not in referenced)
+        unreferenced = chains.keys() - referenced
+        if unreferenced:
+            p.unreferenced.extend((fam, tname, name) for name, c in chains.items()
+                                  if name in unreferenced and c.hook is None)
         looped = looped or _has_cycle(succ)
     if looped:
         p.cycles = _cycles(build_graph(rs))
