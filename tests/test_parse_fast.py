@@ -9,6 +9,7 @@ errors at the same lines.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from itertools import pairwise
@@ -21,7 +22,8 @@ from kpa.gen.cluster import random_cluster
 from kpa.gen.iptables import render_restore
 from kpa.gen.options import ProxierOptions
 from kpa.graph import build_graph, chain_problems, find_problems
-from kpa.netfilter.model import LazyRule, Rule, Ruleset
+from kpa.netfilter.model import Family, LazyRule, Rule, Ruleset
+from kpa.parse import shapes
 from kpa.parse.iptables_save import parse_iptables
 from kpa.parse.shapes import PLACEHOLDER, skeletonise
 from kpa.render.iptables import render_ruleset
@@ -66,7 +68,7 @@ def full_facts(rs: Ruleset) -> list[tuple[object, ...]]:
              list(r.chain_refs())) for r in rules_of(rs)]
 
 
-def assert_same(text: str, name: str = "t") -> Ruleset:
+def assert_same(text: str, name: str = "t") -> None:
     fast = parse_iptables(text, name)
     slow = parse_iptables(text, name, shapes=False)
     assert not any(isinstance(r, LazyRule) for r in rules_of(slow))
@@ -77,7 +79,6 @@ def assert_same(text: str, name: str = "t") -> Ruleset:
     assert fast.warnings == slow.warnings
     assert [(t.family, t.name, t.source, list(t.chains)) for t in fast.tables] == \
            [(t.family, t.name, t.source, list(t.chains)) for t in slow.tables]
-    return fast
 
 
 def error_of(text: str, shapes: bool) -> str:
@@ -92,8 +93,7 @@ def test_every_fixture_parses_the_same_fast_and_in_full(path: Path) -> None:
 
 
 def test_kube_proxy_dumps_take_the_fast_path() -> None:
-    rs = assert_same((FIXTURES / "kitchen-sink.nft.v4.save").read_text())
-    rules = rules_of(rs)
+    rules = rules_of(parse_iptables((FIXTURES / "kitchen-sink.nft.v4.save").read_text(), "t"))
     lazy = [r for r in rules if isinstance(r, LazyRule)]
     assert len(lazy) > len(rules) // 3
 
@@ -102,11 +102,41 @@ def test_kube_proxy_dumps_take_the_fast_path() -> None:
 def test_a_generated_cluster_parses_the_same_fast_and_in_full(family: str) -> None:
     cluster = random_cluster(seed=7, services=300, endpoints_per_service=4, families=(family,))  # type: ignore[arg-type]
     text = render_restore(cluster, ProxierOptions(node_name="node-0"), family)  # type: ignore[arg-type]
-    rs = assert_same(text)
-    rules = rules_of(rs)
+    assert_same(text)
+    rules = rules_of(parse_iptables(text, "t"))
     lazy = sum(isinstance(r, LazyRule) for r in rules)
     if family == "ipv4":
         assert len(rules) > 2000 and lazy > 0.9 * len(rules)
+
+
+@pytest.mark.parametrize("child", ["works", "fails"])
+def test_the_forked_skeleton_pass_gives_the_same_result(monkeypatch: pytest.MonkeyPatch, child: str) -> None:
+    cluster = random_cluster(seed=3, services=100, endpoints_per_service=3)
+    text = render_restore(cluster, ProxierOptions(node_name="node-0"), "ipv4")
+    forks: list[int] = []
+    real_fork, real_skeletonise, parent = os.fork, shapes.skeletonise, os.getpid()
+
+    def fork() -> int:
+        forks.append(1)
+        return real_fork()
+
+    def skeletonise(text: str, family: Family) -> str | None:
+        if child == "fails" and os.getpid() != parent:
+            raise RuntimeError("the child fails")
+        return real_skeletonise(text, family)
+
+    monkeypatch.setattr(shapes, "FORK_THRESHOLD", 0)
+    monkeypatch.setattr(os, "fork", fork)
+    monkeypatch.setattr(shapes, "skeletonise", skeletonise)
+    assert_same(text)
+    assert forks
+    lazy = sum(isinstance(r, LazyRule) for r in rules_of(parse_iptables(text, "t")))
+    assert lazy > 1000
+    # A parse that fails before it needs the skeletons still reaps its child.
+    with pytest.raises(InputError):
+        parse_iptables(text.replace("COMMIT", "COMMIT\nnonsense", 1), "t")
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)
 
 
 def test_lazy_rules_build_their_expressions_once_and_on_demand() -> None:
@@ -114,12 +144,18 @@ def test_lazy_rules_build_their_expressions_once_and_on_demand() -> None:
     lazy = sorted((r for r in rules_of(rs) if isinstance(r, LazyRule)), key=lambda r: r.lineno)
     assert [r.text for r in lazy] == SAME_SHAPE
     r = lazy[0]
-    assert "exprs" not in vars(r) and "location" not in vars(r)
     assert r.comment == "ns/b:dns"
+    assert type(r) is Rule
     exprs = r.exprs
-    assert r.exprs is exprs and "exprs" in vars(r)
+    assert r.exprs is exprs
     assert str(r.location) == f"t:{HEAD.count(chr(10)) + 4}"
+    assert isinstance(lazy[2], LazyRule)
     assert lazy[2].exprs[-1].describe() == "-j KUBE-SEP-CCCCCCCCCCCCCCCC"
+    assert type(lazy[2]) is Rule
+    # Setting an attribute builds the rest first.
+    assert isinstance(lazy[1], LazyRule)
+    lazy[1].comment = "changed"
+    assert type(lazy[1]) is Rule and lazy[1].comment == "changed" and len(lazy[1].exprs) == 3
 
 
 @pytest.mark.parametrize("bad", [
@@ -239,8 +275,6 @@ def test_unusual_spellings_parse_the_same(variant: str) -> None:
 
 
 def test_skeletons_replace_only_strictly_valid_values() -> None:
-    from kpa.netfilter.model import Family
-
     line = ('-A KUBE-SVC-AAAAAAAAAAAAAAAA -d 10.96.0.1/32 -p tcp -m comment --comment "a b" -m tcp --dport 443 '
             '-j KUBE-SEP-BBBBBBBBBBBBBBBB\n')
     skel = skeletonise(line, Family.IPV4)

@@ -8,7 +8,7 @@ the rule. An iptables rule is the special case "matches, then one target".
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
@@ -113,12 +113,12 @@ class Expr:
 
 
 class Rule:
-    """One rule: its position, its source text, and its ordered expressions.
+    """One rule: its position, its source text, and its ordered expressions."""
 
-    A plain class rather than a dataclass so that LazyRule can derive
-    `exprs`, `comment` and `location` on first use and cache them as ordinary
-    instance attributes (reads after the first cost nothing extra).
-    """
+    # lineno, _refs, _shape and _source are LazyRule's: with one layout for both, a lazy rule
+    # becomes a plain Rule once built.
+    __slots__ = ("__weakref__", "_refs", "_shape", "_source", "chain", "comment", "counters", "exprs", "handle",
+                 "index", "lineno", "location", "table", "text")
 
     table: str
     chain: str
@@ -181,40 +181,20 @@ class RuleSource(Protocol):
     def materialise(self, rule: LazyRule) -> tuple[list[Expr], str | None]: ...
 
 
-class _Derived:
-    """A non-data descriptor: computed on first read, then an ordinary instance attribute."""
-
-    def __init__(self, fn: Callable[[LazyRule], None]) -> None:
-        self.fn = fn
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    def __get__(self, obj: LazyRule | None, owner: type) -> Any:
-        if obj is None:
-            return self
-        self.fn(obj)
-        return obj.__dict__[self.name]
-
-
-def _materialise(rule: LazyRule) -> None:
-    exprs, comment = rule._source.materialise(rule)
-    d = rule.__dict__
-    d.setdefault("exprs", exprs)
-    d.setdefault("comment", comment)
-
-
-def _locate(rule: LazyRule) -> None:
-    rule.__dict__.setdefault("location", Location(rule._source.file, rule.lineno))
+# The storage behind Rule's attributes, which LazyRule's properties of the same names hide.
+_SLOTS: dict[str, Any] = {name: Rule.__dict__[name] for name in ("exprs", "comment", "location")}
 
 
 class LazyRule(Rule):
     """A rule whose text has been validated but whose expressions are built on first use.
 
     Validation (kpa check) needs only what the rule's shape tells: whether it
-    holds unknown expressions and where it jumps. Anything that reads
-    `exprs`, `comment` or `location` gets exactly what an eager parse gives.
+    holds unknown expressions and where it jumps. Reading or setting `exprs`,
+    `comment` or `location` builds them exactly as an eager parse would have,
+    and turns the rule into a plain Rule.
     """
+
+    __slots__ = ()
 
     lineno: int
     _source: RuleSource
@@ -228,32 +208,48 @@ class LazyRule(Rule):
         self.index = index
         self.text = text
         self.lineno = lineno
-        self.counters = shape.counters
-        self.handle = None
         self._source = source
         self._shape = shape
         self._refs = refs
+        self.counters = shape.counters
+        self.handle = None
+
+    def build(self) -> Rule:
+        """Build this rule's expressions now; it is a plain Rule from then on."""
+        exprs, comment = self._source.materialise(self)
+        _SLOTS["exprs"].__set__(self, exprs)
+        _SLOTS["comment"].__set__(self, comment)
+        _SLOTS["location"].__set__(self, Location(self._source.file, self.lineno))
+        object.__setattr__(self, "__class__", Rule)
+        return self
 
     if not TYPE_CHECKING:
-        exprs = _Derived(_materialise)
-        comment = _Derived(_materialise)
-        location = _Derived(_locate)
+        def _built(name: str) -> property:
+            def get(self: LazyRule) -> Any:
+                return getattr(self.build(), name)
+
+            def set_(self: LazyRule, value: Any) -> None:
+                setattr(self.build(), name, value)
+
+            return property(get, set_)
+
+        exprs = _built("exprs")
+        comment = _built("comment")
+        location = _built("location")
+        del _built
+
+    def __repr__(self) -> str:
+        return f"LazyRule({self.table}/{self.chain} #{self.index} at {self._source.file}:{self.lineno}: {self.text!r})"
 
     @property
     def known(self) -> bool:
-        if "exprs" not in self.__dict__:
-            return not self._shape.unknown
-        return all(e.known for e in self.exprs)
+        return not self._shape.unknown
 
     def unknown_exprs(self) -> list[Expr]:
-        if "exprs" not in self.__dict__ and not self._shape.unknown:
-            return []
-        return [e for e in self.exprs if not e.known]
+        return self.build().unknown_exprs() if self._shape.unknown else []
 
     def chain_refs(self) -> Iterator[tuple[VerdictKind, str]]:
-        if "exprs" not in self.__dict__:
-            return iter(self._refs)
-        return super().chain_refs()
+        return iter(self._refs)
 
 
 # iptables tables hook in at fixed priorities; nftables base chains carry theirs.

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import gc
 import re
-from collections.abc import Container, Iterable
+from collections.abc import Container
 from dataclasses import dataclass
-from itertools import repeat
 from typing import Protocol
 
 from kpa import ext
@@ -44,7 +43,7 @@ from kpa.netfilter.model import (
     Verdict,
     VerdictKind,
 )
-from kpa.parse.shapes import MISSING, Role, Shape, analyse, skeletonise
+from kpa.parse.shapes import MISSING, Role, Shape, SkeletonJob, analyse
 
 BUILTIN_CHAINS = {
     "raw": ("PREROUTING", "OUTPUT"),
@@ -177,6 +176,7 @@ class IptablesParser:
         self.source = "iptables"
         # Validate rules that share a skeleton once per skeleton (kpa.parse.shapes).
         self.shapes = shapes
+        self._line_count = 0
         # Parsed expressions are immutable, so identical text can share one object;
         # kube-proxy dumps repeat the same matches across thousands of rules.
         self._cache: dict[tuple[object, ...], Expr] = {}
@@ -199,27 +199,47 @@ class IptablesParser:
         if "\x00" in text:
             raise self.error(text[: text.index("\x00")].count("\n") + 1, "expected iptables-save text, found binary data")
         family = self.family or detect_family(text)
+        # The skeletons are worked out while the structure is read, in a second process for large dumps.
+        job = SkeletonJob(text, family) if self.shapes else None
+        try:
+            committed: list[tuple[Table, list[tuple[int, str, bool]]]] = []
+            try:
+                ruleset = self._scan(text, family, committed)
+            except InputError:
+                # Rules come before a later structural error: theirs are reported first, as they were
+                # when each table's rules were parsed at its COMMIT.
+                self._all_rules(committed, job)
+                raise
+            self._all_rules(committed, job)
+            return ruleset
+        finally:
+            if job is not None:
+                job.close()
+
+    def _all_rules(self, committed: list[tuple[Table, list[tuple[int, str, bool]]]], job: SkeletonJob | None) -> None:
+        skeletons = job.lines() if job is not None and committed else None
+        if skeletons is not None and len(skeletons) != self._line_count:
+            skeletons = None  # cannot happen (no value spans a line break); then parse every rule in full
+        for table, pending in committed:
+            self._rules(table, pending, skeletons)
+
+    def _scan(self, text: str, family: Family, committed: list[tuple[Table, list[tuple[int, str, bool]]]]) -> Ruleset:
+        """Read tables, chains and COMMITs; collect each committed table's rule lines in `committed`."""
         ruleset = Ruleset()
         table: Table | None = None
         table_line = 0
-        rules_pending: list[tuple[int, str, str | None]] = []
+        rules_pending: list[tuple[int, str, bool]] = []
         lineno = 0
         lines = text.splitlines()
-        skeletons: Iterable[str | None] = repeat(None)
-        if self.shapes:
-            skel_text = skeletonise(text, family)
-            if skel_text is not None:
-                skel_lines = skel_text.splitlines()
-                if len(skel_lines) == len(lines):
-                    skeletons = skel_lines
-        for lineno, (raw, skel) in enumerate(zip(lines, skeletons, strict=False), 1):
+        self._line_count = len(lines)
+        for lineno, raw in enumerate(lines, 1):
             line = raw.strip()
             if not line:
                 continue
             c0 = line[0]
             if c0 == "-" and table is not None and line.startswith(("-A ", "--append ")):
-                # Skeletons are of whole lines: only for lines without surrounding whitespace do they align.
-                rules_pending.append((lineno, line, skel if len(line) == len(raw) else None))
+                # Skeletons are of whole lines: they align only with lines `-A ...` without surrounding whitespace.
+                rules_pending.append((lineno, line, len(line) == len(raw) and line[1] == "A"))
                 continue
             if c0 == "#":
                 m = HEADER.match(line)
@@ -248,12 +268,12 @@ class IptablesParser:
                 for chain_name in BUILTIN_CHAINS[table.name]:
                     if chain_name not in table.chains:
                         self._add_builtin(table, chain_name, "ACCEPT", None, None)
-                self._rules(table, rules_pending)
+                committed.append((table, rules_pending))
                 ruleset.tables.append(table)
                 table = None
                 continue
             if c0 == "[" or line.startswith(("-A ", "--append ")):
-                rules_pending.append((lineno, line, None))
+                rules_pending.append((lineno, line, False))
                 continue
             raise self.error(lineno, f"expected a rule (-A CHAIN ...), chain (:NAME), table (*NAME) or COMMIT, found {line[:60]!r}")
         if table is not None:
@@ -292,7 +312,7 @@ class IptablesParser:
                 raise self.error(lineno, f"expected a chain name of at most 28 characters, found {name!r}")
             table.chains[name] = Chain(name, table.name, counters=counters, location=loc)
 
-    def _rules(self, table: Table, pending: list[tuple[int, str, str | None]]) -> None:
+    def _rules(self, table: Table, pending: list[tuple[int, str, bool]], skeletons: list[str] | None) -> None:
         """Parse a table's rules in order.
 
         A rule `-A CHAIN REST` whose skeleton of REST (see kpa.parse.shapes)
@@ -300,42 +320,40 @@ class IptablesParser:
         skeleton's first rule went through the full parser, and values of the
         skeleton's kinds cannot change whether the rule is valid or what it
         jumps to. Such rules build their expressions on first use.
+        `skeletons` holds the dump's lines as skeletons (None: parse all in full).
         """
         chains = table.chains
         # Chain names the tokenizer could split differently from `-A NAME `.
         unsafe = {n for n in chains if '"' in n or "'" in n or "\\" in n} if _QUOTING.search("".join(chains)) else None
         shapes: dict[str, Shape | None] = {}
-        source: _TableSource | None = None
+        source = _TableSource(self, table)
         tname = table.name
         full = self._rule
-        for lineno, line, skel in pending:
-            if skel is None or line[1] != "A":
-                full(table, line, lineno)
-                continue
-            end = line.find(" ", 3)
-            name = line[3:end]
-            chain = chains.get(name)
-            if chain is None or end < 0 or (unsafe and name in unsafe):
-                # Not a declared chain (the full parser says so), or a line to tokenise in full.
-                full(table, line, lineno)
-                continue
-            key = skel[end:]
-            shape = shapes.get(key, MISSING)
-            if shape is None:
-                full(table, line, lineno)
-                continue
-            if shape is MISSING:
-                roles: dict[int, Role] = {}
-                rule = full(table, line, lineno, roles)
-                tokens = [t.text for t in tokenize(rule.text, self.file, lineno)][2:]
-                shapes[key] = analyse(key, rule, roles, tokens)
-                continue
-            kind = shape.target_kind
-            refs = shape.refs if kind is None else ((kind, line[line.rindex(" ") + 1 :]),)
-            if source is None:
-                source = _TableSource(self, table)
-            rules = chain.rules
-            rules.append(LazyRule(tname, name, len(rules) + 1, line, lineno, source, shape, refs))
+        get_chain = chains.get
+        get_shape = shapes.get
+        for lineno, line, aligned in pending:
+            if aligned and skeletons is not None:
+                end = line.find(" ", 3)
+                name = line[3:end]
+                chain = get_chain(name)
+                if chain is not None and end > 0 and not (unsafe and name in unsafe):
+                    key = skeletons[lineno - 1][end:]
+                    shape = get_shape(key, MISSING)
+                    if shape is MISSING:
+                        roles: dict[int, Role] = {}
+                        rule = full(table, line, lineno, roles)
+                        tokens = [t.text for t in tokenize(rule.text, self.file, lineno)][2:]
+                        shapes[key] = analyse(key, rule, roles, tokens)
+                        continue
+                    if shape is not None:
+                        kind = shape.target_kind
+                        rules = chain.rules
+                        rules.append(LazyRule(tname, name, len(rules) + 1, line, lineno, source, shape,
+                                              shape.refs if kind is None else ((kind, line[line.rindex(" ") + 1 :]),)))
+                        continue
+            # Not a declared chain (the full parser says so), a line to tokenise in full, or
+            # a skeleton that values could change.
+            full(table, line, lineno)
 
     def _rule(self, table: Table, line: str, lineno: int, roles: dict[int, Role] | None = None) -> Rule:
         counters = None

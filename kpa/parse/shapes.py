@@ -24,7 +24,9 @@ returns None and its rules are all parsed in full, as before.
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 
 from kpa import ext
 from kpa.ext import comment, nat, recent, tcp
@@ -76,6 +78,110 @@ def skeletonise(text: str, family: Family) -> str | None:
         if literal in text:
             text = pattern.sub(repl, text)
     return text
+
+
+# Below this many characters a dump is skeletonised in-process: forking would cost more than it saves.
+FORK_THRESHOLD = 4_000_000
+# The share of the text the parent skeletonises itself, after reading the structure.
+PARENT_SHARE = 0.3
+
+
+class SkeletonJob:
+    """The lines of `skeletonise(text, family)`, worked out in a forked process for large dumps.
+
+    kpa check spends about as long on the regex passes as on reading the
+    dump's tables and chains, and they do not depend on each other, so on
+    Linux a child process runs the passes over most of the text while the
+    parent reads, and the parent does the rest of the text after. Any
+    failure of the child (or no fork, or threads that make forking unsafe)
+    falls back to doing the passes in-process: same result, only slower.
+    """
+
+    def __init__(self, text: str, family: Family) -> None:
+        self.text = text
+        self.family = family
+        self._pid = 0
+        self._fd = -1
+        # The child skeletonises text[_cut:]; the parent text[:_cut]. Cut after a line break:
+        # no value, and so no pass, spans one.
+        self._cut = 0
+        self._done = False
+        self._lines: list[str] | None = None
+        if len(text) >= FORK_THRESHOLD and _can_fork() and skeletonise("", family) is not None \
+                and PLACEHOLDER not in text:
+            self._start()
+
+    def _start(self) -> None:
+        try:
+            r, w = os.pipe()
+        except OSError:
+            return
+        cut = self.text.find("\n", int(len(self.text) * PARENT_SHARE))
+        self._cut = cut + 1 if cut >= 0 else 0
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(r)
+            os.close(w)
+            return
+        if pid == 0:  # the child; its result is checked by the parent
+            status = 1
+            try:
+                os.close(r)
+                part = self.text[self._cut:]
+                view = memoryview((skeletonise(part, self.family) or "").encode("utf-8", "surrogatepass"))
+                while view:
+                    view = view[os.write(w, view):]
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(w)
+        self._pid, self._fd = pid, r
+
+    def _collect(self) -> str | None:
+        chunks: list[bytes] = []
+        try:
+            while chunk := os.read(self._fd, 1 << 20):
+                chunks.append(chunk)
+        except OSError:
+            chunks = []
+        finally:
+            os.close(self._fd)
+            self._fd = -1
+        _, status = os.waitpid(self._pid, 0)
+        self._pid = 0
+        if status != 0:
+            return None
+        return b"".join(chunks).decode("utf-8", "surrogatepass")
+
+    def lines(self) -> list[str] | None:
+        """The skeleton's lines, or None if the text has no fast path."""
+        if not self._done:
+            self._done = True
+            skel = None
+            if self._pid:
+                rest = self._collect()
+                if rest is not None:
+                    skel = (skeletonise(self.text[: self._cut], self.family) or "") + rest
+            if skel is None:
+                skel = skeletonise(self.text, self.family)
+            self._lines = None if skel is None else skel.splitlines()
+        return self._lines
+
+    def close(self) -> None:
+        """Reap the child if its result was never needed (the parse failed first)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._pid:
+            os.waitpid(self._pid, 0)
+            self._pid = 0
+
+
+def _can_fork() -> bool:
+    threading = sys.modules.get("threading")
+    return (sys.platform == "linux" and hasattr(os, "fork")
+            and (threading is None or threading.active_count() == 1))
 
 
 class Shape(RuleShape):
