@@ -6,6 +6,12 @@ backslash escapes, `!` before an option (modern) or after it (old), and long
 and short option spellings. Each match module and target is handed to its
 extension module in kpa.ext; one kpa does not know is kept verbatim and
 marked unknown.
+
+Large dumps repeat a few rule shapes thousands of times: each distinct
+skeleton is parsed in full once, and the rules that share it are validated
+by their skeleton and build their expressions when first read (see
+kpa.parse.shapes and kpa.netfilter.model.LazyRule). `shapes=False` parses
+every rule in full up front; the result is the same.
 """
 
 from __future__ import annotations

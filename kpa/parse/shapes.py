@@ -3,24 +3,26 @@
 kube-proxy writes hundreds of thousands of rules from a few dozen patterns
 that differ only in addresses, ports, comments and hash-named chains.
 `skeletonise` replaces such values in a whole dump by PLACEHOLDER, with one C
-regex pass per kind of value. A value becomes a placeholder only if it is
-strictly valid for the option right before it: a dotted quad with octets
-0-255 and a prefix 0-32, a port 0-65535, a hash-suffixed chain name, a quoted
-comment without quotes, backslashes or control characters in it. Anything
-else (a port 70000, a /33, 10.0.0.256, an unknown option) stays in the
-skeleton as written, so it gives the rule a skeleton of its own.
+regex pass per option. A value becomes a placeholder only if it is strictly
+valid for the option right before it and the dump's family: a dotted quad
+with octets 0-255 and a prefix 0-32 (IPv4), an IPv6 address with a prefix
+0-128 (IPv6), a port 0-65535, a DNAT/SNAT address:port, a hash-suffixed
+chain name, a quoted comment without quotes, backslashes or control
+characters in it. Anything else (a port 70000, a /33, 10.0.0.256, an
+unknown option) stays in the skeleton as written, so it gives the rule a
+skeleton of its own.
 
-The parser sends the first rule of each skeleton through the full parser,
-noting which option consumed each token (`roles`). `analyse` then accepts
-the skeleton only if every placeholder was consumed by a parser for which
-any value of that kind gives the same outcome: the core -s/-d options, the
-port options of tcp/udp/udplite/sctp/dccp, comment's --comment, recent's
---name, the address of DNAT/SNAT, or the chain name of a -j/-g without
-target options. Later rules with an accepted skeleton therefore parse
-without error and to the same structure; only the chain each is appended
-to, and the chain it jumps to, depend on their values. Any other skeleton
-returns None and its rules are all parsed in full, as before.
-"""
+The parser keys rules by the skeleton of what follows `-A CHAIN` and sends
+the first rule of each skeleton through the full parser, noting which
+option consumed each token (`roles`). `analyse` then accepts the skeleton
+only if every placeholder was consumed by a parser for which any value of
+its kind gives the same outcome: the core -s/-d options, the port options
+of tcp/udp/udplite/sctp/dccp, comment's --comment, recent's --name, the
+address of DNAT/SNAT, or the chain name of a -j/-g without target options.
+Later rules with an accepted skeleton therefore parse without error and to
+the same structure; only the chain each is appended to (checked per rule),
+and the chain it jumps to, depend on their values. Any other skeleton maps
+to None and its rules are all parsed in full, as before."""
 
 from __future__ import annotations
 
@@ -55,26 +57,46 @@ def _passes(option: str, value: str) -> tuple[str, re.Pattern[str], str]:
     return f" {option} ", re.compile(f" {re.escape(option)} {value}{_END}"), f" {option} {PLACEHOLDER}"
 
 
-# Comments first, so that no later pass looks inside one.
-_IPV4_PASSES = [
-    _passes("--comment", _COMMENT),
-    _passes("-s", _CIDR4),
-    _passes("-d", _CIDR4),
-    _passes("--dport", _PORT),
-    _passes("--sport", _PORT),
-    _passes("-j", _HASHED_CHAIN),
-    _passes("-g", _HASHED_CHAIN),
-    _passes("--name", _HASHED_CHAIN),
-    _passes("--to-destination", f"{_IPV4}:{_PORT}"),
-    _passes("--to-source", f"{_IPV4}:{_PORT}"),
-]
+_H = "[0-9a-fA-F]{1,4}"
+# Every spelling of an IPv6 address with at most one "::" and no embedded dotted quad or zone.
+_IPV6 = ("(?:" + "|".join([
+    rf"(?:{_H}:){{7}}{_H}",
+    rf"(?:{_H}:){{1,7}}:",
+    *(rf"(?:{_H}:){{1,{6 - k}}}(?::{_H}){{1,{k + 1}}}" for k in range(6)),
+    rf":(?::{_H}){{1,7}}",
+    "::",
+]) + ")")
+_CIDR6 = rf"{_IPV6}(?:/(?:12[0-8]|1[01][0-9]|[1-9]?[0-9]))?"
+
+
+def _family_passes(cidr: str, nat_address: str) -> list[tuple[str, re.Pattern[str], str]]:
+    # Comments first, so that no later pass looks inside one.
+    return [
+        _passes("--comment", _COMMENT),
+        _passes("-s", cidr),
+        _passes("-d", cidr),
+        _passes("--dport", _PORT),
+        _passes("--sport", _PORT),
+        _passes("-j", _HASHED_CHAIN),
+        _passes("-g", _HASHED_CHAIN),
+        _passes("--name", _HASHED_CHAIN),
+        _passes("--to-destination", nat_address),
+        _passes("--to-source", nat_address),
+    ]
+
+
+_PASSES = {
+    Family.IPV4: _family_passes(_CIDR4, f"{_IPV4}:{_PORT}"),
+    Family.IPV6: _family_passes(_CIDR6, rf"\[{_IPV6}\]:{_PORT}"),
+}
 
 
 def skeletonise(text: str, family: Family) -> str | None:
     """`text` with valid values replaced by PLACEHOLDER, line for line; None if the fast path does not apply."""
-    if PLACEHOLDER in text or family is not Family.IPV4:
+    passes = _PASSES.get(family)
+    if passes is None or PLACEHOLDER in text:
         return None
-    for literal, pattern, repl in _IPV4_PASSES:
+    for literal, pattern, repl in passes:
         if literal in text:
             text = pattern.sub(repl, text)
     return text
