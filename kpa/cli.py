@@ -206,9 +206,10 @@ def check(rules: Sequence[str], live: bool, iptc: bool, example: bool, fmt: str)
     """
     from kpa.graph import chain_problems
 
+    # A check builds a large ruleset that lives until exit and no garbage cycles worth collecting:
+    # without the cyclic collector, nothing rescans the ruleset after it is loaded.
+    gc.disable()
     rs = load_ruleset(Inputs(list(rules), live=live, example=example, iptc=iptc))
-    # Everything loaded lives until exit: keep the cyclic collector from rescanning it.
-    gc.freeze()
     problems = chain_problems(rs)
     dangling_by_table: dict[tuple[str, str], list[str]] = {}
     for node, refs in problems.dangling:

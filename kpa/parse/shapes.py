@@ -85,16 +85,19 @@ def _family_passes(cidr: str, nat_address: str) -> list[tuple[str, re.Pattern[st
     ]
 
 
-_PASSES = {
-    Family.IPV4: _family_passes(_CIDR4, f"{_IPV4}:{_PORT}"),
-    Family.IPV6: _family_passes(_CIDR6, rf"\[{_IPV6}\]:{_PORT}"),
-}
+_VALUES = {Family.IPV4: (_CIDR4, f"{_IPV4}:{_PORT}"), Family.IPV6: (_CIDR6, rf"\[{_IPV6}\]:{_PORT}")}
+# Compiled on first use: the IPv6 patterns take a while to compile.
+_PASSES: dict[Family, list[tuple[str, re.Pattern[str], str]]] = {}
 
 
 def skeletonise(text: str, family: Family) -> str | None:
     """`text` with valid values replaced by PLACEHOLDER, line for line; None if the fast path does not apply."""
     passes = _PASSES.get(family)
-    if passes is None or PLACEHOLDER in text:
+    if passes is None:
+        if family not in _VALUES:
+            return None
+        passes = _PASSES[family] = _family_passes(*_VALUES[family])
+    if PLACEHOLDER in text:
         return None
     for literal, pattern, repl in passes:
         if literal in text:
@@ -129,8 +132,7 @@ class SkeletonJob:
         self._cut = 0
         self._done = False
         self._lines: list[str] | None = None
-        if len(text) >= FORK_THRESHOLD and _can_fork() and skeletonise("", family) is not None \
-                and PLACEHOLDER not in text:
+        if len(text) >= FORK_THRESHOLD and family in _VALUES and _can_fork() and PLACEHOLDER not in text:
             self._start()
 
     def _start(self) -> None:
