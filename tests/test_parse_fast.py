@@ -25,7 +25,7 @@ from kpa.graph import build_graph, chain_problems, find_problems
 from kpa.netfilter.model import Family, LazyRule, Rule, Ruleset
 from kpa.parse import shapes
 from kpa.parse.iptables_save import parse_iptables
-from kpa.parse.shapes import PLACEHOLDER, skeletonise
+from kpa.parse.shapes import PLACEHOLDER, Skeletons, skeletonise
 from kpa.render.iptables import render_ruleset
 
 FIXTURES = Path(__file__).parent / "fixtures" / "iptables"
@@ -125,6 +125,7 @@ def test_the_forked_skeleton_pass_gives_the_same_result(monkeypatch: pytest.Monk
         return real_skeletonise(text, family)
 
     monkeypatch.setattr(shapes, "FORK_THRESHOLD", 0)
+    monkeypatch.setattr(shapes, "_can_fork", lambda: True)  # even with one CPU
     monkeypatch.setattr(os, "fork", fork)
     monkeypatch.setattr(shapes, "skeletonise", skeletonise)
     assert_same(text)
@@ -136,6 +137,29 @@ def test_the_forked_skeleton_pass_gives_the_same_result(monkeypatch: pytest.Monk
         parse_iptables(text.replace("COMMIT", "COMMIT\nnonsense", 1), "t")
     with pytest.raises(ChildProcessError):
         os.waitpid(-1, os.WNOHANG)
+
+
+def test_skeletons_of_parts_add_up_to_the_skeletons_of_the_whole() -> None:
+    text = render_restore(random_cluster(seed=5, services=40, endpoints_per_service=3), ProxierOptions(node_name="node-0"),
+                          "ipv4")
+    text = text.replace("\n-A KUBE-SERVICES", "\n  -A KUBE-SERVICES", 1) + "-A X\n-A  Y -j Z"
+
+    def per_line(sk: Skeletons) -> list[str | None]:
+        return [sk.keys[i] if i else None for i in sk.ids]
+
+    def of(part: str) -> Skeletons:
+        return Skeletons.of(skeletonise(part, Family.IPV4) or "")
+
+    whole = per_line(of(text))
+    assert len(whole) == len(text.splitlines())
+    assert whole[-2:] == [None, " Y -j Z"] and whole.count(None) > 100
+    assert sum(PLACEHOLDER in (k or "") for k in whole) > 0.8 * text.count("\n-A ")
+    for cut in (0, text.index("\n") + 1, text.index("\n-A ") + 1, len(text) // 2, len(text) - 10):
+        cut = text.index("\n", cut) + 1 if cut else 0
+        first = of(text[:cut])
+        first.extend(Skeletons.from_bytes(of(text[cut:]).to_bytes()))
+        assert per_line(first) == whole
+        assert len(set(first.keys)) == len(first.keys)
 
 
 def test_lazy_rules_build_their_expressions_once_and_on_demand() -> None:

@@ -49,7 +49,7 @@ from kpa.netfilter.model import (
     Verdict,
     VerdictKind,
 )
-from kpa.parse.shapes import MISSING, Role, Shape, SkeletonJob, analyse
+from kpa.parse.shapes import MISSING, Role, Shape, SkeletonJob, Skeletons, analyse
 
 BUILTIN_CHAINS = {
     "raw": ("PREROUTING", "OUTPUT"),
@@ -223,8 +223,8 @@ class IptablesParser:
                 job.close()
 
     def _all_rules(self, committed: list[tuple[Table, list[tuple[int, str, bool]]]], job: SkeletonJob | None) -> None:
-        skeletons = job.lines() if job is not None and committed else None
-        if skeletons is not None and len(skeletons) != self._line_count:
+        skeletons = job.result() if job is not None and committed else None
+        if skeletons is not None and len(skeletons.ids) != self._line_count:
             skeletons = None  # cannot happen (no value spans a line break); then parse every rule in full
         for table, pending in committed:
             self._rules(table, pending, skeletons)
@@ -318,7 +318,7 @@ class IptablesParser:
                 raise self.error(lineno, f"expected a chain name of at most 28 characters, found {name!r}")
             table.chains[name] = Chain(name, table.name, counters=counters, location=loc)
 
-    def _rules(self, table: Table, pending: list[tuple[int, str, bool]], skeletons: list[str] | None) -> None:
+    def _rules(self, table: Table, pending: list[tuple[int, str, bool]], skeletons: Skeletons | None) -> None:
         """Parse a table's rules in order.
 
         A rule `-A CHAIN REST` whose skeleton of REST (see kpa.parse.shapes)
@@ -326,30 +326,34 @@ class IptablesParser:
         skeleton's first rule went through the full parser, and values of the
         skeleton's kinds cannot change whether the rule is valid or what it
         jumps to. Such rules build their expressions on first use.
-        `skeletons` holds the dump's lines as skeletons (None: parse all in full).
+        Without `skeletons`, every rule is parsed in full.
         """
+        full = self._rule
+        if skeletons is None:
+            for lineno, line, _ in pending:
+                full(table, line, lineno)
+            return
+        ids, keys = skeletons.ids, skeletons.keys
         chains = table.chains
+        get_chain = chains.get
         # Chain names the tokenizer could split differently from `-A NAME `.
         unsafe = {n for n in chains if '"' in n or "'" in n or "\\" in n} if _QUOTING.search("".join(chains)) else None
-        shapes: dict[str, Shape | None] = {}
+        # By skeleton key: MISSING until its first rule is parsed, then its shape or None.
+        shapes: list[Shape | None] = [MISSING] * len(keys)
         source = _TableSource(self, table)
         tname = table.name
-        full = self._rule
-        get_chain = chains.get
-        get_shape = shapes.get
         for lineno, line, aligned in pending:
-            if aligned and skeletons is not None:
-                end = line.find(" ", 3)
-                name = line[3:end]
+            kid = ids[lineno - 1] if aligned else 0
+            if kid:
+                name = line[3 : line.find(" ", 3)]
                 chain = get_chain(name)
-                if chain is not None and end > 0 and not (unsafe and name in unsafe):
-                    key = skeletons[lineno - 1][end:]
-                    shape = get_shape(key, MISSING)
+                if chain is not None and not (unsafe and name in unsafe):
+                    shape = shapes[kid]
                     if shape is MISSING:
                         roles: dict[int, Role] = {}
                         rule = full(table, line, lineno, roles)
                         tokens = [t.text for t in tokenize(rule.text, self.file, lineno)][2:]
-                        shapes[key] = analyse(key, rule, roles, tokens)
+                        shapes[kid] = analyse(keys[kid], rule, roles, tokens)
                         continue
                     if shape is not None:
                         kind = shape.target_kind

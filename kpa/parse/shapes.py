@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 import sys
+from array import array
 
 from kpa import ext
 from kpa.ext import comment, nat, recent, tcp
@@ -105,21 +107,79 @@ def skeletonise(text: str, family: Family) -> str | None:
     return text
 
 
+class Skeletons:
+    """A dump's rule skeletons: for each line, an index into `keys` (0: not a rule line `-A NAME ...`).
+
+    A key is the skeleton of what follows `-A NAME`, from the space after
+    NAME on. Passes never change `-A NAME ` (every replacement keeps the
+    option before the value), so NAME ends at the same place in a line and
+    in its skeleton.
+    """
+
+    __slots__ = ("ids", "keys")
+
+    def __init__(self, keys: list[str], ids: array[int]) -> None:
+        self.keys = keys
+        self.ids = ids
+
+    @classmethod
+    def of(cls, skel: str) -> Skeletons:
+        index: dict[str, int] = {}
+        ids = array("i")
+        append = ids.append
+        for line in skel.splitlines():
+            if line.startswith("-A "):
+                end = line.find(" ", 3)
+                if end > 0:
+                    key = line[end:]
+                    kid = index.get(key)
+                    if kid is None:
+                        kid = index[key] = len(index) + 1
+                    append(kid)
+                    continue
+            append(0)
+        return cls(["", *index], ids)
+
+    def extend(self, other: Skeletons) -> None:
+        """Append the lines of `other`, numbering its keys as this one's."""
+        index = {key: kid for kid, key in enumerate(self.keys)}
+        renumber = [0]
+        for key in other.keys[1:]:
+            kid = index.get(key)
+            if kid is None:
+                kid = index[key] = len(self.keys)
+                self.keys.append(key)
+            renumber.append(kid)
+        self.ids.extend(array("i", map(renumber.__getitem__, other.ids)))
+
+    def to_bytes(self) -> bytes:
+        keys = "\n".join(self.keys[1:]).encode("utf-8", "surrogatepass")
+        return struct.pack("<Q", len(keys)) + keys + self.ids.tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Skeletons:
+        (n,) = struct.unpack_from("<Q", data)
+        keys = data[8 : 8 + n].decode("utf-8", "surrogatepass")
+        ids = array("i")
+        ids.frombytes(data[8 + n :])
+        return cls(["", *keys.split("\n")] if n else [""], ids)
+
+
 # Below this many characters a dump is skeletonised in-process: forking would cost more than it saves.
 FORK_THRESHOLD = 4_000_000
 # The share of the text the parent skeletonises itself, after reading the structure.
-PARENT_SHARE = 0.3
+PARENT_SHARE = 0.2
 
 
 class SkeletonJob:
-    """The lines of `skeletonise(text, family)`, worked out in a forked process for large dumps.
+    """`Skeletons.of(skeletonise(text, family))`, worked out in a forked process for large dumps.
 
     kpa check spends about as long on the regex passes as on reading the
     dump's tables and chains, and they do not depend on each other, so on
-    Linux a child process runs the passes over most of the text while the
-    parent reads, and the parent does the rest of the text after. Any
+    Linux a child process works out the skeletons of most of the text while
+    the parent reads, and the parent does the rest of the text after. Any
     failure of the child (or no fork, or threads that make forking unsafe)
-    falls back to doing the passes in-process: same result, only slower.
+    falls back to doing it all in-process: same result, only slower.
     """
 
     def __init__(self, text: str, family: Family) -> None:
@@ -127,13 +187,17 @@ class SkeletonJob:
         self.family = family
         self._pid = 0
         self._fd = -1
-        # The child skeletonises text[_cut:]; the parent text[:_cut]. Cut after a line break:
+        # The child does text[_cut:]; the parent text[:_cut]. Cut after a line break:
         # no value, and so no pass, spans one.
         self._cut = 0
         self._done = False
-        self._lines: list[str] | None = None
+        self._result: Skeletons | None = None
         if len(text) >= FORK_THRESHOLD and family in _VALUES and _can_fork() and PLACEHOLDER not in text:
             self._start()
+
+    def _of(self, text: str) -> Skeletons | None:
+        skel = skeletonise(text, self.family)
+        return None if skel is None else Skeletons.of(skel)
 
     def _start(self) -> None:
         try:
@@ -152,17 +216,18 @@ class SkeletonJob:
             status = 1
             try:
                 os.close(r)
-                part = self.text[self._cut:]
-                view = memoryview((skeletonise(part, self.family) or "").encode("utf-8", "surrogatepass"))
-                while view:
-                    view = view[os.write(w, view):]
-                status = 0
+                part = self._of(self.text[self._cut :])
+                if part is not None:
+                    view = memoryview(part.to_bytes())
+                    while view:
+                        view = view[os.write(w, view) :]
+                    status = 0
             finally:
                 os._exit(status)
         os.close(w)
         self._pid, self._fd = pid, r
 
-    def _collect(self) -> str | None:
+    def _collect(self) -> Skeletons | None:
         chunks: list[bytes] = []
         try:
             while chunk := os.read(self._fd, 1 << 20):
@@ -174,23 +239,25 @@ class SkeletonJob:
             self._fd = -1
         _, status = os.waitpid(self._pid, 0)
         self._pid = 0
-        if status != 0:
+        if status != 0 or not chunks:
             return None
-        return b"".join(chunks).decode("utf-8", "surrogatepass")
+        try:
+            return Skeletons.from_bytes(b"".join(chunks))
+        except (ValueError, struct.error):
+            return None
 
-    def lines(self) -> list[str] | None:
-        """The skeleton's lines, or None if the text has no fast path."""
+    def result(self) -> Skeletons | None:
+        """The skeletons, or None if the text has no fast path."""
         if not self._done:
             self._done = True
-            skel = None
-            if self._pid:
-                rest = self._collect()
-                if rest is not None:
-                    skel = (skeletonise(self.text[: self._cut], self.family) or "") + rest
-            if skel is None:
-                skel = skeletonise(self.text, self.family)
-            self._lines = None if skel is None else skel.splitlines()
-        return self._lines
+            rest = self._collect() if self._pid else None
+            first = self._of(self.text[: self._cut]) if rest is not None else None
+            if first is not None and rest is not None:
+                first.extend(rest)
+                self._result = first
+            else:
+                self._result = self._of(self.text)
+        return self._result
 
     def close(self) -> None:
         """Reap the child if its result was never needed (the parse failed first)."""
@@ -203,8 +270,9 @@ class SkeletonJob:
 
 
 def _can_fork() -> bool:
+    """Linux, a second CPU to run on, and no other threads (forking with threads is unsafe)."""
     threading = sys.modules.get("threading")
-    return (sys.platform == "linux" and hasattr(os, "fork")
+    return (sys.platform == "linux" and hasattr(os, "fork") and len(os.sched_getaffinity(0)) > 1
             and (threading is None or threading.active_count() == 1))
 
 
