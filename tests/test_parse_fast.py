@@ -154,8 +154,10 @@ def test_skeletons_of_parts_add_up_to_the_skeletons_of_the_whole() -> None:
     assert len(whole) == len(text.splitlines())
     assert whole[-2:] == [None, " Y -j Z"] and whole.count(None) > 100
     assert sum(PLACEHOLDER in (k or "") for k in whole) > 0.8 * text.count("\n-A ")
-    for cut in (0, text.index("\n") + 1, text.index("\n-A ") + 1, len(text) // 2, len(text) - 10):
-        cut = text.index("\n", cut) + 1 if cut else 0
+    for start in (0, text.index("\n") + 1, text.index("\n-A ") + 1, len(text) // 2, len(text) - 10):
+        # Cut after a line break, as SkeletonJob does (or at the very end).
+        cut = text.find("\n", start) + 1 if start else 0
+        cut = cut or len(text)
         first = of(text[:cut])
         first.extend(Skeletons.from_bytes(of(text[cut:]).to_bytes()))
         assert per_line(first) == whole
