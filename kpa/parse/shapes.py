@@ -237,8 +237,7 @@ class SkeletonJob:
         finally:
             os.close(self._fd)
             self._fd = -1
-        _, status = os.waitpid(self._pid, 0)
-        self._pid = 0
+        status = self._wait()
         if status != 0 or not chunks:
             return None
         try:
@@ -265,8 +264,16 @@ class SkeletonJob:
             os.close(self._fd)
             self._fd = -1
         if self._pid:
-            os.waitpid(self._pid, 0)
-            self._pid = 0
+            self._wait()
+
+    def _wait(self) -> int:
+        """The child's exit status; 0 if someone else reaped it (SIGCHLD ignored): its output is then
+        judged by itself, and a short one cannot pass for a whole (the line count would differ)."""
+        pid, self._pid = self._pid, 0
+        try:
+            return os.waitpid(pid, 0)[1]
+        except ChildProcessError:
+            return 0
 
 
 def _can_fork() -> bool:
