@@ -296,7 +296,7 @@ class Shape(RuleShape):
         self.refs: tuple[tuple[VerdictKind, str], ...] = () if target_kind else tuple(rule.chain_refs())
 
 
-# What a skeleton not seen yet maps to, so that one dict lookup tells all three cases.
+# What a skeleton not seen yet in a table maps to (beside its shape, or None once seen).
 MISSING: Shape = Shape.__new__(Shape)
 
 _PORT_PARSERS = {tcp.parse_tcp, tcp.parse_udp, tcp.parse_sctp, tcp.parse_dccp}
