@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from itertools import chain as chained
 from typing import TYPE_CHECKING, Any
 
-from kpa.netfilter.model import Chain, Ruleset
+from kpa.netfilter.model import Ruleset, Table
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -80,20 +80,24 @@ def _cycles(g: nx.DiGraph) -> list[list[Node]]:
 def chain_problems(rs: Ruleset) -> GraphProblems:
     """Exactly `find_problems(build_graph(rs))`, in the same order, without building the graph.
 
-    Jumps never leave their table, so each table is looked at on its own,
-    with chains by name. The graph is built only to list loops when there
-    are some (as networkx's simple_cycles lists them), or when two tables
-    share a family and name and so share nodes.
+    Jumps never leave their table, so each table is looked at on its own
+    (tables of one family and name, which share nodes in the graph,
+    together), with chains by name. The graph is built only to list loops
+    when there are some, as networkx's simple_cycles lists them.
     """
-    keys = [(t.family.value, t.name) for t in rs.tables]
-    if len(set(keys)) != len(keys):
-        return find_problems(build_graph(rs))
-    p = GraphProblems()
-    looped = False
-    for (fam, tname), t in zip(keys, rs.tables, strict=True):
-        chains = t.chains
-        succ: dict[str, list[str]] = {}
-        for name, c in chains.items():
+    # Per table, in order: its group key and its chains' jump targets, in the graph's edge order.
+    tables: list[tuple[tuple[str, str], Table, dict[str, list[str]]]] = []
+    # Per group: whether each defined chain is a base chain (the last table to define it wins,
+    # as add_node updates), and each chain's targets over all its tables.
+    base: dict[tuple[str, str], dict[str, bool]] = {}
+    succ: dict[tuple[str, str], dict[str, list[str]]] = {}
+    for t in rs.tables:
+        key = (t.family.value, t.name)
+        group_base = base.setdefault(key, {})
+        group_succ = succ.setdefault(key, {})
+        own: dict[str, list[str]] = {}
+        for name, c in t.chains.items():
+            group_base[name] = c.hook is not None
             rules = c.rules
             if rules:
                 targets: list[str] = []
@@ -101,33 +105,42 @@ def chain_problems(rs: Ruleset) -> GraphProblems:
                     for _, target in r.chain_refs():
                         targets.append(target)
                 if targets:
-                    succ[name] = targets
-        referenced = set(chained.from_iterable(succ.values()))
-        if not referenced.issubset(chains):
-            p.dangling.extend(((fam, tname, name), refs) for name, refs in _refs_to_missing(t.chains, succ).items())
-        unreferenced = chains.keys() - referenced
-        if unreferenced:
-            p.unreferenced.extend((fam, tname, name) for name, c in chains.items()
-                                  if name in unreferenced and c.hook is None)
-        looped = looped or _has_cycle(succ)
-    if looped:
+                    own[name] = targets
+                    if name in group_succ:
+                        group_succ[name] = group_succ[name] + targets
+                    else:
+                        group_succ[name] = targets
+        tables.append((key, t, own))
+    missing: dict[tuple[str, str], set[str]] = {}
+    unreferenced: dict[tuple[str, str], set[str]] = {}
+    for key, group_succ in succ.items():
+        referenced = set(chained.from_iterable(group_succ.values()))
+        missing[key] = referenced - base[key].keys()
+        unreferenced[key] = {n for n in base[key].keys() - referenced if not base[key][n]}
+    p = GraphProblems()
+    # Both lists in the graph's node order: a dangling node first appears as a jump target, an
+    # unreferenced one as a chain.
+    refs: dict[Node, dict[str, list[str]]] = {}
+    emitted: set[Node] = set()
+    for (fam, tname), t, own in tables:
+        gone = missing[(fam, tname)]
+        if gone:
+            for name in own:
+                for r in t.chains[name].rules:
+                    for _, target in r.chain_refs():
+                        if target in gone:
+                            refs.setdefault((fam, tname, target), {}).setdefault(name, []).append(str(r.location))
+        unused = unreferenced[(fam, tname)]
+        if unused:
+            for name in t.chains:
+                node = (fam, tname, name)
+                if name in unused and node not in emitted:
+                    emitted.add(node)
+                    p.unreferenced.append(node)
+    p.dangling = [(n, [loc for locs in by_src.values() for loc in locs]) for n, by_src in refs.items()]
+    if any(_has_cycle(group_succ) for group_succ in succ.values()):
         p.cycles = _cycles(build_graph(rs))
     return p
-
-
-def _refs_to_missing(chains: dict[str, Chain], succ: dict[str, list[str]]) -> dict[str, list[str]]:
-    """For each jump target that is not a chain, in order of first mention: the locations of the rules jumping there."""
-    missing: dict[str, list[str]] = {}
-    for targets in succ.values():
-        for target in targets:
-            if target not in chains:
-                missing[target] = []
-    for name in succ:
-        for r in chains[name].rules:
-            for _, target in r.chain_refs():
-                if target in missing:
-                    missing[target].append(str(r.location))
-    return missing
 
 
 def _has_cycle(succ: dict[str, list[str]]) -> bool:

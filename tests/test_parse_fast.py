@@ -22,7 +22,7 @@ from kpa.gen.cluster import random_cluster
 from kpa.gen.iptables import render_restore
 from kpa.gen.options import ProxierOptions
 from kpa.graph import build_graph, chain_problems, find_problems
-from kpa.netfilter.model import Family, LazyRule, Rule, Ruleset
+from kpa.netfilter.model import Family, LazyRule, Location, Rule, Ruleset
 from kpa.parse import shapes
 from kpa.parse.iptables_save import parse_iptables
 from kpa.parse.shapes import PLACEHOLDER, Skeletons, skeletonise
@@ -169,6 +169,8 @@ def test_lazy_rules_build_their_expressions_once_and_on_demand() -> None:
     lazy = sorted((r for r in rules_of(rs) if isinstance(r, LazyRule)), key=lambda r: r.lineno)
     assert [r.text for r in lazy] == SAME_SHAPE
     r = lazy[0]
+    assert str(r.location) == f"t:{HEAD.count(chr(10)) + 4}"
+    assert isinstance(r, LazyRule)  # knowing where a rule is takes no parsing
     assert r.comment == "ns/b:dns"
     assert type(r) is Rule
     exprs = r.exprs
@@ -181,6 +183,13 @@ def test_lazy_rules_build_their_expressions_once_and_on_demand() -> None:
     assert isinstance(lazy[1], LazyRule)
     lazy[1].comment = "changed"
     assert type(lazy[1]) is Rule and lazy[1].comment == "changed" and len(lazy[1].exprs) == 3
+    loc = Location("elsewhere", 1)
+    lazy[0].location = loc
+    assert lazy[0].location is loc
+    fresh = next(r for r in rules_of(parse_iptables(dump(*GOOD, *SAME_SHAPE), "t")) if isinstance(r, LazyRule))
+    fresh.location = loc
+    assert isinstance(fresh, LazyRule) and fresh.location is loc
+    assert fresh.exprs and type(fresh) is Rule and fresh.location is loc
 
 
 @pytest.mark.parametrize("bad", [
@@ -361,6 +370,22 @@ def test_check_facts_without_networkx_match_the_graph(loop: str) -> None:
     assert [n[2] for n, _ in got.dangling] == ["MISSING1", "MISSING2"]
     assert got.dangling[0][1] == (["g:11", "g:15", "g:17"] if loop != "long" else ["g:11", "g:16", "g:18"])
     assert bool(got.cycles) == (loop != "none")
+
+
+@pytest.mark.parametrize("lazy", [True, False])
+def test_check_facts_for_tables_given_twice_match_the_graph(lazy: bool) -> None:
+    # Tables of one family and name share nodes in the graph: a chain missing from one
+    # may be defined by the other, and their jumps merge.
+    first = graph_dump()
+    second = (graph_dump().replace(":EMPTY - [0:0]\n", ":EMPTY - [0:0]\n:MISSING2 - [0:0]\n")
+              .replace("-A UNUSED -j ACCEPT\n", "-A UNUSED -j MISSING3\n-A B -j MISSING1\n"))
+    nat = dump(*GOOD, "-A KUBE-SEP-CCCCCCCCCCCCCCCC -j KUBE-SEP-DDDDDDDDDDDDDDDD")
+    rs = Ruleset()
+    for i, text in enumerate((first, nat, second, nat)):
+        rs.merge(parse_iptables(text, f"f{i}", shapes=lazy))
+    got = chain_problems(rs)
+    assert got == find_problems(build_graph(rs))
+    assert [n[2] for n, _ in got.dangling] == ["MISSING1", "KUBE-SEP-DDDDDDDDDDDDDDDD", "MISSING3"]
 
 
 def test_deep_acyclic_and_cyclic_chains() -> None:

@@ -189,9 +189,9 @@ class LazyRule(Rule):
     """A rule whose text has been validated but whose expressions are built on first use.
 
     Validation (kpa check) needs only what the rule's shape tells: whether it
-    holds unknown expressions and where it jumps. Reading or setting `exprs`,
-    `comment` or `location` builds them exactly as an eager parse would have,
-    and turns the rule into a plain Rule.
+    holds unknown expressions and where it jumps. Reading or setting `exprs`
+    or `comment` builds them exactly as an eager parse would have, and turns
+    the rule into a plain Rule; `location` is worked out without parsing.
     """
 
     __slots__ = ()
@@ -219,9 +219,20 @@ class LazyRule(Rule):
         exprs, comment = self._source.materialise(self)
         _SLOTS["exprs"].__set__(self, exprs)
         _SLOTS["comment"].__set__(self, comment)
-        _SLOTS["location"].__set__(self, Location(self._source.file, self.lineno))
+        self._locate()
         object.__setattr__(self, "__class__", Rule)
         return self
+
+    def _locate(self) -> Location:
+        try:
+            loc: Location = _SLOTS["location"].__get__(self, Rule)
+        except AttributeError:
+            loc = Location(self._source.file, self.lineno)
+            _SLOTS["location"].__set__(self, loc)
+        return loc
+
+    def _set_location(self, loc: Location) -> None:
+        _SLOTS["location"].__set__(self, loc)
 
     if not TYPE_CHECKING:
         def _built(name: str) -> property:
@@ -235,7 +246,8 @@ class LazyRule(Rule):
 
         exprs = _built("exprs")
         comment = _built("comment")
-        location = _built("location")
+        # Where a rule is needs no parsing: reading it leaves the rule lazy.
+        location = property(_locate, _set_location)
         del _built
 
     def __repr__(self) -> str:
