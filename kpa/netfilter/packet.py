@@ -161,18 +161,6 @@ class State:
         return new
 
     # -- reading fields -------------------------------------------------
-    def get(self, name: str) -> Any:
-        if name in self.rewrites:
-            value = self.rewrites[name]
-            if _reads is not None:
-                _reads.append((READ_VAL, name, value))
-            return IntSet.single(value)
-        dom = self.domains[name]
-        if _reads is not None:
-            single = dom.single_value() if isinstance(dom, IntSet) else None
-            _reads.append((READ_VAL, name, single) if single is not None else (READ_DOM, name, dom))
-        return dom
-
     def concrete(self, name: str) -> int | None:
         value = self.peek(name)
         if _reads is not None:
