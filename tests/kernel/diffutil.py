@@ -42,7 +42,18 @@ from kpa.netfilter.model import Family as KpaFamily
 from kpa.netfilter.model import Ruleset
 from kpa.netfilter.packet import PacketSpec, TraceContext, node_local_addresses
 
-from .harness import CtEntry, Family, Flow, Observation, Origin, Proto, Topology, TopologySpec
+from .harness import (
+    CtEntry,
+    Family,
+    Flow,
+    Observation,
+    Origin,
+    Proto,
+    Topology,
+    TopologySpec,
+    created_namespaces,
+    list_namespaces,
+)
 
 Obj = dict[str, Any]
 Endpoint = tuple[str, int | None]
@@ -713,3 +724,17 @@ def report(verdicts: Sequence[Verdict]) -> str:
     bad = [v for v in verdicts if v.problems]
     return f"{len(bad)} of {len(verdicts)} probes disagree:\n" + "\n".join(
         v.describe() for v in bad)
+
+
+def finish_module(request: Any, tally: collections.Counter[str], label: str) -> None:
+    """Prove no namespace outlived its topology, and report how much a differential module compared."""
+    leaked = sorted(set(created_namespaces()) & set(list_namespaces()))
+    assert leaked == [], f"namespaces leaked: {leaked}"
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None and tally:
+        # Teardown output is captured; the figures belong in the session log.
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(
+                f"\n{label}: {tally['probes']} probes, {tally['flows']} flows, "
+                f"{tally['split']} of the probes checked against kpa's probabilities")

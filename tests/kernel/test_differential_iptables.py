@@ -35,6 +35,7 @@ from .diffutil import (
     Verdict,
     affinity_rounds,
     cluster_view,
+    finish_module,
     flow_count,
     install_observer,
     predict,
@@ -48,8 +49,6 @@ from .harness import (
     Backend,
     Family,
     Topology,
-    created_namespaces,
-    list_namespaces,
 )
 
 pytestmark = pytest.mark.kernel
@@ -145,16 +144,7 @@ _TALLY: collections.Counter[str] = collections.Counter()
 def summary(request: pytest.FixtureRequest) -> Iterator[None]:
     """Report how much was compared, and prove no namespace outlived its topology."""
     yield
-    leaked = sorted(set(created_namespaces()) & set(list_namespaces()))
-    assert leaked == [], f"namespaces leaked: {leaked}"
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is not None and capture is not None and _TALLY:
-        # Teardown output is captured; the figures belong in the session log.
-        with capture.global_and_fixture_disabled():
-            reporter.write_line(
-                f"\ndifferential: {_TALLY['probes']} probes, {_TALLY['flows']} flows, "
-                f"{_TALLY['split']} of the probes checked against kpa's probabilities")
+    finish_module(request, _TALLY, "differential")
 
 
 @pytest.fixture(scope="module", params=CASES, ids=[c.id for c in CASES])

@@ -44,6 +44,7 @@ from .diffutil import (
     canon,
     cluster_view,
     collect,
+    finish_module,
     flow,
     flow_count,
     from_json,
@@ -60,8 +61,6 @@ from .harness import (
     Observation,
     Topology,
     TraceLine,
-    created_namespaces,
-    list_namespaces,
 )
 
 pytestmark = pytest.mark.kernel
@@ -143,16 +142,7 @@ _TALLY: collections.Counter[str] = collections.Counter()
 def summary(request: pytest.FixtureRequest) -> Iterator[None]:
     """Report how much was compared, and prove no namespace outlived its topology."""
     yield
-    leaked = sorted(set(created_namespaces()) & set(list_namespaces()))
-    assert leaked == [], f"namespaces leaked: {leaked}"
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is not None and capture is not None and _TALLY:
-        with capture.global_and_fixture_disabled():
-            reporter.write_line(
-                f"\nnftables differential: {_TALLY['probes']} probes, {_TALLY['flows']} "
-                f"flows, {_TALLY['split']} of the probes checked against kpa's "
-                "probabilities")
+    finish_module(request, _TALLY, "nftables differential")
 
 
 @pytest.fixture(scope="module", params=CASES, ids=[c.id for c in CASES])
