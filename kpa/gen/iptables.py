@@ -24,7 +24,13 @@ from dataclasses import dataclass
 
 from kpa.gen.cluster import Cluster, Endpoint, Family, Service, ServicePort, family_of
 from kpa.gen.options import ProxierOptions
-from kpa.k8s import naming
+from kpa.k8s import kubeproxy, naming
+from kpa.k8s.kubeproxy import (
+    Categorized,
+    EndpointInfo,
+    TrafficPolicy,
+    traffic_policy,
+)
 
 LARGE_CLUSTER_ENDPOINTS_THRESHOLD = 1000
 NFACCT_CT_STATE_INVALID = "ct_state_invalid_dropped_pkts"
@@ -101,19 +107,6 @@ _JUMPS: tuple[tuple[str, str, str, str, str], ...] = (
 
 
 @dataclass(frozen=True)
-class EndpointInfo:
-    """One entry of kube-proxy's endpointsMap for a Service port."""
-
-    endpoint: str  # "ip:port" / "[ip]:port"
-    ip: str
-    is_local: bool
-    ready: bool
-    serving: bool
-    terminating: bool
-    chain: str
-
-
-@dataclass(frozen=True)
 class PortView:
     """A Service port as the single-family proxier sees it."""
 
@@ -128,30 +121,36 @@ class PortView:
     endpoints: tuple[EndpointInfo, ...]
 
     @property
+    def policy(self) -> TrafficPolicy:
+        svc = self.service
+        return traffic_policy(
+            svc.type,
+            self.port.node_port,
+            self.external_ips,
+            self.lb_vips,
+            svc.external_traffic_policy,
+            svc.internal_traffic_policy,
+        )
+
+    @property
     def externally_accessible(self) -> bool:
-        return self.port.node_port != 0 or bool(self.lb_vips) or bool(self.external_ips)
+        return self.policy.externally_accessible
 
     @property
     def external_policy_local(self) -> bool:
-        svc = self.service
-        exposed = svc.type in ("NodePort", "LoadBalancer") or bool(svc.external_ips)
-        return exposed and svc.external_traffic_policy == "Local"
+        return self.policy.external_policy_local
 
     @property
     def internal_policy_local(self) -> bool:
-        return self.service.internal_traffic_policy == "Local"
+        return self.policy.internal_policy_local
 
     @property
     def uses_cluster_endpoints(self) -> bool:
-        # Externally reachable ports always need the Cluster chain, because
-        # the EXT chain's short-circuit rules jump to it.
-        return not self.internal_policy_local or self.externally_accessible
+        return self.policy.uses_cluster_endpoints
 
     @property
     def uses_local_endpoints(self) -> bool:
-        return self.internal_policy_local or (
-            self.externally_accessible and self.external_policy_local
-        )
+        return self.policy.uses_local_endpoints
 
     @property
     def health_check_node_port(self) -> int:
@@ -159,14 +158,6 @@ class PortView:
         if svc.type == "LoadBalancer" and svc.external_traffic_policy == "Local":
             return svc.health_check_node_port
         return 0
-
-
-@dataclass(frozen=True)
-class Categorized:
-    cluster: tuple[EndpointInfo, ...]
-    local: tuple[EndpointInfo, ...]
-    reachable: tuple[EndpointInfo, ...]
-    has_any: bool
 
 
 def _normalize_cidr(cidr: str) -> str:
@@ -224,42 +215,8 @@ def port_views(cluster: Cluster, options: ProxierOptions, family: Family) -> lis
 
 
 def categorize_endpoints(view: PortView) -> Categorized:
-    """kube-proxy's CategorizeEndpoints (topology hints are not modelled)."""
-    endpoints = view.endpoints
-    cluster: tuple[EndpointInfo, ...] = ()
-    local: tuple[EndpointInfo, ...] = ()
-    has_any = False
-    if view.uses_cluster_endpoints:
-        cluster = tuple(ep for ep in endpoints if ep.ready)
-        if not cluster:
-            # No ready endpoint anywhere: fall back to serving-terminating ones.
-            cluster = tuple(ep for ep in endpoints if ep.serving and ep.terminating)
-        has_any = bool(cluster)
-    if not view.uses_local_endpoints:
-        return Categorized(cluster, local, cluster, has_any)
-
-    local_ready = local_serving_terminating = False
-    for ep in endpoints:
-        if ep.ready:
-            has_any = True
-            local_ready = local_ready or ep.is_local
-        elif ep.serving and ep.terminating:
-            has_any = True
-            local_serving_terminating = local_serving_terminating or ep.is_local
-    use_serving_terminating = False
-    if local_ready:
-        local = tuple(ep for ep in endpoints if ep.is_local and ep.ready)
-    elif local_serving_terminating:
-        use_serving_terminating = True
-        local = tuple(ep for ep in endpoints if ep.is_local and ep.serving and ep.terminating)
-
-    if not view.uses_cluster_endpoints:
-        return Categorized(cluster, local, local, has_any)
-    if not use_serving_terminating:
-        return Categorized(cluster, local, cluster, has_any)
-    merged = {ep.endpoint: ep for ep in cluster}
-    merged.update({ep.endpoint: ep for ep in local})
-    return Categorized(cluster, local, tuple(merged[k] for k in sorted(merged)), has_any)
+    """kube-proxy's CategorizeEndpoints for one Service port (see kpa.k8s.kubeproxy)."""
+    return kubeproxy.categorize_endpoints(view.endpoints, view.policy)
 
 
 def probability(n: int) -> str:

@@ -24,7 +24,7 @@ Differences from kube-proxy's iptables mode that the renderer reproduces:
 
 Endpoint selection (ready / serving-terminating fallback, Local policies)
 reuses :func:`kpa.gen.iptables.port_views` and
-:func:`kpa.gen.iptables.categorize_endpoints`, so both writers pick the same
+:func:`kpa.k8s.kubeproxy.categorize_endpoints`, so both writers pick the same
 endpoints for the same cluster.
 """
 
@@ -37,9 +37,10 @@ from pathlib import Path
 import click
 
 from kpa.gen.cluster import Cluster, Family, random_cluster
-from kpa.gen.iptables import EndpointInfo, PortView, categorize_endpoints, port_views
+from kpa.gen.iptables import PortView, categorize_endpoints, port_views
 from kpa.gen.options import ProxierOptions
 from kpa.k8s import naming
+from kpa.k8s.kubeproxy import EndpointInfo
 
 TABLE = "kube-proxy"
 TABLE_COMMENT = "rules for kube-proxy"

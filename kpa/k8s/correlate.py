@@ -3,8 +3,8 @@
 Two sides are built per (layout, family, Service port):
 
 * expected - what kube-proxy would program for the cluster objects on this
-  node, choosing endpoints with the generator's copy of kube-proxy's rules
-  (`kpa.gen.iptables.categorize_endpoints`) so both agree by construction;
+  node, choosing endpoints with kube-proxy's rules as `kpa.k8s.kubeproxy` models
+  them (the rule generator uses the same code, so both agree by construction);
 * actual - what the ruleset holds, read back by `kpa.k8s.kubeproxy` for
   iptables mode, or from the `kube-proxy` nftables table's chain names.
 
@@ -21,13 +21,12 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Literal, cast
+from typing import Literal
 
 from kpa.ext.base import VerdictExpr
 from kpa.ext.comment import CommentMatch
-from kpa.gen import cluster as gen_cluster
-from kpa.gen.iptables import EndpointInfo, PortView, categorize_endpoints
 from kpa.k8s import kubeproxy, naming
+from kpa.k8s.kubeproxy import EndpointInfo, TrafficPolicy, categorize_endpoints
 from kpa.k8s.objects import ClusterObjects, Service, ServiceEndpoint, ServicePort, canonical_ip
 from kpa.netfilter.model import Chain, Family, Rule, Ruleset, Table, VerdictKind
 
@@ -258,8 +257,17 @@ def _ip_version(text: str) -> int | None:
         return None
 
 
-def _port_view(op: _ObjPort, node_name: str | None, mode: Mode) -> PortView:
-    """The generator's view of a Service port, so kube-proxy's selection rules are shared."""
+@dataclass(frozen=True)
+class _Selection:
+    """A Service port as kube-proxy's single-family proxier selects its endpoints."""
+
+    policy: TrafficPolicy
+    lb_vips: tuple[str, ...]
+    source_ranges: tuple[str, ...]
+    endpoints: tuple[EndpointInfo, ...]
+
+
+def _port_view(op: _ObjPort, node_name: str | None, mode: Mode) -> _Selection:
     svc, sp, version = op.service, op.port, _version(op.family)
     same = tuple(ip for ip in svc.external_ips if _ip_version(ip) == version)
     # kube-proxy leaves Proxy-mode load-balancer IPs to the load balancer.
@@ -272,26 +280,6 @@ def _port_view(op: _ObjPort, node_name: str | None, mode: Mode) -> PortView:
         str(ipaddress.ip_network(c.strip(), strict=False))
         for c in svc.load_balancer_source_ranges
         if _ip_version(c.strip()) == version
-    )
-    gen_port = gen_cluster.ServicePort(
-        port=sp.port,
-        target_port=0,  # endpoints already carry their resolved port
-        name=sp.name,
-        protocol=cast(gen_cluster.Protocol, sp.protocol),
-        node_port=sp.node_port or 0,
-    )
-    gen_svc = gen_cluster.Service(
-        namespace=svc.namespace,
-        name=svc.name,
-        ports=[gen_port],
-        cluster_ips=[op.cluster_ip],
-        type=cast(gen_cluster.ServiceType, svc.type),
-        external_ips=list(same),
-        lb_ingress_ips=list(vips),
-        lb_source_ranges=list(ranges),
-        external_traffic_policy=cast(gen_cluster.TrafficPolicy, svc.external_traffic_policy),
-        internal_traffic_policy=cast(gen_cluster.TrafficPolicy, svc.internal_traffic_policy),
-        session_affinity=cast(gen_cluster.Affinity, svc.session_affinity),
     )
     infos = tuple(
         EndpointInfo(
@@ -308,17 +296,15 @@ def _port_view(op: _ObjPort, node_name: str | None, mode: Mode) -> PortView:
             (naming.endpoint_string(ep.address, ep.port), ep) for ep in op.endpoints
         )
     )
-    return PortView(
-        service=gen_svc,
-        port=gen_port,
-        name=op.name,
-        protocol=op.protocol,
-        cluster_ip=op.cluster_ip,
-        external_ips=same,
-        lb_vips=vips,
-        source_ranges=ranges,
-        endpoints=infos,
+    policy = kubeproxy.traffic_policy(
+        svc.type,
+        sp.node_port or 0,
+        same,
+        vips,
+        svc.external_traffic_policy,
+        svc.internal_traffic_policy,
     )
+    return _Selection(policy=policy, lb_vips=vips, source_ranges=ranges, endpoints=infos)
 
 
 def _endpoint_chain(mode: Mode, spn: str, proto: str, endpoint: str) -> str:
@@ -340,7 +326,8 @@ def _service_chains(mode: Mode, spn: str, proto: str) -> dict[str, str]:
 
 def expected_port(op: _ObjPort, node_name: str | None, mode: Mode) -> Expected:
     view = _port_view(op, node_name, mode)
-    cat = categorize_endpoints(view)
+    cat = categorize_endpoints(view.endpoints, view.policy)
+    policy = view.policy
     node_of = {naming.endpoint_string(e.address, e.port): e.node_name for e in op.endpoints}
 
     def refs(infos: Iterable[EndpointInfo]) -> tuple[EndpointRef, ...]:
@@ -350,11 +337,11 @@ def expected_port(op: _ObjPort, node_name: str | None, mode: Mode) -> Expected:
     svc_k, svl_k, ext_k, fw_k = (("svc", "svl", "ext", "fw") if mode == "iptables"
                                  else _NFT_SERVICE_KINDS)
     chains: dict[str, str] = {}
-    if cat.cluster and view.uses_cluster_endpoints:
+    if cat.cluster and policy.uses_cluster_endpoints:
         chains[svc_k] = names[svc_k]
-    if cat.local and view.uses_local_endpoints:
+    if cat.local and policy.uses_local_endpoints:
         chains[svl_k] = names[svl_k]
-    if cat.has_any and view.externally_accessible:
+    if cat.has_any and policy.externally_accessible:
         chains[ext_k] = names[ext_k]
     fw_needs_endpoints = mode == "iptables"  # nftables mode keeps its firewall chain regardless
     if view.lb_vips and view.source_ranges and (cat.has_any or not fw_needs_endpoints):
@@ -363,9 +350,9 @@ def expected_port(op: _ObjPort, node_name: str | None, mode: Mode) -> Expected:
         service_type=op.service.type,
         cluster_ip=op.cluster_ip,
         node_port=op.port.node_port,
-        internal_policy_local=view.internal_policy_local,
-        external_policy_local=view.external_policy_local,
-        externally_accessible=view.externally_accessible,
+        internal_policy_local=policy.internal_policy_local,
+        external_policy_local=policy.external_policy_local,
+        externally_accessible=policy.externally_accessible,
         endpoints=refs(view.endpoints),
         cluster=refs(cat.cluster),
         local=refs(cat.local) if node_name is not None else (),

@@ -9,6 +9,7 @@ chain-name hashes to recover which Service port a chain belongs to.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -267,13 +268,127 @@ def _mark_no_endpoints(rs: Ruleset, nat: Table, views: dict[str, ServicePortView
             v.entries.append(Entry(kind, _dst(r), _dport(r), "REJECT", str(r.location)))
 
 
+# ------------------------------------------------------------- endpoint selection
+#
+# kube-proxy's choice of endpoints for a Service port, in terms of Kubernetes objects.
+# The correlation with a ruleset (kpa.k8s.correlate), the policy engine (kpa.policy) and
+# the rule generator all use it, so they agree by construction.
+
+
+@dataclass(frozen=True)
+class EndpointInfo:
+    """One entry of kube-proxy's endpointsMap for a Service port."""
+
+    endpoint: str  # "ip:port" / "[ip]:port"
+    ip: str
+    is_local: bool
+    ready: bool
+    serving: bool
+    terminating: bool
+    chain: str
+
+
+@dataclass(frozen=True)
+class TrafficPolicy:
+    """The parts of a Service port that kube-proxy's endpoint selection reads."""
+
+    externally_accessible: bool
+    external_policy_local: bool
+    internal_policy_local: bool
+
+    @property
+    def uses_cluster_endpoints(self) -> bool:
+        # Externally reachable ports always need the Cluster chain, because
+        # the EXT chain's short-circuit rules jump to it.
+        return not self.internal_policy_local or self.externally_accessible
+
+    @property
+    def uses_local_endpoints(self) -> bool:
+        return self.internal_policy_local or (
+            self.externally_accessible and self.external_policy_local
+        )
+
+
+def traffic_policy(
+    service_type: str,
+    node_port: int,
+    external_ips: Sequence[str],
+    lb_vips: Sequence[str],
+    external_traffic_policy: str,
+    internal_traffic_policy: str,
+) -> TrafficPolicy:
+    """kube-proxy's view of one Service port's traffic policies (one family's addresses)."""
+    exposed = service_type in ("NodePort", "LoadBalancer") or bool(external_ips)
+    return TrafficPolicy(
+        externally_accessible=node_port != 0 or bool(lb_vips) or bool(external_ips),
+        external_policy_local=exposed and external_traffic_policy == "Local",
+        internal_policy_local=internal_traffic_policy == "Local",
+    )
+
+
+@dataclass(frozen=True)
+class Categorized:
+    cluster: tuple[EndpointInfo, ...]
+    local: tuple[EndpointInfo, ...]
+    reachable: tuple[EndpointInfo, ...]
+    has_any: bool
+
+
+def categorize_endpoints(
+    endpoints: Sequence[EndpointInfo], policy: TrafficPolicy
+) -> Categorized:
+    """kube-proxy's CategorizeEndpoints (topology hints are not modelled).
+
+    ``endpoints`` must be sorted by their ``ip:port`` string, as kube-proxy keeps them.
+    """
+    cluster: tuple[EndpointInfo, ...] = ()
+    local: tuple[EndpointInfo, ...] = ()
+    has_any = False
+    if policy.uses_cluster_endpoints:
+        cluster = tuple(ep for ep in endpoints if ep.ready)
+        if not cluster:
+            # No ready endpoint anywhere: fall back to serving-terminating ones.
+            cluster = tuple(ep for ep in endpoints if ep.serving and ep.terminating)
+        has_any = bool(cluster)
+    if not policy.uses_local_endpoints:
+        return Categorized(cluster, local, cluster, has_any)
+
+    local_ready = local_serving_terminating = False
+    for ep in endpoints:
+        if ep.ready:
+            has_any = True
+            local_ready = local_ready or ep.is_local
+        elif ep.serving and ep.terminating:
+            has_any = True
+            local_serving_terminating = local_serving_terminating or ep.is_local
+    use_serving_terminating = False
+    if local_ready:
+        local = tuple(ep for ep in endpoints if ep.is_local and ep.ready)
+    elif local_serving_terminating:
+        use_serving_terminating = True
+        local = tuple(ep for ep in endpoints if ep.is_local and ep.serving and ep.terminating)
+
+    if not policy.uses_cluster_endpoints:
+        return Categorized(cluster, local, local, has_any)
+    if not use_serving_terminating:
+        return Categorized(cluster, local, cluster, has_any)
+    merged = {ep.endpoint: ep for ep in cluster}
+    merged.update({ep.endpoint: ep for ep in local})
+    return Categorized(cluster, local, tuple(merged[k] for k in sorted(merged)), has_any)
+
+
 __all__ = [
+    "Categorized",
+    "EndpointInfo",
     "EndpointView",
     "Entry",
     "ServicePortView",
+    "TrafficPolicy",
+    "categorize_endpoints",
     "dnat_target",
     "endpoint_split",
     "hash_names",
     "rule_protocol",
     "service_ports",
+    "traffic_policy",
 ]
