@@ -158,6 +158,43 @@ def local_addresses(inp: Inputs, objects: Any) -> dict[int, Any]:
     return node_local_addresses(ips)
 
 
+def node_addresses(inp: Inputs, objects: Any) -> list[str]:
+    if objects is None:
+        return []
+    node = objects.node(inp.node) if inp.node else (objects.nodes[0] if len(objects.nodes) == 1 else None)
+    return [] if node is None else [*node.internal_ips, *node.external_ips]
+
+
+def near(name: str, names: Sequence[str]) -> str:
+    """`; did you mean a, b?` or the first few names there are."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(names), n=3, cutoff=0.5)
+    if close:
+        return f"; did you mean {', '.join(close)}?"
+    listed = sorted(set(names))
+    if not listed:
+        return ""
+    return f"; there are {', '.join(listed[:5])}" + (f" and {len(listed) - 5} more" if len(listed) > 5 else "")
+
+
+def check_node(inp: Inputs, objects: Any) -> None:
+    """An unknown --node is an error when the objects list Nodes: it would silently change the answer."""
+    if not inp.node or objects is None or not objects.nodes or inp.example:
+        return
+    if objects.node(inp.node) is None:
+        raise KpaError(f"no Node {inp.node!r} in the cluster objects{near(inp.node, [n.name for n in objects.nodes])}")
+
+
+def remote_pod_warning(objects: Any, ref: str, this_node: str | None) -> list[str]:
+    parts = ref[4:].split("/")
+    pod = next((p for p in objects.pods if [p.namespace, p.name] == parts), None)
+    if pod is None or not pod.node_name or not this_node or pod.node_name == this_node:
+        return []
+    return [f"pod {parts[0]}/{parts[1]} runs on node {pod.node_name}, not {this_node}: its Service NAT happens on "
+            f"{pod.node_name}; this traces the packet as it arrives at {this_node}"]
+
+
 def color_enabled(ctx: click.Context) -> bool:
     if os.environ.get("NO_COLOR"):
         return False
@@ -370,21 +407,28 @@ def show(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: S
 @click.option("--from", "from_", metavar="pod/NS/NAME|node/NAME|external|IP", help="Who sends the packet.")
 @click.option("--family", type=click.Choice(["ipv4", "ipv6"]), help="Packet family; guessed from the addresses.")
 @click.option("--max-outcomes", type=click.IntRange(1), default=512, show_default=True)
-@click.option("--explain", is_flag=True, help="For each rule hit, show which rules just before it did not match, and why.")
+@click.option("--explain", is_flag=True, help="For each rule hit, and each chain that fell through, show which rules "
+                                               "just before did not match, and why (implies --details).")
+@click.option("--details", is_flag=True, help="After the summary, list each outcome's rules (same as -v).")
+@click.option("-v", "--verbose", count=True, help="-v: each outcome's rules, without hops that change nothing; "
+                                                  "-vv: every hop.")
 @click.option("-o", "--output", "fmt", type=OUTPUT_TEXT, default="text", show_default=True)
 def trace(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: Sequence[str], node_ips: Sequence[str],
           node: str | None, kube: bool, kubeconfig: str | None, context: str | None, namespace: str | None,
           image: str | None, src: str | None, dst: str | None, proto: str | None, sport: int | None,
           dport: int | None, origin: str | None, in_iface: str | None, out_iface: str | None, ctstate: str,
           mark: str, affinity: Sequence[str], affinity_open: bool, to: str | None, via: str,
-          from_: str | None, family: str | None, max_outcomes: int, explain: bool, fmt: str) -> None:
+          from_: str | None, family: str | None, max_outcomes: int, explain: bool, details: bool, verbose: int,
+          fmt: str) -> None:
     """Trace a packet through the node's netfilter and list every outcome.
 
     Fields left out stay open: kpa splits on the rules that test them and
-    gives, for each outcome, the condition on the open fields. Each outcome
-    lists every rule hit (table/chain #n and FILE:LINE), NAT rewrites, the
-    verdict and its exact probability. For any one concrete packet, the
-    outcomes whose conditions it meets have probabilities summing to 1.
+    gives, for each outcome, the condition on the open fields. The summary
+    has one line per outcome: the verdict, the endpoint pod and node, its
+    share of traffic, masquerade, and which sources it applies to; the
+    Service port hit is on the Packet line. With -v (or --details) each
+    outcome lists its rule hits (table/chain #n and FILE:LINE) and NAT
+    rewrites; -o json has everything, including exact probabilities.
 
     \b
     Examples:
@@ -403,8 +447,17 @@ def trace(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: 
                  namespace, image, iptc)
     rs = load_ruleset(inp)
     objects = load_cluster(inp)
+    check_node(inp, objects)
     local = local_addresses(inp, objects)
     spec_origin = origin
+    if dport is not None and proto is None and not to:
+        click.echo("hint: --dport without -p matches no packet of a protocol without ports; "
+                   "add -p tcp (or udp, sctp)", err=True)
+    exclude: tuple[str, ...] = ()
+    if from_ == "external" and not src:
+        from kpa.k8s.story import external_exclusions
+
+        exclude = tuple(external_exclusions(rs, objects, [*inp.node_ips, *node_addresses(inp, objects)]))
     if to or from_:
         from kpa.k8s.resolve import resolve_endpoints
 
@@ -429,7 +482,8 @@ def trace(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: 
                 break
     spec = PacketSpec(family=fam, src=src, dst=dst, proto=proto, sport=sport, dport=dport, iif=in_iface,
                       oif=out_iface, origin=spec_origin or "prerouting",
-                      ctstate=None if ctstate.lower() == "any" else ctstate.upper(), mark=mark_value)
+                      ctstate=None if ctstate.lower() == "any" else ctstate.upper(), mark=mark_value,
+                      src_exclude=exclude)
     try:
         spec.initial_state()
     except ValueError as exc:
@@ -441,17 +495,20 @@ def trace(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: 
                        explain=explain)
     result = run_trace(rs, spec, ctx)
     result.warnings = list(rs.warnings) + result.warnings
-    from kpa.k8s.resolve import name_endpoints
+    from kpa.k8s.story import annotate
 
-    name_endpoints(result.outcomes, objects)
+    annotate(result, rs, objects, local)
+    if from_ and from_.startswith("pod/") and objects is not None:
+        result.warnings.extend(remote_pod_warning(objects, from_, inp.node))
     if fmt != "text":
         from kpa.render.output import dump
 
         click.echo(dump(result.to_json(), fmt), nl=False)
         return
-    from kpa.render.trace import render_trace
+    from kpa.render.trace import render_trace, terminal_width
 
-    click.echo(render_trace(result, color_enabled(click.get_current_context())), nl=False)
+    level = max(verbose, 1 if details or explain else 0)
+    click.echo(render_trace(result, color_enabled(click.get_current_context()), level, terminal_width()), nl=False)
 
 
 # -- lint ------------------------------------------------------------------------

@@ -38,10 +38,14 @@ def test_trace_json_schema_on_the_example() -> None:
     assert set(doc) >= {"packet", "outcomes", "warnings"}
     outcomes = doc["outcomes"]
     assert abs(sum(o["probability"] for o in outcomes) - 1) < 1e-12
-    # With objects, each endpoint is named by the pod that owns the DNAT address.
+    # With objects, each endpoint is named by the pod the Service's EndpointSlice lists for the DNAT address
+    # (in the example several pods of different Services share addresses, so the slice decides).
     objects = yaml.safe_load_all((ROOT / "kpa" / "data" / "example" / "cluster.yaml").read_text())
-    owners = {ip: f"pod/{d['metadata']['namespace']}/{d['metadata']['name']} on node {d['spec']['nodeName']}"
-              for d in objects if d and d["kind"] == "Pod" for ip in [d["status"]["podIP"]]}
+    owners = {ep["addresses"][0]: f"pod/{ep['targetRef']['namespace']}/{ep['targetRef']['name']} on node "
+              f"{ep['nodeName']}" for d in objects
+              if d and d["kind"] == "EndpointSlice" and d["metadata"]["labels"]["kubernetes.io/service-name"] == "web"
+              for ep in d["endpoints"]}
+    assert doc["service"]["service_port"] == "shop/web:http"
     for o in outcomes:
         assert o["endpoint"] == owners[o["dnat"].split(":")[0]]
     for o in outcomes:

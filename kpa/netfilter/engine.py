@@ -68,6 +68,9 @@ class Outcome:
             "ended_in": self.ended_in,
             "dnat": self.dnat_text(),
             "endpoint": self.labels.get("endpoint"),
+            "service": self.labels.get("service"),
+            "share": self.labels.get("share"),
+            "sources": self.labels.get("sources"),
             "masquerade": st.masquerade,
             "snat": self.snat_text(),
             "mark": hex(st.mark),
@@ -75,6 +78,7 @@ class Outcome:
             "unknown": [a.describe() for a in st.assumptions],
             "notes": list(dict.fromkeys(st.notes)),
             "reason": self.reason,
+            "netfilter_reason": self.labels.get("netfilter_reason", self.reason),
             "path": [h.to_json() for h in st.path],
         }
 
@@ -95,6 +99,8 @@ class TraceResult:
     outcomes: list[Outcome]
     warnings: list[str] = field(default_factory=list)
     truncated: bool = False
+    # What layers above the engine found, e.g. the Service the packet hit.
+    labels: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         p = self.packet
@@ -104,6 +110,9 @@ class TraceResult:
                 "protocol": p.proto, "sport": p.sport, "dport": p.dport, "in_iface": p.iif,
                 "out_iface": p.oif, "origin": p.origin, "ctstate": p.ctstate, "mark": hex(p.mark),
             },
+            "service": (self.labels.get("services") or [None])[0],
+            "services": self.labels.get("services", []),
+            "service_port_miss": self.labels.get("service_port_miss"),
             "outcomes": [o.to_json() for o in self.outcomes],
             "warnings": self.warnings,
             "truncated": self.truncated,
@@ -278,8 +287,20 @@ class Engine:
                     assert isinstance(flow, Verdict)
                     self._verdict(table, flow, s2, depth, next_active, results)
             active = next_active
+        if self.ctx.explain:
+            active = [self._fell_through(table, chain, s) for s in active]
         results.extend((s, Verdict(VerdictKind.RETURN)) for s in active)
         return results
+
+    @staticmethod
+    def _fell_through(table: Table, chain: Chain, st: State) -> State:
+        """With --explain, a chain no rule of which matched says which rules just missed."""
+        misses = tuple(m for m in st.misses if m.chain == chain.name)
+        if not misses:
+            return st
+        hop = Hop(st.hook, table.name, chain.name, None, chain.location, "no rule matched: back to the caller",
+                  family=table.family.value, misses=misses)
+        return st.hop(hop).set(misses=tuple(m for m in st.misses if m.chain != chain.name))
 
     def _verdict(self, table: Table, v: Verdict, st: State, depth: int,
                  next_active: list[State], results: list[tuple[State, Verdict]]) -> None:
@@ -330,8 +351,9 @@ class Engine:
             note = f"SNAT to {_endpoint(st.snat, st.version)}"
         elif isinstance(flow, Verdict) and flow.detail == "MASQUERADE":
             note = "masquerade to the outgoing interface's address"
+        target = flow.chain if isinstance(flow, Verdict) and flow.kind in (VerdictKind.JUMP, VerdictKind.GOTO) else None
         return Hop(st.hook, table.name, rule.chain, rule.index, rule.location, rule.text, rule.comment, note,
-                   table.family.value, tuple(m for m in st.misses if m.chain == rule.chain))
+                   table.family.value, tuple(m for m in st.misses if m.chain == rule.chain), target)
 
     # -- results ---------------------------------------------------------
     def _outcomes(self, start: State, finals: list[Any]) -> list[Outcome]:

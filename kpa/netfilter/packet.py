@@ -94,6 +94,8 @@ class Hop:
     family: str = ""
     # With --explain: the rules of this chain just before this one that did not match.
     misses: tuple[Miss, ...] = ()
+    # The chain this rule jumped or went to, if it did.
+    target: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -104,6 +106,8 @@ class Hop:
         }
         if self.misses:
             doc["not_matched"] = [m.to_json() for m in self.misses]
+        if self.target:
+            doc["target"] = self.target
         return doc
 
 
@@ -273,6 +277,8 @@ class PacketSpec:
     origin: str = "prerouting"  # or "output"
     ctstate: str | None = "NEW"  # None leaves it open
     mark: int = 0
+    # Sources left out of an open source (e.g. `--from external`: pod CIDRs, node addresses).
+    src_exclude: tuple[str, ...] = ()
 
     def initial_state(self) -> State:
         v = self.family.version
@@ -281,6 +287,10 @@ class PacketSpec:
             doms[name] = full_domain(name, v)
         if self.src:
             doms["src"] = network_set(ipaddress.ip_network(self.src, strict=False))
+        for text in self.src_exclude:
+            net = ipaddress.ip_network(text, strict=False)
+            if net.version == v:
+                doms["src"] = doms["src"] - network_set(net)
         if self.dst:
             doms["dst"] = network_set(ipaddress.ip_network(self.dst, strict=False))
         if self.proto:

@@ -1,0 +1,122 @@
+"""What a person reads first: summary tables, Services and Kubernetes reasons, port misses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+F = ROOT / "tests" / "fixtures"
+LBSR = ("loadbalancer-source-ranges", "203.0.113.10", "443")
+
+
+def kpa(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kpa", *args], capture_output=True, text=True, check=False,
+                          env=env)
+
+
+def dumps(scenario: str) -> list[tuple[str, Path]]:
+    return [("iptables-nft", F / "iptables" / f"{scenario}.nft.v4.save"),
+            ("iptables-legacy", F / "iptables" / f"{scenario}.legacy.v4.save"),
+            ("nftables", F / "nft" / "kube-proxy" / f"{scenario}.v4.nft")]
+
+
+def test_readme_first_command_is_a_short_summary() -> None:
+    res = kpa("trace", "--example", "--dst", "10.96.0.11", "-p", "tcp", "--dport", "80")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert len(lines) <= 25
+    assert lines[0].startswith("Packet: tcp * -> 10.96.0.11:80") and "Service shop/web:http (cluster IP)" in lines[0]
+    rows = [ln for ln in lines if ln[:1].isdigit()]
+    assert len(rows) == 9
+    # Equal shares print alike, whatever the 9th digit of kube-proxy's probabilities.
+    assert {w for ln in rows for w in ln.split() if w.endswith("%")} == {"33.3%"}
+    # Each row names the endpoint's pod and node, masquerade, and the sources in words.
+    assert any("10.244.1.11:8080 shop/web-b11 on node-b" in ln and " no " in ln
+               and "pods in 10.244.0.0/16 except the endpoint pod itself (10.244.1.11)" in ln for ln in rows)
+    assert any("sources outside the pod network 10.244.0.0/16" in ln and " yes " in ln for ln in rows)
+    assert "KUBE-SEP" not in res.stdout  # no hops unless asked
+
+
+def test_details_hide_hops_that_change_nothing() -> None:
+    base = ("trace", "--example", "--src", "10.244.0.9", "--dst", "10.96.0.11", "-p", "tcp", "--dport", "80")
+    some = kpa(*base, "-v").stdout
+    every = kpa(*base, "-vv").stdout
+    assert kpa(*base, "--details").stdout == some
+    assert "KUBE-SEP-" in some and "DNAT to 10.244.0.10:8080" in some
+    # FORWARD's jumps into chains that fell straight back, and ACCEPT policies, are noise by default.
+    assert "KUBE-PROXY-FIREWALL" not in some and "policy ACCEPT" not in some
+    assert "hops that changed nothing hidden" in some
+    assert "KUBE-PROXY-FIREWALL" in every and "policy ACCEPT" in every
+
+
+def test_json_names_the_service_and_keeps_exact_fractions() -> None:
+    doc = json.loads(kpa("trace", "--example", "--dst", "10.96.0.11", "-p", "tcp", "--dport", "80", "-o",
+                         "json").stdout)
+    assert doc["service"] == {"namespace": "shop", "name": "web", "port": "http", "entry": "cluster IP",
+                              "service_port": "shop/web:http"}
+    assert {o["service"] for o in doc["outcomes"]} == {"shop/web:http"}
+    assert {o["share"] for o in doc["outcomes"]} == {"33.3%"}
+    assert len({o["probability_exact"] for o in doc["outcomes"]}) > 1  # the exact fractions do differ
+
+
+@pytest.mark.parametrize(("backend", "rules"), dumps(LBSR[0]))
+def test_load_balancer_source_ranges_reason(backend: str, rules: Path) -> None:
+    res = kpa("trace", "-r", str(rules), "-c", str(F / "clusters" / f"{LBSR[0]}.yaml"), "--node", "node-a",
+              "--dst", LBSR[1], "-p", "tcp", "--dport", LBSR[2], "--src", "198.51.100.200")
+    assert res.returncode == 0, res.stderr
+    assert "Service shop/frontend:https (load-balancer IP)" in res.stdout.splitlines()[0]
+    assert "why: 198.51.100.200 is not in shop/frontend's loadBalancerSourceRanges" in res.stdout
+    doc = json.loads(kpa("trace", "-r", str(rules), "--dst", LBSR[1], "-p", "tcp", "--dport", LBSR[2],
+                         "--src", "198.51.100.200", "-o", "json").stdout)
+    (o,) = doc["outcomes"]
+    assert o["verdict"] == "DROP" and "loadBalancerSourceRanges" in o["reason"]
+    assert o["netfilter_reason"].startswith("dropped in")
+
+
+@pytest.mark.parametrize(("backend", "rules"), dumps("no-endpoints"))
+def test_no_endpoints_reason(backend: str, rules: Path) -> None:
+    res = kpa("trace", "-r", str(rules), "-c", str(F / "clusters" / "no-endpoints.yaml"), "--node", "node-a",
+              "--dst", "10.96.0.22", "-p", "tcp", "--dport", "80")
+    assert res.returncode == 0, res.stderr
+    assert "why: default/empty:http has no endpoints" in res.stdout
+    assert "Service default/empty:http" in res.stdout.splitlines()[0]
+
+
+@pytest.mark.parametrize(("backend", "rules"), dumps("etp-local"))
+def test_no_local_endpoints_reason(backend: str, rules: Path) -> None:
+    res = kpa("trace", "-r", str(rules), "-c", str(F / "clusters" / "etp-local.yaml"), "--node", "node-a",
+              "--dst", "203.0.113.21", "-p", "tcp", "--dport", "80", "--src", "198.51.100.7")
+    assert res.returncode == 0, res.stderr
+    assert "ingress/lb-remote-only:http has no local endpoints (externalTrafficPolicy: Local)" in res.stdout
+
+
+def test_wrong_port_says_no_service_port_matched_with_the_nearest() -> None:
+    args = ("trace", "--example", "--dst", "10.96.0.11", "-p", "tcp", "--dport", "8080")
+    res = kpa(*args)
+    lines = res.stdout.splitlines()
+    assert lines[1] == "No Service port matched: tcp port 8080 of 10.96.0.11; nearest: shop/web has http:80→8080"
+    doc = json.loads(kpa(*args, "-o", "json").stdout)
+    assert doc["service"] is None and "shop/web has http:80→8080" in doc["service_port_miss"]
+    # --explain shows why KUBE-SERVICES fell through: the right address, the wrong port.
+    explained = kpa(*args, "--explain").stdout
+    assert "nat/KUBE-SERVICES #7 did not match: -m tcp --dport 80" in explained
+    assert "nat/KUBE-SERVICES end" in explained
+
+
+def test_wrong_port_from_the_rules_alone() -> None:
+    # Without objects the Service ports come from kube-proxy's own rules.
+    for _, rules in dumps("clusterip")[:2]:
+        res = kpa("trace", "-r", str(rules), "--dst", "10.96.0.11", "-p", "tcp", "--dport", "8080")
+        assert res.returncode == 0, res.stderr
+        assert "No Service port matched" in res.stdout, rules
+        assert "default/web has http:80→8080" in res.stdout, rules
+
+
+def test_nodeport_miss_names_the_nearest_nodeport() -> None:
+    res = kpa("trace", "--example", "--dst", "192.168.0.2", "-p", "tcp", "--dport", "30081")
+    assert "No Service port matched: NodePort 30081; nearest: shop/web has NodePort http:30080→8080" in res.stdout
