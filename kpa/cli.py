@@ -169,7 +169,7 @@ def near(name: str, names: Sequence[str]) -> str:
     """`; did you mean a, b?` or the first few names there are."""
     import difflib
 
-    close = difflib.get_close_matches(name, list(names), n=3, cutoff=0.5)
+    close = difflib.get_close_matches(name, list(dict.fromkeys(names)), n=3, cutoff=0.5)
     if close:
         return f"; did you mean {', '.join(close)}?"
     listed = sorted(set(names))
@@ -356,9 +356,13 @@ def show(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: S
 
         known = hash_names([(service_port_name(s.namespace, s.name, p.name), p.protocol)
                             for s in objects.services for p in s.ports])
+    check_node(inp, objects)
     views = service_ports(rs, known)
     if service_filter:
+        names = [v.name.split(":")[0] for v in views if v.name]
         views = [v for v in views if v.name and (v.name == service_filter or v.name.split(":")[0] == service_filter)]
+        if not views:
+            raise KpaError(f"no Service {service_filter} in the rules{near(service_filter, names)}")
     if fmt != "text":
         from kpa.render.output import dump
 
@@ -546,6 +550,7 @@ def lint(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: S
     objects = load_cluster(inp)
     if objects is None:
         raise click.UsageError("lint compares rules with cluster objects: give --cluster PATH (or --kube)")
+    check_node(inp, objects)
     findings = run_lint(rs, objects, inp.node)
     if fmt == "text":
         click.echo(format_text(findings), nl=False)
@@ -600,8 +605,13 @@ def diff(a: str, b: str, cluster: Sequence[str], node_ips: Sequence[str], node: 
     def progress(done: int, of: int) -> None:
         total[0] = of
 
-    report = diff_rulesets(load_rules([a]), load_rules([b]), objects, ips, progress,
-                           service_cidrs=list(service_cidrs) or None)
+    from kpa.diff import side_warnings
+
+    check_node(inp, objects)
+    ra, rb = load_rules([a]), load_rules([b])
+    report = diff_rulesets(ra, rb, objects, ips, progress, service_cidrs=list(service_cidrs) or None)
+    report.a_name, report.b_name = a, b
+    report.warnings[:0] = side_warnings(ra, rb, a, b)
     if fmt == "text":
         click.echo(render_text(report), nl=False)
     else:

@@ -156,6 +156,9 @@ class DiffReport:
     warnings: list[str] = field(default_factory=list)
     # Outcomes that rest on rules kpa could not evaluate, per side.
     uncertain: list[str] = field(default_factory=list)
+    # What A and B are, as the user named them.
+    a_name: str = "A"
+    b_name: str = "B"
 
     @property
     def identical(self) -> bool:
@@ -171,6 +174,8 @@ class DiffReport:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "a": self.a_name,
+            "b": self.b_name,
             "identical": self.identical,
             "tolerance": f"1/{TOLERANCE.denominator}",
             "compared": {
@@ -630,6 +635,34 @@ def _merge_classes(diffs: list[SourceDiff]) -> list[SourceDiff]:
     return out
 
 
+def has_kube_proxy_rules(rs: Ruleset) -> bool:
+    """Whether a dump holds kube-proxy's chains (iptables mode) or its nftables table."""
+    return any((t.name == "nat" and "KUBE-SERVICES" in t.chains) or t.name == "kube-proxy" for t in rs.tables)
+
+
+def has_session_affinity(rs: Ruleset) -> bool:
+    """Whether kube-proxy wrote session-affinity rules (recent lists, or nftables affinity sets)."""
+    for t in rs.tables:
+        if t.name == "kube-proxy" and any(n.startswith("affinity-") for n in t.sets):
+            return True
+        if t.name == "nat":
+            for c in t.chains.values():
+                if c.name.startswith(("KUBE-SVC-", "KUBE-SVL-")) and any("--rcheck" in r.text for r in c.rules):
+                    return True
+    return False
+
+
+def side_warnings(a: Ruleset, b: Ruleset, a_name: str, b_name: str) -> list[str]:
+    """What the comparison cannot see: a side without kube-proxy rules, paths not traced."""
+    out: list[str] = []
+    for side, name, rs in (("A", a_name, a), ("B", b_name, b)):
+        if not has_kube_proxy_rules(rs):
+            out.append(f"{side} ({name}) has no kube-proxy rules (no nat KUBE-SERVICES chain, no kube-proxy table)")
+    if has_session_affinity(a) or has_session_affinity(b):
+        out.append("session affinity was not compared: only clients not yet in an affinity list were traced")
+    return out
+
+
 def diff_rulesets(
     a: Ruleset,
     b: Ruleset,
@@ -687,7 +720,7 @@ def diff_rulesets(
 
 
 def render_text(report: DiffReport) -> str:
-    lines: list[str] = []
+    lines: list[str] = [f"A: {report.a_name}", f"B: {report.b_name}"]
     differing = report.differing
     n_entries = sum(len(p.entries) for p in report.ports)
     lines.append(

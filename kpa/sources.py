@@ -99,8 +99,15 @@ def load_rules(paths: list[str]) -> Ruleset:
     nft: list[Ruleset] = []
     for p in paths:
         text = read_text(p)
+        name = "<stdin>" if p == "-" else p
+        if not text.strip():
+            raise InputError(name, None, "empty: expected iptables-save, ip6tables-save, `nft list ruleset` "
+                                         "or `nft -j list ruleset` output")
         kind = detect_kind(text)
         rs = parse_text(text, p, kind)
+        if not rs.tables:
+            raise InputError(name, None, f"no tables found in this {kind} input: expected iptables-save, "
+                                         "ip6tables-save, `nft list ruleset` or `nft -j list ruleset` output")
         (nft if kind.startswith("nft") else ipt).append(rs)
     return combine(ipt, nft)
 

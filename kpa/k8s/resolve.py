@@ -34,7 +34,12 @@ def resolve_service(
     ns, name = ns_name.split("/")
     svc = _need(objects, "--to").service(ns, name)
     if svc is None:
-        raise KpaError(f"no Service {ns}/{name} in the cluster objects")
+        import difflib
+
+        names = [f"{s.namespace}/{s.name}" for s in objects.services]
+        close = difflib.get_close_matches(f"{ns}/{name}", names, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise KpaError(f"no Service {ns}/{name} in the cluster objects{hint}")
     ports = list(svc.ports)
     if port_ref:
         ports = [p for p in ports if p.name == port_ref or str(p.port) == port_ref]
