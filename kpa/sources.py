@@ -1,7 +1,8 @@
 """Reading rules from where users have them: files, stdin, gzip, or the live host.
 
 The format is detected from the content, so `--rules` takes any mix of
-iptables-save, ip6tables-save, `nft list ruleset` and `nft -j list ruleset`.
+iptables-save, ip6tables-save, `nft list ruleset`, `nft -j list ruleset` and
+`ipset save`.
 """
 
 from __future__ import annotations
@@ -11,18 +12,19 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from kpa.errors import InputError, KpaError
 from kpa.netfilter.model import Ruleset
+from kpa.parse.ipset_save import looks_like_ipset
 
 
 @dataclass
 class RulesInput:
     name: str
     text: str
-    kind: str  # "iptables" | "nft-text" | "nft-json"
+    kind: str  # "iptables" | "nft-text" | "nft-json" | "ipset"
 
 
 def read_text(path: str) -> str:
@@ -65,6 +67,8 @@ def detect_kind(text: str) -> str:
             continue
         if s.startswith("{"):
             return "nft-json"
+        if s.startswith(("create ", "add ")) and looks_like_ipset(s):
+            return "ipset"
         if s.startswith(("table ", "flush ruleset", "add table", "define ")):
             return "nft-text"
         if s.startswith("#") and ("nft" in s.lower() and "managed by iptables" not in s and "iptables" not in s):
@@ -85,6 +89,9 @@ def parse_text(text: str, name: str, kind: str | None = None) -> Ruleset:
     if kind == "nft-text":
         from kpa.parse.nft_text import parse_nft_text
         return parse_nft_text(text, name)
+    if kind == "ipset":
+        from kpa.parse.ipset_save import parse_ipset
+        return parse_ipset(text, name)
     from kpa.parse.iptables_save import parse_iptables
     return parse_iptables(text, name)
 
@@ -97,27 +104,35 @@ def load_rules(paths: list[str]) -> Ruleset:
     """
     ipt: list[Ruleset] = []
     nft: list[Ruleset] = []
+    sets: list[Ruleset] = []
     for p in paths:
         text = read_text(p)
         name = "<stdin>" if p == "-" else p
         if not text.strip():
-            raise InputError(name, None, "empty: expected iptables-save, ip6tables-save, `nft list ruleset` "
-                                         "or `nft -j list ruleset` output")
+            raise InputError(name, None, "empty: expected iptables-save, ip6tables-save, `nft list ruleset`, "
+                                         "`nft -j list ruleset` or `ipset save` output")
         kind = detect_kind(text)
         rs = parse_text(text, p, kind)
+        if kind == "ipset":
+            sets.append(rs)
+            continue
         if not rs.tables:
             raise InputError(name, None, f"no tables found in this {kind} input: expected iptables-save, "
-                                         "ip6tables-save, `nft list ruleset` or `nft -j list ruleset` output")
+                                         "ip6tables-save, `nft list ruleset`, `nft -j list ruleset` or "
+                                         "`ipset save` output")
         (nft if kind.startswith("nft") else ipt).append(rs)
-    return combine(ipt, nft)
+    return combine(ipt, nft, sets)
 
 
-def combine(ipt: list[Ruleset], nft: list[Ruleset]) -> Ruleset:
+def combine(ipt: list[Ruleset], nft: list[Ruleset], sets: Sequence[Ruleset] = ()) -> Ruleset:
     if nft:
         from kpa.parse.mixed import combine as combine_mixed
-        return combine_mixed(ipt, nft)
-    out = Ruleset()
-    for rs in ipt:
+        out = combine_mixed(ipt, nft)
+    else:
+        out = Ruleset()
+        for rs in ipt:
+            out.merge(rs)
+    for rs in sets:
         out.merge(rs)
     return out
 
@@ -185,6 +200,11 @@ def live_rules(use_iptc: bool = False) -> tuple[Ruleset, list[str]]:
         nft.append(parse_text(nft_json, "<nft -j list ruleset>", "nft-json"))
     if not ipt and not nft:
         raise KpaError("no rules could be read: none of iptables-save, ip6tables-save or nft is installed and working")
-    rs = combine(ipt, nft)
+    sets: list[Ruleset] = []
+    # `ipset save` only reads; a host without the tool or without sets simply has none.
+    ipset_text = _run(["ipset", "save"])
+    if ipset_text and ipset_text.strip():
+        sets.append(parse_text(ipset_text, "<ipset save>", "ipset"))
+    rs = combine(ipt, nft, sets)
     rs.warnings.extend(warnings)
     return rs, warnings

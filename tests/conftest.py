@@ -15,7 +15,7 @@ import subprocess
 
 import pytest
 
-_REQUIRED_TOOLS = ("ip", "iptables-nft-restore", "iptables-legacy-restore", "nft", "conntrack")
+_REQUIRED_TOOLS = ("ip", "iptables-nft-restore", "iptables-legacy-restore", "nft", "conntrack", "ipset")
 _skipped_kernel: list[str] = []
 
 

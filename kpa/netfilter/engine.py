@@ -123,6 +123,7 @@ class Engine:
     def __init__(self, ruleset: Ruleset, ctx: TraceContext) -> None:
         self.ruleset = ruleset
         self.ctx = ctx
+        ctx.ipsets = ruleset.ipsets
         self.truncated = False
         self.memo = memo_for(ruleset, ctx)
 

@@ -206,8 +206,9 @@ def memo_for(ruleset: Ruleset, ctx: TraceContext) -> ChainMemo | None:
     """The memo shared by every trace of this ruleset under these node facts (None: do not memoise)."""
     if ctx.explain or not ctx.memo:
         return None
+    # The ipsets belong to the ruleset, which already keys the memo.
     facts = (tuple(sorted(ctx.local.items())), tuple(sorted(ctx.affinity.items())), ctx.affinity_default,
-             tuple(sorted(ctx.ipsets.items())), ctx.max_outcomes)
+             ctx.max_outcomes)
     per_ruleset = _MEMOS.setdefault(ruleset, {})
     memo = per_ruleset.get(facts)
     if memo is None:

@@ -330,6 +330,33 @@ class NamedSet:
 
 
 @dataclass(eq=False)
+class IpSetMember:
+    """One `add` line of an `ipset save` dump: the element's parts as written, and its flags."""
+
+    # The element's parts as values (see kpa.parse.ipset_save), e.g. ((0x0a000000, 8), ("eth0", False)).
+    parts: tuple[Any, ...]
+    nomatch: bool = False
+    options: dict[str, str] = field(default_factory=dict)  # timeout, packets, bytes, comment, skbmark...
+    location: Location | None = None
+
+
+@dataclass(eq=False)
+class IpSet:
+    """One ipset as `ipset save` printed it (`create` line plus its `add` lines).
+
+    kpa.ext.ipset builds the lookup structures from this on first use.
+    """
+
+    name: str
+    type: str  # "hash:ip", "hash:net,iface", "list:set", ...
+    family: str | None  # "inet", "inet6", or None for family-less types (bitmap:port, list:set)
+    options: dict[str, str] = field(default_factory=dict)  # hashsize, timeout, netmask, range, counters...
+    members: list[IpSetMember] = field(default_factory=list)
+    location: Location | None = None
+    _index: Any = field(default=None, repr=False)
+
+
+@dataclass(eq=False)
 class Table:
     family: Family
     name: str
@@ -356,6 +383,8 @@ class Table:
 class Ruleset:
     tables: list[Table] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # ipsets by name, from `ipset save` dumps (the `set` match and SET target look them up here).
+    ipsets: dict[str, IpSet] = field(default_factory=dict)
     # (family, hook) -> [(table, base chain)], built on first use: large rulesets
     # have tens of thousands of chains but only a handful of base chains.
     _hooks: dict[tuple[Family, str], list[tuple[Table, Chain]]] = field(default_factory=dict, repr=False)
@@ -390,4 +419,11 @@ class Ruleset:
     def merge(self, other: Ruleset) -> None:
         self.tables.extend(other.tables)
         self.warnings.extend(other.warnings)
+        for name, ipset in other.ipsets.items():
+            first = self.ipsets.get(name)
+            if first is None:
+                self.ipsets[name] = ipset
+            elif first is not ipset:
+                self.warnings.append(f"ipset {name} is given twice ({first.location} and {ipset.location}); "
+                                     "using the first")
         self._hooks.clear()

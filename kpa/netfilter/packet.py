@@ -15,7 +15,7 @@ from fractions import Fraction
 from typing import Any
 
 from kpa.netfilter.domain import IntSet, NameSet, network_set
-from kpa.netfilter.model import Family, Location, Rule
+from kpa.netfilter.model import Family, IpSet, Location, Rule
 
 PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17, "ipv6-icmp": 58, "icmpv6": 58, "sctp": 132, "gre": 47,
              "esp": 50, "ah": 51, "udplite": 136, "dccp": 33, "ipip": 4, "all": -1}
@@ -339,7 +339,8 @@ class TraceContext:
     # recent-match lists the client is in (True), not in (False), or open (None).
     affinity: dict[str, bool | None] = field(default_factory=dict)
     affinity_default: bool | None = False
-    ipsets: dict[str, IntSet] = field(default_factory=dict)
+    # The ruleset's ipsets (set by the engine from Ruleset.ipsets) for the `set` match.
+    ipsets: dict[str, IpSet] = field(default_factory=dict)
     max_outcomes: int = 512
     explain: bool = False
     # Reuse base-chain evaluations between states the chain cannot tell apart (kpa.netfilter.memo).

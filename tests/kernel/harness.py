@@ -498,6 +498,32 @@ class Topology:
             self.run_in("node", ["nft", "flush", "ruleset"])
         self.run_in("node", ["nft", "-f", "-"], stdin=text)
 
+    def load_ipset(self, text: str) -> None:
+        """Create sets in the node with ``ipset restore`` (an ``ipset save`` dump or a restore payload)."""
+        self.run_in("node", ["ipset", "restore"], stdin=text if text.endswith("\n") else text + "\n")
+
+    def save_ipset(self) -> str:
+        """``ipset save`` output of the node."""
+        return self.run_in("node", ["ipset", "save"])
+
+    def destroy_ipsets(self) -> None:
+        """Destroy every set in the node (rules that reference them must be gone first).
+
+        Deleted nftables rules release their references to sets a moment later, so a
+        set still "in use" right after a flush is retried for up to two seconds. Sets are
+        flushed first, so list:set members are no longer referenced by their list.
+        """
+        for _ in range(40):
+            try:
+                self.run_in("node", ["ipset", "flush"])
+                self.run_in("node", ["ipset", "destroy"])
+                return
+            except HarnessError as exc:
+                if "in use" not in str(exc):
+                    raise
+                time.sleep(0.05)
+        self.run_in("node", ["ipset", "destroy"])
+
     def reset(self) -> None:
         """Remove all rules (both backends, both families), conntrack and recent state."""
         self.run_in("node", ["nft", "flush", "ruleset"])
