@@ -15,11 +15,14 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import yaml
 
 from kpa.errors import InputError
+
+if TYPE_CHECKING:
+    from kpa.k8s.netpol import NetworkPolicy
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 ZONE_LABEL = "topology.kubernetes.io/zone"
@@ -166,6 +169,15 @@ class Node:
 
 
 @dataclass(frozen=True)
+class ContainerPort:
+    """A port a Pod's container declares; NetworkPolicy resolves named ports against these."""
+
+    name: str
+    port: int
+    protocol: str
+
+
+@dataclass(frozen=True)
 class Pod:
     namespace: str
     name: str
@@ -173,6 +185,35 @@ class Pod:
     pod_ips: tuple[str, ...]
     host_network: bool
     phase: str | None = None
+    # Sorted (key, value) pairs, so pods stay hashable.
+    labels: tuple[tuple[str, str], ...] = ()
+    container_ports: tuple[ContainerPort, ...] = ()
+    source: str | None = None
+    line: int | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+    @property
+    def label_map(self) -> dict[str, str]:
+        return dict(self.labels)
+
+
+#: The label the API server puts on every Namespace (immutable, equal to its name).
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+
+
+@dataclass(frozen=True)
+class Namespace:
+    name: str
+    labels: tuple[tuple[str, str], ...] = ()
+    source: str | None = None
+    line: int | None = None
+
+    @property
+    def label_map(self) -> dict[str, str]:
+        return dict(self.labels)
 
 
 class ClusterObjects:
@@ -186,12 +227,16 @@ class ClusterObjects:
         pods: Iterable[Pod] = (),
         warnings: Iterable[str] = (),
         ignored_kinds: Mapping[str, int] | None = None,
+        namespaces: Iterable[Namespace] = (),
+        network_policies: Iterable[NetworkPolicy] = (),
     ) -> None:
         # Later duplicates replace earlier ones, as if the later file were applied last.
         self._services = {s.key: s for s in services}
         self._slices = {(s.namespace, s.name, s.from_endpoints): s for s in endpoint_slices}
         self._nodes = {n.name: n for n in nodes}
         self._pods = {(p.namespace, p.name): p for p in pods}
+        self._namespaces = {n.name: n for n in namespaces}
+        self._policies = {(p.namespace, p.name): p for p in network_policies}
         self.warnings: list[str] = list(warnings)
         self.ignored_kinds: Counter[str] = Counter(ignored_kinds or {})
         self._index()
@@ -247,6 +292,23 @@ class ClusterObjects:
     def pods(self) -> tuple[Pod, ...]:
         return tuple(self._pods.values())
 
+    @property
+    def namespaces(self) -> tuple[Namespace, ...]:
+        return tuple(self._namespaces.values())
+
+    @property
+    def network_policies(self) -> tuple[NetworkPolicy, ...]:
+        return tuple(self._policies.values())
+
+    def namespace(self, name: str) -> Namespace | None:
+        return self._namespaces.get(name)
+
+    def pod(self, namespace: str, name: str) -> Pod | None:
+        return self._pods.get((namespace, name))
+
+    def network_policy(self, namespace: str, name: str) -> NetworkPolicy | None:
+        return self._policies.get((namespace, name))
+
     def merged(self, other: ClusterObjects) -> ClusterObjects:
         """A new container with `other`'s objects layered over this one's."""
         return ClusterObjects(
@@ -256,6 +318,8 @@ class ClusterObjects:
             (*self.pods, *other.pods),
             (*self.warnings, *other.warnings),
             self.ignored_kinds + other.ignored_kinds,
+            (*self.namespaces, *other.namespaces),
+            (*self.network_policies, *other.network_policies),
         )
 
     def service(self, namespace: str, name: str) -> Service | None:
@@ -370,9 +434,15 @@ def _describe(value: Any) -> str:
 class _Fields:
     """Typed, defaulting access to one mapping, with errors that name where they are."""
 
-    def __init__(self, data: Mapping[str, Any], where: str, line: int | None) -> None:
-        self.data, self.where = data, where
+    def __init__(
+        self, data: Mapping[str, Any], where: str, line: int | None, source: str | None = None
+    ) -> None:
+        self.data, self.where, self.source = data, where, source
         self.line = getattr(data, "line", None) or line
+
+    def line_of(self, key: str) -> int | None:
+        key_lines = getattr(self.data, "key_lines", None) or {}
+        return key_lines.get(key, self.line)
 
     def _path(self, key: str) -> str:
         return f"{self.where}.{key}" if self.where else key
@@ -387,10 +457,10 @@ class _Fields:
     def mapping(self, key: str) -> _Fields:
         value = self.data.get(key)
         if value is None:
-            return _Fields({}, self._path(key), self.line)
+            return _Fields({}, self._path(key), self.line, self.source)
         if not isinstance(value, Mapping):
             raise self.fail(key, "a mapping", value)
-        return _Fields(value, self._path(key), self.line)
+        return _Fields(value, self._path(key), self.line, self.source)
 
     def mappings(self, key: str) -> list[_Fields]:
         value = self.data.get(key)
@@ -402,7 +472,7 @@ class _Fields:
         for index, item in enumerate(value):
             if not isinstance(item, Mapping):
                 raise self.fail(f"{key}[{index}]", "a mapping", item)
-            result.append(_Fields(item, f"{self._path(key)}[{index}]", self.line))
+            result.append(_Fields(item, f"{self._path(key)}[{index}]", self.line, self.source))
         return result
 
     def text(self, key: str, default: str | None = None) -> str | None:
@@ -651,6 +721,18 @@ def _parse_pod(obj: _Fields) -> Pod:
     ips = tuple(canonical_ip(p.required_text("ip")) for p in status.mappings("podIPs"))
     if not ips and status.text("podIP"):
         ips = (canonical_ip(status.text("podIP") or ""),)
+    ports = []
+    for container in spec.mappings("containers"):
+        for port_fields in container.mappings("ports"):
+            number = port_fields.integer("containerPort")
+            if number is None or not 1 <= number <= 65535:
+                raise port_fields.fail(
+                    "containerPort",
+                    "a port number 1-65535 (the API server would reject this Pod)",
+                    port_fields.data.get("containerPort"),
+                )
+            protocol = port_fields.text("protocol", "TCP") or "TCP"
+            ports.append(ContainerPort(port_fields.text("name", "") or "", number, protocol))
     return Pod(
         namespace=namespace,
         name=name,
@@ -658,7 +740,29 @@ def _parse_pod(obj: _Fields) -> Pod:
         pod_ips=ips,
         host_network=bool(spec.boolean("hostNetwork")),
         phase=status.text("phase"),
+        labels=_labels(obj),
+        container_ports=tuple(ports),
+        source=obj.source,
+        line=obj.line,
     )
+
+
+def _labels(obj: _Fields) -> tuple[tuple[str, str], ...]:
+    labels = obj.mapping("metadata").mapping("labels")
+    out = []
+    for key, value in labels.data.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise labels.fail(str(key), "a string label value", value)
+        out.append((key, value))
+    return tuple(sorted(out))
+
+
+def _parse_namespace(obj: _Fields) -> Namespace:
+    _, name = _metadata(obj, namespaced=False)
+    labels = dict(_labels(obj))
+    # The API server sets this label on every Namespace; dumps of old clusters may lack it.
+    labels.setdefault(NAMESPACE_NAME_LABEL, name)
+    return Namespace(name, tuple(sorted(labels.items())), obj.source, obj.line)
 
 
 # (kind, apiVersion) pairs kpa understands.
@@ -668,6 +772,8 @@ _KNOWN_KINDS = {
     "Endpoints": "v1",
     "Node": "v1",
     "Pod": "v1",
+    "Namespace": "v1",
+    "NetworkPolicy": "networking.k8s.io/v1",
 }
 
 
@@ -679,8 +785,11 @@ class _Collector:
         self.slices: list[EndpointSlice] = []
         self.nodes: list[Node] = []
         self.pods: list[Pod] = []
+        self.namespaces: list[Namespace] = []
+        self.policies: list[NetworkPolicy] = []
         self.ignored: Counter[str] = Counter()
         self.warnings: list[str] = []
+        self.source: str | None = None  # the file being read, recorded on objects
 
     def add_document(self, document: Any, line: int | None, implied_kind: str | None) -> None:
         if document is None:
@@ -693,7 +802,7 @@ class _Collector:
             raise _SchemaError(
                 line, f"expected a Kubernetes object (a mapping), found {_describe(document)}"
             )
-        obj = _Fields(document, "", line)
+        obj = _Fields(document, "", line, self.source)
         kind = obj.text("kind") or implied_kind
         if not kind:
             raise _SchemaError(obj.line, "expected a Kubernetes object with 'kind', found none")
@@ -721,6 +830,12 @@ class _Collector:
             self.nodes.append(_parse_node(obj))
         elif kind == "Pod":
             self.pods.append(_parse_pod(obj))
+        elif kind == "Namespace":
+            self.namespaces.append(_parse_namespace(obj))
+        elif kind == "NetworkPolicy":
+            from kpa.k8s.netpol import parse_network_policy
+
+            self.policies.append(parse_network_policy(obj))
 
     def result(self) -> ClusterObjects:
         warnings = list(self.warnings)
@@ -730,13 +845,21 @@ class _Collector:
                 f"ignored {sum(self.ignored.values())} objects of other kinds: {counts}"
             )
         return ClusterObjects(
-            self.services, self.slices, self.nodes, self.pods, warnings, self.ignored
+            self.services,
+            self.slices,
+            self.nodes,
+            self.pods,
+            warnings,
+            self.ignored,
+            self.namespaces,
+            self.policies,
         )
 
 
 def objects_from_documents(documents: Iterable[Any], source: str = "<api>") -> ClusterObjects:
     """Build a ClusterObjects from already-decoded JSON-shaped documents (e.g. API lists)."""
     collector = _Collector()
+    collector.source = source
     for document in documents:
         try:
             collector.add_document(document, None, None)
@@ -790,6 +913,7 @@ def _yaml_documents(text: str, source: str) -> Iterator[Any]:
 
 
 def _load_text(text: str, source: str, collector: _Collector) -> None:
+    collector.source = source
     if _looks_like_json(text):
         try:
             document = json.loads(text)
@@ -815,6 +939,7 @@ def _load_text(text: str, source: str, collector: _Collector) -> None:
 
 def _report_with_lines(text: str, source: str, original: _SchemaError) -> None:
     scratch = _Collector()
+    scratch.source = source
     try:
         for document in yaml.load_all(text, Loader=_LineLoader):
             scratch.add_document(document, getattr(document, "line", None), None)
@@ -888,13 +1013,16 @@ def load_objects(paths: Sequence[str], stdin: TextIO | None = None) -> ClusterOb
 
 __all__ = [
     "DEFAULT_AFFINITY_TIMEOUT",
+    "NAMESPACE_NAME_LABEL",
     "SERVICE_NAME_LABEL",
     "ClusterObjects",
+    "ContainerPort",
     "Endpoint",
     "EndpointConditions",
     "EndpointPort",
     "EndpointSlice",
     "LoadBalancerIngress",
+    "Namespace",
     "Node",
     "ObjectRef",
     "Pod",
