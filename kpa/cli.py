@@ -552,6 +552,11 @@ def lint(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: S
         raise click.UsageError("lint compares rules with cluster objects: give --cluster PATH (or --kube)")
     check_node(inp, objects)
     findings = run_lint(rs, objects, inp.node)
+    if objects.network_policies:  # policy mistakes too, so CI has one entry point
+        from kpa.k8s.lint import sort_findings
+        from kpa.policy.lint import as_lint_findings
+
+        findings = sort_findings([*findings, *as_lint_findings(objects)])
     if fmt == "text":
         click.echo(format_text(findings), nl=False)
     else:
@@ -691,6 +696,11 @@ def completion(shell: str) -> None:
         raise KpaError(f"no completion support for {shell}")
     comp = cls(cli, {}, "kpa", "_KPA_COMPLETE")
     click.echo(comp.source())
+
+
+from kpa.cli_policy import policy as _policy  # noqa: E402  (kpa policy: docs/policy.md)
+
+cli.add_command(_policy)
 
 
 # -- entry points ------------------------------------------------------------------

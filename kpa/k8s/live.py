@@ -26,8 +26,8 @@ from kpa.k8s.objects import ClusterObjects, objects_from_documents
 _kube_config: Any = config
 
 RBAC_HINT = (
-    "kpa needs get/list on services, endpoints, nodes, pods and "
-    "endpointslices.discovery.k8s.io; see the kpa-reader ClusterRole in docs/kubernetes.md"
+    "kpa needs get/list on services, endpoints, nodes, pods, namespaces, "
+    "endpointslices.discovery.k8s.io and networkpolicies.networking.k8s.io; see the kpa-reader ClusterRole in docs/kubernetes.md"
 )
 # (connect, read) seconds; a list of a large cluster's pods can take a while to stream.
 REQUEST_TIMEOUT = (10.0, 120.0)
@@ -88,6 +88,8 @@ _SLICES = _Resource("endpointslices.discovery.k8s.io", "EndpointSliceList", True
 _ENDPOINTS = _Resource("endpoints", "EndpointsList", True)
 _NODES = _Resource("nodes", "NodeList", False)
 _PODS = _Resource("pods", "PodList", True, LIVE_POD_FIELD_SELECTOR)
+_NAMESPACES = _Resource("namespaces", "NamespaceList", False)
+_POLICIES = _Resource("networkpolicies.networking.k8s.io", "NetworkPolicyList", True)
 
 
 def api_error_message(error: ApiException) -> str:
@@ -184,16 +186,18 @@ def load_live(
     namespace: str | None,
     page_size: int = 500,
     legacy_endpoints: bool = True,
+    policy: bool = False,
 ) -> ClusterObjects:
     """List the objects kpa needs from the cluster (read-only).
 
     With `namespace`, namespaced kinds are listed only there (for users whose RBAC is
     namespace-scoped); nodes are always listed cluster-wide. `legacy_endpoints=False`
-    skips v1 Endpoints, which kube-proxy itself no longer reads.
+    skips v1 Endpoints, which kube-proxy itself no longer reads. `policy=True` also lists
+    Namespaces and NetworkPolicies (for `kpa policy`).
     """
     api_client = connect(kubeconfig, context)
     try:
-        return list_objects(api_client, namespace, page_size, legacy_endpoints)
+        return list_objects(api_client, namespace, page_size, legacy_endpoints, policy)
     finally:
         close(api_client)
 
@@ -203,9 +207,10 @@ def list_objects(
     namespace: str | None,
     page_size: int = 500,
     legacy_endpoints: bool = True,
+    policy: bool = False,
 ) -> ClusterObjects:
     """Like load_live, with an already-configured client."""
-    documents = list_documents(api_client, namespace, page_size, legacy_endpoints)
+    documents = list_documents(api_client, namespace, page_size, legacy_endpoints, policy)
     return objects_from_documents(documents, source=server_of(api_client))
 
 
@@ -214,6 +219,7 @@ def list_documents(
     namespace: str | None,
     page_size: int = 500,
     legacy_endpoints: bool = True,
+    policy: bool = False,
 ) -> list[dict[str, Any]]:
     """The raw list objects, as the API server sent them (for saving with `kpa collect`)."""
     core = client.CoreV1Api(api_client)
@@ -228,6 +234,16 @@ def list_documents(
         (_NODES, core.list_node, core.list_node),
         (_PODS, core.list_pod_for_all_namespaces, core.list_namespaced_pod),
     ]
+    if policy:
+        networking = client.NetworkingV1Api(api_client)
+        plan += [
+            (_NAMESPACES, core.list_namespace, core.list_namespace),
+            (
+                _POLICIES,
+                networking.list_network_policy_for_all_namespaces,
+                networking.list_namespaced_network_policy,
+            ),
+        ]
     if legacy_endpoints:
         plan.insert(
             2,

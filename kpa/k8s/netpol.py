@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kpa.k8s.objects import _Fields, _metadata, _SchemaError
@@ -113,7 +113,7 @@ class Peer:
     pod_selector: LabelSelector | None = None
     namespace_selector: LabelSelector | None = None
     ip_block: IPBlock | None = None
-    line: int | None = None
+    line: int | None = field(default=None, compare=False)
 
     def text(self) -> str:
         if self.ip_block is not None:
@@ -131,7 +131,7 @@ class PolicyPort:
     protocol: str  # TCP, UDP, SCTP (defaulted)
     port: int | str | None = None  # None: every port of the protocol
     end_port: int | None = None
-    line: int | None = None
+    line: int | None = field(default=None, compare=False)
 
     def text(self) -> str:
         if self.port is None:
@@ -147,7 +147,7 @@ class PolicyRule:
 
     peers: tuple[Peer, ...]
     ports: tuple[PolicyPort, ...]
-    line: int | None = None
+    line: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 from kpa.errors import KpaError
@@ -152,3 +153,43 @@ def name_endpoints(outcomes: list[Any], objects: Any) -> None:
         node = objects.node_by_ip(ip)
         if node is not None:
             o.labels["endpoint"] = f"node/{node.name}"
+
+
+@dataclass(frozen=True)
+class TracedEndpoint:
+    """Where kube-proxy's rules send one new connection to a Service address."""
+
+    address: str | None  # the DNAT target's address; None when nothing rewrote it
+    port: int | None
+    probability: Fraction
+    verdict: str  # ACCEPT, DROP, REJECT
+    reason: str
+
+
+def traced_endpoints(
+    ruleset: Any,
+    local_ips: list[str],
+    src: str,
+    dst: str,
+    dport: int,
+    proto: str,
+) -> list[TracedEndpoint]:
+    """Trace a new connection from `src` (a pod on this node) to dst:dport through the
+    node's rules and return each outcome's DNAT target with its exact probability."""
+    from kpa.netfilter.engine import trace
+    from kpa.netfilter.model import Family
+    from kpa.netfilter.packet import PacketSpec, TraceContext, node_local_addresses
+
+    family = Family.IPV6 if ipaddress.ip_address(dst).version == 6 else Family.IPV4
+    spec = PacketSpec(family=family, src=src, dst=dst, proto=proto.lower(), dport=dport,
+                      origin="prerouting", ctstate="NEW")
+    ctx = TraceContext(local=node_local_addresses(local_ips))
+    result = trace(ruleset, spec, ctx)
+    out = []
+    for outcome in result.outcomes:
+        dnat = outcome.state.dnat
+        address = str(ipaddress.ip_address(dnat[0])) if dnat is not None else None
+        port = dnat[1] if dnat is not None else None
+        out.append(TracedEndpoint(address, port, outcome.probability, outcome.verdict,
+                                  outcome.reason))
+    return out

@@ -1,0 +1,415 @@
+"""`kpa policy`: what the cluster's NetworkPolicies allow (check, matrix, lint).
+
+Registered on the main `kpa` group by kpa.cli; see docs/policy.md.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import click
+
+from kpa.errors import KpaError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+PROTOCOL = click.Choice(["tcp", "udp", "sctp"], case_sensitive=False)
+
+
+def _object_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--context", metavar="NAME", help="kubeconfig context to use.")(fn)
+    fn = click.option("--kubeconfig", metavar="FILE",
+                      help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster).")(fn)
+    fn = click.option("--kube/--no-kube", default=False,
+                      help="Read the objects from the Kubernetes API (list/get only).")(fn)
+    fn = click.option("--cluster", "-c", "cluster", multiple=True, metavar="PATH",
+                      help="Namespaces, Pods, NetworkPolicies, Services, EndpointSlices as "
+                           "`kubectl get -o yaml|json` prints them; files, directories or `-`. "
+                           "Repeatable.")(fn)
+    return fn
+
+
+def _load_objects(cluster: Sequence[str], kube: bool, kubeconfig: str | None,
+                  context: str | None) -> Any:
+    if cluster:
+        from kpa.k8s.objects import load_objects
+
+        return load_objects(list(cluster))
+    if kube:
+        from kpa.k8s.live import load_live
+
+        return load_live(kubeconfig, context, None, policy=True)
+    raise click.UsageError("give the cluster objects with --cluster PATH (or --kube)")
+
+
+def _warn(lines: Sequence[str]) -> None:
+    for line in lines:
+        click.echo(f"warning: {line}", err=True)
+
+
+def _dump(doc: Any, fmt: str) -> None:
+    from kpa.render.output import dump
+
+    click.echo(dump(doc, fmt), nl=False)
+
+
+@click.group(context_settings=CONTEXT)
+def policy() -> None:
+    """What the cluster's NetworkPolicies allow: check one connection, print the
+    connectivity matrix, or lint the policies.
+
+    kpa judges a Service destination after kube-proxy's DNAT, endpoint by endpoint,
+    because that is what NetworkPolicy sees. See docs/policy.md.
+
+    \b
+    Examples:
+      kpa policy check -c cluster/ --from pod/shop/client --to svc/shop/web:http
+      kpa policy matrix -c cluster/ --port 80 -n shop
+      kpa policy lint -c cluster/
+    """
+
+
+# ---------------------------------------------------------------------------------- check
+
+
+def _split_port(text: str) -> tuple[str, str | None]:
+    """`IP`, `IP:PORT`, `[IPv6]:PORT` or a bare IPv6 address."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        return host, rest[1:] if rest.startswith(":") else None
+    if text.count(":") == 1:
+        host, _, port = text.partition(":")
+        return host, port
+    return text, None
+
+
+def _ip(text: str, param: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise click.BadParameter(f"expected pod/NS/NAME or an IP address, found {text!r}",
+                                 param_hint=param) from None
+
+
+def _pod(objects: Any, ref: str, param: str) -> Any:
+    parts = ref[4:].split("/")
+    if len(parts) != 2 or not all(parts):
+        raise click.BadParameter(f"expected pod/NAMESPACE/NAME, found {ref!r}", param_hint=param)
+    pod = objects.pod(parts[0], parts[1])
+    if pod is None:
+        raise KpaError(f"no Pod {parts[0]}/{parts[1]} in the cluster objects")
+    return pod
+
+
+def _port_number(text: str, param: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise click.BadParameter(f"expected a port number 1-65535, found {text!r}",
+                                 param_hint=param)
+    return int(text)
+
+
+@policy.command(context_settings=CONTEXT)
+@_object_options
+@click.option("--from", "from_", required=True, metavar="pod/NS/NAME|IP",
+              help="Who opens the connection: a pod, or an address (a pod's address is that pod).")
+@click.option("--to", "to", required=True, metavar="pod/NS/NAME|svc/NS/NAME[:PORT]|IP[:PORT]",
+              help="The destination; a Service is judged per endpoint after DNAT.")
+@click.option("-p", "--protocol", "protocol", type=PROTOCOL, default=None,
+              help="Protocol (default TCP, or the Service port's).")
+@click.option("--port", type=click.IntRange(1, 65535), metavar="N",
+              help="Destination port (for a Service: its port number or use :PORT).")
+@click.option("--rules", "-r", "rules", multiple=True, metavar="FILE",
+              help="The source node's rules: take a Service's endpoints from tracing them "
+                   "instead of from the EndpointSlices. Repeatable.")
+@click.option("--node-ip", "node_ips", multiple=True, metavar="IP",
+              help="An address of the node whose --rules these are (repeatable).")
+@click.option("-o", "--output", "fmt", type=click.Choice(["text", "json", "yaml"]),
+              default="text", show_default=True)
+def check(cluster: Sequence[str], kube: bool, kubeconfig: str | None, context: str | None,
+          from_: str, to: str, protocol: str | None, port: int | None, rules: Sequence[str],
+          node_ips: Sequence[str], fmt: str) -> None:
+    """Say whether the policies allow one connection, and why.
+
+    The first lines give the verdict and the Kubernetes reason. Then, for the
+    source's egress and the destination's ingress: which policies isolate the pod,
+    which rule admits the connection (policy, rule index, peer, port), or, when
+    none does, the nearest rules that did not and why. For a Service, every
+    endpoint is judged (its pod, its resolved targetPort); the connection is
+    allowed only if every endpoint allows it. Exit status: 0 allowed, 1 denied,
+    2 bad input.
+
+    \b
+    Examples:
+      kpa policy check -c cluster/ --from pod/shop/client --to pod/shop/web --port 8080
+      kpa policy check -c cluster/ --from pod/shop/client --to svc/shop/web:http
+      kpa policy check -c cluster/ -r node.save --from pod/shop/client --to svc/shop/web:http
+      kpa policy check -c cluster/ --from 203.0.113.9 --to pod/shop/web --port 8080 -o json
+    """
+    from kpa.policy.engine import PolicyEngine
+    from kpa.render.policy import decision_lines
+
+    objects = _load_objects(cluster, kube, kubeconfig, context)
+    engine = PolicyEngine.from_objects(objects)
+    _warn(engine.warnings())
+    if from_.startswith("pod/"):
+        src = engine.subject(_pod(objects, from_, "--from"))
+        if src.ip is None:
+            raise KpaError(f"{src.name} has no IP address yet")
+    else:
+        src = engine.subject(ip=_ip(from_, "--from"))
+    family = ipaddress.ip_address(src.ip or "0.0.0.0").version
+    proto = protocol.upper() if protocol else None
+
+    if to.startswith("svc/"):
+        service_decision = _check_service(engine, objects, src, to, proto, port, family,
+                                          rules, node_ips)
+        if fmt != "text":
+            _dump(service_decision.to_json(), fmt)
+        else:
+            click.echo(_service_text(service_decision), nl=False)
+        if not service_decision.allowed:
+            raise click.exceptions.Exit(1)
+        return
+
+    if to.startswith("pod/"):
+        body, _, port_text = to.partition(":")
+        dst = engine.subject(_pod(objects, body, "--to"), family=family)
+    else:
+        host, port_text_opt = _split_port(to)
+        port_text = port_text_opt or ""
+        dst = engine.subject(ip=_ip(host, "--to"))
+    if port_text:
+        port = _port_number(port_text, "--to")
+    if port is None:
+        raise click.UsageError("give the destination port: --port N (or :PORT in --to)")
+    decision = engine.decide(src, dst, port, proto or "TCP")
+    if fmt != "text":
+        _dump(decision.to_json(), fmt)
+    else:
+        click.echo("\n".join(decision_lines(decision)) + "\n", nl=False)
+    if not decision.allowed:
+        raise click.exceptions.Exit(1)
+
+
+def _check_service(engine: Any, objects: Any, src: Any, ref: str, proto: str | None,
+                   port: int | None, family: int, rules: Sequence[str],
+                   node_ips: Sequence[str]) -> Any:
+    from kpa.policy.services import decide_service, service_target
+
+    body, _, port_ref = ref[4:].partition(":")
+    parts = body.split("/")
+    if len(parts) != 2 or not all(parts):
+        raise click.BadParameter(f"expected svc/NAMESPACE/NAME[:PORT], found {ref!r}",
+                                 param_hint="--to")
+    svc = objects.service(parts[0], parts[1])
+    if svc is None:
+        raise KpaError(f"no Service {parts[0]}/{parts[1]} in the cluster objects")
+    ports = list(svc.ports)
+    if port_ref:
+        ports = [p for p in ports if p.name == port_ref or str(p.port) == port_ref]
+    if port is not None:
+        ports = [p for p in ports if p.port == port]
+    if proto:
+        ports = [p for p in ports if p.protocol == proto]
+    if len(ports) != 1:
+        have = ", ".join(f"{p.name or '-'}:{p.port}/{p.protocol}" for p in svc.ports)
+        what = "several ports; pick one with :PORT" if ports else "no such port"
+        raise KpaError(f"Service {svc.namespace}/{svc.name} has {what} (it has {have})")
+    target = service_target(svc, ports[0], family)
+    if target is None:
+        raise KpaError(f"Service {svc.namespace}/{svc.name} has no IPv{family} cluster IP "
+                       "(headless, or another family)")
+    ruleset = None
+    local: list[str] = list(node_ips)
+    if rules:
+        from kpa.sources import load_rules
+
+        ruleset = load_rules(list(rules))
+        if not local and src.pod is not None and src.pod.node_name:
+            node = objects.node(src.pod.node_name)
+            if node is not None:
+                local = list(node.internal_ips) + list(node.external_ips)
+    return decide_service(engine, objects, src, target, ruleset, local)
+
+
+def _service_text(d: Any) -> str:
+    from kpa.render.policy import decision_lines
+
+    verdict = "ALLOWED" if d.allowed else "DENIED"
+    lines = [
+        f"{verdict}: {d.src.name} -> {d.target.name} port {d.target.port_text}",
+        f"  {d.reason()}",
+        "  judged per endpoint after kube-proxy's DNAT; endpoints from "
+        + ("the node's rules (traced)" if d.source == "rules" else "the EndpointSlices"),
+    ]
+    for e in d.endpoints:
+        share = f" p={e.probability}" if e.probability is not None else ""
+        lines.append(f"  endpoint {e.endpoint} ({e.subject.name}){share}:")
+        lines.extend(decision_lines(e.decision, "    "))
+    for other in d.other_outcomes:
+        lines.append(f"  other outcome: {other}")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------- matrix
+
+
+@policy.command(context_settings=CONTEXT)
+@_object_options
+@click.option("--port", type=click.IntRange(1, 65535), default=80, show_default=True,
+              metavar="N", help="Destination port (for services: the Service port).")
+@click.option("--protocol", type=PROTOCOL, default="tcp", show_default=True)
+@click.option("-n", "--namespace", "namespaces", multiple=True, metavar="NS",
+              help="Only pods (and Services) of this namespace. Repeatable.")
+@click.option("--targets", type=click.Choice(["pods", "services"]), default="pods",
+              show_default=True, help="Columns: pods, or Service ports judged per endpoint.")
+@click.option("--family", type=click.Choice(["4", "6"]), default=None,
+              help="Address family of the connections (default: each source's first address).")
+@click.option("-o", "--output", "fmt",
+              type=click.Choice(["text", "csv", "markdown", "json", "yaml"]),
+              default="text", show_default=True)
+def matrix(cluster: Sequence[str], kube: bool, kubeconfig: str | None, context: str | None,
+           port: int, protocol: str, namespaces: Sequence[str], targets: str,
+           family: str | None, fmt: str) -> None:
+    """Print who may connect to whom on one port.
+
+    Sources down, destinations across; the text grid uses `.` for allowed and `X`
+    for denied, like the Kubernetes e2e netpol truth tables. With --targets
+    services each column is a Service port, allowed only when every endpoint is
+    (endpoints from the EndpointSlices, chosen as kube-proxy chooses them).
+
+    \b
+    Examples:
+      kpa policy matrix -c cluster/ --port 80
+      kpa policy matrix -c cluster/ -n shop --protocol udp --port 53 -o csv
+      kpa policy matrix -c cluster/ --targets services -o json
+    """
+    from kpa.policy.engine import PolicyEngine
+    from kpa.policy.matrix import matrix as build
+    from kpa.render.policy import grid, short_name, table
+
+    objects = _load_objects(cluster, kube, kubeconfig, context)
+    engine = PolicyEngine.from_objects(objects)
+    _warn(engine.warnings())
+    proto = protocol.upper()
+    version = int(family) if family else None
+    pods = sorted((p for p in engine.pods if not namespaces or p.namespace in namespaces),
+                  key=lambda p: (p.namespace, p.name))
+    sources = [engine.subject(p, family=version) for p in pods]
+    if targets == "services":
+        doc, names, cells = _service_matrix(engine, objects, sources, port, proto,
+                                            namespaces, version)
+    else:
+        m = build(engine, sources, [engine.subject(p, family=version) for p in pods], port, proto)
+        rows = list(m.rows())
+        names = [short_name(s) for s in sources]
+        cells = rows
+        doc = {
+            "port": port,
+            "protocol": proto,
+            "cells": [
+                {"from": s.name, "to": d.name, "port": port, "protocol": proto,
+                 "allowed": rows[i][j], "from_ip": s.ip, "to_ip": d.ip}
+                for i, s in enumerate(sources) for j, d in enumerate(m.targets)
+            ],
+        }
+    row_names = [short_name(s) for s in sources]
+    if fmt in ("json", "yaml"):
+        doc["warnings"] = engine.warnings()
+        _dump(doc, fmt)
+    elif fmt == "text":
+        click.echo(f"{proto} port {port}: . allowed, X denied (from rows to columns)")
+        click.echo(grid(row_names, names, cells), nl=False)
+    else:
+        click.echo(table(row_names, names, cells, fmt), nl=False)
+
+
+def _service_matrix(engine: Any, objects: Any, sources: list[Any], port: int, proto: str,
+                    namespaces: Sequence[str], version: int | None
+                    ) -> tuple[dict[str, Any], list[str], list[list[bool]]]:
+    from kpa.policy.services import decide_service, service_target
+
+    targets = []
+    for svc in sorted(objects.services, key=lambda s: (s.namespace, s.name)):
+        if namespaces and svc.namespace not in namespaces:
+            continue
+        for sp in svc.ports:
+            if sp.port == port and sp.protocol == proto:
+                targets.append((svc, sp))
+    names = [f"svc/{svc.namespace}/{svc.name}" for svc, _ in targets]
+    cells: list[list[bool]] = [[] for _ in sources]
+    out = []
+    for i, src in enumerate(sources):
+        family = version or (ipaddress.ip_address(src.ip).version if src.ip else None)
+        for svc, sp in targets:
+            target = service_target(svc, sp, family)
+            if target is None:
+                cells[i].append(False)
+                continue
+            d = decide_service(engine, objects, src, target)
+            cells[i].append(d.allowed)
+            out.append({
+                "from": src.name, "to": target.name, "port": port, "protocol": proto,
+                "allowed": d.allowed, "cluster_ip": target.cluster_ip,
+                "endpoints": [
+                    {"endpoint": e.endpoint, "pod": e.subject.name, "allowed": e.decision.allowed}
+                    for e in d.endpoints
+                ],
+                "reason": d.reason(),
+            })
+    return {"port": port, "protocol": proto, "cells": out}, names, cells
+
+
+# ----------------------------------------------------------------------------------- lint
+
+
+@policy.command(context_settings=CONTEXT)
+@_object_options
+@click.option("--service-cidr", "service_cidrs", multiple=True, metavar="CIDR",
+              help="The cluster's Service CIDR(s), to flag ipBlocks inside them. Repeatable.")
+@click.option("--info", "include_info", is_flag=True,
+              help="Also report info findings (namespaces whose pods no policy isolates).")
+@click.option("--fail-on", type=click.Choice(["error", "warning", "info"]), default="warning",
+              show_default=True, help="Lowest severity that makes the exit status 1.")
+@click.option("-o", "--output", "fmt", type=click.Choice(["text", "json", "yaml"]),
+              default="text", show_default=True)
+def lint(cluster: Sequence[str], kube: bool, kubeconfig: str | None, context: str | None,
+         service_cidrs: Sequence[str], include_info: bool, fail_on: str, fmt: str) -> None:
+    """Find mistakes in the NetworkPolicies.
+
+    Policies that select no pod, peers that select no pod or namespace, named
+    ports no pod declares, ipBlocks that hold Service addresses (never matched:
+    DNAT comes first), egress isolation that cuts pods off from the cluster DNS,
+    redundant rules and duplicate policies. Each finding names its code, the
+    object (NS/NAME) and FILE:LINE. `kpa lint` runs the same checks whenever
+    NetworkPolicies are among its objects. Exit status: 0 clean, 1 findings at or
+    above --fail-on, 2 bad input.
+
+    \b
+    Examples:
+      kpa policy lint -c cluster/
+      kpa policy lint -c cluster/ --service-cidr 10.96.0.0/12 --info -o json
+    """
+    from kpa.policy.lint import exit_status, format_text, lint_policies
+
+    for cidr in service_cidrs:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise click.BadParameter(f"expected a CIDR, found {cidr!r}",
+                                     param_hint="--service-cidr") from None
+    objects = _load_objects(cluster, kube, kubeconfig, context)
+    findings = lint_policies(objects, service_cidrs=service_cidrs, include_info=include_info)
+    if fmt == "text":
+        click.echo(format_text(findings), nl=False)
+    else:
+        _dump({"findings": [f.to_json() for f in findings]}, fmt)
+    code = exit_status(findings, fail_on)
+    if code:
+        sys.stdout.flush()
+        raise click.exceptions.Exit(code)
+
+
+__all__ = ["policy"]
