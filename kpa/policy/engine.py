@@ -391,7 +391,10 @@ class PolicyEngine:
                 )
         if admitted:
             misses = []
-        misses.sort(key=lambda m: (not (m.peer_ok or m.port_ok), len(m.reasons), m.policy, m.rule))
+        # Nearest first: rules that matched the peer or the port, then fewer reasons;
+        # policies without rules of this direction (pure isolation) last.
+        misses.sort(key=lambda m: (m.rule < 0, not (m.peer_ok or m.port_ok), len(m.reasons),
+                                   m.policy, m.rule))
         return DirectionVerdict(
             direction, subject.name, tuple(p.key for p in isolating), tuple(admitted),
             tuple(misses[:MAX_MISSES]),
