@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""`kpa policy` on a generated cluster: the full matrix for one port, and one check.
+
+Builds Namespaces, Pods and NetworkPolicies with kpa.gen.policies, writes them as one
+`kubectl get -o json`-style List, and measures in this process:
+
+* loading the objects (the real loader, validation included);
+* the full pod-to-pod matrix for one port (every cell counted), and its peak memory;
+* one `PolicyEngine.decide` with its explanation after loading (median and p95 over
+  many random pairs);
+* a reference workload in the same run (sorting a fixed list of random floats), so the
+  figures can be read as ratios on a shared machine.
+
+Usage:
+    python3 tests/benchmarks/policy_bench.py [--pods 5000] [--namespaces 100]
+        [--policies 1000] [--port 8080] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from kpa.gen.policies import policy_cluster
+from kpa.k8s.objects import load_objects
+from kpa.policy.engine import PolicyEngine
+from kpa.policy.matrix import matrix
+
+
+def peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reference_seconds() -> float:
+    rng = random.Random(0)
+    values = [rng.random() for _ in range(1_000_000)]
+    start = time.perf_counter()
+    sorted(values)
+    return time.perf_counter() - start
+
+
+def run(pods: int, namespaces: int, policies: int, port: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"pods": pods, "namespaces": namespaces, "policies": policies,
+                           "port": port, "reference_sort_1M_s": reference_seconds()}
+    docs = policy_cluster(pods=pods, namespaces=namespaces, policies=policies)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "cluster.json"
+        path.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}))
+        start = time.perf_counter()
+        objects = load_objects([str(path)])
+        engine = PolicyEngine.from_objects(objects)
+        out["load_s"] = time.perf_counter() - start
+    out["rss_after_load_mib"] = peak_mib()
+    subjects = [engine.subject(p) for p in sorted(engine.pods, key=lambda p: (p.namespace, p.name))]
+    start = time.perf_counter()
+    m = matrix(engine, subjects, subjects, port, "TCP")
+    allowed = m.allowed_count()
+    out["matrix_s"] = time.perf_counter() - start
+    out["matrix_cells"] = len(subjects) ** 2
+    out["matrix_allowed"] = allowed
+    out["matrix_classes"] = m.class_count
+    out["matrix_peak_rss_mib"] = peak_mib()
+    rng = random.Random(1)
+    times = []
+    for _ in range(200):
+        src, dst = rng.choice(subjects), rng.choice(subjects)
+        start = time.perf_counter()
+        decision = engine.decide(src, dst, port, "TCP")
+        times.append(time.perf_counter() - start)
+        assert decision.allowed == m.allowed(subjects.index(src), subjects.index(dst))
+    times.sort()
+    out["check_median_ms"] = statistics.median(times) * 1000
+    out["check_p95_ms"] = times[int(len(times) * 0.95) - 1] * 1000
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--pods", type=int, default=5000)
+    ap.add_argument("--namespaces", type=int, default=100)
+    ap.add_argument("--policies", type=int, default=1000)
+    ap.add_argument("--port", type=int, default=8080)
+    ap.add_argument("--out", metavar="FILE")
+    args = ap.parse_args()
+    result = run(args.pods, args.namespaces, args.policies, args.port)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
