@@ -150,3 +150,21 @@ def test_lookups_index_large_sets(tmp_path: Path) -> None:
     hit = trace(rs, PacketSpec(src="10.0.1.2", dst="10.9.9.9", proto="tcp", dport=80), ctx)
     miss = trace(rs, PacketSpec(src="10.0.1.3", dst="10.9.9.9", proto="tcp", dport=80), ctx)
     assert [o.verdict for o in hit.outcomes] == ["DROP"] and [o.verdict for o in miss.outcomes] == ["ACCEPT"]
+
+
+def test_queue_is_a_terminal_outcome(tmp_path: Path) -> None:
+    rs = parse_text(rules("-p tcp --dport 80 -j NFQUEUE --queue-balance 1:4 --queue-bypass --queue-cpu-fanout",
+                          "-p tcp --dport 81 -j QUEUE"), "r", "iptables")
+    ctx = TraceContext(local=node_local_addresses([]))
+    [o] = trace(rs, PacketSpec(src="10.9.9.9", dst="10.8.8.8", proto="tcp", dport=80), ctx).outcomes
+    assert (o.verdict, o.detail) == ("QUEUE", "queues 1-4, bypass")
+    assert o.to_json()["queue"] == "queues 1-4, bypass" and "accepted by this rule (bypass)" in o.reason
+    [o] = trace(rs, PacketSpec(src="10.9.9.9", dst="10.8.8.8", proto="tcp", dport=81), ctx).outcomes
+    assert o.reason == "decided by a userspace program (queue 0); with no program listening on it, the packet is dropped"
+    nft = parse_text("table inet t {\n chain f {\n  type filter hook forward priority 0; policy accept;\n"
+                     "  tcp dport 80 queue num 3 bypass\n  tcp dport 81 queue flags bypass,fanout to 1-3\n }\n}\n",
+                     "n", "nft-text")
+    [o] = trace(nft, PacketSpec(src="10.9.9.9", dst="10.8.8.8", proto="tcp", dport=80), ctx).outcomes
+    assert (o.verdict, o.detail) == ("QUEUE", "queue 3, bypass")
+    [o] = trace(nft, PacketSpec(src="10.9.9.9", dst="10.8.8.8", proto="tcp", dport=81), ctx).outcomes
+    assert (o.verdict, o.detail) == ("QUEUE", "queues 1-3, bypass")

@@ -403,13 +403,13 @@ def test_deep_acyclic_and_cyclic_chains() -> None:
 
 def test_check_output_is_unchanged(tmp_path: Path) -> None:
     path = tmp_path / "g.save"
-    path.write_text(graph_dump().replace("-A UNUSED -j ACCEPT\n", "-A UNUSED -j UNUSED\n-A UNUSED -j NFQUEUE\n"))
+    path.write_text(graph_dump().replace("-A UNUSED -j ACCEPT\n", "-A UNUSED -j UNUSED\n-A UNUSED -j CLUSTERIP\n"))
     out = subprocess.run([sys.executable, "-m", "kpa", "check", "-r", str(path)], capture_output=True, text=True,
                          check=False)
     assert out.returncode == 1
     assert out.stdout.splitlines() == [
         "ip   filter         8 chains        9 rules    1 unknown   2 dangling jumps  [iptables]",
-        f"  unknown: {path}:17: -j NFQUEUE (target 'NFQUEUE' is not modelled)",
+        f"  unknown: {path}:17: -j CLUSTERIP (target 'CLUSTERIP' is not modelled)",
         f"  dangling jump to MISSING1 (from {path}:11, {path}:15, {path}:18)",
         f"  dangling jump to MISSING2 (from {path}:14)",
         "loop: filter/UNUSED",

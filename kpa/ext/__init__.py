@@ -14,6 +14,7 @@ from kpa.ext import (  # noqa: F401  (importing a module registers its parsers)
     multiport,
     nat,
     nfacct,
+    nfqueue,
     owner,
     passive,
     physdev,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
+from kpa.ext.nfqueue import describe_queue
 from kpa.netfilter.domain import IntSet, NameSet, describe_addresses, describe_ints
 from kpa.netfilter.index import candidate_rules
 from kpa.netfilter.memo import memo_for
@@ -64,6 +65,7 @@ class Outcome:
             "probability_exact": f"{self.probability.numerator}/{self.probability.denominator}",
             "verdict": self.verdict,
             "reject_with": self.detail if self.verdict == "REJECT" else None,
+            "queue": self.detail if self.verdict == "QUEUE" else None,
             "delivery": self.delivery,
             "ended_in": self.ended_in,
             "dnat": self.dnat_text(),
@@ -194,6 +196,8 @@ class Engine:
                         next_states.append(s2)
                     elif v.kind is VerdictKind.REJECT:
                         finals.append((s2, "REJECT", v.detail, hook, self._death_reason(v, chain, hook)))
+                    elif v.kind is VerdictKind.QUEUE:
+                        finals.append((s2, "QUEUE", v.detail or "queue 0", hook, describe_queue(v.detail)))
                     else:
                         finals.append((s2, "DROP", None, hook, self._death_reason(v, chain, hook)))
             states = next_states
@@ -363,7 +367,7 @@ class Engine:
         for st, verdict, extra, where, reason in finals:
             conditions = describe_conditions(start, st)
             delivery = extra if verdict == "ACCEPT" else None
-            detail = extra if verdict == "REJECT" else None
+            detail = extra if verdict in ("REJECT", "QUEUE") else None
             # The path is compared only when everything else agrees: hashing every hop is slow.
             key = (verdict, delivery, detail, where, st.dnat, st.snat, st.masquerade, st.mark, tuple(conditions),
                    st.assumptions, len(st.path))

@@ -62,7 +62,7 @@ TABLE_KIND = {"nat": "nat", "mangle": "route"}
 STANDARD_VERDICTS = {"ACCEPT": VerdictKind.ACCEPT, "DROP": VerdictKind.DROP, "RETURN": VerdictKind.RETURN}
 # Targets that exist in the kernel but that kpa does not model; a -j to one of
 # these is an unknown target, not a jump to a missing chain.
-KNOWN_UNMODELLED_TARGETS = {"NFQUEUE", "QUEUE", "TPROXY", "NETMAP", "CLUSTERIP", "ECN", "HMARK", "IDLETIMER",
+KNOWN_UNMODELLED_TARGETS = {"TPROXY", "NETMAP", "CLUSTERIP", "ECN", "HMARK", "IDLETIMER",
                             "NPT", "DNPT", "SNPT", "MIRROR", "SAME", "ROUTE", "IPMARK", "CONNMARK"}
 
 CORE = {

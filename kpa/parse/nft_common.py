@@ -19,6 +19,7 @@ from typing import Any
 
 from kpa.errors import InputError
 from kpa.ext.base import UnknownExpr
+from kpa.ext.nfqueue import queue_detail
 from kpa.ext.nft.base import (
     ConcatKey,
     Element,
@@ -40,7 +41,7 @@ from kpa.ext.nft.nat import NftNat, NftNatMap
 from kpa.ext.nft.numgen import NumgenKey
 from kpa.ext.nft.passive import NotrackStmt, passive
 from kpa.ext.nft.payload import payload_key
-from kpa.ext.nft.verdict import reject_expr, verdict_expr, verdict_value
+from kpa.ext.nft.verdict import NftVerdict, reject_expr, verdict_expr, verdict_value
 from kpa.netfilter.domain import IntSet
 from kpa.netfilter.model import (
     Chain,
@@ -53,6 +54,7 @@ from kpa.netfilter.model import (
     Ruleset,
     Table,
     Verdict,
+    VerdictKind,
 )
 
 PRIORITIES = {"raw": -300, "mangle": -150, "dstnat": -100, "filter": 0, "security": 50, "srcnat": 100}
@@ -392,6 +394,13 @@ class Builder:
     def lower(self, stmt: dict[str, Any], table: Table) -> list[Expr]:
         (k, v), = stmt.items()
         family = table.family.value
+        if k == "queue":
+            body = v if isinstance(v, dict) else {}
+            num = str(body.get("num", 0))
+            flags = body.get("flags", [])
+            flags = [flags] if isinstance(flags, str) else list(flags)
+            queues = f"queues {num}" if "-" in num else f"queue {num}"
+            return [NftVerdict(verdict=Verdict(VerdictKind.QUEUE, detail=queue_detail(queues, "bypass" in flags)))]
         if k in VERDICTS:
             return [verdict_expr(k, v.get("target") if isinstance(v, dict) else None)]
         if k == "match":

@@ -131,8 +131,19 @@ class RuleParser:
             if t in ("jump", "goto"):
                 return {t: {"target": self.next()}}
             if t == "queue":
+                queue: dict[str, Any] = {}
+                flags: list[str] = []
                 while self.peek() in ("num", "bypass", "fanout", "to", "flags") or (self.peek() or "x")[0].isdigit():
-                    self.next()
+                    word = self.next()
+                    if word == "num" or word == "to":
+                        queue["num"] = self.next()
+                    elif word in ("bypass", "fanout"):
+                        flags.append(word)
+                    elif word == "flags":
+                        flags.extend(self.next().split(","))
+                if flags:
+                    queue["flags"] = flags
+                return {t: queue or None}
             return {t: None}
         if t == "reject":
             self.next()

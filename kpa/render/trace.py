@@ -13,7 +13,7 @@ import click
 from kpa.netfilter.engine import Outcome, TraceResult
 from kpa.netfilter.packet import Hop, PacketSpec
 
-VERDICT_COLOUR = {"ACCEPT": "green", "DROP": "red", "REJECT": "yellow"}
+VERDICT_COLOUR = {"ACCEPT": "green", "DROP": "red", "REJECT": "yellow", "QUEUE": "cyan"}
 
 
 def packet_line(p: PacketSpec) -> str:
