@@ -323,28 +323,56 @@ def graph(rules: Sequence[str], live: bool, iptc: bool, example: bool, fmt: str,
 
 # -- show ------------------------------------------------------------------------
 
+def default_namespace(inp: Inputs) -> str:
+    """-n, else the kubeconfig context's namespace (when talking to a cluster), else `default`."""
+    if inp.namespace:
+        return inp.namespace
+    if inp.kube:
+        from kpa.k8s.live import context_namespace
+
+        return context_namespace(inp.kubeconfig, inp.context) or "default"
+    return "default"
+
+
+def service_ref(ref: str, inp: Inputs) -> str:
+    """svc/NS/NAME, svc/NAME (namespace from -n or the context), NS/NAME or NAME: NS/NAME[:PORT]."""
+    body = ref.split("/", 1)[1] if ref.split("/", 1)[0] in ("svc", "service", "services") else ref
+    if "/" not in body.split(":")[0]:
+        body = f"{default_namespace(inp)}/{body}"
+    return body
+
+
 @cli.command(context_settings=CONTEXT)
+@click.argument("target", required=False, metavar="[svc/NS/NAME]")
 @rules_options
 @cluster_options
 @kube_options
-@click.option("--service", "service_filter", metavar="NS/NAME", help="Only this Service.")
-@click.option("-o", "--output", "fmt", type=OUTPUT_TEXT, default="text", show_default=True)
-def show(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: Sequence[str], node_ips: Sequence[str],
-         node: str | None, kube: bool, kubeconfig: str | None, context: str | None, namespace: str | None,
-         image: str | None, service_filter: str | None, fmt: str) -> None:
-    """List what kube-proxy built for each Service port.
+@click.option("--service", "service_filter", metavar="NS/NAME", help="Only this Service (same as the argument).")
+@click.option("-o", "--output", "fmt", type=click.Choice(["text", "wide", "name", "json", "yaml"]), default="text",
+              show_default=True, help="wide adds chains and rule locations; name prints svc/NS/NAME:PORT only.")
+@click.option("--no-headers", is_flag=True, help="Leave out table headers.")
+def show(target: str | None, rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: Sequence[str],
+         node_ips: Sequence[str], node: str | None, kube: bool, kubeconfig: str | None, context: str | None,
+         namespace: str | None, image: str | None, service_filter: str | None, fmt: str, no_headers: bool) -> None:
+    """List what kube-proxy built for each Service port (iptables and nftables modes).
 
-    For each port: its entry rules (ClusterIP, NodePort, external IP, load
-    balancer), its KUBE-SVC/SVL/EXT/FW chains, and its endpoints with their
-    exact share of traffic. Names come from kube-proxy's comments, or, where
-    those are missing, from recomputing its chain-name hashes with --cluster.
+    For each port: its entry points (ClusterIP, NodePort, external IP, load
+    balancer), traffic policies, session affinity, source ranges, and its
+    endpoints with their share of traffic, pod, node and ready / serving /
+    terminating conditions. Names come from kube-proxy's comments or
+    nftables chain names, or, where those are missing, from recomputing its
+    chain-name hashes with --cluster. Services sort naturally.
 
     \b
     Examples:
       kpa show --example
-      kpa show -r node.save -c objects/ --service shop/frontend -o json
+      kpa show --example svc/shop/web
+      kpa show -r node.save -c objects/ -n shop svc/frontend -o wide
+      kpa show -r nft-ruleset.txt -c objects/ -o name
+      kubectl kpa show --node worker-1 svc/web
     """
     from kpa.k8s.kubeproxy import hash_names, service_ports
+    from kpa.k8s.showview import describe
 
     inp = Inputs(list(rules), list(cluster), list(node_ips), node, live, example, kube, kubeconfig, context,
                  namespace, image, iptc)
@@ -358,31 +386,26 @@ def show(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: S
                             for s in objects.services for p in s.ports])
     check_node(inp, objects)
     views = service_ports(rs, known)
-    if service_filter:
+    wanted = service_ref(target, inp) if target else service_filter
+    if wanted:
         names = [v.name.split(":")[0] for v in views if v.name]
-        views = [v for v in views if v.name and (v.name == service_filter or v.name.split(":")[0] == service_filter)]
+        views = [v for v in views if v.name and (v.name == wanted or v.name.split(":")[0] == wanted)]
         if not views:
-            raise KpaError(f"no Service {service_filter} in the rules{near(service_filter, names)}")
-    if fmt != "text":
+            raise KpaError(f"no Service {wanted} in the rules{near(wanted, names)}")
+    docs = describe(views, rs, objects)
+    if fmt == "name":
+        for d in docs:
+            click.echo(f"svc/{d['service_port'] or '(unnamed)'}")
+        return
+    if fmt in ("json", "yaml"):
         from kpa.render.output import dump
 
-        click.echo(dump({"service_ports": [v.to_json() for v in views]}, fmt), nl=False)
+        click.echo(dump({"service_ports": docs}, fmt), nl=False)
         return
-    color = color_enabled(click.get_current_context())
-    for v in views:
-        title = f"{v.name or '(unnamed)'} {v.protocol or ''} [{v.family}]"
-        click.echo(click.style(title, bold=True) if color else title)
-        for e in v.entries:
-            where = f"{e.address or '<node addresses>'}:{e.port}"
-            click.echo(f"  {e.kind:<15} {where:<26} -> {e.chain}  ({e.location})")
-        for kind, name in sorted(v.chains.items()):
-            click.echo(f"  chain {kind:<4} {name}")
-        if v.no_endpoints:
-            click.echo("  no endpoints: traffic is rejected")
-        for label, eps in (("endpoint", v.endpoints), ("local endpoint", v.local_endpoints)):
-            for ep in eps:
-                click.echo(f"  {label:<15} {ep.address or '?':<26} {float(ep.probability) * 100:6.2f}%  via {ep.chain}")
-        click.echo("")
+    from kpa.render.show import render_text
+
+    click.echo(render_text(docs, fmt == "wide", not no_headers, color_enabled(click.get_current_context())),
+               nl=False)
 
 
 # -- trace -----------------------------------------------------------------------

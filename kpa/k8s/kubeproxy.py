@@ -9,6 +9,7 @@ chain-name hashes to recover which Service port a chain belongs to.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -19,6 +20,7 @@ from kpa.ext.nat import NatTarget
 from kpa.ext.recent import RecentMatch
 from kpa.ext.statistic import StatisticMatch
 from kpa.k8s import naming
+from kpa.netfilter.domain import IntSet
 from kpa.netfilter.model import Chain, Rule, Ruleset, Table, VerdictKind
 
 ENTRY_KINDS = {
@@ -174,13 +176,111 @@ def hash_names(services: list[tuple[str, str]]) -> dict[str, str]:
 
 
 def service_ports(rs: Ruleset, known: dict[str, str] | None = None) -> list[ServicePortView]:
-    """One view per (family, Service port) found in the nat tables."""
+    """One view per (family, Service port) found in the nat tables or nftables mode's kube-proxy table."""
     views: list[ServicePortView] = []
     for t in rs.tables:
-        if t.name != "nat":
-            continue
-        views.extend(_table_views(t, rs, known or {}))
+        if t.name == "nat":
+            views.extend(_table_views(t, rs, known or {}))
+        elif t.name == "kube-proxy":
+            views.extend(_nft_views(t))
     return views
+
+
+_NFT_SVC = re.compile(r"^(service|local|external|firewall)-[A-Z0-9]{8}-([^/]+)/([^/]+)/([a-z]+)/(.*)$")
+_PROTO_NAMES = {6: "TCP", 17: "UDP", 132: "SCTP"}
+
+
+def _nft_spn(chain: str) -> tuple[str, str, str] | None:
+    """(kind, "ns/name:port", PROTOCOL) from an nftables-mode chain name."""
+    m = _NFT_SVC.match(chain)
+    if m is None:
+        return None
+    kind, ns, name, proto, port = m.groups()
+    return kind, f"{ns}/{name}" + (f":{port}" if port else ""), proto.upper()
+
+
+def _single(part: Any) -> int | None:
+    return part.single_value() if isinstance(part, IntSet) else None
+
+
+def _nft_views(t: Table) -> list[ServicePortView]:
+    """Service ports of nftables mode: the service-ips / service-nodeports maps and the per-port chains."""
+    by_name: dict[str, ServicePortView] = {}
+    version = t.family.version if t.family.version in (4, 6) else 4
+    fam = "ipv6" if version == 6 else "ipv4"
+    fw = t.sets.get("firewall-ips")
+    fw_keys = {tuple(_single(p) for p in el) for el in fw.elements} if fw is not None else set()
+
+    def view(spn: str, proto: str) -> ServicePortView:
+        v = by_name.get(spn)
+        if v is None:
+            v = by_name[spn] = ServicePortView(spn, proto, fam, name_source="chain name")
+        return v
+
+    for map_name in ("service-ips", "service-nodeports"):
+        m = t.sets.get(map_name)
+        if m is None:
+            continue
+        loc = str(m.location) if m.location else t.name
+        for el, verdict in zip(m.elements, m.values or [], strict=False):
+            target = getattr(verdict, "chain", None)
+            parsed = _nft_spn(target or "")
+            if parsed is None:
+                continue
+            kind, spn, proto = parsed
+            values = [_single(p) for p in el]
+            if map_name == "service-nodeports":
+                entry = Entry("nodePort", None, values[-1], target or "", loc)
+            else:
+                addr = str(ipaddress.ip_address(values[0])) if values[0] is not None else None
+                k = "clusterIP" if kind in ("service", "local") else (
+                    "loadBalancerIP" if kind == "firewall" or tuple(values) in fw_keys else "externalIP")
+                entry = Entry(k, addr, values[-1], target or "", loc)
+            view(spn, proto).entries.append(entry)
+    for c in t.chains.values():
+        parsed = _nft_spn(c.name)
+        if parsed is None:
+            continue
+        kind, spn, proto = parsed
+        v = view(spn, proto)
+        v.chains[kind] = c.name
+        if kind in ("service", "local"):
+            dest = v.endpoints if kind == "service" else v.local_endpoints
+            for r, ep_chain, p in _nft_endpoint_split(c):
+                dest.append(EndpointView(ep_chain, dnat_target(t.chains.get(ep_chain), version), p,
+                                         str(r.location)))
+    for map_name in ("no-endpoint-services", "no-endpoint-nodeports"):
+        m = t.sets.get(map_name)
+        if m is not None and m.elements:
+            # Element comments are not kept; the views of these ports have no chains to be named by.
+            pass
+    return sorted(by_name.values(), key=lambda v: natural_key(v.name or "~"))
+
+
+def _nft_endpoint_split(chain: Chain) -> list[tuple[Rule, str, Fraction]]:
+    from kpa.ext.nft.lookup import VerdictMap
+    from kpa.ext.nft.numgen import NumgenKey
+
+    out: list[tuple[Rule, str, Fraction]] = []
+    for r in chain.rules:
+        for e in r.exprs:
+            if isinstance(e, VerdictMap) and isinstance(e.key, NumgenKey):
+                elements, verdicts = e._pairs()
+                for el, verdict in zip(elements, verdicts, strict=False):
+                    target = getattr(verdict, "chain", None)
+                    if target and isinstance(el[0], IntSet):
+                        out.append((r, target, e.key.probability(el[0])))
+        if not out:
+            target = _jump(r)
+            if target and target.startswith("endpoint-") and not any(
+                    type(e).__name__ == "SetLookup" for e in r.exprs):
+                out.append((r, target, Fraction(1)))
+    return out
+
+
+def natural_key(text: str) -> list[Any]:
+    """Sort key that puts svc-2 before svc-1000."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
 def _table_views(t: Table, rs: Ruleset, known: dict[str, str]) -> list[ServicePortView]:
@@ -239,7 +339,7 @@ def _table_views(t: Table, rs: Ruleset, known: dict[str, str]) -> list[ServicePo
                         )
                     )
     _mark_no_endpoints(rs, t, by_key)
-    return sorted(by_key.values(), key=lambda v: (v.name or "~", v.family))
+    return sorted(by_key.values(), key=lambda v: (natural_key(v.name or "~"), v.family))
 
 
 def _mark_no_endpoints(rs: Ruleset, nat: Table, views: dict[str, ServicePortView]) -> None:
@@ -388,6 +488,7 @@ __all__ = [
     "dnat_target",
     "endpoint_split",
     "hash_names",
+    "natural_key",
     "rule_protocol",
     "service_ports",
     "traffic_policy",

@@ -36,6 +36,22 @@ LIVE_POD_FIELD_SELECTOR = "status.phase!=Succeeded,status.phase!=Failed"
 DEFAULT_KUBECONFIG = "~/.kube/config"
 
 
+def context_namespace(kubeconfig: str | None = None, context: str | None = None) -> str | None:
+    """The namespace the kubeconfig's (current or given) context names, like kubectl's default."""
+    config_file = kubeconfig or os.environ.get("KUBECONFIG") or None
+    if config_file is None and Path(DEFAULT_KUBECONFIG).expanduser().exists():
+        config_file = str(Path(DEFAULT_KUBECONFIG).expanduser())
+    if config_file is None:
+        return None
+    try:
+        contexts, current = _kube_config.list_kube_config_contexts(config_file=config_file.split(os.pathsep)[0])
+    except Exception:  # an unreadable kubeconfig is reported when kpa connects
+        return None
+    chosen = next((c for c in contexts if c.get("name") == context), None) if context else current
+    ns = (chosen or {}).get("context", {}).get("namespace")
+    return str(ns) if ns else None
+
+
 def connect(kubeconfig: str | None = None, context: str | None = None) -> client.ApiClient:
     """An API client from --kubeconfig, else $KUBECONFIG, else ~/.kube/config, else in-cluster.
 

@@ -1,0 +1,134 @@
+"""`kpa show`: what kube-proxy built for each Service port, with what the cluster says about it.
+
+The rules give the entry points, chains, endpoints and their shares; the
+objects (when given) add each endpoint's pod, node and conditions, and the
+Service's traffic policies, session affinity and source ranges. Where there
+are no objects, affinity and source ranges are read from the rules.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from kpa.k8s.kubeproxy import ServicePortView, natural_key
+from kpa.k8s.story import fmt_share
+from kpa.netfilter.model import Ruleset
+
+
+def _split_spn(spn: str) -> tuple[str, str, str]:
+    ns_name, _, port = spn.partition(":")
+    ns, _, name = ns_name.partition("/")
+    return ns, name, port
+
+
+def _host_port(address: str | None) -> tuple[str | None, int | None]:
+    if not address:
+        return None, None
+    if address.startswith("["):
+        host, _, port = address[1:].partition("]:")
+        return host, int(port) if port.isdigit() else None
+    host, _, port = address.rpartition(":")
+    if not host:
+        return address, None
+    return host, int(port) if port.isdigit() else None
+
+
+def _rules_affinity(rs: Ruleset, v: ServicePortView) -> str | None:
+    for kind, chain_name in v.chains.items():
+        if kind not in ("SVC", "SVL", "service", "local"):
+            continue
+        for t in rs.tables:
+            c = t.chains.get(chain_name)
+            if c is None:
+                continue
+            for r in c.rules:
+                m = re.search(r"--rcheck --seconds (\d+)", r.text)
+                if m:
+                    return f"ClientIP ({m.group(1)}s)"
+                if "@affinity-" in r.text:
+                    return "ClientIP"
+    return None
+
+
+def _rules_source_ranges(rs: Ruleset, v: ServicePortView) -> list[str]:
+    out: list[str] = []
+    for kind, chain_name in v.chains.items():
+        if kind not in ("FW", "firewall"):
+            continue
+        for t in rs.tables:
+            c = t.chains.get(chain_name)
+            if c is None:
+                continue
+            for r in c.rules:
+                m = re.search(r"-s (\S+) .*-j KUBE-(?:EXT|SVC|XLB)-", r.text)
+                if m:
+                    out.append(m.group(1).removesuffix("/32"))
+                m = re.search(r"saddr != \{ ([^}]*) \} drop", r.text) or re.search(r"saddr != (\S+) drop", r.text)
+                if m:
+                    out.extend(x.strip() for x in m.group(1).split(","))
+    return list(dict.fromkeys(out))
+
+
+def describe(views: list[ServicePortView], rs: Ruleset, objects: Any) -> list[dict[str, Any]]:
+    """One JSON-able document per Service port, sorted naturally (svc-2 before svc-1000)."""
+    docs: list[dict[str, Any]] = []
+    for v in sorted(views, key=lambda v: (natural_key(v.name or "~"), v.family)):
+        doc = v.to_json()
+        svc = None
+        ns = name = port = ""
+        if v.name:
+            ns, name, port = _split_spn(v.name)
+            svc = objects.service(ns, name) if objects is not None else None
+        policies: dict[str, str] = {}
+        affinity = _rules_affinity(rs, v)
+        ranges = _rules_source_ranges(rs, v)
+        if svc is not None:
+            doc["type"] = svc.type
+            policies = {"externalTrafficPolicy": svc.external_traffic_policy,
+                        "internalTrafficPolicy": svc.internal_traffic_policy}
+            if svc.session_affinity != "None":
+                t = svc.session_affinity_timeout
+                affinity = f"{svc.session_affinity}" + (f" ({t}s)" if t else "")
+            ranges = list(svc.load_balancer_source_ranges) or ranges
+            for e in doc["entries"]:
+                if e["address"] in svc.load_balancer_ips:
+                    e["kind"] = "loadBalancerIP"
+                elif e["address"] in svc.external_ips:
+                    e["kind"] = "externalIP"
+            doc["load_balancer_ips"] = list(svc.load_balancer_ips)
+            doc["external_ips"] = list(svc.external_ips)
+        elif v.local_endpoints or any(k in ("SVL", "local") for k in v.chains):
+            policies = {"trafficPolicy": "Local (a local-endpoints chain exists)"}
+        doc["traffic_policies"] = policies
+        doc["session_affinity"] = affinity or "None"
+        doc["source_ranges"] = ranges
+        conditions: dict[tuple[str, int | None], Any] = {}
+        if svc is not None:
+            for ep in objects.endpoints_for(ns, name, port):
+                conditions[(ep.address, ep.port)] = ep
+        for key in ("endpoints", "local_endpoints"):
+            for e in doc[key]:
+                host, p = _host_port(e["endpoint"])
+                ep = conditions.get((host or "", p))
+                e["share"] = fmt_share(_fraction(e["probability_exact"]))
+                if ep is not None:
+                    ref = ep.target_ref
+                    e["pod"] = f"{ref.namespace or ns}/{ref.name}" if ref is not None and ref.kind == "Pod" else None
+                    e["node"] = ep.node_name
+                    e["ready"], e["serving"], e["terminating"] = ep.ready, ep.serving, ep.terminating
+                elif objects is not None and host:
+                    pod = objects.pod_by_ip(host)
+                    e["pod"] = f"{pod.namespace}/{pod.name}" if pod is not None else None
+                    e["node"] = pod.node_name if pod is not None else None
+        docs.append(doc)
+    return docs
+
+
+def _fraction(text: str) -> Any:
+    from fractions import Fraction
+
+    return Fraction(text)
+
+
+__all__ = ["describe"]
