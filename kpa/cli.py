@@ -763,4 +763,6 @@ def kubectl_main() -> None:
     As a kubectl plugin kpa talks to the cluster of the current kubeconfig
     context by default, like kubectl itself (`--no-kube` turns that off).
     """
-    _run("kubectl kpa", defaults={cmd: {"kube": True} for cmd in ("trace", "show", "lint")})
+    defaults: dict[str, Any] = {cmd: {"kube": True} for cmd in ("trace", "show", "lint")}
+    defaults["policy"] = {cmd: {"kube": True} for cmd in ("check", "matrix", "lint")}
+    _run("kubectl kpa", defaults=defaults)

@@ -66,3 +66,17 @@ def test_forbidden_policy_list_names_the_resource(server: Any, tmp_path: Path,
     assert res.code == 2
     assert "cannot list networkpolicies.networking.k8s.io at cluster scope" in res.err
     assert "kpa-reader ClusterRole" in res.err
+
+
+def test_as_a_kubectl_plugin_policy_reads_the_api_by_default(
+    server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from kpa.cli import kubectl_main
+
+    config = str(api.write_kubeconfig(tmp_path / "config", {"kind": server.url}, "kind"))
+    monkeypatch.setattr("sys.argv", ["kubectl-kpa", "policy", "lint", "--kubeconfig", config])
+    with pytest.raises(SystemExit) as exit_info:
+        kubectl_main()
+    assert exit_info.value.code in (0, 1), capsys.readouterr().err
+    assert server.seen("GET", POLICIES) and server.seen("GET", NAMESPACES)
