@@ -53,7 +53,8 @@ def _policy(ns: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
 def _app_policy(rng: random.Random, ns: str, app: str, tier: str, teams: int,
                 index: int) -> dict[str, Any]:
     selector = {"matchLabels": {"app": app}}
-    kind = index % 5
+    # Each app of a namespace gets a different mix of rule kinds.
+    kind = (index + index // 5) % 5
     if kind == 0 and tier in CALLERS:
         rule = {"from": [{"podSelector": {"matchLabels": {"tier": CALLERS[tier]}}}],
                 "ports": [{"port": TIER_PORTS[tier][0][0]}]}

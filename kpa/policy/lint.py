@@ -14,6 +14,7 @@ from typing import Any, Literal
 from kpa.k8s.netpol import NetworkPolicy, Peer, PolicyPort, PolicyRule
 from kpa.k8s.objects import ClusterObjects, Pod
 from kpa.policy.engine import Direction, PolicyEngine
+from kpa.policy.matrix import _Index
 
 Severity = Literal["error", "warning", "info"]
 SEVERITY_RANK: dict[str, int] = {"error": 0, "warning": 1, "info": 2}
@@ -70,37 +71,21 @@ def _at(policy: NetworkPolicy, line: int | None) -> str | None:
     return f"{policy.source}:{line if line is not None else policy.line}"
 
 
-def _selectable(pods: Iterable[Pod]) -> list[Pod]:
-    return [p for p in pods if not p.host_network]
-
-
-def _peer_pods(engine: PolicyEngine, policy: NetworkPolicy, peer: Peer) -> list[Pod]:
-    out = []
-    for pod in _selectable(engine.pods):
-        subject = engine.subject(pod)
-        if engine.peer_matches(policy, peer, subject)[0]:
-            out.append(pod)
-    return out
+def _class_pods(bits: int) -> Iterator[int]:
+    while bits:
+        low = bits & -bits
+        yield low.bit_length() - 1
+        bits ^= low
 
 
 def _rule_destinations(
-    engine: PolicyEngine, policy: NetworkPolicy, direction: Direction, rule: PolicyRule,
-    selected: list[Pod],
-) -> list[Pod]:
+    index: _Index, policy: NetworkPolicy, direction: Direction, rule: PolicyRule, selected: int
+) -> int:
+    """Classes of the pods a rule's traffic goes to: the selected pods for ingress, the
+    pods its peers select for egress."""
     if direction == "ingress":
         return selected
-    if not rule.peers:
-        return list(engine.pods)
-    found: dict[tuple[str, str], Pod] = {}
-    for peer in rule.peers:
-        if peer.ip_block is not None:
-            for pod in engine.pods:
-                if engine.peer_matches(policy, peer, engine.subject(pod))[0]:
-                    found[pod.key] = pod
-        else:
-            for pod in _peer_pods(engine, policy, peer):
-                found[pod.key] = pod
-    return list(found.values())
+    return index.rule_peers(policy, rule) & index.pods
 
 
 def _port_covers(outer: PolicyPort, inner: PolicyPort) -> bool:
@@ -151,6 +136,8 @@ def _policy_checks(
     engine: PolicyEngine, objects: ClusterObjects,
     service_nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network],
 ) -> Iterator[PolicyFinding]:
+    # Selectors and peers are evaluated over classes of alike pods, as for the matrix.
+    classes = _Index(engine, [engine.subject(p) for p in engine.pods])
     cluster_ips = [
         ipaddress.ip_address(ip) for svc in objects.services for ip in svc.cluster_ips
     ]
@@ -160,7 +147,7 @@ def _policy_checks(
         for ip in (*node.internal_ips, *node.external_ips)
     ]
     for policy in engine.policies:
-        selected = [p for p in engine.pods if engine.selects(policy, p)]
+        selected = classes.selector(policy.pod_selector) & classes.by_ns.get(policy.namespace, 0)
         if not selected:
             yield _finding("policy-selects-no-pods", policy.key,
                            f"podSelector {policy.pod_selector.text()} selects no pod in "
@@ -183,17 +170,19 @@ def _policy_checks(
                         yield _finding("peer-selects-no-namespace", policy.key,
                                        f"{what}: the namespaceSelector selects no namespace",
                                        _at(policy, peer.line))
-                    elif not _peer_pods(engine, policy, peer):
+                    elif not classes.peer(policy.namespace, peer):
                         yield _finding("peer-selects-no-pods", policy.key,
                                        f"{what}: selects no pod", _at(policy, peer.line))
-                destinations = _rule_destinations(engine, policy, direction, rule, selected)
+                destinations = _rule_destinations(classes, policy, direction, rule, selected)
+                declared_ports = {
+                    (name, protocol)
+                    for c in _class_pods(destinations)
+                    for name, _, protocol in classes.classes[c].ports
+                }
                 for pp_index, pp in enumerate(rule.ports):
                     if not isinstance(pp.port, str):
                         continue
-                    declared = any(
-                        c.name == pp.port and c.protocol == pp.protocol
-                        for pod in destinations for c in pod.container_ports
-                    )
+                    declared = (pp.port, pp.protocol) in declared_ports
                     if not declared:
                         yield _finding(
                             "named-port-not-declared", policy.key,
@@ -225,7 +214,7 @@ def _ip_block_check(
     inside = [s for s in service_nets if s.version == net.version
               and net.subnet_of(s)]  # type: ignore[arg-type]
     held = [ip for ip in cluster_ips if block.contains(ip)]
-    holds_endpoints = any(block.contains(ip) for ip in endpoint_ips)
+    holds_endpoints = bool(held) and any(block.contains(ip) for ip in endpoint_ips)
     if inside:
         yield _finding("ipblock-service-address", policy.key,
                        f"{what}: lies in the Service CIDR {inside[0]}; Service addresses are "

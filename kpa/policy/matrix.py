@@ -137,6 +137,8 @@ class _Index:
                 self.kv[(k, v)] = self.kv.get((k, v), 0) | bit
                 self.keys[k] = self.keys.get(k, 0) | bit
         self.selectable = _bits(selectable)
+        #: Classes of pods (hostNetwork ones included), as opposed to outside addresses.
+        self.pods = _bits([i for i, c in enumerate(self.classes) if c.namespace is not None])
         self._selector_cache: dict[LabelSelector, int] = {}
         self._ns_selector_cache: dict[LabelSelector, int] = {}
         self._peer_cache: dict[tuple[str, Peer], int] = {}

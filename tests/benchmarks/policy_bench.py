@@ -8,6 +8,8 @@ Builds Namespaces, Pods and NetworkPolicies with kpa.gen.policies, writes them a
 * the full pod-to-pod matrix for one port (every cell counted), and its peak memory;
 * one `PolicyEngine.decide` with its explanation after loading (median and p95 over
   many random pairs);
+* `policy lint` over the whole cluster;
+* `kpa policy check` as a whole process (start-up and loading included);
 * a reference workload in the same run (sorting a fixed list of random floats), so the
   figures can be read as ratios on a shared machine.
 
@@ -23,6 +25,7 @@ import json
 import random
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +35,7 @@ from typing import Any
 from kpa.gen.policies import policy_cluster
 from kpa.k8s.objects import load_objects
 from kpa.policy.engine import PolicyEngine
+from kpa.policy.lint import lint_policies
 from kpa.policy.matrix import matrix
 
 
@@ -58,6 +62,14 @@ def run(pods: int, namespaces: int, policies: int, port: int) -> dict[str, Any]:
         objects = load_objects([str(path)])
         engine = PolicyEngine.from_objects(objects)
         out["load_s"] = time.perf_counter() - start
+        first, last = engine.pods[1], engine.pods[-1]
+        argv = [sys.executable, "-m", "kpa", "policy", "check", "-c", str(path),
+                "--from", f"pod/{first.namespace}/{first.name}",
+                "--to", f"pod/{last.namespace}/{last.name}", "--port", str(port)]
+        start = time.perf_counter()
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+        out["cli_check_process_s"] = time.perf_counter() - start
+        assert proc.returncode in (0, 1), proc.stderr
     out["rss_after_load_mib"] = peak_mib()
     subjects = [engine.subject(p) for p in sorted(engine.pods, key=lambda p: (p.namespace, p.name))]
     start = time.perf_counter()
@@ -79,6 +91,11 @@ def run(pods: int, namespaces: int, policies: int, port: int) -> dict[str, Any]:
     times.sort()
     out["check_median_ms"] = statistics.median(times) * 1000
     out["check_p95_ms"] = times[int(len(times) * 0.95) - 1] * 1000
+    start = time.perf_counter()
+    findings = lint_policies(objects, engine)
+    out["lint_s"] = time.perf_counter() - start
+    out["lint_findings"] = len(findings)
+    out["peak_rss_mib"] = peak_mib()
     return out
 
 
