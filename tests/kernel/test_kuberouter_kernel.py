@@ -124,3 +124,75 @@ def test_kube_router_policies_agree_with_kernel(backend: Backend) -> None:
     verdicts = {(o.src, o.dst, o.proto, o.dport): kernel_verdict(o) for o in observed}
     # Both answers occur, so the comparison is not vacuous.
     assert set(verdicts.values()) == {"ACCEPT", "REJECT"}
+
+
+CLUSTER_IP, NODE_PORT = "10.96.0.20", 30080
+
+
+def kube_proxy_payload() -> str:
+    from kpa.gen.cluster import Cluster, Endpoint, Node, Service, ServicePort
+    from kpa.gen.iptables import render_restore
+    from kpa.gen.options import ProxierOptions
+
+    cluster = Cluster(
+        nodes=[Node("node-1", ipv4=NODE, pod_cidrs=["10.244.0.0/24"]), Node("node-2", ipv4="192.168.10.3")],
+        services=[Service("a", "web", [ServicePort(80, 8080, "http", "TCP", NODE_PORT)], [CLUSTER_IP], "NodePort",
+                          endpoints=[Endpoint(WEB, "node-1", "web")])])
+    return render_restore(cluster, ProxierOptions(node_name="node-1"))
+
+
+SERVICE_FLOWS: list[Flow] = [
+    ("client_pod", CLIENT, CLUSTER_IP, "tcp", 80),  # client egress and web ingress allow 8080 after DNAT
+    ("external", "203.0.113.10", NODE, "tcp", NODE_PORT),  # web admits 203.0.113.0/25 on port 80 only
+    ("node", NODE, CLUSTER_IP, "tcp", 80),  # from the local node: always accepted
+]
+
+
+@pytest.mark.parametrize("backend", ["nft", "legacy"])
+def test_service_traffic_through_kube_proxy_then_kube_router(backend: Backend, tmp_path: Path) -> None:
+    """kube-proxy DNATs first (nat PREROUTING/OUTPUT), then kube-router's filter chains judge the endpoint."""
+    import json
+    import subprocess
+    import sys
+
+    out = payloads()
+    with Topology(default_spec("ipv4")) as topo:
+        topo.load_iptables(kube_proxy_payload(), backend=backend)
+        topo.run_in("node", ["ipset", "-exist", "restore"], stdin=out["ipset-restore.v4"])
+        # kube-router edits the filter table kube-proxy already uses, so its payload must not flush it.
+        topo.run_in("node", [f"iptables-{backend}-restore", "-w", "10", "--noflush"],
+                    stdin=out["iptables-restore.v4"])
+        rules = topo.save(backend, counters=False)
+        sets = topo.save_ipset()
+        observed = topo.send_many(SERVICE_FLOWS, timeout=0.4)
+        dnat = {o.src: [e.dnat for e in topo.conntrack_for(o)] for o in observed}
+        topo.reset()
+        topo.destroy_ipsets()
+    assert "KUBE-SERVICES" in rules and "KUBE-ROUTER-FORWARD" in rules
+    (tmp_path / "iptables-save.txt").write_text(rules)
+    (tmp_path / "ipset.save").write_text(sets)
+    results = []
+    for o in observed:
+        # The issue's contract: two --rules inputs, --node-ip, a pod source, a ClusterIP, -o json.
+        argv = [sys.executable, "-m", "kpa", "trace", "--rules", str(tmp_path / "iptables-save.txt"),
+                "--rules", str(tmp_path / "ipset.save"), "--node-ip", NODE, "--src", o.src, "--dst", o.dst,
+                "-p", "tcp", "--dport", str(o.dport), "--sport", str(o.sport), "-o", "json"]
+        if o.origin == "node":
+            argv += ["--origin", "output"]
+        else:
+            argv += ["--in-iface", _iface(topo, o.origin, o.src) or ""]
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+        assert proc.returncode == 0, proc.stderr
+        doc = json.loads(proc.stdout)
+        [outcome] = doc["outcomes"]
+        assert {"verdict", "dnat", "probability"} <= set(outcome)
+        assert not outcome["unknown"], outcome["unknown"]
+        results.append((o, outcome))
+    for o, outcome in results:
+        assert outcome["verdict"] == kernel_verdict(o), (o, outcome["verdict"], outcome["reason"])
+        assert outcome["probability"] == 1.0
+        if kernel_verdict(o) == "ACCEPT":
+            # The kernel's conntrack entry shows where the DNAT sent the flow; kpa must say the same.
+            [entry] = dnat[o.src]
+            assert entry is not None and outcome["dnat"] == f"{entry[0]}:{entry[1]}", (entry, outcome["dnat"])
+    assert [kernel_verdict(o) for o in observed] == ["ACCEPT", "REJECT", "ACCEPT"]
