@@ -162,6 +162,7 @@ def check(cluster: Sequence[str], kube: bool, kubeconfig: str | None, context: s
     family = ipaddress.ip_address(src.ip or "0.0.0.0").version
     proto = protocol.upper() if protocol else None
 
+    to = _as_service(objects, to, port)
     if to.startswith("svc/"):
         service_decision = _check_service(engine, objects, src, to, proto, port, family,
                                           rules, node_ips)
@@ -191,6 +192,23 @@ def check(cluster: Sequence[str], kube: bool, kubeconfig: str | None, context: s
         click.echo("\n".join(decision_lines(decision)) + "\n", nl=False)
     if not decision.allowed:
         raise click.exceptions.Exit(1)
+
+
+def _as_service(objects: Any, to: str, port: int | None) -> str:
+    """A ClusterIP destination means its Service: policy sees the endpoint, never the IP."""
+    if to.startswith(("svc/", "pod/")):
+        return to
+    host, port_text = _split_port(to)
+    try:
+        svc = objects.service_by_cluster_ip(host)
+    except ValueError:
+        svc = None
+    if svc is None:
+        return to
+    number = port_text or (str(port) if port is not None else "")
+    click.echo(f"{host} is the ClusterIP of Service {svc.namespace}/{svc.name}; judging its "
+               "endpoints", err=True)
+    return f"svc/{svc.namespace}/{svc.name}" + (f":{number}" if number else "")
 
 
 def _check_service(engine: Any, objects: Any, src: Any, ref: str, proto: str | None,
@@ -267,12 +285,17 @@ def _service_text(d: Any) -> str:
               show_default=True, help="Columns: pods, or Service ports judged per endpoint.")
 @click.option("--family", type=click.Choice(["4", "6"]), default=None,
               help="Address family of the connections (default: each source's first address).")
+@click.option("--rules", "-r", "rules", multiple=True, metavar="FILE",
+              help="With --targets services: one node's rules; the endpoints come from tracing "
+                   "them for each source (sources should be that node's pods). Repeatable.")
+@click.option("--node-ip", "node_ips", multiple=True, metavar="IP",
+              help="An address of the node whose --rules these are (repeatable).")
 @click.option("-o", "--output", "fmt",
               type=click.Choice(["text", "csv", "markdown", "json", "yaml"]),
               default="text", show_default=True)
 def matrix(cluster: Sequence[str], kube: bool, kubeconfig: str | None, context: str | None,
            port: int, protocol: str, namespaces: Sequence[str], targets: str,
-           family: str | None, fmt: str) -> None:
+           family: str | None, rules: Sequence[str], node_ips: Sequence[str], fmt: str) -> None:
     """Print who may connect to whom on one port.
 
     Sources down, destinations across; the text grid uses `.` for allowed and `X`
@@ -285,6 +308,7 @@ def matrix(cluster: Sequence[str], kube: bool, kubeconfig: str | None, context: 
       kpa policy matrix -c cluster/ --port 80
       kpa policy matrix -c cluster/ -n shop --protocol udp --port 53 -o csv
       kpa policy matrix -c cluster/ --targets services -o json
+      kpa policy matrix -c cluster/ --targets services -r node-a.save --node-ip 192.168.0.2
     """
     from kpa.policy.engine import PolicyEngine
     from kpa.policy.matrix import matrix as build
@@ -298,9 +322,16 @@ def matrix(cluster: Sequence[str], kube: bool, kubeconfig: str | None, context: 
     pods = sorted((p for p in engine.pods if not namespaces or p.namespace in namespaces),
                   key=lambda p: (p.namespace, p.name))
     sources = [engine.subject(p, family=version) for p in pods]
+    if rules and targets != "services":
+        raise click.UsageError("--rules only applies with --targets services")
     if targets == "services":
+        ruleset = None
+        if rules:
+            from kpa.sources import load_rules
+
+            ruleset = load_rules(list(rules))
         doc, names, cells = _service_matrix(engine, objects, sources, port, proto,
-                                            namespaces, version)
+                                            namespaces, version, ruleset, list(node_ips))
     else:
         m = build(engine, sources, [engine.subject(p, family=version) for p in pods], port, proto)
         rows = list(m.rows())
@@ -327,7 +358,8 @@ def matrix(cluster: Sequence[str], kube: bool, kubeconfig: str | None, context: 
 
 
 def _service_matrix(engine: Any, objects: Any, sources: list[Any], port: int, proto: str,
-                    namespaces: Sequence[str], version: int | None
+                    namespaces: Sequence[str], version: int | None, ruleset: Any = None,
+                    node_ips: list[str] | None = None,
                     ) -> tuple[dict[str, Any], list[str], list[list[bool]]]:
     from kpa.policy.services import decide_service, service_target
 
@@ -348,7 +380,7 @@ def _service_matrix(engine: Any, objects: Any, sources: list[Any], port: int, pr
             if target is None:
                 cells[i].append(False)
                 continue
-            d = decide_service(engine, objects, src, target)
+            d = decide_service(engine, objects, src, target, ruleset, node_ips)
             cells[i].append(d.allowed)
             out.append({
                 "from": src.name, "to": target.name, "port": port, "protocol": proto,
@@ -358,6 +390,7 @@ def _service_matrix(engine: Any, objects: Any, sources: list[Any], port: int, pr
                     for e in d.endpoints
                 ],
                 "reason": d.reason(),
+                "endpoints_from": d.source,
             })
     return {"port": port, "protocol": proto, "cells": out}, names, cells
 

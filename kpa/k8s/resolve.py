@@ -173,16 +173,18 @@ def traced_endpoints(
     dst: str,
     dport: int,
     proto: str,
+    origin: str = "prerouting",
 ) -> list[TracedEndpoint]:
-    """Trace a new connection from `src` (a pod on this node) to dst:dport through the
-    node's rules and return each outcome's DNAT target with its exact probability."""
+    """Trace a new connection from `src` to dst:dport through the node's rules and return
+    each outcome's DNAT target with its exact probability. `origin` is "prerouting" for a
+    pod's own network namespace and "output" for a process of the node (hostNetwork)."""
     from kpa.netfilter.engine import trace
     from kpa.netfilter.model import Family
     from kpa.netfilter.packet import PacketSpec, TraceContext, node_local_addresses
 
     family = Family.IPV6 if ipaddress.ip_address(dst).version == 6 else Family.IPV4
     spec = PacketSpec(family=family, src=src, dst=dst, proto=proto.lower(), dport=dport,
-                      origin="prerouting", ctstate="NEW")
+                      origin=origin, ctstate="NEW")
     ctx = TraceContext(local=node_local_addresses(local_ips))
     result = trace(ruleset, spec, ctx)
     out = []

@@ -165,8 +165,12 @@ def decide_service(
         from kpa.k8s.resolve import traced_endpoints
 
         decision = ServiceDecision(src, target, "rules")
-        for out in traced_endpoints(ruleset, local_ips or [], src.ip, target.cluster_ip,
-                                    target.port.port, protocol):
+        local = [canonical_ip(ip) for ip in local_ips or []]
+        # A hostNetwork pod (or any process) on this node sends from the node itself.
+        on_node = (src.pod is not None and src.pod.host_network) or src.ip in local
+        for out in traced_endpoints(ruleset, local, src.ip, target.cluster_ip,
+                                    target.port.port, protocol,
+                                    "output" if on_node else "prerouting"):
             if out.verdict != "ACCEPT" or out.address is None:
                 what = (f"{out.verdict} without DNAT" if out.address is None
                         else f"{out.verdict} after DNAT to {out.address}")

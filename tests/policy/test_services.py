@@ -177,3 +177,153 @@ def test_service_matrix_lists_endpoints(tmp_path: Path, capsys: pytest.CaptureFi
     assert by_from["pod/default/web-a10"]["allowed"] is False
     assert [e["endpoint"] for e in by_from["pod/default/client"]["endpoints"]] == [
         "10.244.0.10:8080", "10.244.1.11:8080", "10.244.2.12:8080"]
+
+
+def _objects(tmp_path: Path, fixture: str, docs: list[dict[str, Any]]) -> Any:
+    return load_objects([str(FIXTURES / "clusters" / f"{fixture}.yaml")]).merged(
+        load(tmp_path, docs, f"{fixture}-extra.yaml"))
+
+
+@pytest.mark.parametrize("mode", [None, "iptables", "nftables"])
+def test_udp_and_sctp_service_ports(tmp_path: Path, mode: str | None) -> None:
+    client = pod("telecom", "client", ["10.244.0.50"], labels={"app": "client"}, ports=[])
+    sip_only = policy("telecom", "sip", {
+        "podSelector": {"matchLabels": {"app": "signalling"}},
+        "ingress": [{"ports": [{"port": 5060, "protocol": "UDP"}]}],
+    })
+    objects = _objects(tmp_path, "udp-sctp", [namespace("telecom"), client, sip_only])
+    engine = PolicyEngine.from_objects(objects)
+    svc = objects.service("telecom", "signalling")
+    assert svc is not None
+    rules = {"iptables": FIXTURES / "iptables" / "udp-sctp.nft.v4.save",
+             "nftables": FIXTURES / "nft" / "kube-proxy" / "udp-sctp.v4.nft"}
+    ruleset = load_rules([str(rules[mode])]) if mode else None
+    src = engine.subject(objects.pod("telecom", "client"))
+    verdicts = {}
+    for sp in svc.ports:
+        target = service_target(svc, sp, 4)
+        assert target is not None
+        d = decide_service(engine, objects, src, target, ruleset, ["192.168.0.2"])
+        assert [e.endpoint for e in d.endpoints] == ["10.244.0.10:" + str(sp.port),
+                                                     "10.244.1.11:" + str(sp.port)], (mode, sp)
+        verdicts[sp.protocol] = d.allowed
+    assert verdicts == {"UDP": True, "SCTP": False}
+
+
+@pytest.mark.parametrize("mode", [None, "iptables", "nftables"])
+def test_dual_stack_service_is_judged_per_family(tmp_path: Path, mode: str | None) -> None:
+    client = pod("default", "client", ["10.244.0.50", "fd00:10:244::32"],
+                 labels={"app": "client"}, ports=[])
+    # Only IPv6 clients in the pod range, and not ds-c12's node range.
+    v6_only = policy("default", "v6", {
+        "podSelector": {"matchLabels": {"app": "web-ds"}},
+        "ingress": [{"from": [{"ipBlock": {"cidr": "fd00:10:244::/56"}}]}],
+    })
+    objects = _objects(tmp_path, "dual-stack", [namespace("default"), client, v6_only])
+    engine = PolicyEngine.from_objects(objects)
+    svc = objects.service("default", "web-ds")
+    assert svc is not None
+    for family, allowed in ((4, False), (6, True)):
+        suffix = "v4" if family == 4 else "v6"
+        rules = {"iptables": FIXTURES / "iptables" / f"dual-stack.nft.{suffix}.save",
+                 "nftables": FIXTURES / "nft" / "kube-proxy" / f"dual-stack.{suffix}.nft"}
+        ruleset = load_rules([str(rules[mode])]) if mode else None
+        node_ip = "192.168.0.2" if family == 4 else "fd00:192:168::2"
+        src = engine.subject(objects.pod("default", "client"), family=family)
+        target = service_target(svc, svc.ports[0], family)
+        assert target is not None
+        d = decide_service(engine, objects, src, target, ruleset, [node_ip])
+        assert len(d.endpoints) == 3, (mode, family, d.other_outcomes)
+        assert d.allowed is allowed, (mode, family)
+        if family == 6:
+            assert "[fd00:10:244::a]:8080" in {e.endpoint for e in d.endpoints}
+
+
+def test_named_target_ports_resolve_per_pod_through_the_slices(tmp_path: Path) -> None:
+    def web(name: str, ip: str, number: int) -> dict[str, Any]:
+        return pod("shop", name, [ip], {"app": "web"},
+                   ports=[{"name": "web", "containerPort": number}])
+
+    docs = [
+        namespace("shop"),
+        pod("shop", "client", ["10.244.0.50"], {"app": "client"}, ports=[]),
+        web("old", "10.244.0.10", 8080), web("new", "10.244.0.11", 9090),
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "shop", "name": "web"},
+         "spec": {"clusterIP": "10.96.0.40", "clusterIPs": ["10.96.0.40"],
+                  "ports": [{"name": "http", "port": 80, "targetPort": "web"}]}},
+    ]
+    # The slice controller writes one slice per resolved port number.
+    for name, ip, number in (("old", "10.244.0.10", 8080), ("new", "10.244.0.11", 9090)):
+        docs.append({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"namespace": "shop", "name": f"web-{name}",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [ip], "conditions": {"ready": True},
+                           "targetRef": {"kind": "Pod", "namespace": "shop", "name": name}}],
+            "ports": [{"name": "http", "port": number, "protocol": "TCP"}],
+        })
+    docs.append(policy("shop", "web", {
+        "podSelector": {"matchLabels": {"app": "web"}},
+        "ingress": [{"ports": [{"port": 8080}]}],
+    }))
+    objects = load(tmp_path, docs)
+    engine = PolicyEngine.from_objects(objects)
+    svc = objects.service("shop", "web")
+    assert svc is not None
+    target = service_target(svc, svc.ports[0], 4)
+    assert target is not None
+    d = decide_service(engine, objects, engine.subject(objects.pod("shop", "client")), target)
+    assert [(e.endpoint, e.decision.allowed) for e in d.endpoints] == [
+        ("10.244.0.10:8080", True), ("10.244.0.11:9090", False)]
+    assert not d.allowed
+    assert "1 of 2 endpoint(s) denied; pod/shop/new" in d.reason()
+
+
+def test_a_cluster_ip_destination_means_its_service(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    load(tmp_path, extra([ONLY_A10]), "extra.yaml")
+    res = kpa(capsys, "policy", "check", "-c", str(CLUSTER), "-c", str(tmp_path / "extra.yaml"),
+              "--from", "pod/default/client", "--to", "10.96.0.11:80")
+    assert res.code == 0, res.err
+    assert res.out.startswith("ALLOWED: pod/default/client -> svc/default/web port http")
+    assert "10.96.0.11 is the ClusterIP of Service default/web" in res.err
+
+
+def test_service_matrix_from_the_node_rules(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    load(tmp_path, extra([ONLY_A10]), "extra.yaml")
+    res = kpa(capsys, "policy", "matrix", "-c", str(CLUSTER), "-c", str(tmp_path / "extra.yaml"),
+              "--targets", "services", "-r", str(RULES["nftables"]), "--node-ip", "192.168.0.2",
+              "-o", "json")
+    assert res.code == 0, res.err
+    cells = {c["from"]: c for c in json.loads(res.out)["cells"]}
+    assert cells["pod/default/client"]["endpoints_from"] == "rules"
+    assert cells["pod/default/client"]["allowed"] is True
+    assert len(cells["pod/default/client"]["endpoints"]) == 3
+
+
+@pytest.mark.parametrize("mode", ["iptables", "nftables"])
+def test_host_network_source_is_traced_from_the_node_and_seen_with_its_address(
+    tmp_path: Path, mode: str
+) -> None:
+    agent = pod("default", "agent", ["192.168.0.2"], {"app": "agent"}, ports=[],
+                host_network=True, node="node-a")
+    from_nodes = policy("default", "web", {
+        "podSelector": {"matchLabels": {"app": "web"}},
+        "ingress": [{"from": [{"ipBlock": {"cidr": "192.168.0.0/24"}}],
+                     "ports": [{"port": 8080}]}],
+    })
+    objects = load_objects([str(CLUSTER)]).merged(
+        load(tmp_path, [namespace("default"), agent, from_nodes]))
+    engine = PolicyEngine.from_objects(objects)
+    svc = objects.service("default", "web")
+    assert svc is not None
+    target = service_target(svc, svc.ports[0], 4)
+    assert target is not None
+    src = engine.subject(objects.pod("default", "agent"))
+    d = decide_service(engine, objects, src, target, load_rules([str(RULES[mode])]),
+                       ["192.168.0.2"])
+    assert len(d.endpoints) == 3 and d.allowed
+    assert d.endpoints[0].decision.egress.note is not None  # hostNetwork: no egress isolation
