@@ -439,6 +439,16 @@ def show(target: str | None, rules: Sequence[str], live: bool, iptc: bool, examp
 @click.option("--details", is_flag=True, help="After the summary, list each outcome's rules (same as -v).")
 @click.option("-v", "--verbose", count=True, help="-v: each outcome's rules, without hops that change nothing; "
                                                   "-vv: every hop.")
+@click.option("--uid", type=click.IntRange(0, 0xFFFFFFFF), help="User id of the sending process (owner, meta skuid); open if omitted.")
+@click.option("--gid", type=click.IntRange(0, 0xFFFFFFFF), help="Group id of the sending process (owner, meta skgid); open if omitted.")
+@click.option("--src-mac", metavar="MAC", help="Ethernet source address of a received packet (-m mac); open if omitted.")
+@click.option("--ipsec", is_flag=True, help="Packets are IPsec-protected (-m policy); by default the node has no IPsec policy.")
+@click.option("--rate-limits", type=click.Choice(["within", "exceeded"]),
+              help="State of limit/hashlimit/nft limit rules; unknown (both ways) if omitted.")
+@click.option("--connections", type=click.IntRange(0), metavar="N",
+              help="Connections the client already has (connlimit); unknown if omitted.")
+@click.option("--recent-hits", type=click.IntRange(0), metavar="N",
+              help="Packets the client sent before, per recent list (recent --hitcount); unknown if omitted.")
 @click.option("-o", "--output", "fmt", type=OUTPUT_TEXT, default="text", show_default=True)
 def trace(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: Sequence[str], node_ips: Sequence[str],
           node: str | None, kube: bool, kubeconfig: str | None, context: str | None, namespace: str | None,
@@ -446,7 +456,8 @@ def trace(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: 
           dport: int | None, origin: str | None, in_iface: str | None, out_iface: str | None, ctstate: str,
           mark: str, affinity: Sequence[str], affinity_open: bool, to: str | None, via: str,
           from_: str | None, family: str | None, max_outcomes: int, explain: bool, details: bool, verbose: int,
-          fmt: str) -> None:
+          uid: int | None, gid: int | None, src_mac: str | None, ipsec: bool, rate_limits: str | None,
+          connections: int | None, recent_hits: int | None, fmt: str) -> None:
     """Trace a packet through the node's netfilter and list every outcome.
 
     Fields left out stay open: kpa splits on the rules that test them and
@@ -463,6 +474,7 @@ def trace(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: 
       kpa trace --example --src 198.51.100.7 --dst 203.0.113.10 -p tcp --dport 443
       kpa trace --example --dst 192.168.0.2 -p tcp --dport 30080 --origin prerouting -o json
       kpa trace --example --dst 10.96.0.13 -p tcp --dport 9090 --explain
+      kpa trace -r istio.save --origin output --uid 1337 --dst 10.96.0.11 -p tcp --dport 80
       kpa trace -r node.save -c cluster/ --to svc/shop/web:http --from external
       kubectl kpa trace --kube --node worker-1 --to svc/shop/web:http --from pod/shop/client-0
     """
@@ -510,7 +522,7 @@ def trace(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: 
     spec = PacketSpec(family=fam, src=src, dst=dst, proto=proto, sport=sport, dport=dport, iif=in_iface,
                       oif=out_iface, origin=spec_origin or "prerouting",
                       ctstate=None if ctstate.lower() == "any" else ctstate.upper(), mark=mark_value,
-                      src_exclude=exclude)
+                      src_exclude=exclude, uid=uid, gid=gid, src_mac=src_mac)
     try:
         spec.initial_state()
     except ValueError as exc:
@@ -519,7 +531,8 @@ def trace(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: 
         raise KpaError(f"the rules hold no {'IPv6' if fam is Family.IPV6 else 'IPv4'} tables for this packet")
     ctx = TraceContext(local=local, affinity={n: True for n in affinity},
                        affinity_default=None if affinity_open else False, max_outcomes=max_outcomes,
-                       explain=explain)
+                       explain=explain, ipsec=ipsec, rate_limits=rate_limits, connections=connections,
+                       recent_hits=recent_hits)
     result = run_trace(rs, spec, ctx)
     result.warnings = list(rs.warnings) + result.warnings
     from kpa.k8s.story import annotate

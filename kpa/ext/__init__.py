@@ -3,6 +3,7 @@
 from kpa.ext import (  # noqa: F401  (importing a module registers its parsers)
     addrtype,
     comment,
+    connlimit,
     connmark,
     conntrack,
     ct,
@@ -10,6 +11,7 @@ from kpa.ext import (  # noqa: F401  (importing a module registers its parsers)
     iprange,
     ipset,
     limit,
+    mac,
     mark,
     multiport,
     nat,
@@ -18,6 +20,7 @@ from kpa.ext import (  # noqa: F401  (importing a module registers its parsers)
     owner,
     passive,
     physdev,
+    policy,
     recent,
     reject,
     statistic,

@@ -3,6 +3,10 @@
 Whether the client is already in a list is state kpa cannot see in a dump.
 By default it is not (a first connection); `--affinity NAME` puts it in;
 left open, the trace follows both cases and says which it assumed.
+
+`--hitcount N` further needs N packets from the client in the list (within
+--seconds). How many there were is not in a ruleset: `kpa trace
+--recent-hits N` states it; otherwise a member's check is unknown.
 """
 
 from __future__ import annotations
@@ -10,9 +14,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from kpa.ext.base import Option, OptionError, ParseCtx, Unsupported, match
+from kpa.ext.base import Option, OptionError, ParseCtx, Unsupported, match, parse_int
 from kpa.netfilter.model import Expr, Flow, Step
-from kpa.netfilter.packet import State, TraceContext
+from kpa.netfilter.packet import Assumption, State, TraceContext
+
+HITS_UNKNOWN = "recent --hitcount depends on how many packets the client sent before (kpa trace --recent-hits)"
 
 
 @dataclass(eq=False)
@@ -22,6 +28,7 @@ class RecentMatch(Expr):
     list_name: str = "DEFAULT"
     command: str = "--rcheck"
     negated: bool = False
+    hitcount: int = 0
 
     def step(self, st: State, ctx: TraceContext) -> Iterable[Step]:
         current = st.recent_member(self.list_name, ctx.affinity.get(self.list_name, ctx.affinity_default))
@@ -39,9 +46,19 @@ class RecentMatch(Expr):
                 hit, after = member, member
             if after != member:
                 s = s.set(recent={**s.recent, self.list_name: after})
-            if self.negated:
-                hit = not hit
-            yield s, (Flow.CONTINUE if hit else Flow.NO_MATCH)
+            for s2, h in self._hits(s, ctx, hit):
+                yield s2, (Flow.CONTINUE if h != self.negated else Flow.NO_MATCH)
+
+    def _hits(self, st: State, ctx: TraceContext, member_hit: bool) -> list[tuple[State, bool]]:
+        """A member's check also needs --hitcount packets in the list."""
+        if not member_hit or not self.hitcount or self.command not in ("--rcheck", "--update"):
+            return [(st, member_hit)]
+        if ctx.recent_hits is not None:
+            return [(st, ctx.recent_hits >= self.hitcount)]
+        rule = ctx.rule
+        loc, text = (rule.location, rule.text) if rule else (None, self.describe())
+        return [(st.assume(Assumption(loc, text, HITS_UNKNOWN, True)), True),
+                (st.assume(Assumption(loc, text, HITS_UNKNOWN, False)), False)]
 
     def render(self) -> list[str]:
         return ["-m", "recent"] + [t for o in self.options for t in o.render()]
@@ -60,7 +77,7 @@ def parse_recent(opts: list[Option], ctx: ParseCtx) -> Expr:
         elif o.name == "--rdest":
             raise Unsupported("recent --rdest is not modelled (kpa tracks source addresses)")
         elif o.name == "--hitcount":
-            raise Unsupported("recent --hitcount depends on earlier packets")
+            m.hitcount = parse_int(o.arg(), "a hit count")
         elif o.name not in ("--set", "--rcheck", "--update", "--remove", "--seconds", "--reap", "--rttl", "--rsource", "--mask"):
             raise Unsupported(f"recent option {o.name} is not modelled")
     return m

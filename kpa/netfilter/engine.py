@@ -26,6 +26,7 @@ from kpa.netfilter.packet import (
     PacketSpec,
     State,
     TraceContext,
+    format_mac,
     full_domain,
 )
 
@@ -111,6 +112,7 @@ class TraceResult:
                 "family": "ipv6" if p.family.version == 6 else "ipv4", "src": p.src, "dst": p.dst,
                 "protocol": p.proto, "sport": p.sport, "dport": p.dport, "in_iface": p.iif,
                 "out_iface": p.oif, "origin": p.origin, "ctstate": p.ctstate, "mark": hex(p.mark),
+                "uid": p.uid, "gid": p.gid, "src_mac": p.src_mac,
             },
             "service": (self.labels.get("services") or [None])[0],
             "services": self.labels.get("services", []),
@@ -398,6 +400,11 @@ def describe_conditions(start: State, end: State) -> list[str]:
             continue
         assert isinstance(after, IntSet) and isinstance(before, IntSet)
         removed = before - after
+        if name == "mac":
+            shown = [format_mac(a) if a == b else f"{format_mac(a)}-{format_mac(b)}" for a, b in after.spans]
+            out.append(f"src-mac in {', '.join(shown[:4])}{', ...' if len(shown) > 4 else ''}" if after.size()
+                       < removed.size() else f"src-mac not in {', '.join(format_mac(a) for a, _ in removed.spans[:4])}")
+            continue
         render = (lambda s: describe_addresses(s, v)) if name in ("src", "dst") else (
             (lambda s: [PROTOCOL_NAMES.get(a, str(a)) if a == b else f"{a}-{b}" for a, b in s]) if name == "proto"
             else describe_ints)

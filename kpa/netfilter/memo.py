@@ -44,7 +44,8 @@ ENTRIES_PER_KEY = 4
 # Evaluations of a key before kpa judges whether memoising it pays.
 MIN_TRIES = 32
 # Scalar state the chain may have changed; copied over when it did.
-_SCALARS = ("ctstate", "mark", "ctmark", "tcp_flags", "dnat", "snat", "masquerade", "derived", "hook")
+_SCALARS = ("ctstate", "mark", "ctmark", "tcp_flags", "dnat", "snat", "masquerade", "derived", "hook",
+            "local_origin")
 _SEQUENCES = ("path", "assumptions", "notes", "facts")
 _MISSING = object()
 
@@ -155,7 +156,7 @@ class ChainMemo:
     def key(chain_id: int, nat: bool, st: State) -> tuple[Any, ...]:
         # Everything a rule may read directly, other than packet fields (those are recorded).
         return (chain_id, nat, st.hook, st.family, st.ctstate, st.mark, st.ctmark, st.tcp_flags,
-                st.dnat is not None, st.snat is not None, st.masquerade)
+                st.dnat is not None, st.snat is not None, st.masquerade, st.local_origin)
 
     def run(self, key: tuple[Any, ...], st: State, ctx: TraceContext,
             evaluate: Callable[[State], Results], truncated: Callable[[], bool]) -> Results:
@@ -208,7 +209,7 @@ def memo_for(ruleset: Ruleset, ctx: TraceContext) -> ChainMemo | None:
         return None
     # The ipsets belong to the ruleset, which already keys the memo.
     facts = (tuple(sorted(ctx.local.items())), tuple(sorted(ctx.affinity.items())), ctx.affinity_default,
-             ctx.max_outcomes)
+             ctx.max_outcomes, ctx.facts_key())
     per_ruleset = _MEMOS.setdefault(ruleset, {})
     memo = per_ruleset.get(facts)
     if memo is None:

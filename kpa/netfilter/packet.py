@@ -51,7 +51,7 @@ def record_reads(reads: list[tuple[Any, ...]] | None) -> list[tuple[Any, ...]] |
 def note_read(read: tuple[Any, ...]) -> None:
     if _reads is not None:
         _reads.append(read)
-INT_FIELDS = ("src", "dst", "proto", "sport", "dport", "icmp_type")
+INT_FIELDS = ("src", "dst", "proto", "sport", "dport", "icmp_type", "uid", "gid", "mac")
 NAME_FIELDS = ("iif", "oif")
 
 
@@ -60,6 +60,11 @@ def full_domain(name: str, version: int) -> IntSet:
         return IntSet.range(0, (1 << ADDR_BITS[version]) - 1)
     if name in ("sport", "dport"):
         return IntSet.range(0, 65535)
+    if name in ("uid", "gid"):
+        # The sending socket's owner (owner match, meta skuid/skgid); only local packets have one.
+        return IntSet.range(0, 0xFFFFFFFF)
+    if name == "mac":
+        return IntSet.range(0, (1 << 48) - 1)  # the Ethernet source address (mac match)
     return IntSet.range(0, 255)
 
 
@@ -150,6 +155,8 @@ class State:
     # Fields the engine itself fixed (e.g. routing picked `lo`): not user conditions.
     derived: frozenset[str] = frozenset()
     hook: str = ""
+    # Sent by a process on this node (origin output): it has a socket, with an owner.
+    local_origin: bool = False
 
     @property
     def version(self) -> int:
@@ -279,6 +286,11 @@ class PacketSpec:
     mark: int = 0
     # Sources left out of an open source (e.g. `--from external`: pod CIDRs, node addresses).
     src_exclude: tuple[str, ...] = ()
+    # The sending process's user and group (locally generated packets), and the
+    # Ethernet source address (packets from a network interface). None leaves them open.
+    uid: int | None = None
+    gid: int | None = None
+    src_mac: str | None = None
 
     def initial_state(self) -> State:
         v = self.family.version
@@ -301,6 +313,12 @@ class PacketSpec:
             doms["dport"] = IntSet.single(self.dport)
         if self.icmp_type is not None:
             doms["icmp_type"] = IntSet.single(self.icmp_type)
+        if self.uid is not None:
+            doms["uid"] = IntSet.single(self.uid)
+        if self.gid is not None:
+            doms["gid"] = IntSet.single(self.gid)
+        if self.src_mac is not None:
+            doms["mac"] = IntSet.single(parse_mac(self.src_mac))
         doms["iif"] = NameSet(self.iif) if self.iif else NameSet()
         doms["oif"] = NameSet(self.oif) if self.oif else NameSet()
         if self.origin == "output":
@@ -308,7 +326,20 @@ class PacketSpec:
             doms["iif"] = NameSet("")
         ct = frozenset({self.ctstate.upper()}) if self.ctstate else PACKET_CT_STATES
         flags = 0x02 if "NEW" in ct and len(ct) == 1 else 0x10
-        return State(self.family, doms, ctstate=ct, mark=self.mark, tcp_flags=flags)
+        return State(self.family, doms, ctstate=ct, mark=self.mark, tcp_flags=flags,
+                     local_origin=self.origin == "output")
+
+
+def parse_mac(text: str) -> int:
+    """`02:00:00:00:00:01` as a 48-bit number."""
+    parts = text.split(":")
+    if len(parts) != 6 or not all(len(p) in (1, 2) and all(c in "0123456789abcdefABCDEF" for c in p) for p in parts):
+        raise ValueError(f"expected a MAC address like 02:00:00:00:00:01, found {text!r}")
+    return int("".join(p.zfill(2) for p in parts), 16)
+
+
+def format_mac(value: int) -> str:
+    return ":".join(f"{(value >> s) & 0xFF:02x}" for s in range(40, -1, -8))
 
 
 def protocol_number(name: str, family: Family = Family.IPV4) -> int:
@@ -341,6 +372,13 @@ class TraceContext:
     affinity_default: bool | None = False
     # The ruleset's ipsets (set by the engine from Ruleset.ipsets) for the `set` match.
     ipsets: dict[str, IpSet] = field(default_factory=dict)
+    # Node state a ruleset does not show, as the user stated it (None: unknown, both ways explored).
+    ipsec: bool = False  # whether packets are IPsec-protected (-m policy); by default no IPsec policy
+    rate_limits: str | None = None  # "within" or "exceeded": limit, hashlimit, nft limit
+    connections: int | None = None  # connections the client already has (connlimit, ct count)
+    recent_hits: int | None = None  # packets seen from the client in a recent list (--hitcount)
+    # Addresses the node routes, per IP version: prefix -> interface (None: interface not known).
+    routes: dict[int, list[tuple[IntSet, str | None]]] = field(default_factory=dict)
     max_outcomes: int = 512
     explain: bool = False
     # Reuse base-chain evaluations between states the chain cannot tell apart (kpa.netfilter.memo).
@@ -352,3 +390,8 @@ class TraceContext:
 
     def is_local(self, version: int) -> IntSet:
         return self.local.get(version, IntSet())
+
+    def facts_key(self) -> tuple[Any, ...]:
+        """The stated node facts that change what rules do (memoised walks are per these)."""
+        return (self.ipsec, self.rate_limits, self.connections, self.recent_hits,
+                tuple((v, tuple(r)) for v, r in sorted(self.routes.items())))

@@ -19,6 +19,7 @@ from typing import Any
 
 from kpa.errors import InputError
 from kpa.ext.base import UnknownExpr
+from kpa.ext.nat import NatRange
 from kpa.ext.nfqueue import queue_detail
 from kpa.ext.nft.base import (
     ConcatKey,
@@ -529,10 +530,12 @@ class Builder:
                     raise Malformed(f"expected one address to translate to, found {fmt(it[1])!r}")
                 targets.append((to_ip, to_port))
             return [NftNatMap(name=name, key=key, elements=elements, targets=targets, text=text)]
-        if (isinstance(addr, dict) and "range" in addr) or (isinstance(addr, str) and "-" in addr) or isinstance(addr, dict):
-            return [self.unknown(stmt, f"{kind} to an address range or expression is not modelled", target=True)]
+        if (isinstance(addr, dict) and "range" in addr) or (isinstance(port, dict) and "range" in port):
+            return [self.nat_range(stmt, name, addr, port, v, text)]
+        if (isinstance(addr, str) and "-" in addr) or isinstance(addr, dict):
+            return [self.unknown(stmt, f"{kind} to an address expression is not modelled", target=True)]
         if isinstance(port, dict):
-            return [self.unknown(stmt, f"{kind} to a port range or expression is not modelled", target=True)]
+            return [self.unknown(stmt, f"{kind} to a port expression is not modelled", target=True)]
         ip: int | None = None
         if addr is not None:
             try:
@@ -543,6 +546,27 @@ class Builder:
             return [self.unknown(stmt, f"{kind} without an address is not modelled", target=True)]
         pnum = self.const_int(port) if port is not None else None
         return [NftNat(name=name, ip=ip, port=pnum, text=text)]
+
+    def nat_range(self, stmt: dict[str, Any], name: str, addr: Any, port: Any, v: dict[str, Any],
+                  text: str) -> Expr:
+        """`dnat to a-b:p-q` (kpa.ext.nat's ranges)."""
+        def bounds(raw: Any, what: str, conv: Any) -> tuple[int, int]:
+            lo, hi = raw["range"] if isinstance(raw, dict) else (raw, raw)
+            try:
+                return conv(lo), conv(hi)
+            except (ValueError, TypeError):
+                raise Malformed(f"expected {what} range, found {fmt(raw)!r}") from None
+        ip_lo = ip_hi = -1
+        if addr is not None:
+            ip_lo, ip_hi = bounds(addr, "an address", lambda x: int(ipaddress.ip_address(str(x))))
+        p_lo = p_hi = None
+        if port is not None:
+            p_lo, p_hi = bounds(port, "a port", lambda x: self.const_int(x))
+        flags = v.get("flags", [])
+        flags = [flags] if isinstance(flags, str) else list(flags) if isinstance(flags, list) else []
+        rng = NatRange(ip_lo, ip_hi, p_lo, p_hi)
+        return NftNat(name=name, range=rng, random=bool({"random", "fully-random"} & set(flags)),
+                      persistent="persistent" in flags, text=text)
 
     def mark_expr(self, raw: Any) -> MarkExpr:
         if isinstance(raw, dict) and len(raw) == 1:

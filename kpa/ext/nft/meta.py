@@ -5,16 +5,25 @@ prints a trailing `*` (`iifname "veth*"`). `meta iif`/`oif` compare interface
 indexes; nft prints them as names, and kpa treats them as names. `meta random`
 is a fresh 32-bit random number per packet (iptables-nft's translation of
 `-m statistic`), handled in kpa.ext.nft.bitwise; other keys are unknown.
+
+`meta skuid`/`skgid` read the owner of the packet's full socket (nft_meta.c:
+no socket, or one without a file, breaks the rule, so even `!=` does not
+match a forwarded packet). kpa gives a socket to packets a local process
+sent (`--origin output`) in the output and postrouting hooks; the user and
+group are `kpa trace --uid/--gid`, open when not given.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from kpa.ext.base import Split, parts
 from kpa.ext.nft.base import Key, UnmodelledKey, Value, names, union
-from kpa.netfilter.packet import State, TraceContext
+from kpa.ext.owner import has_socket
+from kpa.netfilter.domain import IntSet
+from kpa.netfilter.packet import Assumption, State, TraceContext
 
 
 @dataclass(eq=False)
@@ -79,7 +88,57 @@ class MarkKey(Key):
         return ([st], []) if self.value(st) in union(values) else ([], [st])
 
 
+@dataclass(eq=False)
+class SkOwnerKey(Key):
+    """`meta skuid` / `meta skgid`: the sending socket's owner."""
+
+    field: str = "uid"
+
+    def __post_init__(self) -> None:
+        self.dtype = self.field
+        self.text = f"meta sk{self.field}"
+
+    def needs_guard(self) -> bool:
+        return True
+
+    def guard(self, st: State, ctx: TraceContext) -> Split:
+        sock = has_socket(st)
+        if sock is None:
+            rule = ctx.rule
+            loc, text = (rule.location, rule.text) if rule else (None, self.text)
+            why = f"{self.text} reads a socket kpa does not know about in the {st.hook or 'this'} hook"
+            return [st.assume(Assumption(loc, text, why, True))], [st.assume(Assumption(loc, text, why, False))]
+        return ([st], []) if sock else ([], [st])
+
+    def parse(self, raw: Any) -> Value:
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            return IntSet.single(raw)
+        text = str(raw)
+        if isinstance(raw, dict) and "range" in raw:
+            lo, hi = raw["range"]
+            a, b = self.parse(lo), self.parse(hi)
+            assert isinstance(a, IntSet) and isinstance(b, IntSet)
+            return IntSet.range(a.min(), b.min())
+        if text.isdigit():
+            return IntSet.single(int(text))
+        if "-" in text and all(p.isdigit() for p in text.split("-", 1)):
+            lo_s, hi_s = text.split("-", 1)
+            return IntSet.range(int(lo_s), int(hi_s))
+        if text == "root":
+            return IntSet.single(0)
+        # nft prints the name of an id its host knows; this host's names need not be the node's.
+        raise UnmodelledKey(f"{self.text} {text!r} is a name; kpa compares numeric ids")
+
+    def state_field(self) -> str | None:
+        return None
+
+    def test(self, st: State, ctx: TraceContext, values: Sequence[Value]) -> Split:
+        return parts(*st.restrict(self.field, union(values)))
+
+
 def meta_key(key: str) -> Key:
+    if key in ("skuid", "skgid"):
+        return SkOwnerKey(field=key[2:])
     if key == "l4proto":
         return L4ProtoKey()
     if key in ("nfproto", "protocol"):

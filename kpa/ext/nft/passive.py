@@ -1,8 +1,8 @@
-"""Statements that do not change a packet's path: counter, log, limit, quota, notrack...
+"""Statements that do not change a packet's path: counter, log, quota, notrack...
 
-limit and quota are stateful: a traced packet is taken as within its rate
-or quota (buckets start full), and the outcome says so in a note, as kpa
-does for iptables' limit match.
+quota is stateful: a traced packet is taken as within its quota, and the
+outcome says so in a note. `limit` is kpa.ext.limit's rate limit: unknown
+unless `kpa trace --rate-limits` states it.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from kpa.ext.limit import NOTE as LIMIT_NOTE
+from kpa.ext.limit import RateLimit
 from kpa.netfilter.model import Expr, Flow, Step
 from kpa.netfilter.packet import State, TraceContext
 
@@ -31,11 +31,11 @@ class PassiveStmt(Expr):
         return self.text.split()
 
 
-def passive(name: str, text: str, over: bool = False) -> PassiveStmt:
+def passive(name: str, text: str, over: bool = False) -> Expr:
     note = None
     if name == "limit":
-        note = LIMIT_NOTE
-    elif name == "quota":
+        return RateLimit(name="limit", over=over, text=text)
+    if name == "quota":
         note = "quota assumed not used up"
     return PassiveStmt(name=name, text=text, note=note, never=over)
 
