@@ -184,8 +184,10 @@ class Decision:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "from": self.src.to_json(),
-            "to": self.dst.to_json(),
+            "from": self.src.name,
+            "to": self.dst.name,
+            "from_ip": self.src.ip,
+            "to_ip": self.dst.ip,
             "port": self.port,
             "protocol": self.protocol,
             "allowed": self.allowed,

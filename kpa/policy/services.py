@@ -90,8 +90,9 @@ class ServiceDecision:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "from": self.src.to_json(),
+            "from": self.src.name,
             "to": self.target.name,
+            "from_ip": self.src.ip,
             "service_port": self.target.port.name or self.target.port.port,
             "cluster_ip": self.target.cluster_ip,
             "port": self.target.port.port,

@@ -73,6 +73,8 @@ def test_check_from_an_outside_address(objects: str, capsys: pytest.CaptureFixtu
               "pod/y/a", "--port", "80", "-o", "yaml")
     doc = yaml.safe_load(res.out)
     assert res.code == 0 and doc["allowed"] is True
+    assert (doc["from"], doc["to"], doc["from_ip"], doc["to_ip"]) == (
+        "203.0.113.7", "pod/y/a", "203.0.113.7", "10.0.2.1")
     assert doc["egress"]["note"] == "outside the cluster"
 
 
