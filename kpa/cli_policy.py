@@ -266,6 +266,7 @@ def _service_text(d: Any) -> str:
         share = f" p={e.probability}" if e.probability is not None else ""
         lines.append(f"  endpoint {e.endpoint} ({e.subject.name}){share}:")
         lines.extend(decision_lines(e.decision, "    "))
+        lines.extend(f"    note: {note}" for note in e.notes)
     for other in d.other_outcomes:
         lines.append(f"  other outcome: {other}")
     return "\n".join(lines) + "\n"

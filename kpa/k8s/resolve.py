@@ -164,6 +164,7 @@ class TracedEndpoint:
     probability: Fraction
     verdict: str  # ACCEPT, DROP, REJECT
     reason: str
+    masquerade: bool = False  # the rules source-NAT it to the node's address
 
 
 def traced_endpoints(
@@ -193,5 +194,5 @@ def traced_endpoints(
         address = str(ipaddress.ip_address(dnat[0])) if dnat is not None else None
         port = dnat[1] if dnat is not None else None
         out.append(TracedEndpoint(address, port, outcome.probability, outcome.verdict,
-                                  outcome.reason))
+                                  outcome.reason, bool(outcome.state.masquerade)))
     return out

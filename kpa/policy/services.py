@@ -47,6 +47,8 @@ class EndpointVerdict:
     port: int
     decision: Decision
     probability: Fraction | None = None
+    # What the judgement could not take into account (e.g. masquerading by the rules).
+    notes: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -56,6 +58,8 @@ class EndpointVerdict:
             "reason": self.decision.reason(),
             "decision": self.decision.to_json(),
         }
+        if self.notes:
+            out["notes"] = list(self.notes)
         if self.probability is not None:
             p = self.probability
             out["probability"] = float(p)
@@ -181,9 +185,14 @@ def decide_service(
                 continue
             port = out.port if out.port is not None else target.port.port
             dst = engine.subject(ip=out.address)
+            notes: tuple[str, ...] = ()
+            if out.masquerade:
+                notes = ("the node's rules masquerade this connection, so the endpoint may see "
+                         "the node's address as its source (matched by ipBlocks only); kpa "
+                         "judged it with the source's own address",)
             decision.endpoints.append(EndpointVerdict(
                 naming.endpoint_string(out.address, port), dst, port,
-                engine.decide(src, dst, port, protocol), out.probability,
+                engine.decide(src, dst, port, protocol), out.probability, notes,
             ))
         return decision
     decision = ServiceDecision(src, target, "endpointslices")

@@ -327,3 +327,23 @@ def test_host_network_source_is_traced_from_the_node_and_seen_with_its_address(
                        ["192.168.0.2"])
     assert len(d.endpoints) == 3 and d.allowed
     assert d.endpoints[0].decision.egress.note is not None  # hostNetwork: no egress isolation
+
+
+def test_masquerading_rules_are_reported_not_silently_assumed(tmp_path: Path) -> None:
+    # kube-proxy with --masquerade-all source-NATs every Service connection.
+    cluster = FIXTURES / "clusters" / "masquerade-all.yaml"
+    client = pod("default", "client", ["10.244.0.50"], {"app": "client"}, ports=[])
+    objects = load_objects([str(cluster)]).merged(load(tmp_path, [namespace("default"), client]))
+    engine = PolicyEngine.from_objects(objects)
+    svc = objects.service("default", "web")
+    assert svc is not None
+    target = service_target(svc, svc.ports[0], 4)
+    assert target is not None
+    src = engine.subject(objects.pod("default", "client"))
+    masq = decide_service(engine, objects, src, target,
+                          load_rules([str(FIXTURES / "iptables" / "masquerade-all.nft.v4.save")]),
+                          ["192.168.0.2"])
+    assert masq.endpoints and all("masquerade" in e.notes[0] for e in masq.endpoints)
+    plain = decide_service(engine, objects, src, target, load_rules([str(RULES["iptables"])]),
+                           ["192.168.0.2"])
+    assert plain.endpoints and all(e.notes == () for e in plain.endpoints)
