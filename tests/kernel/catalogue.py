@@ -43,6 +43,16 @@ UNLOADABLE_REASON = {
     "LED": "the kernel has no LED trigger support (CONFIG_NETFILTER_XT_TARGET_LED)",
 }
 
+# Representatives whose dump kpa rejects today, and why. The catalogue test expects
+# each to fail (strictly), so an entry is removed as soon as kpa reads it.
+PENDING = {
+    "ipcomp": "iptables-save prints `-p ipcomp` from the protocol database; kpa knows a dozen protocol names",
+    "mh": "ip6tables-save prints `-p mobility-header`; kpa knows a dozen protocol names",
+}
+NFT_PENDING = {
+    "jhash": "`meta mark set jhash ...` in nft text is rejected (JSON is read, as unknown)",
+}
+
 # Shared objects that provide no extension of their own name.
 SO_ALIASES = {
     # libxt_NAT.so holds SNAT/DNAT revision 2 (with port shifts) and the v6 forms.

@@ -10,6 +10,8 @@ with what kpa did for each extension.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import secrets
 import shlex
@@ -23,7 +25,16 @@ from kpa.errors import KpaError
 from kpa.netfilter.model import Rule, Ruleset
 from kpa.sources import parse_text
 
-from .catalogue import NFT_REPS, NFT_TABLE, REPS, UNLOADABLE_REASON, V6_TOO, installed_extensions
+from .catalogue import (
+    NFT_PENDING,
+    NFT_REPS,
+    NFT_TABLE,
+    PENDING,
+    REPS,
+    UNLOADABLE_REASON,
+    V6_TOO,
+    installed_extensions,
+)
 
 pytestmark = pytest.mark.kernel
 DOC = Path(__file__).resolve().parents[2] / "docs" / "extensions.md"
@@ -71,7 +82,7 @@ def test_every_installed_extension_has_a_representative() -> None:
 
 # Targets first: a match may need the object a target creates (rateest reads RATEEST's estimator).
 def _order() -> list[str]:
-    return sorted(REPS, key=lambda n: (not n.isupper(), n))
+    return sorted((n for n in REPS if n not in PENDING), key=lambda n: (not n.isupper(), n))
 
 
 @pytest.mark.parametrize("backend", ["nft", "legacy"])
@@ -85,8 +96,7 @@ def test_iptables_catalogue(netns: str, backend: str) -> None:
             tool = f"{'ip6tables' if fam == 'ipv6' else 'iptables'}-{backend}"
             args = rep.args
             if fam == "ipv6":
-                args = args.replace("tcp-reset", "tcp-reset").replace("10.1.0.0/24", "fd01::/64").replace(
-                    "10.2.0.0/24", "fd02::/64")
+                args = args.replace("10.1.0.0/24", "fd01::/64").replace("10.2.0.0/24", "fd02::/64")
             r = _run(netns, [tool, "-w", "10", "-t", rep.table, "-A", rep.chain, *shlex.split(args)])
             if r.returncode:
                 failed[name] = r.stderr.strip()
@@ -126,6 +136,17 @@ def test_iptables_catalogue(netns: str, backend: str) -> None:
           f"{sorted(n for n in per_name if _status(per_name[n])[0] == 'unknown')}")
 
 
+@pytest.mark.parametrize("name", sorted(PENDING))
+@pytest.mark.xfail(strict=True, reason="kpa rejects this dump today (catalogue.PENDING)")
+def test_iptables_catalogue_pending(netns: str, name: str) -> None:
+    rep = REPS[name]
+    for fam in rep.families:
+        tool = "ip6tables" if fam == "ipv6" else "iptables"
+        r = _run(netns, [f"{tool}-nft", "-w", "10", "-t", rep.table, "-A", rep.chain, *shlex.split(rep.args)])
+        assert r.returncode == 0, r.stderr
+        parse_text(_run(netns, [f"{tool}-nft-save"]).stdout, f"catalogue.{name}.save")
+
+
 NFT_CHAINS = {
     "filter": "type filter hook input priority filter;",
     "output": "type filter hook output priority filter;",
@@ -155,6 +176,8 @@ def test_nft_catalogue(netns: str) -> None:
     assert r.returncode == 0, r.stderr
     failed: dict[str, str] = {}
     for name, (kind, text) in NFT_REPS.items():
+        if name in NFT_PENDING:
+            continue
         r = _run(netns, ["nft", "add", "rule", "inet", NFT_TABLE, kind, text])
         if r.returncode:
             failed[name] = r.stderr.strip()
@@ -166,7 +189,7 @@ def test_nft_catalogue(netns: str) -> None:
         rs = _read(text, f"catalogue.{fmt}")
         [table] = [t for t in rs.tables if t.name == NFT_TABLE]
         for kind in NFT_CHAINS:
-            names = [n for n, (k, _) in NFT_REPS.items() if k == kind and n not in failed]
+            names = [n for n, (k, _) in NFT_REPS.items() if k == kind and n not in failed and n not in NFT_PENDING]
             got = table.chains[kind].rules
             assert len(got) == len(names), f"{fmt} {kind}: {[r.text for r in got]} for {names}"
             for name, rule in zip(names, got, strict=True):
@@ -182,6 +205,16 @@ def test_nft_catalogue(netns: str) -> None:
           f"{sorted(n for n, (s, _) in RESULTS.items() if n.startswith('nft ') and s == 'unknown')}")
 
 
+@pytest.mark.parametrize("name", sorted(NFT_PENDING))
+@pytest.mark.xfail(strict=True, reason="kpa rejects this nft text today (catalogue.NFT_PENDING)")
+def test_nft_catalogue_pending(netns: str, name: str) -> None:
+    kind, text = NFT_REPS[name]
+    assert _run(netns, ["nft", "-f", "-"], NFT_SKELETON).returncode == 0
+    r = _run(netns, ["nft", "add", "rule", "inet", NFT_TABLE, kind, text])
+    assert r.returncode == 0, r.stderr
+    parse_text(_run(netns, ["nft", "list", "ruleset"]).stdout, f"catalogue.{name}.nft")
+
+
 def _doc_rows() -> dict[str, str]:
     rows: dict[str, str] = {}
     for line in DOC.read_text().splitlines():
@@ -195,6 +228,9 @@ def test_docs_table_matches_what_kpa_does() -> None:
     """Runs after the catalogue tests: the docs say, for each extension, what kpa really did."""
     if not RESULTS:
         pytest.skip("run together with the catalogue tests")
+    report = os.environ.get("KPA_CATALOGUE_REPORT")
+    if report:  # what kpa did with each representative, for docs/extensions.md
+        Path(report).write_text(json.dumps({n: [s, sorted(r)] for n, (s, r) in sorted(RESULTS.items())}, indent=1))
     rows = _doc_rows()
     expected = {n: s for n, (s, _) in RESULTS.items()}
     expected.update({n: "not loadable" for n in UNLOADABLE_REASON})

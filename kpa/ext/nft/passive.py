@@ -35,6 +35,9 @@ def passive(name: str, text: str, over: bool = False) -> Expr:
     note = None
     if name == "limit":
         return RateLimit(name="limit", over=over, text=text)
+    if name == "meter" and " limit " in f" {text} ":
+        # A meter's limit counts per key: it matches (or, with `over`, stops matching) like a limit.
+        return RateLimit(name="meter", over=text.endswith(" inv true") or " over " in text, text=text)
     if name == "quota":
         note = "quota assumed not used up"
     return PassiveStmt(name=name, text=text, note=note, never=over)
