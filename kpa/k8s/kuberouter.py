@@ -1,0 +1,183 @@
+"""kube-router's NetworkPolicy chains and sets, mapped back to pods and policies; enforced verdicts.
+
+kube-router (iptables mode) names each pod's chain KUBE-POD-FW-<hash> and each
+policy's chain KUBE-NWPLCY-<hash>, hashing in a sync timestamp, so chain names
+cannot be recomputed from the objects. The rules say who they are for instead:
+the top-level jumps carry "NS/POD in|out" comments and the jumps into a policy
+chain "NS/NAME policy". Set names do not depend on the sync, so KUBE-SRC-*/KUBE-DST-*
+are recomputed from each policy (sha256 of namespace, name, rule index and
+family, base32, as kube-router does).
+
+`enforced` traces one connection through the node's rules and says whether the
+node lets it through, and which rule decided.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kpa.netfilter.engine import Outcome, trace
+from kpa.netfilter.model import Family, Ruleset
+from kpa.netfilter.packet import Hop, PacketSpec, TraceContext, node_local_addresses
+
+_POD_JUMP = re.compile(r"^(?P<ns>[^/\s]+)/(?P<pod>\S+) (?P<dir>in|out)$")
+_POLICY_COMMENT = re.compile(r"^(?P<ns>[^/\s]+)/(?P<name>\S+) (?P<what>policy|ingress|egress)\b")
+FAMILY = {4: "IPv4", 6: "IPv6"}
+
+
+def _b32(text: str) -> str:
+    return base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()[:16]
+
+
+def _set(name: str, version: int) -> str:
+    return f"inet6:{name}" if version == 6 else name
+
+
+def policy_set_names(namespace: str, name: str, ingress_rules: int, egress_rules: int, version: int,
+                     named_ports: int = 8) -> dict[str, str]:
+    """kube-router's ipset names for one policy, each with what it holds."""
+    fam = FAMILY[version]
+    out = {_set("KUBE-DST-" + _b32(namespace + name + fam), version): "pods the policy selects (ingress)",
+           _set("KUBE-SRC-" + _b32(namespace + name + fam), version): "pods the policy selects (egress)"}
+    for idx in range(ingress_rules):
+        base = namespace + name + f"ingressrule{idx}"
+        out[_set("KUBE-SRC-" + _b32(base + fam + "pod"), version)] = f"ingress rule {idx} source pods"
+        out[_set("KUBE-SRC-" + _b32(base + fam + "ipblock"), version)] = f"ingress rule {idx} source ipBlocks"
+        for ep in range(named_ports):
+            out[_set("KUBE-DST-" + _b32(base + str(ep) + fam + "namedport"), version)] = \
+                f"ingress rule {idx} named-port pods"
+    for idx in range(egress_rules):
+        base = namespace + name + f"egressrule{idx}"
+        out[_set("KUBE-DST-" + _b32(base + fam + "pod"), version)] = f"egress rule {idx} destination pods"
+        out[_set("KUBE-DST-" + _b32(base + fam + "ipblock"), version)] = f"egress rule {idx} destination ipBlocks"
+        for ep in range(named_ports):
+            out[_set("KUBE-DST-" + _b32(base + str(ep) + fam + "namedport"), version)] = \
+                f"egress rule {idx} named-port pods"
+    return out
+
+
+@dataclass
+class KubeRouterMap:
+    """Which kube-router chain or set is which pod or policy."""
+
+    pod_chains: dict[str, str] = field(default_factory=dict)  # KUBE-POD-FW-* -> NS/POD
+    policy_chains: dict[str, str] = field(default_factory=dict)  # KUBE-NWPLCY-* -> NS/NAME
+    sets: dict[str, tuple[str, str]] = field(default_factory=dict)  # set -> (NS/NAME, role)
+
+    @property
+    def present(self) -> bool:
+        return bool(self.pod_chains or self.policy_chains)
+
+    @classmethod
+    def from_ruleset(cls, ruleset: Ruleset, policies: Iterable[Any] = ()) -> KubeRouterMap:
+        out = cls()
+        for table in ruleset.tables:
+            if table.name != "filter":
+                continue
+            for chain in table.chains.values():
+                if not (chain.name.startswith("KUBE-ROUTER-") or chain.name.startswith("KUBE-POD-FW-")):
+                    continue
+                for rule in chain.rules:
+                    targets = [c for _, c in rule.chain_refs()]
+                    comment = rule.comment or ""
+                    for target in targets:
+                        m = _POD_JUMP.match(comment)
+                        if target.startswith("KUBE-POD-FW-") and m:
+                            out.pod_chains[target] = f"{m['ns']}/{m['pod']}"
+                        m2 = _POLICY_COMMENT.match(comment)
+                        if target.startswith("KUBE-NWPLCY-") and m2 and m2["what"] == "policy":
+                            out.policy_chains[target] = f"{m2['ns']}/{m2['name']}"
+        for policy in policies:
+            for version in (4, 6):
+                names = policy_set_names(policy.namespace, policy.name, len(policy.ingress), len(policy.egress),
+                                         version)
+                for name, role in names.items():
+                    if name in ruleset.ipsets:
+                        out.sets[name] = (f"{policy.namespace}/{policy.name}", role)
+        return out
+
+    def describe_hop(self, hop: Hop) -> str:
+        """The hop in kube-router's terms: whose chain it is, and what the rule does."""
+        if hop.chain in self.pod_chains:
+            return f"pod {self.pod_chains[hop.chain]}'s firewall chain {hop.chain}"
+        if hop.chain in self.policy_chains:
+            return f"policy {self.policy_chains[hop.chain]}'s chain {hop.chain}"
+        return f"{hop.table}/{hop.chain}"
+
+
+@dataclass(frozen=True)
+class Enforced:
+    """What the node's rules do to one connection."""
+
+    verdict: str  # "allowed", "denied", or "unknown" (outcomes disagree or rely on unmodelled rules)
+    outcome: str  # ACCEPT, DROP, REJECT, QUEUE, or several joined by "|"
+    deciding: str | None  # the rule that decided, as FILE:LINE text
+    where: str | None  # the deciding rule in kube-router's terms
+    dnat: str | None = None
+    # Policies whose chains admitted the connection, in the order the packet met them.
+    admitted_by: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"verdict": self.verdict, "outcome": self.outcome, "rule": self.deciding, "where": self.where,
+                "dnat": self.dnat, "admitted_by": list(self.admitted_by)}
+
+    def text(self) -> str:
+        head = f"enforced on this node: {self.verdict} ({self.outcome})"
+        if self.admitted_by:
+            head += f", admitted by {', '.join(self.admitted_by)}"
+        return head + (f"\n  deciding rule: {self.deciding}" if self.deciding else "")
+
+
+def _deciding(outcome: Outcome, kr: KubeRouterMap) -> tuple[str | None, str | None]:
+    path = outcome.path
+    if not path:
+        return None, None
+    if outcome.verdict == "ACCEPT":
+        # The accepting rule of the last filter chain kube-router owns, else the last hop.
+        for hop in reversed(path):
+            if hop.table == "filter" and (hop.chain.startswith("KUBE-") or hop.chain in ("INPUT", "FORWARD",
+                                                                                           "OUTPUT")):
+                break
+        else:
+            hop = path[-1]
+        marks = [h for h in path if h.chain in kr.policy_chains or h.chain == "KUBE-NWPLCY-DEFAULT"]
+        if marks:
+            hop = marks[-1]
+    else:
+        hop = path[-1]
+    loc = f"{hop.location}: {hop.text}" if hop.location else hop.text
+    return loc, kr.describe_hop(hop)
+
+
+def enforced(ruleset: Ruleset, node_ips: list[str], src: str, dst: str, port: int, protocol: str,
+             kr: KubeRouterMap | None = None, src_is_node: bool = False) -> Enforced:
+    """Trace a new connection src -> dst:port through the node's rules (interfaces left open)."""
+    kr = kr or KubeRouterMap()
+    family = Family.IPV6 if ipaddress.ip_address(dst).version == 6 else Family.IPV4
+    spec = PacketSpec(family=family, src=src, dst=dst, proto=protocol.lower(), dport=port,
+                      origin="output" if src_is_node else "prerouting")
+    result = trace(ruleset, spec, TraceContext(local=node_local_addresses(node_ips)))
+    verdicts = {("allowed" if o.verdict == "ACCEPT" else "denied") for o in result.outcomes}
+    unknown = any(o.state.assumptions for o in result.outcomes)
+    outcomes = sorted({o.verdict for o in result.outcomes})
+    first = result.outcomes[0] if result.outcomes else None
+    deciding, where = _deciding(first, kr) if first is not None else (None, None)
+    verdict = verdicts.pop() if len(verdicts) == 1 and not unknown else "unknown"
+    admitted: list[str] = []
+    if first is not None and first.verdict == "ACCEPT":
+        for hop in first.path:
+            if hop.chain in kr.policy_chains and hop.text.endswith("-j RETURN"):
+                admitted.append(f"policy {kr.policy_chains[hop.chain]}")
+            elif hop.chain == "KUBE-NWPLCY-DEFAULT":
+                admitted.append("no isolating policy (KUBE-NWPLCY-DEFAULT)")
+            elif hop.text.endswith("-j ACCEPT") and (hop.chain == "KUBE-NWPLCY-COMMON"
+                                                      or hop.comment == "from local node"):
+                admitted.append(f"kube-router's {hop.comment!r} rule")
+    return Enforced(verdict, "|".join(outcomes), deciding, where, first.dnat_text() if first else None,
+                    tuple(dict.fromkeys(admitted)))
