@@ -593,6 +593,11 @@ def lint(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: S
         from kpa.policy.lint import as_lint_findings
 
         findings = sort_findings([*findings, *as_lint_findings(objects)])
+        from kpa.k8s.kuberouter import enforcement_findings
+
+        # Where the node enforces the policies (kube-router's chains), compare that with the intent.
+        ips = [str(ip) for ip in inp.node_ips]
+        findings = sort_findings([*findings, *enforcement_findings(rs, objects, ips)])
     if fmt == "text":
         click.echo(format_text(findings), nl=False)
     else:

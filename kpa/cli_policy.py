@@ -186,10 +186,22 @@ def check(cluster: Sequence[str], kube: bool, kubeconfig: str | None, context: s
     if port is None:
         raise click.UsageError("give the destination port: --port N (or :PORT in --to)")
     decision = engine.decide(src, dst, port, proto or "TCP")
+    enforced = _enforced(rules, node_ips, objects, src, dst, port, proto or "TCP") if rules else None
     if fmt != "text":
-        _dump(decision.to_json(), fmt)
+        doc = decision.to_json()
+        if enforced is not None:
+            doc["enforced"] = enforced.to_json()
+            doc["differs"] = _differs(decision.allowed, enforced.verdict)
+        _dump(doc, fmt)
     else:
-        click.echo("\n".join(decision_lines(decision)) + "\n", nl=False)
+        lines = decision_lines(decision)
+        if enforced is not None:
+            lines.append(enforced.text())
+            if _differs(decision.allowed, enforced.verdict):
+                lines.append("DIFFERS: the node's rules " + ("let it through" if enforced.verdict == "allowed"
+                                                             else "block it") + " but the policies "
+                             + ("allow" if decision.allowed else "deny") + " it")
+        click.echo("\n".join(lines) + "\n", nl=False)
     if not decision.allowed:
         raise click.exceptions.Exit(1)
 
@@ -209,6 +221,23 @@ def _as_service(objects: Any, to: str, port: int | None) -> str:
     click.echo(f"{host} is the ClusterIP of Service {svc.namespace}/{svc.name}; judging its "
                "endpoints", err=True)
     return f"svc/{svc.namespace}/{svc.name}" + (f":{number}" if number else "")
+
+
+def _differs(intended: bool, enforced: str) -> bool:
+    return enforced != "unknown" and (enforced == "allowed") != intended
+
+
+def _enforced(rules: Sequence[str], node_ips: Sequence[str], objects: Any, src: Any, dst: Any, port: int,
+              proto: str) -> Any:
+    """What the node whose rules these are does to the connection (kpa.k8s.kuberouter)."""
+    from kpa.k8s.kuberouter import KubeRouterMap, enforced
+    from kpa.sources import load_rules
+
+    if src.ip is None or dst.ip is None:
+        raise KpaError("both ends need an address to trace them through --rules")
+    ruleset = load_rules(list(rules))
+    kr = KubeRouterMap.from_ruleset(ruleset, objects.network_policies)
+    return enforced(ruleset, list(node_ips), src.ip, dst.ip, port, proto, kr, src_is_node=src.ip in node_ips)
 
 
 def _check_service(engine: Any, objects: Any, src: Any, ref: str, proto: str | None,
@@ -287,8 +316,9 @@ def _service_text(d: Any) -> str:
 @click.option("--family", type=click.Choice(["4", "6"]), default=None,
               help="Address family of the connections (default: each source's first address).")
 @click.option("--rules", "-r", "rules", multiple=True, metavar="FILE",
-              help="With --targets services: one node's rules; the endpoints come from tracing "
-                   "them for each source (sources should be that node's pods). Repeatable.")
+              help="One node's rules (iptables-save, ipset save...). With --targets pods: each cell also "
+                   "gets the node's enforced answer, and cells where it differs are marked. With --targets "
+                   "services: the endpoints come from tracing them for each source. Repeatable.")
 @click.option("--node-ip", "node_ips", multiple=True, metavar="IP",
               help="An address of the node whose --rules these are (repeatable).")
 @click.option("-o", "--output", "fmt",
@@ -303,6 +333,9 @@ def matrix(cluster: Sequence[str], kube: bool, kubeconfig: str | None, context: 
     for denied, like the Kubernetes e2e netpol truth tables. With --targets
     services each column is a Service port, allowed only when every endpoint is
     (endpoints from the EndpointSlices, chosen as kube-proxy chooses them).
+    With --rules (pods), each cell is also traced through the node's rules
+    (e.g. kube-router's chains and ipsets) and `!` marks cells the node
+    enforces differently from the policies.
 
     \b
     Examples:
@@ -310,6 +343,7 @@ def matrix(cluster: Sequence[str], kube: bool, kubeconfig: str | None, context: 
       kpa policy matrix -c cluster/ -n shop --protocol udp --port 53 -o csv
       kpa policy matrix -c cluster/ --targets services -o json
       kpa policy matrix -c cluster/ --targets services -r node-a.save --node-ip 192.168.0.2
+      kpa policy matrix -c cluster/ -r node.save -r ipset.save --node-ip 192.168.0.2 --port 8080
     """
     from kpa.policy.engine import PolicyEngine
     from kpa.policy.matrix import matrix as build
@@ -323,8 +357,6 @@ def matrix(cluster: Sequence[str], kube: bool, kubeconfig: str | None, context: 
     pods = sorted((p for p in engine.pods if not namespaces or p.namespace in namespaces),
                   key=lambda p: (p.namespace, p.name))
     sources = [engine.subject(p, family=version) for p in pods]
-    if rules and targets != "services":
-        raise click.UsageError("--rules only applies with --targets services")
     if targets == "services":
         ruleset = None
         if rules:
@@ -347,15 +379,47 @@ def matrix(cluster: Sequence[str], kube: bool, kubeconfig: str | None, context: 
                 for i, s in enumerate(sources) for j, d in enumerate(m.targets)
             ],
         }
+        if rules:
+            cells = _enforced_cells(doc, rules, node_ips, objects, sources, list(m.targets), port, proto)
     row_names = [short_name(s) for s in sources]
     if fmt in ("json", "yaml"):
         doc["warnings"] = engine.warnings()
         _dump(doc, fmt)
     elif fmt == "text":
-        click.echo(f"{proto} port {port}: . allowed, X denied (from rows to columns)")
+        legend = ", ! enforced differently on the node" if rules and targets == "pods" else ""
+        click.echo(f"{proto} port {port}: . allowed, X denied{legend} (from rows to columns)")
         click.echo(grid(row_names, names, cells), nl=False)
     else:
         click.echo(table(row_names, names, cells, fmt), nl=False)
+
+
+def _enforced_cells(doc: dict[str, Any], rules: Sequence[str], node_ips: Sequence[str], objects: Any,
+                    sources: list[Any], targets: list[Any], port: int, proto: str) -> list[list[Any]]:
+    """Add the node's enforced answer to every cell; grid cells become "!" where it differs."""
+    from kpa.k8s.kuberouter import KubeRouterMap, enforced
+    from kpa.sources import load_rules
+
+    ruleset = load_rules(list(rules))
+    kr = KubeRouterMap.from_ruleset(ruleset, objects.network_policies)
+    grid: list[list[Any]] = []
+    cells = iter(doc["cells"])
+    differences = 0
+    for s in sources:
+        row: list[Any] = []
+        for d in targets:
+            cell = next(cells)
+            if s.ip is None or d.ip is None or s.ip == d.ip:
+                # A pod reaching its own address never leaves its network namespace.
+                row.append(cell["allowed"])
+                continue
+            e = enforced(ruleset, list(node_ips), s.ip, d.ip, port, proto, kr, src_is_node=s.ip in node_ips)
+            cell["enforced"] = e.to_json()
+            cell["differs"] = _differs(cell["allowed"], e.verdict)
+            differences += cell["differs"]
+            row.append("!" if cell["differs"] else cell["allowed"])
+        grid.append(row)
+    doc["differences"] = differences
+    return grid
 
 
 def _service_matrix(engine: Any, objects: Any, sources: list[Any], port: int, proto: str,

@@ -181,3 +181,64 @@ def enforced(ruleset: Ruleset, node_ips: list[str], src: str, dst: str, port: in
                 admitted.append(f"kube-router's {hop.comment!r} rule")
     return Enforced(verdict, "|".join(outcomes), deciding, where, first.dnat_text() if first else None,
                     tuple(dict.fromkeys(admitted)))
+
+
+# -- intent versus enforcement -------------------------------------------------------
+
+#: How many connections `enforcement_findings` traces at most (each is one trace).
+MAX_CHECKS = 20000
+
+
+def enforcement_findings(ruleset: Ruleset, objects: Any, node_ips: list[str]) -> list[Any]:
+    """`kpa lint` findings for every connection the node enforces differently from the policies.
+
+    Connections checked: between every two pods of which at least one has a
+    kube-router firewall chain on this node, on each port the destination declares
+    and each numeric port a policy of either pod names.
+    """
+    from kpa.k8s.lint import Finding
+    from kpa.policy.engine import PolicyEngine
+
+    kr = KubeRouterMap.from_ruleset(ruleset, objects.network_policies)
+    if not kr.present or not objects.network_policies:
+        return []
+    engine = PolicyEngine.from_objects(objects)
+    local = set(kr.pod_chains.values())
+    pods = [p for p in engine.pods if p.pod_ips and not p.host_network]
+    ports_of: dict[str, set[tuple[int, str]]] = {}
+    for policy in objects.network_policies:
+        numeric = {(pp.port, pp.protocol) for rule in (*policy.ingress, *policy.egress) for pp in rule.ports
+                   if isinstance(pp.port, int)}
+        ports_of.setdefault(policy.namespace, set()).update(numeric)
+    out: list[Any] = []
+    checks = 0
+    for src in pods:
+        for dst in pods:
+            if src is dst or not ({f"{src.namespace}/{src.name}", f"{dst.namespace}/{dst.name}"} & local):
+                continue
+            ports = {(cp.port, cp.protocol) for cp in dst.container_ports}
+            ports |= ports_of.get(dst.namespace, set()) | ports_of.get(src.namespace, set())
+            s, d = engine.subject(src), engine.subject(dst)
+            if s.ip is None or d.ip is None or ipaddress.ip_address(s.ip).version != ipaddress.ip_address(d.ip).version:
+                continue
+            for port, proto in sorted(ports):
+                checks += 1
+                if checks > MAX_CHECKS:
+                    out.append(Finding("enforcement-not-checked", "info", None,
+                                       f"stopped after {MAX_CHECKS} connections; the rest were not compared", None))
+                    return out
+                intent = engine.decide(s, d, port, proto)
+                e = enforced(ruleset, node_ips, s.ip, d.ip, port, proto, kr)
+                if e.verdict == "unknown" or (e.verdict == "allowed") == intent.allowed:
+                    continue
+                who = f"{s.name} -> {d.name} port {port}/{proto}"
+                if e.verdict == "allowed":
+                    by = f", admitted by {', '.join(e.admitted_by)}" if e.admitted_by else ""
+                    out.append(Finding("policy-not-enforced", "error", None,
+                                       f"{who}: the policies deny it ({intent.reason()}) but the node lets it "
+                                       f"through{by}", e.deciding))
+                else:
+                    out.append(Finding("blocked-without-policy", "error", None,
+                                       f"{who}: the policies allow it ({intent.reason()}) but the node blocks it "
+                                       f"in {e.where}", e.deciding))
+    return out

@@ -23,7 +23,8 @@ def grid(rows: Sequence[str], columns: Sequence[str], cells: Iterable[Sequence[b
     head = max([len(r) for r in rows] + [1])
     out = ["-".ljust(head) + " " + " ".join(c.ljust(width) for c in columns)]
     for name, row in zip(rows, cells, strict=True):
-        marks = " ".join(("." if ok else "X").ljust(width) for ok in row)
+        # "!" marks a cell the node's rules enforce differently (kpa policy matrix --rules).
+        marks = " ".join(("!" if str(ok) == "!" else "." if ok else "X").ljust(width) for ok in row)
         out.append(name.ljust(head) + " " + marks)
     return "\n".join(line.rstrip() for line in out) + "\n"
 
@@ -37,11 +38,11 @@ def table(
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(["from", *columns])
         for name, row in zip(rows, cells, strict=True):
-            writer.writerow([name, *("allowed" if ok else "denied" for ok in row)])
+            writer.writerow([name, *("differs" if str(ok) == "!" else "allowed" if ok else "denied" for ok in row)])
         return buf.getvalue()
     lines = ["| from \\ to | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, row in zip(rows, cells, strict=True):
-        lines.append(f"| {name} | " + " | ".join("✓" if ok else "✗" for ok in row) + " |")
+        lines.append(f"| {name} | " + " | ".join("!" if str(ok) == "!" else "✓" if ok else "✗" for ok in row) + " |")
     return "\n".join(lines) + "\n"
 
 

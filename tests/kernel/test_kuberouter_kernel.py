@@ -49,6 +49,12 @@ FLOWS: list[Flow] = [
     ("node", NODE, WEB, "tcp", 8080),
     ("node", NODE, DB, "tcp", 1234),
 ]
+# Flows that end at the node itself: nothing listens, so any delivery is refused too and only
+# the rules' counters tell kube-router's REJECT apart.
+COUNTED: list[Flow] = [
+    ("client_pod", CLIENT, NODE, "tcp", 30001),
+    ("client_pod", CLIENT, NODE, "tcp", 29999),
+]
 
 
 def _iface(topo: Topology, origin: str, ip: str) -> str | None:
@@ -65,7 +71,7 @@ def kpa_verdict(rules: str, sets: str, topo: Topology, obs: Observation) -> str:
     spec = PacketSpec(src=obs.src, dst=obs.dst, proto=obs.proto, sport=None if icmp else obs.sport,
                       dport=None if icmp else obs.dport, icmp_type=8 if icmp else None,
                       iif=_iface(topo, obs.origin, obs.src),
-                      oif=_cali_name(obs.dst) if obs.dst in (WEB, DB) else "eth0",
+                      oif=_cali_name(obs.dst) if obs.dst in (WEB, DB) else None if obs.dst == NODE else "eth0",
                       origin="output" if obs.origin == "node" else "prerouting")
     result = trace(rs, spec, TraceContext(local=node_local_addresses(topo.spec.node_ips)))
     assert len(result.outcomes) == 1, [(o.verdict, o.conditions) for o in result.outcomes]
@@ -115,6 +121,7 @@ def test_kube_router_policies_agree_with_kernel(backend: Backend) -> None:
         sets = topo.save_ipset()
         observed = topo.send_many([f for f in FLOWS if not f[0].startswith("pod:")], timeout=0.4)
         observed += [_observe_alone(topo, backend, rules, flow) for flow in FLOWS if flow[0].startswith("pod:")]
+        observed += [_observe_alone(topo, backend, rules, flow) for flow in COUNTED]
         topo.reset()
         topo.destroy_ipsets()
     mismatches = [f"{o.origin} {o.proto} {o.src} -> {o.dst}:{o.dport}: kernel {kernel_verdict(o)} ({o.result}), "
@@ -124,6 +131,26 @@ def test_kube_router_policies_agree_with_kernel(backend: Backend) -> None:
     verdicts = {(o.src, o.dst, o.proto, o.dport): kernel_verdict(o) for o in observed}
     # Both answers occur, so the comparison is not vacuous.
     assert set(verdicts.values()) == {"ACCEPT", "REJECT"}
+    # kube-router's known differences from the NetworkPolicy API, as the kernel shows them:
+    from kpa.policy.engine import PolicyEngine
+
+    engine = PolicyEngine.from_objects(load_objects([str(CLUSTER)]))
+    by_ip = {p.pod_ips[0]: p for p in engine.pods}
+
+    def intended(src: str, dst: str, port: int) -> bool:
+        s = engine.subject(by_ip[src]) if src in by_ip else engine.subject(ip=src)
+        d = engine.subject(by_ip[dst]) if dst in by_ip else engine.subject(ip=dst)
+        return engine.decide(s, d, port, "TCP").allowed
+
+    # 1. An ingress rule whose only port is a named port no selected pod declares admits every port.
+    assert not intended(CLIENT, DB, 5432) and verdicts[(CLIENT, DB, "tcp", 5432)] == "ACCEPT"
+    # 2. Traffic from a pod to the node's NodePort range skips the pod's egress policy (KUBE-ROUTER-INPUT
+    #    returns before the pod's chain); just below the range the policy applies.
+    assert not intended(CLIENT, NODE, 30001) and verdicts[(CLIENT, NODE, "tcp", 30001)] == "ACCEPT"
+    assert verdicts[(CLIENT, NODE, "tcp", 29999)] == "REJECT"
+    # 3. ICMP echo requests are always accepted (KUBE-NWPLCY-COMMON), even from a pod whose egress
+    #    policy admits only TCP and UDP ports.
+    assert verdicts[(CLIENT, DB, "icmp", 0)] == "ACCEPT"
 
 
 CLUSTER_IP, NODE_PORT = "10.96.0.20", 30080
