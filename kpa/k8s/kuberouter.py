@@ -163,12 +163,13 @@ def enforced(ruleset: Ruleset, node_ips: list[str], src: str, dst: str, port: in
     spec = PacketSpec(family=family, src=src, dst=dst, proto=protocol.lower(), dport=port,
                       origin="output" if src_is_node else "prerouting")
     result = trace(ruleset, spec, TraceContext(local=node_local_addresses(node_ips)))
+    # Outcomes that differ only in what an unmodelled rule did (e.g. whether NFLOG's rate limit was
+    # exceeded) but agree on the verdict still give a known answer.
     verdicts = {("allowed" if o.verdict == "ACCEPT" else "denied") for o in result.outcomes}
-    unknown = any(o.state.assumptions for o in result.outcomes)
     outcomes = sorted({o.verdict for o in result.outcomes})
     first = result.outcomes[0] if result.outcomes else None
     deciding, where = _deciding(first, kr) if first is not None else (None, None)
-    verdict = verdicts.pop() if len(verdicts) == 1 and not unknown else "unknown"
+    verdict = verdicts.pop() if len(verdicts) == 1 else "unknown"
     admitted: list[str] = []
     if first is not None and first.verdict == "ACCEPT":
         for hop in first.path:

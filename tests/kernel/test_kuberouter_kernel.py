@@ -73,7 +73,8 @@ def kpa_verdict(rules: str, sets: str, topo: Topology, obs: Observation) -> str:
                       iif=_iface(topo, obs.origin, obs.src),
                       oif=_cali_name(obs.dst) if obs.dst in (WEB, DB) else None if obs.dst == NODE else "eth0",
                       origin="output" if obs.origin == "node" else "prerouting")
-    result = trace(rs, spec, TraceContext(local=node_local_addresses(topo.spec.node_ips)))
+    # Few packets are sent: NFLOG's `-m limit` stays within its burst.
+    result = trace(rs, spec, TraceContext(local=node_local_addresses(topo.spec.node_ips), rate_limits="within"))
     assert len(result.outcomes) == 1, [(o.verdict, o.conditions) for o in result.outcomes]
     [outcome] = result.outcomes
     assert not outcome.state.assumptions, [a.describe() for a in outcome.state.assumptions]
@@ -203,7 +204,8 @@ def test_service_traffic_through_kube_proxy_then_kube_router(backend: Backend, t
         # The contract: two --rules inputs, --node-ip, a pod source, a ClusterIP, -o json.
         argv = [sys.executable, "-m", "kpa", "trace", "--rules", str(tmp_path / "iptables-save.txt"),
                 "--rules", str(tmp_path / "ipset.save"), "--node-ip", NODE, "--src", o.src, "--dst", o.dst,
-                "-p", "tcp", "--dport", str(o.dport), "--sport", str(o.sport), "-o", "json"]
+                "-p", "tcp", "--dport", str(o.dport), "--sport", str(o.sport), "--rate-limits", "within",
+                "-o", "json"]
         if o.origin == "node":
             argv += ["--origin", "output"]
         else:
