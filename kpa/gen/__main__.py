@@ -133,6 +133,23 @@ def random_cmd(
     _write_cluster(cluster, options, out_dir / "cluster.yaml", out_dir / "meta.json")
 
 
+@main.command("policies")
+@click.option("--pods", type=int, default=5000, show_default=True)
+@click.option("--namespaces", type=int, default=100, show_default=True)
+@click.option("--policies", type=int, default=1000, show_default=True)
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write the objects (one JSON List).")
+def policies_cmd(pods: int, namespaces: int, policies: int, seed: int, out: Path) -> None:
+    """Namespaces, Pods and NetworkPolicies of any size, for `kpa policy`."""
+    import json
+
+    from kpa.gen.policies import policy_cluster
+
+    docs = policy_cluster(pods=pods, namespaces=namespaces, policies=policies, seed=seed)
+    _write(out, json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}) + "\n")
+
+
 if __name__ == "__main__":
     try:
         main()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from kpa.gen.policies import policy_cluster
-from kpa.k8s.objects import objects_from_documents
+from kpa.k8s.objects import load_objects, objects_from_documents
 from kpa.policy.engine import PolicyEngine
 from kpa.policy.matrix import matrix
 
@@ -27,3 +29,17 @@ def test_matrix_equals_decide_on_a_generated_cluster() -> None:
         # Neither everything nor nothing: the policies do something at this port.
         assert 0 < allowed < len(subjects) ** 2
         assert m.class_count < len(subjects)
+
+
+def test_the_generator_command_writes_a_loadable_list(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from kpa.gen.__main__ import main
+
+    out = tmp_path / "cluster.json"
+    result = CliRunner().invoke(main, ["policies", "--pods", "30", "--namespaces", "3",
+                                       "--policies", "9", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    objects = load_objects([str(out)])
+    assert (len(objects.pods), len(objects.namespaces), len(objects.network_policies)) == (
+        31, 4, 9)
