@@ -302,9 +302,7 @@ def parse_network_policy(obj: _Fields) -> NetworkPolicy:
     namespace, name = _metadata(obj, namespaced=True)
     invalid = _Invalid(namespace, name)
     spec = obj.mapping("spec")
-    if spec.data.get("podSelector") is None and "podSelector" not in spec.data:
-        # The field is required; `{}` selects every pod of the namespace.
-        raise invalid(spec, "podSelector", "a podSelector ({} selects every pod)", None)
+    # An absent podSelector decodes to the empty selector, as in the API server: every pod.
     pod_selector = _selector(spec.mapping("podSelector"), invalid)
     ingress = _rules(spec, "ingress", "from", invalid)
     egress = _rules(spec, "egress", "to", invalid)
