@@ -162,3 +162,32 @@ def test_diff_names_a_and_b_and_warns_about_what_it_could_not_compare(tmp_path: 
     assert "warning: session affinity was not compared" in res.stdout
     doc = json.loads(kpa("diff", str(affinity), str(plain), "-o", "json").stdout)
     assert doc["a"] == str(affinity) and doc["b"] == str(plain)
+
+
+# -- sources mean what they say -----------------------------------------------------------
+
+
+def test_from_external_leaves_out_pods_and_nodes() -> None:
+    res = kpa("trace", "--example", "--to", "svc/shop/web:http", "--from", "external", "-o", "json")
+    doc = json.loads(res.stdout)
+    assert len(doc["outcomes"]) == 3
+    assert all(o["masquerade"] and o["conditions"] == [] for o in doc["outcomes"])
+    assert {"10.244.0.0/16", "192.168.0.2", "127.0.0.0/8"} <= set(doc["packet"]["src_exclude"])
+    text = kpa("trace", "--example", "--to", "svc/shop/web:http", "--from", "external").stdout
+    assert text.startswith("Packet: tcp external -> 10.96.0.11:80")
+    assert "pods in" not in text and text.count("external sources (not pods, not nodes)") == 3
+
+
+def test_from_a_pod_on_another_node_warns_where_its_nat_happens() -> None:
+    res = kpa("trace", "--example", "--to", "svc/shop/web:http", "--from", "pod/shop/web-b11")
+    assert "warning: pod shop/web-b11 runs on node node-b, not node-a: its Service NAT happens on node-b" \
+        in res.stdout
+    local = kpa("trace", "--example", "--to", "svc/shop/web:http", "--from", "pod/shop/web-a10")
+    assert "warning: pod" not in local.stdout
+
+
+def test_dport_without_protocol_hints_at_p_tcp() -> None:
+    res = kpa("trace", "--example", "--dst", "10.96.0.11", "--dport", "80")
+    assert res.returncode == 0
+    assert "add -p tcp" in res.stderr
+    assert "add -p tcp" not in kpa("trace", "--example", "--dst", "10.96.0.11", "--dport", "80", "-p", "tcp").stderr

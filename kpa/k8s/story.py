@@ -218,6 +218,8 @@ def plain_sources(conditions: list[str], ctx: Context, endpoint_ip: str | None) 
             continue
         parts.append(c)
     if not parts:
+        if ctx.spec.src_exclude and not ctx.spec.src:
+            return "external sources (not pods, not nodes)"
         return "this packet" if ctx.spec.src else "any source"
     return "; ".join(parts)
 

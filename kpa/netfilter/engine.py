@@ -113,6 +113,7 @@ class TraceResult:
                 "protocol": p.proto, "sport": p.sport, "dport": p.dport, "in_iface": p.iif,
                 "out_iface": p.oif, "origin": p.origin, "ctstate": p.ctstate, "mark": hex(p.mark),
                 "uid": p.uid, "gid": p.gid, "src_mac": p.src_mac,
+                "src_exclude": list(p.src_exclude),
             },
             "service": (self.labels.get("services") or [None])[0],
             "services": self.labels.get("services", []),

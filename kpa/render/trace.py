@@ -27,8 +27,8 @@ def packet_line(p: PacketSpec) -> str:
         src = f"[{src}]"
     if dport and ":" in dst:
         dst = f"[{dst}]"
-    if p.src_exclude:
-        src += " (outside " + ", ".join(x for x in p.src_exclude if (":" in x) == (p.family.version == 6)) + ")"
+    if p.src_exclude and not p.src:
+        src = "external"
     extra = [f"origin {p.origin}", f"ctstate {p.ctstate or 'any'}"]
     if p.iif:
         extra.append(f"in {p.iif}")
