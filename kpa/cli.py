@@ -59,7 +59,7 @@ def rules_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = click.option("--example", is_flag=True, help="Use the example cluster bundled with kpa.")(fn)
     fn = click.option("--iptc", is_flag=True, help="With --live, read existing legacy tables through python-iptables.")(fn)
     fn = click.option("--live", is_flag=True, help="Read this host's rules (iptables-save, ip6tables-save, nft; read-only, needs root).")(fn)
-    fn = click.option("--rules", "-r", "rules", multiple=True, metavar="FILE",
+    fn = click.option("--rules", "-r", "rules", multiple=True, metavar="FILE", type=click.Path(allow_dash=True),
                       help="iptables-save, ip6tables-save, `nft list ruleset` or `nft -j list ruleset` output; "
                            "gzip is fine; `-` reads stdin. Repeatable.")(fn)
     return fn
@@ -79,10 +79,11 @@ def kube_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def cluster_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    fn = click.option("--node", metavar="NAME", help="This node's name, to find its Node object and local endpoints.")(fn)
+    fn = click.option("--node", metavar="NAME", shell_complete=complete_node,
+                      help="This node's name, to find its Node object and local endpoints.")(fn)
     fn = click.option("--node-ip", "node_ips", multiple=True, metavar="IP",
                       help="An address of this node (repeatable). Defaults to the Node object's addresses.")(fn)
-    fn = click.option("--cluster", "-c", "cluster", multiple=True, metavar="PATH",
+    fn = click.option("--cluster", "-c", "cluster", multiple=True, metavar="PATH", type=click.Path(allow_dash=True),
                       help="Services, EndpointSlices, Nodes, Pods as `kubectl get -o yaml|json` prints them; "
                            "files, directories or `-`. Repeatable.")(fn)
     return fn
@@ -109,8 +110,8 @@ def collect_dumps(inp: Inputs) -> dict[str, str]:
     from kpa.k8s.live import close, connect
 
     assert inp.node is not None
+    api = connect(inp.kubeconfig, inp.context)  # a bad kubeconfig fails before any talk of debug pods
     click.echo(f"reading {inp.node}'s rules through a temporary debug pod ...", err=True)
-    api = connect(inp.kubeconfig, inp.context)
     try:
         return collect_node_rules(api, inp.node, image=inp.image or DEFAULT_IMAGE, namespace=inp.namespace or "default")
     finally:
@@ -199,6 +200,82 @@ def color_enabled(ctx: click.Context) -> bool:
     if os.environ.get("NO_COLOR"):
         return False
     return sys.stdout.isatty()
+
+
+# -- completion of names from the given objects -------------------------------------
+
+def _objects_for_completion(ctx: click.Context) -> Any:
+    """The cluster objects named on the command line so far, or None; never fails."""
+    params = ctx.params
+    paths = list(params.get("cluster") or ())
+    if not paths and params.get("example"):
+        paths = [os.path.join(example_dir(), "cluster.yaml")]
+    if not paths:
+        return None
+    try:
+        from kpa.k8s.objects import load_objects
+
+        return load_objects(paths)
+    except Exception:  # completion must never print a traceback into the shell
+        return None
+
+
+def complete_service(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    from click.shell_completion import CompletionItem
+
+    objects = _objects_for_completion(ctx)
+    if objects is None:
+        return []
+    with_port = param.name == "to"
+    names: list[str] = []
+    for svc in objects.services:
+        if with_port:
+            names.extend(f"svc/{svc.namespace}/{svc.name}:{p.name or p.port}" for p in svc.ports)
+        else:
+            names.append(f"svc/{svc.namespace}/{svc.name}")
+    if param.name == "service_filter":
+        names = [n[4:] for n in names]
+    return [CompletionItem(n) for n in sorted(dict.fromkeys(names)) if n.startswith(incomplete)]
+
+
+def complete_source(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    from click.shell_completion import CompletionItem
+
+    names = ["external"]
+    objects = _objects_for_completion(ctx)
+    if objects is not None:
+        names.extend(f"pod/{p.namespace}/{p.name}" for p in objects.pods)
+        names.extend(f"node/{n.name}" for n in objects.nodes)
+    return [CompletionItem(n) for n in names if n.startswith(incomplete)]
+
+
+def complete_node(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    from click.shell_completion import CompletionItem
+
+    objects = _objects_for_completion(ctx)
+    names = [n.name for n in objects.nodes] if objects is not None else []
+    return [CompletionItem(n) for n in names if n.startswith(incomplete)]
+
+
+def qualify(ref: str | None, kind: str, inp: Inputs) -> str | None:
+    """kubectl style: `svc/NAME` and `pod/NAME` take their namespace from -n or the kubeconfig context."""
+    if not ref or not ref.startswith(f"{kind}/"):
+        return ref
+    body = ref[len(kind) + 1:]
+    if "/" in body.split(":")[0]:
+        return ref
+    return f"{kind}/{default_namespace(inp)}/{body}"
+
+
+def default_namespace(inp: Inputs) -> str:
+    """-n, else the kubeconfig context's namespace (when talking to a cluster), else `default`."""
+    if inp.namespace:
+        return inp.namespace
+    if inp.kube:
+        from kpa.k8s.live import context_namespace
+
+        return context_namespace(inp.kubeconfig, inp.context) or "default"
+    return "default"
 
 
 # -- the command group ---------------------------------------------------------
@@ -323,17 +400,6 @@ def graph(rules: Sequence[str], live: bool, iptc: bool, example: bool, fmt: str,
 
 # -- show ------------------------------------------------------------------------
 
-def default_namespace(inp: Inputs) -> str:
-    """-n, else the kubeconfig context's namespace (when talking to a cluster), else `default`."""
-    if inp.namespace:
-        return inp.namespace
-    if inp.kube:
-        from kpa.k8s.live import context_namespace
-
-        return context_namespace(inp.kubeconfig, inp.context) or "default"
-    return "default"
-
-
 def service_ref(ref: str, inp: Inputs) -> str:
     """svc/NS/NAME, svc/NAME (namespace from -n or the context), NS/NAME or NAME: NS/NAME[:PORT]."""
     body = ref.split("/", 1)[1] if ref.split("/", 1)[0] in ("svc", "service", "services") else ref
@@ -343,11 +409,12 @@ def service_ref(ref: str, inp: Inputs) -> str:
 
 
 @cli.command(context_settings=CONTEXT)
-@click.argument("target", required=False, metavar="[svc/NS/NAME]")
+@click.argument("target", required=False, metavar="[svc/NS/NAME]", shell_complete=complete_service)
 @rules_options
 @cluster_options
 @kube_options
-@click.option("--service", "service_filter", metavar="NS/NAME", help="Only this Service (same as the argument).")
+@click.option("--service", "service_filter", metavar="NS/NAME", shell_complete=complete_service,
+              help="Only this Service (same as the argument).")
 @click.option("-o", "--output", "fmt", type=click.Choice(["text", "wide", "name", "json", "yaml"]), default="text",
               show_default=True, help="wide adds chains and rule locations; name prints svc/NS/NAME:PORT only.")
 @click.option("--no-headers", is_flag=True, help="Leave out table headers.")
@@ -428,14 +495,18 @@ def show(target: str | None, rules: Sequence[str], live: bool, iptc: bool, examp
 @click.option("--mark", default="0", show_default=True, help="The packet's mark as it enters.")
 @click.option("--affinity", multiple=True, metavar="LIST", help="Treat the client as already in this `recent` list (session affinity).")
 @click.option("--affinity-open", is_flag=True, help="Explore both cases for every session-affinity list.")
-@click.option("--to", "to", metavar="svc/NS/NAME[:PORT]", help="Target a Service by name (needs --cluster).")
+@click.option("--to", "to", metavar="svc/NS/NAME[:PORT]", shell_complete=complete_service,
+              help="Target a Service by name (needs --cluster); svc/NAME takes -n or the context's namespace.")
 @click.option("--via", type=click.Choice(["cluster-ip", "nodeport", "lb", "external-ip"]), default="cluster-ip",
               show_default=True, help="Which entry point of --to to use.")
-@click.option("--from", "from_", metavar="pod/NS/NAME|node/NAME|external|IP", help="Who sends the packet.")
+@click.option("--from", "from_", metavar="pod/NS/NAME|node/NAME|external|IP", shell_complete=complete_source,
+              help="Who sends the packet: a pod (pod/NAME takes -n), a node, `external` (outside the pod CIDRs "
+                   "and the nodes), or an address.")
 @click.option("--family", type=click.Choice(["ipv4", "ipv6"]), help="Packet family; guessed from the addresses.")
 @click.option("--max-outcomes", type=click.IntRange(1), default=512, show_default=True)
 @click.option("--explain", is_flag=True, help="For each rule hit, and each chain that fell through, show which rules "
                                                "just before did not match, and why (implies --details).")
+@click.option("--no-headers", is_flag=True, help="Leave out the summary table's header.")
 @click.option("--details", is_flag=True, help="After the summary, list each outcome's rules (same as -v).")
 @click.option("-v", "--verbose", count=True, help="-v: each outcome's rules, without hops that change nothing; "
                                                   "-vv: every hop.")
@@ -455,9 +526,9 @@ def trace(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: 
           image: str | None, src: str | None, dst: str | None, proto: str | None, sport: int | None,
           dport: int | None, origin: str | None, in_iface: str | None, out_iface: str | None, ctstate: str,
           mark: str, affinity: Sequence[str], affinity_open: bool, to: str | None, via: str,
-          from_: str | None, family: str | None, max_outcomes: int, explain: bool, details: bool, verbose: int,
-          uid: int | None, gid: int | None, src_mac: str | None, ipsec: bool, rate_limits: str | None,
-          connections: int | None, recent_hits: int | None, fmt: str) -> None:
+          from_: str | None, family: str | None, max_outcomes: int, explain: bool, no_headers: bool, details: bool,
+          verbose: int, uid: int | None, gid: int | None, src_mac: str | None, ipsec: bool,
+          rate_limits: str | None, connections: int | None, recent_hits: int | None, fmt: str) -> None:
     """Trace a packet through the node's netfilter and list every outcome.
 
     Fields left out stay open: kpa splits on the rules that test them and
@@ -489,6 +560,7 @@ def trace(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: 
     check_node(inp, objects)
     local = local_addresses(inp, objects)
     spec_origin = origin
+    to, from_ = qualify(to, "svc", inp), qualify(from_, "pod", inp)
     if dport is not None and proto is None and not to:
         click.echo("hint: --dport without -p matches no packet of a protocol without ports; "
                    "add -p tcp (or udp, sctp)", err=True)
@@ -548,7 +620,8 @@ def trace(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: 
     from kpa.render.trace import render_trace, terminal_width
 
     level = max(verbose, 1 if details or explain else 0)
-    click.echo(render_trace(result, color_enabled(click.get_current_context()), level, terminal_width()), nl=False)
+    click.echo(render_trace(result, color_enabled(click.get_current_context()), level, terminal_width(),
+                            headers=not no_headers), nl=False)
 
 
 # -- lint ------------------------------------------------------------------------
@@ -672,13 +745,16 @@ def diff(a: str, b: str, cluster: Sequence[str], node_ips: Sequence[str], node: 
 
 @cli.command(context_settings=CONTEXT)
 @click.option("--node", required=True, metavar="NAME", help="The node whose rules to read.")
-@click.option("-o", "--output-dir", "out_dir", required=True, type=click.Path(file_okay=False), metavar="DIR")
+@click.option("--dir", "-D", "out_dir", type=click.Path(file_okay=False), metavar="DIR",
+              help="Directory to write the rules and objects to.")
+@click.option("-o", "--output-dir", "old_dir", type=click.Path(file_okay=False), hidden=True,
+              help="Deprecated spelling of --dir.")
 @click.option("--kubeconfig", metavar="FILE")
 @click.option("--context", metavar="NAME")
 @click.option("-n", "--namespace", metavar="NS", help="Namespace for the debug pod (objects are read cluster-wide).")
 @click.option("--image", metavar="IMAGE", help="Image for the debug pod.")
-def collect(node: str, out_dir: str, kubeconfig: str | None, context: str | None, namespace: str | None,
-            image: str | None) -> None:
+def collect(node: str, out_dir: str | None, old_dir: str | None, kubeconfig: str | None, context: str | None,
+            namespace: str | None, image: str | None) -> None:
     """Save a node's rules and the cluster's objects for offline use and bug reports.
 
     Reads the rules through a short-lived privileged debug pod on the node
@@ -688,9 +764,15 @@ def collect(node: str, out_dir: str, kubeconfig: str | None, context: str | None
 
     \b
     Examples:
-      kpa collect --node worker-1 -o ./worker-1
-      kubectl kpa collect --context prod --node worker-1 -o /tmp/kpa-bug
+      kpa collect --node worker-1 --dir ./worker-1
+      kubectl kpa collect --context prod --node worker-1 --dir /tmp/kpa-bug
     """
+    if old_dir:
+        click.echo("note: -o/--output-dir is deprecated for collect (elsewhere -o is an output format); "
+                   "use --dir", err=True)
+    out_dir = out_dir or old_dir
+    if not out_dir:
+        raise click.UsageError("give the directory to write to with --dir DIR")
     from kpa.k8s.live import close, connect, list_documents
 
     inp = Inputs(node=node, kube=True, kubeconfig=kubeconfig, context=context, namespace=namespace, image=image)
@@ -775,12 +857,54 @@ def main() -> None:
     _run("kpa")
 
 
+def kubectl_help() -> None:
+    """As `kubectl kpa`, help and examples say `kubectl kpa`."""
+    import re
+
+    def fix(text: str | None) -> str | None:
+        return re.sub(r"(?m)(^\s+|\| )kpa ", r"\1kubectl kpa ", text) if text else text
+
+    cli.help = fix(cli.help)
+    for cmd in cli.commands.values():
+        cmd.help = fix(cmd.help)
+        if isinstance(cmd, click.Group):
+            for sub in cmd.commands.values():
+                sub.help = fix(sub.help)
+
+
+def kubectl_complete_main() -> None:
+    """`kubectl_complete-kpa ARGS… INCOMPLETE`: kubectl's plugin completion protocol (Cobra's __complete).
+
+    kubectl runs this for `kubectl kpa <TAB>` with the words typed so far; it
+    prints one candidate per line (value, tab, help) and a final `:DIRECTIVE`
+    line (4: no file completion; 0: let the shell complete file names).
+    """
+    from click.shell_completion import ShellComplete
+
+    args = sys.argv[1:]
+    incomplete = args.pop() if args else ""
+    kubectl_help()
+    comp = ShellComplete(cli, {}, "kubectl kpa", "_KPA_COMPLETE")
+    try:
+        items = comp.get_completions(args, incomplete)
+    except Exception:
+        items = []
+    files = any(i.type in ("file", "dir", "path") for i in items)
+    for item in items:
+        if item.type != "plain":
+            continue
+        help_text = (item.help or "").splitlines()[0] if item.help else ""
+        print(f"{item.value}\t{help_text}" if help_text else item.value)
+    print(":0" if files or (not items and incomplete.startswith((".", "/", "~"))) else ":4")
+
+
 def kubectl_main() -> None:
     """`kubectl kpa ...`: kubectl finds `kubectl-kpa` on PATH and runs it.
 
     As a kubectl plugin kpa talks to the cluster of the current kubeconfig
     context by default, like kubectl itself (`--no-kube` turns that off).
     """
+    kubectl_help()
     defaults: dict[str, Any] = {cmd: {"kube": True} for cmd in ("trace", "show", "lint")}
     defaults["policy"] = {cmd: {"kube": True} for cmd in ("check", "matrix", "lint")}
     _run("kubectl kpa", defaults=defaults)

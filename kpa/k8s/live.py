@@ -58,6 +58,7 @@ def connect(kubeconfig: str | None = None, context: str | None = None) -> client
     `kubeconfig` and $KUBECONFIG may list several files separated by the OS path separator;
     they are merged like kubectl does.
     """
+    quiet_urllib3()
     configuration = client.Configuration()
     # Fail fast on an unreachable server instead of urllib3's default of three retries.
     configuration.retries = 1
@@ -88,7 +89,27 @@ def connect(kubeconfig: str | None = None, context: str | None = None) -> client
     except (OSError, ValueError) as error:
         raise KpaError(f"cannot read kubeconfig {config_file}: {error}") from None
     api_client.configuration.retries = 1
+    if not api_client.configuration.verify_ssl:
+        import sys
+
+        print(f"warning: the kubeconfig turns off TLS certificate checks for {api_client.configuration.host}",
+              file=sys.stderr)
     return api_client
+
+
+def quiet_urllib3() -> None:
+    """urllib3's own warnings and retry logs are not for kpa's users: kpa reports what matters itself."""
+    import logging
+    import warnings
+
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"urllib3(\..*)?$")
+    try:
+        import urllib3
+
+        urllib3.disable_warnings()
+    except ImportError:  # pragma: no cover - the kubernetes client depends on it
+        pass
 
 
 @dataclass(frozen=True)

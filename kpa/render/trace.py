@@ -149,7 +149,8 @@ def summary_order(result: TraceResult) -> list[Outcome]:
                                                   o.dnat_text() or "~", groups[o.labels.get("sources", "")]))
 
 
-def render_summary(result: TraceResult, color: bool, width: int | None, order: list[Outcome]) -> list[str]:
+def render_summary(result: TraceResult, color: bool, width: int | None, order: list[Outcome],
+                   headers: bool = True) -> list[str]:
     multi = len({o.labels.get("service") for o in order}) > 1
     head = ["#", "RESULT", *(["SERVICE"] if multi else []), "ENDPOINT", "SHARE", "MASQ", "SOURCES"]
     rows: list[list[str]] = []
@@ -175,7 +176,8 @@ def render_summary(result: TraceResult, color: bool, width: int | None, order: l
         out.append(first)
         out.extend(" " * (lead + 2) + c for c in chunks[1:])
 
-    line(head, {"bold": True})
+    if headers:
+        line(head, {"bold": True})
     for o, r in zip(order, rows, strict=True):
         line(r, {"fg": VERDICT_COLOUR.get(o.verdict)} if o.verdict != "ACCEPT" else None)
         pad = " " * (widths[0] + 2)
@@ -195,7 +197,8 @@ def terminal_width() -> int | None:
     return None
 
 
-def render_trace(result: TraceResult, color: bool, details: int = 2, width: int | None = None) -> str:
+def render_trace(result: TraceResult, color: bool, details: int = 2, width: int | None = None,
+                 headers: bool = True) -> str:
     """Summary table first; with details >= 1 the hops of each outcome (>= 2: every hop)."""
     services = result.labels.get("services") or []
     head = f"Packet: {packet_line(result.packet)}"
@@ -209,7 +212,7 @@ def render_trace(result: TraceResult, color: bool, details: int = 2, width: int 
         out.append(click.style(text, fg="yellow", bold=True) if color else text)
     order = summary_order(result)
     out.append("")
-    out.extend(render_summary(result, color, width, order))
+    out.extend(render_summary(result, color, width, order, headers))
     if details:
         for i, o in enumerate(order, 1):
             out.append("")

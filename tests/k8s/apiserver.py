@@ -68,6 +68,8 @@ class FakeApiServer:
     routes: list[tuple[str, re.Pattern[str], Responder]] = field(default_factory=list)
     requests: list[Request] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
+    # (certificate file, key file): serve HTTPS instead of HTTP.
+    tls: tuple[str, str] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def route(self, method: str, path: str, responder: Responder | Reply) -> None:
@@ -89,7 +91,7 @@ class FakeApiServer:
     def url(self) -> str:
         assert self._server is not None
         host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return f"{'https' if self.tls else 'http'}://{host!s}:{port}"
 
     def start(self) -> FakeApiServer:
         owner = self
@@ -139,6 +141,12 @@ class FakeApiServer:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
+        if self.tls:
+            import ssl
+
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*self.tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
         ).start()
