@@ -85,8 +85,13 @@ def policy_cluster(
     apps_per_namespace: int = 5,
     teams: int = 10,
     seed: int = 1,
+    unique_labels: bool = False,
 ) -> list[dict[str, Any]]:
-    """Kubernetes objects (as `kubectl get -o json` items) for a cluster of that size."""
+    """Kubernetes objects (as `kubectl get -o json` items) for a cluster of that size.
+
+    `unique_labels` gives every pod a label of its own (as StatefulSets do with
+    `statefulset.kubernetes.io/pod-name`), so no two pods are alike.
+    """
     rng = random.Random(seed)
     pod_net = ipaddress.ip_network(POD_CIDR)
     docs: list[dict[str, Any]] = [_namespace("kube-system", {})]
@@ -109,6 +114,8 @@ def policy_cluster(
             ip = str(pod_net[made + 1])
             node = f"node-{made // 110}"
             labels = {"app": app, "tier": tier, "pod-template-hash": f"{i:03d}{app[-1]}"}
+            if unique_labels:
+                labels["statefulset.kubernetes.io/pod-name"] = f"{app}-{k}"
             docs.append(_pod(ns, f"{app}-{k}", labels, ip, node, TIER_PORTS[tier]))
             made += 1
         share = budget // (namespaces - i)

@@ -73,19 +73,38 @@ class Matrix:
             yield [self.allowed(i, j) for j in range(len(self.targets))]
 
     def allowed_count(self) -> int:
-        """How many cells are allowed, counted class by class."""
+        """How many cells are allowed, counted over classes without visiting every cell.
+
+        Destination classes with the same ingress bitset form one group; for each group,
+        each source class it admits adds the (size-weighted) number of the group's
+        classes its egress bitset allows.
+        """
         src_sizes: dict[int, int] = {}
         for c in self._src_class:
             src_sizes[c] = src_sizes.get(c, 0) + 1
         dst_sizes: dict[int, int] = {}
         for c in self._dst_class:
             dst_sizes[c] = dst_sizes.get(c, 0) + 1
+        groups: dict[int, int] = {}
+        buckets: dict[int, int] = {}  # class size -> destination classes of that size
+        for d, size in dst_sizes.items():
+            groups[self._ingress_ok[d]] = groups.get(self._ingress_ok[d], 0) | (1 << d)
+            buckets[size] = buckets.get(size, 0) | (1 << d)
+        sources = 0
+        for s in src_sizes:
+            sources |= 1 << s
         total = 0
-        for s, ns in src_sizes.items():
-            eg = self._egress_ok[s]
-            for d, nd in dst_sizes.items():
-                if (eg >> d) & 1 and (self._ingress_ok[d] >> s) & 1:
-                    total += ns * nd
+        for admitted, members in groups.items():
+            bits = admitted & sources
+            while bits:
+                low = bits & -bits
+                s = low.bit_length() - 1
+                bits ^= low
+                reach = self._egress_ok[s] & members
+                if reach:
+                    weighted = sum(size * (reach & mask).bit_count()
+                                   for size, mask in buckets.items())
+                    total += src_sizes[s] * weighted
         return total
 
 

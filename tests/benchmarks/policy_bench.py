@@ -15,7 +15,7 @@ Builds Namespaces, Pods and NetworkPolicies with kpa.gen.policies, writes them a
 
 Usage:
     python3 tests/benchmarks/policy_bench.py [--pods 5000] [--namespaces 100]
-        [--policies 1000] [--port 8080] [--out FILE]
+        [--policies 1000] [--port 8080] [--unique-labels] [--out FILE]
 """
 
 from __future__ import annotations
@@ -51,10 +51,13 @@ def reference_seconds() -> float:
     return time.perf_counter() - start
 
 
-def run(pods: int, namespaces: int, policies: int, port: int) -> dict[str, Any]:
+def run(pods: int, namespaces: int, policies: int, port: int,
+        unique_labels: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {"pods": pods, "namespaces": namespaces, "policies": policies,
-                           "port": port, "reference_sort_1M_s": reference_seconds()}
-    docs = policy_cluster(pods=pods, namespaces=namespaces, policies=policies)
+                           "port": port, "unique_labels": unique_labels,
+                           "reference_sort_1M_s": reference_seconds()}
+    docs = policy_cluster(pods=pods, namespaces=namespaces, policies=policies,
+                          unique_labels=unique_labels)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "cluster.json"
         path.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}))
@@ -105,9 +108,11 @@ def main() -> None:
     ap.add_argument("--namespaces", type=int, default=100)
     ap.add_argument("--policies", type=int, default=1000)
     ap.add_argument("--port", type=int, default=8080)
+    ap.add_argument("--unique-labels", action="store_true",
+                    help="Give every pod a label of its own (worst case: no two pods alike).")
     ap.add_argument("--out", metavar="FILE")
     args = ap.parse_args()
-    result = run(args.pods, args.namespaces, args.policies, args.port)
+    result = run(args.pods, args.namespaces, args.policies, args.port, args.unique_labels)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
