@@ -506,6 +506,9 @@ def show(target: str | None, rules: Sequence[str], live: bool, iptc: bool, examp
 @click.option("--max-outcomes", type=click.IntRange(1), default=512, show_default=True)
 @click.option("--explain", is_flag=True, help="For each rule hit, and each chain that fell through, show which rules "
                                                "just before did not match, and why (implies --details).")
+@click.option("--confirm", is_flag=True, help="Also print the commands that confirm this on the node with the "
+                                               "kernel's own packet tracing, and the commands that remove them "
+                                               "(matched to the dump's backend; kpa never runs them).")
 @click.option("--no-headers", is_flag=True, help="Leave out the summary table's header.")
 @click.option("--details", is_flag=True, help="After the summary, list each outcome's rules (same as -v).")
 @click.option("-v", "--verbose", count=True, help="-v: each outcome's rules, without hops that change nothing; "
@@ -526,7 +529,8 @@ def trace(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: 
           image: str | None, src: str | None, dst: str | None, proto: str | None, sport: int | None,
           dport: int | None, origin: str | None, in_iface: str | None, out_iface: str | None, ctstate: str,
           mark: str, affinity: Sequence[str], affinity_open: bool, to: str | None, via: str,
-          from_: str | None, family: str | None, max_outcomes: int, explain: bool, no_headers: bool, details: bool,
+          from_: str | None, family: str | None, max_outcomes: int, explain: bool, confirm: bool, no_headers: bool,
+          details: bool,
           verbose: int, uid: int | None, gid: int | None, src_mac: str | None, ipsec: bool,
           rate_limits: str | None, connections: int | None, recent_hits: int | None, fmt: str) -> None:
     """Trace a packet through the node's netfilter and list every outcome.
@@ -612,16 +616,29 @@ def trace(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: 
     annotate(result, rs, objects, local)
     if from_ and from_.startswith("pod/") and objects is not None:
         result.warnings.extend(remote_pod_warning(objects, from_, inp.node))
+    confirmation = None
+    if confirm:
+        from kpa.render.confirm import backend_of, confirm_commands
+
+        confirmation = confirm_commands(spec, backend_of(rs))
     if fmt != "text":
         from kpa.render.output import dump
 
-        click.echo(dump(result.to_json(), fmt), nl=False)
+        doc = result.to_json()
+        if confirmation is not None:
+            doc["confirm"] = confirmation.to_json()
+        click.echo(dump(doc, fmt), nl=False)
         return
     from kpa.render.trace import render_trace, terminal_width
 
     level = max(verbose, 1 if details or explain else 0)
     click.echo(render_trace(result, color_enabled(click.get_current_context()), level, terminal_width(),
                             headers=not no_headers), nl=False)
+    if confirmation is not None:
+        from kpa.render.confirm import render_confirm
+
+        click.echo("")
+        click.echo(render_confirm(confirmation), nl=False)
 
 
 # -- lint ------------------------------------------------------------------------

@@ -191,3 +191,38 @@ def test_dport_without_protocol_hints_at_p_tcp() -> None:
     assert res.returncode == 0
     assert "add -p tcp" in res.stderr
     assert "add -p tcp" not in kpa("trace", "--example", "--dst", "10.96.0.11", "--dport", "80", "-p", "tcp").stderr
+
+
+# -- confirm it live ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("backend", "rules"), dumps("clusterip"))
+def test_confirm_prints_commands_for_the_dumps_backend(backend: str, rules: Path) -> None:
+    args = ("trace", "-r", str(rules), "--src", "203.0.113.10", "--dst", "10.96.0.11", "-p", "tcp", "--dport", "80",
+            "--confirm")
+    text = kpa(*args).stdout
+    doc = json.loads(kpa(*args, "-o", "json").stdout)["confirm"]
+    assert doc["backend"] == backend
+    assert f"To confirm this on the node ({backend} rules), as root — kpa does not run these:" in text
+    for cmd in doc["setup"] + doc["watch"] + doc["cleanup"]:
+        assert f"  {cmd}\n" in text
+    match = "-s 203.0.113.10 -d 10.96.0.11 -p tcp --dport 80 -j TRACE"
+    if backend == "nftables":
+        assert doc["setup"][-1].endswith("ip saddr 203.0.113.10 ip daddr 10.96.0.11 meta l4proto tcp tcp dport 80 "
+                                         "meta nftrace set 1")
+        assert doc["watch"] == ["nft monitor trace"] and doc["cleanup"] == ["nft delete table inet kpa_trace"]
+    elif backend == "iptables-nft":
+        assert doc["setup"] == [f"iptables-nft -t raw -I PREROUTING {match}"]
+        assert doc["watch"] == ["xtables-monitor --trace"]
+        assert doc["cleanup"] == [f"iptables-nft -t raw -D PREROUTING {match}"]
+    else:
+        assert f"iptables-legacy -t raw -I PREROUTING {match}" in doc["setup"]
+        assert "sysctl -w net.netfilter.nf_log.2=nf_log_ipv4" in doc["setup"]
+        assert "dmesg" in doc["watch"][0]
+        assert f"iptables-legacy -t raw -D PREROUTING {match}" in doc["cleanup"]
+
+
+def test_confirm_for_locally_sent_ipv6() -> None:
+    doc = json.loads(kpa("trace", "-r", str(F / "iptables" / "ipv6.nft.v6.save"), "--origin", "output",
+                         "--dst", "fd00:10:96::11", "-p", "udp", "--dport", "53", "--confirm", "-o", "json").stdout)
+    assert doc["confirm"]["setup"] == ["ip6tables-nft -t raw -I OUTPUT -d fd00:10:96::11 -p udp --dport 53 -j TRACE"]
