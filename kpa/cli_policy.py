@@ -356,6 +356,13 @@ def matrix(cluster: Sequence[str], kube: bool, kubeconfig: str | None, context: 
     version = int(family) if family else None
     pods = sorted((p for p in engine.pods if not namespaces or p.namespace in namespaces),
                   key=lambda p: (p.namespace, p.name))
+    if version is not None:
+        # A pod without an address of the family takes no part in its connections.
+        without = [p for p in pods if engine.subject(p, family=version).ip is None]
+        if without:
+            _warn([f"{len(without)} pod(s) without an IPv{version} address left out "
+                   f"(e.g. {without[0].namespace}/{without[0].name})"])
+            pods = [p for p in pods if p not in without]
     sources = [engine.subject(p, family=version) for p in pods]
     if targets == "services":
         ruleset = None

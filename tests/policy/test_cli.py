@@ -158,3 +158,20 @@ def test_kpa_lint_includes_policy_findings_when_policies_are_given(
     found = [f for f in json.loads(res.out)["findings"] if f["code"] == "policy-selects-no-pods"]
     assert found and found[0]["message"].startswith("NetworkPolicy default/typo:")
     assert found[0]["location"].startswith(str(tmp_path / "policies.yaml") + ":")
+
+
+def test_matrix_per_family_leaves_out_pods_without_that_family(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.policy.world import namespace, pod
+
+    docs = [namespace("x"), pod("x", "dual", ["10.0.1.1", "fd00::1"]),
+            pod("x", "v4", ["10.0.1.2"]), pod("x", "v6", ["fd00::3"])]
+    load(tmp_path, docs, "cluster.yaml")
+    res = kpa(capsys, "policy", "matrix", "-c", str(tmp_path / "cluster.yaml"), "--family", "6",
+              "-o", "json")
+    assert res.code == 0
+    cells = json.loads(res.out)["cells"]
+    assert {c["from"] for c in cells} == {"pod/x/dual", "pod/x/v6"}
+    assert {c["to_ip"] for c in cells} == {"fd00::1", "fd00::3"}
+    assert "1 pod(s) without an IPv6 address left out (e.g. x/v4)" in res.err
