@@ -175,3 +175,14 @@ def test_matrix_per_family_leaves_out_pods_without_that_family(
     assert {c["from"] for c in cells} == {"pod/x/dual", "pod/x/v6"}
     assert {c["to_ip"] for c in cells} == {"fd00::1", "fd00::3"}
     assert "1 pod(s) without an IPv6 address left out (e.g. x/v4)" in res.err
+
+
+def test_objects_from_stdin(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                            monkeypatch: pytest.MonkeyPatch) -> None:
+    typo = policy("x", "typo", {"podSelector": {"matchLabels": {"pod": "nope"}}})
+    load(tmp_path, [*default_objects(), typo], "cluster.yaml")
+    data = (tmp_path / "cluster.yaml").read_bytes()
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(data)))
+    res = kpa(capsys, "policy", "lint", "-c", "-")
+    assert res.code == 1
+    assert res.out.startswith("<stdin>:") and "policy-selects-no-pods: x/typo" in res.out

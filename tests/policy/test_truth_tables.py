@@ -415,3 +415,44 @@ def test_namespace_without_object_has_only_its_name_label(tmp_path: Path) -> Non
     assert engine.decide(w_a, x_a, 80).allowed
     assert engine.assumed_namespaces == {"w"}
     assert "no Namespace object for w" in engine.warnings()[0]
+
+
+def test_an_address_in_one_rule_except_and_another_rule_cidr_is_allowed(tmp_path: Path) -> None:
+    # Egress from x/a: 10.0.0.0/16 except 10.0.2.0/24 in one rule, 10.0.2.2/32 in another.
+    egress = policy("x", "cidrs", {
+        "podSelector": {"matchLabels": {"pod": "a"}},
+        "policyTypes": ["Egress"],
+        "egress": [
+            {"to": [{"ipBlock": {"cidr": "10.0.0.0/16", "except": ["10.0.2.0/24"]}}]},
+            {"to": [{"ipBlock": {"cidr": "10.0.2.2/32"}}]},
+        ],
+    })
+    row = run(tmp_path, [egress]).splitlines()[1].split()[1:]
+    # x/* and z/* through the first rule, y/b through the second, y/a and y/c not at all.
+    assert row == [".", ".", ".", "X", ".", "X", ".", ".", "."]
+
+
+def test_ingress_and_egress_are_controlled_independently(tmp_path: Path) -> None:
+    # x/a denies all ingress but may send anywhere; y/a may receive from anyone but send
+    # only to z.
+    ingress_only = policy("x", "deny-in", {"podSelector": {"matchLabels": {"pod": "a"}},
+                                           "policyTypes": ["Ingress"]})
+    egress_only = policy("y", "to-z", {
+        "podSelector": {"matchLabels": {"pod": "a"}},
+        "policyTypes": ["Egress"],
+        "egress": [{"to": [{"namespaceSelector": {"matchLabels": {"ns": "z"}}}]}],
+    })
+    table = run(tmp_path, [ingress_only, egress_only]).splitlines()
+    rows = {line.split()[0]: line.split()[1:] for line in table[1:]}
+    assert rows["x/a"] == ["X", ".", ".", ".", ".", ".", ".", ".", "."]
+    assert rows["y/a"] == ["X", "X", "X", "X", "X", "X", ".", ".", "."]
+    assert [r[0] for r in rows.values()] == ["X"] * 9
+
+
+def test_a_policy_allowing_sctp_does_not_admit_tcp_on_the_same_port(tmp_path: Path) -> None:
+    sctp = policy("x", "sctp", {"podSelector": {"matchLabels": {"pod": "a"}},
+                                "ingress": [{"ports": [{"port": 80, "protocol": "SCTP"}]}]})
+    assert "".join(r.split()[1] for r in run(tmp_path, [sctp], 80, "TCP").splitlines()[1:]) \
+        == "XXXXXXXXX"
+    assert "".join(r.split()[1] for r in run(tmp_path, [sctp], 80, "SCTP").splitlines()[1:]) \
+        == "........."
