@@ -402,15 +402,21 @@ def matrix(cluster: Sequence[str], kube: bool, kubeconfig: str | None, context: 
 
 def _enforced_cells(doc: dict[str, Any], rules: Sequence[str], node_ips: Sequence[str], objects: Any,
                     sources: list[Any], targets: list[Any], port: int, proto: str) -> list[list[Any]]:
-    """Add the node's enforced answer to every cell; grid cells become "!" where it differs."""
-    from kpa.k8s.kuberouter import KubeRouterMap, enforced
+    """Add the node's enforced answer to every cell; grid cells become "!" where it differs.
+
+    Pods the node's rules cannot tell apart (kpa.k8s.kuberouter.enforcement_classes) share
+    one trace per pair of classes.
+    """
+    from kpa.k8s.kuberouter import KubeRouterMap, enforced, enforcement_classes
     from kpa.sources import load_rules
 
     ruleset = load_rules(list(rules))
     kr = KubeRouterMap.from_ruleset(ruleset, objects.network_policies)
+    classes = enforcement_classes(ruleset, kr, [s.ip for s in sources] + [d.ip for d in targets], list(node_ips))
     grid: list[list[Any]] = []
     cells = iter(doc["cells"])
     differences = 0
+    traced: dict[tuple[Any, Any], Any] = {}
     for s in sources:
         row: list[Any] = []
         for d in targets:
@@ -419,13 +425,18 @@ def _enforced_cells(doc: dict[str, Any], rules: Sequence[str], node_ips: Sequenc
                 # A pod reaching its own address never leaves its network namespace.
                 row.append(cell["allowed"])
                 continue
-            e = enforced(ruleset, list(node_ips), s.ip, d.ip, port, proto, kr, src_is_node=s.ip in node_ips)
+            key = (classes.get(s.ip, s.ip), classes.get(d.ip, d.ip))
+            e = traced.get(key)
+            if e is None:
+                e = traced[key] = enforced(ruleset, list(node_ips), s.ip, d.ip, port, proto, kr,
+                                           src_is_node=s.ip in node_ips)
             cell["enforced"] = e.to_json()
             cell["differs"] = _differs(cell["allowed"], e.verdict)
             differences += cell["differs"]
             row.append("!" if cell["differs"] else cell["allowed"])
         grid.append(row)
     doc["differences"] = differences
+    doc["traces"] = len(traced)
     return grid
 
 

@@ -243,3 +243,67 @@ def enforcement_findings(ruleset: Ruleset, objects: Any, node_ips: list[str]) ->
                                        f"{who}: the policies allow it ({intent.reason()}) but the node blocks it "
                                        f"in {e.where}", e.deciding))
     return out
+
+
+def enforcement_classes(ruleset: Ruleset, kr: KubeRouterMap, ips: Iterable[str | None],
+                        node_ips: list[str]) -> dict[str, Any]:
+    """Group addresses the node's rules treat alike: same ipsets, same kind of pod chain.
+
+    Two pod addresses fall in one class when they are members of exactly the same
+    ipsets and their KUBE-POD-FW chains (if any) jump to the same policy and default
+    chains in the same order. kube-router's rules tell pods apart only through those
+    (and the per-pod jumps, which select each pod's own chain), so one trace answers
+    for every pair of addresses from the same two classes. Node addresses stay alone.
+    """
+    from kpa.ext.ipset import set_test
+    from kpa.netfilter.packet import PacketSpec as Spec
+
+    chain_of: dict[str, tuple[str, ...]] = {}
+    for table in ruleset.tables:
+        if table.name != "filter":
+            continue
+        by_ip: dict[str, str] = {}
+        top = table.chains.get("KUBE-ROUTER-FORWARD")
+        for rule in top.rules if top is not None else []:
+            refs = [c for _, c in rule.chain_refs() if c.startswith("KUBE-POD-FW-")]
+            m = re.search(r"-d (\S+?)(?:/\d+)? ", rule.text)
+            if refs and m:
+                by_ip[m.group(1)] = refs[0]
+        for ip, chain_name in by_ip.items():
+            chain = table.chains.get(chain_name)
+            if chain is None:
+                continue
+            shape = []
+            for rule in chain.rules:
+                for _, target in rule.chain_refs():
+                    kind = "-d" if " -d " in rule.text else "-s" if " -s " in rule.text else "*"
+                    shape.append(f"{kind}{target}")
+            chain_of[ip] = tuple(shape)
+    # hash:ip sets (kube-router's pod sets) by member, so classing a pod never scans every set.
+    host_sets: dict[tuple[int, int], list[str]] = {}
+    for name, ipset in ruleset.ipsets.items():
+        if ipset.type == "hash:ip" and "netmask" not in ipset.options:
+            version = 6 if ipset.family == "inet6" else 4
+            for member in ipset.members:
+                host_sets.setdefault((version, member.parts[0][0]), []).append(name)
+    out: dict[str, Any] = {}
+    for addr in ips:
+        if addr is None or addr in out:
+            continue
+        if addr in node_ips:
+            out[addr] = ("node", addr)
+            continue
+        version = ipaddress.ip_address(addr).version
+        family = Family.IPV6 if version == 6 else Family.IPV4
+        st = Spec(family=family, src=addr, dst=addr).initial_state()
+        members = list(host_sets.get((version, int(ipaddress.ip_address(addr))), ()))
+        for name, ipset in ruleset.ipsets.items():
+            if ipset.type == "hash:ip" and "netmask" not in ipset.options:
+                continue  # answered by host_sets
+            if ipset.type == "hash:net" and (ipset.family == "inet6") == (version == 6):
+                if any(r is True for _, r in set_test(ipset, st, ["src"], False, ruleset.ipsets)):
+                    members.append(name)
+            elif ipset.family is None or (ipset.family == "inet6") == (version == 6):
+                members.append(f"{name}?{addr}")  # other types: keep the address alone
+        out[addr] = (tuple(sorted(members)), chain_of.get(addr))
+    return out
