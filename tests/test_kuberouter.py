@@ -65,8 +65,8 @@ def test_map_names_pods_policies_and_sets(ruleset) -> None:  # type: ignore[no-u
     objs = objects()
     kr = KubeRouterMap.from_ruleset(ruleset, objs.network_policies)
     assert sorted(kr.pod_chains.values()) == ["a/db", "a/web", "b/client"]
-    assert sorted(kr.policy_chains.values()) == ["a/db-from-web", "a/deny-all", "a/web-from-clients",
-                                                 "b/client-egress"]
+    assert sorted(kr.policy_chains.values()) == ["a/db-from-web", "a/deny-all", "a/web-egress-http",
+                                                 "a/web-from-clients", "b/client-egress"]
     assert set(kr.sets) == {s for s in ruleset.ipsets}
     assert policy_set_names("a", "web-from-clients", 2, 0, 4)  # names are recomputable from the object
 
@@ -85,11 +85,18 @@ def test_enforced_verdicts_and_deciding_rules(ruleset) -> None:  # type: ignore[
 def test_lint_reports_each_difference() -> None:
     rs = load_rules([str(F / "nft.v4.save"), str(F / "ipset.v4.save")])
     findings = enforcement_findings(rs, objects(), [NODE])
-    assert findings and {f.code for f in findings} == {"policy-not-enforced"}
-    texts = [f.message for f in findings]
+    assert {f.code for f in findings} == {"policy-not-enforced", "blocked-without-policy"}
+    loose = [f for f in findings if f.code == "policy-not-enforced"]
+    texts = [f.message for f in loose]
     assert any(t.startswith("pod/b/client -> pod/a/db port 5432/TCP: the policies deny it") for t in texts)
-    assert all("admitted by policy a/db-from-web" in t for t in texts)
-    assert all(f.location and "KUBE-NWPLCY-" in f.location for f in findings)
+    # Differences 1 and 4 of docs/enforcement.md, each admitted by the policy that causes it.
+    assert all("admitted by policy a/db-from-web" in t or "admitted by policy a/web-egress-http" in t for t in texts)
+    assert any(t.startswith("pod/a/web -> pod/b/client port 8080/TCP") for t in texts)
+    assert all(f.location and "KUBE-NWPLCY-" in f.location for f in loose)
+    # Egress with no `to` resolves the named port in a/web's own namespace only (8080, not b/remote's 9090).
+    strict = {f.message.split(":")[0] for f in findings if f.code == "blocked-without-policy"}
+    assert "pod/a/web -> pod/b/remote port 9090/TCP" in strict
+    assert all("a/web reject" in (f.location or "") for f in findings if f.code == "blocked-without-policy")
 
 
 def _kpa(*args: str) -> subprocess.CompletedProcess[str]:

@@ -38,6 +38,8 @@ FLOWS: list[Flow] = [
     (f"pod:{WEB}", WEB, DB, "tcp", 5432),
     (f"pod:{WEB}", WEB, DB, "tcp", 5433),
     (f"pod:{WEB}", WEB, REMOTE, "tcp", 443),
+    (f"pod:{WEB}", WEB, REMOTE, "tcp", 9090),
+    (f"pod:{WEB}", WEB, REMOTE, "tcp", 8080),
     ("external", "203.0.113.10", WEB, "tcp", 80),
     ("external", "203.0.113.200", WEB, "tcp", 80),
     ("external", "203.0.113.10", WEB, "tcp", 8080),
@@ -152,6 +154,10 @@ def test_kube_router_policies_agree_with_kernel(backend: Backend) -> None:
     # 3. ICMP echo requests are always accepted (KUBE-NWPLCY-COMMON), even from a pod whose egress
     #    policy admits only TCP and UDP ports.
     assert verdicts[(CLIENT, DB, "icmp", 0)] == "ACCEPT"
+    # 4. Egress with no `to` resolves a named port against the policy's own namespace only: web may send
+    #    to "http" anywhere, and b/remote's http is 9090, but the node admits only a/web's 8080.
+    assert intended(WEB, REMOTE, 9090) and verdicts[(WEB, REMOTE, "tcp", 9090)] == "REJECT"
+    assert verdicts[(WEB, REMOTE, "tcp", 8080)] == "ACCEPT"
 
 
 CLUSTER_IP, NODE_PORT = "10.96.0.20", 30080
