@@ -7,7 +7,8 @@ import ipaddress
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -194,6 +195,34 @@ def remote_pod_warning(objects: Any, ref: str, this_node: str | None) -> list[st
         return []
     return [f"pod {parts[0]}/{parts[1]} runs on node {pod.node_name}, not {this_node}: its Service NAT happens on "
             f"{pod.node_name}; this traces the packet as it arrives at {this_node}"]
+
+
+def _check_service_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and (value.count("/") != 1 or not all(value.split("/"))):
+        raise click.BadParameter(f"expected NAMESPACE/NAME, found {value!r}")
+    return value
+
+
+def service_scope(namespace: str | None, service: str | None) -> Callable[[str], bool] | None:
+    """For -n NS and --service NS/NAME: does a Service port name ``ns/name[:port]`` belong?"""
+    if namespace is None and service is None:
+        return None
+
+    def ok(name: str) -> bool:
+        svc = name.split(":", 1)[0]
+        if namespace is not None and svc.split("/", 1)[0] != namespace:
+            return False
+        return service is None or svc == service
+    return ok
+
+
+@contextmanager
+def progress_status(what: str) -> Iterator[None]:
+    """A spinner on stderr while ``what`` runs, on a terminal only and after about a second."""
+    from kpa.render.progress import status
+
+    with status(what):
+        yield
 
 
 def color_enabled(ctx: click.Context) -> bool:
@@ -414,7 +443,8 @@ def service_ref(ref: str, inp: Inputs) -> str:
 @cluster_options
 @kube_options
 @click.option("--service", "service_filter", metavar="NS/NAME", shell_complete=complete_service,
-              help="Only this Service (same as the argument).")
+              callback=_check_service_name,
+              help="Only this Service (same as the argument); -n NS alone: only that namespace's Services.")
 @click.option("-o", "--output", "fmt", type=click.Choice(["text", "wide", "name", "json", "yaml"]), default="text",
               show_default=True, help="wide adds chains and rule locations; name prints svc/NS/NAME:PORT only.")
 @click.option("--no-headers", is_flag=True, help="Leave out table headers.")
@@ -437,14 +467,17 @@ def show(target: str | None, rules: Sequence[str], live: bool, iptc: bool, examp
       kpa show -r node.save -c objects/ -n shop svc/frontend -o wide
       kpa show -r nft-ruleset.txt -c objects/ -o name
       kubectl kpa show --node worker-1 svc/web
+      kpa show -r node.save -c objects/ -n shop
     """
     from kpa.k8s.kubeproxy import hash_names, service_ports
     from kpa.k8s.showview import describe
 
     inp = Inputs(list(rules), list(cluster), list(node_ips), node, live, example, kube, kubeconfig, context,
                  namespace, image, iptc)
-    rs = load_ruleset(inp)
-    objects = load_cluster(inp)
+    with progress_status("reading the rules"):
+        rs = load_ruleset(inp)
+    with progress_status("reading the cluster objects"):
+        objects = load_cluster(inp)
     known: dict[str, str] = {}
     if objects is not None:
         from kpa.k8s.naming import service_port_name
@@ -459,6 +492,13 @@ def show(target: str | None, rules: Sequence[str], live: bool, iptc: bool, examp
         views = [v for v in views if v.name and (v.name == wanted or v.name.split(":")[0] == wanted)]
         if not views:
             raise KpaError(f"no Service {wanted} in the rules{near(wanted, names)}")
+    elif namespace:
+        scope = service_scope(namespace, None)
+        assert scope is not None
+        spaces = [v.name.split("/")[0] for v in views if v.name]
+        views = [v for v in views if v.name and scope(v.name)]
+        if not views:
+            raise KpaError(f"no Service in namespace {namespace} in the rules{near(namespace, spaces)}")
     docs = describe(views, rs, objects)
     if fmt == "name":
         for d in docs:
@@ -647,54 +687,89 @@ def trace(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: 
 @rules_options
 @cluster_options
 @kube_options
-@click.option("--fail-on", type=click.Choice(["error", "warning"]), default="error", show_default=True,
+@click.option("--service", "service_filter", metavar="NS/NAME", callback=_check_service_name,
+              help="Only findings about this Service (with -n: only that namespace's).")
+@click.option("--only", "only", multiple=True, metavar="CODE",
+              help="Report only these finding codes (repeatable, or comma-separated).")
+@click.option("--ignore", "ignore", multiple=True, metavar="CODE",
+              help="Leave out these finding codes (repeatable, or comma-separated).")
+@click.option("--baseline", metavar="FILE",
+              help="Known findings (from --write-baseline): only findings not in it count for the exit status.")
+@click.option("--write-baseline", metavar="FILE",
+              help="Write the findings to FILE as a baseline for later runs, and exit 0.")
+@click.option("--fail-on", type=click.Choice(["error", "warning", "info"]), default="error", show_default=True,
               help="Lowest severity that makes the exit status 1.")
-@click.option("-o", "--output", "fmt", type=OUTPUT_TEXT, default="text", show_default=True)
+@click.option("-o", "--output", "fmt", type=click.Choice(["text", "json", "yaml", "sarif", "junit", "github"]),
+              default="text", show_default=True,
+              help="sarif: SARIF 2.1.0 for code scanning; junit: JUnit XML; github: workflow commands.")
 def lint(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: Sequence[str], node_ips: Sequence[str],
          node: str | None, kube: bool, kubeconfig: str | None, context: str | None, namespace: str | None,
-         image: str | None, fail_on: str, fmt: str) -> None:
+         image: str | None, service_filter: str | None, only: Sequence[str], ignore: Sequence[str],
+         baseline: str | None, write_baseline: str | None, fail_on: str, fmt: str) -> None:
     """Check that kube-proxy's rules match the cluster's Services and endpoints.
 
     Finds Service ports without rules, rules for Services or endpoints that no
     longer exist, endpoint sets that differ from the EndpointSlices, uneven
     load-balancing probabilities, Local traffic policies with no local
-    endpoints, rules kpa cannot model, and dangling jumps. Exit status: 0
-    clean, 1 findings at or above --fail-on, 2 bad input. See docs/lint.md.
+    endpoints, rules kpa cannot model, and dangling jumps. A Service annotated
+    `kpa.io/ignore: CODE[,CODE]` silences those codes for itself. Exit status:
+    0 clean, 1 new findings at or above --fail-on, 2 bad input. See docs/lint.md.
 
     \b
     Examples:
       kpa lint --example
       kpa lint -r node.save -c cluster/ --node worker-1 -o json
+      kpa lint -r node.save -c cluster.json --node worker-1 -o sarif > kpa.sarif
+      kpa lint -r node.save -c cluster.json --write-baseline kpa-baseline.json
+      kpa lint -r node.save -c cluster.json --baseline kpa-baseline.json -o github
+      kpa lint -r node.save -c cluster/ -n shop --ignore uneven-probabilities
       iptables-save | kpa lint -r - --kube --node "$(hostname)" --fail-on warning
     """
-    from kpa.k8s.lint import exit_status, format_text
+    from kpa.findings import check_codes, in_scope, load_baseline, make_report
+    from kpa.findings import write_baseline as save_baseline
+    from kpa.k8s.lint import CODES, ignore_annotations
     from kpa.k8s.lint import lint as run_lint
+    from kpa.render.findings import render
 
+    if only or ignore:
+        import kpa.k8s.kuberouter
+        import kpa.policy.lint  # noqa: F401  (registers the NetworkPolicy codes)
+    only_codes = check_codes(only, "--only")
+    ignore_codes = check_codes(ignore, "--ignore")
+    known = load_baseline(baseline) if baseline else None
     inp = Inputs(list(rules), list(cluster), list(node_ips), node, live, example, kube, kubeconfig, context,
                  namespace, image, iptc)
-    rs = load_ruleset(inp)
-    objects = load_cluster(inp)
+    with progress_status("reading the rules"):
+        rs = load_ruleset(inp)
+    with progress_status("reading the cluster objects"):
+        objects = load_cluster(inp)
     if objects is None:
         raise click.UsageError("lint compares rules with cluster objects: give --cluster PATH (or --kube)")
     check_node(inp, objects)
-    findings = run_lint(rs, objects, inp.node)
-    if objects.network_policies:  # policy mistakes too, so CI has one entry point
-        from kpa.k8s.lint import sort_findings
-        from kpa.policy.lint import as_lint_findings
+    with progress_status("comparing the rules with the objects"):
+        findings = run_lint(rs, objects, inp.node)
+        if objects.network_policies:  # policy mistakes too, so CI has one entry point
+            from kpa.policy.lint import as_lint_findings
 
-        findings = sort_findings([*findings, *as_lint_findings(objects)])
-        from kpa.k8s.kuberouter import enforcement_findings
+            findings = [*findings, *as_lint_findings(objects)]
+            from kpa.k8s.kuberouter import enforcement_findings
 
-        # Where the node enforces the policies (kube-router's chains), compare that with the intent.
-        ips = [str(ip) for ip in inp.node_ips]
-        findings = sort_findings([*findings, *enforcement_findings(rs, objects, ips)])
-    if fmt == "text":
-        click.echo(format_text(findings), nl=False)
-    else:
-        from kpa.render.output import dump
+            # Where the node enforces the policies (kube-router's chains), compare that with the intent.
+            ips = [str(ip) for ip in inp.node_ips]
+            findings = [*findings, *enforcement_findings(rs, objects, ips)]
+    report = make_report(findings, only=only_codes, ignore=ignore_codes, annotations=ignore_annotations(objects),
+                         baseline=known, scope=in_scope(namespace, service_filter))
+    if write_baseline:
+        save_baseline(write_baseline, report.findings)
+        click.echo(f"wrote {len(report.findings)} finding(s) to the baseline {write_baseline}", err=True)
+        return
+    checks = [c for c in CODES if (not only_codes or c in only_codes) and c not in ignore_codes]
+    if objects.network_policies:
+        from kpa.policy.lint import CODES as POLICY_CODES
 
-        click.echo(dump({"findings": [f.to_json() for f in findings]}, fmt), nl=False)
-    code = exit_status(findings, fail_on)  # type: ignore[arg-type]
+        checks += [c for c in POLICY_CODES if (not only_codes or c in only_codes) and c not in ignore_codes]
+    click.echo(render(report, fmt, __version__, checks), nl=False)
+    code = report.exit_status(fail_on)  # type: ignore[arg-type]
     if code:
         raise click.exceptions.Exit(code)
 
@@ -710,9 +785,12 @@ def lint(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: S
 @click.option("--node", metavar="NAME", help="This node's name, to take its addresses from the Node object.")
 @click.option("--service-cidr", "service_cidrs", multiple=True, metavar="CIDR",
               help="Service CIDR, for probing an unallocated ClusterIP.")
+@click.option("--service", "service_filter", metavar="NS/NAME", callback=_check_service_name,
+              help="Only compare this Service's ports.")
+@click.option("-n", "--namespace", metavar="NS", help="Only compare the Services of this namespace.")
 @click.option("-o", "--output", "fmt", type=OUTPUT_TEXT, default="text", show_default=True)
 def diff(a: str, b: str, cluster: Sequence[str], node_ips: Sequence[str], node: str | None,
-         service_cidrs: Sequence[str], fmt: str) -> None:
+         service_cidrs: Sequence[str], service_filter: str | None, namespace: str | None, fmt: str) -> None:
     """Compare two dumps of the same cluster by behaviour, not by text.
 
     For every Service port entry point and every class of source, checks that
@@ -726,6 +804,7 @@ def diff(a: str, b: str, cluster: Sequence[str], node_ips: Sequence[str], node: 
     Examples:
       kpa diff before.save after.save -c cluster/ --node-ip 192.168.0.2
       kpa diff iptables-mode.save nft-ruleset.json -c cluster/ --node node-a -o json
+      kpa diff before.save after.save -c cluster/ --node node-a --service shop/frontend
     """
     from kpa.diff import diff_rulesets, render_text
     from kpa.sources import load_rules
@@ -736,18 +815,18 @@ def diff(a: str, b: str, cluster: Sequence[str], node_ips: Sequence[str], node: 
     if not ips and objects is not None and node:
         found = objects.node(node)
         ips = list(found.internal_ips) if found else []
-    total = [0]
-
-    def progress(done: int, of: int) -> None:
-        total[0] = of
-
+    with progress_status("reading the rules"):
+        rules_a, rules_b = load_rules([a]), load_rules([b])
     from kpa.diff import side_warnings
+    from kpa.render.progress import bar
 
     check_node(inp, objects)
-    ra, rb = load_rules([a]), load_rules([b])
-    report = diff_rulesets(ra, rb, objects, ips, progress, service_cidrs=list(service_cidrs) or None)
+    with bar("comparing entry points") as advance:
+        report = diff_rulesets(rules_a, rules_b, objects, ips, advance,
+                               service_cidrs=list(service_cidrs) or None,
+                               scope=service_scope(namespace, service_filter))
     report.a_name, report.b_name = a, b
-    report.warnings[:0] = side_warnings(ra, rb, a, b)
+    report.warnings[:0] = side_warnings(rules_a, rules_b, a, b)
     if fmt == "text":
         click.echo(render_text(report), nl=False)
     else:

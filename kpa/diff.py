@@ -671,13 +671,15 @@ def diff_rulesets(
     progress: Progress | None = None,
     service_cidrs: list[str] | None = None,
     probes: bool = True,
+    scope: Callable[[str], bool] | None = None,
 ) -> DiffReport:
     """Compare what `a` and `b` do to traffic for every Service port entry point.
 
     `node_ips` are the addresses of the node both dumps come from (NodePorts
     are traced on them; they are the node's own source addresses).
     `service_cidrs`, when known, place the unallocated-ClusterIP probe.
-    `probes=False` compares Service ports only.
+    `probes=False` compares Service ports only. `scope`, given a Service port name
+    (``ns/name:port``), says whether to compare it; with a scope there are no probes.
     """
     versions = _versions(a) | _versions(b)
     warnings: list[str] = []
@@ -688,7 +690,9 @@ def diff_rulesets(
         entries = [e for e in entries if e.version in versions]
     if not node_ips:
         warnings.append("no node IPs given: NodePorts on the node's addresses were not compared")
-    if probes:
+    if scope is not None:
+        entries = [e for e in entries if scope(e.service)]
+    elif probes:
         entries.extend(probe_entry_points(entries, service_cidrs))
     ports: dict[tuple[str, str, str], ServicePortDiff] = {}
     for e in entries:

@@ -77,6 +77,8 @@ class Expected:
     # False when this node is unknown, so which endpoints are local is unknown too.
     local_known: bool
     chains: dict[str, str] = field(default_factory=dict)  # kind -> chain kube-proxy would create
+    # The node port a load balancer health-checks under eTP Local (LoadBalancer Services).
+    health_check_node_port: int | None = None
 
     @property
     def internal_dropped(self) -> bool:
@@ -359,6 +361,8 @@ def expected_port(op: _ObjPort, node_name: str | None, mode: Mode) -> Expected:
         has_endpoints=cat.has_any,
         local_known=node_name is not None,
         chains=chains,
+        health_check_node_port=(op.service.health_check_node_port
+                                if op.service.type == "LoadBalancer" else None),
     )
 
 

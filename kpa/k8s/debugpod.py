@@ -20,11 +20,13 @@ import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from kpa import __version__
 from kpa.errors import KpaError
 from kpa.k8s.live import api_error_message, unreachable
 
-# Ships sh, iptables (legacy and nft), ip6tables and nft; the node's own tools are preferred.
-DEFAULT_IMAGE = "docker.io/nicolaka/netshoot:v0.13"
+# kpa's own image (the Dockerfile at the top of the repository): sh, grep, chroot, iptables
+# (legacy and nft), ip6tables and nft. The node's own tools are preferred.
+DEFAULT_IMAGE = f"ghcr.io/kpa-dev/kpa:v{__version__}"
 POD_LABELS = {"app.kubernetes.io/name": "kpa", "app.kubernetes.io/component": "rule-collector"}
 RBAC_HINT = (
     "collecting rules from a node needs create, get and delete on pods and get on pods/log "

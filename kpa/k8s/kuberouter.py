@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from kpa.findings import CodeInfo, register
 from kpa.netfilter.engine import Outcome, trace
 from kpa.netfilter.model import Family, Ruleset
 from kpa.netfilter.packet import Hop, PacketSpec, TraceContext, node_local_addresses
@@ -188,6 +189,21 @@ def enforced(ruleset: Ruleset, node_ips: list[str], src: str, dst: str, port: in
 
 #: How many connections `enforcement_findings` traces at most (each is one trace).
 MAX_CHECKS = 20000
+
+register(
+    CodeInfo("policy-not-enforced", "error",
+             "the node lets a connection through that the NetworkPolicies deny",
+             "kube-router's chains on this node admit a connection the policies deny: isolation "
+             "is not in force.", source="kube-router"),
+    CodeInfo("blocked-without-policy", "error",
+             "the node blocks a connection that the NetworkPolicies allow",
+             "kube-router's chains on this node drop a connection the policies allow: that "
+             "traffic fails.", source="kube-router"),
+    CodeInfo("enforcement-not-checked", "info",
+             "too many connections to compare; the rest were not checked",
+             f"kpa compares at most {MAX_CHECKS} connections with the policies.",
+             source="kube-router"),
+)
 
 
 def enforcement_findings(ruleset: Ruleset, objects: Any, node_ips: list[str]) -> list[Any]:

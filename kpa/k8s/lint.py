@@ -1,17 +1,26 @@
 """Find drift between a node's kube-proxy rules and the cluster objects: `kpa lint`.
 
 Every check reads a `kpa.k8s.correlate.Correlation` (expected vs actual per
-Service port) or the ruleset itself, and reports `Finding`s that name the
-Service port, the chain and the FILE:LINE of the rule involved.
+Service port) or the ruleset itself, and reports `Finding`s (`kpa.findings`)
+that name the Service port, the chain and the FILE:LINE of the rule involved.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from fractions import Fraction
-from typing import Any, Literal
 
+from kpa.findings import (
+    SEVERITY_RANK,
+    CodeInfo,
+    Finding,
+    ObjectRef,
+    Severity,
+    exit_status,
+    register,
+    sort_findings,
+)
 from kpa.graph import build_graph, find_problems
 from kpa.k8s.correlate import (
     Actual,
@@ -25,61 +34,82 @@ from kpa.k8s.correlate import (
 from kpa.k8s.objects import ClusterObjects
 from kpa.netfilter.model import Ruleset
 
-Severity = Literal["error", "warning", "info"]
-SEVERITY_RANK: dict[str, int] = {"error": 0, "warning": 1, "info": 2}
-
 # The statistic match keeps probabilities as integers over 2^31, so each step
 # of the cascade is off by at most half of 2^-31; n steps add up to n of those.
 QUANTUM = Fraction(1, 1 << 31)
 
-#: Every code `lint` can report, with its severity and a one-line meaning.
-CODES: dict[str, tuple[Severity, str]] = {
-    "service-without-rules": (
-        "error", "a Service port has usable endpoints but no rules send traffic to them"),
-    "stale-service-rules": (
-        "error", "rules remain for a Service or Service port that no longer exists"),
-    "stale-endpoint": (
-        "error", "rules send traffic to an endpoint the EndpointSlices no longer offer"),
-    "missing-endpoint": (
-        "warning", "an endpoint the EndpointSlices offer gets no traffic from the rules"),
-    "orphan-endpoint-chain": (
-        "warning", "an endpoint chain that nothing jumps to; kube-proxy deletes these"),
-    "traffic-policy-mismatch": (
-        "error", "rules follow a different traffic policy than the Service asks for"),
-    "uneven-probabilities": (
-        "warning", "the statistic cascade does not give each endpoint an equal share"),
-    "local-policy-no-local-endpoints": (
-        "warning", "traffic policy Local with no endpoint on this node: that traffic is dropped"),
-    "no-endpoints": ("info", "a Service port has no usable endpoint: its traffic is rejected"),
-    "unknown-rules": ("warning", "a rule uses a match or target kpa cannot model"),
-    "dangling-jump": ("error", "a rule jumps to a chain that does not exist"),
-    "no-kube-proxy-rules": (
-        "warning", "the ruleset holds none of kube-proxy's Service rules to compare with"),
-    "node-unknown": (
-        "info", "the node is unknown, so Local traffic-policy checks were skipped"),
-}
+_INFOS = (
+    CodeInfo("service-without-rules", "error",
+             "a Service port has usable endpoints but no rules send traffic to them",
+             "The objects say the port has endpoints, but the ruleset has no entry rule or "
+             "Service chain for it, or still rejects it as having no endpoints: connections "
+             "to it fail on this node."),
+    CodeInfo("stale-service-rules", "error",
+             "rules remain for a Service or Service port that no longer exists",
+             "Rules for a Service port the objects do not have: the Service was deleted, lost "
+             "the port, or became headless. Its old addresses may be reused by another Service."),
+    CodeInfo("stale-endpoint", "error",
+             "rules send traffic to an endpoint the EndpointSlices no longer offer",
+             "A Service chain sends a share of new connections to an endpoint the "
+             "EndpointSlices no longer list, or list as not usable: those connections fail."),
+    CodeInfo("missing-endpoint", "warning",
+             "an endpoint the EndpointSlices offer gets no traffic from the rules",
+             "A usable endpoint gets no traffic from this node. Connections still succeed, so "
+             "it only costs capacity."),
+    CodeInfo("orphan-endpoint-chain", "warning",
+             "an endpoint chain that nothing jumps to; kube-proxy deletes these",
+             "A KUBE-SEP- chain no Service chain jumps to. Harmless to traffic, but kube-proxy "
+             "deletes such chains in the same restore, so one left behind means a partial "
+             "update."),
+    CodeInfo("traffic-policy-mismatch", "error",
+             "rules follow a different traffic policy than the Service asks for",
+             "The rules follow Local where the Service asks for Cluster or the other way "
+             "round: traffic is dropped or reaches endpoints it should not."),
+    CodeInfo("uneven-probabilities", "warning",
+             "the statistic cascade does not give each endpoint an equal share",
+             "kube-proxy gives each endpoint 1/n of new connections; other shares mean "
+             "hand-edited or half-updated rules. Traffic still flows."),
+    CodeInfo("local-policy-no-local-endpoints", "warning",
+             "traffic policy Local with no endpoint on this node: that traffic is dropped",
+             "A Local traffic policy and no endpoint on this node, so kube-proxy drops that "
+             "traffic here. Info behind a load balancer whose health check "
+             "(healthCheckNodePort) steers traffic away from this node; a warning otherwise "
+             "(NodePorts and external IPs, which clients reach directly, and "
+             "internalTrafficPolicy Local, which drops this node's own pods' traffic)."),
+    CodeInfo("no-endpoints", "info",
+             "a Service port has no usable endpoint: its traffic is rejected",
+             "No ready and no serving-terminating endpoint: kube-proxy rejects the port's "
+             "traffic. That is the correct programming for an empty Service."),
+    CodeInfo("unknown-rules", "warning", "a rule uses a match or target kpa cannot model",
+             "Traces through the rule explore both ways and mark the outcome as an assumption."),
+    CodeInfo("dangling-jump", "error", "a rule jumps to a chain that does not exist",
+             "The kernel would never load this, so the dump is incomplete or was edited."),
+    CodeInfo("no-kube-proxy-rules", "warning",
+             "the ruleset holds none of kube-proxy's Service rules to compare with",
+             "Nothing could be checked: the rules hold no KUBE-SERVICES chain and no "
+             "kube-proxy nftables table."),
+    CodeInfo("node-unknown", "info",
+             "the node is unknown, so Local traffic-policy checks were skipped",
+             "Give --node NAME; kpa could not infer the node from the Local-policy chains."),
+)
+register(*_INFOS)
+
+#: Every code the kube-proxy checks report, with its default severity and a one-line meaning.
+CODES: dict[str, tuple[Severity, str]] = {i.code: (i.severity, i.summary) for i in _INFOS}
 
 
-@dataclass(frozen=True)
-class Finding:
-    code: str
-    severity: Severity
-    service: str | None
-    message: str
-    location: str | None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "code": self.code,
-            "severity": self.severity,
-            "service": self.service,
-            "message": self.message,
-            "location": self.location,
-        }
+def _service_object(service: str | None) -> ObjectRef | None:
+    """The Service of a Service port name ``namespace/name[:port]``."""
+    if not service or "/" not in service:
+        return None
+    namespace, rest = service.split("/", 1)
+    return ObjectRef("Service", namespace, rest.split(":", 1)[0])
 
 
-def _finding(code: str, service: str | None, message: str, location: str | None) -> Finding:
-    return Finding(code, CODES[code][0], service, message, location)
+def _finding(code: str, service: str | None, message: str, location: str | None,
+             severity: Severity | None = None) -> Finding:
+    return Finding(code, severity or CODES[code][0], service, message, location,
+                   _service_object(service))
 
 
 def _at(location: str | None) -> str:
@@ -95,7 +125,29 @@ def lint(ruleset: Ruleset, objects: ClusterObjects, node_name: str | None) -> li
     corr = correlate(ruleset, objects, node_name)
     findings = list(lint_correlation(corr, objects))
     findings.extend(_rule_checks(ruleset, _chain_owners(corr)))
-    return sort_findings(findings)
+    return sort_findings(_with_object_locations(findings, objects))
+
+
+def _with_object_locations(findings: list[Finding], objects: ClusterObjects) -> list[Finding]:
+    """Each finding about a Service with the Service's FILE:LINE in the objects file."""
+    out = []
+    for f in findings:
+        if f.object is not None and f.object.kind == "Service":
+            svc = objects.service(f.object.namespace, f.object.name)
+            if svc is not None and svc.location:
+                f = replace(f, object_location=svc.location)
+        out.append(f)
+    return out
+
+
+def ignore_annotations(objects: ClusterObjects) -> dict[ObjectRef, frozenset[str]]:
+    """The codes each Service and NetworkPolicy silences with its `kpa.io/ignore` annotation."""
+    out = {ObjectRef("Service", s.namespace, s.name): s.ignore_codes
+           for s in objects.services if s.ignore_codes}
+    for p in objects.network_policies:
+        if p.ignore_codes:
+            out[ObjectRef("NetworkPolicy", p.namespace, p.name)] = p.ignore_codes
+    return out
 
 
 def lint_correlation(corr: Correlation, objects: ClusterObjects) -> Iterator[Finding]:
@@ -289,11 +341,19 @@ def _local_drops(pc: PortCorrelation, e: Expected, a: Actual | None) -> Iterator
     elif drop_loc is not None:
         kinds.append("internal or external traffic policy")
     for kind in kinds:
+        severity: Severity = "warning"
+        steered = ""
+        if kind == "externalTrafficPolicy" and e.health_check_node_port:
+            # The load balancer's health check on this port fails on this node, so the
+            # load balancer sends it nothing: the usual state of most nodes, not a fault.
+            severity = "info"
+            steered = (f"; the load balancer's health check (node port "
+                       f"{e.health_check_node_port}) steers traffic away from this node")
         yield _finding(
             "local-policy-no-local-endpoints", pc.name,
             f"{pc.label}: {kind} is Local but {node} has none of its "
-            f"{len(e.endpoints)} endpoint(s), so that traffic is dropped{by}",
-            drop_loc or (a.location if a else None))
+            f"{len(e.endpoints)} endpoint(s), so that traffic is dropped{by}{steered}",
+            drop_loc or (a.location if a else None), severity)
 
 
 def _chain_owners(corr: Correlation) -> dict[str, str]:
@@ -335,21 +395,8 @@ def _rule_checks(rs: Ruleset, owners: dict[str, str]) -> Iterator[Finding]:
             "not exist", loc)
 
 
-def sort_findings(findings: Iterable[Finding]) -> list[Finding]:
-    return sorted(
-        findings,
-        key=lambda f: (SEVERITY_RANK[f.severity], f.service or "", f.code, f.location or ""),
-    )
-
-
-def exit_status(findings: Iterable[Finding], fail_on: Severity = "error") -> int:
-    """`kpa lint`'s exit code: 1 if any finding is at least as severe as ``fail_on``, else 0."""
-    limit = SEVERITY_RANK[fail_on]
-    return 1 if any(SEVERITY_RANK[f.severity] <= limit for f in findings) else 0
-
-
 def format_text(findings: Sequence[Finding]) -> str:
-    """One line per finding, then a count per severity."""
+    """One line per finding, then a count per severity (see `kpa.render.findings` for more)."""
     lines = [f"{f.severity}: [{f.code}] {f.message}" for f in findings]
     counts = {s: sum(1 for f in findings if f.severity == s) for s in SEVERITY_RANK}
     lines.append(
@@ -361,10 +408,12 @@ def format_text(findings: Sequence[Finding]) -> str:
 
 __all__ = [
     "CODES",
+    "SEVERITY_RANK",
     "Finding",
     "Severity",
     "exit_status",
     "format_text",
+    "ignore_annotations",
     "lint",
     "lint_correlation",
     "sort_findings",

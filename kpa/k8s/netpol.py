@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from kpa.k8s.objects import _Fields, _metadata, _SchemaError
+from kpa.k8s.objects import _Fields, _metadata, _SchemaError, ignore_codes
 
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
@@ -160,6 +160,8 @@ class NetworkPolicy:
     policy_types: tuple[str, ...]  # after defaulting
     source: str | None = None
     line: int | None = None
+    #: Finding codes its `kpa.io/ignore` annotation silences.
+    ignore_codes: frozenset[str] = frozenset()
 
     @property
     def key(self) -> str:
@@ -324,6 +326,7 @@ def parse_network_policy(obj: _Fields) -> NetworkPolicy:
         policy_types=tuple(t for t in POLICY_TYPES if t in types),
         source=obj.source,
         line=obj.line,
+        ignore_codes=ignore_codes(obj),
     )
 
 

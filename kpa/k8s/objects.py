@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import ipaddress
 import json
+import re
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import yaml
 
 from kpa.errors import InputError
+from kpa.findings import IGNORE_ANNOTATION
 
 if TYPE_CHECKING:
     from kpa.k8s.netpol import NetworkPolicy
@@ -91,6 +93,10 @@ class Service:
     health_check_node_port: int | None = None
     has_selector: bool = True
     external_name: str | None = None
+    #: Finding codes its `kpa.io/ignore` annotation silences.
+    ignore_codes: frozenset[str] = frozenset()
+    #: FILE:LINE of the object in the file it was read from, if known.
+    location: str | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -541,7 +547,12 @@ def _object_ref(fields: _Fields) -> ObjectRef | None:
     )
 
 
-def _parse_service(obj: _Fields) -> Service:
+def ignore_codes(obj: _Fields) -> frozenset[str]:
+    value = obj.mapping("metadata").mapping("annotations").text(IGNORE_ANNOTATION)
+    return frozenset(c.strip() for c in (value or "").split(",") if c.strip())
+
+
+def _parse_service(obj: _Fields, source: str | None = None) -> Service:
     namespace, name = _metadata(obj, namespaced=True)
     spec, status = obj.mapping("spec"), obj.mapping("status")
     service_type = spec.text("type", "ClusterIP") or "ClusterIP"
@@ -600,6 +611,8 @@ def _parse_service(obj: _Fields) -> Service:
         health_check_node_port=spec.integer("healthCheckNodePort"),
         has_selector=bool(spec.data.get("selector")),
         external_name=spec.text("externalName"),
+        ignore_codes=ignore_codes(obj),
+        location=f"{source}:{obj.line}" if source and obj.line else source,
     )
 
 
@@ -789,7 +802,9 @@ class _Collector:
         self.policies: list[NetworkPolicy] = []
         self.ignored: Counter[str] = Counter()
         self.warnings: list[str] = []
-        self.source: str | None = None  # the file being read, recorded on objects
+        # The file being read, recorded on objects, and the lines of JSON List items (by id) in it.
+        self.source: str | None = None
+        self.item_lines: dict[int, int] = {}
 
     def add_document(self, document: Any, line: int | None, implied_kind: str | None) -> None:
         if document is None:
@@ -810,7 +825,8 @@ class _Collector:
             # Raw API list responses omit kind on their items; the list's kind implies it.
             item_kind = kind[: -len("List")] or None
             for item in obj.mappings("items"):
-                self.add_document(item.data, item.line, item_kind)
+                self.add_document(item.data, self.item_lines.get(id(item.data), item.line),
+                                  item_kind)
             return
         api_version = obj.text("apiVersion")
         expected_version = _KNOWN_KINDS.get(kind)
@@ -821,7 +837,7 @@ class _Collector:
             self.ignored[f"{kind} ({api_version})"] += 1
             return
         if kind == "Service":
-            self.services.append(_parse_service(obj))
+            self.services.append(_parse_service(obj, self.source))
         elif kind == "EndpointSlice":
             self.slices.append(_parse_endpoint_slice(obj))
         elif kind == "Endpoints":
@@ -912,11 +928,85 @@ def _yaml_documents(text: str, source: str) -> Iterator[Any]:
         raise InputError(source, None, f"expected valid YAML, found {error}") from None
 
 
+_JSON = json.JSONDecoder()
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _json_with_item_lines(text: str) -> tuple[Any, dict[int, int]]:
+    """Decode JSON; for a top-level object's "items" list, also each item's first line.
+
+    The items are decoded one at a time by the same C decoder that `json.loads` uses, so
+    this costs no more than decoding the whole text at once. Anything unexpected falls back
+    to `json.loads`, which gives its usual errors.
+    """
+    decode = _JSON.raw_decode
+
+    def space(text: str, i: int) -> int:
+        m = _JSON_SPACE.match(text, i)
+        return m.end() if m else i
+
+    lines: dict[int, int] = {}
+    line, counted = 1, 0
+    try:
+        i = space(text, 0)
+        if text[i : i + 1] != "{":
+            return json.loads(text), lines
+        doc: dict[str, Any] = {}
+        i = space(text, i + 1)
+        if text[i : i + 1] == "}":
+            i += 1
+        else:
+            while True:
+                key, i = decode(text, i)
+                i = space(text, i)
+                if not isinstance(key, str) or text[i : i + 1] != ":":
+                    return json.loads(text), {}
+                i = space(text, i + 1)
+                if key == "items" and text[i : i + 1] == "[":
+                    items: list[Any] = []
+                    i = space(text, i + 1)
+                    if text[i : i + 1] == "]":
+                        i += 1
+                    else:
+                        while True:
+                            start = i
+                            item, i = decode(text, i)
+                            line += text.count("\n", counted, start)
+                            counted = start
+                            lines[id(item)] = line
+                            items.append(item)
+                            i = space(text, i)
+                            if text[i : i + 1] == ",":
+                                i = space(text, i + 1)
+                                continue
+                            if text[i : i + 1] != "]":
+                                return json.loads(text), {}
+                            i += 1
+                            break
+                    value: Any = items
+                else:
+                    value, i = decode(text, i)
+                doc[key] = value
+                i = space(text, i)
+                if text[i : i + 1] == ",":
+                    i = space(text, i + 1)
+                    continue
+                if text[i : i + 1] != "}":
+                    return json.loads(text), {}
+                i += 1
+                break
+        if space(text, i) != len(text):
+            return json.loads(text), {}
+        return doc, lines
+    except (json.JSONDecodeError, StopIteration):
+        return json.loads(text), {}
+
+
 def _load_text(text: str, source: str, collector: _Collector) -> None:
-    collector.source = source
+    collector.source, collector.item_lines = source, {}
     if _looks_like_json(text):
         try:
-            document = json.loads(text)
+            document, collector.item_lines = _json_with_item_lines(text)
         except json.JSONDecodeError as error:
             raise InputError(
                 source,
@@ -924,7 +1014,7 @@ def _load_text(text: str, source: str, collector: _Collector) -> None:
                 f"expected valid JSON, found {error.msg.lower()} at column {error.colno}",
             ) from None
         try:
-            collector.add_document(document, None, None)
+            collector.add_document(document, 1, None)
         except _SchemaError as error:
             # JSON decoding keeps no positions; JSON is (nearly always) YAML, so decode it
             # again with line tracking to say where the problem is.

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from kpa.findings import CodeInfo, Finding, ObjectRef, register
 from kpa.k8s.netpol import NetworkPolicy, Peer, PolicyPort, PolicyRule
 from kpa.k8s.objects import ClusterObjects, Pod
 from kpa.policy.engine import Direction, PolicyEngine
@@ -41,6 +42,7 @@ CODES: dict[str, tuple[Severity, str]] = {
         "info", "no policy isolates any pod of the namespace (off unless asked for)"),
 }
 DEFAULT_DNS = ("kube-system", "kube-dns")
+register(*(CodeInfo(code, sev, summary, source="networkpolicy") for code, (sev, summary) in CODES.items()))
 
 
 @dataclass(frozen=True)
@@ -323,15 +325,17 @@ def format_text(findings: Sequence[PolicyFinding]) -> str:
 
 
 
-def as_lint_findings(objects: ClusterObjects) -> list[Any]:
+def as_lint_findings(objects: ClusterObjects) -> list[Finding]:
     """Policy findings in `kpa lint`'s form, so one CI entry point reports both."""
-    from kpa.k8s.lint import Finding
-
-    return [
-        Finding(f.code, f.severity, None, f"NetworkPolicy {f.object}: {f.message}"
-                if f.code != "namespace-not-isolated" else f.message, f.location)
-        for f in lint_policies(objects)
-    ]
+    out = []
+    for f in lint_policies(objects):
+        if f.code == "namespace-not-isolated":
+            obj, message = ObjectRef("Namespace", f.object, f.object), f.message
+        else:
+            namespace, _, name = f.object.partition("/")
+            obj, message = ObjectRef("NetworkPolicy", namespace, name), f"NetworkPolicy {f.object}: {f.message}"
+        out.append(Finding(f.code, f.severity, None, message, f.location, obj, f.location))
+    return out
 
 
 __all__ = [
