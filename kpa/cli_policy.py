@@ -444,7 +444,7 @@ def _service_matrix(engine: Any, objects: Any, sources: list[Any], port: int, pr
                     namespaces: Sequence[str], version: int | None, ruleset: Any = None,
                     node_ips: list[str] | None = None,
                     ) -> tuple[dict[str, Any], list[str], list[list[bool]]]:
-    from kpa.policy.services import decide_service, service_target
+    from kpa.policy.services import service_cells, service_target
 
     targets = []
     for svc in sorted(objects.services, key=lambda s: (s.namespace, s.name)):
@@ -456,25 +456,38 @@ def _service_matrix(engine: Any, objects: Any, sources: list[Any], port: int, pr
     names = [f"svc/{svc.namespace}/{svc.name}" for svc, _ in targets]
     cells: list[list[bool]] = [[] for _ in sources]
     out = []
+    by_family: dict[int | None, list[int]] = {}
     for i, src in enumerate(sources):
         family = version or (ipaddress.ip_address(src.ip).version if src.ip else None)
-        for svc, sp in targets:
+        by_family.setdefault(family, []).append(i)
+    for svc, sp in targets:
+        column: dict[int, Any] = {}
+        for family, members in by_family.items():
             target = service_target(svc, sp, family)
             if target is None:
+                continue
+            found = service_cells(engine, objects, [sources[i] for i in members], target,
+                                  ruleset, node_ips)
+            for i, cell in zip(members, found, strict=True):
+                column[i] = (target, cell)
+        for i, src in enumerate(sources):
+            if i not in column:
                 cells[i].append(False)
                 continue
-            d = decide_service(engine, objects, src, target, ruleset, node_ips)
-            cells[i].append(d.allowed)
+            target, cell = column[i]
+            cells[i].append(cell.allowed)
             out.append({
                 "from": src.name, "to": target.name, "port": port, "protocol": proto,
-                "allowed": d.allowed, "cluster_ip": target.cluster_ip,
-                "endpoints": [
-                    {"endpoint": e.endpoint, "pod": e.subject.name, "allowed": e.decision.allowed}
-                    for e in d.endpoints
-                ],
-                "reason": d.reason(),
-                "endpoints_from": d.source,
+                "allowed": cell.allowed, "cluster_ip": target.cluster_ip,
+                "endpoints": [{"endpoint": e, "pod": who, "allowed": ok}
+                              for e, who, ok in cell.endpoints],
+                "reason": cell.reason,
+                "endpoints_from": cell.source,
             })
+    # Cells in row order (source by source), like the pod matrix.
+    order = {name: n for n, name in enumerate(names)}
+    position = {s.name: n for n, s in enumerate(sources)}
+    out.sort(key=lambda c: (position[c["from"]], order[c["to"]]))
     return {"port": port, "protocol": proto, "cells": out}, names, cells
 
 

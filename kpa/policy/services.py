@@ -205,11 +205,87 @@ def decide_service(
     return decision
 
 
+
+
+@dataclass(frozen=True)
+class ServiceCell:
+    """One source against one Service port in the matrix: allowed only if every endpoint is."""
+
+    allowed: bool
+    endpoints: tuple[tuple[str, str, bool], ...]  # (ip:port, pod/NS/NAME or address, allowed)
+    reason: str
+    source: EndpointSource
+
+
+def _cell_from(decision: ServiceDecision) -> ServiceCell:
+    return ServiceCell(
+        decision.allowed,
+        tuple((e.endpoint, e.subject.name, e.decision.allowed) for e in decision.endpoints),
+        decision.reason(),
+        decision.source,
+    )
+
+
+def service_cells(
+    engine: PolicyEngine,
+    objects: ClusterObjects,
+    sources: list[Subject],
+    target: ServiceTarget,
+    ruleset: Any = None,
+    local_ips: list[str] | None = None,
+) -> list[ServiceCell]:
+    """Every source against one Service port.
+
+    When the endpoints do not depend on the source (EndpointSlices, internalTrafficPolicy
+    Cluster), the endpoints are judged for all sources at once with `kpa.policy.matrix`;
+    otherwise each source is traced or selected on its own with `decide_service`.
+    """
+    from kpa.policy.matrix import matrix
+
+    if ruleset is not None or target.service.internal_traffic_policy == "Local":
+        return [_cell_from(decide_service(engine, objects, src, target, ruleset, local_ips))
+                for src in sources]
+    endpoints = slice_endpoints(objects, target, None)
+    if not endpoints:
+        empty = ServiceDecision(sources[0], target, "endpointslices") if sources else None
+        reason = empty.reason() if empty is not None else ""
+        return [ServiceCell(False, (), reason, "endpointslices") for _ in sources]
+    subjects = [engine.subject(ip=address) for address, _ in endpoints]
+    verdicts: list[list[bool]] = [[False] * len(endpoints) for _ in sources]
+    for port in sorted({p for _, p in endpoints}):
+        columns = [j for j, (_, p) in enumerate(endpoints) if p == port]
+        m = matrix(engine, sources, [subjects[j] for j in columns], port, target.port.protocol)
+        for i in range(len(sources)):
+            for k, j in enumerate(columns):
+                verdicts[i][j] = m.allowed(i, k)
+    cells = []
+    for i in range(len(sources)):
+        row = verdicts[i]
+        denied = [j for j, ok in enumerate(row) if not ok]
+        if not denied:
+            reason = f"all {len(row)} endpoint(s) allowed"
+        else:
+            first = endpoints[denied[0]]
+            reason = (f"{len(denied)} of {len(row)} endpoint(s) denied; first: "
+                      f"{subjects[denied[0]].name} "
+                      f"({naming.endpoint_string(first[0], first[1])})")
+        cells.append(ServiceCell(
+            not denied,
+            tuple((naming.endpoint_string(a, p), subjects[j].name, row[j])
+                  for j, (a, p) in enumerate(endpoints)),
+            reason,
+            "endpointslices",
+        ))
+    return cells
+
+
 __all__ = [
     "EndpointVerdict",
+    "ServiceCell",
     "ServiceDecision",
     "ServiceTarget",
     "decide_service",
+    "service_cells",
     "service_target",
     "slice_endpoints",
 ]

@@ -347,3 +347,24 @@ def test_masquerading_rules_are_reported_not_silently_assumed(tmp_path: Path) ->
     plain = decide_service(engine, objects, src, target, load_rules([str(RULES["iptables"])]),
                            ["192.168.0.2"])
     assert plain.endpoints and all(e.notes == () for e in plain.endpoints)
+
+
+@pytest.mark.parametrize("policies", [[ONLY_A10], [SERVICE_PORT_ONLY], []])
+def test_service_cells_at_once_equal_decide_service_per_source(
+    tmp_path: Path, policies: list[dict[str, Any]]
+) -> None:
+    from kpa.policy.services import service_cells
+
+    objects = load_objects([str(CLUSTER)]).merged(load(tmp_path, extra(policies)))
+    engine = PolicyEngine.from_objects(objects)
+    svc = objects.service("default", "web")
+    assert svc is not None
+    target = service_target(svc, svc.ports[0], 4)
+    assert target is not None
+    sources = [engine.subject(p) for p in objects.pods] + [engine.subject(ip="203.0.113.5")]
+    cells = service_cells(engine, objects, sources, target)
+    for src, cell in zip(sources, cells, strict=True):
+        one = decide_service(engine, objects, src, target)
+        assert cell.allowed == one.allowed, src.name
+        assert cell.endpoints == tuple(
+            (e.endpoint, e.subject.name, e.decision.allowed) for e in one.endpoints)
