@@ -281,6 +281,13 @@ def _check_service(engine: Any, objects: Any, src: Any, ref: str, proto: str | N
     return decide_service(engine, objects, src, target, ruleset, local)
 
 
+def _shape(v: Any) -> tuple[Any, ...]:
+    """What decided one direction, without the names of the pods involved."""
+    return (v.note is not None, v.isolating,
+            tuple((r.policy, r.rule, r.peer, r.port) for r in v.admitted_by),
+            tuple((m.policy, m.rule, m.peer_ok, m.port_ok) for m in v.misses))
+
+
 def _service_text(d: Any) -> str:
     from kpa.render.policy import decision_lines
 
@@ -291,8 +298,18 @@ def _service_text(d: Any) -> str:
         "  judged per endpoint after kube-proxy's DNAT; endpoints from "
         + ("the node's rules (traced)" if d.source == "rules" else "the EndpointSlices"),
     ]
+    shown: dict[Any, str] = {}
     for e in d.endpoints:
         share = f" p={e.probability}" if e.probability is not None else ""
+        # Endpoints the same rules decide the same way are explained once.
+        key = (e.decision.allowed, e.notes, *(_shape(v) for v in (e.decision.egress,
+                                                                  e.decision.ingress)))
+        if key in shown:
+            verdict = "ALLOWED" if e.decision.allowed else "DENIED"
+            lines.append(f"  endpoint {e.endpoint} ({e.subject.name}){share}: {verdict}, "
+                         f"by the same rules as {shown[key]}")
+            continue
+        shown[key] = e.endpoint
         lines.append(f"  endpoint {e.endpoint} ({e.subject.name}){share}:")
         lines.extend(decision_lines(e.decision, "    "))
         lines.extend(f"    note: {note}" for note in e.notes)

@@ -149,6 +149,10 @@ def test_policy_check_cli_for_a_service(tmp_path: Path, capsys: pytest.CaptureFi
     assert first.startswith("DENIED: pod/default/client -> svc/default/web port http")
     assert "3 of 3 endpoint(s) denied" in reason and "web-a10" in reason
     assert "endpoints from the node's rules (traced)" in res.out
+    # Endpoints the same rules deny are explained once.
+    assert "(pod/default/web-b11) p=1431655765/4294967296: DENIED, by the same rules as " \
+           "10.244.0.10:8080" in res.out
+    assert res.out.count("nearest rules that did not") == 1
     doc = json.loads(kpa(capsys, *base, "-o", "json").out)
     assert doc["allowed"] is False and doc["endpoints_from"] == "endpointslices"
     assert [e["pod"] for e in doc["endpoints"]] == [
