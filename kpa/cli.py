@@ -401,19 +401,61 @@ def check(rules: Sequence[str], live: bool, iptc: bool, example: bool, fmt: str)
 
 @cli.command(context_settings=CONTEXT)
 @rules_options
-@click.option("-o", "--output", "fmt", type=click.Choice(["dot", "mermaid", "json"]), default="dot", show_default=True)
+@click.option("--cluster", "-c", "cluster", multiple=True, metavar="PATH", type=click.Path(allow_dash=True),
+              help="Cluster objects, to name endpoint pods and nodes in --service graphs.")
+@click.option("-n", "--namespace", metavar="NS", help="Namespace for --service svc/NAME.")
+@click.option("--service", "service", metavar="NS/NAME", shell_complete=complete_service,
+              help="Draw one Service: entry points, chains and endpoint pods, with shares and conditions.")
+@click.option("-o", "--output", "fmt", type=click.Choice(["dot", "mermaid", "json", "html"]), default="dot",
+              show_default=True, help="html is a self-contained page to open in a browser.")
 @click.option("--from-chain", metavar="CHAIN", help="Only what this chain reaches (CHAIN or TABLE/CHAIN).")
-def graph(rules: Sequence[str], live: bool, iptc: bool, example: bool, fmt: str, from_chain: str | None) -> None:
-    """Print the chain graph as DOT, Mermaid or JSON.
+def graph(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: Sequence[str], namespace: str | None,
+          service: str | None, fmt: str, from_chain: str | None) -> None:
+    """Print the chain graph, or one Service's, as DOT, Mermaid, JSON or an HTML page.
+
+    With --service the picture shows that Service's entry points, its
+    chains, and its endpoint pods with their addresses and nodes; edges carry
+    each rule's match conditions and each endpoint's share of traffic.
 
     \b
     Examples:
       kpa graph -r node.save | dot -Tsvg > chains.svg
       kpa graph -r node.save --from-chain KUBE-SVC-ERIFXISQEP7F7OF4 -o mermaid
+      kpa graph --example --service shop/web | dot -Tsvg > web.svg
+      kpa graph --example --service shop/frontend -o html > frontend.html
     """
     from kpa import graph as G
 
-    rs = load_ruleset(Inputs(list(rules), live=live, example=example, iptc=iptc))
+    inp = Inputs(list(rules), list(cluster), live=live, example=example, iptc=iptc, namespace=namespace)
+    rs = load_ruleset(inp)
+    if service:
+        from kpa.k8s import servicegraph as SG
+        from kpa.k8s.kubeproxy import hash_names, service_ports
+        from kpa.render import servicegraph as SR
+
+        objects = load_cluster(inp)
+        known: dict[str, str] = {}
+        if objects is not None:
+            from kpa.k8s.naming import service_port_name
+
+            known = hash_names([(service_port_name(s.namespace, s.name, p.name), p.protocol)
+                                for s in objects.services for p in s.ports])
+        wanted = service_ref(service, inp)
+        views = service_ports(rs, known)
+        names = [v.name.split(":")[0] for v in views if v.name]
+        views = [v for v in views if v.name and (v.name == wanted or v.name.split(":")[0] == wanted)]
+        if not views:
+            raise KpaError(f"no Service {wanted} in the rules{near(wanted, names)}")
+        sg = SG.build(rs, views, objects, f"Service {wanted}")
+        if fmt == "html":
+            from kpa.render.html import graph_html
+
+            click.echo(graph_html(sg), nl=False)
+        elif fmt == "json":
+            click.echo(json.dumps(sg.to_json(), indent=2))
+        else:
+            click.echo({"dot": SR.to_dot, "mermaid": SR.to_mermaid}[fmt](sg), nl=False)
+        return
     g = G.build_graph(rs)
     if from_chain:
         starts = G.find_chain(g, from_chain)
@@ -424,6 +466,18 @@ def graph(rules: Sequence[str], live: bool, iptc: bool, example: bool, fmt: str,
             sub = type(sub)(sub)
             sub.update(G.reachable(g, s))
         g = sub
+    if fmt == "html":
+        from kpa.k8s.servicegraph import GEdge, GNode, ServiceGraph
+        from kpa.render.html import graph_html
+
+        sg = ServiceGraph(from_chain or "all chains")
+        for n, d in g.nodes(data=True):
+            kind = "entry" if d.get("base") else ("chain" if d.get("defined") else "action")
+            sg.add(GNode("/".join(n), G.node_label(n), kind, [f"{d.get('rules', 0)} rules"]))
+        for a, b, d in g.edges(data=True):
+            sg.edges.append(GEdge("/".join(a), "/".join(b), d.get("kind", ""), None, ", ".join(d["rules"][:3])))
+        click.echo(graph_html(sg), nl=False)
+        return
     click.echo({"dot": G.to_dot, "mermaid": G.to_mermaid, "json": G.dumps_json}[fmt](g), nl=False)
 
 
@@ -563,7 +617,8 @@ def show(target: str | None, rules: Sequence[str], live: bool, iptc: bool, examp
               help="Connections the client already has (connlimit); unknown if omitted.")
 @click.option("--recent-hits", type=click.IntRange(0), metavar="N",
               help="Packets the client sent before, per recent list (recent --hitcount); unknown if omitted.")
-@click.option("-o", "--output", "fmt", type=OUTPUT_TEXT, default="text", show_default=True)
+@click.option("-o", "--output", "fmt", type=click.Choice(["text", "json", "yaml", "html"]), default="text",
+              show_default=True, help="html is a self-contained page: outcomes, their rules, the rules' lines.")
 def trace(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: Sequence[str], node_ips: Sequence[str],
           node: str | None, kube: bool, kubeconfig: str | None, context: str | None, namespace: str | None,
           image: str | None, src: str | None, dst: str | None, proto: str | None, sport: int | None,
@@ -661,6 +716,11 @@ def trace(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: 
         from kpa.render.confirm import backend_of, confirm_commands
 
         confirmation = confirm_commands(spec, backend_of(rs))
+    if fmt == "html":
+        from kpa.render.trace import trace_page
+
+        click.echo(trace_page(result), nl=False)
+        return
     if fmt != "text":
         from kpa.render.output import dump
 

@@ -225,3 +225,31 @@ def render_trace(result: TraceResult, color: bool, details: int = 2, width: int 
         out.append("")
         out.append("(-v shows each outcome's rules; -vv every hop; -o json everything)")
     return "\n".join(out) + "\n"
+
+
+def trace_page(result: TraceResult) -> str:
+    """The trace as a self-contained HTML page (kpa trace -o html)."""
+    from kpa.render.html import trace_html
+
+    order = summary_order(result)
+    doc = result.to_json()
+    doc["packet_line"] = packet_line(result.packet)
+    rows = []
+    quiet: dict[int, set[int]] = {}
+    for i, o in enumerate(order):
+        masq = "yes" if o.state.masquerade else ("SNAT " + (o.snat_text() or "") if o.snat_text() else "no")
+        rows.append({"outcome": o.to_json(), "result": _result_cell(o), "endpoint": _endpoint_cell(o),
+                     "share": o.labels.get("share") or _pct(o), "masq": masq if o.verdict == "ACCEPT" else "-",
+                     "sources": o.labels.get("sources", "")})
+        quiet[i] = quiet_hops(o.path)
+    sources: dict[str, list[str]] = {}
+    for o in order:
+        for h in o.path:
+            f = h.location.file if h.location else None
+            if f and f not in sources and os.path.isfile(f):
+                try:
+                    with open(f, encoding="utf-8", errors="replace") as fh:
+                        sources[f] = fh.read().splitlines()
+                except OSError:
+                    sources[f] = []
+    return trace_html(doc, rows, sources, quiet)
