@@ -75,7 +75,7 @@ document.querySelectorAll('.hop').forEach(function(h){
 });
 // Links to one outcome (#outcome-2) or one rule of it (#rule-2-5) open them.
 (function(){
-  var h=decodeURIComponent(location.hash.slice(1));var m=/^(?:outcome|rule)-(\d+)/.exec(h);if(!m)return;
+  var h=decodeURIComponent(location.hash.slice(1));var m=/^(?:outcome|rule)-(\\d+)/.exec(h);if(!m)return;
   document.getElementById('outcome-'+m[1]).click();
   var hop=document.querySelector('[data-rule="'+h+'"]');if(hop)hop.click();
 })();
