@@ -132,7 +132,7 @@ def node_rules_from_cluster(inp: Inputs) -> Any:
     return combine(ipt, nft)
 
 
-def load_cluster(inp: Inputs) -> Any:
+def load_cluster(inp: Inputs, policy_optional: bool = False) -> Any:
     if inp.cluster:
         from kpa.k8s.objects import load_objects
 
@@ -140,7 +140,7 @@ def load_cluster(inp: Inputs) -> Any:
     if inp.kube and not inp.example:
         from kpa.k8s.live import load_live
 
-        return load_live(inp.kubeconfig, inp.context, inp.namespace)
+        return load_live(inp.kubeconfig, inp.context, inp.namespace, policy_optional=policy_optional)
     return None
 
 
@@ -802,9 +802,11 @@ def lint(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: S
     with progress_status("reading the rules"):
         rs = load_ruleset(inp)
     with progress_status("reading the cluster objects"):
-        objects = load_cluster(inp)
+        objects = load_cluster(inp, policy_optional=True)  # NetworkPolicies too, where allowed
     if objects is None:
         raise click.UsageError("lint compares rules with cluster objects: give --cluster PATH (or --kube)")
+    if objects.unlisted:
+        click.echo(f"warning: cannot list {' and '.join(objects.unlisted)}; NetworkPolicy checks skipped", err=True)
     check_node(inp, objects)
     with progress_status("comparing the rules with the objects"):
         findings = run_lint(rs, objects, inp.node)

@@ -165,8 +165,12 @@ def _list_pages(
     call: Callable[..., Any],
     scope: str,
     page_size: int,
-) -> dict[str, Any]:
-    """All items of one list, following `continue` tokens; returns one merged list object."""
+    optional: bool = False,
+) -> dict[str, Any] | None:
+    """All items of one list, following `continue` tokens; returns one merged list object.
+
+    An `optional` list the server refuses (403) or does not know (404) gives None.
+    """
     items: list[Any] = []
     token: str | None = None
     restarted = False
@@ -184,6 +188,8 @@ def _list_pages(
                 # The continue token expired mid-list; a consistent answer needs a fresh list.
                 items, token, restarted = [], None, True
                 continue
+            if optional and error.status in (403, 404):
+                return None
             raise _api_failure(api_client, error, "list", resource, scope) from None
         except (urllib3.exceptions.HTTPError, OSError) as error:
             raise unreachable(api_client, error) from None
@@ -224,17 +230,20 @@ def load_live(
     page_size: int = 500,
     legacy_endpoints: bool = True,
     policy: bool = False,
+    policy_optional: bool = False,
 ) -> ClusterObjects:
     """List the objects kpa needs from the cluster (read-only).
 
     With `namespace`, namespaced kinds are listed only there (for users whose RBAC is
     namespace-scoped); nodes are always listed cluster-wide. `legacy_endpoints=False`
     skips v1 Endpoints, which kube-proxy itself no longer reads. `policy=True` also lists
-    Namespaces and NetworkPolicies (for `kpa policy`).
+    Namespaces and NetworkPolicies (for `kpa policy`); `policy_optional=True` lists them
+    where the server allows it (for `kpa lint`) and warns about the rest.
     """
     api_client = connect(kubeconfig, context)
     try:
-        return list_objects(api_client, namespace, page_size, legacy_endpoints, policy)
+        return list_objects(api_client, namespace, page_size, legacy_endpoints, policy,
+                            policy_optional)
     finally:
         close(api_client)
 
@@ -245,10 +254,20 @@ def list_objects(
     page_size: int = 500,
     legacy_endpoints: bool = True,
     policy: bool = False,
+    policy_optional: bool = False,
 ) -> ClusterObjects:
     """Like load_live, with an already-configured client."""
-    documents = list_documents(api_client, namespace, page_size, legacy_endpoints, policy)
-    return objects_from_documents(documents, source=server_of(api_client))
+    skipped: list[str] = []
+    documents = list_documents(api_client, namespace, page_size, legacy_endpoints, policy,
+                               policy_optional, skipped)
+    objects = objects_from_documents(documents, source=server_of(api_client))
+    objects.unlisted = skipped
+    if skipped:
+        objects.warnings.append(
+            f"could not list {' and '.join(skipped)} (forbidden or unknown); "
+            "NetworkPolicy checks were skipped"
+        )
+    return objects
 
 
 def list_documents(
@@ -257,8 +276,14 @@ def list_documents(
     page_size: int = 500,
     legacy_endpoints: bool = True,
     policy: bool = False,
+    policy_optional: bool = False,
+    skipped: list[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """The raw list objects, as the API server sent them (for saving with `kpa collect`)."""
+    """The raw list objects, as the API server sent them (for saving with `kpa collect`).
+
+    `policy` adds Namespaces and NetworkPolicies; `policy_optional` adds them only where
+    the server lets kpa list them, noting the others in `skipped`.
+    """
     core = client.CoreV1Api(api_client)
     discovery = client.DiscoveryV1Api(api_client)
     plan: list[tuple[_Resource, Callable[..., Any], Callable[..., Any]]] = [
@@ -271,7 +296,7 @@ def list_documents(
         (_NODES, core.list_node, core.list_node),
         (_PODS, core.list_pod_for_all_namespaces, core.list_namespaced_pod),
     ]
-    if policy:
+    if policy or policy_optional:
         networking = client.NetworkingV1Api(api_client)
         plan += [
             (_NAMESPACES, core.list_namespace, core.list_namespace),
@@ -288,16 +313,22 @@ def list_documents(
         )
     documents = []
     for resource, list_all, list_namespaced in plan:
+        optional = policy_optional and not policy and resource in (_NAMESPACES, _POLICIES)
         if namespace and resource.namespaced:
             scope = f"in namespace {namespace}"
 
             def call(_fn: Callable[..., Any] = list_namespaced, **kwargs: Any) -> Any:
                 return _fn(namespace, **kwargs)
 
-            documents.append(_list_pages(api_client, resource, call, scope, page_size))
+            found = _list_pages(api_client, resource, call, scope, page_size, optional)
         else:
             scope = "at cluster scope"
-            documents.append(_list_pages(api_client, resource, list_all, scope, page_size))
+            found = _list_pages(api_client, resource, list_all, scope, page_size, optional)
+        if found is None:
+            if skipped is not None:
+                skipped.append(resource.plural)
+            continue
+        documents.append(found)
     return documents
 
 

@@ -244,6 +244,8 @@ class ClusterObjects:
         self._namespaces = {n.name: n for n in namespaces}
         self._policies = {(p.namespace, p.name): p for p in network_policies}
         self.warnings: list[str] = list(warnings)
+        #: Optional resources the API server would not list for kpa (RBAC), e.g. for lint.
+        self.unlisted: list[str] = []
         self.ignored_kinds: Counter[str] = Counter(ignored_kinds or {})
         self._index()
 

@@ -80,3 +80,25 @@ def test_as_a_kubectl_plugin_policy_reads_the_api_by_default(
         kubectl_main()
     assert exit_info.value.code in (0, 1), capsys.readouterr().err
     assert server.seen("GET", POLICIES) and server.seen("GET", NAMESPACES)
+
+
+def test_kpa_lint_over_the_api_includes_policies_where_it_may_list_them(
+    server: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rules = Path(__file__).parent.parent.parent / "kpa" / "data" / "example" / "rules.v4.save"
+    typo = {"kind": "NetworkPolicyList", "apiVersion": "networking.k8s.io/v1", "items": [{
+        "metadata": {"name": "typo", "namespace": "default"},
+        "spec": {"podSelector": {"matchLabels": {"app": "nothing-has-this"}}}}]}
+    server.route("GET", POLICIES, api.Reply(200, typo))
+    config = str(api.write_kubeconfig(tmp_path / "config", {"kind": server.url}, "kind"))
+    res = kpa(capsys, "lint", "-r", str(rules), "--kube", "--kubeconfig", config, "-o", "json")
+    assert res.code in (0, 1), res.err
+    assert "policy-selects-no-pods" in res.out
+    assert server.seen("GET", POLICIES)
+    # Without RBAC for them, lint still runs and says what it skipped.
+    server.route("GET", POLICIES, api.Reply(403, {"kind": "Status", "code": 403,
+                                                   "message": "forbidden"}))
+    res = kpa(capsys, "lint", "-r", str(rules), "--kube", "--kubeconfig", config, "-o", "json")
+    assert res.code in (0, 1), res.err
+    assert "cannot list networkpolicies.networking.k8s.io; NetworkPolicy checks skipped" in res.err
+    assert "policy-selects-no-pods" not in res.out
