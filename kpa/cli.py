@@ -571,6 +571,21 @@ def show(target: str | None, rules: Sequence[str], live: bool, iptc: bool, examp
 
 # -- trace -----------------------------------------------------------------------
 
+def parse_routes(specs: Sequence[str]) -> dict[int, list[tuple[Any, str | None]]]:
+    """`--route CIDR[=IFACE]` values, per IP version."""
+    from kpa.netfilter.domain import network_set
+
+    out: dict[int, list[tuple[Any, str | None]]] = {}
+    for spec in specs:
+        cidr, _, iface = spec.partition("=")
+        try:
+            net = ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise click.BadParameter(f"expected CIDR[=IFACE], found {spec!r}", param_hint="--route") from None
+        out.setdefault(net.version, []).append((network_set(net), iface or None))
+    return out
+
+
 @cli.command(context_settings=CONTEXT)
 @rules_options
 @cluster_options
@@ -617,6 +632,10 @@ def show(target: str | None, rules: Sequence[str], live: bool, iptc: bool, examp
               help="Connections the client already has (connlimit); unknown if omitted.")
 @click.option("--recent-hits", type=click.IntRange(0), metavar="N",
               help="Packets the client sent before, per recent list (recent --hitcount); unknown if omitted.")
+@click.option("--socket", "socket_state", type=click.Choice(["found", "none"]),
+              help="Whether -m socket and TPROXY find a socket for the packet; unknown if omitted.")
+@click.option("--route", "routes", multiple=True, metavar="CIDR[=IFACE]",
+              help="A route the node has, for -m rpfilter (repeatable), e.g. 0.0.0.0/0=eth0.")
 @click.option("-o", "--output", "fmt", type=click.Choice(["text", "json", "yaml", "html"]), default="text",
               show_default=True, help="html is a self-contained page: outcomes, their rules, the rules' lines.")
 def trace(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: Sequence[str], node_ips: Sequence[str],
@@ -627,7 +646,8 @@ def trace(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: 
           from_: str | None, family: str | None, max_outcomes: int, explain: bool, confirm: bool, no_headers: bool,
           details: bool,
           verbose: int, uid: int | None, gid: int | None, src_mac: str | None, ipsec: bool,
-          rate_limits: str | None, connections: int | None, recent_hits: int | None, fmt: str) -> None:
+          rate_limits: str | None, connections: int | None, recent_hits: int | None, socket_state: str | None,
+          routes: Sequence[str], fmt: str) -> None:
     """Trace a packet through the node's netfilter and list every outcome.
 
     Fields left out stay open: kpa splits on the rules that test them and
@@ -703,7 +723,7 @@ def trace(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: 
     ctx = TraceContext(local=local, affinity={n: True for n in affinity},
                        affinity_default=None if affinity_open else False, max_outcomes=max_outcomes,
                        explain=explain, ipsec=ipsec, rate_limits=rate_limits, connections=connections,
-                       recent_hits=recent_hits)
+                       recent_hits=recent_hits, socket=socket_state, routes=parse_routes(routes))
     result = run_trace(rs, spec, ctx)
     result.warnings = list(rs.warnings) + result.warnings
     from kpa.k8s.story import annotate

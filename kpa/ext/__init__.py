@@ -23,6 +23,8 @@ from kpa.ext import (  # noqa: F401  (importing a module registers its parsers)
     policy,
     recent,
     reject,
+    rpfilter,
+    socket,
     statistic,
     tcp,
 )

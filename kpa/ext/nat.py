@@ -198,7 +198,12 @@ class NatTarget(Expr):
             if ip is None:
                 ip = self._redirect_ip(st, ctx)
                 if self.name == "REDIRECT" and st.hook != "OUTPUT":
-                    st = st.note("REDIRECT: destination taken as the node's first local address")
+                    # nf_nat_redirect: the input interface's first address; none (a bare veth) drops.
+                    yield (_unknown(st, ctx, "REDIRECT goes to the input interface's first address, and drops "
+                                             "when it has none; kpa does not know interface addresses", False),
+                           Verdict(VerdictKind.DROP, detail="REDIRECT on an interface without an address"))
+                    st = _unknown(st, ctx, "REDIRECT goes to the input interface's first address, taken as the "
+                                           "node's first local address")
             port = self.port if self.port is not None else st.concrete("dport")
             rw = {"dst": ip} if port is None else {"dst": ip, "dport": port}
             yield st.rewrite(**rw).set(dnat=(ip, port)), Verdict(VerdictKind.ACCEPT, detail=self.name)
@@ -222,6 +227,10 @@ class NatTarget(Expr):
     def _ranged(self, st: State, ctx: TraceContext) -> Iterable[Step]:
         r = self.range
         assert r is not None
+        if self.name == "REDIRECT" and st.hook != "OUTPUT":
+            why = "REDIRECT goes to the input interface's first address, and drops when it has none"
+            yield _unknown(st, ctx, why, False), Verdict(VerdictKind.DROP, detail="REDIRECT without an address")
+            st = _unknown(st, ctx, why + "; taken as the node's first local address")
         dst_side = self.name in ("DNAT", "REDIRECT")
         addr_field, port_field = ("dst", "dport") if dst_side else ("src", "sport")
         verdict = Verdict(VerdictKind.ACCEPT, detail=self.name)

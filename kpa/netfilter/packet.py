@@ -377,6 +377,7 @@ class TraceContext:
     rate_limits: str | None = None  # "within" or "exceeded": limit, hashlimit, nft limit
     connections: int | None = None  # connections the client already has (connlimit, ct count)
     recent_hits: int | None = None  # packets seen from the client in a recent list (--hitcount)
+    socket: str | None = None  # "found" or "none": whether -m socket / TPROXY find a socket
     # Addresses the node routes, per IP version: prefix -> interface (None: interface not known).
     routes: dict[int, list[tuple[IntSet, str | None]]] = field(default_factory=dict)
     max_outcomes: int = 512
@@ -393,5 +394,5 @@ class TraceContext:
 
     def facts_key(self) -> tuple[Any, ...]:
         """The stated node facts that change what rules do (memoised walks are per these)."""
-        return (self.ipsec, self.rate_limits, self.connections, self.recent_hits,
+        return (self.ipsec, self.rate_limits, self.connections, self.recent_hits, self.socket,
                 tuple((v, tuple(r)) for v, r in sorted(self.routes.items())))
