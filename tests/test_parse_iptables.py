@@ -68,12 +68,12 @@ def test_long_options_and_implicit_protocol_module() -> None:
 
 
 def test_unknown_module_and_target_are_kept_verbatim() -> None:
-    text = HEAD + ":X - [0:0]\n-A X -m bpf --bytecode \"4,48 0 0 9\" -j TPROXY --on-port 1\nCOMMIT\n"
+    text = HEAD + ":X - [0:0]\n-A X -m bpf --bytecode \"4,48 0 0 9\" -j HMARK --hmark-mod 10\nCOMMIT\n"
     rule = parse_iptables(text, "t").tables[0].chains["X"].rules[0]
     assert not rule.known
     unknown = rule.unknown_exprs()
     assert all(isinstance(e, UnknownExpr) for e in unknown)
-    assert [e.name for e in unknown] == ["bpf", "TPROXY"]
+    assert [e.name for e in unknown] == ["bpf", "HMARK"]
     assert "--bytecode" in unknown[0].describe()
 
 
