@@ -850,7 +850,12 @@ def lint(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: S
         from kpa.policy.lint import CODES as POLICY_CODES
 
         checks += [c for c in POLICY_CODES if (not only_codes or c in only_codes) and c not in ignore_codes]
-    click.echo(render(report, fmt, __version__, checks), nl=False)
+    text = render(report, fmt, __version__, checks)
+    if fmt == "text" and color_enabled(click.get_current_context()):
+        from kpa.render.output import colour_severities
+
+        text = colour_severities(text)
+    click.echo(text, nl=False)
     code = report.exit_status(fail_on)  # type: ignore[arg-type]
     if code:
         raise click.exceptions.Exit(code)
@@ -910,7 +915,11 @@ def diff(a: str, b: str, cluster: Sequence[str], node_ips: Sequence[str], node: 
     report.a_name, report.b_name = a, b
     report.warnings[:0] = side_warnings(rules_a, rules_b, a, b)
     if fmt == "text":
-        click.echo(render_text(report), nl=False)
+        from kpa.render.output import colour_severities
+
+        diff_text = render_text(report)
+        click.echo(colour_severities(diff_text) if color_enabled(click.get_current_context()) else diff_text,
+                   nl=False)
     else:
         from kpa.render.output import dump
 

@@ -226,3 +226,79 @@ def test_confirm_for_locally_sent_ipv6() -> None:
     doc = json.loads(kpa("trace", "-r", str(F / "iptables" / "ipv6.nft.v6.save"), "--origin", "output",
                          "--dst", "fd00:10:96::11", "-p", "udp", "--dport", "53", "--confirm", "-o", "json").stdout)
     assert doc["confirm"]["setup"] == ["ip6tables-nft -t raw -I OUTPUT -d fd00:10:96::11 -p udp --dport 53 -j TRACE"]
+
+
+# -- terminal care ---------------------------------------------------------------------------
+
+
+def test_output_fits_the_terminal_width() -> None:
+    import os
+
+    env = {**os.environ, "COLUMNS": "80"}
+    for extra in ((), ("-vv",), ("--explain",)):
+        res = kpa("trace", "--example", "--dst", "10.96.0.11", "-p", "tcp", "--dport", "80", *extra, env=env)
+        assert max(len(ln) for ln in res.stdout.splitlines()) <= 80, extra
+    narrow = kpa("trace", "--example", "--dst", "10.96.0.11", "-p", "tcp", "--dport", "80", env=env).stdout
+    assert "   ↳ for pods in 10.244.0.0/16 except the endpoint pod itself (10.244.0.10)" in narrow
+    wide = kpa("trace", "--example", "--dst", "10.96.0.11", "-p", "tcp", "--dport", "80",
+               env={**os.environ, "COLUMNS": "200"}).stdout
+    assert "↳ for" not in wide and "SOURCES" in wide
+
+
+def run_on_a_tty(*args: str) -> str:
+    """Run kpa with its stdout on a pseudo-terminal, as in an interactive shell."""
+    import os
+    import pty
+
+    leader, follower = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "COLUMNS")}
+    proc = subprocess.Popen([sys.executable, "-m", "kpa", *args], stdout=follower, stderr=subprocess.DEVNULL,
+                            env=env, cwd=ROOT)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait()
+    os.close(leader)
+    return b"".join(chunks).decode()
+
+
+def test_severities_and_verdicts_are_coloured_on_a_tty_only() -> None:
+    lint = run_on_a_tty("lint", "--example")
+    assert "\x1b[36m\x1b[1minfo:\x1b[0m [no-endpoints]" in lint
+    assert "\x1b[" not in kpa("lint", "--example").stdout
+    rejected = run_on_a_tty("trace", "--example", "--dst", "10.96.0.14", "-p", "tcp", "--dport", "80")
+    assert "\x1b[33m" in rejected and "REJECT" in rejected
+
+
+def test_paths_print_as_given() -> None:
+    rel = "tests/fixtures/iptables/clusterip.nft.v4.save"
+    for given in (rel, str(ROOT / rel)):
+        res = subprocess.run([sys.executable, "-m", "kpa", "trace", "-r", given, "--dst", "10.96.0.11", "-p", "tcp",
+                              "--dport", "80", "--src", "10.244.0.9", "-v"], capture_output=True, text=True,
+                             cwd=ROOT, check=False)
+        assert f"({given}:" in res.stdout, given
+
+
+def test_ipv6_endpoints_print_bracketed_everywhere() -> None:
+    import re
+
+    rules = F / "iptables" / "ipv6.nft.v6.save"
+    cluster = F / "clusters" / "ipv6.yaml"
+    outputs = [
+        kpa("trace", "-r", str(rules), "-c", str(cluster), "--dst", "fd00:10:96::b", "-p", "tcp", "--dport", "80",
+            "-v").stdout,
+        kpa("show", "-r", str(rules), "-c", str(cluster)).stdout,
+        kpa("show", "-r", str(F / "nft" / "kube-proxy" / "ipv6.v6.nft"), "-c", str(cluster)).stdout,
+    ]
+    for text in outputs:
+        assert "[fd00:" in text
+        # An IPv6 address followed by :PORT must be bracketed; bare ones end where the port would start.
+        bare = re.findall(r"(?<![\[\w:])(fd00(?::[0-9a-f]*)+::?[0-9a-f]+):(\d{2,5})\b", text)
+        assert bare == [], bare

@@ -47,11 +47,6 @@ def _pct(o: Outcome) -> str:
     return text
 
 
-def _short(path: str) -> str:
-    rel = os.path.relpath(path) if os.path.isabs(path) else path
-    return rel if len(rel) < len(path) else path
-
-
 def quiet_hops(path: tuple[Hop, ...]) -> set[int]:
     """Indexes of hops that change nothing: jumps into chains that fell straight back, ACCEPT policies."""
     quiet: set[int] = set()
@@ -100,7 +95,7 @@ def render_outcome(n: int, total: int, o: Outcome, color: bool, all_hops: bool =
     for i, h in enumerate(st.path):
         if i in hidden:
             continue
-        where = f" ({_short(str(h.location))})" if h.location else ""
+        where = f" ({h.location})" if h.location else ""
         rule = f"#{h.rule}" if h.rule is not None else ("policy" if h.text.startswith("policy") else "end")
         for m in h.misses:
             miss = f"    {'':<11} {h.table}/{m.chain} #{m.rule} did not match: {m.failed}"
@@ -163,8 +158,11 @@ def render_summary(result: TraceResult, color: bool, width: int | None, order: l
     widths = [max(len(r[c]) for r in [head, *rows]) for c in range(len(head))]
     lead = sum(widths[:-1]) + 2 * (len(head) - 1)
     last = (width - lead) if width else 0
-    if width and last < 24:
-        last = 0  # too narrow to wrap usefully: let the terminal do it
+    below = bool(width) and last < 24  # too narrow for a SOURCES column: the sources go under each row
+    if below:
+        head, rows = [*head[:-1], ""], [[*r[:-1], ""] for r in rows]
+        sources = [o.labels.get("sources", "") for o in order]
+        last = 0
     out: list[str] = []
 
     def line(cells: list[str], style: dict[str, Any] | None = None) -> None:
@@ -178,9 +176,12 @@ def render_summary(result: TraceResult, color: bool, width: int | None, order: l
 
     if headers:
         line(head, {"bold": True})
-    for o, r in zip(order, rows, strict=True):
+    for k, (o, r) in enumerate(zip(order, rows, strict=True)):
         line(r, {"fg": VERDICT_COLOUR.get(o.verdict)} if o.verdict != "ACCEPT" else None)
         pad = " " * (widths[0] + 2)
+        if below:
+            out.extend(textwrap.wrap(f"↳ for {sources[k]}", width or 80,
+                                     initial_indent=pad, subsequent_indent=pad + "    ", break_on_hyphens=False))
         if o.verdict != "ACCEPT" and o.reason:
             out.append(f"{pad}↳ why: {o.reason}")
         for a in o.state.assumptions:
@@ -212,7 +213,9 @@ def render_trace(result: TraceResult, color: bool, details: int = 2, width: int 
         out.append(click.style(text, fg="yellow", bold=True) if color else text)
     order = summary_order(result)
     out.append("")
+    start = len(out)
     out.extend(render_summary(result, color, width, order, headers))
+    table = set(range(start, len(out)))
     if details:
         for i, o in enumerate(order, 1):
             out.append("")
@@ -224,7 +227,23 @@ def render_trace(result: TraceResult, color: bool, details: int = 2, width: int 
     if not details and any(o.path for o in order):
         out.append("")
         out.append("(-v shows each outcome's rules; -vv every hop; -o json everything)")
+    if width:
+        out = fit(out, width, table)
     return "\n".join(out) + "\n"
+
+
+def fit(lines: list[str], width: int, keep: set[int]) -> list[str]:
+    """Wrap lines wider than the terminal under their own indent (the summary table wraps itself)."""
+    out: list[str] = []
+    for i, line in enumerate(lines):
+        if i in keep or len(click.unstyle(line)) <= width or "\x1b[" in line:
+            out.append(line)
+            continue
+        indent = line[:len(line) - len(line.lstrip())]
+        out.extend(textwrap.wrap(line, width, initial_indent="", subsequent_indent=indent + "    ",
+                                 break_on_hyphens=False, break_long_words=True, drop_whitespace=True)
+                   or [line])
+    return out
 
 
 def trace_page(result: TraceResult) -> str:
