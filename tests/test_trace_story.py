@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,9 @@ LBSR = ("loadbalancer-source-ranges", "203.0.113.10", "443")
 
 
 def kpa(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """kpa with output to a pipe; no $COLUMNS unless a test sets one, so nothing wraps by accident."""
+    if env is None:
+        env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
     return subprocess.run([sys.executable, "-m", "kpa", *args], capture_output=True, text=True, check=False,
                           env=env)
 
@@ -232,8 +236,6 @@ def test_confirm_for_locally_sent_ipv6() -> None:
 
 
 def test_output_fits_the_terminal_width() -> None:
-    import os
-
     env = {**os.environ, "COLUMNS": "80"}
     for extra in ((), ("-vv",), ("--explain",)):
         res = kpa("trace", "--example", "--dst", "10.96.0.11", "-p", "tcp", "--dport", "80", *extra, env=env)
@@ -247,7 +249,6 @@ def test_output_fits_the_terminal_width() -> None:
 
 def run_on_a_tty(*args: str) -> str:
     """Run kpa with its stdout on a pseudo-terminal, as in an interactive shell."""
-    import os
     import pty
 
     leader, follower = pty.openpty()
