@@ -47,6 +47,9 @@ class Inputs:
         if not self.example:
             return
         d = example_dir()
+        rel = os.path.relpath(d)
+        if not rel.startswith(".."):
+            d = rel  # inside a checkout: the short path, as a person would type it
         self.rules = self.rules or [os.path.join(d, "rules.v4.save")]
         self.cluster = self.cluster or [os.path.join(d, "cluster.yaml")]
         with open(os.path.join(d, "meta.json")) as fh:
