@@ -2,7 +2,10 @@
 
 LOCAL means "an address of this node", which kpa takes from --node-ip (or
 the Node object) plus loopback. Types that depend on the full routing table
-(BLACKHOLE, PROHIBIT, ...) and per-interface limits are reported unknown.
+(BLACKHOLE, PROHIBIT, ...) are reported unknown. With --limit-iface-in/out only
+the packet's interface counts: an address the node does not own is LOCAL on
+no interface, a loopback address only on `lo`, and the node's other addresses
+are unknown (kpa does not know which interface holds them).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from kpa.ext.base import (
     parts,
 )
 from kpa.netfilter.domain import IntSet, network_set
-from kpa.netfilter.packet import State, TraceContext
+from kpa.netfilter.packet import Assumption, State, TraceContext
 
 MODELLED = {"LOCAL", "UNICAST", "MULTICAST", "BROADCAST", "UNSPEC"}
 ALL_TYPES = MODELLED | {"ANYCAST", "BLACKHOLE", "UNREACHABLE", "PROHIBIT", "THROW", "NAT", "XRESOLVE"}
@@ -68,16 +71,54 @@ def _types(text: str) -> frozenset[str]:
     return types
 
 
+def _limited_cond(field: str, types: frozenset[str], negated: bool, iface_field: str) -> Cond:
+    """LOCAL on one interface (--limit-iface-in/out): an address the node does not own is on none of
+    its interfaces; one it owns counts only on its own interface, which kpa knows for loopback."""
+    loopback = {4: network_set(ipaddress.ip_network("127.0.0.0/8")), 6: IntSet.single(1)}
+
+    def test(st: State, ctx: TraceContext) -> Split:
+        local = ctx.is_local(st.version)
+        yes, no = st.restrict(field, local)
+        hit: list[State] = []
+        miss: list[State] = [no] if no is not None else []
+        if yes is not None:
+            lo_addr, other = yes.restrict(field, loopback[st.version])
+            for s, on_lo in ((lo_addr, True), (other, False)):
+                if s is None:
+                    continue
+                if on_lo:
+                    a, b = s.restrict_name(iface_field, "lo", False)
+                    hit.extend([a] if a is not None else [])
+                    miss.extend([b] if b is not None else [])
+                    continue
+                rule = ctx.rule
+                loc, text = (rule.location, rule.text) if rule else (None, "-m addrtype")
+                why = "which interface holds the node's address is not known"
+                hit.append(s.assume(Assumption(loc, text, why, not negated)))
+                miss.append(s.assume(Assumption(loc, text, why, negated)))
+        return hit, miss
+    return FnCond(test, negated)
+
+
 @match("addrtype")
 def parse_addrtype(opts: list[Option], ctx: ParseCtx) -> Match:
+    limit = None
+    for o in opts:
+        if o.name in ("--limit-iface-in", "--limit-iface-out"):
+            limit = "iif" if o.name == "--limit-iface-in" else "oif"
     conds: list[Cond] = []
     for o in opts:
-        if o.name == "--src-type":
-            conds.append(_cond("src", _types(o.arg()), o.negated))
-        elif o.name == "--dst-type":
-            conds.append(_cond("dst", _types(o.arg()), o.negated))
+        if o.name in ("--src-type", "--dst-type"):
+            field = "src" if o.name == "--src-type" else "dst"
+            types = _types(o.arg())
+            if limit is None:
+                conds.append(_cond(field, types, o.negated))
+            elif types == frozenset({"LOCAL"}):
+                conds.append(_limited_cond(field, types, o.negated, limit))
+            else:
+                raise Unsupported(f"addrtype {','.join(sorted(types))} on one interface needs its routes")
         elif o.name in ("--limit-iface-in", "--limit-iface-out"):
-            raise Unsupported(f"addrtype {o.name} needs per-interface addresses")
+            continue
         else:
             raise Unsupported(f"addrtype option {o.name} is not modelled")
     return Match(name="addrtype", options=opts, conds=conds)

@@ -42,6 +42,7 @@ from kpa.ext.nft.nat import NftNat, NftNatMap
 from kpa.ext.nft.numgen import NumgenKey
 from kpa.ext.nft.passive import NotrackStmt, passive
 from kpa.ext.nft.payload import payload_key
+from kpa.ext.nft.socket import nft_tproxy, socket_key
 from kpa.ext.nft.verdict import NftVerdict, reject_expr, verdict_expr, verdict_value
 from kpa.netfilter.domain import IntSet
 from kpa.netfilter.model import (
@@ -345,6 +346,8 @@ class Builder:
             return meta_key(str(v["key"]))
         if k == "ct":
             return ct_key(str(v["key"]), v.get("dir"), family)
+        if k == "socket" and isinstance(v, dict):
+            return socket_key(str(v.get("key")))
         if k == "fib":
             flags = v.get("flags", [])
             return fib_key(str(v.get("result")), [flags] if isinstance(flags, str) else list(flags))
@@ -421,6 +424,8 @@ class Builder:
             return self.lower_dynset(stmt, v, table)
         if k == "xt":
             return [xt_expr(str(v.get("type", "match")), str(v.get("name", "?")))]
+        if k == "tproxy":
+            return [nft_tproxy(fmt_stmt(stmt))]
         if k == "notrack":
             return [NotrackStmt()]
         if k in PASSIVE:

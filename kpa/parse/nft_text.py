@@ -202,6 +202,18 @@ class RuleParser:
             return {"notrack": None}
         if t in ("dnat", "snat", "masquerade", "redirect"):
             return self.nat()
+        if t == "tproxy":
+            self.next()
+            tp: dict[str, Any] = {}
+            if self.peek() in ("ip", "ip6"):
+                tp["family"] = self.next()
+            if self.accept("to"):
+                addr, port = split_nat_address(self.next())
+                if addr is not None:
+                    tp["addr"] = addr
+                if port is not None:
+                    tp["port"] = port
+            return {"tproxy": tp}
         if t in ("update", "add", "delete") and (self.peek(1) or "").startswith("@"):
             op = self.next()
             name = self.next()
@@ -264,6 +276,8 @@ class RuleParser:
             if direction:
                 body["dir"] = direction
             return {"ct": body}
+        if t == "socket":
+            return {"socket": {"key": self.next()}}
         if t == "fib":
             flags = [self.next()]
             while self.accept("."):
@@ -304,7 +318,7 @@ class RuleParser:
     def value_expr(self) -> Any:
         t = self.peek()
         left: Any
-        if t is not None and (t in PAYLOAD or t in BARE_META or t in ("meta", "ct", "numgen", "fib")):
+        if t is not None and (t in PAYLOAD or t in BARE_META or t in ("meta", "ct", "numgen", "fib", "socket")):
             left = self.primary()
         else:
             left = self.next()

@@ -269,3 +269,45 @@ def test_nat_ranges(topo: Topology, backend: str) -> None:
     assert check(topo, rs, "node", REMOTES[0], 7000).snat is None
     snats = {check(topo, rs, "client_pod", r, 7000).snat for r in REMOTES}
     assert None not in snats
+
+
+SOCKET_IPT = """*mangle
+:PREROUTING ACCEPT [0:0]
+-A PREROUTING -p tcp -m tcp --dport 91 -j TPROXY --on-port 15006 --on-ip 127.0.0.1 --tproxy-mark 0x1/0x1
+-A PREROUTING -p tcp -m tcp --dport 92 -m socket --transparent -j DROP
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A FORWARD -m conntrack --ctstate INVALID -j DROP
+-A FORWARD -p tcp -m tcp --dport 93 -m addrtype ! --dst-type LOCAL --limit-iface-out -j REJECT --reject-with tcp-reset
+COMMIT
+"""
+SOCKET_NFT = """table ip kpasock {
+  chain pre {
+    type filter hook prerouting priority mangle;
+    tcp dport 91 tproxy to 127.0.0.1:15006
+    tcp dport 92 socket transparent 1 drop
+  }
+  chain forward_chain {
+    type filter hook forward priority filter;
+    ct state invalid drop
+  }
+}
+"""
+
+
+@pytest.mark.parametrize("backend", [*BACKENDS, "nftables"])
+def test_tproxy_socket_addrtype_iface(topo: Topology, backend: str) -> None:
+    """No transparent socket listens: xt TPROXY drops (nft's tproxy breaks the rule), the socket match
+    fails; a remote address is LOCAL on no interface."""
+    rs = load(topo, backend, SOCKET_NFT if backend == "nftables" else SOCKET_IPT)
+    remote = REMOTES[0]
+    tproxied = check(topo, rs, "client_pod", remote, 91, socket="none").verdict
+    assert tproxied == ("ACCEPT" if backend == "nftables" else "DROP")
+    assert check(topo, rs, "client_pod", remote, 92, socket="none").verdict == "ACCEPT"
+    if backend != "nftables":
+        assert check(topo, rs, "client_pod", remote, 93).verdict == "REJECT"
+    unknown = kpa_fates(rs, "client_pod", CLIENT, remote, 91)
+    assert len(unknown) == 2 and all(a for _, a in unknown)
