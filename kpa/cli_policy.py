@@ -115,7 +115,8 @@ def _port_number(text: str, param: str) -> int:
 @click.option("--from", "from_", required=True, metavar="pod/NS/NAME|IP",
               help="Who opens the connection: a pod, or an address (a pod's address is that pod).")
 @click.option("--to", "to", required=True, metavar="pod/NS/NAME|svc/NS/NAME[:PORT]|IP[:PORT]",
-              help="The destination; a Service is judged per endpoint after DNAT.")
+              help="The destination; a Service is judged per endpoint after DNAT; a pod's "
+                   ":PORT may name one of its container ports.")
 @click.option("-p", "--protocol", "protocol", type=PROTOCOL, default=None,
               help="Protocol (default TCP, or the Service port's).")
 @click.option("--port", type=click.IntRange(1, 65535), metavar="N",
@@ -181,7 +182,17 @@ def check(cluster: Sequence[str], kube: bool, kubeconfig: str | None, context: s
         host, port_text_opt = _split_port(to)
         port_text = port_text_opt or ""
         dst = engine.subject(ip=_ip(host, "--to"))
-    if port_text:
+    if port_text and not port_text.isdigit() and dst.pod is not None:
+        # A container port's name, as a Service's targetPort would name it.
+        named = [c for c in dst.pod.container_ports
+                 if c.name == port_text and (proto is None or c.protocol == proto)]
+        if not named:
+            have = ", ".join(f"{c.name}:{c.port}/{c.protocol}" for c in dst.pod.container_ports
+                             if c.name) or "none"
+            raise KpaError(f"{dst.name} declares no container port named {port_text!r} "
+                           f"(named ports: {have})")
+        port, proto = named[0].port, proto or named[0].protocol
+    elif port_text:
         port = _port_number(port_text, "--to")
     if port is None:
         raise click.UsageError("give the destination port: --port N (or :PORT in --to)")

@@ -186,3 +186,16 @@ def test_objects_from_stdin(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     res = kpa(capsys, "policy", "lint", "-c", "-")
     assert res.code == 1
     assert res.out.startswith("<stdin>:") and "policy-selects-no-pods: x/typo" in res.out
+
+
+def test_check_to_a_pod_s_named_container_port(objects: str,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    res = kpa(capsys, "policy", "check", "-c", objects, "--from", "pod/y/b", "--to",
+              "pod/x/a:serve-80-udp")
+    assert res.out.splitlines()[0] == "DENIED: pod/y/b -> pod/x/a port 80/UDP"
+    res = kpa(capsys, "policy", "check", "-c", objects, "--from", "pod/y/b", "--to",
+              "pod/x/a:serve-80-tcp")
+    assert res.code == 0 and res.out.startswith("ALLOWED: pod/y/b -> pod/x/a port 80/TCP")
+    res = kpa(capsys, "policy", "check", "-c", objects, "--from", "pod/y/b", "--to",
+              "pod/x/a:nope")
+    assert res.code == 2 and "declares no container port named 'nope'" in res.err
