@@ -35,12 +35,11 @@ def summary(doc: dict[str, object]) -> tuple[object, ...]:
 
 
 def test_nftables_mode_shows_what_iptables_mode_shows() -> None:
-    for scenario in ("kitchen-sink", "etp-local", "session-affinity", "loadbalancer-source-ranges"):
+    for scenario in ("kitchen-sink", "etp-local", "session-affinity", "loadbalancer-source-ranges", "no-endpoints"):
         cluster = F / "clusters" / f"{scenario}.yaml"
         ipt = ports(F / "iptables" / f"{scenario}.nft.v4.save", cluster)
         nft = ports(F / "nft" / "kube-proxy" / f"{scenario}.v4.nft", cluster)
-        with_rules = {k: v for k, v in ipt.items() if not v["no_endpoints"]}
-        assert set(nft) == set(with_rules), scenario
+        assert set(nft) == set(ipt), scenario
         for name in nft:
             assert summary(nft[name]) == summary(ipt[name]), (scenario, name)
             for key in ("traffic_policies", "session_affinity", "source_ranges"):

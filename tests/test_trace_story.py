@@ -303,3 +303,14 @@ def test_ipv6_endpoints_print_bracketed_everywhere() -> None:
         # An IPv6 address followed by :PORT must be bracketed; bare ones end where the port would start.
         bare = re.findall(r"(?<![\[\w:])(fd00(?::[0-9a-f]*)+::?[0-9a-f]+):(\d{2,5})\b", text)
         assert bare == [], bare
+
+
+@pytest.mark.parametrize("rules", [F / "nft" / "kube-proxy" / "no-endpoints.v4.nft",
+                                   F / "nft" / "kube-proxy" / "no-endpoints.v4.json"])
+def test_nft_map_element_comments_name_the_service_without_objects(rules: Path) -> None:
+    res = kpa("trace", "-r", str(rules), "--dst", "10.96.0.23", "-p", "tcp", "--dport", "80", "-o", "json")
+    doc = json.loads(res.stdout)
+    assert doc["service"]["service_port"] == "default/not-ready:http"
+    (o,) = doc["outcomes"]
+    assert o["verdict"] == "REJECT" and o["reason"] == "default/not-ready:http has no endpoints"
+    assert "@no-endpoint-services element 'default/not-ready:http'" in o["notes"]

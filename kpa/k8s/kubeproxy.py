@@ -249,11 +249,27 @@ def _nft_views(t: Table) -> list[ServicePortView]:
             for r, ep_chain, p in _nft_endpoint_split(c):
                 dest.append(EndpointView(ep_chain, dnat_target(t.chains.get(ep_chain), version), p,
                                          str(r.location)))
+    cluster_ips = t.sets.get("cluster-ips")
+    cips = {_single(el[0]) for el in cluster_ips.elements} if cluster_ips is not None else set()
     for map_name in ("no-endpoint-services", "no-endpoint-nodeports"):
+        # Ports without endpoints have no chains; kube-proxy names them in the elements' comments.
         m = t.sets.get(map_name)
-        if m is not None and m.elements:
-            # Element comments are not kept; the views of these ports have no chains to be named by.
-            pass
+        if m is None or not m.comments:
+            continue
+        loc = str(m.location) if m.location else t.name
+        for el, verdict, said in zip(m.elements, m.values or [], m.comments, strict=False):
+            if not said or getattr(verdict, "chain", None) != "reject-chain":
+                continue  # `drop`: no local endpoints, which the Service's own view shows
+            values = [_single(p) for p in el]
+            proto = _PROTO_NAMES.get(values[-2] or 0, "TCP")
+            v = view(said, proto)
+            v.no_endpoints = True
+            if map_name == "no-endpoint-nodeports":
+                v.entries.append(Entry("nodePort", None, values[-1], "REJECT", loc))
+            else:
+                addr = str(ipaddress.ip_address(values[0])) if values[0] is not None else None
+                v.entries.append(Entry("clusterIP" if values[0] in cips else "externalIP", addr, values[-1],
+                                       "REJECT", loc))
     return sorted(by_name.values(), key=lambda v: natural_key(v.name or "~"))
 
 

@@ -442,6 +442,15 @@ def annotate(result: Any, rs: Ruleset, objects: Any, local: dict[int, IntSet]) -
 
 
 def _service_from_reason_path(o: Any, ctx: Context) -> ServiceHit | None:
+    for note in o.state.notes:
+        # nftables mode names the Service port in the comment of its map element.
+        m = re.fullmatch(r"@(no-endpoint-(?:services|nodeports)) element '(.+)'", note)
+        named = _comment_spn(m.group(2)) if m else None
+        if m and named:
+            by_addr = _service_by_address(ctx.objects, ctx.spec, ctx.local)
+            entry = "nodePort" if m.group(1).endswith("nodeports") else (
+                by_addr.entry if by_addr is not None else None)
+            return ServiceHit(*named, entry)
     for h in o.path[-2:]:
         if "@no-endpoint-services" in h.text or "@no-endpoint-nodeports" in h.text:
             return _service_by_address(ctx.objects, ctx.spec, ctx.local)

@@ -327,6 +327,8 @@ class NamedSet:
     location: Location | None = None
     # Sets a rule can add to at runtime (`update @set`), so their content is not final.
     dynamic: bool = False
+    # Element comments (kube-proxy names the Service port of each element), index-aligned; None if none.
+    comments: list[str | None] | None = None
 
 
 @dataclass(eq=False)

@@ -247,7 +247,11 @@ class Builder:
                           dynamic="dynamic" in flags)
             ns.values = [] if data is not None else None
             data_types = self._types(data, table) if data is not None and data != "verdict" else ()
+            comments: list[str | None] = []
             for item in spec.get("elem", []) or []:
+                first = item[0] if isinstance(item, list) and item else item
+                said = first["elem"].get("comment") if isinstance(first, dict) and "elem" in first else None
+                comments.append(str(said) if said is not None else None)
                 if data is not None:
                     if not isinstance(item, list) or len(item) != 2:
                         raise Malformed(f"expected a `key : value` map element, found {fmt(item)!r}")
@@ -256,6 +260,8 @@ class Builder:
                     ns.values.append(self.map_value(item[1], data == "verdict", data_types))
                 else:
                     ns.elements.append(self.element(item, key_types))
+            if any(c is not None for c in comments):
+                ns.comments = comments
         except (Malformed, ValueError_, UnmodelledKey) as exc:
             raise self.error(line, f"set {name}: {exc}") from None
         table.sets[name] = ns

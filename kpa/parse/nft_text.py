@@ -349,8 +349,11 @@ class RuleParser:
         items: list[Any] = []
         while not self.accept("}"):
             key = self.scalar()
+            comment = None
             while self.peek() in ELEMENT_ATTRS:
-                self._skip_attr()
+                comment = self._skip_attr() or comment
+            if comment is not None:
+                key = {"elem": {"val": key, "comment": comment}}  # as `nft -j` writes it
             if self.accept(":"):
                 value = self.verdict_value() if map_verdicts else self.scalar()
                 items.append([key, value])
@@ -362,10 +365,14 @@ class RuleParser:
                 raise Unparsed(f"expected ',' or '}}' in a set, found {self.peek()!r}")
         return {"set": items}
 
-    def _skip_attr(self) -> None:
+    def _skip_attr(self) -> str | None:
+        """Skip an element attribute; return the text of a `comment`."""
         w = self.next()
         if w in ("timeout", "expires", "comment", "packets", "bytes"):
-            self.next()
+            value = self.next()
+            if w == "comment":
+                return value[1:] if value.startswith("\x00") else value
+        return None
 
     def verdict_value(self) -> dict[str, Any]:
         t = self.next()

@@ -128,6 +128,10 @@ class VerdictMap(Expr):
                     yield s2, Flow.NO_MATCH
                     continue
                 v = verdicts[idx[pos]]
+                comments = self.set.comments if self.set is not None else None
+                said = comments[idx[pos]] if comments else None
+                if said:
+                    s2 = s2.note(f"@{self.set.name if self.set else ''} element {said!r}")
                 yield s2, v
 
     def chain_refs(self) -> Iterator[tuple[VerdictKind, str]]:
