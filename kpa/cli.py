@@ -567,9 +567,13 @@ def show(target: str | None, rules: Sequence[str], live: bool, iptc: bool, examp
         click.echo(dump({"service_ports": docs}, fmt), nl=False)
         return
     from kpa.render.show import render_text
+    from kpa.render.trace import fit, terminal_width
 
-    click.echo(render_text(docs, fmt == "wide", not no_headers, color_enabled(click.get_current_context())),
-               nl=False)
+    text = render_text(docs, fmt == "wide", not no_headers, color_enabled(click.get_current_context()))
+    width = terminal_width()
+    if width and fmt != "wide":  # -o wide is for wide screens and grep, as with kubectl
+        text = "\n".join(fit(text.rstrip("\n").split("\n"), width, set())) + "\n"
+    click.echo(text, nl=False)
 
 
 # -- trace -----------------------------------------------------------------------

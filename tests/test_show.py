@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,9 @@ EX = ROOT / "kpa" / "data" / "example"
 
 
 def kpa(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kpa", *args], capture_output=True, text=True, check=False)
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    return subprocess.run([sys.executable, "-m", "kpa", *args], capture_output=True, text=True, check=False,
+                          env=env)
 
 
 def ports(rules: Path, cluster: Path | None = None) -> dict[str, dict[str, object]]:
@@ -97,3 +100,12 @@ def test_services_sort_naturally() -> None:
     docs = describe(views, Ruleset(), None)
     assert [d["service_port"] for d in docs] == ["ns/svc-1:http", "ns/svc-2:http", "ns/svc-10:http",
                                                   "ns/svc-1000:http"]
+
+
+def test_show_fits_the_terminal_width() -> None:
+    env = {**os.environ, "COLUMNS": "72"}
+    res = subprocess.run([sys.executable, "-m", "kpa", "show", "--example"], capture_output=True, text=True,
+                         env=env, check=False)
+    assert res.returncode == 0
+    assert max(len(ln) for ln in res.stdout.splitlines()) <= 72
+    assert "loadBalancerSourceRanges: 198.51.100.0/24" in res.stdout.replace("\n      ", " ")
