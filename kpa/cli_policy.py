@@ -444,7 +444,7 @@ def _enforced_cells(doc: dict[str, Any], rules: Sequence[str], node_ips: Sequenc
     grid: list[list[Any]] = []
     cells = iter(doc["cells"])
     differences = 0
-    traced: dict[tuple[Any, Any], Any] = {}
+    traced: dict[tuple[Any, Any], tuple[Any, dict[str, Any]]] = {}
     for s in sources:
         row: list[Any] = []
         for d in targets:
@@ -454,11 +454,11 @@ def _enforced_cells(doc: dict[str, Any], rules: Sequence[str], node_ips: Sequenc
                 row.append(cell["allowed"])
                 continue
             key = (classes.get(s.ip, s.ip), classes.get(d.ip, d.ip))
-            e = traced.get(key)
-            if e is None:
-                e = traced[key] = enforced(ruleset, list(node_ips), s.ip, d.ip, port, proto, kr,
-                                           src_is_node=s.ip in node_ips)
-            cell["enforced"] = e.to_json()
+            hit = traced.get(key)
+            if hit is None:
+                e = enforced(ruleset, list(node_ips), s.ip, d.ip, port, proto, kr, src_is_node=s.ip in node_ips)
+                hit = traced[key] = (e, e.to_json())
+            e, cell["enforced"] = hit
             cell["differs"] = _differs(cell["allowed"], e.verdict)
             differences += cell["differs"]
             row.append("!" if cell["differs"] else cell["allowed"])

@@ -4,8 +4,9 @@ KUBE-SERVICES on a large cluster holds a rule per Service port, each pinned
 to one destination address. When every packet state in play has a concrete
 destination, only the rules pinned to that address, plus the rules that pin
 no address, can apply. KUBE-NODEPORTS pins ports instead, and is indexed
-the same way on the destination port. The index yields exactly the rules
-that may apply, in chain order.
+the same way on the destination port; kube-router's KUBE-ROUTER-* chains pin
+one source address per pod, indexed on the source. The index yields exactly
+the rules that may apply, in chain order.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class DstIndex:
     generic: list[int]  # rules that pin neither destination address nor port
     by_dst: dict[int, list[int]]
     by_dport: dict[int, list[int]]  # rules that pin only the destination port (NodePorts)
+    by_src: dict[int, list[int]]  # rules that pin only the source address (per-pod jumps)
 
 
 def pinned(rule: Rule, field: str) -> int | None:
@@ -42,7 +44,7 @@ def pinned(rule: Rule, field: str) -> int | None:
 
 
 def build(chain: Chain) -> DstIndex:
-    idx = DstIndex([], {}, {})
+    idx = DstIndex([], {}, {}, {})
     for pos, rule in enumerate(chain.rules):
         dst = pinned(rule, "dst")
         if dst is not None:
@@ -51,6 +53,10 @@ def build(chain: Chain) -> DstIndex:
         dport = pinned(rule, "dport")
         if dport is not None:
             idx.by_dport.setdefault(dport, []).append(pos)
+            continue
+        src = pinned(rule, "src")
+        if src is not None:
+            idx.by_src.setdefault(src, []).append(pos)
         else:
             idx.generic.append(pos)
     return idx
@@ -66,6 +72,7 @@ def candidate_rules(chain: Chain, states: list[State]) -> Iterator[Rule]:
     idx: DstIndex = chain._index
     dsts: set[int] = set()
     dports: set[int] | None = set()
+    srcs: set[int] | None = set()
     for s in states:
         d = s.peek("dst")
         if d is None:
@@ -84,7 +91,22 @@ def candidate_rules(chain: Chain, states: list[State]) -> Iterator[Rule]:
             dports = None
         elif dports is not None:
             dports.add(p)
+    for s in states if idx.by_src else ():
+        a = s.peek("src")
+        note_read((READ_VAL, "src", None) if a is None
+                  else (READ_GROUP, "src", idx.by_src, a if a in idx.by_src else None))
+        if a is None:
+            srcs = None
+            break
+        assert srcs is not None
+        srcs.add(a)
     positions = set(idx.generic)
+    if srcs is None:
+        for group in idx.by_src.values():
+            positions.update(group)
+    else:
+        for a in srcs:
+            positions.update(idx.by_src.get(a, ()))
     for d in dsts:
         positions.update(idx.by_dst.get(d, ()))
     if dports is None:
