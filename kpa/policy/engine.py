@@ -22,6 +22,10 @@ Choices where the API leaves room (documented in docs/policy.md):
 * addresses outside the cluster are matched by ipBlock only; a named port never
   matches a destination outside the cluster.
 
+Two exceptions the Kubernetes documentation states hold whatever the policies say: a
+pod cannot block access to itself, and traffic to and from the node where a pod runs
+(the Node's addresses, and hostNetwork pods on it) is always allowed.
+
 The engine knows nothing of netfilter; Services are judged per endpoint by
 `kpa.policy.services`.
 """
@@ -34,7 +38,14 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from kpa.k8s.netpol import IPBlock, NetworkPolicy, Peer, PolicyPort, PolicyRule
-from kpa.k8s.objects import NAMESPACE_NAME_LABEL, ClusterObjects, Namespace, Pod, canonical_ip
+from kpa.k8s.objects import (
+    NAMESPACE_NAME_LABEL,
+    ClusterObjects,
+    Namespace,
+    Node,
+    Pod,
+    canonical_ip,
+)
 
 Direction = Literal["ingress", "egress"]
 DIRECTIONS: tuple[Direction, ...] = ("egress", "ingress")
@@ -141,7 +152,7 @@ class DirectionVerdict:
 
     def reason(self) -> str:
         if self.note is not None:
-            return f"{self.direction} not isolated: {self.note}"
+            return f"{self.direction} allowed, no policy applies: {self.note}"
         if not self.isolating:
             return f"{self.direction} not isolated: no NetworkPolicy selects {self.subject} for {self.direction.capitalize()}"
         if self.admitted_by:
@@ -240,6 +251,7 @@ class PolicyEngine:
         pods: Iterable[Pod] = (),
         namespaces: Iterable[Namespace] = (),
         policies: Iterable[NetworkPolicy] = (),
+        nodes: Iterable[Node] = (),
     ) -> None:
         self.pods: tuple[Pod, ...] = tuple(pods)
         self.policies: tuple[NetworkPolicy, ...] = tuple(policies)
@@ -256,10 +268,20 @@ class PolicyEngine:
         for pod in sorted(self.pods, key=lambda p: not p.host_network):
             for ip in pod.pod_ips:
                 self._pod_by_ip[canonical_ip(ip)] = pod
+        # Which node an address belongs to: Node objects' addresses, and the addresses of
+        # hostNetwork pods (which are their node's).
+        self._node_of_address: dict[str, str] = {}
+        for node in nodes:
+            for ip in (*node.internal_ips, *node.external_ips):
+                self._node_of_address[canonical_ip(ip)] = node.name
+        for pod in self.pods:
+            if pod.host_network and pod.node_name:
+                for ip in pod.pod_ips:
+                    self._node_of_address.setdefault(canonical_ip(ip), pod.node_name)
 
     @classmethod
     def from_objects(cls, objects: ClusterObjects) -> PolicyEngine:
-        return cls(objects.pods, objects.namespaces, objects.network_policies)
+        return cls(objects.pods, objects.namespaces, objects.network_policies, objects.nodes)
 
     @property
     def namespace_names(self) -> list[str]:
@@ -313,6 +335,23 @@ class PolicyEngine:
         return Subject(chosen, pod)
 
     # ---------------------------------------------------------------- semantics
+
+    def node_of_address(self, ip: str | None) -> str | None:
+        """The node an address belongs to (a Node's address or a hostNetwork pod's)."""
+        return self._node_of_address.get(canonical_ip(ip)) if ip else None
+
+    def exemption(self, pod: Pod, other: Subject) -> str | None:
+        """Why policy cannot restrict traffic between `pod` and `other`, if it cannot.
+
+        The documented exceptions: a pod cannot block access to itself, and traffic to
+        and from the node where a pod runs is always allowed.
+        """
+        if other.pod is not None and other.pod.key == pod.key:
+            return "a pod cannot block access to itself"
+        node = self.node_of_address(other.ip)
+        if node is not None and node == pod.node_name:
+            return f"traffic between a pod and its own node ({node}) is always allowed"
+        return None
 
     def selects(self, policy: NetworkPolicy, pod: Pod) -> bool:
         """Whether the policy's spec.podSelector selects the pod (never a hostNetwork pod)."""
@@ -375,6 +414,9 @@ class PolicyEngine:
                 direction, subject.name, (), (), (),
                 f"{subject.name} is a hostNetwork pod, which no podSelector selects",
             )
+        exempt = self.exemption(subject.pod, other)
+        if exempt is not None:
+            return DirectionVerdict(direction, subject.name, (), (), (), exempt)
         isolating = self.isolating(subject.pod, direction)
         admitted: list[RuleRef] = []
         misses: list[Miss] = []

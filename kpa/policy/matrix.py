@@ -62,11 +62,16 @@ class Matrix:
         self._src_class, self._dst_class = src_class, dst_class
         self._egress_ok, self._ingress_ok = egress_ok, ingress_ok
         self.class_count = class_count
+        #: Pairs policy cannot restrict (a pod and itself, a pod and its own node).
+        self.exempt: set[tuple[int, int]] = set()
+
+    def _by_policy(self, i: int, j: int) -> bool:
+        s, d = self._src_class[i], self._dst_class[j]
+        return bool((self._egress_ok[s] >> d) & 1 and (self._ingress_ok[d] >> s) & 1)
 
     def allowed(self, i: int, j: int) -> bool:
         """Whether sources[i] may connect to targets[j]."""
-        s, d = self._src_class[i], self._dst_class[j]
-        return bool((self._egress_ok[s] >> d) & 1 and (self._ingress_ok[d] >> s) & 1)
+        return (i, j) in self.exempt or self._by_policy(i, j)
 
     def rows(self) -> Iterator[list[bool]]:
         for i in range(len(self.sources)):
@@ -105,7 +110,7 @@ class Matrix:
                     weighted = sum(size * (reach & mask).bit_count()
                                    for size, mask in buckets.items())
                     total += src_sizes[s] * weighted
-        return total
+        return total + sum(1 for i, j in self.exempt if not self._by_policy(i, j))
 
 
 class _Index:
@@ -319,7 +324,7 @@ def matrix(
                         bits |= peers
             egress_ok.append(bits)
     count = len(sources)
-    return Matrix(
+    result = Matrix(
         sources,
         targets,
         port,
@@ -330,6 +335,38 @@ def matrix(
         ingress_ok,
         n,
     )
+    result.exempt = _exemptions(engine, sources, targets)
+    return result
+
+
+def _exemptions(
+    engine: PolicyEngine, sources: Sequence[Subject], targets: Sequence[Subject]
+) -> set[tuple[int, int]]:
+    """(source, target) pairs policy cannot restrict: a pod and itself, and a pod and the
+    node it runs on. Found through the few node addresses, not by visiting every pair."""
+    out: set[tuple[int, int]] = set()
+    target_at: dict[tuple[str, str], list[int]] = {}
+    on_node_targets: dict[str, list[int]] = {}
+    for j, t in enumerate(targets):
+        if t.pod is not None:
+            target_at.setdefault(t.pod.key, []).append(j)
+            if t.pod.node_name and not t.pod.host_network:
+                on_node_targets.setdefault(t.pod.node_name, []).append(j)
+    on_node_sources: dict[str, list[int]] = {}
+    for i, src in enumerate(sources):
+        if src.pod is not None:
+            for j in target_at.get(src.pod.key, ()):
+                out.add((i, j))
+            if src.pod.node_name and not src.pod.host_network:
+                on_node_sources.setdefault(src.pod.node_name, []).append(i)
+        node = engine.node_of_address(src.ip)
+        if node is not None:  # the node (or a hostNetwork pod) to the pods on it
+            out.update((i, j) for j in on_node_targets.get(node, ()))
+    for j, t in enumerate(targets):
+        node = engine.node_of_address(t.ip)
+        if node is not None:  # pods on the node to their node
+            out.update((i, j) for i in on_node_sources.get(node, ()))
+    return out
 
 
 __all__ = ["Matrix", "matrix"]

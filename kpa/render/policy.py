@@ -49,7 +49,7 @@ def table(
 def _direction_lines(v: DirectionVerdict, indent: str) -> list[str]:
     lines = [f"{indent}{v.direction} of {v.subject}: {'allowed' if v.allowed else 'DENIED'}"]
     if v.note is not None:
-        lines.append(f"{indent}  not isolated: {v.note}")
+        lines.append(f"{indent}  no policy applies: {v.note}")
         return lines
     if not v.isolating:
         lines.append(f"{indent}  not isolated: no NetworkPolicy selects it for "

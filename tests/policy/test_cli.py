@@ -96,9 +96,9 @@ def test_matrix_formats(objects: str, capsys: pytest.CaptureFixture[str]) -> Non
     assert text.code == 0
     assert text.out.splitlines()[1:] == [
         "-   x/a x/b x/c y/a y/b y/c",
-        "x/a X   X   X   .   .   .",
-        "x/b X   X   X   .   .   .",
-        "x/c X   X   X   .   .   .",
+        "x/a .   X   X   .   .   .",
+        "x/b X   .   X   .   .   .",
+        "x/c X   X   .   .   .   .",
         "y/a .   X   X   .   .   .",
         "y/b .   X   X   .   .   .",
         "y/c .   X   X   .   .   .",

@@ -148,7 +148,7 @@ def test_empty_namespace_selector_means_every_namespace(tmp_path: Path) -> None:
                                "podSelector": {"matchLabels": {"pod": "b"}}}]}],
     })
     column = [row.split()[1] for row in run(tmp_path, [allow]).splitlines()[1:]]
-    assert column == ["X", ".", "X", "X", ".", "X", "X", ".", "X"]
+    assert column == [".", ".", "X", "X", ".", "X", "X", ".", "X"]  # x/a reaches itself
 
 
 def test_match_expressions_in_notin_exists_doesnotexist(tmp_path: Path) -> None:
@@ -161,15 +161,15 @@ def test_match_expressions_in_notin_exists_doesnotexist(tmp_path: Path) -> None:
         })
         engine = engine_for(tmp_path, default_objects() + extra + [pol])
         rows = truth_table(engine).splitlines()[1:]
-        # Column x/a: which pods of x may reach it.
-        return [r.split()[0] for r in rows if r.split()[1] == "." and r.startswith("x/")]
+        # Column x/a: which other pods of x may reach it.
+        return [r.split()[0] for r in rows
+                if r.split()[1] == "." and r.startswith("x/") and not r.startswith("x/a ")]
 
-    assert sources({"key": "pod", "operator": "In", "values": ["b", "c"]}) == ["x/b", "x/c"]
+    assert sources({"key": "pod", "operator": "In", "values": ["b", "d"]}) == ["x/b", "x/d"]
     # NotIn also selects pods without the key at all.
-    assert sources({"key": "tier", "operator": "NotIn", "values": ["db"]}) == [
-        "x/a", "x/b", "x/c"]
+    assert sources({"key": "tier", "operator": "NotIn", "values": ["db"]}) == ["x/b", "x/c"]
     assert sources({"key": "tier", "operator": "Exists"}) == ["x/d"]
-    assert sources({"key": "tier", "operator": "DoesNotExist"}) == ["x/a", "x/b", "x/c"]
+    assert sources({"key": "tier", "operator": "DoesNotExist"}) == ["x/b", "x/c"]
 
 
 def test_egress_isolation_and_both_directions_must_allow(tmp_path: Path) -> None:
@@ -206,17 +206,18 @@ def test_policy_types_default_to_ingress_plus_egress_when_egress_rules_exist(
         "egress": [{"to": [{"podSelector": {}}]}],
     })
     rows = run(tmp_path, [with_egress]).splitlines()[1:]
-    # Ingress is isolated too (no ingress rules: nothing comes in) ...
-    assert [r.split()[1] for r in rows] == ["X"] * 9
+    # Ingress is isolated too (no ingress rules: nothing but x/a itself comes in) ...
+    assert [r.split()[1] for r in rows] == ["."] + ["X"] * 8
     # ... and egress only reaches pods of x.
-    assert rows[0].split()[1:] == ["X", ".", ".", "X", "X", "X", "X", "X", "X"]
+    assert rows[0].split()[1:] == [".", ".", ".", "X", "X", "X", "X", "X", "X"]
 
 
 def test_an_empty_egress_list_does_not_add_egress_isolation(tmp_path: Path) -> None:
     empty_egress = policy("x", "empty", {"podSelector": {"matchLabels": {"pod": "a"}},
                                          "egress": []})
     rows = run(tmp_path, [empty_egress]).splitlines()[1:]
-    assert rows[0].split()[1:] == ["X", ".", ".", ".", ".", ".", ".", ".", "."]
+    assert rows[0].split()[1:] == ["."] * 9
+    assert [r.split()[1] for r in rows] == ["."] + ["X"] * 8
 
 
 def test_egress_only_policy_type_leaves_ingress_open(tmp_path: Path) -> None:
@@ -246,8 +247,8 @@ def test_policies_are_additive(tmp_path: Path) -> None:
                                "podSelector": {"matchLabels": {"pod": "c"}}}]}],
     })
     rows = run(tmp_path, [from_y, from_z_c]).splitlines()[1:]
-    assert [r.split()[1] for r in rows] == ["X", "X", "X", ".", ".", ".", "X", "X", "."]
-    assert [r.split()[2] for r in rows] == ["X", "X", "X", "X", "X", "X", "X", "X", "."]
+    assert [r.split()[1] for r in rows] == [".", "X", "X", ".", ".", ".", "X", "X", "."]
+    assert [r.split()[2] for r in rows] == ["X", ".", "X", "X", "X", "X", "X", "X", "."]
 
 
 def test_empty_or_absent_from_and_ports_mean_everyone_and_every_port(tmp_path: Path) -> None:
@@ -266,32 +267,33 @@ def _x_a_column(tmp_path: Path, ports: list[dict[str, Any]], port: int, protocol
                 extra: list[dict[str, Any]] | None = None) -> str:
     pol = policy("x", "ports", {"podSelector": {"matchLabels": {"pod": "a"}},
                                 "ingress": [{"ports": ports}]})
-    rows = run(tmp_path, [pol], port, protocol, extra).splitlines()[1:]
+    rows = run(tmp_path, [pol], port, protocol, extra).splitlines()[2:]
+    # Every source but x/a itself (a pod cannot block access to itself).
     return "".join(r.split()[1] for r in rows)
 
 
 def test_numeric_ports_protocol_default_and_end_port(tmp_path: Path) -> None:
-    assert _x_a_column(tmp_path, [{"port": 80}], 80, "TCP") == "........."
-    assert _x_a_column(tmp_path, [{"port": 80}], 81, "TCP") == "XXXXXXXXX"
+    assert _x_a_column(tmp_path, [{"port": 80}], 80, "TCP") == "........"
+    assert _x_a_column(tmp_path, [{"port": 80}], 81, "TCP") == "XXXXXXXX"
     # protocol defaults to TCP, so UDP 80 is not admitted.
-    assert _x_a_column(tmp_path, [{"port": 80}], 80, "UDP") == "XXXXXXXXX"
-    assert _x_a_column(tmp_path, [{"port": 80, "protocol": "UDP"}], 80, "UDP") == "........."
-    assert _x_a_column(tmp_path, [{"port": 80, "protocol": "SCTP"}], 80, "SCTP") == "........."
+    assert _x_a_column(tmp_path, [{"port": 80}], 80, "UDP") == "XXXXXXXX"
+    assert _x_a_column(tmp_path, [{"port": 80, "protocol": "UDP"}], 80, "UDP") == "........"
+    assert _x_a_column(tmp_path, [{"port": 80, "protocol": "SCTP"}], 80, "SCTP") == "........"
     ranged = [{"port": 80, "endPort": 81}]
-    assert _x_a_column(tmp_path, ranged, 81, "TCP") == "........."
-    assert _x_a_column(tmp_path, ranged, 82, "TCP") == "XXXXXXXXX"
+    assert _x_a_column(tmp_path, ranged, 81, "TCP") == "........"
+    assert _x_a_column(tmp_path, ranged, 82, "TCP") == "XXXXXXXX"
     # A ports entry with only a protocol admits every port of that protocol.
-    assert _x_a_column(tmp_path, [{"protocol": "UDP"}], 5353, "UDP") == "........."
-    assert _x_a_column(tmp_path, [{"protocol": "UDP"}], 80, "TCP") == "XXXXXXXXX"
+    assert _x_a_column(tmp_path, [{"protocol": "UDP"}], 5353, "UDP") == "........"
+    assert _x_a_column(tmp_path, [{"protocol": "UDP"}], 80, "TCP") == "XXXXXXXX"
 
 
 def test_named_ports_resolve_on_the_destination_by_name_and_protocol(tmp_path: Path) -> None:
-    assert _x_a_column(tmp_path, [{"port": "serve-81-tcp"}], 81, "TCP") == "........."
-    assert _x_a_column(tmp_path, [{"port": "serve-81-tcp"}], 80, "TCP") == "XXXXXXXXX"
+    assert _x_a_column(tmp_path, [{"port": "serve-81-tcp"}], 81, "TCP") == "........"
+    assert _x_a_column(tmp_path, [{"port": "serve-81-tcp"}], 80, "TCP") == "XXXXXXXX"
     # The name exists only for UDP: a TCP rule (the default) does not resolve it.
-    assert _x_a_column(tmp_path, [{"port": "serve-80-udp"}], 80, "TCP") == "XXXXXXXXX"
+    assert _x_a_column(tmp_path, [{"port": "serve-80-udp"}], 80, "TCP") == "XXXXXXXX"
     assert _x_a_column(tmp_path, [{"port": "serve-80-udp", "protocol": "UDP"}], 80,
-                       "UDP") == "........."
+                       "UDP") == "........"
 
 
 def test_named_egress_ports_resolve_per_destination_pod(tmp_path: Path) -> None:
@@ -328,7 +330,10 @@ def test_ip_block_is_cidr_minus_except_and_accepts_host_bits(tmp_path: Path) -> 
 def test_host_network_pods_are_never_selected_and_seen_with_the_node_address(
     tmp_path: Path,
 ) -> None:
-    host = pod("x", "h", ["192.168.0.5"], labels={"pod": "a"}, host_network=True)
+    # On another node than the other pods: traffic between a pod and its own node is
+    # always allowed (see test_traffic_with_the_pod_s_own_node_is_always_allowed).
+    host = pod("x", "h", ["192.168.0.5"], labels={"pod": "a"}, host_network=True,
+               node="node-2")
     deny_all = policy("x", "deny-all", {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]})
     from_nodes = policy("y", "from-nodes", {
         "podSelector": {},
@@ -444,15 +449,44 @@ def test_ingress_and_egress_are_controlled_independently(tmp_path: Path) -> None
     })
     table = run(tmp_path, [ingress_only, egress_only]).splitlines()
     rows = {line.split()[0]: line.split()[1:] for line in table[1:]}
-    assert rows["x/a"] == ["X", ".", ".", ".", ".", ".", ".", ".", "."]
-    assert rows["y/a"] == ["X", "X", "X", "X", "X", "X", ".", ".", "."]
-    assert [r[0] for r in rows.values()] == ["X"] * 9
+    assert rows["x/a"] == ["."] * 9
+    assert rows["y/a"] == ["X", "X", "X", ".", "X", "X", ".", ".", "."]
+    assert [r[0] for r in rows.values()] == ["."] + ["X"] * 8
 
 
 def test_a_policy_allowing_sctp_does_not_admit_tcp_on_the_same_port(tmp_path: Path) -> None:
     sctp = policy("x", "sctp", {"podSelector": {"matchLabels": {"pod": "a"}},
                                 "ingress": [{"ports": [{"port": 80, "protocol": "SCTP"}]}]})
     assert "".join(r.split()[1] for r in run(tmp_path, [sctp], 80, "TCP").splitlines()[1:]) \
-        == "XXXXXXXXX"
+        == ".XXXXXXXX"  # only x/a itself
     assert "".join(r.split()[1] for r in run(tmp_path, [sctp], 80, "SCTP").splitlines()[1:]) \
         == "........."
+
+
+def test_traffic_with_the_pod_s_own_node_is_always_allowed(tmp_path: Path) -> None:
+    # x/a and y/a run on node-1; the Node's address and a hostNetwork agent on node-1 may
+    # reach them (and they the node) whatever the policies say; node-2's agent may not.
+    node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1"},
+            "status": {"addresses": [{"type": "InternalIP", "address": "192.168.0.1"}]}}
+    agent1 = pod("y", "agent1", ["192.168.0.1"], {"agent": "1"}, ports=[],
+                 host_network=True, node="node-1")
+    agent2 = pod("y", "agent2", ["192.168.0.2"], {"agent": "2"}, ports=[],
+                 host_network=True, node="node-2")
+    deny = policy("x", "deny-all", {"podSelector": {},
+                                    "policyTypes": ["Ingress", "Egress"]})
+    engine = engine_for(tmp_path, [*default_objects(), node, agent1, agent2, deny])
+    pods = {f"{p.namespace}/{p.name}": engine.subject(p) for p in engine.pods}
+    into = engine.decide(pods["y/agent1"], pods["x/a"], 80)
+    assert into.allowed and "its own node (node-1)" in into.ingress.reason()
+    out = engine.decide(pods["x/a"], engine.subject(ip="192.168.0.1"), 10250)
+    assert out.allowed and "its own node" in out.egress.reason()
+    assert not engine.decide(pods["y/agent2"], pods["x/a"], 80).allowed
+    # Other pods of the node are not the node: x/b still cannot reach x/a.
+    assert not engine.decide(pods["x/b"], pods["x/a"], 80).allowed
+    table = truth_table(engine).splitlines()
+    header = table[0].split()[1:]
+    rows = {line.split()[0]: dict(zip(header, line.split()[1:], strict=True))
+            for line in table[1:]}
+    assert rows["y/agent1"]["x/a"] == "." and rows["y/agent2"]["x/a"] == "X"
+    assert rows["x/a"]["y/agent1"] == "." and rows["x/a"]["y/agent2"] == "X"
+    assert rows["x/a"]["x/a"] == "." and rows["x/a"]["x/b"] == "X"
