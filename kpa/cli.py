@@ -132,7 +132,9 @@ def node_rules_from_cluster(inp: Inputs) -> Any:
         if dumps.get("nft-ruleset-json", "").strip() else []
     if not ipt and not nft:
         raise KpaError(f"no rules could be read from node {inp.node}: {dumps.get('errors', 'no output')}")
-    return combine(ipt, nft)
+    sets = [parse_text(dumps["ipset-save"], f"<{inp.node}: ipset save>", "ipset")] \
+        if dumps.get("ipset-save", "").strip() else []
+    return combine(ipt, nft, sets)
 
 
 def load_cluster(inp: Inputs, policy_optional: bool = False) -> Any:
@@ -973,7 +975,7 @@ def collect(node: str, out_dir: str | None, old_dir: str | None, kubeconfig: str
     dumps = collect_dumps(inp)
     os.makedirs(out_dir, exist_ok=True)
     names = {"iptables-save": "iptables.save", "ip6tables-save": "ip6tables.save",
-             "nft-ruleset-json": "nft-ruleset.json"}
+             "nft-ruleset-json": "nft-ruleset.json", "ipset-save": "ipset.save"}
     written = []
     for key, filename in names.items():
         if dumps.get(key, "").strip():

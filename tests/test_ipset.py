@@ -168,3 +168,13 @@ def test_queue_is_a_terminal_outcome(tmp_path: Path) -> None:
     assert (o.verdict, o.detail) == ("QUEUE", "queue 3, bypass")
     [o] = trace(nft, PacketSpec(src="10.9.9.9", dst="10.8.8.8", proto="tcp", dport=81), ctx).outcomes
     assert (o.verdict, o.detail) == ("QUEUE", "queues 1-3, bypass")
+
+
+def test_debug_pod_collects_ipset_save() -> None:
+    from kpa.k8s.debugpod import COLLECT_SCRIPT, parse_collector_output
+
+    assert "section ipset-save" in COLLECT_SCRIPT
+    out = parse_collector_output(f"==== kpa-begin ipset-save ====\n{SETS}\n==== kpa-end ipset-save rc=0 ====\n"
+                                 "==== kpa-done ====\n")
+    assert sorted(parse_text(out["ipset-save"], "n", "ipset").ipsets) == ["blocks", "counted", "mac", "pods",
+                                                                           "ports"]

@@ -37,6 +37,7 @@ RBAC_HINT = (
 IPTABLES_SAVE = "iptables-save"
 IP6TABLES_SAVE = "ip6tables-save"
 NFT_RULESET_JSON = "nft-ruleset-json"
+IPSET_SAVE = "ipset-save"
 IPTABLES_BACKEND = "iptables-backend"
 ERRORS = "errors"
 DONE_MARKER = "==== kpa-done ===="
@@ -87,6 +88,8 @@ section iptables-backend echo "$backend"
 section iptables-save on_node "$(pick "iptables-$backend-save" iptables-save)"
 section ip6tables-save on_node "$(pick "ip6tables-$backend-save" ip6tables-save)"
 section nft-ruleset-json on_node nft -j list ruleset
+# kube-router and Calico keep pods and CIDRs in ipsets; a node without the tool has none.
+section ipset-save on_node sh -c 'command -v ipset >/dev/null 2>&1 || exit 0; ipset save'
 echo "==== kpa-done ===="
 """
 
@@ -207,7 +210,7 @@ def collect_node_rules(
     """Dump `node`'s netfilter rules via a temporary privileged pod, then delete the pod.
 
     Returns "iptables-save", "ip6tables-save", "nft-ruleset-json" (output of `nft -j list
-    ruleset`) and "iptables-backend" ("legacy" or "nft") for each dump that succeeded, and
+    ruleset`), "ipset-save" (empty when the node has no ipset tool) and "iptables-backend" ("legacy" or "nft") for each dump that succeeded, and
     "errors" describing the ones that did not (e.g. no nft on a legacy-only node).
     """
     # Typed as Any: with _preload_content=False the client returns raw HTTP responses, not
