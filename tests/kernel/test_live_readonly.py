@@ -316,13 +316,14 @@ def test_live_commands_leave_every_table_counter_and_state_untouched() -> None:
         runs = {
             "check": kpa_in(ns, "check", "--live"),
             "trace": kpa_in(ns, "trace", "--live", "--dst", "10.96.0.26", "-p", "tcp",
-                            "--dport", "9187"),
-            "show": kpa_in(ns, "show", "--live"),
+                            "--dport", "9187", "-v"),
+            "show": kpa_in(ns, "show", "--live", "-o", "wide"),
         }
         for name, proc in runs.items():
             assert "Traceback" not in proc.stderr, f"kpa {name} crashed:\n{proc.stderr}"
             # check exits 1 when it has findings; anything else is an error.
             assert proc.returncode in (0, 1), f"kpa {name}: {proc.returncode} {proc.stderr}"
+        # -v and -o wide name the chains, so kpa must have read kube-proxy's rules live.
         assert "KUBE-SVC" in runs["trace"].stdout
         assert "KUBE-SVC" in runs["show"].stdout
 
