@@ -164,6 +164,8 @@ def _addr_words(text: str, ctx: Context, endpoint_ip: str | None) -> str:
         net = ipaddress.ip_network(text.strip(), strict=False)
     except ValueError:
         return text
+    if net.is_loopback:
+        return f"loopback ({text.strip()})"
     if net.num_addresses == 1:
         ip = str(net.network_address)
         if ip == endpoint_ip:
