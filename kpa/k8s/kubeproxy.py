@@ -21,7 +21,7 @@ from kpa.ext.recent import RecentMatch
 from kpa.ext.statistic import StatisticMatch
 from kpa.k8s import naming
 from kpa.netfilter.domain import IntSet
-from kpa.netfilter.model import Chain, Rule, Ruleset, Table, VerdictKind
+from kpa.netfilter.model import Chain, LazyRule, Rule, Ruleset, Table, VerdictKind
 
 ENTRY_KINDS = {
     "cluster IP": "clusterIP",
@@ -153,10 +153,50 @@ def endpoint_split(chain: Chain) -> list[tuple[Rule, str, Fraction]]:
     return out
 
 
+# The tail of kube-proxy's endpoint rule, `-j DNAT --to-destination IP:PORT`, in the forms
+# whose meaning needs no parser: one IPv4 address, or one bracketed IPv6 address, and a port.
+_DNAT_TAIL = {
+    4: re.compile(r"DNAT --to-destination (\d{1,3}(?:\.\d{1,3}){3})(?::(\d{1,5}))?"),
+    6: re.compile(r"DNAT --to-destination \[([0-9A-Fa-f:.]+)\](?::(\d{1,5}))?"),
+}
+_NO_DNAT = (-1, None)
+
+
+def _text_dnat(rule: Rule, version: int) -> tuple[int, int | None] | None:
+    """The DNAT address and port of a not-yet-built rule, read from its text.
+
+    ``_NO_DNAT`` when the rule has no DNAT target, None when the text needs the
+    parser to tell. What it returns is what the rule's NatTarget would hold.
+    """
+    text = rule.text
+    if "DNAT" not in text:
+        return _NO_DNAT  # a DNAT target is written `-j DNAT`
+    cut = text.rfind(" -j ")
+    m = _DNAT_TAIL[version].fullmatch(text, cut + 4) if cut >= 0 else None
+    if m is None:
+        return None
+    port = int(m.group(2)) if m.group(2) is not None else None
+    if port is not None and port > 65535:
+        return None
+    try:
+        return int(ipaddress.ip_address(m.group(1))), port
+    except ValueError:
+        return None
+
+
 def dnat_target(chain: Chain | None, version: int) -> str | None:
     if chain is None:
         return None
     for r in chain.rules:
+        found = _text_dnat(r, version) if isinstance(r, LazyRule) else None
+        if found is _NO_DNAT:
+            continue
+        if found is not None:
+            ip, port = found
+            addr = str(ipaddress.ip_address(ip))
+            if port is None:
+                return addr
+            return f"[{addr}]:{port}" if version == 6 else f"{addr}:{port}"
         for e in r.exprs:
             if isinstance(e, NatTarget) and e.name == "DNAT" and e.ip is not None:
                 addr = str(ipaddress.ip_address(e.ip))

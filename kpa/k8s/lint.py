@@ -21,7 +21,7 @@ from kpa.findings import (
     register,
     sort_findings,
 )
-from kpa.graph import build_graph, find_problems
+from kpa.graph import chain_problems
 from kpa.k8s.correlate import (
     Actual,
     Correlation,
@@ -385,7 +385,7 @@ def _rule_checks(rs: Ruleset, owners: dict[str, str]) -> Iterator[Finding]:
                     f"{t.family.value} {t.name}/{c.name} rule {r.index}{_at(str(r.location))}: "
                     f"kpa cannot model {what}, so traces through it are approximate",
                     str(r.location))
-    for node, refs in find_problems(build_graph(rs)).dangling:
+    for node, refs in chain_problems(rs).dangling:
         family, table, chain = node
         loc = refs[0] if refs else None
         more = f" (and {len(refs) - 1} more)" if len(refs) > 1 else ""

@@ -90,18 +90,20 @@ def prepare(services: int, endpoints: int, workdir: Path) -> dict[str, Path]:
     cluster = random_cluster(seed=1, services=services, endpoints_per_service=endpoints)
     paths = {k: workdir / f"{services}x{endpoints}.{k}" for k in
              ("save", "after.save", "objects.json", "objects.yaml", "nft", "nft.json")}
-    if all(p.exists() for p in paths.values()):
-        return paths
-    paths["save"].write_text(capture_iptables(render_restore(cluster, options, "ipv4"), "nft", "ipv4"))
-    objs = to_objects(cluster)
-    paths["objects.json"].write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": objs}, indent=4))
-    paths["objects.yaml"].write_text(yaml.safe_dump_all(objs, sort_keys=False))
-    nft_text = render_nft(cluster, options, "ipv4")
-    paths["nft"].write_text(capture_nft(nft_text))
-    paths["nft.json"].write_text(capture_nft(nft_text, json=True))
-    after = random_cluster(seed=1, services=services, endpoints_per_service=endpoints)
-    rollout(after, seed=2)
-    paths["after.save"].write_text(capture_iptables(render_restore(after, options, "ipv4"), "nft", "ipv4"))
+    if not paths["save"].exists():
+        paths["save"].write_text(capture_iptables(render_restore(cluster, options, "ipv4"), "nft", "ipv4"))
+    if not paths["objects.json"].exists() or not paths["objects.yaml"].exists():
+        objs = to_objects(cluster)
+        paths["objects.json"].write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": objs}, indent=4))
+        paths["objects.yaml"].write_text(yaml.safe_dump_all(objs, sort_keys=False))
+    if not paths["nft"].exists() or not paths["nft.json"].exists():
+        nft_text = render_nft(cluster, options, "ipv4")
+        paths["nft"].write_text(capture_nft(nft_text))
+        paths["nft.json"].write_text(capture_nft(nft_text, json=True))
+    if not paths["after.save"].exists():
+        after = random_cluster(seed=1, services=services, endpoints_per_service=endpoints)
+        rollout(after, seed=2)
+        paths["after.save"].write_text(capture_iptables(render_restore(after, options, "ipv4"), "nft", "ipv4"))
     return paths
 
 
