@@ -85,3 +85,32 @@ def test_dnat_text_that_needs_the_parser_is_parsed() -> None:
     lazy, full = _both(f"*nat\n:PREROUTING ACCEPT [0:0]\n{v6}COMMIT\n", "v6.save", Family.IPV6)
     assert _dnats(lazy) == _dnats(full)
     assert _dnats(lazy)["nat/KUBE-SEP-BBBBBBBBBBBBBB10"] == "[fd00::a]:80"
+
+
+def test_shares_and_comments_that_need_the_parser_are_parsed() -> None:
+    """Negated and repeated statistic matches, affinity, escaped and repeated comments."""
+    svc = "KUBE-SVC-CCCCCCCCCCCCCC"
+    seps = [f"KUBE-SEP-DDDDDDDDDDDDDD{i:02d}" for i in range(5)]
+    variants = [
+        '-m comment --comment "ns/a:p -> x" -m statistic --mode random --probability 0.25000000000',
+        "-m comment --comment plain/unquoted:p -m statistic --mode random ! --probability 0.5",
+        '-m comment --comment "first" -m comment --comment "second" -m statistic --mode random --probability 0.1',
+        '-m comment --comment "say \\"hi\\"" -m statistic --mode random --probability 0.3333333333',
+        "-m recent --rcheck --seconds 10800 --reap --name {sep} --mask 255.255.255.255 --rsource",
+        "-m statistic --mode random --probability 0.5 -m statistic --mode random --probability 0.5",
+    ]
+    body = "".join(f":{svc}{n:02d} - [0:0]\n" for n in range(30)) + "".join(f":{s} - [0:0]\n" for s in seps)
+    for n in range(30):
+        for i, v in enumerate(variants):
+            sep = seps[i % len(seps)]
+            body += f"-A {svc}{n:02d} {v.format(sep=sep)} -j {sep}\n"
+        body += f"-A {svc}{n:02d} -j {seps[0]}\n"
+    lazy, full = _both(f"*nat\n:PREROUTING ACCEPT [0:0]\n{body}COMMIT\n", "odd.save")
+    from kpa.k8s.kubeproxy import endpoint_split, rule_comment
+
+    lazy_nat, full_nat = lazy.tables[0], full.tables[0]
+    assert any(isinstance(r, LazyRule) for r in lazy_nat.chains[f"{svc}29"].rules)
+    for name, chain in full_nat.chains.items():
+        other = lazy_nat.chains[name]
+        assert [rule_comment(r) for r in other.rules] == [r.comment for r in chain.rules]
+        assert [(t, p) for _, t, p in endpoint_split(other)] == [(t, p) for _, t, p in endpoint_split(chain)]

@@ -18,7 +18,7 @@ from typing import Any
 from kpa.ext.base import IntCond, Match
 from kpa.ext.nat import NatTarget
 from kpa.ext.recent import RecentMatch
-from kpa.ext.statistic import StatisticMatch
+from kpa.ext.statistic import StatisticMatch, kernel_probability
 from kpa.k8s import naming
 from kpa.netfilter.domain import IntSet
 from kpa.netfilter.model import Chain, LazyRule, Rule, Ruleset, Table, VerdictKind
@@ -134,6 +134,40 @@ def _comment_name(comment: str | None) -> str | None:
     return head if "/" in head else None
 
 
+_STAT_RE = re.compile(r" -m statistic --mode random --probability (\S+)(?= |$)")
+_COMMENT_RE = re.compile(r' -m comment --comment (?:"([^"]*)"|([^\s"]+))(?= |$)')
+
+
+def _text_share(rule: Rule) -> Fraction | None:
+    """The statistic share of a not-yet-built rule read from its text; None: the parser must tell."""
+    text = rule.text
+    if "recent" in text or "!" in text:
+        return None
+    if "statistic" not in text:
+        return Fraction(1)
+    found = _STAT_RE.findall(text)
+    if len(found) != 1 or text.count("statistic") != 1:
+        return None
+    try:
+        return kernel_probability(found[0])
+    except ValueError:
+        return None
+
+
+def rule_comment(rule: Rule) -> str | None:
+    """A rule's comment; a not-yet-built rule's from its text when that is unambiguous."""
+    if isinstance(rule, LazyRule):
+        text = rule.text
+        if "comment" not in text:
+            return None
+        if "\\" not in text and "'" not in text and text.count('"') in (0, 2) \
+                and text.count("--comment") == 1:
+            m = _COMMENT_RE.search(text)
+            if m is not None:
+                return m.group(1) if m.group(1) is not None else m.group(2)
+    return rule.comment
+
+
 def endpoint_split(chain: Chain) -> list[tuple[Rule, str, Fraction]]:
     """The jumps to endpoint chains with the exact share of traffic each gets."""
     out: list[tuple[Rule, str, Fraction]] = []
@@ -142,12 +176,14 @@ def endpoint_split(chain: Chain) -> list[tuple[Rule, str, Fraction]]:
         target = _jump(r)
         if target is None or not target.startswith("KUBE-SEP-"):
             continue
-        if any(isinstance(e, RecentMatch) for e in r.exprs):
-            continue  # session-affinity shortcuts apply only to returning clients
-        p = Fraction(1)
-        for e in r.exprs:
-            if isinstance(e, StatisticMatch):
-                p = 1 - e.probability if e.negated else e.probability
+        p: Fraction | None = _text_share(r) if isinstance(r, LazyRule) else None
+        if p is None:
+            if any(isinstance(e, RecentMatch) for e in r.exprs):
+                continue  # session-affinity shortcuts apply only to returning clients
+            p = Fraction(1)
+            for e in r.exprs:
+                if isinstance(e, StatisticMatch):
+                    p = 1 - e.probability if e.negated else e.probability
         out.append((r, target, remaining * p))
         remaining -= remaining * p
     return out
@@ -384,7 +420,7 @@ def _table_views(t: Table, rs: Ruleset, known: dict[str, str]) -> list[ServicePo
             add_entry(c, kind)
     for c in t.chains.values():
         if c.name.startswith(SERVICE_CHAIN_PREFIXES):
-            v = view_for(c.name, next((r.comment for r in c.rules if r.comment), None), None)
+            v = view_for(c.name, next((m for r in c.rules if (m := rule_comment(r))), None), None)
             v.chains[c.name.split("-")[1]] = c.name
             if c.name.startswith(("KUBE-SVC-", "KUBE-SVL-")):
                 dest = v.endpoints if c.name.startswith("KUBE-SVC-") else v.local_endpoints
