@@ -114,3 +114,22 @@ def test_shares_and_comments_that_need_the_parser_are_parsed() -> None:
         other = lazy_nat.chains[name]
         assert [rule_comment(r) for r in other.rules] == [r.comment for r in chain.rules]
         assert [(t, p) for _, t, p in endpoint_split(other)] == [(t, p) for _, t, p in endpoint_split(chain)]
+
+
+def test_canonical_ipv4_shortcut_matches_ipaddress() -> None:
+    """Text already in canonical IPv4 form is returned as is; everything else is parsed as before."""
+    import ipaddress
+    import random
+
+    from kpa.k8s.objects import canonical_ip
+
+    rng = random.Random(1)
+    octets = ["0", "1", "9", "10", "99", "100", "199", "200", "249", "250", "255", "256", "300", "00", "01", "010"]
+    texts = [".".join(rng.choice(octets) for _ in range(4)) for _ in range(20000)]
+    texts += ["10.0.0.1 ", "1.2.3", "1.2.3.4.5", "fd00::01", "::ffff:1.2.3.4", "a.b.c.d", ""]
+    for t in texts:
+        try:
+            expected = str(ipaddress.ip_address(t.strip()))
+        except ValueError:
+            expected = t
+        assert canonical_ip(t) == expected, t

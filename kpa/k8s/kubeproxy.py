@@ -20,6 +20,7 @@ from kpa.ext.nat import NatTarget
 from kpa.ext.recent import RecentMatch
 from kpa.ext.statistic import StatisticMatch, kernel_probability
 from kpa.k8s import naming
+from kpa.k8s.objects import _CANONICAL_V4
 from kpa.netfilter.domain import IntSet
 from kpa.netfilter.model import Chain, LazyRule, Rule, Ruleset, Table, VerdictKind
 
@@ -195,10 +196,10 @@ _DNAT_TAIL = {
     4: re.compile(r"DNAT --to-destination (\d{1,3}(?:\.\d{1,3}){3})(?::(\d{1,5}))?"),
     6: re.compile(r"DNAT --to-destination \[([0-9A-Fa-f:.]+)\](?::(\d{1,5}))?"),
 }
-_NO_DNAT = (-1, None)
+_NO_DNAT: tuple[int | str, int | None] = (-1, None)
 
 
-def _text_dnat(rule: Rule, version: int) -> tuple[int, int | None] | None:
+def _text_dnat(rule: Rule, version: int) -> tuple[int | str, int | None] | None:
     """The DNAT address and port of a not-yet-built rule, read from its text.
 
     ``_NO_DNAT`` when the rule has no DNAT target, None when the text needs the
@@ -214,6 +215,8 @@ def _text_dnat(rule: Rule, version: int) -> tuple[int, int | None] | None:
     port = int(m.group(2)) if m.group(2) is not None else None
     if port is not None and port > 65535:
         return None
+    if version == 4 and _CANONICAL_V4.fullmatch(m.group(1)):
+        return m.group(1), port
     try:
         return int(ipaddress.ip_address(m.group(1))), port
     except ValueError:
@@ -229,7 +232,8 @@ def dnat_target(chain: Chain | None, version: int) -> str | None:
             continue
         if found is not None:
             ip, port = found
-            addr = str(ipaddress.ip_address(ip))
+            # Canonical IPv4 text is what printing its parsed address gives.
+            addr = ip if isinstance(ip, str) else str(ipaddress.ip_address(ip))
             if port is None:
                 return addr
             return f"[{addr}]:{port}" if version == 6 else f"{addr}:{port}"

@@ -33,8 +33,15 @@ DEFAULT_AFFINITY_TIMEOUT = 10800
 OBJECT_FILE_SUFFIXES = (".yaml", ".yml", ".json")
 
 
+# An IPv4 address already in the form ipaddress prints: four decimal octets 0-255 without
+# leading zeros. Such text is its own canonical form, with no need to parse it.
+_CANONICAL_V4 = re.compile(r"(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)")
+
+
 def canonical_ip(text: str) -> str:
     """Return `text` in canonical IP notation, so IPv6 spellings compare equal."""
+    if _CANONICAL_V4.fullmatch(text):
+        return text
     try:
         return str(ipaddress.ip_address(text.strip()))
     except ValueError:
