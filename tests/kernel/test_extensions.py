@@ -311,3 +311,26 @@ def test_tproxy_socket_addrtype_iface(topo: Topology, backend: str) -> None:
         assert check(topo, rs, "client_pod", remote, 93).verdict == "REJECT"
     unknown = kpa_fates(rs, "client_pod", CLIENT, remote, 91)
     assert len(unknown) == 2 and all(a for _, a in unknown)
+
+
+def test_nft_ether_saddr_and_secpath(topo: Topology) -> None:
+    """nft's forms of -m mac and -m policy: ether saddr (with its iiftype dependency) and meta secpath."""
+    mac = _client_mac(topo)
+    rs = load(topo, "nftables", f"""table ip kpaeth {{
+  chain forward_chain {{
+    type filter hook forward priority filter;
+    ct state invalid drop
+    tcp dport 80 ether saddr {mac} reject with tcp reset
+    tcp dport 81 ether saddr != 02:00:00:00:00:99 reject with tcp reset
+    tcp dport 82 meta secpath missing reject with tcp reset
+    tcp dport 83 meta secpath exists reject with tcp reset
+  }}
+}}
+""")
+    remote = REMOTES[0]
+    assert check(topo, rs, "client_pod", remote, 80, src_mac=mac).verdict == "REJECT"
+    assert check(topo, rs, "client_pod", remote, 81, src_mac=mac).verdict == "REJECT"
+    assert [f.verdict for f, _ in kpa_fates(rs, "client_pod", CLIENT, remote, 80, src_mac="02:00:00:00:00:98")] == [
+        "ACCEPT"]
+    assert check(topo, rs, "client_pod", remote, 82).verdict == "REJECT"
+    assert check(topo, rs, "client_pod", remote, 83).verdict == "ACCEPT"

@@ -136,7 +136,32 @@ class SkOwnerKey(Key):
         return parts(*st.restrict(self.field, union(values)))
 
 
+@dataclass(eq=False)
+class SecpathKey(Key):
+    """`meta secpath exists|missing`: whether the packet came through IPsec, as `-m policy --dir in`.
+
+    kpa assumes no IPsec policy on the node unless `kpa trace --ipsec` says otherwise.
+    """
+
+    def __post_init__(self) -> None:
+        self.dtype, self.text = "boolean", "meta secpath"
+
+    def parse(self, raw: Any) -> Value:
+        text = str(raw).lower()
+        if text in ("true", "exists", "1"):
+            return IntSet.single(1)
+        if text in ("false", "missing", "0"):
+            return IntSet.single(0)
+        raise UnmodelledKey(f"meta secpath {raw!r} is not modelled")
+
+    def test(self, st: State, ctx: TraceContext, values: Sequence[Value]) -> Split:
+        s = st if ctx.ipsec else st.note("no IPsec policy on the node (assumed; kpa trace --ipsec says otherwise)")
+        return ([s], []) if int(ctx.ipsec) in union(values) else ([], [s])
+
+
 def meta_key(key: str) -> Key:
+    if key in ("secpath", "ipsec"):
+        return SecpathKey()
     if key in ("skuid", "skgid"):
         return SkOwnerKey(field=key[2:])
     if key == "l4proto":

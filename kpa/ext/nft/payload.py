@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from kpa.ext.base import Cond, IntCond, Split, parts
-from kpa.ext.nft.base import Key, UnmodelledKey, Value, union
+from kpa.ext.nft.base import Key, UnmodelledKey, Value, ValueError_, union
 from kpa.netfilter.domain import IntSet
-from kpa.netfilter.packet import State, TraceContext
+from kpa.netfilter.packet import State, TraceContext, parse_mac
 
 PORT_PROTOCOLS = IntSet.of((6, 6), (17, 17), (33, 33), (132, 132), (136, 136))
 L4 = {"tcp": 6, "udp": 17, "sctp": 132, "udplite": 136, "dccp": 33}
@@ -66,8 +67,30 @@ class FieldKey(Key):
         return IntCond(self.field, union(values), negated)
 
 
+@dataclass(eq=False)
+class EtherSrcKey(FieldKey):
+    """`ether saddr`: the Ethernet source of a received packet (kpa trace --src-mac), as `-m mac`.
+
+    nft puts `meta iiftype ether` in front of it, so a packet looped back over lo never matches.
+    """
+
+    def needs_guard(self) -> bool:
+        return True
+
+    def guard(self, st: State, ctx: TraceContext) -> Split:
+        return ([], [st]) if st.local_origin else ([st], [])
+
+    def parse(self, raw: Any) -> Value:
+        try:
+            return IntSet.single(parse_mac(str(raw)))
+        except ValueError as exc:
+            raise ValueError_(str(exc)) from None
+
+
 def payload_key(protocol: str, fld: str, family: str) -> FieldKey:
     """The key for `PROTOCOL FIELD` in a table of `family` (ip, ip6, inet, ...)."""
+    if (protocol, fld) == ("ether", "saddr"):
+        return EtherSrcKey(field="mac", dtype="ether_addr", text="ether saddr")
     spec = FIELDS.get((protocol, fld))
     if spec is None:
         raise UnmodelledKey(f"payload {protocol} {fld} is not modelled")
