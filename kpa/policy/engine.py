@@ -336,9 +336,13 @@ class PolicyEngine:
 
     # ---------------------------------------------------------------- semantics
 
-    def node_of_address(self, ip: str | None) -> str | None:
-        """The node an address belongs to (a Node's address or a hostNetwork pod's)."""
-        return self._node_of_address.get(canonical_ip(ip)) if ip else None
+    def node_of_address(self, ip: str | None, canonical: bool = False) -> str | None:
+        """The node an address belongs to (a Node's address or a hostNetwork pod's).
+
+        `canonical=True` promises `ip` is already in canonical form (as subjects' are)."""
+        if not ip or not self._node_of_address:
+            return None
+        return self._node_of_address.get(ip if canonical else canonical_ip(ip))
 
     def exemption(self, pod: Pod, other: Subject) -> str | None:
         """Why policy cannot restrict traffic between `pod` and `other`, if it cannot.

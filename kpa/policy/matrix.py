@@ -349,21 +349,21 @@ def _exemptions(
     on_node_targets: dict[str, list[int]] = {}
     for j, t in enumerate(targets):
         if t.pod is not None:
-            target_at.setdefault(t.pod.key, []).append(j)
+            target_at.setdefault((t.pod.namespace, t.pod.name), []).append(j)
             if t.pod.node_name and not t.pod.host_network:
                 on_node_targets.setdefault(t.pod.node_name, []).append(j)
     on_node_sources: dict[str, list[int]] = {}
     for i, src in enumerate(sources):
         if src.pod is not None:
-            for j in target_at.get(src.pod.key, ()):
+            for j in target_at.get((src.pod.namespace, src.pod.name), ()):
                 out.add((i, j))
             if src.pod.node_name and not src.pod.host_network:
                 on_node_sources.setdefault(src.pod.node_name, []).append(i)
-        node = engine.node_of_address(src.ip)
+        node = engine.node_of_address(src.ip, canonical=True)
         if node is not None:  # the node (or a hostNetwork pod) to the pods on it
             out.update((i, j) for j in on_node_targets.get(node, ()))
     for j, t in enumerate(targets):
-        node = engine.node_of_address(t.ip)
+        node = engine.node_of_address(t.ip, canonical=True)
         if node is not None:  # pods on the node to their node
             out.update((i, j) for i in on_node_sources.get(node, ()))
     return out
