@@ -12,6 +12,7 @@ check that for every cell of every truth table.
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -268,6 +269,24 @@ def matrix(
     protocol: str = "TCP",
 ) -> Matrix:
     """Judge every (source, target) pair for one port; see `Matrix.allowed`."""
+    # The work allocates many small objects and no cycles: without the cyclic collector
+    # it does not rescan the (large) heap of cluster objects again and again.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _matrix(engine, sources, targets, port, protocol)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _matrix(
+    engine: PolicyEngine,
+    sources: Sequence[Subject],
+    targets: Sequence[Subject],
+    port: int,
+    protocol: str,
+) -> Matrix:
     protocol = protocol.upper()
     subjects = [*sources, *targets]
     index = _Index(engine, subjects)
