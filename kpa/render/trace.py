@@ -69,7 +69,7 @@ def render_outcome(n: int, total: int, o: Outcome, color: bool, all_hops: bool =
         parts.append(f"→ {o.delivery}")
     if o.verdict == "REJECT" and o.detail:
         parts.append(f"with {o.detail}")
-    parts.append(f"p={_pct(o)}")
+    parts.append(f"share {o.labels['share']}" if o.labels.get("share") else f"p={_pct(o)}")
     lines = [" ".join(parts)]
     facts = []
     if o.labels.get("service"):
