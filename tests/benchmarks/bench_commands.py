@@ -114,10 +114,10 @@ def bench_size(services: int, endpoints: int, workdir: Path, repeat: int, only: 
         "lint_json": [*kpa, "lint", "-r", str(p["save"]), "-c", str(p["objects.json"]), "--node", NODE, "-o", "json"],
         "lint_yaml": [*kpa, "lint", "-r", str(p["save"]), "-c", str(p["objects.yaml"]), "--node", NODE, "-o", "json"],
         "show": [*kpa, "show", "-r", str(p["save"]), "-c", str(p["objects.json"]), "--node", NODE],
-        "diff": [*kpa, "diff", str(p["save"]), str(p["after.save"]), "-c", str(p["objects.json"]), "--node", NODE],
         "check_ipt": [*kpa, "check", "-r", str(p["save"])],
         "check_nft_text": [*kpa, "check", "-r", str(p["nft"])],
         "check_nft_json": [*kpa, "check", "-r", str(p["nft.json"])],
+        "diff": [*kpa, "diff", str(p["save"]), str(p["after.save"]), "-c", str(p["objects.json"]), "--node", NODE],
     }
     text = p["save"].read_text()
     out: dict[str, Any] = {"services": services, "endpoints": endpoints,
@@ -126,10 +126,12 @@ def bench_size(services: int, endpoints: int, workdir: Path, repeat: int, only: 
     with scratch_netns("kpab") as ns:
         out["iptables_restore_test"] = best_of(repeat, ["ip", "netns", "exec", ns, "iptables-restore", "--test"],
                                                str(p["save"]))
+    print(f"  {'iptables_restore_test':<22} {out['iptables_restore_test']}", flush=True)
     for name, argv in commands.items():
         if only and name not in only and name != "check_ipt":
             continue
         out[name] = best_of(repeat, argv)
+        print(f"  {name:<22} {out[name]}", flush=True)
     ref = out["iptables_restore_test"].get("seconds")
     check_ref = out.get("check_ipt", {}).get("seconds")
     ratios = {}
