@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from kpa.netfilter.domain import IntSet, network_set
 from kpa.netfilter.model import Expr, Family, Flow, Step, Verdict, VerdictKind
 from kpa.netfilter.packet import Assumption, State, TraceContext
+from kpa.netfilter.protocols import BadNumber, c_uint
 
 
 class OptionError(ValueError):
@@ -286,17 +287,22 @@ def parse_networks(text: str, family: Family) -> IntSet:
 
 
 def parse_port(text: str) -> int:
+    """A port as libxtables reads it: a C number 0-65535 (`80`, `0x50`, `+80`), else a service name.
+
+    iptables-save prints numbers; names only occur in restore payloads, and
+    iptables itself looks those up in this host's services database.
+    """
     try:
-        value = int(text)
-    except ValueError:
-        import socket
-        try:
-            value = socket.getservbyname(text)
-        except OSError as exc:
-            raise OptionError(f"expected a port number, found {text!r}") from exc
-    if not 0 <= value <= 65535:
-        raise OptionError(f"expected a port number 0-65535, found {text!r}")
-    return value
+        return c_uint(text, 65535, sign=True)
+    except BadNumber:
+        pass
+    if text[:1].isdigit() or text[:1] == "+":
+        raise OptionError(f"expected a port number 0-65535, found {text[:40]!r}")
+    import socket
+    try:
+        return socket.getservbyname(text)
+    except (OSError, UnicodeError, ValueError):
+        raise OptionError(f"expected a port number or service name, found {text[:40]!r}") from None
 
 
 def parse_port_range(text: str) -> IntSet:
@@ -310,11 +316,12 @@ def parse_port_range(text: str) -> IntSet:
     return IntSet.single(parse_port(text))
 
 
-def parse_int(text: str, what: str = "a number") -> int:
+def parse_int(text: str, what: str = "a number", maximum: int = 0xFFFFFFFF) -> int:
+    """An unsigned number as libxtables' strtoui reads it (C base 0: `10`, `0x10`, `010`)."""
     try:
-        return int(text, 0)
-    except ValueError as exc:
-        raise OptionError(f"expected {what}, found {text!r}") from exc
+        return c_uint(text, maximum, sign=True)
+    except BadNumber:
+        raise OptionError(f"expected {what} (0-{maximum:#x}), found {text[:40]!r}") from None
 
 
 def parse_value_mask(text: str, full: int = 0xFFFFFFFF) -> tuple[int, int]:

@@ -26,7 +26,8 @@ from kpa.ext.base import (
     parts,
 )
 from kpa.netfilter.domain import IntSet
-from kpa.netfilter.packet import CT_STATES, State, TraceContext, protocol_number
+from kpa.netfilter.packet import CT_STATES, State, TraceContext
+from kpa.netfilter.protocols import iptables_protocol
 
 
 def _states(text: str) -> frozenset[str]:
@@ -78,7 +79,7 @@ def parse_conntrack(opts: list[Option], ctx: ParseCtx) -> Match:
             conds.append(_orig_cond("dport", parse_port_range(o.arg()), o.negated))
         elif o.name == "--ctproto":
             try:
-                number = protocol_number(o.arg(), ctx.family)
+                number = iptables_protocol(o.arg())
             except ValueError as exc:
                 raise OptionError(f"expected a protocol, found {o.arg()!r}") from exc
             conds.append(IntCond("proto", IntSet.single(number), o.negated))

@@ -18,7 +18,7 @@ from kpa.ext.base import (
     parse_networks,
 )
 from kpa.netfilter.domain import IntSet
-from kpa.netfilter.packet import protocol_number
+from kpa.netfilter.protocols import iptables_protocol
 
 
 def address(opt: Option, ctx: ParseCtx, field: str) -> Match:
@@ -35,10 +35,11 @@ def interface(opt: Option, field: str) -> Match:
 def protocol(opt: Option, ctx: ParseCtx) -> Match:
     text = opt.arg()
     try:
-        number = protocol_number(text, ctx.family)
+        number = iptables_protocol(text)
     except ValueError as exc:
-        raise OptionError(f"expected a protocol name or number, found {text!r}") from exc
-    if number in (-1, 0) and text.lower() in ("all", "0"):
+        raise OptionError(f"expected a protocol name or number 0-255, found {text!r}") from exc
+    if number == 0:
+        # `-p all` (or 0, `ip`, `hopopt`: iptables stores 0 and prints no -p) matches everything; `! -p all` nothing.
         # `-p all` matches everything; `! -p all` nothing.
         return Match(name="proto", options=[opt], conds=[PredCond(lambda s, c: True, opt.negated)], implicit=True)
     return Match(name="proto", options=[opt], conds=[IntCond("proto", IntSet.single(number), opt.negated)], implicit=True)

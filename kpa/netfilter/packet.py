@@ -16,10 +16,9 @@ from typing import Any
 
 from kpa.netfilter.domain import IntSet, NameSet, network_set
 from kpa.netfilter.model import Family, IpSet, Location, Rule
+from kpa.netfilter.protocols import PRINTED, iptables_protocol
 
-PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17, "ipv6-icmp": 58, "icmpv6": 58, "sctp": 132, "gre": 47,
-             "esp": 50, "ah": 51, "udplite": 136, "dccp": 33, "ipip": 4, "all": -1}
-PROTOCOL_NAMES = {v: k for k, v in PROTOCOLS.items() if k not in ("icmpv6", "all")}
+PROTOCOL_NAMES = PRINTED
 
 CT_STATES = frozenset({"NEW", "ESTABLISHED", "RELATED", "INVALID", "UNTRACKED", "SNAT", "DNAT"})
 # The states a real packet is in; SNAT/DNAT are derived from the conntrack status.
@@ -343,14 +342,10 @@ def format_mac(value: int) -> str:
 
 
 def protocol_number(name: str, family: Family = Family.IPV4) -> int:
-    key = name.lower()
-    if key == "icmp" and family is Family.IPV6:
+    """A protocol the user names on kpa's command line; `icmp` means ICMPv6 for an IPv6 packet."""
+    if name.lower() == "icmp" and family is Family.IPV6:
         return 58
-    if key in PROTOCOLS:
-        return PROTOCOLS[key]
-    if key.isdigit():
-        return int(key)
-    raise ValueError(f"unknown protocol {name!r}")
+    return iptables_protocol(name)
 
 
 def node_local_addresses(ips: list[str]) -> dict[int, IntSet]:

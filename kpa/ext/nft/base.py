@@ -17,7 +17,8 @@ from typing import Any
 from kpa.ext.base import Cond, FnCond, Match, Split, conjunction
 from kpa.netfilter.domain import IntSet, network_set
 from kpa.netfilter.model import Expr, Flow, Step
-from kpa.netfilter.packet import PROTOCOLS, State, TraceContext
+from kpa.netfilter.packet import State, TraceContext
+from kpa.netfilter.protocols import BadNumber, c_uint, nft_protocol
 
 # One part of a set element or constant, in its key's datatype: integers
 # (addresses, ports, marks, protocol numbers) as IntSet, symbols as str.
@@ -198,41 +199,65 @@ NFPROTO = {"ipv4": 2, "ipv6": 10}
 ETHER_TYPES = {"ip": 0x0800, "ip6": 0x86DD, "arp": 0x0806, "vlan": 0x8100}
 INTEGER_TYPES = {"integer", "mark", "inet_service", "inet_proto", "ipv4_addr", "ipv6_addr", "icmp_type",
                  "icmpv6_type", "nf_proto", "ether_type", "ct_mark", "u32", "ifindex", "iface_index"}
-BITS = {"ipv4_addr": 32, "ipv6_addr": 128, "inet_service": 16, "inet_proto": 8, "icmp_type": 8,
+BITS = {"mark": 32, "ct_mark": 32, "u32": 32, "ifindex": 32, "iface_index": 32, "integer": 64,
+        "ipv4_addr": 32, "ipv6_addr": 128, "inet_service": 16, "inet_proto": 8, "icmp_type": 8,
         "icmpv6_type": 8, "nf_proto": 8, "ether_type": 16}
 
 
-def _int(text: str) -> int:
-    return int(text, 0)
+def _int(text: str, bits: int = 128) -> int:
+    # nft's scanner reads numbers with strtoull(s, NULL, 0): decimal, 0x hex, 0-prefixed octal.
+    try:
+        return c_uint(text, (1 << bits) - 1)
+    except BadNumber:
+        raise ValueError_(f"expected a number of at most {bits} bits, found {text!r}") from None
+
+
+def _address(dtype: str, text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    addr = ipaddress.ip_address(text)
+    if (addr.version == 6) != (dtype == "ipv6_addr"):
+        raise ValueError_(f"expected an IPv{6 if dtype == 'ipv6_addr' else 4} address, found {text!r}")
+    return addr
+
+
+def _network(dtype: str, text: str) -> IntSet:
+    net = ipaddress.ip_network(text, strict=False)
+    if dtype in ("ipv4_addr", "ipv6_addr") and (net.version == 6) != (dtype == "ipv6_addr"):
+        raise ValueError_(f"expected an IPv{6 if dtype == 'ipv6_addr' else 4} network, found {text!r}")
+    return network_set(net)
 
 
 def _scalar(dtype: str, text: str) -> int:
     if dtype in ("ipv4_addr", "ipv6_addr"):
-        return int(ipaddress.ip_address(text))
+        return int(_address(dtype, text))
     if dtype == "inet_service":
-        if text.isdigit():
-            return int(text)
+        if text[:1].isdigit():
+            try:
+                return c_uint(text, 65535)
+            except BadNumber:
+                raise ValueError_(f"expected a port 0-65535, found {text!r}") from None
         import socket
         try:
             return socket.getservbyname(text)
-        except OSError:
+        except (OSError, UnicodeError, ValueError):
             raise ValueError_(f"expected a port, found {text!r}") from None
     if dtype == "inet_proto":
-        if text.isdigit():
-            return int(text)
-        num = PROTOCOLS.get(text.lower())
-        if num is None or num < 0:
-            raise ValueError_(f"expected a protocol, found {text!r}")
-        return num
+        try:
+            return nft_protocol(text)
+        except ValueError:
+            raise ValueError_(f"expected a protocol name or number 0-255, found {text!r}") from None
     if dtype == "icmp_type":
-        return ICMP_TYPES[text] if text in ICMP_TYPES else _int(text)
+        return ICMP_TYPES[text] if text in ICMP_TYPES else _int(text, 8)
     if dtype == "icmpv6_type":
-        return ICMPV6_TYPES[text] if text in ICMPV6_TYPES else _int(text)
+        return ICMPV6_TYPES[text] if text in ICMPV6_TYPES else _int(text, 8)
     if dtype == "nf_proto":
-        return NFPROTO[text] if text in NFPROTO else _int(text)
+        return NFPROTO[text] if text in NFPROTO else _int(text, 8)
     if dtype == "ether_type":
-        return ETHER_TYPES[text] if text in ETHER_TYPES else _int(text)
-    return _int(text)
+        return ETHER_TYPES[text] if text in ETHER_TYPES else _int(text, 16)
+    return _int(text, BITS.get(dtype, 64))
+
+
+def fmt_range(lo: Any, hi: Any) -> str:
+    return f"{str(lo)[:40]}-{str(hi)[:40]}"
 
 
 def parse_value(dtype: str, raw: Any) -> Value:
@@ -245,27 +270,34 @@ def parse_value(dtype: str, raw: Any) -> Value:
         if isinstance(raw, bool):
             raise ValueError_(f"expected a {dtype} value, found {raw!r}")
         if isinstance(raw, int):
+            if not 0 <= raw < 1 << BITS.get(dtype, 64):
+                raise ValueError_(f"expected a {dtype} value of at most {BITS.get(dtype, 64)} bits, found {raw}")
             return IntSet.single(raw)
         if isinstance(raw, dict):
             if "prefix" in raw:
                 p = raw["prefix"]
-                return network_set(ipaddress.ip_network(f"{p['addr']}/{p['len']}", strict=False))
+                return _network(dtype, f"{p['addr']}/{p['len']}")
             if "range" in raw:
                 lo, hi = raw["range"]
                 a, b = parse_value(dtype, lo), parse_value(dtype, hi)
                 assert isinstance(a, IntSet) and isinstance(b, IntSet)
+                if a.min() > b.spans[-1][1]:
+                    raise ValueError_(f"expected a range low-high, found {fmt_range(lo, hi)!r}")
                 return IntSet.range(a.min(), b.spans[-1][1])
             raise ValueError_(f"expected a {dtype} value, found {raw!r}")
         text = str(raw)
         if dtype in ("ipv4_addr", "ipv6_addr") and "/" in text:
-            return network_set(ipaddress.ip_network(text, strict=False))
+            return _network(dtype, text)
         if "-" in text[1:]:
             # Names may contain '-' (ipv6-icmp, echo-request): only a failed name is a range.
             try:
                 return IntSet.single(_scalar(dtype, text))
             except (ValueError, KeyError):
                 lo_s, hi_s = text.split("-", 1)
-                return IntSet.range(_scalar(dtype, lo_s), _scalar(dtype, hi_s))
+                lo_n, hi_n = _scalar(dtype, lo_s), _scalar(dtype, hi_s)
+                if lo_n > hi_n:
+                    raise ValueError_(f"expected a range low-high, found {text!r}") from None
+                return IntSet.range(lo_n, hi_n)
         return IntSet.single(_scalar(dtype, text))
     except ValueError_:
         raise
