@@ -22,6 +22,8 @@ from kpa.ext.base import UnknownExpr
 from kpa.ext.nat import NatRange
 from kpa.ext.nfqueue import queue_detail
 from kpa.ext.nft.base import (
+    BITS,
+    INTEGER_TYPES,
     ConcatKey,
     Element,
     Key,
@@ -58,6 +60,7 @@ from kpa.netfilter.model import (
     Verdict,
     VerdictKind,
 )
+from kpa.netfilter.protocols import BadNumber, c_uint
 
 PRIORITIES = {"raw": -300, "mangle": -150, "dstnat": -100, "filter": 0, "security": 50, "srcnat": 100}
 BRIDGE_PRIORITIES = {"dstnat": -300, "filter": -200, "out": 100, "srcnat": 300}
@@ -68,6 +71,12 @@ PASSIVE = {"counter", "log", "limit", "quota", "comment", "flow", "ct helper", "
 IPTABLES_CHAINS = {"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"}
 DTYPE_BITS = {"ipv4_addr": 32, "ipv6_addr": 128, "inet_service": 16, "inet_proto": 8, "mark": 32,
               "integer": 32, "icmp_type": 8, "icmpv6_type": 8}
+
+
+def _is_catch_all(raw: Any) -> bool:
+    if isinstance(raw, dict) and "elem" in raw and isinstance(raw["elem"], dict):
+        raw = raw["elem"].get("val")
+    return isinstance(raw, str) and raw == "*"
 
 
 class Malformed(Exception):
@@ -194,11 +203,38 @@ def fmt_stmt(stmt: dict[str, Any]) -> str:
 # -- building the IR -----------------------------------------------------------
 
 @dataclass
+class PendingRule:
+    table: Table
+    chain: str
+    line: int | None
+    stmts: list[Any]
+    text: str | None = None
+    comment: Any = None
+    handle: Any = None
+
+
+def clip(text: str, limit: int = 80) -> str:
+    """At most `limit` characters of input quoted in a message."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def unparsed_expr(text: str, reason: str) -> UnknownExpr:
+    words = text.split()
+    has_verdict = any(w in VERDICTS or w in ("reject", "dnat", "snat", "masquerade", "redirect") for w in words)
+    return UnknownExpr(name="nft", tokens=words, is_target=has_verdict, reason=f"nft syntax not modelled ({reason})")
+
+
+@dataclass
 class Builder:
     file: str
     ruleset: Ruleset = field(default_factory=Ruleset)
     managed: set[tuple[str, str]] = field(default_factory=set)
     _updated: set[tuple[int, str]] = field(default_factory=set)
+    # Sets and maps declared but not modelled (id(table), name) -> why; lookups in them are unknown.
+    unmodelled: dict[tuple[int, str], str] = field(default_factory=dict)
+    # Rules are lowered once every table, chain, set and map is known, so the order of the input does not matter.
+    pending: list[PendingRule] = field(default_factory=list)
+    _anon: int = 0
 
     def error(self, line: int | None, message: str) -> InputError:
         return InputError(self.file, line, message)
@@ -237,35 +273,72 @@ class Builder:
         return c
 
     # sets ------------------------------------------------------------------
-    def set(self, table: Table, name: str, line: int | None, spec: dict[str, Any]) -> NamedSet:
+    def set(self, table: Table, name: str, line: int | None, spec: dict[str, Any]) -> NamedSet | None:
+        """Declare a set or map; one kpa cannot model is left out and lookups in it become unknown."""
         try:
-            key_types = self._types(spec.get("type"), table)
-            data = spec.get("map")
-            flags = spec.get("flags", [])
-            flags = [flags] if isinstance(flags, str) else list(flags)
-            ns = NamedSet(name, key_types, flags=frozenset(flags), location=Location(self.file, line or 0),
-                          dynamic="dynamic" in flags)
-            ns.values = [] if data is not None else None
-            data_types = self._types(data, table) if data is not None and data != "verdict" else ()
-            comments: list[str | None] = []
-            for item in spec.get("elem", []) or []:
-                first = item[0] if isinstance(item, list) and item else item
-                said = first["elem"].get("comment") if isinstance(first, dict) and "elem" in first else None
-                comments.append(str(said) if said is not None else None)
-                if data is not None:
-                    if not isinstance(item, list) or len(item) != 2:
-                        raise Malformed(f"expected a `key : value` map element, found {fmt(item)!r}")
-                    ns.elements.append(self.element(item[0], key_types))
-                    assert ns.values is not None
-                    ns.values.append(self.map_value(item[1], data == "verdict", data_types))
-                else:
-                    ns.elements.append(self.element(item, key_types))
-            if any(c is not None for c in comments):
-                ns.comments = comments
-        except (Malformed, ValueError_, UnmodelledKey) as exc:
+            ns = self._set(table, name, line, spec)
+        except UnmodelledKey as exc:
+            self.unmodelled[(id(table), name)] = f"set @{name}: {exc}"
+            table.sets.pop(name, None)
+            return None
+        except (Malformed, ValueError_) as exc:
             raise self.error(line, f"set {name}: {exc}") from None
+        self.unmodelled.pop((id(table), name), None)
         table.sets[name] = ns
         return ns
+
+    def _set(self, table: Table, name: str, line: int | None, spec: dict[str, Any]) -> NamedSet:
+        key_types = self._types(spec.get("type"), table)
+        data = spec.get("map")
+        if isinstance(data, str) and data.startswith("interval "):
+            data = data[len("interval "):]
+        flags = spec.get("flags", [])
+        flags = [flags] if isinstance(flags, str) else list(flags) if isinstance(flags, list) else []
+        ns = NamedSet(name, key_types, flags=frozenset(str(f) for f in flags), location=Location(self.file, line or 0),
+                      dynamic="dynamic" in flags)
+        ns.values = [] if data is not None else None
+        data_types = self._types(data, table) if data is not None and data != "verdict" else ()
+        elems = spec.get("elem", []) or []
+        if not isinstance(elems, list):
+            raise Malformed(f"expected the elements as a list, found {fmt(elems)!r}")
+        catch_all: tuple[Element, Any, str | None] | None = None
+        comments: list[str | None] = []
+        for item in elems:
+            first = item[0] if isinstance(item, list) and item else item
+            said = first["elem"].get("comment") if isinstance(first, dict) and isinstance(first.get("elem"), dict) else None
+            comment = str(said) if said is not None else None
+            if data is not None:
+                if not isinstance(item, list) or len(item) != 2:
+                    raise Malformed(f"expected a `key : value` map element, found {fmt(item)!r}")
+                raw_key, raw_value = item
+            else:
+                raw_key, raw_value = item, None
+            value = self.map_value(raw_value, data == "verdict", data_types) if data is not None else None
+            if _is_catch_all(raw_key):
+                # `*` matches what no other element does: kept last, as the full domain of each part.
+                catch_all = (self.catch_all(key_types), value, comment)
+                continue
+            ns.elements.append(self.element(raw_key, key_types))
+            comments.append(comment)
+            if ns.values is not None:
+                ns.values.append(value)
+        if catch_all is not None:
+            ns.elements.append(catch_all[0])
+            comments.append(catch_all[2])
+            if ns.values is not None:
+                ns.values.append(catch_all[1])
+        if any(c is not None for c in comments):
+            ns.comments = comments
+        return ns
+
+    @staticmethod
+    def catch_all(dtypes: Sequence[str]) -> Element:
+        parts: list[Value] = []
+        for t in dtypes:
+            if t not in INTEGER_TYPES:
+                raise UnmodelledKey(f"a catch-all element of type {t} is not modelled")
+            parts.append(IntSet.range(0, (1 << BITS.get(t, 64)) - 1))
+        return tuple(parts)
 
     def _types(self, spec: Any, table: Table) -> tuple[str, ...]:
         if isinstance(spec, str):
@@ -279,13 +352,16 @@ class Builder:
 
     def element(self, raw: Any, dtypes: Sequence[str]) -> Element:
         if isinstance(raw, dict) and "elem" in raw:
-            raw = raw["elem"].get("val")
+            raw = raw["elem"].get("val") if isinstance(raw["elem"], dict) else None
         parts = raw["concat"] if isinstance(raw, dict) and "concat" in raw else [raw]
+        if not isinstance(parts, list):
+            raise Malformed(f"expected the parts of a concatenation as a list, found {clip(fmt(parts))!r}")
         if len(parts) != len(dtypes):
             raise Malformed(f"expected {len(dtypes)} part(s) ({' . '.join(dtypes)}), found {fmt(raw)!r}")
         return tuple(parse_value(t, p) for t, p in zip(dtypes, parts, strict=True))
 
     def map_value(self, raw: Any, verdict: bool, dtypes: Sequence[str]) -> Any:
+        """A verdict, an (address, port) NAT target, or a data element; an address range is unmodelled."""
         if verdict:
             if not isinstance(raw, dict) or len(raw) != 1:
                 raise Malformed(f"expected a verdict, found {fmt(raw)!r}")
@@ -297,38 +373,99 @@ class Builder:
         if dtypes and dtypes[0] in ("ipv4_addr", "ipv6_addr"):
             ip = el[0].single_value() if isinstance(el[0], IntSet) else None
             port = el[1].single_value() if len(el) > 1 and isinstance(el[1], IntSet) else None
+            if ip is None or (len(el) > 1 and port is None):
+                raise UnmodelledKey(f"translating to a range ({fmt(raw)}) is not modelled")
             return (ip, port)
         return el
 
     # rules -----------------------------------------------------------------
-    def rule(self, table: Table, chain_name: str, line: int | None, stmts: list[dict[str, Any]],
-             text: str | None = None, comment: str | None = None, handle: int | None = None) -> Rule:
+    def rule(self, table: Table, chain_name: str, line: int | None, stmts: list[Any],
+             text: str | None = None, comment: str | None = None, handle: int | None = None) -> None:
+        """Queue a rule; it is lowered in finish(), when every chain, set and map is known."""
+        self.pending.append(PendingRule(table, chain_name, line, stmts, text, comment, handle))
+
+    def _build_rule(self, p: PendingRule) -> Rule:
+        table, chain_name, line = p.table, p.chain, p.line
         chain = table.chains.get(chain_name)
         if chain is None:
-            raise self.error(line, f"expected a chain declared in table {table.family.value} {table.name}, found {chain_name!r}")
+            raise self.error(line, f"expected a chain declared in table {table.family.value} {table.name}, "
+                                   f"found {clip(chain_name)!r}")
         exprs: list[Expr] = []
         counters: tuple[int, int] | None = None
+        comment = p.comment if isinstance(p.comment, str) or p.comment is None else str(p.comment)
+        stmts = p.stmts
         for stmt in stmts:
+            if isinstance(stmt, str):
+                # nft 1.0 prints an anonymous chain in JSON as its text (`jump { ... }`).
+                exprs.extend(self.text_statement(stmt, table, chain_name, line))
+                continue
             if not isinstance(stmt, dict) or len(stmt) != 1:
-                raise self.error(line, f"expected a statement object with one key, found {str(stmt)[:60]!r}")
-            if "counter" in stmt and isinstance(stmt["counter"], dict) and "packets" in stmt["counter"]:
-                c = stmt["counter"]
-                counters = (int(c.get("packets", 0)), int(c.get("bytes", 0)))
+                raise self.error(line, f"expected a statement object with one key, found {clip(str(stmt))!r}")
+            if "unparsed" in stmt:
+                u = stmt["unparsed"]
+                exprs.append(unparsed_expr(str(u.get("text", "")), str(u.get("reason", ""))))
+                continue
+            c = stmt.get("counter")
+            if isinstance(c, dict) and "packets" in c:
+                try:
+                    counters = (int(c.get("packets", 0)), int(c.get("bytes", 0)))
+                except (TypeError, ValueError):
+                    raise self.error(line, f"expected counter packets and bytes as numbers, found {clip(fmt(c))!r}") from None
             if "comment" in stmt:
                 # A rule attribute (as JSON has it), not a statement.
                 comment = comment or str(stmt["comment"])
                 continue
             try:
-                exprs.extend(self.lower(stmt, table))
+                anon = self.anonymous_chain(stmt, table, chain_name, line)
+                exprs.extend(self.lower(anon or stmt, table))
             except (Malformed, ValueError_) as exc:
-                raise self.error(line, f"{fmt_stmt(stmt)}: {exc}") from None
-        rule_text = text if text is not None else " ".join(fmt_stmt(s) for s in stmts)
+                raise self.error(line, f"{clip(fmt_stmt(stmt))}: {exc}") from None
+            except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:
+                # A statement of a known kind whose attributes do not have nft's shapes.
+                raise self.error(line, f"{clip(fmt_stmt(stmt))}: expected nft's JSON shape for this statement "
+                                       f"({type(exc).__name__}: {clip(str(exc))})") from None
+        rule_text = p.text if p.text is not None else " ".join(fmt_stmt(s) if isinstance(s, dict) else str(s) for s in stmts)
+        handle = p.handle if isinstance(p.handle, int) and not isinstance(p.handle, bool) else None
         r = Rule(table.name, chain_name, len(chain.rules) + 1, exprs, Location(self.file, line or 0), rule_text,
                  comment=comment, counters=counters, handle=handle)
         chain.rules.append(r)
         return r
 
+    def anonymous_chain(self, stmt: dict[str, Any], table: Table, chain_name: str, line: int | None) -> dict[str, Any] | None:
+        """`jump { rule; rule }`: the rules become a chain of their own, and the statement a jump to it."""
+        (k, v), = stmt.items()
+        if k not in ("jump", "goto") or not isinstance(v, dict) or "rules" not in v:
+            return None
+        self._anon += 1
+        name = f"{chain_name}.anon{self._anon}@{line or 0}"
+        self.chain(table, name, line)
+        for rule_stmts in v["rules"]:
+            self._build_rule(PendingRule(table, name, line, rule_stmts, " ".join(fmt_stmt(s) for s in rule_stmts)))
+        return {k: {"target": name}}
+
+    def text_statement(self, text: str, table: Table, chain_name: str, line: int | None) -> list[Expr]:
+        from kpa.parse.nft_text import statements_from_text
+
+        try:
+            stmts = statements_from_text(text, self.file, line or 0)
+        except InputError:
+            return [unparsed_expr(text, "a statement given as text that kpa cannot read")]
+        out: list[Expr] = []
+        for stmt in stmts:
+            if "unparsed" in stmt:
+                u = stmt["unparsed"]
+                out.append(unparsed_expr(str(u["text"]), str(u["reason"])))
+                continue
+            try:
+                out.extend(self.lower(self.anonymous_chain(stmt, table, chain_name, line) or stmt, table))
+            except (Malformed, ValueError_) as exc:
+                raise self.error(line, f"{clip(text)}: {exc}") from None
+        return out
+
     def finish(self) -> Ruleset:
+        pending, self.pending = self.pending, []
+        for p in pending:
+            self._build_rule(p)
         for t in self.ruleset.tables:
             if (t.family.value, t.name) in self.managed or looks_iptables_managed(t):
                 t.managed_by_iptables = True
@@ -342,47 +479,64 @@ class Builder:
         if not isinstance(raw, dict) or len(raw) != 1:
             raise UnmodelledKey(f"{fmt(raw)} is not a modelled key")
         (k, v), = raw.items()
+        if k == "unparsed":
+            raise UnmodelledKey(f"{v} is not modelled")
+        if k in ("payload", "meta", "ct", "fib", "numgen") and not isinstance(v, dict):
+            raise Malformed(f"expected the attributes of {k} as an object, found {clip(fmt(v))!r}")
         if k == "payload":
+            assert isinstance(v, dict)
             if "field" not in v:
                 raise UnmodelledKey("raw payload expressions are not modelled")
             return payload_key(str(v.get("protocol")), str(v["field"]), family)
         if k == "meta":
-            if v["key"] == "random":
+            assert isinstance(v, dict)
+            if v.get("key") == "random":
                 return RandomKey()
-            return meta_key(str(v["key"]))
+            return meta_key(str(v.get("key")))
         if k == "ct":
-            return ct_key(str(v["key"]), v.get("dir"), family)
+            assert isinstance(v, dict)
+            direction = v.get("dir")
+            return ct_key(str(v.get("key")), direction if isinstance(direction, str) else None, family)
         if k == "socket" and isinstance(v, dict):
             return socket_key(str(v.get("key")))
         if k == "fib":
+            assert isinstance(v, dict)
             flags = v.get("flags", [])
-            return fib_key(str(v.get("result")), [flags] if isinstance(flags, str) else list(flags))
+            return fib_key(str(v.get("result")), [str(f) for f in flags] if isinstance(flags, list) else [str(flags)])
         if k == "numgen":
-            mod = int(v.get("mod", 0))
+            assert isinstance(v, dict)
+            mod = self.const_int(v.get("mod", 0))
             if mod < 1:
                 raise Malformed(f"expected numgen mod of at least 1, found {mod}")
-            return NumgenKey(mode=str(v.get("mode")), modulus=mod, offset=int(v.get("offset", 0) or 0))
+            return NumgenKey(mode=str(v.get("mode")), modulus=mod, offset=self.const_int(v.get("offset", 0) or 0))
         if k == "concat":
+            if not isinstance(v, list) or not v:
+                raise Malformed(f"expected the parts of a concatenation as a list, found {clip(fmt(v))!r}")
             keys = [self.key(p, family) for p in v]
             if any(isinstance(p, (NumgenKey, RandomKey)) for p in keys):
                 raise UnmodelledKey("a random number inside a concatenation is not modelled")
             return ConcatKey(keys=keys)
         if k == "&":
+            if not isinstance(v, list) or len(v) != 2:
+                raise Malformed(f"expected two operands of &, found {clip(fmt(v))!r}")
             inner, mask = v
             ik = self.key(inner, family)
-            m = self.const_int(mask)
-            if isinstance(ik, MarkKey):
-                return MaskedMarkKey(inner=ik, mask=m)
-            if isinstance(ik, RandomKey):
-                return RandomKey(mask=m)
-        raise UnmodelledKey(f"{fmt(raw)} is not a modelled key")
+            if isinstance(ik, (MarkKey, RandomKey)):
+                m = self.const_int(mask)
+                return MaskedMarkKey(inner=ik, mask=m) if isinstance(ik, MarkKey) else RandomKey(mask=m)
+        raise UnmodelledKey(f"{clip(fmt(raw))} is not a modelled key")
 
     @staticmethod
-    def const_int(raw: Any) -> int:
+    def const_int(raw: Any, bits: int = 32) -> int:
+        """A number as nft writes it (C's strtoul base 0), at most `bits` wide."""
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            if 0 <= raw < 1 << bits:
+                return raw
+            raise Malformed(f"expected a number of at most {bits} bits, found {raw}")
         try:
-            return raw if isinstance(raw, int) else int(str(raw), 0)
-        except ValueError:
-            raise Malformed(f"expected a number, found {raw!r}") from None
+            return c_uint(str(raw), (1 << bits) - 1)
+        except BadNumber:
+            raise Malformed(f"expected a number of at most {bits} bits, found {clip(str(raw))!r}") from None
 
     def values(self, key: Key, right: Any) -> list[Value | tuple[Value, ...]]:
         """The constants on the right of a comparison, typed by the key."""
@@ -393,7 +547,7 @@ class Builder:
                 out.append(self.element(it, [k.dtype for k in key.keys]))
             else:
                 if isinstance(it, dict) and "elem" in it:
-                    it = it["elem"].get("val")
+                    it = it["elem"].get("val") if isinstance(it["elem"], dict) else None
                 out.append(key.parse(it))
         return out
 
@@ -442,6 +596,9 @@ class Builder:
     def _named(self, ref: str, table: Table) -> NamedSet | None:
         return table.sets.get(ref[1:])
 
+    def _absent(self, ref: str, table: Table, what: str = "set") -> str:
+        return self.unmodelled.get((id(table), ref[1:])) or f"{what} {clip(ref)} is not in the dump"
+
     def lower_match(self, stmt: dict[str, Any], v: dict[str, Any], table: Table) -> list[Expr]:
         op = v.get("op", "==")
         if "left" not in v or "right" not in v:
@@ -457,7 +614,7 @@ class Builder:
             if isinstance(right, str) and right.startswith("@"):
                 ns = self._named(right, table)
                 if ns is None:
-                    return [self.unknown(stmt, f"set {right} is not in the dump")]
+                    return [self.unknown(stmt, self._absent(right, table))]
                 if isinstance(key, (NumgenKey, RandomKey)):
                     return [self.unknown(stmt, "a random number looked up in a named set is not modelled")]
                 return [SetLookup(key=key, set=ns, negated=negated, text=text)]
@@ -491,7 +648,9 @@ class Builder:
         if isinstance(data, str) and data.startswith("@"):
             ns = self._named(data, table)
             if ns is None:
-                return [self.unknown(stmt, f"map {data} is not in the dump", target=True)]
+                return [self.unknown(stmt, self._absent(data, table, "map"), target=True)]
+            if ns.values is None or not all(isinstance(x, (Verdict, Flow)) for x in ns.values):
+                raise Malformed(f"expected a verdict map, found {'set' if ns.values is None else 'data map'} {clip(data)}")
             return [VerdictMap(key=key, set=ns, text=text)]
         items = data["set"] if isinstance(data, dict) and "set" in data else None
         if not isinstance(items, list):
@@ -523,8 +682,12 @@ class Builder:
             data = m.get("data")
             if isinstance(data, str) and data.startswith("@"):
                 ns = self._named(data, table)
-                if ns is None or ns.values is None:
-                    return [self.unknown(stmt, f"map {data} is not in the dump", target=True)]
+                if ns is None:
+                    return [self.unknown(stmt, self._absent(data, table, "map"), target=True)]
+                if ns.values is None or not all(isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], int)
+                                                for x in ns.values):
+                    raise Malformed(f"expected a map of addresses, found {'set' if ns.values is None else 'another map'} "
+                                    f"{clip(data)}")
                 return [NftNatMap(name=name, key=key, set=ns, text=text)]
             items = data.get("set") if isinstance(data, dict) else None
             if not isinstance(items, list):

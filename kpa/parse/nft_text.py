@@ -15,8 +15,11 @@ from typing import Any
 
 from kpa.errors import InputError
 from kpa.netfilter.model import Ruleset, Table
-from kpa.parse.nft_common import VERDICTS, Builder
+from kpa.parse.nft_common import VERDICTS, Builder, clip
 
+# A line that opens a table, chain, set or other named block: never part of a rule.
+BLOCK_START = re.compile(r"(?:table|chain|set|map|flowtable|counter|quota|limit|ct\s+\S+|secmark|synproxy)\s+"
+                         r"(?:\S+\s+){0,2}\{\s*$")
 HANDLE = re.compile(r"\s*#\s*handle\s+(\d+)\s*$")
 WARNING = re.compile(r"#\s*Warning:\s*table\s+(\S+)\s+(\S+)\s+is managed by iptables-nft")
 SKIPPED_BLOCKS = {"flowtable", "counter", "quota", "ct", "limit", "secmark", "synproxy", "tunnel"}
@@ -50,7 +53,11 @@ def tokenize(line: str, file: str, lineno: int) -> list[Tok]:
     i, n = 0, len(line)
     while i < n:
         c = line[i]
-        if c in " \t;":
+        if c in " \t":
+            i += 1
+            continue
+        if c == ";":
+            out.append(Tok(";"))
             i += 1
             continue
         if c == '"':
@@ -115,6 +122,8 @@ class RuleParser:
     def statements(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         while self.pos < len(self.toks):
+            if self.accept(";"):
+                continue
             start = self.pos
             try:
                 out.append(self.statement())
@@ -129,6 +138,8 @@ class RuleParser:
         if t in VERDICTS:
             self.next()
             if t in ("jump", "goto"):
+                if self.accept("{"):
+                    return {t: {"rules": self.anonymous_chain()}}
                 return {t: {"target": self.next()}}
             if t == "queue":
                 queue: dict[str, Any] = {}
@@ -250,6 +261,31 @@ class RuleParser:
         if self.peek() == "/":
             raise Unparsed("masked comparisons (`/`) are not read")
         return {"match": {"op": op, "left": left, "right": right}}
+
+    def anonymous_chain(self) -> list[list[dict[str, Any]]]:
+        """The rules of `jump { rule; rule }` (after the `{`), each as statements."""
+        rules: list[list[dict[str, Any]]] = []
+        depth, group = 0, list[Tok]()
+        while True:
+            if self.pos >= len(self.toks):
+                raise Unparsed("expected '}' closing the anonymous chain")
+            tok = self.toks[self.pos]
+            self.pos += 1
+            if not tok.quoted and tok.text == "{":
+                depth += 1
+            elif not tok.quoted and tok.text == "}":
+                if depth == 0:
+                    break
+                depth -= 1
+            elif not tok.quoted and tok.text == ";" and depth == 0:
+                if group:
+                    rules.append(RuleParser(group).statements())
+                group = []
+                continue
+            group.append(tok)
+        if group:
+            rules.append(RuleParser(group).statements())
+        return rules
 
     # -- expressions ----------------------------------------------------------
     def primary(self) -> dict[str, Any]:
@@ -512,7 +548,29 @@ class TextReader:
                 if kind != "chain":
                     self.b.set(table, name, start, spec)
                 return i
+            if BLOCK_START.match(line):
+                raise self.error(lineno, f"expected '}}' closing {kind} {clip(name)!r} (opened at line {start}) "
+                                         f"before {clip(line)!r}")
             if chain is not None:
+                if _depth(line) > 0:
+                    # A rule over several lines: an anonymous chain (`jump {`) or set.
+                    first = lineno
+                    parts = [line]
+                    depth = _depth(line)
+                    while depth > 0 and i < len(lines):
+                        nxt = lines[i].strip()
+                        i += 1
+                        if BLOCK_START.match(nxt):
+                            raise self.error(first, f"expected '}}' closing the block opened in this rule, found "
+                                                    f"{clip(nxt)!r} at line {i}")
+                        depth += _depth(nxt)
+                        parts.append(nxt)
+                    if depth > 0:
+                        raise self.error(first, "expected '}' closing the block opened in this rule, found end of input")
+                    joined = " ; ".join(parts)
+                    rule_handle, line = _handle(joined)
+                    self._rule(table, name, line, first, rule_handle)
+                    continue
                 if line.startswith("type ") and " hook " in line:
                     self._chain_head(table, name, line, start, handle, lineno)
                 elif (line.startswith("comment ") and not chain.rules and re.fullmatch(r'comment "(?:[^"\\]|\\.)*"', line)) or line.startswith("policy "):
@@ -548,7 +606,8 @@ class TextReader:
                 try:
                     spec["type"] = {"typeof": p.concat_expr()}
                 except Unparsed as exc:
-                    raise self.error(lineno, f"typeof: {exc}") from None
+                    # nft accepts it (e.g. a raw payload `@nh,16,16`); lookups in this set become unknown.
+                    spec["type"] = {"typeof": {"unparsed": f"typeof {key_part.strip()} ({exc})"}}
             if data:
                 data = data.strip()
                 if data.startswith(("ipv4_addr", "ipv6_addr", "inet_service", "verdict", "mark", "ifname", "integer")):
@@ -573,23 +632,33 @@ class TextReader:
     def _rule(self, table: Table, chain: str, line: str, lineno: int, handle: int | None) -> None:
         toks = tokenize(line, self.file, lineno)
         stmts = RuleParser(toks).statements()
-        lowered: list[dict[str, Any]] = []
-        for s in stmts:
-            if "unparsed" in s:
-                lowered.append({"unparsed": s["unparsed"]})
-            else:
-                _fix_ports(s)
-                lowered.append(s)
-        rule = self.b.rule(table, chain, lineno, [s for s in lowered if "unparsed" not in s], text=line, handle=handle)
-        for s in lowered:
-            if "unparsed" in s:
-                from kpa.ext.base import UnknownExpr
+        for st in stmts:
+            if "unparsed" not in st:
+                _fix_ports(st)
+        self.b.rule(table, chain, lineno, stmts, text=line, handle=handle)
 
-                u = s["unparsed"]
-                has_verdict = any(w in VERDICTS or w in ("reject", "dnat", "snat", "masquerade", "redirect")
-                                  for w in u["text"].split())
-                rule.exprs.append(UnknownExpr(name="nft", tokens=u["text"].split(), is_target=has_verdict,
-                                              reason=f"nft syntax not modelled ({u['reason']})"))
+
+def statements_from_text(text: str, file: str, lineno: int) -> list[dict[str, Any]]:
+    """The statements of one rule written in nft's syntax (newlines separate an anonymous chain's rules)."""
+    joined = " ; ".join(part.strip() for part in text.splitlines())
+    stmts = RuleParser(tokenize(joined, file, lineno)).statements()
+    for st in stmts:
+        if "unparsed" not in st:
+            _fix_ports(st)
+    return stmts
+
+
+def _depth(line: str) -> int:
+    """How many more `{` than `}` a line opens, outside quoted strings."""
+    depth, quoted = 0, False
+    for c in line:
+        if c == '"':
+            quoted = not quoted
+        elif not quoted and c == "{":
+            depth += 1
+        elif not quoted and c == "}":
+            depth -= 1
+    return depth
 
 
 def _fix_ports(stmt: dict[str, Any]) -> None:
