@@ -314,8 +314,22 @@ def default_namespace(inp: Inputs) -> str:
 
 # -- the command group ---------------------------------------------------------
 
+def _max_input(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    from kpa.limits import parse_size, set_max_input_bytes
+
+    if value is None:
+        return
+    try:
+        set_max_input_bytes(parse_size(value))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @click.group(context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="kpa")
+@click.option("--max-input-size", metavar="SIZE", callback=_max_input, expose_value=False, is_eager=True,
+              help="Refuse any input file (or stdin, or gzip data once decompressed) larger than this.  "
+                   "[default: 256M]")
 def cli() -> None:
     """kpa: what does this node's netfilter do to this packet, and why?
 
@@ -331,6 +345,7 @@ def cli() -> None:
       kpa check -r node.save
       kpa show -r node.save -c cluster.yaml
       kpa graph -r node.save --from-chain KUBE-SERVICES -o mermaid
+      kpa --max-input-size 2G check -r huge-node.save.gz
     """
 
 

@@ -7,7 +7,6 @@ iptables-save, ip6tables-save, `nft list ruleset`, `nft -j list ruleset` and
 
 from __future__ import annotations
 
-import gzip
 import os
 import shutil
 import subprocess
@@ -16,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from kpa.errors import InputError, KpaError
+from kpa.limits import read_bounded
 from kpa.netfilter.model import Ruleset
 from kpa.parse.ipset_save import looks_like_ipset
 
@@ -31,17 +31,14 @@ def read_text(path: str) -> str:
     """Read a file (or `-` for stdin), transparently gunzipping it."""
     try:
         if path == "-":
-            data = sys.stdin.buffer.read()
+            data = read_bounded(sys.stdin.buffer, path)
         else:
+            if os.path.isdir(path):
+                raise InputError(path, None, "expected a rules file, found a directory")
             with open(path, "rb") as fh:
-                data = fh.read()
+                data = read_bounded(fh, path)
     except OSError as exc:
         raise InputError(path, None, f"cannot read: {exc.strerror}") from None
-    if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError) as exc:
-            raise InputError(path, None, f"expected a complete gzip stream, found a damaged one ({exc})") from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -7,7 +7,6 @@ functions here, so defaulting and validation behave identically.
 
 from __future__ import annotations
 
-import gzip
 import ipaddress
 import json
 import re
@@ -22,6 +21,7 @@ import yaml
 
 from kpa.errors import InputError
 from kpa.findings import IGNORE_ANNOTATION
+from kpa.limits import check_nesting, check_yaml_node, gunzip_bounded, read_bounded
 
 if TYPE_CHECKING:
     from kpa.k8s.netpol import NetworkPolicy
@@ -924,8 +924,17 @@ def _looks_like_json(text: str) -> bool:
 
 
 def _yaml_documents(text: str, source: str) -> Iterator[Any]:
+    check_nesting(text, source)
     try:
-        yield from yaml.load_all(text, Loader=_LineLoader)
+        loader = _LineLoader(text)
+        try:
+            while loader.check_node():
+                node = loader.get_node()
+                # Aliases are shared when loaded, but every walk over the objects expands them.
+                check_yaml_node(node, source)
+                yield loader.construct_document(node)
+        finally:
+            loader.dispose()
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         line = mark.line + 1 if mark is not None else None
@@ -1014,6 +1023,7 @@ def _json_with_item_lines(text: str) -> tuple[Any, dict[int, int]]:
 def _load_text(text: str, source: str, collector: _Collector) -> None:
     collector.source, collector.item_lines = source, {}
     if _looks_like_json(text):
+        check_nesting(text, source)
         try:
             document, collector.item_lines = _json_with_item_lines(text)
         except json.JSONDecodeError as error:
@@ -1039,12 +1049,15 @@ def _load_text(text: str, source: str, collector: _Collector) -> None:
 def _report_with_lines(text: str, source: str, original: _SchemaError) -> None:
     scratch = _Collector()
     scratch.source = source
+    if len(text) > 8 << 20:
+        # Decoding it again with positions would take many times the time and memory: say what is wrong.
+        raise InputError(source, original.line, original.message) from None
     try:
-        for document in yaml.load_all(text, Loader=_LineLoader):
+        for document in _yaml_documents(text, source):
             scratch.add_document(document, getattr(document, "line", None), None)
     except _SchemaError as error:
         raise InputError(source, error.line, error.message) from None
-    except yaml.YAMLError:
+    except (yaml.YAMLError, InputError):
         pass
     raise InputError(source, original.line, original.message) from None
 
@@ -1064,12 +1077,7 @@ def _files_under(directory: Path) -> list[Path]:
 def _decode(data: bytes, source: str) -> str:
     """Bytes of a dump as text, gunzipping it first when it is gzip-compressed."""
     if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError) as error:
-            raise InputError(
-                source, None, f"expected a complete gzip stream, found a damaged one ({error})"
-            ) from None
+        data = gunzip_bounded(data, source)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -1090,7 +1098,7 @@ def load_objects(paths: Sequence[str], stdin: TextIO | None = None) -> ClusterOb
             if stdin is not None:
                 _load_text(stdin.read(), "<stdin>", collector)
             else:
-                _load_text(_decode(sys.stdin.buffer.read(), "<stdin>"), "<stdin>", collector)
+                _load_text(_decode(read_bounded(sys.stdin.buffer, "<stdin>"), "<stdin>"), "<stdin>", collector)
             continue
         path = Path(raw)
         if path.is_dir():
@@ -1103,7 +1111,8 @@ def load_objects(paths: Sequence[str], stdin: TextIO | None = None) -> ClusterOb
             raise InputError(raw, None, "expected a file or directory, found nothing there")
         for file in files:
             try:
-                data = file.read_bytes()
+                with open(file, "rb") as fh:
+                    data = read_bounded(fh, str(file))
             except OSError as error:
                 raise InputError(str(file), None, f"cannot read: {error.strerror}") from None
             _load_text(_decode(data, str(file)), str(file), collector)

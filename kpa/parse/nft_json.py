@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from kpa.errors import InputError
+from kpa.limits import check_nesting
 from kpa.netfilter.model import Ruleset
 from kpa.parse.nft_common import Builder
 
@@ -24,6 +25,7 @@ IGNORED = {"metainfo", "flowtable", "counter", "quota", "ct helper", "ct timeout
 
 def _objects(text: str, file: str) -> Iterator[tuple[int, Any]]:
     """Each element of the top-level `nftables` array with the line it starts on."""
+    check_nesting(text, file)
     m = HEAD.match(text)
     dec = json.JSONDecoder()
     if m is None:

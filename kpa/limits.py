@@ -1,0 +1,153 @@
+"""Bounds on what kpa reads, so no input can exhaust memory or the stack.
+
+Rules dumps and cluster objects are read whole. A file (or stdin, or a gzip
+stream once decompressed) larger than `max_input_bytes` is refused with a
+message that says how to raise the bound (`kpa --max-input-size`). Nested
+JSON and YAML are checked for depth before they are decoded (the real dumps
+and Kubernetes objects nest a few dozen levels; decoders recurse per level),
+and YAML aliases may not refer to themselves or expand past a bound.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import re
+from typing import Any, BinaryIO
+
+from kpa.errors import InputError
+
+DEFAULT_MAX_INPUT_BYTES = 256 << 20  # 256 MiB: well above the largest real dumps (tens of MB)
+MAX_NESTING = 200
+MAX_YAML_NODES = 5_000_000
+
+_limits = {"input": DEFAULT_MAX_INPUT_BYTES}
+
+
+def max_input_bytes() -> int:
+    return _limits["input"]
+
+
+def set_max_input_bytes(n: int) -> None:
+    _limits["input"] = n
+
+
+def parse_size(text: str) -> int:
+    """`200M`, `2G`, `1048576` -> bytes."""
+    m = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)i?B?\s*", text, re.IGNORECASE)
+    if not m:
+        raise ValueError(f"expected a size like 500M or 2G, found {text!r}")
+    return int(m.group(1)) << (10 * " KMGT".index(m.group(2).upper() or " "))
+
+
+def _too_large(name: str, what: str) -> InputError:
+    return InputError(name, None, f"{what} larger than {human(max_input_bytes())}; "
+                                  "raise the bound with `kpa --max-input-size SIZE ...`")
+
+
+def human(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return f"{n} bytes"
+
+
+def read_bounded(fh: BinaryIO, name: str) -> bytes:
+    """All of a stream, at most the input bound; gzip data is decompressed within the same bound."""
+    limit = max_input_bytes()
+    data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise _too_large(name, "input")
+    if data[:2] == b"\x1f\x8b":
+        data = gunzip_bounded(data, name)
+    return data
+
+
+def gunzip_bounded(data: bytes, name: str) -> bytes:
+    limit = max_input_bytes()
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as gz:
+            out = gz.read(limit + 1)
+    except (OSError, EOFError) as exc:
+        raise InputError(name, None, f"expected a complete gzip stream, found a damaged one ({exc})") from None
+    if len(out) > limit:
+        raise _too_large(name, "decompressed input")
+    return out
+
+
+def check_nesting(text: str, name: str, limit: int = MAX_NESTING) -> None:
+    """Refuse JSON or flow-style YAML nested deeper than `limit` brackets (outside strings)."""
+    if text.count("[") + text.count("{") <= limit:
+        return
+    depth = 0
+    in_str: str | None = None
+    escaped = False
+    line = 1
+    for c in text:
+        if c == "\n":
+            line += 1
+            in_str = None if in_str == "'" else in_str
+        if in_str is not None:
+            if escaped:
+                escaped = False
+            elif c == "\\" and in_str == '"':
+                escaped = True
+            elif c == in_str:
+                in_str = None
+            continue
+        if c == '"':
+            in_str = '"'
+        elif c in "[{":
+            depth += 1
+            if depth > limit:
+                raise InputError(name, line, f"expected at most {limit} levels of nesting, found more")
+        elif c in "]}":
+            depth = max(0, depth - 1)
+
+
+def check_yaml_node(node: Any, name: str) -> None:
+    """Refuse YAML whose aliases refer to themselves, nest too deep, or expand past MAX_YAML_NODES."""
+    import yaml
+
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+    stack: list[tuple[Any, int, bool]] = [(node, 0, False)]
+    while stack:
+        n, depth, done = stack.pop()
+        key = id(n)
+        if done:
+            active.discard(key)
+            children = _children(n, yaml)
+            total = 1 + sum(sizes[id(c)] for c in children)
+            if total > MAX_YAML_NODES:
+                raise InputError(name, n.start_mark.line + 1,
+                                 f"expected at most {MAX_YAML_NODES} values once aliases are expanded, found more")
+            sizes[key] = total
+            continue
+        if key in sizes:
+            continue
+        if key in active:
+            raise InputError(name, n.start_mark.line + 1, "expected aliases to earlier values, found one that "
+                                                          "refers to itself")
+        if depth > MAX_NESTING:
+            raise InputError(name, n.start_mark.line + 1, f"expected at most {MAX_NESTING} levels of nesting, "
+                                                          "found more")
+        active.add(key)
+        stack.append((n, depth, True))
+        for c in _children(n, yaml):
+            if id(c) in active:
+                raise InputError(name, c.start_mark.line + 1, "expected aliases to earlier values, found one "
+                                                              "that refers to itself")
+            if id(c) not in sizes:
+                stack.append((c, depth + 1, False))
+
+
+def _children(n: Any, yaml: Any) -> list[Any]:
+    if isinstance(n, yaml.MappingNode):
+        return [x for pair in n.value for x in pair]
+    if isinstance(n, yaml.SequenceNode):
+        return list(n.value)
+    return []
+
+
+__all__ = ["check_nesting", "check_yaml_node", "max_input_bytes", "parse_size", "read_bounded", "set_max_input_bytes"]
