@@ -20,7 +20,7 @@ import socket
 
 from kpa.errors import InputError
 from kpa.netfilter.model import IpSet, IpSetMember, Location, Ruleset
-from kpa.netfilter.packet import PROTOCOLS
+from kpa.netfilter.protocols import iptables_protocol
 
 # The dimensions of each modelled type, in the order ipset writes them.
 DIMENSIONS: dict[str, tuple[str, ...]] = {
@@ -167,14 +167,11 @@ def _protocol(name: str, version: int) -> int:
     key = name.lower()
     if key in ("icmp", "icmpv6", "ipv6-icmp"):
         return 58 if (version == 6 or key != "icmp") else 1
-    if key in PROTOCOLS and PROTOCOLS[key] >= 0:
-        return PROTOCOLS[key]
-    if key.isdigit() and int(key) <= 255:
-        return int(key)
+    # ipset names protocols through the protocol database, as iptables does (kpa.netfilter.protocols).
     try:
-        return socket.getprotobyname(key)
-    except OSError:
-        raise _Error(f"expected a protocol name or number, found {name!r}") from None
+        return iptables_protocol(key)
+    except ValueError:
+        raise _Error(f"expected a protocol name or number, found {name[:40]!r}") from None
 
 
 def _port(text: str, version: int) -> tuple[int, int]:
