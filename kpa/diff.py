@@ -23,7 +23,7 @@ from typing import Any
 from kpa.k8s.kubeproxy import service_ports
 from kpa.k8s.naming import service_port_name
 from kpa.k8s.objects import ClusterObjects, Node
-from kpa.netfilter.domain import IntSet, describe_addresses, network_set
+from kpa.netfilter.domain import IntSet, describe_addresses, fraction_text, network_set
 from kpa.netfilter.engine import Outcome, trace
 from kpa.netfilter.model import Family, Ruleset, Verdict
 from kpa.netfilter.packet import PacketSpec, TraceContext, node_local_addresses
@@ -194,7 +194,7 @@ def _dist_json(d: Dist) -> list[dict[str, Any]]:
     return [
         {"verdict": k.verdict, "delivery": k.delivery or None, "dnat": k.dnat or None,
          "masquerade": k.masquerade, "snat": k.snat or None, "conditions": list(k.conditions),
-         "probability": float(p), "probability_exact": f"{p.numerator}/{p.denominator}"}
+         "probability": float(p), "probability_exact": fraction_text(p)}
         for k, p in sorted(d.items(), key=lambda kv: (-kv[1], kv[0]))
     ]
 

@@ -47,7 +47,7 @@ RULES = [
 CLUSTERS = [FIX / "clusters" / "session-affinity.yaml"]
 # Messages kpa prints for a file as a whole, where no line applies.
 WHOLE_FILE = ("cannot read", "gzip", "larger than", "is a directory", "expected text, found binary data",
-              "no rules", "holds no", "no chain named", "is empty")
+              "no rules", "holds no", "no chain named", "is empty", "empty:", "no tables found", "found a directory")
 MAX_MESSAGE = 600
 INTERESTING = ["{", "}", "[", "]", "(", ")", ";", ",", ":", "=", "*", "@x", "!", "-", "--", "-j", "-g", "-m",
                "jump", "goto", "vmap", "map", "set", "chain", "table", "COMMIT", "*nat", "\"", "'", "\\", "0",

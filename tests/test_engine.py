@@ -168,3 +168,32 @@ def test_conditions_read_as_a_network_with_holes() -> None:
     outs = run(text, dst="10.9.9.9", proto="tcp", dport=1)
     conds = sorted(c for o in outs for c in o.conditions)
     assert conds == ["src in 10.244.0.0/16 except 10.244.0.5", "src in 10.244.0.5", "src not in 10.244.0.0/16"]
+
+
+def _unknown_loop_ruleset(goto_self: bool) -> str:
+    rules = ["-A LOOP -m foo --bar 1 -j LOOP", "-A LOOP -m foo --bar 2 -j LOOP",
+             "-A LOOP -g LOOP" if goto_self else "-A LOOP -j ACCEPT"]
+    return ("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:LOOP - [0:0]\n"
+            "-A INPUT -j LOOP\n-A FORWARD -j LOOP\n" + "\n".join(rules) + "\nCOMMIT\n")
+
+
+def test_a_chain_that_jumps_or_goes_to_itself_stops_the_trace() -> None:
+    rs = parse_iptables(_unknown_loop_ruleset(goto_self=True), "loop.save")
+    ctx = TraceContext(local=node_local_addresses(["192.168.0.2"]))
+    result = trace(rs, PacketSpec(family=Family.IPV4), ctx)
+    assert any("jump loop in table filter: LOOP -> LOOP" in w for w in result.warnings)
+    assert all(o.verdict in ("ACCEPT", "DROP") for o in result.outcomes)
+    assert not result.truncated and len(result.outcomes) < 20
+
+
+def test_max_outcomes_bounds_the_outcomes_and_says_so() -> None:
+    # 12 unknown matches in a row: 2^12 ways through, more than --max-outcomes allows.
+    rules = "".join(f"-A INPUT -m foo --bar {i} -j MARK --set-xmark {1 << i}/{1 << i}\n" for i in range(12))
+    rs = parse_iptables(f"*mangle\n:INPUT ACCEPT [0:0]\n{rules}COMMIT\n", "many.save")
+    for bound in (5, 64):
+        ctx = TraceContext(local=node_local_addresses(["192.168.0.2"]), max_outcomes=bound)
+        result = trace(rs, PacketSpec(family=Family.IPV4, dst="192.168.0.2"), ctx)
+        assert result.truncated and 0 < len(result.outcomes) <= bound
+    ctx = TraceContext(local=node_local_addresses(["192.168.0.2"]), max_outcomes=10_000)
+    result = trace(rs, PacketSpec(family=Family.IPV4, dst="192.168.0.2"), ctx)
+    assert not result.truncated and len(result.outcomes) == 4096

@@ -21,7 +21,7 @@ from kpa.ext.recent import RecentMatch
 from kpa.ext.statistic import StatisticMatch, kernel_probability
 from kpa.k8s import naming
 from kpa.k8s.objects import _CANONICAL_V4
-from kpa.netfilter.domain import IntSet
+from kpa.netfilter.domain import IntSet, fraction_text
 from kpa.netfilter.model import Chain, LazyRule, Rule, Ruleset, Table, VerdictKind
 
 ENTRY_KINDS = {
@@ -63,7 +63,7 @@ class EndpointView:
             "chain": self.chain,
             "endpoint": self.address,
             "probability": float(self.probability),
-            "probability_exact": f"{self.probability.numerator}/{self.probability.denominator}",
+            "probability_exact": fraction_text(self.probability),
             "location": self.location,
         }
 

@@ -943,7 +943,10 @@ def _yaml_documents(text: str, source: str) -> Iterator[Any]:
             source, line, f"expected valid YAML, found a syntax error ({detail or 'unknown'})"
         ) from None
     except yaml.YAMLError as error:
-        raise InputError(source, None, f"expected valid YAML, found {error}") from None
+        position = getattr(error, "position", None)
+        line = text.count("\n", 0, position) + 1 if isinstance(position, int) else None
+        reason = getattr(error, "reason", None) or str(error).splitlines()[0]
+        raise InputError(source, line, f"expected valid YAML, found {str(reason)[:200]}") from None
 
 
 _JSON = json.JSONDecoder()

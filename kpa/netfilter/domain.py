@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 Interval = tuple[int, int]
 
@@ -196,3 +197,15 @@ class NameSet:
 
     def is_unconstrained(self) -> bool:
         return self.exact is None and not (self.must or self.must_not or self.not_exact)
+
+
+def fraction_text(p: Fraction) -> str:
+    """`numerator/denominator`, or a decimal when the exact fraction runs past thousands of digits.
+
+    Shares of a Service with thousands of endpoints are products of thousands
+    of 32-bit thresholds; Python refuses to print integers that long.
+    """
+    if max(p.numerator.bit_length(), p.denominator.bit_length()) > 3000:
+        digits = int(p.denominator.bit_length() * 0.30103) + 1
+        return f"{float(p):.17g} (exact fraction of about {digits} digits)"
+    return f"{p.numerator}/{p.denominator}"

@@ -15,7 +15,7 @@ from fractions import Fraction
 from typing import Any
 
 from kpa.ext.nfqueue import describe_queue
-from kpa.netfilter.domain import IntSet, NameSet, describe_addresses, describe_ints
+from kpa.netfilter.domain import IntSet, NameSet, describe_addresses, describe_ints, fraction_text
 from kpa.netfilter.index import candidate_rules
 from kpa.netfilter.memo import memo_for
 from kpa.netfilter.model import Chain, Flow, Rule, Ruleset, Table, Verdict, VerdictKind
@@ -31,6 +31,12 @@ from kpa.netfilter.packet import (
 )
 
 MAX_DEPTH = 64
+# Rule evaluations allowed per --max-outcomes: bounds the work of a trace whatever the rules do.
+STEPS_PER_OUTCOME = 2_000
+
+
+class _OutOfBudget(Exception):
+    """The trace did the work its --max-outcomes allows; what was found so far is reported, truncated."""
 _ACCEPT = Verdict(VerdictKind.ACCEPT)
 # How many of the rules just before a hit --explain shows.
 EXPLAIN_MISSES = 3
@@ -63,7 +69,7 @@ class Outcome:
         st = self.state
         return {
             "probability": float(self.probability),
-            "probability_exact": f"{self.probability.numerator}/{self.probability.denominator}",
+            "probability_exact": fraction_text(self.probability),
             "verdict": self.verdict,
             "reject_with": self.detail if self.verdict == "REJECT" else None,
             "queue": self.detail if self.verdict == "QUEUE" else None,
@@ -131,15 +137,26 @@ class Engine:
         ctx.ipsets = ruleset.ipsets
         self.truncated = False
         self.memo = memo_for(ruleset, ctx)
+        self.steps = 0
+        self.budget = max(200_000, ctx.max_outcomes * STEPS_PER_OUTCOME)
 
     # -- public ----------------------------------------------------------
     def trace(self, spec: PacketSpec) -> TraceResult:
         start = spec.initial_state()
         finals: list[tuple[State, str, str | None, str | None, str]] = []
-        if spec.origin == "output":
-            self._trace_output(start, finals)
-        else:
-            self._trace_prerouting(start, finals)
+        try:
+            if spec.origin == "output":
+                self._trace_output(start, finals)
+            else:
+                self._trace_prerouting(start, finals)
+        except _OutOfBudget:
+            self.truncated = True
+            self.ctx.warnings.append(f"the trace stopped after {self.budget} rule evaluations (the bound for "
+                                     f"--max-outcomes {self.ctx.max_outcomes}); outcomes are incomplete")
+        if len(finals) > self.ctx.max_outcomes:
+            finals.sort(key=lambda f: f[0].probability, reverse=True)
+            del finals[self.ctx.max_outcomes:]
+            self.truncated = True
         outcomes = self._outcomes(start, finals)
         return TraceResult(spec, outcomes, list(dict.fromkeys(self.ctx.warnings)), self.truncated)
 
@@ -203,9 +220,21 @@ class Engine:
                         finals.append((s2, "QUEUE", v.detail or "queue 0", hook, describe_queue(v.detail)))
                     else:
                         finals.append((s2, "DROP", None, hook, self._death_reason(v, chain, hook)))
-            states = next_states
+            states = self._bounded(next_states)
+            if len(finals) > 4 * self.ctx.max_outcomes:
+                finals.sort(key=lambda f: f[0].probability, reverse=True)
+                del finals[self.ctx.max_outcomes:]
+                self.truncated = True
             if not states:
                 break
+        return states
+
+    def _bounded(self, states: list[State]) -> list[State]:
+        """At most --max-outcomes states, the likeliest; the rest are dropped and the trace marked truncated."""
+        if len(states) > self.ctx.max_outcomes:
+            states.sort(key=lambda s: s.probability, reverse=True)
+            del states[self.ctx.max_outcomes:]
+            self.truncated = True
         return states
 
     @staticmethod
@@ -236,7 +265,7 @@ class Engine:
             if new is None:
                 return out
             st = new
-        for s, v in self._chain(table, chain, st, 0):
+        for s, v in self._chain(table, chain, st, 0, (chain.name,)):
             if v.kind is VerdictKind.RETURN:
                 policy = chain.policy or "ACCEPT"
                 # An empty chain's ACCEPT policy tells the reader nothing.
@@ -258,7 +287,7 @@ class Engine:
         if chain.kind != "nat" or not chain.rules:
             return [(st, Verdict(VerdictKind.ACCEPT))]
         first = st.set(ctstate=frozenset({"NEW"}))
-        for s, v in self._chain(table, chain, first, 0):
+        for s, v in self._chain(table, chain, first, 0, (chain.name,)):
             extra = s.path[len(st.path):]
             hops = tuple(Hop(h.hook, h.table, h.chain, h.rule, h.location, h.text, h.comment,
                              "via the conntrack entry of the connection's first packet", h.family) for h in extra)
@@ -266,8 +295,12 @@ class Engine:
             out.append((s2, Verdict(VerdictKind.ACCEPT) if v.kind in (VerdictKind.RETURN, VerdictKind.ACCEPT) else v))
         return out
 
-    def _chain(self, table: Table, chain: Chain, st: State, depth: int) -> list[tuple[State, Verdict]]:
-        """Run a chain; RETURN in the results means the chain fell through or returned."""
+    def _chain(self, table: Table, chain: Chain, st: State, depth: int,
+               stack: tuple[str, ...] = ()) -> list[tuple[State, Verdict]]:
+        """Run a chain; RETURN in the results means the chain fell through or returned.
+
+        `stack` holds the chains this call runs inside (and those a goto left).
+        """
         if depth > MAX_DEPTH:
             self.ctx.warnings.append(f"jumps nest deeper than {MAX_DEPTH} at {table.name}/{chain.name}; a loop?")
             return [(st, Verdict(VerdictKind.DROP, detail="jump loop"))]
@@ -276,9 +309,10 @@ class Engine:
         for rule in candidate_rules(chain, active):
             if not active:
                 break
-            if len(active) > self.ctx.max_outcomes:
-                active.sort(key=lambda s: s.probability, reverse=True)
-                del active[self.ctx.max_outcomes:]
+            active = self._bounded(active)
+            if len(results) > self.ctx.max_outcomes:
+                results.sort(key=lambda r: r[0].probability, reverse=True)
+                del results[self.ctx.max_outcomes:]
                 self.truncated = True
             next_active: list[State] = []
             for s in active:
@@ -293,7 +327,7 @@ class Engine:
                         next_active.append(s2)
                         continue
                     assert isinstance(flow, Verdict)
-                    self._verdict(table, flow, s2, depth, next_active, results)
+                    self._verdict(table, flow, s2, depth, next_active, results, stack)
             active = next_active
         if self.ctx.explain:
             active = [self._fell_through(table, chain, s) for s in active]
@@ -311,14 +345,22 @@ class Engine:
         return st.hop(hop).set(misses=tuple(m for m in st.misses if m.chain != chain.name))
 
     def _verdict(self, table: Table, v: Verdict, st: State, depth: int,
-                 next_active: list[State], results: list[tuple[State, Verdict]]) -> None:
+                 next_active: list[State], results: list[tuple[State, Verdict]], stack: tuple[str, ...] = ()) -> None:
         if v.kind in (VerdictKind.JUMP, VerdictKind.GOTO):
             target = table.chains.get(v.chain or "")
             if target is None:
                 self.ctx.warnings.append(f"jump to undefined chain {v.chain} in table {table.name}")
                 results.append((st, Verdict(VerdictKind.DROP, detail=f"undefined chain {v.chain}")))
                 return
-            for s3, v3 in self._chain(table, target, st, depth + 1):
+            if target.name in stack:
+                # The kernel refuses to load a ruleset with a loop (iptables and nft alike): no real packet
+                # ever walks one, so the walk stops here instead of going round.
+                loop = " -> ".join((*stack[stack.index(target.name):], target.name))
+                self.ctx.warnings.append(f"jump loop in table {table.name}: {loop} (the kernel would refuse "
+                                         "these rules)")
+                results.append((st, Verdict(VerdictKind.DROP, detail="jump loop")))
+                return
+            for s3, v3 in self._chain(table, target, st, depth + 1, (*stack, target.name)):
                 if v3.kind is VerdictKind.RETURN and v.kind is VerdictKind.JUMP:
                     next_active.append(s3)
                 else:
@@ -327,6 +369,9 @@ class Engine:
         results.append((st, v))
 
     def _rule(self, rule: Rule, st: State) -> Iterable[tuple[State, Flow | Verdict]]:
+        self.steps += 1
+        if self.steps > self.budget:
+            raise _OutOfBudget()
         self.ctx.rule = rule
         states = [st]
         for expr in rule.exprs:

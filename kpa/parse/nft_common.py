@@ -117,7 +117,14 @@ def looks_iptables_managed(table: Table) -> bool:
 # -- rendering (for rule text of JSON input and expression labels) ---------------
 
 def fmt(x: Any) -> str:
-    """An nft-syntax rendering of a JSON-schema expression or statement."""
+    """An nft-syntax rendering of a JSON-schema expression or statement (of any shape)."""
+    try:
+        return _fmt(x)
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError, RecursionError):
+        return clip(repr(x), 200)
+
+
+def _fmt(x: Any) -> str:
     if x is None:
         return ""
     if isinstance(x, bool):
@@ -162,6 +169,8 @@ def fmt(x: Any) -> str:
     if k in ("vmap", "map"):
         return f"{fmt(v['key'])} {k} {fmt(v['data'])}"
     if k in ("jump", "goto"):
+        if isinstance(v, dict) and "rules" in v:
+            return f"{k} {{ " + "; ".join(" ".join(fmt_stmt(s) for s in r) for r in v["rules"]) + " }"
         return f"{k} {v['target']}"
     if k in VERDICTS:
         return str(k)
@@ -194,9 +203,11 @@ def fmt(x: Any) -> str:
 
 
 def fmt_stmt(stmt: dict[str, Any]) -> str:
+    if not isinstance(stmt, dict):
+        return fmt(stmt)
     if len(stmt) == 1 and "set" in stmt and isinstance(stmt["set"], dict) and "op" in stmt["set"]:
         s = stmt["set"]
-        return f"{s['op']} {s['set']} {{ {fmt(s['elem'])} }}"
+        return f"{fmt(s.get('op'))} {fmt(s.get('set'))} {{ {fmt(s.get('elem'))} }}"
     return fmt(stmt)
 
 
@@ -253,6 +264,13 @@ class Builder:
 
     def chain(self, table: Table, name: str, line: int | None, handle: int | None = None,
               ctype: str | None = None, hook: str | None = None, prio: Any = None, policy: str | None = None) -> Chain:
+        for what, value in (("type", ctype), ("hook", hook), ("policy", policy)):
+            if value is not None and not isinstance(value, str):
+                raise self.error(line, f"expected the chain's {what} as a string, found {clip(fmt(value))!r}")
+        if (prio is not None and not isinstance(prio, (str, int))) or isinstance(prio, bool):
+            raise self.error(line, f"expected the chain's priority as a number or name, found {clip(fmt(prio))!r}")
+        if handle is not None and (not isinstance(handle, int) or isinstance(handle, bool)):
+            handle = None
         c = table.chains.get(name)
         if c is None:
             c = Chain(name, table.name, location=Location(self.file, line or 0), handle=handle)

@@ -15,6 +15,7 @@ from typing import Any
 
 from kpa.errors import InputError
 from kpa.netfilter.model import Ruleset, Table
+from kpa.netfilter.protocols import BadNumber, c_uint
 from kpa.parse.nft_common import VERDICTS, Builder, clip
 
 # A line that opens a table, chain, set or other named block: never part of a rule.
@@ -108,6 +109,13 @@ class RuleParser:
         t = self.toks[self.pos]
         self.pos += 1
         return t.text
+
+    def number(self) -> int:
+        t = self.next()
+        try:
+            return c_uint(t, 0xFFFFFFFF)
+        except BadNumber:
+            raise Unparsed(f"expected a number, found {clip(t)!r}") from None
 
     def accept(self, word: str) -> bool:
         if self.peek() == word:
@@ -323,15 +331,15 @@ class RuleParser:
             mode = self.next()
             if not self.accept("mod"):
                 raise Unparsed("expected numgen MODE mod N")
-            body = {"mode": mode, "mod": int(self.next(), 0), "offset": 0}
+            body = {"mode": mode, "mod": self.number(), "offset": 0}
             if self.accept("offset"):
-                body["offset"] = int(self.next(), 0)
+                body["offset"] = self.number()
             return {"numgen": body}
         if t in ("jhash", "symhash"):
             body = {"expr": self.concat_expr()} if t == "jhash" else {}
             if not self.accept("mod"):
                 raise Unparsed(f"expected {t} ... mod N")
-            body["mod"] = int(self.next(), 0)
+            body["mod"] = self.number()
             for opt in ("seed", "offset"):
                 if self.accept(opt):
                     body[opt] = self.next()
@@ -580,17 +588,32 @@ class TextReader:
                 continue
             # set or map attribute; `elements = { ... }` may span lines
             if line.startswith("elements"):
-                text = line
-                while text.count("{") > text.count("}") and i < len(lines):
-                    text += " " + lines[i].strip()
+                # One part per line, joined once: adding to a string line by line is quadratic.
+                parts = [line]
+                depth = line.count("{") - line.count("}")
+                while depth > 0 and i < len(lines):
+                    nxt = lines[i].strip()
+                    parts.append(nxt)
+                    depth += nxt.count("{") - nxt.count("}")
                     i += 1
-                toks = tokenize(text.split("=", 1)[1], self.file, lineno)
+                text = " ".join(parts)
+                head, eq, rest = text.partition("=")
+                if not eq or head.strip() != "elements":
+                    raise self.error(lineno, f"expected 'elements = {{ ... }}' in set {clip(name)!r}, found {clip(line)!r}")
+                toks = tokenize(rest, self.file, lineno)
                 p = RuleParser(toks)
                 try:
                     value = p.rhs(map_verdicts="map" in spec and spec["map"] == "verdict")
+                    if p.pos < len(toks):
+                        raise Unparsed(f"expected the end of the elements, found {clip(p.rest_text())!r}")
                 except Unparsed as exc:
-                    raise self.error(lineno, f"set {name}: {exc}") from None
-                spec["elem"] = value["set"] if isinstance(value, dict) else [value]
+                    raise self.error(lineno, f"set {clip(name)}: {exc}") from None
+                if isinstance(value, dict) and isinstance(value.get("set"), list):
+                    spec["elem"] = value["set"]
+                elif isinstance(value, (str, dict)):
+                    spec["elem"] = [value]
+                else:
+                    raise self.error(lineno, f"set {clip(name)}: expected elements, found {clip(text)!r}")
                 continue
             self._set_attr(spec, line, lineno, table)
         raise self.error(start, f"expected '}}' closing {kind} {name!r}, found end of input")

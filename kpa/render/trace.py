@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from kpa.netfilter.domain import fraction_text
 from kpa.netfilter.engine import Outcome, TraceResult
 from kpa.netfilter.packet import Hop, PacketSpec
 
@@ -43,7 +44,7 @@ def _pct(o: Outcome) -> str:
     p = o.probability
     text = f"{float(p) * 100:.4g}%"
     if p.denominator != 1:
-        text += f" ({p.numerator}/{p.denominator})"
+        text += f" ({fraction_text(p)})"
     return text
 
 
