@@ -373,3 +373,44 @@ def test_fixture_clusters_load_cleanly(fixture: Path) -> None:
     for endpoint_slice in objects.endpoint_slices:
         assert endpoint_slice.service_name is not None
         assert objects.service(endpoint_slice.namespace, endpoint_slice.service_name)
+
+
+def test_an_unreadable_cluster_directory_is_an_error_not_empty() -> None:
+    import os
+    import shutil
+    import tempfile
+
+    import pytest
+
+    from kpa.errors import InputError
+    from kpa.k8s.objects import load_objects
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop to another user in a child process")
+    tmp_path = Path(tempfile.mkdtemp(prefix="kpa-unreadable-", dir="/tmp"))
+    tmp_path.chmod(0o755)
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / "svc.yaml").write_text("kind: List\nitems: []\n")
+    sub.chmod(0)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child reads as an unprivileged user, who cannot list `sub`
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                load_objects([str(tmp_path)])
+                os.write(write, b"read as empty")
+            except InputError as exc:
+                os.write(write, str(exc).encode()[:500])
+            except BaseException as exc:
+                os.write(write, repr(exc).encode()[:500])
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    os.close(write)
+    said = os.read(read, 1000).decode()
+    sub.chmod(0o755)
+    shutil.rmtree(tmp_path)
+    assert said.startswith(f"{sub}: cannot read this directory"), said

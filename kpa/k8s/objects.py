@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 import sys
 from collections import Counter
@@ -1066,15 +1067,20 @@ def _report_with_lines(text: str, source: str, original: _SchemaError) -> None:
 
 
 def _files_under(directory: Path) -> list[Path]:
+    """Object files under a directory; one that cannot be listed is an error, never taken as empty."""
+
+    def unreadable(error: OSError) -> None:
+        raise InputError(str(error.filename or directory), None, f"cannot read this directory: {error.strerror}")
+
     found = []
-    for path in sorted(directory.rglob("*")):
-        relative = path.relative_to(directory).parts
-        if any(part.startswith(".") for part in relative):
-            continue
-        name = path.name.lower().removesuffix(".gz")
-        if path.is_file() and name.endswith(OBJECT_FILE_SUFFIXES):
-            found.append(path)
-    return found
+    for root, dirs, files in os.walk(directory, onerror=unreadable, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for f in files:
+            name = f.lower().removesuffix(".gz")
+            path = Path(root) / f
+            if not f.startswith(".") and name.endswith(OBJECT_FILE_SUFFIXES) and path.is_file():
+                found.append(path)
+    return sorted(found)
 
 
 def _decode(data: bytes, source: str) -> str:

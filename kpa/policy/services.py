@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from kpa.k8s import kubeproxy, naming
 from kpa.k8s.objects import ClusterObjects, Service, ServicePort, canonical_ip
+from kpa.netfilter.domain import fraction_text
 from kpa.policy.engine import Decision, PolicyEngine, Subject
 
 EndpointSource = Literal["rules", "endpointslices"]
@@ -63,7 +64,7 @@ class EndpointVerdict:
         if self.probability is not None:
             p = self.probability
             out["probability"] = float(p)
-            out["probability_exact"] = f"{p.numerator}/{p.denominator}"
+            out["probability_exact"] = fraction_text(p)
         return out
 
 
