@@ -14,6 +14,7 @@ the real restore tools, keeps what the real save tools print, and measures:
 
 Needs root (network namespaces). Usage:
     python3 tests/benchmarks/bench.py [--sizes 5000x5,10000x10] [--out FILE]
+    python3 tests/benchmarks/bench.py --fuzz 600      # the fuzzer, for ten minutes
 """
 
 from __future__ import annotations
@@ -132,7 +133,20 @@ def main() -> None:
     ap.add_argument("--out", help="also write the results as JSON here")
     ap.add_argument("--no-nft-reference", action="store_true",
                     help="skip `nft -c -f` (nft 1.0.6 needs many GiB and tens of minutes at 10,000 Services)")
+    ap.add_argument("--fuzz", type=float, metavar="SECONDS",
+                    help="instead, run the fuzzer (tests/fuzzer.py) over mutated dumps and objects this long")
+    ap.add_argument("--fuzz-seed", type=int, default=int(time.time()))
     args = ap.parse_args()
+    if args.fuzz:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        import fuzzer
+
+        report = fuzzer.fuzz(args.fuzz, args.fuzz_seed, per_case=60,
+                             on_failure=lambda f: print(f"FAIL ({f.kind}): {fuzzer.reproducer(f, 'kpa-fuzz-failures')}\n"
+                                                        f"{f.detail}", flush=True))
+        print(f"fuzz seed {args.fuzz_seed}: {report.cases} cases in {args.fuzz:g} s, outcomes {report.by_outcome}, "
+              f"{len(report.failures)} failures")
+        raise SystemExit(1 if report.failures else 0)
     if os.geteuid() != 0:
         raise SystemExit("benchmarks load rules into a network namespace: run as root")
     results = []
