@@ -435,7 +435,10 @@ def _iptables_actual(
         source: NameSource = "comment" if v.name_source == "comment" else "hash"
         actual = Actual(name_source=source, entries=list(v.entries))
         for name in chain_names:
-            kind = _IPT_KIND_OF[name.split("-")[1]]
+            parts = name.split("-")
+            kind = _IPT_KIND_OF.get(parts[1]) if len(parts) > 1 else None
+            if kind is None:
+                continue  # not a KUBE-SVC/SVL/EXT/FW chain (a hand-made or mangled dump)
             actual.chains[kind] = ChainRef(name, _chain_location(nat.chains[name]))
         for dest, views_eps in ((actual.cluster, v.endpoints), (actual.local, v.local_endpoints)):
             for e in views_eps:
