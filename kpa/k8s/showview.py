@@ -111,7 +111,7 @@ def describe(views: list[ServicePortView], rs: Ruleset, objects: Any) -> list[di
             for e in doc[key]:
                 host, p = _host_port(e["endpoint"])
                 ep = conditions.get((host or "", p))
-                e["share"] = fmt_share(_fraction(e["probability_exact"]))
+                e["share"] = fmt_share(_fraction(e["probability_exact"], e.get("probability")))
                 if ep is not None:
                     ref = ep.target_ref
                     e["pod"] = f"{ref.namespace or ns}/{ref.name}" if ref is not None and ref.kind == "Pod" else None
@@ -125,10 +125,13 @@ def describe(views: list[ServicePortView], rs: Ruleset, objects: Any) -> list[di
     return docs
 
 
-def _fraction(text: str) -> Any:
+def _fraction(text: str, approx: Any = None) -> Any:
+    """The exact share, or (past thousands of digits, printed as a decimal) the decimal."""
     from fractions import Fraction
 
-    return Fraction(text)
+    if "/" in text or approx is None:
+        return Fraction(text.split(" ")[0])
+    return Fraction(approx)
 
 
 __all__ = ["describe"]

@@ -49,4 +49,4 @@ def test_trace_a_service_with_hundreds_of_endpoints(tmp_path: object) -> None:
         if "/" in o["probability_exact"]:
             assert abs(float(Fraction(o["probability_exact"])) - o["probability"]) < 1e-12
     res = runner.invoke(cli, ["show", "-r", str(path)])
-    assert res.exception is None and res.output.count("endpoint ") >= n, res.output[-500:]
+    assert res.exception is None and res.output.count(":8080") >= n, res.output[-500:]
