@@ -45,10 +45,7 @@ UNLOADABLE_REASON = {
 
 # Representatives whose dump kpa rejects today, and why. The catalogue test expects
 # each to fail (strictly), so an entry is removed as soon as kpa reads it.
-PENDING = {
-    "ipcomp": "iptables-save prints `-p ipcomp` from the protocol database; kpa knows a dozen protocol names",
-    "mh": "ip6tables-save prints `-p mobility-header`; kpa knows a dozen protocol names",
-}
+PENDING: dict[str, str] = {}
 NFT_PENDING = {
     "jhash": "`meta mark set jhash ...` in nft text is rejected (JSON is read, as unknown)",
 }
