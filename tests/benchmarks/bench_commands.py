@@ -28,14 +28,13 @@ import argparse
 import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import yaml
+from bench import run_measured  # the sibling script: one way to time a whole process
 
 from kpa.gen.capture import capture_iptables, scratch_netns
 from kpa.gen.cluster import Cluster, random_cluster
@@ -50,20 +49,6 @@ GOALS = {
     "lint_json": 1.5, "lint_yaml": 2.0, "show": 1.5, "diff": 3.0,
     "check_nft_text": 1.5, "check_nft_json": 1.5,
 }
-
-
-def run_measured(argv: list[str], stdin_path: str | None = None) -> tuple[float, int, int]:
-    """Wall seconds, peak RSS in KiB, and exit status of one whole process."""
-    stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL  # noqa: SIM115
-    try:
-        start = time.perf_counter()
-        proc = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        _, status, usage = os.wait4(proc.pid, 0)
-        elapsed = time.perf_counter() - start
-    finally:
-        if stdin_path:
-            stdin.close()  # type: ignore[union-attr]
-    return elapsed, usage.ru_maxrss, os.waitstatus_to_exitcode(status)
 
 
 def best_of(n: int, argv: list[str], stdin_path: str | None = None) -> dict[str, Any]:
