@@ -748,6 +748,9 @@ def trace(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: 
                        affinity_default=None if affinity_open else False, max_outcomes=max_outcomes,
                        explain=explain, ipsec=ipsec, rate_limits=rate_limits, connections=connections,
                        recent_hits=recent_hits, socket=socket_state, routes=parse_routes(routes))
+    from kpa.k8s.kubenetpol import queue_decider
+
+    ctx.queue_decider = queue_decider(rs, objects)
     result = run_trace(rs, spec, ctx)
     result.warnings = list(rs.warnings) + result.warnings
     from kpa.k8s.story import annotate

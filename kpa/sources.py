@@ -64,10 +64,10 @@ def detect_kind(text: str) -> str:
             continue
         if s.startswith("{"):
             return "nft-json"
-        if s.startswith(("create ", "add ")) and looks_like_ipset(s):
-            return "ipset"
         if s.startswith(("table ", "flush ruleset", "add table", "define ")):
             return "nft-text"
+        if s.startswith(("create ", "add ")) and looks_like_ipset(s):
+            return "ipset"
         if s.startswith("#") and ("nft" in s.lower() and "managed by iptables" not in s and "iptables" not in s):
             continue
         if s.startswith("#"):

@@ -3,6 +3,8 @@
 Outside CI a missing capability skips kernel tests with an explicit reason (and a banner
 in the summary, so the skip is never silent). With ``CI=true`` the same condition fails
 the test, because a CI run that silently skipped the kernel oracle would prove nothing.
+The one allowed exception is a named kernel feature the machine's kernel lacks
+(tests/kernel/features.py), listed again in the summary.
 """
 
 from __future__ import annotations
@@ -59,6 +61,11 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    from kernel.features import SKIPPED
+
+    for test, feature, reason in SKIPPED:
+        terminalreporter.write_sep("!", f"KERNEL FEATURE MISSING ({feature}), allowed skip: {test}: {reason}",
+                                   yellow=True, bold=True)
     if _skipped_kernel:
         terminalreporter.write_sep(
             "!", f"{len(_skipped_kernel)} kernel test(s) SKIPPED: "

@@ -217,7 +217,20 @@ class Engine:
                     elif v.kind is VerdictKind.REJECT:
                         finals.append((s2, "REJECT", v.detail, hook, self._death_reason(v, chain, hook)))
                     elif v.kind is VerdictKind.QUEUE:
-                        finals.append((s2, "QUEUE", v.detail or "queue 0", hook, describe_queue(v.detail)))
+                        detail = v.detail or "queue 0"
+                        decider = self.ctx.queue_decider
+                        decided = decider(s2, detail) if decider is not None else None
+                        if decided is None:
+                            finals.append((s2, "QUEUE", detail, hook, describe_queue(v.detail)))
+                        elif decided.verdict == "QUEUE":
+                            finals.append((self._decided(s2, decided.reason, False), "QUEUE", detail, hook,
+                                           f"{decided.reason}; {describe_queue(v.detail)}"))
+                        elif decided.verdict == "ACCEPT":
+                            # The listener's accept resumes the packet after this base chain.
+                            next_states.append(self._decided(s2, decided.reason))
+                        else:
+                            finals.append((self._decided(s2, decided.reason, False), "DROP", None, hook,
+                                           decided.reason))
                     else:
                         finals.append((s2, "DROP", None, hook, self._death_reason(v, chain, hook)))
             states = self._bounded(next_states)
@@ -228,6 +241,15 @@ class Engine:
             if not states:
                 break
         return states
+
+    @staticmethod
+    def _decided(st: State, reason: str, note: bool = True) -> State:
+        """The queue rule's hop says what the listener decided; an accepted packet's outcome keeps it as a note."""
+        last = st.path[-1]
+        hop = Hop(last.hook, last.table, last.chain, last.rule, last.location, last.text, last.comment, reason,
+                  last.family, last.misses, last.target)
+        st = st.set(path=(*st.path[:-1], hop))
+        return st.note(reason) if note else st
 
     def _bounded(self, states: list[State]) -> list[State]:
         """At most --max-outcomes states, the likeliest; the rest are dropped and the trace marked truncated."""

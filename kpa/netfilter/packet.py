@@ -10,6 +10,7 @@ packet the user asked about.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -357,6 +358,25 @@ def node_local_addresses(ips: list[str]) -> dict[int, IntSet]:
     return local
 
 
+@dataclass(frozen=True)
+class QueueDecision:
+    """What the program listening on a queue does with a packet, as a layer above the engine knows it.
+
+    `verdict` is "ACCEPT" (the packet goes on after the queueing base chain, as if
+    it had accepted), "DROP", or "QUEUE" (the listener is known but its decision is
+    not: the outcome stays QUEUE, with `reason`); `reason` says who decided and why.
+    """
+
+    verdict: str
+    reason: str
+
+
+# Given the state at a queue rule (its last hop is that rule) and the queue verdict's
+# detail ("queue 3, bypass"), the listener's decision, or None when the listener is
+# not known (the outcome stays the plain QUEUE).
+QueueDecider = Callable[[State, str], "QueueDecision | None"]
+
+
 @dataclass
 class TraceContext:
     """Facts about the node that are not in the ruleset."""
@@ -383,6 +403,8 @@ class TraceContext:
     # Set by the engine: the rule being evaluated, for assumptions and hops.
     rule: Rule | None = None
     chain_lookup: Any = None
+    # The program listening on queues, if a layer above the engine knows what it decides.
+    queue_decider: QueueDecider | None = None
 
     def is_local(self, version: int) -> IntSet:
         return self.local.get(version, IntSet())

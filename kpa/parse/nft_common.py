@@ -780,8 +780,9 @@ class Builder:
                 return [MarkSet(target=target, value=self.mark_expr(v.get("value")))]
             except UnmodelledKey as exc:
                 return [self.unknown(stmt, str(exc), target=True)]
-        # Other fields (nftrace, priority, dscp...) do not steer the packet through netfilter.
-        if target in ("meta nftrace", "meta priority", "ct zone", "ct helper"):
+        # Other fields (nftrace, priority, dscp...) do not steer the packet through netfilter. A conntrack
+        # label set here is seen by `ct label` matches later in the same walk (kpa.ext.nft.ct.CtLabelKey).
+        if target in ("meta nftrace", "meta priority", "ct zone", "ct helper", "ct label"):
             return [passive("set", fmt_stmt(stmt))]
         return [self.unknown(stmt, f"setting {target} is not modelled", target=True)]
 

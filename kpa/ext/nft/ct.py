@@ -15,7 +15,7 @@ from kpa.ext.base import Split, parts
 from kpa.ext.conntrack import state_cond
 from kpa.ext.nft.base import Key, UnmodelledKey, Value, ValueError_, names, union
 from kpa.ext.nft.meta import MarkKey
-from kpa.netfilter.packet import State, TraceContext
+from kpa.netfilter.packet import Assumption, State, TraceContext
 
 STATES = {"new", "established", "related", "invalid", "untracked"}
 
@@ -77,6 +77,34 @@ class CtTupleKey(Key):
         return ([st.with_domain(self.field, yes)] if yes else []), ([st.with_domain(self.field, no)] if no else [])
 
 
+@dataclass(eq=False)
+class CtLabelKey(Key):
+    """`ct label N`: a bit of the connection's labels.
+
+    The first packet of a connection (ct state new) meets no label: a conntrack entry
+    starts with none, and only `ct label set` (or a program through ctnetlink or a
+    queue verdict) sets them. For other packets the labels are not in kpa's state.
+    """
+
+    def __post_init__(self) -> None:
+        self.dtype, self.text = "integer", "ct label"
+
+    def test(self, st: State, ctx: TraceContext, values: Sequence[Value]) -> Split:
+        new, other = st.restrict_ctstate(frozenset({"NEW"}))
+        if new is not None and any("ct label set" in h.text for h in new.path):
+            other, new = new if other is None else other, None
+        yes: list[State] = []
+        no: list[State] = [new] if new is not None else []
+        if other is not None:
+            rule = ctx.rule
+            why = "ct label of an existing connection is not in kpa's state"
+            text = rule.text if rule else self.text
+            loc = rule.location if rule else None
+            yes.append(other.assume(Assumption(loc, text, why, True)))
+            no.append(other.assume(Assumption(loc, text, why, False)))
+        return yes, no
+
+
 TUPLE_FIELDS = {"saddr": "src", "daddr": "dst", "ip saddr": "src", "ip daddr": "dst", "ip6 saddr": "src",
                 "ip6 daddr": "dst", "proto-src": "sport", "proto-dst": "dport", "protocol": "proto"}
 
@@ -90,6 +118,8 @@ def ct_key(key: str, direction: str | None, family: str) -> Key:
         return MarkKey(ct=True)
     if key == "direction":
         return CtDirectionKey()
+    if key == "label":
+        return CtLabelKey()
     if key in ("l3proto",):
         raise UnmodelledKey("ct l3proto is not modelled")
     fld = TUPLE_FIELDS.get(key)
