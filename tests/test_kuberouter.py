@@ -117,3 +117,29 @@ def test_policy_check_and_matrix_give_both_answers() -> None:
     assert doc["differences"] == 2
     assert {(c["from"], c["to"]) for c in doc["cells"] if c.get("differs")} == {
         ("pod/b/client", "pod/a/db"), ("pod/b/remote", "pod/a/db")}
+
+
+@pytest.mark.parametrize("backend", ["nft", "legacy"])
+def test_default_deny_mode_from_the_fixtures(backend: str) -> None:
+    from kpa.gen.kuberouter import DEFAULT_DENY_CIDRS
+    from kpa.k8s.kuberouter import enforcement_classes
+
+    out = render(objects(), KubeRouterOptions(node="node-1", default_deny=True, pod_cidrs=DEFAULT_DENY_CIDRS))
+    saved = (F / f"default-deny.{backend}.v4.save").read_text()
+    tail = [line for line in saved.splitlines() if line.startswith("-A KUBE-NWPLCY-TAIL")]
+    # Set-gated REJECTs first, then the netpol-ok ACCEPT, then the CIDR REJECTs: as kube-router appends them.
+    assert ["local-pods src" in tail[0], "local-pods dst" in tail[1], "accept netpol-ok" in tail[2],
+            "-s 10.244.0.0/24" in tail[3], "-d 10.244.0.0/24" in tail[4]] == [True] * 5
+    assert "create kube-router-local-pods hash:ip" in out["ipset-restore.v4"]
+    rs = load_rules([str(F / f"default-deny.{backend}.v4.save"), str(F / "default-deny.ipset.v4.save")])
+    kr = KubeRouterMap.from_ruleset(rs, objects().network_policies)
+    assert kr.default_deny_cidrs == ["10.244.0.0/24"] and "kube-router-local-pods" in kr.sets
+    denied = enforced(rs, [NODE], CLIENT, "10.244.0.12", 8080, "tcp", kr)
+    assert denied.verdict == "denied" and "not in kube-router-local-pods" in (denied.where or "")
+    assert enforced(rs, [NODE], CLIENT, WEB, 8080, "tcp", kr).verdict == "allowed"
+    # Without the mode the same connection to a pod with no chain goes through.
+    plain = load_rules([str(F / f"{backend}.v4.save"), str(F / "ipset.v4.save")])
+    assert enforced(plain, [NODE], CLIENT, "10.244.0.12", 8080, "tcp").verdict == "allowed"
+    # An unprogrammed local pod and a remote pod are told apart by the default-deny CIDR rules.
+    classes = enforcement_classes(rs, kr, ["10.244.0.12", "10.244.1.10"], [NODE])
+    assert classes["10.244.0.12"] != classes["10.244.1.10"]

@@ -11,6 +11,11 @@ what stays unmarked and marks the rest 0x20000, which KUBE-NWPLCY-TAIL and the
 top-level chains accept. Pods and CIDRs live in ipsets KUBE-SRC-*/KUBE-DST-*
 (hash:ip, and hash:net with `nomatch` for ipBlock excepts).
 
+With `--netpol-default-deny` (v2.11), KUBE-NWPLCY-TAIL starts, per pod CIDR of the
+node, with REJECTs for traffic from or to that CIDR whose address is not in the
+`kube-router-local-pods` hash:ip set (the local pods whose chain the sync programmed),
+ahead of the 0x20000 ACCEPT, and ends with plain `-s CIDR` / `-d CIDR` REJECTs.
+
 Chain and set names are kube-router's: base32 of sha256 over the same strings,
 with the sync version in chain names. The generator computes which pods each
 selector picks itself, the way kube-router lists them.
@@ -28,6 +33,7 @@ from kpa.k8s.objects import ClusterObjects, Namespace, Pod
 
 INPUT, FORWARD, OUTPUT = "KUBE-ROUTER-INPUT", "KUBE-ROUTER-FORWARD", "KUBE-ROUTER-OUTPUT"
 DEFAULT, COMMON, TAIL = "KUBE-NWPLCY-DEFAULT", "KUBE-NWPLCY-COMMON", "KUBE-NWPLCY-TAIL"
+LOCAL_PODS = "kube-router-local-pods"
 TOP = (("INPUT", INPUT), ("FORWARD", FORWARD), ("OUTPUT", OUTPUT))
 FAMILY = {4: "IPv4", 6: "IPv6"}
 
@@ -73,6 +79,10 @@ class KubeRouterOptions:
     node_port_range: str = "30000:32767"
     sync_version: str = "1700000000000000000"
     families: tuple[int, ...] = (4,)
+    # --netpol-default-deny (v2.11): REJECTs in KUBE-NWPLCY-TAIL for the node's pod CIDRs, gated by the
+    # kube-router-local-pods ipset (local pods whose firewall chain is programmed).
+    default_deny: bool = False
+    pod_cidrs: tuple[str, ...] = ()
 
 
 @dataclass
@@ -359,7 +369,17 @@ class _Layout:
                            ("echo-reply", "allow icmp echo reply messages")]
         for kind, text in icmp_rules:
             body.append(f'-A {COMMON} -m comment --comment "{text}" -p {icmp[0]} {icmp[1]} {kind} -j ACCEPT')
+        cidrs = [c for c in opts.pod_cidrs if (":" in c) == (version == 6)] if opts.default_deny else []
+        local_pods = set_name(LOCAL_PODS, version)
+        for cidr in cidrs:
+            # Ahead of the ACCEPT: traffic to or from a local pod whose chain is not programmed yet.
+            gate = '-m comment --comment "reject unprogrammed local pod (default-deny)" -m set ! --match-set'
+            body.append(f"-A {TAIL} -s {cidr} {gate} {local_pods} src -j REJECT")
+            body.append(f"-A {TAIL} -d {cidr} {gate} {local_pods} dst -j REJECT")
         body.append(f'-A {TAIL} -m comment --comment "accept netpol-ok" -m mark --mark 0x20000/0x20000 -j ACCEPT')
+        for cidr in cidrs:
+            body.append(f'-A {TAIL} -s {cidr} -m comment --comment "reject pre-netpol (default-deny)" -j REJECT')
+            body.append(f'-A {TAIL} -d {cidr} -m comment --comment "reject pre-netpol (default-deny)" -j REJECT')
         chains: dict[str, str] = {}
         policy_rules: list[str] = []
         for policy in self.policies:
@@ -368,12 +388,16 @@ class _Layout:
         body += policy_rules
         jumps: dict[str, list[str]] = {top: [] for _, top in TOP}
         local = sorted((p for p in self.pods if p.node_name == opts.node), key=lambda p: (p.namespace, p.name))
+        programmed: list[str] = []
         for pod in local:
             ip = _ip(pod, version)
             if ip is None:
                 continue
             chain = self.pod_rules(pod, version, ip, chains, body, jumps)
             lines.append(f":{chain} - [0:0]")
+            programmed.append(ip)
+        if opts.default_deny:
+            sets.refresh(local_pods, "hash:ip", (f"{ip} timeout 0" for ip in programmed))
         for _, top in TOP:
             body += jumps[top]
             body.append(f'-A {top} -m comment --comment "rule to explicitly handle traffic for network policies '
@@ -434,6 +458,10 @@ def capture(payloads: dict[str, str], backend: str) -> tuple[str, str]:
     return rules, sets
 
 
+# The fixtures' node's pod CIDR, for the default-deny variant.
+DEFAULT_DENY_CIDRS = ("10.244.0.0/24",)
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m kpa.gen.kuberouter fixtures [DIR]`: regenerate the kube-router fixtures from the kernel."""
     import argparse
@@ -447,15 +475,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--node", default="node-1")
     args = ap.parse_args(argv)
     out_dir = Path(args.dir)
-    out = render(load_objects([str(out_dir / "cluster.yaml")]), KubeRouterOptions(node=args.node))
-    if args.command == "payloads":
-        for name, text in out.items():
-            (out_dir / name).write_text(text)
-        return 0
-    for backend in ("nft", "legacy"):
-        rules, sets = capture(out, backend)
-        (out_dir / f"{backend}.v4.save").write_text(rules)
-        (out_dir / "ipset.v4.save").write_text(sets)
+    objects = load_objects([str(out_dir / "cluster.yaml")])
+    variants = {"": KubeRouterOptions(node=args.node),
+                "default-deny.": KubeRouterOptions(node=args.node, default_deny=True, pod_cidrs=DEFAULT_DENY_CIDRS)}
+    for prefix, opts in variants.items():
+        out = render(objects, opts)
+        if args.command == "payloads":
+            for name, text in out.items():
+                (out_dir / f"{prefix}{name}").write_text(text)
+            continue
+        for backend in ("nft", "legacy"):
+            rules, sets = capture(out, backend)
+            (out_dir / f"{prefix}{backend}.v4.save").write_text(rules)
+            (out_dir / f"{prefix}ipset.v4.save").write_text(sets)
     return 0
 
 

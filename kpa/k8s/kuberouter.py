@@ -27,6 +27,8 @@ from kpa.netfilter.engine import Outcome, trace
 from kpa.netfilter.model import Family, Ruleset
 from kpa.netfilter.packet import Hop, PacketSpec, TraceContext, node_local_addresses
 
+LOCAL_PODS = "kube-router-local-pods"  # --netpol-default-deny: local pods whose chain is programmed
+TAIL = "KUBE-NWPLCY-TAIL"
 _POD_JUMP = re.compile(r"^(?P<ns>[^/\s]+)/(?P<pod>\S+) (?P<dir>in|out)$")
 _POLICY_COMMENT = re.compile(r"^(?P<ns>[^/\s]+)/(?P<name>\S+) (?P<what>policy|ingress|egress)\b")
 FAMILY = {4: "IPv4", 6: "IPv6"}
@@ -71,6 +73,9 @@ class KubeRouterMap:
     policy_chains: dict[str, str] = field(default_factory=dict)  # KUBE-NWPLCY-* -> NS/NAME
     sets: dict[str, tuple[str, str]] = field(default_factory=dict)  # set -> (NS/NAME, role)
 
+    # --netpol-default-deny: the pod CIDRs KUBE-NWPLCY-TAIL rejects for unprogrammed pods.
+    default_deny_cidrs: list[str] = field(default_factory=list)
+
     @property
     def present(self) -> bool:
         return bool(self.pod_chains or self.policy_chains)
@@ -94,6 +99,15 @@ class KubeRouterMap:
                         m2 = _POLICY_COMMENT.match(comment)
                         if target.startswith("KUBE-NWPLCY-") and m2 and m2["what"] == "policy":
                             out.policy_chains[target] = f"{m2['ns']}/{m2['name']}"
+        for table in ruleset.tables:
+            tail = table.chains.get(TAIL) if table.name == "filter" else None
+            for rule in tail.rules if tail is not None else []:
+                m = re.search(r"-[sd] (\S+)", rule.text)
+                if m and "default-deny" in (rule.comment or "") and m.group(1) not in out.default_deny_cidrs:
+                    out.default_deny_cidrs.append(m.group(1))
+        for name in (LOCAL_PODS, f"inet6:{LOCAL_PODS}"):
+            if name in ruleset.ipsets:
+                out.sets[name] = ("kube-router", "local pods whose firewall chain is programmed (default-deny)")
         for policy in policies:
             for version in (4, 6):
                 names = policy_set_names(policy.namespace, policy.name, len(policy.ingress), len(policy.egress),
@@ -109,6 +123,11 @@ class KubeRouterMap:
             return f"pod {self.pod_chains[hop.chain]}'s firewall chain {hop.chain}"
         if hop.chain in self.policy_chains:
             return f"policy {self.policy_chains[hop.chain]}'s chain {hop.chain}"
+        if hop.chain == TAIL and "unprogrammed local pod" in (hop.comment or ""):
+            return (f"kube-router's default-deny rule in {TAIL}: an address in the node's pod CIDR that is not in "
+                    f"{LOCAL_PODS} (no firewall chain programmed for it yet)")
+        if hop.chain == TAIL and "default-deny" in (hop.comment or ""):
+            return f"kube-router's default-deny rule in {TAIL}: pod CIDR traffic no pod chain marked"
         return f"{hop.table}/{hop.chain}"
 
 
@@ -321,5 +340,11 @@ def enforcement_classes(ruleset: Ruleset, kr: KubeRouterMap, ips: Iterable[str |
                     members.append(name)
             elif ipset.family is None or (ipset.family == "inet6") == (version == 6):
                 members.append(f"{name}?{addr}")  # other types: keep the address alone
+        # Default-deny's CIDR rules in KUBE-NWPLCY-TAIL tell addresses inside the node's pod CIDR apart.
+        parsed = ipaddress.ip_address(addr)
+        for cidr in kr.default_deny_cidrs:
+            net = ipaddress.ip_network(cidr, strict=False)
+            if net.version == version and parsed in net:
+                members.append(f"cidr:{cidr}")
         out[addr] = (tuple(sorted(members)), chain_of.get(addr))
     return out
