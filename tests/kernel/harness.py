@@ -326,6 +326,7 @@ class Topology:
         self._v6 = self.spec.family == "ipv6"
         self._plen = 128 if self._v6 else 32
         self._gw = _GW6 if self._v6 else _GW4
+        self.dual: TopologySpec | None = None  # the IPv6 half of a dual-stack topology (add_ipv6)
         self._check_spec()
 
     # ----------------------------------------------------------------- lifecycle
@@ -451,6 +452,67 @@ class Topology:
         _run(["ip", "-n", outside, "-6" if self._v6 else "-4", "rule", "add", "iif", "eth0",
               "table", "100", "pref", "100"])
         self._ip(remote, rem_cmds)
+
+    def add_ipv6(self, spec6: TopologySpec) -> None:
+        """Make an IPv4 topology dual-stack: give every namespace the addresses of ``spec6``.
+
+        ``spec6`` is an IPv6 spec whose lists pair up, position by position, with this
+        topology's (node, local pods, client pod, remote endpoints, external clients):
+        each IPv6 address goes on the same interface as its IPv4 partner, with the same
+        static neighbours and routes, so both families reach the same namespaces.
+        """
+        s = self.spec
+        if self._v6 or spec6.family != "ipv6":
+            raise ValueError("add_ipv6 extends an IPv4 topology with an IPv6 spec")
+        pairs = [(s.node_ips, spec6.node_ips), (s.local_pod_ips, spec6.local_pod_ips),
+                 (s.remote_endpoint_ips, spec6.remote_endpoint_ips),
+                 (s.external_client_ips, spec6.external_client_ips)]
+        if any(len(a) != len(b) for a, b in pairs) or bool(s.client_pod_ip) != bool(spec6.client_pod_ip):
+            raise ValueError("the IPv6 spec must pair up with the IPv4 one")
+        gw = _GW6
+
+        def mac(role: str, dev: str) -> str:
+            doc = json.loads(self.run_in(role, ["ip", "-j", "link", "show", "dev", dev]))
+            return str(doc[0]["address"])
+
+        def addr(ip: str) -> str:
+            return f"{ip}/128 nodad"
+
+        node, outside, remote = self.ns["node"], self.ns["outside"], self.ns["remote"]
+        node_mac, out_mac = mac("node", "eth0"), mac("outside", "eth0")
+        out1_mac, rem_mac = mac("outside", "eth1"), mac("remote", "eth0")
+        node_cmds = [f"addr add {addr(ip)} dev eth0" for ip in spec6.node_ips]
+        node_cmds += [f"neigh replace {gw['uplink']} lladdr {out_mac} dev eth0 nud permanent",
+                      f"route add ::/0 via {gw['uplink']} dev eth0 onlink"]
+        out_cmds = [f"addr add {addr(ip)} dev eth0" for ip in spec6.external_client_ips]
+        out_cmds += [f"neigh replace {gw['outside']} lladdr {node_mac} dev eth0 nud permanent",
+                     f"route add ::/0 via {gw['outside']} dev eth0 onlink"]
+        for ip in spec6.remote_endpoint_ips:
+            out_cmds += [f"neigh replace {ip} lladdr {rem_mac} dev eth1 nud permanent",
+                         f"route add {ip}/128 dev eth1", f"route add {ip}/128 dev eth1 table 100"]
+        out_cmds.append("route add unreachable ::/0 table 100")
+        rem_cmds = [f"addr add {addr(ip)} dev eth0" for ip in spec6.remote_endpoint_ips]
+        rem_cmds += [f"neigh replace {gw['remote']} lladdr {out1_mac} dev eth0 nud permanent",
+                     f"route add ::/0 via {gw['remote']} dev eth0 onlink"]
+        pods = list(zip(s.local_pod_ips, spec6.local_pod_ips, strict=True))
+        if s.client_pod_ip and spec6.client_pod_ip:
+            pods.append((s.client_pod_ip, spec6.client_pod_ip))
+        for ip4, ip6 in pods:
+            pod = self.pod_ns[ip4]
+            self.pod_ns[ip6] = pod
+            cali = _cali_name(ip4)
+            role = next(r for r, n in self.ns.items() if n == pod)
+            cali_mac, pod_mac = mac("node", cali), mac(role, "eth0")
+            node_cmds += [f"neigh replace {ip6} lladdr {pod_mac} dev {cali} nud permanent",
+                          f"route add {ip6}/128 dev {cali}"]
+            self._ip(pod, [f"addr add {addr(ip6)} dev eth0",
+                           f"neigh replace {gw['pod']} lladdr {cali_mac} dev eth0 nud permanent",
+                           f"route add ::/0 via {gw['pod']} dev eth0 onlink"])
+        self._ip(node, node_cmds)
+        self._ip(outside, out_cmds)
+        _run(["ip", "-n", outside, "-6", "rule", "add", "iif", "eth0", "table", "100", "pref", "100"])
+        self._ip(remote, rem_cmds)
+        self.dual = spec6
 
     # ----------------------------------------------------------------- generic access
     def name(self, role: str) -> str:
@@ -602,14 +664,13 @@ class Topology:
                   timeout: float = 1.0, sport: int | None = None) -> list[Observation]:
         """Send many (origin, src, dst, proto, dport) flows at once; one helper process
         per origin namespace, all running concurrently. Results keep the input order."""
-        version = 6 if self._v6 else 4
         by_ns: dict[str, list[int]] = {}
         for i, flow in enumerate(flows):
             by_ns.setdefault(self._origin_ns(flow[0]), []).append(i)
         procs = []
         for ns, idxs in by_ns.items():
             req = {"timeout": timeout, "flows": [
-                {"family": version, "proto": flows[i][3], "src": flows[i][1],
+                {"family": 6 if ":" in flows[i][2] else 4, "proto": flows[i][3], "src": flows[i][1],
                  "sport": sport or 0, "dst": flows[i][2], "dport": flows[i][4]}
                 for i in idxs]}
             proc = subprocess.Popen(

@@ -337,3 +337,99 @@ def test_kube_router_ipv6_agrees_with_kernel(backend: Backend, tmp_path: Path) -
             mismatches.append(f"{o.src} -> {o.dst}:{o.dport}: kernel {kernel_verdict(o)}, kpa {outcome.verdict}")
     assert not mismatches, "\n".join(mismatches)
     assert {kernel_verdict(o) for o in observed} == {"ACCEPT", "REJECT"}
+
+
+def dual_stack_cluster(tmp_path: Path) -> Path:
+    """cluster.yaml with every pod dual-stack and every ipBlock peer joined by its IPv6 counterpart."""
+    import yaml
+
+    docs = list(yaml.safe_load_all(CLUSTER.read_text()))
+    for doc in docs:
+        if doc["kind"] == "Pod":
+            ip = doc["status"]["podIP"]
+            doc["status"]["podIPs"] = [{"ip": ip}, {"ip": V6[ip]}]
+        elif doc["kind"] == "NetworkPolicy":
+            for rule in (*doc["spec"].get("ingress", []), *doc["spec"].get("egress", [])):
+                for key in ("from", "to"):
+                    peers = rule.get(key) or []
+                    for peer in list(peers):
+                        block = peer.get("ipBlock")
+                        if block:
+                            six = {"cidr": V6[block["cidr"]]}
+                            if block.get("except"):
+                                six["except"] = [V6[e] for e in block["except"]]
+                            peers.append({"ipBlock": six})
+    out = tmp_path / "dual-stack.yaml"
+    out.write_text(yaml.safe_dump_all(docs))
+    return out
+
+
+# Each IPv4 flow with its IPv6 twin: one node, one ruleset holding both families.
+DUAL_FLOWS: list[Flow] = [
+    ("client_pod", CLIENT, WEB, "tcp", 8080),
+    ("client_pod", CLIENT, WEB, "tcp", 80),
+    ("client_pod", CLIENT, DB, "tcp", 9999),
+    ("external", "203.0.113.10", WEB, "tcp", 80),
+    ("external", "198.51.100.7", WEB, "tcp", 80),
+    ("client_pod", CLIENT, REMOTE, "tcp", 9050),
+    ("client_pod", CLIENT, REMOTE, "tcp", 8000),
+]
+EXTERNAL6 = {"203.0.113.10": "2001:db8::10", "198.51.100.7": "2001:db8:1::7"}
+
+
+@pytest.mark.parametrize("backend", ["nft", "legacy"])
+def test_kube_router_dual_stack_agrees_with_kernel(backend: Backend, tmp_path: Path) -> None:
+    """iptables + ip6tables + inet and inet6 sets from one payload set, loaded together on one node."""
+    from kpa.netfilter.model import Family
+
+    out = render(load_objects([str(dual_stack_cluster(tmp_path))]), KubeRouterOptions(
+        node="node-1", families=(4, 6), cluster_ip_ranges=("10.96.0.0/12", "fd00:10:96::/112")))
+    flows = [*DUAL_FLOWS, *[(o, EXTERNAL6.get(s or "") or V6[s or ""], V6[d], p, port)
+                            for o, s, d, p, port in DUAL_FLOWS]]
+    with Topology(default_spec("ipv4")) as topo:
+        topo.add_ipv6(default_spec("ipv6"))
+        for version in (4, 6):
+            topo.run_in("node", ["ipset", "-exist", "restore"], stdin=out[f"ipset-restore.v{version}"])
+        topo.load_iptables(out["iptables-restore.v4"], backend=backend, family="ipv4")
+        topo.load_iptables(out["iptables-restore.v6"], backend=backend, family="ipv6")
+        rules4 = topo.save(backend, family="ipv4", counters=False)
+        rules6 = topo.save(backend, family="ipv6", counters=False)
+        sets = topo.save_ipset()
+        observed = []
+        for flow in flows:
+            family = "ipv6" if ":" in flow[2] else "ipv4"
+            rejects = _reject_rules(rules6 if family == "ipv6" else rules4)
+            before = topo.counters("filter", backend, family=family)
+            [obs] = topo.send_many([flow], timeout=0.2)
+            after = topo.counters("filter", backend, family=family)
+            hit = any(after.get(r, 0) > before.get(r, 0) for r in rejects)
+            observed.append((obs, "REJECT" if hit or obs.result == "refused" else "ACCEPT"))
+        topo.reset()
+        topo.destroy_ipsets()
+    assert "family inet6" in sets and "family inet " in sets
+    # One ruleset, both families: what kpa reads from the node.
+    rs = combine([parse_text(rules4, "iptables-save", "iptables"), parse_text(rules6, "ip6tables-save", "iptables")],
+                 [], [parse_text(sets, "ipset-save", "ipset")])
+    assert {Family.IPV4, Family.IPV6} <= rs.families()
+    local = {*topo.spec.local_pod_ips, *default_spec("ipv6").local_pod_ips}
+    v4_of = {v6: v4 for v4, v6 in V6.items()}
+    mismatches = []
+    verdicts = []
+    for obs, kernel in observed:
+        v6 = ":" in obs.dst
+        src4 = v4_of.get(obs.src, obs.src)
+        spec = PacketSpec(family=Family.IPV6 if v6 else Family.IPV4, src=obs.src, dst=obs.dst, proto=obs.proto,
+                          sport=obs.sport, dport=obs.dport,
+                          iif="eth0" if obs.origin == "external" else _cali_name(src4),
+                          oif=_cali_name(v4_of.get(obs.dst, obs.dst)) if obs.dst in local else "eth0")
+        result = trace(rs, spec, TraceContext(local=node_local_addresses([NODE, "fd00:10::2"]),
+                                              rate_limits="within"))
+        [outcome] = result.outcomes
+        assert not outcome.state.assumptions, [a.describe() for a in outcome.state.assumptions]
+        verdicts.append(kernel)
+        if outcome.verdict != kernel:
+            mismatches.append(f"{obs.src} -> {obs.dst}:{obs.dport}: kernel {kernel}, kpa {outcome.verdict}")
+    assert not mismatches, "\n".join(mismatches)
+    # The same policies give the same answers in both families, and both answers occur.
+    assert verdicts[:len(DUAL_FLOWS)] == verdicts[len(DUAL_FLOWS):]
+    assert set(verdicts) == {"ACCEPT", "REJECT"}
