@@ -38,6 +38,7 @@ from kpa.ext.nft.compat import xt_expr
 from kpa.ext.nft.ct import ct_key
 from kpa.ext.nft.dynset import SetUpdate
 from kpa.ext.nft.fib import fib_key
+from kpa.ext.nft.flags import flag_key, flag_match
 from kpa.ext.nft.lookup import SetLookup, VerdictMap
 from kpa.ext.nft.meta import MarkKey, meta_key
 from kpa.ext.nft.nat import NftNat, NftNatMap
@@ -621,11 +622,16 @@ class Builder:
         op = v.get("op", "==")
         if "left" not in v or "right" not in v:
             raise Malformed("expected a match with left and right")
+        right = v["right"]
+        left = v["left"]
+        masked = isinstance(left, dict) and len(left) == 1 and isinstance(left.get("&"), list) and len(left["&"]) == 2
+        fk = flag_key(left["&"][0] if masked else left)
+        if fk is not None and not (isinstance(right, str) and right.startswith("@")):
+            return flag_match(fk, left["&"][1] if masked else None, str(op), right, fmt_stmt(stmt))
         try:
             key = self.key(v["left"], table.family.value)
         except UnmodelledKey as exc:
             return [self.unknown(stmt, str(exc))]
-        right = v["right"]
         text = fmt_stmt(stmt)
         negated = op == "!="
         try:

@@ -33,7 +33,8 @@ BARE_META = {"iif", "oif", "iifname", "oifname", "iiftype", "oiftype", "mark", "
 CT_KEYS = {"state", "status", "mark", "direction", "l3proto", "protocol", "proto-src", "proto-dst", "saddr",
            "daddr", "expiration", "helper", "zone", "count", "id", "label", "bytes", "packets", "avgpkt", "event"}
 BINOPS = {"&": "&", "|": "|", "^": "^", "<<": "<<", ">>": ">>", "and": "&", "or": "|", "xor": "^"}
-CMP = {"==", "!=", "<", ">", "<=", ">=", "eq", "ne", "lt", "gt", "le", "ge"}
+# `!` is how nft prints "none of these flags" (`ct state ! established,related`).
+CMP = {"==", "!=", "<", ">", "<=", ">=", "eq", "ne", "lt", "gt", "le", "ge", "!"}
 CMP_WORDS = {"eq": "==", "ne": "!=", "lt": "<", "gt": ">", "le": "<=", "ge": ">="}
 NAT_FLAGS = {"random", "fully-random", "persistent", "netmap", "prefix"}
 ELEMENT_ATTRS = {"timeout", "expires", "counter", "comment", "packets", "bytes"}
@@ -74,7 +75,7 @@ def tokenize(line: str, file: str, lineno: int) -> list[Tok]:
             out.append(Tok("".join(buf), True))
             i = j + 1
             continue
-        if c in "{}":
+        if c in "{}()":
             out.append(Tok(c))
             i += 1
             continue
@@ -83,7 +84,7 @@ def tokenize(line: str, file: str, lineno: int) -> list[Tok]:
             i += 1
             continue
         j = i
-        while j < n and line[j] not in ' \t{}";' and not (line[j] == "," and (j + 1 >= n or line[j + 1] in " \t}")):
+        while j < n and line[j] not in ' \t{}();"' and not (line[j] == "," and (j + 1 >= n or line[j + 1] in " \t}")):
             j += 1
         out.append(Tok(line[i:j]))
         i = j
@@ -262,12 +263,21 @@ class RuleParser:
         if nt == "vmap":
             self.next()
             return {"vmap": {"key": left, "data": self.rhs(map_verdicts=True)}}
-        op = "=="
+        # Without an operator nft means "equal" for a value, a set and a `|`
+        # combination, and "any of these bits" for a flag list (`ct state
+        # established,related`): "in", as `nft -j` writes it; the lowering reads
+        # "in" as "==" for keys that are not flags.
+        op = "in"
         if nt in CMP:
             op = CMP_WORDS.get(self.next(), nt)
         right = self.rhs()
-        if self.peek() == "/":
-            raise Unparsed("masked comparisons (`/`) are not read")
+        if op == "in" and isinstance(right, dict) and ("set" in right or "|" in right):
+            # A set, or a combination (`ct state established | new`: exactly that value).
+            op = "=="
+        if self.accept("/"):
+            # `tcp flags syn / syn,ack`: the flags under the mask equal the value.
+            left = {"&": [left, self.operand()]}
+            op = "==" if op == "in" else op
         return {"match": {"op": op, "left": left, "right": right}}
 
     def anonymous_chain(self) -> list[list[dict[str, Any]]]:
@@ -336,10 +346,12 @@ class RuleParser:
                 body["offset"] = self.number()
             return {"numgen": body}
         if t in ("jhash", "symhash"):
-            body = {"expr": self.concat_expr()} if t == "jhash" else {}
+            expr = self.concat_expr() if t == "jhash" else None
             if not self.accept("mod"):
                 raise Unparsed(f"expected {t} ... mod N")
-            body["mod"] = self.number()
+            body = {"mod": self.number()}  # in the order `nft -j` writes them
+            if expr is not None:
+                body["expr"] = expr
             for opt in ("seed", "offset"):
                 if self.accept(opt):
                     body[opt] = self.next()
@@ -347,11 +359,28 @@ class RuleParser:
         raise Unparsed(f"{t!r} is not read as an expression")
 
     def unary(self) -> dict[str, Any]:
-        left = self.primary()
+        if self.accept("("):
+            left = self.unary()
+            if not self.accept(")"):
+                raise Unparsed("expected ')' closing the expression")
+        else:
+            left = self.primary()
         while self.peek() in BINOPS:
             op = BINOPS[self.next()]
-            left = {op: [left, self.next()]}
+            left = {op: [left, self.operand()]}
         return left
+
+    def operand(self) -> Any:
+        """A constant operand: a word, or a parenthesised expression of constants (`(syn | ack)`)."""
+        if not self.accept("("):
+            return self.next()
+        value = self.operand()
+        while self.peek() in BINOPS:
+            op = BINOPS[self.next()]
+            value = {op: [value, self.operand()]}
+        if not self.accept(")"):
+            raise Unparsed("expected ')' closing the expression")
+        return value
 
     def concat_expr(self) -> dict[str, Any]:
         parts = [self.unary()]
@@ -362,13 +391,21 @@ class RuleParser:
     def value_expr(self) -> Any:
         t = self.peek()
         left: Any
-        if t is not None and (t in PAYLOAD or t in BARE_META or t in ("meta", "ct", "numgen", "fib", "socket")):
+        if t == "(":
+            self.next()
+            left = self.value_expr()
+            if not self.accept(")"):
+                raise Unparsed("expected ')' closing the expression")
+        elif t is not None and (t in PAYLOAD or t in BARE_META
+                                or t in ("meta", "ct", "numgen", "fib", "socket", "jhash", "symhash")):
             left = self.primary()
         else:
             left = self.next()
         while self.peek() in BINOPS:
             op = BINOPS[self.next()]
-            left = {op: [left, self.next()]}
+            left = {op: [left, self.operand()]}
+        if self.accept("map"):  # `meta mark set tcp dport map @marks`
+            left = {"map": {"key": left, "data": self.rhs()}}
         return left
 
     def scalar(self) -> Any:
@@ -377,10 +414,13 @@ class RuleParser:
             raise Unparsed("expected a value, found end of rule")
         if t in ("{", "}", ",", ":"):
             raise Unparsed(f"expected a value, found {t!r}")
-        text = self.next()
-        parts = [text]
+        value: Any = self.operand()
+        while self.peek() == "|":  # a flag combination: `established | related`, `syn | ack`
+            self.next()
+            value = {"|": [value, self.operand()]}
+        parts = [value]
         while self.accept("."):
-            parts.append(self.next())
+            parts.append(self.operand())
         return parts[0] if len(parts) == 1 else {"concat": parts}
 
     def rhs(self, map_verdicts: bool = False) -> Any:

@@ -46,9 +46,7 @@ UNLOADABLE_REASON = {
 # Representatives whose dump kpa rejects today, and why. The catalogue test expects
 # each to fail (strictly), so an entry is removed as soon as kpa reads it.
 PENDING: dict[str, str] = {}
-NFT_PENDING = {
-    "jhash": "`meta mark set jhash ...` in nft text is rejected (JSON is read, as unknown)",
-}
+NFT_PENDING: dict[str, str] = {}
 
 # Shared objects that provide no extension of their own name.
 SO_ALIASES = {
