@@ -44,7 +44,7 @@ from kpa.ext.nft.meta import MarkKey, meta_key
 from kpa.ext.nft.nat import NftNat, NftNatMap
 from kpa.ext.nft.numgen import NumgenKey
 from kpa.ext.nft.passive import NotrackStmt, passive
-from kpa.ext.nft.payload import payload_key
+from kpa.ext.nft.payload import payload_key, raw_payload_key
 from kpa.ext.nft.socket import nft_tproxy, socket_key
 from kpa.ext.nft.verdict import NftVerdict, reject_expr, verdict_expr, verdict_value
 from kpa.netfilter.domain import IntSet
@@ -138,7 +138,9 @@ def _fmt(x: Any) -> str:
         return str(x)
     (k, v), = x.items()
     if k == "payload":
-        return f"{v.get('protocol', '')} {v.get('field', '')}".strip() if "field" in v else "@payload"
+        if "field" in v:
+            return f"{v.get('protocol', '')} {v.get('field', '')}".strip()
+        return f"@{v.get('base')},{v.get('offset')},{v.get('len')}" if "base" in v else "@payload"
     if k == "meta":
         return f"meta {v['key']}"
     if k == "ct":
@@ -392,9 +394,14 @@ class Builder:
         if dtypes and dtypes[0] in ("ipv4_addr", "ipv6_addr"):
             ip = el[0].single_value() if isinstance(el[0], IntSet) else None
             port = el[1].single_value() if len(el) > 1 and isinstance(el[1], IntSet) else None
-            if ip is None or (len(el) > 1 and port is None):
-                raise UnmodelledKey(f"translating to a range ({fmt(raw)}) is not modelled")
-            return (ip, port)
+            if ip is not None and (len(el) == 1 or port is not None):
+                return (ip, port)
+            # An interval map's value `a-b` (or `a-b . p-q`): a NAT range, as `dnat to a-b:p-q`.
+            if not all(isinstance(p, IntSet) and len(p.spans) == 1 for p in el):
+                raise UnmodelledKey(f"translating to {fmt(raw)} (not one range) is not modelled")
+            (ip_lo, ip_hi), = el[0].spans  # type: ignore[union-attr]
+            ports = el[1].spans[0] if len(el) > 1 else (None, None)  # type: ignore[union-attr]
+            return NatRange(ip_lo, ip_hi, ports[0], ports[1])
         return el
 
     # rules -----------------------------------------------------------------
@@ -505,7 +512,10 @@ class Builder:
         if k == "payload":
             assert isinstance(v, dict)
             if "field" not in v:
-                raise UnmodelledKey("raw payload expressions are not modelled")
+                base, offset, length = v.get("base"), v.get("offset"), v.get("len")
+                if not (isinstance(base, str) and isinstance(offset, int) and isinstance(length, int)):
+                    raise UnmodelledKey("raw payload expressions are not modelled")
+                return raw_payload_key(base, offset, length)
             return payload_key(str(v.get("protocol")), str(v["field"]), family)
         if k == "meta":
             assert isinstance(v, dict)
@@ -708,7 +718,8 @@ class Builder:
                 ns = self._named(data, table)
                 if ns is None:
                     return [self.unknown(stmt, self._absent(data, table, "map"), target=True)]
-                if ns.values is None or not all(isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], int)
+                if ns.values is None or not all(isinstance(x, NatRange) or (isinstance(x, tuple) and len(x) == 2
+                                                                             and isinstance(x[0], int))
                                                 for x in ns.values):
                     raise Malformed(f"expected a map of addresses, found {'set' if ns.values is None else 'another map'} "
                                     f"{clip(data)}")
@@ -720,13 +731,16 @@ class Builder:
             v6 = v.get("family") == "ip6" or table.family is Family.IPV6
             addr_t = "ipv6_addr" if v6 else "ipv4_addr"
             elements: list[Element] = []
-            targets: list[tuple[int, int | None]] = []
+            targets: list[tuple[int, int | None] | NatRange] = []
             for it in items:
                 elements.append(self.element(it[0], dtypes))
-                to_ip, to_port = self.map_value(it[1], False, (addr_t, "inet_service") if isinstance(it[1], dict) and "concat" in it[1] else (addr_t,))
-                if to_ip is None:
+                try:
+                    target = self.map_value(it[1], False, (addr_t, "inet_service") if isinstance(it[1], dict) and "concat" in it[1] else (addr_t,))
+                except UnmodelledKey as exc:
+                    return [self.unknown(stmt, str(exc), target=True)]
+                if not isinstance(target, NatRange) and target[0] is None:
                     raise Malformed(f"expected one address to translate to, found {fmt(it[1])!r}")
-                targets.append((to_ip, to_port))
+                targets.append(target)
             return [NftNatMap(name=name, key=key, elements=elements, targets=targets, text=text)]
         if (isinstance(addr, dict) and "range" in addr) or (isinstance(port, dict) and "range" in port):
             return [self.nat_range(stmt, name, addr, port, v, text)]

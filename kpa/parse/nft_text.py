@@ -308,6 +308,9 @@ class RuleParser:
     # -- expressions ----------------------------------------------------------
     def primary(self) -> dict[str, Any]:
         t = self.next()
+        raw = re.fullmatch(r"@(ll|nh|th|ih),(\d+),(\d+)", t)
+        if raw:  # a raw payload expression, as `nft -j` writes it
+            return {"payload": {"base": raw.group(1), "offset": int(raw.group(2)), "len": int(raw.group(3))}}
         if t in PAYLOAD:
             fld = self.next()
             if fld in ("option", "ext", "hdr") or not re.fullmatch(r"[a-z][a-z0-9-]*", fld):

@@ -9,6 +9,7 @@ for each one must be the kernel's, with no assumption left.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import subprocess
 import sys
@@ -28,7 +29,7 @@ pytestmark = pytest.mark.kernel
 
 NODE = "192.168.10.2"
 CLIENT = "10.244.0.5"
-REMOTES = ["10.244.1.10", "10.244.1.11"]
+REMOTES = ["10.244.1.10", "10.244.1.11", "10.244.1.12", "10.244.1.13"]
 
 CONSTRUCTS = """table ip kpacons {
   map vm {
@@ -189,3 +190,89 @@ def test_iptables_tcp_flags_against_the_kernel(topo: Topology, backend: str) -> 
     rs = parse_text(dump, f"flags.{backend}")
     obs = Observation("client_pod", "tcp", CLIENT, 40000, REMOTES[0], 125, "timeout")
     assert "DROP" not in {v for v, _ in kpa_verdicts(rs, obs, ctstate=None)}
+
+
+def _int(ip: str) -> int:
+    return int(ipaddress.ip_address(ip))
+
+
+RAW = f"""table inet kparaw {{
+  set ra {{
+    typeof @nh,128,32
+    elements = {{ {_int(REMOTES[1])} }}
+  }}
+  map rm {{
+    typeof @th,16,16 : verdict
+    elements = {{ 705 : drop, 706 : jump rej }}
+  }}
+  chain rej {{
+    reject with tcp reset
+  }}
+  chain c {{
+    type filter hook forward priority filter;
+    ct state invalid drop
+    tcp dport 700 @nh,128,32 @ra reject with tcp reset
+    tcp dport 701 @nh,96,32 {_int(CLIENT)} reject with tcp reset
+    tcp dport 702 @nh,72,8 6 reject with tcp reset
+    @th,16,16 703 reject with tcp reset
+    tcp dport 704 @nh,128,32 != {_int(REMOTES[0])} drop
+    @th,16,16 vmap @rm
+  }}
+}}
+"""
+RAW_CASES = [
+    (REMOTES[1], 700, "REJECT"), (REMOTES[0], 700, "ACCEPT"), (REMOTES[0], 701, "REJECT"),
+    (REMOTES[0], 702, "REJECT"), (REMOTES[0], 703, "REJECT"), (REMOTES[0], 704, "ACCEPT"),
+    (REMOTES[1], 704, "DROP"), (REMOTES[0], 705, "DROP"), (REMOTES[0], 706, "REJECT"), (REMOTES[0], 707, "ACCEPT"),
+]
+
+
+def test_raw_payload_against_the_kernel(topo: Topology) -> None:
+    """`typeof @nh,…` sets and raw payload comparisons on fields kpa knows: IPv4 addresses, protocol, ports."""
+    topo.reset()
+    topo.load_nft(RAW)
+    dumps = {"raw.txt": topo.run_in("node", ["nft", "list", "ruleset"]),
+             "raw.json": topo.run_in("node", ["nft", "-j", "list", "ruleset"])}
+    assert "typeof @nh,128,32" in dumps["raw.txt"] and "@nh,96,32" in dumps["raw.txt"]
+    assert compare(topo, dumps, RAW_CASES) == 2 * len(RAW_CASES)
+
+
+SERVICES = [f"10.96.0.{50 + i}" for i in range(8)]
+NAT_MAP = f"""table ip kpanatmap {{
+  map r {{
+    type ipv4_addr : interval ipv4_addr
+    flags interval
+    elements = {{ {", ".join(f"{s} : {REMOTES[0]}-{REMOTES[-1]}" for s in SERVICES)} }}
+  }}
+  chain pre {{
+    type nat hook prerouting priority dstnat;
+    ip daddr 10.96.0.60 dnat to ip daddr map {{ 10.96.0.60 : {REMOTES[1]}-{REMOTES[2]} }}
+    ip daddr 10.96.0.61 dnat to ip daddr map {{ 10.96.0.61 : {REMOTES[2]}-{REMOTES[3]} }} persistent
+    dnat to ip daddr map @r
+  }}
+}}
+"""
+
+
+def test_nat_map_with_address_ranges_against_the_kernel(topo: Topology) -> None:
+    """`dnat to ip daddr map { … : a-b }`: the kernel's hash picks the address, as for `dnat to a-b`."""
+    topo.reset()
+    topo.load_nft(NAT_MAP)
+    dumps = {"natmap.txt": topo.run_in("node", ["nft", "list", "ruleset"]),
+             "natmap.json": topo.run_in("node", ["nft", "-j", "list", "ruleset"])}
+    rulesets = {name: parse_text(text, name) for name, text in dumps.items()}
+    chosen = set()
+    for dst in [*SERVICES, "10.96.0.60", "10.96.0.61"]:
+        [obs] = send(topo, [(dst, 80)])
+        assert obs.result == "timeout", obs
+        [entry] = topo.conntrack_for(obs)
+        assert entry.dnat is not None
+        got = entry.dnat[0]
+        chosen.add(got)
+        for name, rs in rulesets.items():
+            spec = PacketSpec(family=KpaFamily.IPV4, src=obs.src, dst=dst, proto="tcp", dport=80, sport=obs.sport)
+            outs = trace(rs, spec, TraceContext(local=node_local_addresses([NODE]))).outcomes
+            predicted = [(o.verdict, str(ipaddress.ip_address(o.state.dnat[0])) if o.state.dnat else None,
+                          len(o.state.assumptions)) for o in outs]
+            assert predicted == [("ACCEPT", got, 0)], f"{name} {dst}: kernel DNAT to {got}, kpa {predicted}"
+    assert len(chosen) > 2, "the hash should spread the destinations over the range"

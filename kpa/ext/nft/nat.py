@@ -2,7 +2,8 @@
 
 They end the nat chain's walk like iptables' DNAT/SNAT targets, so kpa reuses
 kpa.ext.nat's semantics. `dnat to KEY map { key : addr . port }` picks the
-translation per element; a key in no element breaks the rule.
+translation per element; a key in no element breaks the rule. An interval
+map's value `a-b` (`. p-q`) is a range, translated as `dnat to a-b:p-q` is.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from kpa.ext.nat import NatTarget
+from kpa.ext.nat import NatRange, NatTarget
 from kpa.ext.nft.base import Element, Key
 from kpa.ext.nft.lookup import partition_data
 from kpa.netfilter.model import Flow, NamedSet, Step
@@ -32,10 +33,10 @@ class NftNatMap(NatTarget):
     key: Key = field(default_factory=Key)
     set: NamedSet | None = None
     elements: list[Element] = field(default_factory=list)
-    targets: list[tuple[int, int | None]] = field(default_factory=list)
+    targets: list[tuple[int, int | None] | NatRange] = field(default_factory=list)
     text: str = ""
 
-    def _pairs(self) -> tuple[list[Element], list[tuple[int, int | None]]]:
+    def _pairs(self) -> tuple[list[Element], list[tuple[int, int | None] | NatRange]]:
         if self.set is not None:
             return self.set.elements, list(self.set.values or [])
         return self.elements, self.targets
@@ -50,7 +51,11 @@ class NftNatMap(NatTarget):
                 if pos is None:
                     yield s2, Flow.NO_MATCH
                     continue
-                ip, port = targets[pos]
+                target = targets[pos]
+                if isinstance(target, NatRange):
+                    yield from NatTarget(name=self.name, range=target).step(s2, ctx)
+                    continue
+                ip, port = target
                 yield from NatTarget(name=self.name, ip=ip, port=port).step(s2, ctx)
 
     def render(self) -> list[str]:

@@ -15,7 +15,7 @@ from typing import Any
 from kpa.ext.base import Cond, IntCond, Split, parts
 from kpa.ext.nft.base import Key, UnmodelledKey, Value, ValueError_, union
 from kpa.netfilter.domain import IntSet
-from kpa.netfilter.packet import State, TraceContext, parse_mac
+from kpa.netfilter.packet import Assumption, State, TraceContext, parse_mac
 
 PORT_PROTOCOLS = IntSet.of((6, 6), (17, 17), (33, 33), (132, 132), (136, 136))
 L4 = {"tcp": 6, "udp": 17, "sctp": 132, "udplite": 136, "dccp": 33}
@@ -102,3 +102,69 @@ def payload_key(protocol: str, fld: str, family: str) -> FieldKey:
         # An ip table never sees IPv6 packets, so the field never exists.
         version = 6 if family == "ip" else 4
     return FieldKey(field=state_field, dtype=dtype, text=f"{protocol} {fld}", version=version, protocols=protos)
+
+
+# Raw payload `@BASE,OFFSET,LEN` that lands exactly on a field kpa tracks:
+# (base, bit offset, bit length) -> {IP version: state field}. nft itself lists
+# `@th,0,16` / `@th,16,16` as `th sport` / `th dport`; the network header ones
+# stay raw (`@nh,96,32` is the IPv4 source, but bytes of the address in IPv6).
+RAW_FIELDS: dict[tuple[str, int, int], dict[int, str]] = {
+    ("nh", 96, 32): {4: "src"}, ("nh", 128, 32): {4: "dst"}, ("nh", 72, 8): {4: "proto"},
+    ("nh", 64, 128): {6: "src"}, ("nh", 192, 128): {6: "dst"}, ("nh", 48, 8): {6: "proto"},
+    ("th", 0, 16): {4: "sport", 6: "sport"}, ("th", 16, 16): {4: "dport", 6: "dport"},
+}
+
+
+@dataclass(eq=False)
+class RawPayloadKey(Key):
+    """`@nh,96,32` and the like: a field kpa knows where the packet's headers put it there.
+
+    nft adds no dependency to raw payload: a packet whose headers put other bytes
+    there (an IPv6 packet under an IPv4 offset, an ICMP packet under `@th,16,16`)
+    is compared byte for byte with values kpa does not know, so that part of the
+    state is unknown both ways, never assumed.
+    """
+
+    base: str = "nh"
+    offset: int = 0
+    length: int = 0
+
+    def __post_init__(self) -> None:
+        self.dtype = "integer"
+        self.text = f"@{self.base},{self.offset},{self.length}"
+
+    def parse(self, raw: Any) -> Value:
+        value = super().parse(raw)
+        if isinstance(value, IntSet) and value and value.spans[-1][1] >= 1 << self.length:
+            raise ValueError_(f"expected a value of at most {self.length} bits for {self.text}, found {raw!r}")
+        return value
+
+    def _unknown(self, st: State, ctx: TraceContext, why: str) -> Split:
+        rule = ctx.rule
+        loc, text = (rule.location, rule.text) if rule else (None, self.text)
+        return [st.assume(Assumption(loc, text, why, True))], [st.assume(Assumption(loc, text, why, False))]
+
+    def test(self, st: State, ctx: TraceContext, values: Sequence[Value]) -> Split:
+        fld = RAW_FIELDS.get((self.base, self.offset, self.length), {}).get(st.version)
+        if fld is None:
+            return self._unknown(st, ctx, f"{self.text} reads other bytes than a known field in an IPv{st.version} packet")
+        if self.base != "th":
+            return parts(*st.restrict(fld, union(values)))
+        ported, other = st.restrict("proto", PORT_PROTOCOLS)
+        yes: list[State] = []
+        no: list[State] = []
+        if ported is not None:
+            y, n = ported.restrict(fld, union(values))
+            yes += [y] if y is not None else []
+            no += [n] if n is not None else []
+        if other is not None:
+            oy, on = self._unknown(other, ctx, f"{self.text} of a protocol without ports is not modelled")
+            yes += oy
+            no += on
+        return yes, no
+
+
+def raw_payload_key(base: str, offset: int, length: int) -> RawPayloadKey:
+    if (base, offset, length) not in RAW_FIELDS:
+        raise UnmodelledKey(f"raw payload @{base},{offset},{length} is not a field kpa knows")
+    return RawPayloadKey(base=base, offset=offset, length=length)
