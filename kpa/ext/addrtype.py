@@ -21,11 +21,12 @@ from kpa.ext.base import (
     ParseCtx,
     Split,
     Unsupported,
+    both_ways,
     match,
     parts,
 )
 from kpa.netfilter.domain import IntSet, network_set
-from kpa.netfilter.packet import Assumption, State, TraceContext
+from kpa.netfilter.packet import State, TraceContext
 
 MODELLED = {"LOCAL", "UNICAST", "MULTICAST", "BROADCAST", "UNSPEC"}
 ALL_TYPES = MODELLED | {"ANYCAST", "BLACKHOLE", "UNREACHABLE", "PROHIBIT", "THROW", "NAT", "XRESOLVE"}
@@ -91,11 +92,10 @@ def _limited_cond(field: str, types: frozenset[str], negated: bool, iface_field:
                     hit.extend([a] if a is not None else [])
                     miss.extend([b] if b is not None else [])
                     continue
-                rule = ctx.rule
-                loc, text = (rule.location, rule.text) if rule else (None, "-m addrtype")
-                why = "which interface holds the node's address is not known"
-                hit.append(s.assume(Assumption(loc, text, why, not negated)))
-                miss.append(s.assume(Assumption(loc, text, why, negated)))
+                y, n = both_ways(s, ctx, "-m addrtype", "which interface holds the node's address is not known",
+                                 negated)
+                hit.append(y)
+                miss.append(n)
         return hit, miss
     return FnCond(test, negated)
 

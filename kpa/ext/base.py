@@ -79,6 +79,22 @@ def parts(yes: State | None, no: State | None) -> Split:
     return ([yes] if yes is not None else []), ([no] if no is not None else [])
 
 
+def assumed(st: State, ctx: TraceContext, fallback: str, why: str, matched: bool) -> State:
+    """`st`, recording that the rule being evaluated (or `fallback`, its text when there is
+    no rule) was assumed to match, or not to, and why."""
+    rule = ctx.rule
+    loc, text = (rule.location, rule.text) if rule else (None, fallback)
+    return st.assume(Assumption(loc, text, why, matched))
+
+
+def both_ways(st: State, ctx: TraceContext, fallback: str, why: str, negated: bool = False,
+              why_not: str | None = None) -> tuple[State, State]:
+    """An unknown test: (`st` where it holds, `st` where it does not), each recording the
+    assumption. With `negated` the rule matches where the test does not hold."""
+    return (assumed(st, ctx, fallback, why, not negated),
+            assumed(st, ctx, fallback, why if why_not is None else why_not, negated))
+
+
 class Cond:
     """One test on the packet; `split` returns (holds, does not hold)."""
 

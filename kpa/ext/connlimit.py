@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from kpa.ext.base import Option, OptionError, ParseCtx, Unsupported, match, parse_int
+from kpa.ext.base import Option, OptionError, ParseCtx, Unsupported, both_ways, match, parse_int
 from kpa.netfilter.model import Expr, Flow, Step
-from kpa.netfilter.packet import Assumption, State, TraceContext
+from kpa.netfilter.packet import State, TraceContext
 
 UNKNOWN = "depends on how many connections the client already has (kpa trace --connections states it)"
 
@@ -35,10 +35,9 @@ class ConnLimit(Expr):
             yield st.note(f"connlimit: {count} connections in the group, this one included (as stated)"), (
                 Flow.CONTINUE if hit else Flow.NO_MATCH)
             return
-        rule = ctx.rule
-        loc, text = (rule.location, rule.text) if rule else (None, self.describe())
-        yield st.assume(Assumption(loc, text, UNKNOWN, True)), Flow.CONTINUE
-        yield st.assume(Assumption(loc, text, UNKNOWN, False)), Flow.NO_MATCH
+        yes, no = both_ways(st, ctx, self.describe(), UNKNOWN)
+        yield yes, Flow.CONTINUE
+        yield no, Flow.NO_MATCH
 
     def render(self) -> list[str]:
         if self.text:

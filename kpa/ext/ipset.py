@@ -33,10 +33,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kpa.ext.base import Option, OptionError, ParseCtx, Statement, Unsupported, match, target
+from kpa.ext.base import (
+    Option,
+    OptionError,
+    ParseCtx,
+    Statement,
+    Unsupported,
+    both_ways,
+    match,
+    target,
+)
 from kpa.netfilter.domain import IntSet
 from kpa.netfilter.model import Expr, Family, Flow, IpSet, Step
-from kpa.netfilter.packet import Assumption, State, TraceContext
+from kpa.netfilter.packet import State, TraceContext
 from kpa.parse.ipset_save import DIMENSIONS, NOMATCH_TYPES
 
 MATCH, NOMATCH, MISS = "match", "nomatch", "miss"
@@ -366,20 +375,20 @@ class SetMatch(Expr):
         return self.dirs[0] if self.dirs else "src"
 
     def step(self, st: State, ctx: TraceContext) -> Iterable[Step]:
-        rule = ctx.rule
-        loc, text = (rule.location, rule.text) if rule else (None, self.describe())
         ipset = ctx.ipsets.get(self.set_name)
         if ipset is None:
-            why = f"ipset {self.set_name!r} is unknown (not in any `ipset save` dump given)"
-            yield st.assume(Assumption(loc, text, why, True)), Flow.CONTINUE
-            yield st.assume(Assumption(loc, text, why, False)), Flow.NO_MATCH
+            yes, no = both_ways(st, ctx, self.describe(),
+                                f"ipset {self.set_name!r} is unknown (not in any `ipset save` dump given)")
+            yield yes, Flow.CONTINUE
+            yield no, Flow.NO_MATCH
             return
         for s, r in set_test(ipset, st, self.dirs, self.return_nomatch, ctx.ipsets):
             if r is True and self.counters and "counters" in ipset.options:
                 r = Unknown(f"the element's packet/byte counters in ipset {self.set_name!r} decide this match")
             if isinstance(r, Unknown):
-                yield s.assume(Assumption(loc, text, r.reason, True)), Flow.CONTINUE
-                yield s.assume(Assumption(loc, text, r.reason, False)), Flow.NO_MATCH
+                yes, no = both_ways(s, ctx, self.describe(), r.reason)
+                yield yes, Flow.CONTINUE
+                yield no, Flow.NO_MATCH
             elif r != self.negated:
                 yield s, Flow.CONTINUE
             else:

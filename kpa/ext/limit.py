@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from kpa.ext.base import Option, ParseCtx, match
+from kpa.ext.base import Option, ParseCtx, both_ways, match
 from kpa.netfilter.model import Expr, Flow, Step
-from kpa.netfilter.packet import Assumption, State, TraceContext
+from kpa.netfilter.packet import State, TraceContext
 
 UNKNOWN = "whether the rate limit is exceeded depends on earlier packets (kpa trace --rate-limits states it)"
 
@@ -35,10 +35,9 @@ class RateLimit(Expr):
             s = st.note(f"{self.name}: rate {'exceeded' if exceeded else 'within the limit'} (as stated)")
             yield s, (Flow.CONTINUE if exceeded == self.over else Flow.NO_MATCH)
             return
-        rule = ctx.rule
-        loc, text = (rule.location, rule.text) if rule else (None, self.describe())
-        yield st.assume(Assumption(loc, text, UNKNOWN, True)), Flow.CONTINUE
-        yield st.assume(Assumption(loc, text, UNKNOWN, False)), Flow.NO_MATCH
+        yes, no = both_ways(st, ctx, self.describe(), UNKNOWN)
+        yield yes, Flow.CONTINUE
+        yield no, Flow.NO_MATCH
 
     def render(self) -> list[str]:
         if self.text:

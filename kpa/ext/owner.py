@@ -27,6 +27,7 @@ from kpa.ext.base import (
     ParseCtx,
     Split,
     Unsupported,
+    both_ways,
     match,
 )
 from kpa.netfilter.domain import IntSet
@@ -80,11 +81,8 @@ def owner_match(uid: tuple[IntSet, bool] | None, gid: tuple[IntSet, bool] | None
             for s in yes:
                 inside, outside = s.restrict(field, values)
                 if field == "gid" and suppl and outside is not None:
-                    rule = ctx.rule
                     why = "a supplementary group of the sender may be in the range (--suppl-groups)"
-                    loc, text = (rule.location, rule.text) if rule else (None, "-m owner")
-                    extra = outside.assume(Assumption(loc, text, why, True))
-                    outside = outside.assume(Assumption(loc, text, why, False))
+                    extra, outside = both_ways(outside, ctx, "-m owner", why)
                     if negated:
                         no.append(extra)
                     else:

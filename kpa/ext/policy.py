@@ -12,8 +12,18 @@ unknown when it does.
 
 from __future__ import annotations
 
-from kpa.ext.base import FnCond, Match, Option, OptionError, ParseCtx, Split, Unsupported, match
-from kpa.netfilter.packet import Assumption, State, TraceContext
+from kpa.ext.base import (
+    FnCond,
+    Match,
+    Option,
+    OptionError,
+    ParseCtx,
+    Split,
+    Unsupported,
+    both_ways,
+    match,
+)
+from kpa.netfilter.packet import State, TraceContext
 
 ELEMENT_OPTIONS = {"--reqid", "--spi", "--proto", "--mode", "--tunnel-src", "--tunnel-dst", "--strict", "--next"}
 NO_IPSEC = "no IPsec policy on the node (assumed; kpa trace --ipsec says otherwise)"
@@ -45,9 +55,7 @@ def parse_policy(opts: list[Option], ctx: ParseCtx) -> Match:
             return [], [st]
         if not elements:
             return [st], []
-        rule = c.rule
-        loc, text = (rule.location, rule.text) if rule else (None, "-m policy")
-        why = "which IPsec policy element protects the packet is not known"
-        return [st.assume(Assumption(loc, text, why, True))], [st.assume(Assumption(loc, text, why, False))]
+        yes, no = both_ways(st, c, "-m policy", "which IPsec policy element protects the packet is not known")
+        return [yes], [no]
 
     return Match(name="policy", options=opts, conds=[FnCond(test)])

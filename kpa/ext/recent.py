@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from kpa.ext.base import Option, OptionError, ParseCtx, Unsupported, match, parse_int
+from kpa.ext.base import Option, OptionError, ParseCtx, Unsupported, both_ways, match, parse_int
 from kpa.netfilter.model import Expr, Flow, Step
-from kpa.netfilter.packet import Assumption, State, TraceContext
+from kpa.netfilter.packet import State, TraceContext
 
 HITS_UNKNOWN = "recent --hitcount depends on how many packets the client sent before (kpa trace --recent-hits)"
 
@@ -55,10 +55,8 @@ class RecentMatch(Expr):
             return [(st, member_hit)]
         if ctx.recent_hits is not None:
             return [(st, ctx.recent_hits >= self.hitcount)]
-        rule = ctx.rule
-        loc, text = (rule.location, rule.text) if rule else (None, self.describe())
-        return [(st.assume(Assumption(loc, text, HITS_UNKNOWN, True)), True),
-                (st.assume(Assumption(loc, text, HITS_UNKNOWN, False)), False)]
+        yes, no = both_ways(st, ctx, self.describe(), HITS_UNKNOWN)
+        return [(yes, True), (no, False)]
 
     def render(self) -> list[str]:
         return ["-m", "recent"] + [t for o in self.options for t in o.render()]

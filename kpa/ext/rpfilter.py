@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import ipaddress
 
-from kpa.ext.base import FnCond, Match, Option, ParseCtx, Split, Unsupported, match
+from kpa.ext.base import FnCond, Match, Option, ParseCtx, Split, Unsupported, both_ways, match
 from kpa.netfilter.domain import IntSet, network_set
-from kpa.netfilter.packet import Assumption, State, TraceContext
+from kpa.netfilter.packet import State, TraceContext
 
 OPTIONS = {"--loose", "--validmark", "--accept-local", "--invert"}
 SPECIAL = {
@@ -100,11 +100,9 @@ def parse_rpfilter(opts: list[Option], ctx: ParseCtx) -> Match:
                         if other_if is not None:
                             out.append((other_if, False))
         for s in rest:
-            rule = ctx.rule
-            loc, text = (rule.location, rule.text) if rule else (None, "-m rpfilter")
             why = "the route back to the source is not known (kpa trace --route CIDR=IFACE states routes)"
-            out.append((s.assume(Assumption(loc, text, why, not invert)), True))
-            out.append((s.assume(Assumption(loc, text, why, invert)), False))
+            yes, no = both_ways(s, ctx, "-m rpfilter", why, invert)
+            out.extend([(yes, True), (no, False)])
         return out
 
     def test(st: State, ctx: TraceContext) -> Split:

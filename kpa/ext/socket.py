@@ -18,17 +18,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from kpa.ext.base import Option, ParseCtx, Unsupported, match, parse_value_mask, target
+from kpa.ext.base import Option, ParseCtx, Unsupported, assumed, match, parse_value_mask, target
 from kpa.netfilter.model import Expr, Flow, Step, Verdict, VerdictKind
-from kpa.netfilter.packet import Assumption, State, TraceContext
+from kpa.netfilter.packet import State, TraceContext
 
 OPTIONS = {"--transparent", "--nowildcard", "--restore-skmark"}
 UNKNOWN = "depends on which sockets are open on the node (kpa trace --socket states it)"
 
 
 def _assume(st: State, ctx: TraceContext, why: str, matched: bool) -> State:
-    rule = ctx.rule
-    return st.assume(Assumption(rule.location if rule else None, rule.text if rule else "", why, matched))
+    return assumed(st, ctx, "", why, matched)
 
 
 @dataclass(eq=False)

@@ -19,11 +19,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kpa.ext.base import Split, parts
+from kpa.ext.base import Split, both_ways, parts
 from kpa.ext.nft.base import Key, UnmodelledKey, Value, names, union
 from kpa.ext.owner import has_socket
 from kpa.netfilter.domain import IntSet
-from kpa.netfilter.packet import Assumption, State, TraceContext
+from kpa.netfilter.packet import State, TraceContext
 
 
 @dataclass(eq=False)
@@ -104,10 +104,9 @@ class SkOwnerKey(Key):
     def guard(self, st: State, ctx: TraceContext) -> Split:
         sock = has_socket(st)
         if sock is None:
-            rule = ctx.rule
-            loc, text = (rule.location, rule.text) if rule else (None, self.text)
-            why = f"{self.text} reads a socket kpa does not know about in the {st.hook or 'this'} hook"
-            return [st.assume(Assumption(loc, text, why, True))], [st.assume(Assumption(loc, text, why, False))]
+            yes, no = both_ways(st, ctx, self.text,
+                                f"{self.text} reads a socket kpa does not know about in the {st.hook or 'this'} hook")
+            return [yes], [no]
         return ([st], []) if sock else ([], [st])
 
     def parse(self, raw: Any) -> Value:

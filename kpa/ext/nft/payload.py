@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kpa.ext.base import Cond, IntCond, Split, parts
+from kpa.ext.base import Cond, IntCond, Split, both_ways, parts
 from kpa.ext.nft.base import Key, UnmodelledKey, Value, ValueError_, union
 from kpa.netfilter.domain import IntSet
-from kpa.netfilter.packet import Assumption, State, TraceContext, parse_mac
+from kpa.netfilter.packet import State, TraceContext, parse_mac
 
 PORT_PROTOCOLS = IntSet.of((6, 6), (17, 17), (33, 33), (132, 132), (136, 136))
 L4 = {"tcp": 6, "udp": 17, "sctp": 132, "udplite": 136, "dccp": 33}
@@ -140,9 +140,8 @@ class RawPayloadKey(Key):
         return value
 
     def _unknown(self, st: State, ctx: TraceContext, why: str) -> Split:
-        rule = ctx.rule
-        loc, text = (rule.location, rule.text) if rule else (None, self.text)
-        return [st.assume(Assumption(loc, text, why, True))], [st.assume(Assumption(loc, text, why, False))]
+        yes, no = both_ways(st, ctx, self.text, why)
+        return [yes], [no]
 
     def test(self, st: State, ctx: TraceContext, values: Sequence[Value]) -> Split:
         fld = RAW_FIELDS.get((self.base, self.offset, self.length), {}).get(st.version)

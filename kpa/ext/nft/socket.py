@@ -13,11 +13,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from kpa.ext.base import Split
+from kpa.ext.base import Split, assumed, both_ways
 from kpa.ext.nft.base import Key, UnmodelledKey, Value, union
 from kpa.ext.socket import UNKNOWN, Tproxy
 from kpa.netfilter.model import Flow, Step
-from kpa.netfilter.packet import Assumption, State, TraceContext
+from kpa.netfilter.packet import State, TraceContext
 
 
 @dataclass(eq=False)
@@ -35,10 +35,9 @@ class SocketKey(Key):
             return [], [st.note("socket: no socket matches (as stated)")]
         if ctx.socket == "found":
             return [st], []
-        rule = ctx.rule
-        loc, text = (rule.location, rule.text) if rule else (None, self.text)
-        return [st.assume(Assumption(loc, text, UNKNOWN + " (a transparent socket found)", True))], \
-            [st.assume(Assumption(loc, text, UNKNOWN + " (no socket: the rule breaks)", False))]
+        yes, no = both_ways(st, ctx, self.text, UNKNOWN + " (a transparent socket found)",
+                            why_not=UNKNOWN + " (no socket: the rule breaks)")
+        return [yes], [no]
 
     def test(self, st: State, ctx: TraceContext, values: Sequence[Value]) -> Split:
         return ([st], []) if 1 in union(values) else ([], [st])
@@ -61,13 +60,11 @@ class NftTproxy(Tproxy):
         if ctx.socket == "none":
             yield st.note("tproxy: no socket for the packet, the rule breaks (as stated)"), Flow.NO_MATCH
             return
-        rule = ctx.rule
-        loc, text = (rule.location, rule.text) if rule else (None, self.text)
         why = ("the packet goes to the proxy's socket; where it is delivered depends on policy routing, "
                "which kpa does not model")
-        yield st.assume(Assumption(loc, text, why, True)), Flow.CONTINUE
+        yield assumed(st, ctx, self.text, why, True), Flow.CONTINUE
         if ctx.socket is None:
-            yield st.assume(Assumption(loc, text, UNKNOWN + "; with no socket the rule breaks", False)), Flow.NO_MATCH
+            yield assumed(st, ctx, self.text, UNKNOWN + "; with no socket the rule breaks", False), Flow.NO_MATCH
 
     def render(self) -> list[str]:
         return self.text.split()
