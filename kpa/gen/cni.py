@@ -20,6 +20,12 @@ comments, marks and sets), for one IPv4 node:
   VXLAN accept from cali40all-vxlan-net, nat cali-nat-outgoing over the
   cali40masq-ipam-pools/cali40all-ipam-pools sets; rule comments are felix-style
   `cali:<hash>` ids.
+* ``calico-ipip``: the same felix node in IPIP mode: protocol 4 (printed
+  `ipencap`) from the Calico hosts in cali40all-hosts-net accepted in cali-INPUT
+  and dropped from any other host, IPIP to other Calico hosts accepted in
+  cali-OUTPUT, IPIP from workloads dropped in each cali-fw- chain, and masquerade
+  of host-sourced traffic leaving tunl0; felix writes its rule comments first
+  (`cali:<hash>`, then the description), so iptables-save prints them right after `-p`.
 * ``cilium``: Cilium's iptables manager next to kube-proxy: the cilium-feeder
   jumps, CILIUM_PRE_raw/CILIUM_OUTPUT_raw NOTRACK for proxy traffic,
   CILIUM_PRE_mangle with `-m socket --transparent` and a TPROXY to the DNS
@@ -41,7 +47,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-LAYOUTS = ("istio", "docker", "flannel", "calico", "cilium")
+LAYOUTS = ("istio", "docker", "flannel", "calico", "calico-ipip", "cilium")
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,8 @@ class NodeLayout:
     # Local workload interfaces (Calico's cali+<11 hex>) and their pod addresses.
     workloads: tuple[tuple[str, str], ...] = ()
     vxlan_peers: tuple[str, ...] = ("192.168.10.3",)
+    # Calico's other hosts (IPIP peers); cali40all-hosts-net holds them and this node.
+    calico_hosts: tuple[str, ...] = ("192.168.10.3",)
     docker_subnet: str = "172.17.0.0/16"
     docker_container: str = "172.17.0.2"
     docker_published: tuple[int, int] = (8080, 80)  # host port -> container port
@@ -148,24 +156,36 @@ def _cali_id(chain: str, index: int, rule: str) -> str:
     return base64.urlsafe_b64encode(digest).decode()[:16]
 
 
-def _cali_chain(chain: str, rules: list[str]) -> list[str]:
+def _cali_chain(chain: str, rules: list[str], first: bool = False) -> list[str]:
+    """felix's rules with their `cali:` id comment; `first` puts the comments (the id, then a
+    description given as `RULE # DESCRIPTION`) before the matches, as felix writes them."""
     out = []
     for i, r in enumerate(rules):
+        r, _, said = r.partition(" # ")
         verb = " -g " if " -g " in f" {r}" and " -j " not in f" {r}" else " -j "
         match, _, action = f" {r}".rpartition(verb)
         comment = f'-m comment --comment "cali:{_cali_id(chain, i, r)}"'
-        out.append(" ".join(p for p in (f"-A {chain}", match.strip(), comment, verb.strip(), action) if p))
+        if said:
+            comment += f' -m comment --comment "{said}"'
+        parts = (comment, match.strip()) if first else (match.strip(), comment)
+        out.append(" ".join(p for p in (f"-A {chain}", *parts, verb.strip(), action) if p))
     return out
 
 
-def calico(lay: NodeLayout) -> tuple[str, str]:
-    """felix's VXLAN-mode rules, and the ipsets they use."""
+def calico(lay: NodeLayout, encap: str = "vxlan") -> tuple[str, str]:
+    """felix's VXLAN-mode (or IPIP-mode) rules, and the ipsets they use."""
     pools, masq, vxlan = "cali40all-ipam-pools", "cali40masq-ipam-pools", "cali40all-vxlan-net"
+    hosts = "cali40all-hosts-net"
+    ipip = encap == "ipip"
+    first = ipip
+
+    def felix(name: str, rules: list[str]) -> list[str]:
+        return _cali_chain(name, rules, first)
     accept, scratch0, endpoint = "0x10000/0x10000", "0x20000/0x20000", "0x40000/0x40000"
     raw: list[str] = []
     raw += ['-A PREROUTING -m comment --comment "cali:6gwbT8clXdHdC1b1" -j cali-PREROUTING',
             '-A OUTPUT -m comment --comment "cali:tVnHkvAo15HuiPy0" -j cali-OUTPUT']
-    raw += _cali_chain("cali-PREROUTING", [
+    raw += felix("cali-PREROUTING", [
         "-j MARK --set-xmark 0x0/0xf0000",
         f"-i cali+ -j MARK --set-xmark {endpoint}",
         f"-m mark --mark {endpoint} -j cali-rpf-skip",
@@ -173,7 +193,7 @@ def calico(lay: NodeLayout) -> tuple[str, str]:
         "-m mark --mark 0x0/0x40000 -j cali-from-host-endpoint",
         f"-m mark --mark {accept} -j ACCEPT",
     ])
-    raw += _cali_chain("cali-OUTPUT", [
+    raw += felix("cali-OUTPUT", [
         "-j MARK --set-xmark 0x0/0xf0000",
         "-j cali-to-host-endpoint",
         f"-m mark --mark {accept} -j ACCEPT",
@@ -182,20 +202,27 @@ def calico(lay: NodeLayout) -> tuple[str, str]:
     filt += ['-A INPUT -m comment --comment "cali:Cz_u1IQiXIMmKD4c" -j cali-INPUT',
              '-A FORWARD -m comment --comment "cali:wUHhoiAYhphO9Mso" -j cali-FORWARD',
              '-A OUTPUT -m comment --comment "cali:tVnHkvAo15HuiPy0" -j cali-OUTPUT']
-    filt += _cali_chain("cali-INPUT", [
+    encap_in = [
+        f"-p ipencap -m set --match-set {hosts} src -m addrtype --dst-type LOCAL -j ACCEPT "
+        "# Allow IPIP packets from Calico hosts",
+        "-p ipencap -j DROP # Drop IPIP packets from non-Calico hosts",
+    ] if ipip else [
         f"-p udp -m udp --dport 4789 -m set --match-set {vxlan} src -m addrtype --dst-type LOCAL -j ACCEPT",
         "-p udp -m udp --dport 4789 -m addrtype --dst-type LOCAL -j DROP",
+    ]
+    filt += felix("cali-INPUT", [
+        *encap_in,
         "-i cali+ -g cali-wl-to-host",
         f"-m mark --mark {accept} -j ACCEPT",
         "-j MARK --set-xmark 0x0/0xf0000",
         "-j cali-from-host-endpoint",
         f"-m mark --mark {accept} -j ACCEPT",
     ])
-    filt += _cali_chain("cali-wl-to-host", [
+    filt += felix("cali-wl-to-host", [
         "-j cali-from-wl-dispatch",
         "-j ACCEPT",
     ])
-    filt += _cali_chain("cali-FORWARD", [
+    filt += felix("cali-FORWARD", [
         "-j MARK --set-xmark 0x0/0xe0000",
         "-m mark --mark 0x0/0x10000 -j cali-from-hep-forward",
         "-i cali+ -j cali-from-wl-dispatch",
@@ -204,9 +231,11 @@ def calico(lay: NodeLayout) -> tuple[str, str]:
         "-j cali-cidr-block",
     ])
     filt.append(f'-A FORWARD -m comment --comment "cali:S93hcgKJrXEqnTfs" -m mark --mark {accept} -j ACCEPT')
-    filt += _cali_chain("cali-OUTPUT", [
+    filt += felix("cali-OUTPUT", [
         f"-m mark --mark {accept} -j ACCEPT",
         "-o cali+ -j RETURN",
+        (f"-p ipencap -m set --match-set {hosts} dst -m addrtype --src-type LOCAL -j ACCEPT "
+         "# Allow IPIP packets to other Calico hosts") if ipip else
         "-p udp -m udp --dport 4789 -m addrtype --src-type LOCAL -j ACCEPT",
         "-j MARK --set-xmark 0x0/0xf0000",
         "-m conntrack ! --ctstate DNAT -j cali-to-host-endpoint",
@@ -228,37 +257,38 @@ def calico(lay: NodeLayout) -> tuple[str, str]:
                 "-j MARK --set-xmark 0x0/0x10000",
             ]
             if kind == "fw":
-                rules.append("-p udp -m udp --dport 4789 -j DROP")
+                rules.append("-p ipencap -j DROP # Drop IPinIP encapped packets originating in workloads" if ipip
+                             else "-p udp -m udp --dport 4789 -j DROP")
             rules += [f"-j cali-p{'ro' if kind == 'fw' else 'ri'}-kns.default",
                       f"-m mark --mark {accept} -j RETURN",
                       f"-j cali-p{'ro' if kind == 'fw' else 'ri'}-_{suffix[:8]}",
                       f"-m mark --mark {accept} -j RETURN",
                       "-j DROP"]
-            filt += _cali_chain(chain, rules)
+            filt += felix(chain, rules)
         del suffix
     from_dispatch.append("-j DROP")
     to_dispatch.append("-j DROP")
-    filt += _cali_chain("cali-from-wl-dispatch", from_dispatch)
-    filt += _cali_chain("cali-to-wl-dispatch", to_dispatch)
+    filt += felix("cali-from-wl-dispatch", from_dispatch)
+    filt += felix("cali-to-wl-dispatch", to_dispatch)
     profiles = ["cali-pro-kns.default", "cali-pri-kns.default"]
-    filt += _cali_chain("cali-pro-kns.default", [f"-j MARK --set-xmark {accept}", f"-m mark --mark {accept} -j RETURN"])
-    filt += _cali_chain("cali-pri-kns.default", [f"-j MARK --set-xmark {accept}", f"-m mark --mark {accept} -j RETURN"])
+    filt += felix("cali-pro-kns.default", [f"-j MARK --set-xmark {accept}", f"-m mark --mark {accept} -j RETURN"])
+    filt += felix("cali-pri-kns.default", [f"-j MARK --set-xmark {accept}", f"-m mark --mark {accept} -j RETURN"])
     extra_profiles = sorted({f"cali-p{d}-_{iface[4:12]}" for iface, _ in lay.workloads for d in ("ro", "ri")})
     for p in extra_profiles:
-        filt += _cali_chain(p, [f"-m mark --mark {scratch0} -j RETURN"])
+        filt += felix(p, [f"-m mark --mark {scratch0} -j RETURN"])
     nat: list[str] = []
     nat += ['-A PREROUTING -m comment --comment "cali:6gwbT8clXdHdC1b1" -j cali-PREROUTING',
             '-A OUTPUT -m comment --comment "cali:tVnHkvAo15HuiPy0" -j cali-OUTPUT',
             '-A POSTROUTING -m comment --comment "cali:O3lYWMrLQYEMJtB5" -j cali-POSTROUTING']
-    nat += _cali_chain("cali-PREROUTING", ["-j cali-fip-dnat"])
-    nat += _cali_chain("cali-OUTPUT", ["-j cali-fip-dnat"])
-    nat += _cali_chain("cali-POSTROUTING", [
+    nat += felix("cali-PREROUTING", ["-j cali-fip-dnat"])
+    nat += felix("cali-OUTPUT", ["-j cali-fip-dnat"])
+    nat += felix("cali-POSTROUTING", [
         "-j cali-fip-snat",
         "-j cali-nat-outgoing",
-        "-o vxlan.calico -m addrtype ! --src-type LOCAL --limit-iface-out -m addrtype --src-type LOCAL "
-        "-j MASQUERADE --random-fully",
+        f"-o {'tunl0' if ipip else 'vxlan.calico'} -m addrtype ! --src-type LOCAL --limit-iface-out "
+        "-m addrtype --src-type LOCAL -j MASQUERADE --random-fully",
     ])
-    nat += _cali_chain("cali-nat-outgoing", [
+    nat += felix("cali-nat-outgoing", [
         f"-m set --match-set {masq} src -m set ! --match-set {pools} dst -j MASQUERADE --random-fully",
     ])
     empty_raw = ["cali-rpf-skip", "cali-from-host-endpoint", "cali-to-host-endpoint"]
@@ -274,8 +304,10 @@ def calico(lay: NodeLayout) -> tuple[str, str]:
             f"add {pools} {lay.cluster_cidr}",
             f"create {masq} hash:net family inet hashsize 1024 maxelem 1048576",
             f"add {masq} {lay.cluster_cidr}",
-            f"create {vxlan} hash:net family inet hashsize 1024 maxelem 1048576",
-            *(f"add {vxlan} {p}" for p in lay.vxlan_peers)]
+            *([f"create {hosts} hash:net family inet hashsize 1024 maxelem 1048576",
+               *(f"add {hosts} {h}" for h in (lay.node_ip, *lay.calico_hosts))] if ipip else
+              [f"create {vxlan} hash:net family inet hashsize 1024 maxelem 1048576",
+               *(f"add {vxlan} {p}" for p in lay.vxlan_peers)])]
     return payload, "\n".join(sets) + "\n"
 
 
@@ -334,8 +366,8 @@ def cilium(lay: NodeLayout) -> str:
 
 def render(name: str, lay: NodeLayout) -> tuple[str, str | None]:
     """(iptables-restore payload, ipset restore payload or None) for a layout."""
-    if name == "calico":
-        return calico(lay)
+    if name in ("calico", "calico-ipip"):
+        return calico(lay, "ipip" if name == "calico-ipip" else "vxlan")
     return {"istio": istio, "docker": docker, "flannel": flannel, "cilium": cilium}[name](lay), None
 
 

@@ -134,17 +134,18 @@ def _oif(dst: str) -> str | None:
     return None if dst in (NODE_IP,) or dst.startswith("127.") else "eth0"
 
 
+# What the test node really has: a /32 route per local pod through its veth, and a default route out of eth0.
+ROUTES = {4: [(network_set(ipaddress.ip_network(f"{ip}/32")), _cali_name(ip)) for ip in (WEB, "10.244.0.11", CLIENT)]
+          + [(network_set(ipaddress.ip_network("0.0.0.0/0")), "eth0")]}
+
+
 def kpa_fates(rs: Ruleset, obs: Observation, p: Probe, got: Fate) -> list[tuple[Fate, bool]]:
     iif = {"external": "eth0", "client_pod": _cali_name(CLIENT)}.get(p.origin)
     # The output interface follows from where the packet really went (after any DNAT).
     oif = _oif(got.dnat[0] if got.dnat else obs.dst) if got.delivery != "local" else None
     spec = PacketSpec(src=obs.src, dst=obs.dst, proto="tcp", sport=obs.sport, dport=obs.dport, iif=iif, oif=oif,
                       origin="output" if p.origin == "node" else "prerouting", uid=p.uid, gid=p.uid)
-    # What the test node really has: no transparent sockets, a /32 route per local pod through its
-    # veth, and a default route out of eth0.
-    routes = {4: [(network_set(ipaddress.ip_network(f"{ip}/32")), _cali_name(ip)) for ip in (WEB, "10.244.0.11", CLIENT)]
-              + [(network_set(ipaddress.ip_network("0.0.0.0/0")), "eth0")]}
-    ctx = TraceContext(local=node_local_addresses([NODE_IP]), socket="none", routes=routes)
+    ctx = TraceContext(local=node_local_addresses([NODE_IP]), socket="none", routes=ROUTES)
     outs = trace(rs, spec, ctx).outcomes
     return [(_fate(o, obs), bool(o.state.assumptions)) for o in outs]
 
@@ -200,3 +201,58 @@ def test_layout_agrees_with_kernel(name: str, backend: str) -> None:
     assert not problems, "\n".join(problems)
     print(f"\n{name}.{backend}: {len(observed)} probes, kpa claimed a verdict for {claimed}")
     assert claimed, "kpa should claim a verdict for some probes"
+
+
+CALICO_HOST = "192.168.10.3"  # another Calico node, in cali40all-hosts-net
+IPIP_SENDER = """import socket, sys
+src, dst = sys.argv[1], sys.argv[2]
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 4)
+if src != "-":
+    s.bind((src, 0))
+s.sendto(bytes([0x45]) + bytes(19), (dst, 0))  # an (empty) inner IPv4 header
+"""
+
+
+@pytest.mark.parametrize("backend", ["nft", "legacy"])
+def test_calico_ipip_encapsulated_packets(backend: str) -> None:
+    """Protocol 4 (IPIP) packets through kube-proxy's and Calico's chains: from a Calico host and from
+    another host to the node, from a workload, and from the node to another Calico host. The rule kpa
+    says decided each packet must have counted it in the kernel, and kpa's verdict must be that rule's."""
+    name = "calico-ipip"
+    payload, sets = render(name, layout())
+    assert sets is not None
+    fixture = (FIXTURES / f"{name}.{backend}.v4.save").read_text()
+    spec = TopologySpec(remote_endpoint_ips=[REMOTE_POD], external_client_ips=[EXTERNAL, CALICO_HOST])
+    # (namespace role, source or "-", destination, kpa origin, input interface, output interface, verdict)
+    probes = [("outside", CALICO_HOST, NODE_IP, "prerouting", "eth0", None, "ACCEPT"),
+              ("outside", EXTERNAL, NODE_IP, "prerouting", "eth0", None, "DROP"),
+              ("client", "-", REMOTE_POD, "prerouting", _cali_name(CLIENT), "eth0", "DROP"),
+              ("node", "-", CALICO_HOST, "output", None, "eth0", "ACCEPT")]
+    rs = combine([parse_text(fixture, f"tests/fixtures/cni/{name}.{backend}.v4.save", "iptables")], [],
+                 [parse_text(sets, "ipset", "ipset")])
+    with Topology(spec) as topo:
+        topo.run_in("node", ["ipset", "restore"], stdin=sets)
+        topo.load_iptables(kube_proxy_payload(), backend=backend)
+        topo.run_in("node", [f"iptables-{backend}-restore", "-w", "10", "--noflush"], stdin=payload)
+        assert _strip(topo.save(backend, counters=False)) == _strip(fixture)
+        try:
+            for role, src, dst, origin, iif, oif, expected in probes:
+                before = topo.counters("filter", backend)
+                topo.run_in(role, [sys.executable, "-c", IPIP_SENDER, src, dst])
+                after = topo.counters("filter", backend)
+                counted = {k for k, v in after.items() if v > before.get(k, 0)}
+                pspec = PacketSpec(src=NODE_IP if src == "-" and role == "node" else CLIENT if src == "-" else src,
+                                   dst=dst, proto="ipencap", iif=iif, oif=oif, origin=origin)
+                outs = trace(rs, pspec, TraceContext(local=node_local_addresses([NODE_IP]), socket="none",
+                                                       routes=ROUTES)).outcomes
+                assert len(outs) == 1 and not outs[0].state.assumptions, [(o.verdict, o.state.assumptions) for o in outs]
+                [o] = outs
+                decided = [h for h in o.state.path if h.table == "filter" and h.rule is not None][-1]
+                assert o.verdict == expected, f"{role} {src} -> {dst}: kpa {o.verdict}, expected {expected}"
+                assert (decided.chain, decided.rule) in counted, (
+                    f"{role} {src} -> {dst}: kpa says {decided.chain} rule {decided.rule} ({decided.text}) decided; "
+                    f"the kernel counted {sorted(counted)}")
+                assert "IPIP" in (decided.text or "") or "ipencap" in (decided.text or "")
+        finally:
+            topo.reset()
+            topo.run_in("node", ["ipset", "destroy"])
