@@ -610,6 +610,16 @@ def parse_routes(specs: Sequence[str]) -> dict[int, list[tuple[Any, str | None]]
     return out
 
 
+def trace_routes(specs: Sequence[str], objects: Any) -> dict[int, list[tuple[Any, str | None]]]:
+    """The routes -m rpfilter checks against: `--route` values, then those the cluster objects imply."""
+    stated = parse_routes(specs)
+    if objects is None:
+        return stated
+    from kpa.k8s.routes import cluster_routes, merged
+
+    return merged(stated, cluster_routes(objects))
+
+
 @cli.command(context_settings=CONTEXT)
 @rules_options
 @cluster_options
@@ -659,7 +669,9 @@ def parse_routes(specs: Sequence[str]) -> dict[int, list[tuple[Any, str | None]]
 @click.option("--socket", "socket_state", type=click.Choice(["found", "none"]),
               help="Whether -m socket and TPROXY find a socket for the packet; unknown if omitted.")
 @click.option("--route", "routes", multiple=True, metavar="CIDR[=IFACE]",
-              help="A route the node has, for -m rpfilter (repeatable), e.g. 0.0.0.0/0=eth0.")
+              help="A route the node has, for -m rpfilter (repeatable), e.g. 0.0.0.0/0=eth0. With cluster "
+                   "objects, routes to every Node's pod CIDRs and addresses and every Pod are known too "
+                   "(without their interface).")
 @click.option("-o", "--output", "fmt", type=click.Choice(["text", "json", "yaml", "html"]), default="text",
               show_default=True, help="html is a self-contained page: outcomes, their rules, the rules' lines.")
 def trace(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: Sequence[str], node_ips: Sequence[str],
@@ -747,7 +759,7 @@ def trace(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: 
     ctx = TraceContext(local=local, affinity={n: True for n in affinity},
                        affinity_default=None if affinity_open else False, max_outcomes=max_outcomes,
                        explain=explain, ipsec=ipsec, rate_limits=rate_limits, connections=connections,
-                       recent_hits=recent_hits, socket=socket_state, routes=parse_routes(routes))
+                       recent_hits=recent_hits, socket=socket_state, routes=trace_routes(routes, objects))
     from kpa.k8s.kubenetpol import queue_decider
 
     ctx.queue_decider = queue_decider(rs, objects)

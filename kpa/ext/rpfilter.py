@@ -11,9 +11,10 @@ route back to the source address, as if replying from the input interface:
   accepts any route.
 
 kpa knows the node's addresses; routes come from `kpa trace --route CIDR[=IFACE]`
-(a pod's /32 through its veth, the pod CIDRs, a default route). A source no
-stated route covers is unknown, as is strict mode where the route's interface
-is not stated. --validmark (the mark in the lookup) matters only with policy
+(a pod's /32 through its veth, the pod CIDRs, a default route) and, with
+cluster objects, from every Node's pod CIDRs and addresses and every Pod's
+address (kpa.k8s.routes; no interface). A source no known route covers is
+unknown, as is strict mode where the route's interface is not known. --validmark (the mark in the lookup) matters only with policy
 routing, which kpa does not model; it is noted. `--invert` turns the result
 around.
 """
@@ -55,6 +56,7 @@ def parse_rpfilter(opts: list[Option], ctx: ParseCtx) -> Match:
         """Split on the reverse-path check itself (before --invert)."""
         out: list[tuple[State, bool]] = []
         rest: list[State] = []
+        no_iface: list[State] = []
         yes, no = st.restrict_name("iif", "lo", False)
         if yes is not None:
             out.append((yes, True))
@@ -92,7 +94,7 @@ def parse_rpfilter(opts: list[Option], ctx: ParseCtx) -> Match:
                     elif loose:
                         out.append((ordinary, True))
                     elif iface is None:
-                        rest.append(ordinary)
+                        no_iface.append(ordinary)
                     else:
                         same, other_if = ordinary.restrict_name("iif", iface, False)
                         if same is not None:
@@ -101,6 +103,11 @@ def parse_rpfilter(opts: list[Option], ctx: ParseCtx) -> Match:
                             out.append((other_if, False))
         for s in rest:
             why = "the route back to the source is not known (kpa trace --route CIDR=IFACE states routes)"
+            yes, no = both_ways(s, ctx, "-m rpfilter", why, invert)
+            out.extend([(yes, True), (no, False)])
+        for s in no_iface:
+            why = ("a route back to the source exists, but not which interface it leaves through "
+                   "(kpa trace --route CIDR=IFACE states it)")
             yes, no = both_ways(s, ctx, "-m rpfilter", why, invert)
             out.extend([(yes, True), (no, False)])
         return out

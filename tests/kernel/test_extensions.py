@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -24,7 +25,7 @@ from kpa.netfilter.model import Ruleset
 from kpa.netfilter.packet import PacketSpec, TraceContext, node_local_addresses
 from kpa.sources import parse_text
 
-from .harness import SENDER, Observation, Topology, TopologySpec
+from .harness import SENDER, Observation, Topology, TopologySpec, _cali_name
 
 pytestmark = pytest.mark.kernel
 
@@ -334,3 +335,73 @@ def test_nft_ether_saddr_and_secpath(topo: Topology) -> None:
         "ACCEPT"]
     assert check(topo, rs, "client_pod", remote, 82).verdict == "REJECT"
     assert check(topo, rs, "client_pod", remote, 83).verdict == "ACCEPT"
+
+
+RPFILTER_IPT = """*raw
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A PREROUTING -p tcp -m tcp --dport 95 -m rpfilter --loose --invert -j DROP
+-A PREROUTING -p tcp -m tcp --dport 96 -m rpfilter --invert -j DROP
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A FORWARD -m conntrack --ctstate INVALID -j DROP
+COMMIT
+"""
+OBJECTS = f"""apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Node
+  metadata: {{name: node-1}}
+  spec: {{podCIDR: 10.244.0.0/24, podCIDRs: [10.244.0.0/24]}}
+  status: {{addresses: [{{type: InternalIP, address: {NODE}}}]}}
+- apiVersion: v1
+  kind: Node
+  metadata: {{name: node-2}}
+  spec: {{podCIDR: 10.244.1.0/24, podCIDRs: [10.244.1.0/24]}}
+  status: {{addresses: [{{type: InternalIP, address: {NODE2}}}]}}
+- apiVersion: v1
+  kind: Pod
+  metadata: {{name: client, namespace: default}}
+  spec: {{nodeName: node-1, containers: [{{name: c, image: busybox}}]}}
+  status: {{phase: Running, podIP: {CLIENT}, podIPs: [{{ip: {CLIENT}}}]}}
+"""
+
+
+def _kpa_trace(dump: Path, args: list[str]) -> list[tuple[str, int]]:
+    """`kpa trace … -o json` as a user runs it: (verdict, number of unknown rules) per outcome."""
+    out = subprocess.run([sys.executable, "-m", "kpa", "trace", "-r", str(dump), *args, "-o", "json"],
+                         capture_output=True, text=True, check=True).stdout
+    return [(o["verdict"], len(o.get("unknown") or [])) for o in json.loads(out)["outcomes"]]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rpfilter_routes_from_cluster_objects(topo: Topology, backend: str, tmp_path: Path) -> None:
+    """With Node and Pod objects kpa knows the route back to a pod: loose rpfilter is decided (and the
+    kernel agrees); strict rpfilter still needs the interface, so it stays unknown without --route."""
+    topo.reset()
+    topo.load_iptables(RPFILTER_IPT, backend=backend)
+    dump = tmp_path / f"rpfilter.{backend}.save"
+    dump.write_text(topo.save(backend, counters=False))
+    objects = tmp_path / "objects.yaml"
+    objects.write_text(OBJECTS)
+    remote = REMOTES[0]
+    iface = _cali_name(CLIENT)
+    base = ["--node", "node-1", "-s", CLIENT, "-d", remote, "-p", "tcp", "--in-iface", iface]
+    # Loose: the client pod's source has a route back (its veth); the kernel passes it.
+    [obs] = send(topo, "client_pod", remote, 95)
+    assert kernel_fate(topo, obs).verdict == "ACCEPT"
+    assert _kpa_trace(dump, [*base, "--dport", "95", "--cluster", str(objects)]) == [("ACCEPT", 0)]
+    assert sorted(_kpa_trace(dump, [*base, "--dport", "95"])) == [("ACCEPT", 1), ("DROP", 1)]
+    # Strict: the route must leave through the input interface; the objects do not say which it is.
+    [obs] = send(topo, "client_pod", remote, 96)
+    assert kernel_fate(topo, obs).verdict == "ACCEPT"
+    assert sorted(_kpa_trace(dump, [*base, "--dport", "96", "--cluster", str(objects)])) == [("ACCEPT", 1), ("DROP", 1)]
+    stated = ["--route", f"{CLIENT}/32={iface}", "--cluster", str(objects)]
+    assert _kpa_trace(dump, [*base, "--dport", "96", *stated]) == [("ACCEPT", 0)]
+    # A derived route never hides a stated one: kpa follows the stated route (here through the wrong interface).
+    wrong = ["--route", "10.244.0.0/16=eth0", "--cluster", str(objects)]
+    assert _kpa_trace(dump, [*base, "--dport", "96", *wrong]) == [("DROP", 0)]
