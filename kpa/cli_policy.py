@@ -240,15 +240,19 @@ def _differs(intended: bool, enforced: str) -> bool:
 
 def _enforced(rules: Sequence[str], node_ips: Sequence[str], objects: Any, src: Any, dst: Any, port: int,
               proto: str) -> Any:
-    """What the node whose rules these are does to the connection (kpa.k8s.kuberouter)."""
+    """What the node whose rules these are does to the connection (kpa.k8s.kuberouter, kpa.k8s.kubenetpol)."""
     from kpa.k8s.kuberouter import KubeRouterMap, enforced
     from kpa.sources import load_rules
 
     if src.ip is None or dst.ip is None:
         raise KpaError("both ends need an address to trace them through --rules")
+    from kpa.k8s.kubenetpol import queue_decider
+
     ruleset = load_rules(list(rules))
     kr = KubeRouterMap.from_ruleset(ruleset, objects.network_policies)
-    return enforced(ruleset, list(node_ips), src.ip, dst.ip, port, proto, kr, src_is_node=src.ip in node_ips)
+    # On a kube-network-policies node, the queued packet is judged as `kpa trace` judges it.
+    return enforced(ruleset, list(node_ips), src.ip, dst.ip, port, proto, kr, src_is_node=src.ip in node_ips,
+                    queue_decider=queue_decider(ruleset, objects))
 
 
 def _check_service(engine: Any, objects: Any, src: Any, ref: str, proto: str | None,

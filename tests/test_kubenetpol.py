@@ -121,3 +121,22 @@ def test_cli_trace_says_who_decided(tmp_path: Path, objects: object) -> None:
     assert "decided by kube-network-policies (queue 100)" in text.output
     plain = CliRunner().invoke(cli, [*args, "-o", "json"])
     assert [o["verdict"] for o in json.loads(plain.output)["outcomes"]] == ["QUEUE"]
+
+
+def test_policy_check_rules_on_a_kube_network_policies_node(tmp_path: Path, objects: object) -> None:
+    from kpa.k8s.kuberouter import enforced
+
+    (tmp_path / "knp.nft").write_text(render_text(objects, KnpOptions(node="node-1")))  # type: ignore[arg-type]
+    base = ["policy", "check", "-c", str(CLUSTER), "-r", str(tmp_path / "knp.nft"), "--node-ip", NODE, "-o", "json"]
+    for src, dst, port, allowed in (("pod/b/client", "pod/a/web", "8080", True),
+                                    ("pod/a/web", "pod/b/remote", "443", False)):
+        res = CliRunner().invoke(cli, [*base, "--from", src, "--to", dst, "--port", port])
+        assert res.exit_code in (0, 1), res.output
+        doc = json.loads(res.output)
+        assert doc["allowed"] is allowed
+        assert doc["enforced"]["verdict"] == ("allowed" if allowed else "denied") and doc["differs"] is False
+        assert "queue flags bypass to 100" in doc["enforced"]["rule"]
+    # Without a decider the queued packet's fate is the program's: unknown, never "denied".
+    rs = parse_text(render_text(objects, KnpOptions(node="node-1")), "knp.nft")  # type: ignore[arg-type]
+    e = enforced(rs, [NODE], "10.244.0.10", "10.244.1.10", 443, "tcp")
+    assert (e.verdict, e.outcome) == ("unknown", "QUEUE")

@@ -25,7 +25,7 @@ from typing import Any
 from kpa.findings import CodeInfo, register
 from kpa.netfilter.engine import Outcome, trace
 from kpa.netfilter.model import Family, Ruleset
-from kpa.netfilter.packet import Hop, PacketSpec, TraceContext, node_local_addresses
+from kpa.netfilter.packet import Hop, PacketSpec, QueueDecider, TraceContext, node_local_addresses
 
 LOCAL_PODS = "kube-router-local-pods"  # --netpol-default-deny: local pods whose chain is programmed
 TAIL = "KUBE-NWPLCY-TAIL"
@@ -176,16 +176,19 @@ def _deciding(outcome: Outcome, kr: KubeRouterMap) -> tuple[str | None, str | No
 
 
 def enforced(ruleset: Ruleset, node_ips: list[str], src: str, dst: str, port: int, protocol: str,
-             kr: KubeRouterMap | None = None, src_is_node: bool = False) -> Enforced:
+             kr: KubeRouterMap | None = None, src_is_node: bool = False,
+             queue_decider: QueueDecider | None = None) -> Enforced:
     """Trace a new connection src -> dst:port through the node's rules (interfaces left open)."""
     kr = kr or KubeRouterMap()
     family = Family.IPV6 if ipaddress.ip_address(dst).version == 6 else Family.IPV4
     spec = PacketSpec(family=family, src=src, dst=dst, proto=protocol.lower(), dport=port,
                       origin="output" if src_is_node else "prerouting")
-    result = trace(ruleset, spec, TraceContext(local=node_local_addresses(node_ips)))
+    result = trace(ruleset, spec, TraceContext(local=node_local_addresses(node_ips), queue_decider=queue_decider))
     # Outcomes that differ only in what an unmodelled rule did (e.g. whether NFLOG's rate limit was
-    # exceeded) but agree on the verdict still give a known answer.
-    verdicts = {("allowed" if o.verdict == "ACCEPT" else "denied") for o in result.outcomes}
+    # exceeded) but agree on the verdict still give a known answer. A packet left to a userspace
+    # program (QUEUE, no decider) has no known answer.
+    verdicts = {("allowed" if o.verdict == "ACCEPT" else "unknown" if o.verdict == "QUEUE" else "denied")
+                for o in result.outcomes}
     outcomes = sorted({o.verdict for o in result.outcomes})
     first = result.outcomes[0] if result.outcomes else None
     deciding, where = _deciding(first, kr) if first is not None else (None, None)
