@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import io
 import re
+from itertools import accumulate
 from typing import Any, BinaryIO
 
 from kpa.errors import InputError
@@ -75,10 +76,48 @@ def gunzip_bounded(data: bytes, name: str) -> bytes:
     return out
 
 
+_DROPPED = bytes(b for b in range(256) if b not in b'"\\[]{}')
+# A backslash with the character after it, paired left to right as the scan pairs them in
+# a string; the pair goes when that character is one the scan ignores.
+_ESCAPE = re.compile(r'\\[^"\\\[\]{}]|(\\[\s\S])')
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.DOTALL)
+_DEPTH_STEP = [0] * 256
+_DEPTH_STEP[ord("[")] = _DEPTH_STEP[ord("{")] = 1
+_DEPTH_STEP[ord("]")] = _DEPTH_STEP[ord("}")] = -1
+
+
+def _nesting_within(text: str, limit: int) -> bool:
+    """True only if `_nesting_scan` accepts `text`; False when the scan has to run to be sure.
+
+    The scan cares only about quotes, backslashes and brackets, so everything else is
+    dropped first, in C (in UTF-8 no other character's bytes look like those). A backslash
+    pair whose second character is ignored goes with it: in a string it escapes nothing
+    that matters, outside one both are ordinary. Without backslashes, removing two adjacent
+    quotes moves no other character into or out of a string, which removes nearly every
+    string in one pass; a regex removes what strings are left. The depth is then a running
+    sum over the brackets; a sum below zero (a close without an open, which the scan
+    clamps) sends the text to the scan.
+    """
+    if "\\" in text:
+        text = _ESCAPE.sub(r"\1", text)
+    kept = text.encode("utf-8", "surrogatepass").translate(None, _DROPPED)
+    if b"\\" not in kept:
+        kept = kept.replace(b'""', b"")
+    sums = list(accumulate(map(_DEPTH_STEP.__getitem__, _STRING.sub(b"", kept))))
+    return not sums or (min(sums) >= 0 and max(sums) <= limit)
+
+
 def check_nesting(text: str, name: str, limit: int = MAX_NESTING) -> None:
     """Refuse JSON or flow-style YAML nested deeper than `limit` brackets (outside strings)."""
     if text.count("[") + text.count("{") <= limit:
         return
+    if _nesting_within(text, limit):
+        return
+    _nesting_scan(text, name, limit)
+
+
+def _nesting_scan(text: str, name: str, limit: int) -> None:
+    """The reference scan, character by character: it names the line where nesting goes too deep."""
     depth = 0
     in_str: str | None = None
     escaped = False

@@ -9,10 +9,15 @@ full (`shapes=False`), finding for finding.
 from __future__ import annotations
 
 import json
+import random
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
+from kpa import limits
+from kpa.errors import InputError
 from kpa.gen.cluster import random_cluster
 from kpa.gen.iptables import render_restore
 from kpa.gen.objects import to_objects
@@ -133,3 +138,48 @@ def test_canonical_ipv4_shortcut_matches_ipaddress() -> None:
         except ValueError:
             expected = t
         assert canonical_ip(t) == expected, t
+
+
+def _scan_accepts(text: str, limit: int) -> bool:
+    try:
+        limits._nesting_scan(text, "x", limit)
+    except InputError:
+        return False
+    return True
+
+
+def test_nesting_shortcut_never_accepts_what_the_scan_refuses() -> None:
+    """Random texts of quotes, escapes, brackets, newlines and UTF-8 against the character scan."""
+    rng = random.Random(5)
+    alphabet = ['"', "\\", "[", "]", "{", "}", "a", "\n", "é", '""', "\\\\", '\\"', "[[", "]]"]
+    agreed = 0
+    for _ in range(20000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 40)))
+        for limit in (0, 1, 2, 3):
+            accepts = _scan_accepts(text, limit)
+            if limits._nesting_within(text, limit):
+                assert accepts, (text, limit)
+                agreed += 1
+            elif accepts:
+                # The shortcut may only defer to the scan when a close comes before its open.
+                sums = 0
+                clamped = False
+                for step in re.sub(r'"(?:[^"\\]|\\.)*("|\\?\Z)', "", text, flags=re.S):
+                    sums += {"[": 1, "{": 1, "]": -1, "}": -1}.get(step, 0)
+                    clamped = clamped or sums < 0
+                assert clamped, (text, limit)
+    assert agreed > 10000
+
+
+def test_nesting_shortcut_on_real_objects() -> None:
+    """Every cluster fixture, as YAML and as JSON, and deep texts: the shortcut answers like the scan."""
+    for path in sorted((FIXTURES / "clusters").glob("*.yaml")):
+        text = path.read_text()
+        as_json = json.dumps(list(yaml.safe_load_all(text)), indent=2)
+        for t in (text, as_json, as_json.replace("a", '\\"[')):
+            assert limits._nesting_within(t, 8) == _scan_accepts(t, 8), path
+    deep = '{"a": "x\\\\"' + "[" * 201 + "]" * 201 + "}"
+    assert not limits._nesting_within(deep, 200)
+    with pytest.raises(InputError, match="levels of nesting"):
+        limits.check_nesting(deep, "deep.json")
+    assert limits._nesting_within('{"a": "' + "[" * 500 + '"}', 200)
