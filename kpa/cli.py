@@ -546,6 +546,8 @@ def show(target: str | None, rules: Sequence[str], live: bool, iptc: bool, examp
     from kpa.k8s.kubeproxy import hash_names, service_ports
     from kpa.k8s.showview import describe
 
+    # The ruleset and the objects live until exit: without the cyclic collector nothing rescans them.
+    gc.disable()
     inp = Inputs(list(rules), list(cluster), list(node_ips), node, live, example, kube, kubeconfig, context,
                  namespace, image, iptc)
     with progress_status("reading the rules"):
@@ -855,6 +857,9 @@ def lint(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: S
         import kpa.policy.lint  # noqa: F401  (registers the NetworkPolicy codes)
     only_codes = check_codes(only, "--only")
     ignore_codes = check_codes(ignore, "--ignore")
+    # The ruleset and the objects live until exit and leave no garbage cycles worth collecting:
+    # without the cyclic collector, nothing rescans them while lint compares them.
+    gc.disable()
     known = load_baseline(baseline) if baseline else None
     inp = Inputs(list(rules), list(cluster), list(node_ips), node, live, example, kube, kubeconfig, context,
                  namespace, image, iptc)

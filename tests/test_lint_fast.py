@@ -22,6 +22,7 @@ from kpa.gen.cluster import random_cluster
 from kpa.gen.iptables import render_restore
 from kpa.gen.objects import to_objects
 from kpa.gen.options import ProxierOptions
+from kpa.k8s import naming
 from kpa.k8s.kubeproxy import dnat_target, service_ports
 from kpa.k8s.lint import lint
 from kpa.k8s.objects import load_objects, objects_from_documents
@@ -183,3 +184,49 @@ def test_nesting_shortcut_on_real_objects() -> None:
     with pytest.raises(InputError, match="levels of nesting"):
         limits.check_nesting(deep, "deep.json")
     assert limits._nesting_within('{"a": "' + "[" * 500 + '"}', 200)
+
+
+def test_chain_name_hash_shortcut_matches_base64() -> None:
+    """kube-proxy's chain-name hashes: 16 base32 characters from 10 digest bytes, as base64 gives them."""
+    rng = random.Random(3)
+    for i in range(20000):
+        text = "".join(rng.choice("abc/:-.[]0123456789é") for _ in range(rng.randrange(0, 60))) + str(i)
+        assert naming._b32_sha256_16(text) == naming._b32_sha256(text)[:16]
+
+
+def test_entry_rules_read_from_text_equal_the_built_rules() -> None:
+    """KUBE-SERVICES / KUBE-NODEPORTS entry rules in odd spellings: the views equal a full parse's."""
+    variants = [
+        '-d 10.0.{n}.1/32 -p tcp -m comment --comment "ns/a{n}:p cluster IP" -m tcp --dport 80',
+        '-d 10.0.{n}.2/32 -p udp -m comment --comment "ns/b{n}:p external IP" -m udp --dport 53',
+        '-d 10.0.{n}.3/32 -p sctp -m comment --comment "ns/c{n}:p loadbalancer IP" -m sctp --dport 9',
+        '-d 10.0.{n}.0/24 -p tcp -m comment --comment "ns/d{n}:p cluster IP" -m tcp --dport 80',
+        '! -d 10.0.{n}.5/32 -p tcp -m comment --comment "ns/e{n}:p cluster IP" -m tcp --dport 80',
+        '-d 10.0.{n}.6/32 -p tcp -m comment --comment "ns/f{n}:p \\"q\\" cluster IP" -m tcp --dport 80',
+        '-d 10.0.{n}.7/32 -p tcp -m comment --comment "ns/g{n}:p" -m comment --comment "x" -m tcp --dport 80',
+        '-d 10.0.{n}.8/32 -p tcp -m comment --comment ns/h{n}:p -m tcp --dport 80',
+        '-d 10.0.{n}.9/32 -p tcp -m comment --comment "ns/i{n}:p cluster IP" -m tcp ! --dport 80',
+        '-d 10.0.{n}.10/32 -p tcp -m comment --comment "ns/j{n}:p cluster IP" -m tcp --dport 80:90',
+        '-d 10.0.{n}.11/32 -p tcp -m comment --comment "ns/k{n}:p cluster IP" -m tcp --dport 65535',
+        '-p tcp -m comment --comment "ns/l{n}:p" -m tcp --dport 3{n:04d}',
+        '-s 10.1.0.0/16 -d 10.0.{n}.12/32 -p tcp -m comment --comment "ns/m{n}:p cluster IP" -m tcp --dport 80',
+        '-d 10.0.{n}.13/32 -p tcp -m comment --comment "ns/n{n}:p cluster IP" -m multiport --dports 80,81',
+    ]
+    chains = {}
+    body = ""
+    for n in range(30):
+        for i, v in enumerate(variants):
+            kind = ("SVC", "EXT", "FW", "SVL")[i % 4]
+            name = f"KUBE-{kind}-{'ABCDEFGHIJKLMNOP'[i]}{n:02d}AAAAAAAAAAAAA"[:25]
+            chains[name] = f"-A {name} -j KUBE-MARK-MASQ\n"
+            entry = "KUBE-NODEPORTS" if "-d " not in v else "KUBE-SERVICES"
+            body += f"-A {entry} {v.format(n=n)} -j {name}\n"
+    head = ":KUBE-SERVICES - [0:0]\n:KUBE-NODEPORTS - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n"
+    head += "".join(f":{c} - [0:0]\n" for c in chains)
+    text = f"*nat\n:PREROUTING ACCEPT [0:0]\n{head}{body}{''.join(chains.values())}COMMIT\n"
+    lazy, full = _both(text, "entries.save")
+    lazy_rules = lazy.tables[0].chains["KUBE-SERVICES"].rules
+    assert sum(isinstance(r, LazyRule) for r in lazy_rules) > 100
+    assert [v.to_json() for v in service_ports(lazy)] == [v.to_json() for v in service_ports(full)]
+    # The plain spelling is read from the text: those rules stay unbuilt.
+    assert sum(isinstance(r, LazyRule) for r in lazy_rules) > 60

@@ -169,6 +169,32 @@ def rule_comment(rule: Rule) -> str | None:
     return rule.comment
 
 
+# kube-proxy's entry rules in KUBE-SERVICES and KUBE-NODEPORTS, in the one spelling
+# iptables-save prints them whose meaning needs no parser: an optional single IPv4
+# destination, a protocol with its own match module, one quoted comment without escapes,
+# one destination port, and the jump.
+_ENTRY_RE = re.compile(
+    r"-A \S+(?: -d ((?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d))/32)?"
+    r" -p (tcp|udp|sctp) -m comment --comment \"([^\"\\\\]+)\" -m \2 --dport (\d{1,5}) -j (\S+)")
+
+
+def _text_entry(rule: LazyRule, target: str, version: int) -> tuple[str | None, str, str | None, int] | None:
+    """(comment, PROTOCOL, destination, port) of a not-yet-built entry rule, read from its text.
+
+    None when the text is in any other spelling: then the rule is built. What it
+    returns is what `rule.comment`, `rule_protocol`, `_dst` and `_dport` give.
+    """
+    if version != 4:
+        return None
+    m = _ENTRY_RE.fullmatch(rule.text)
+    if m is None or m.group(5) != target:
+        return None
+    port = int(m.group(4))
+    if port > 65535:
+        return None
+    return m.group(3) or None, m.group(2).upper(), m.group(1), port
+
+
 def endpoint_split(chain: Chain) -> list[tuple[Rule, str, Fraction]]:
     """The jumps to endpoint chains with the exact share of traffic each gets."""
     out: list[tuple[Rule, str, Fraction]] = []
@@ -406,17 +432,22 @@ def _table_views(t: Table, rs: Ruleset, known: dict[str, str]) -> list[ServicePo
             target = _jump(r)
             if target is None or not target.startswith(SERVICE_CHAIN_PREFIXES):
                 continue
+            fields = _text_entry(r, target, version) if isinstance(r, LazyRule) else None
+            if fields is None:
+                comment, proto, dst, dport = r.comment, rule_protocol(r), _dst(r), _dport(r)
+            else:
+                comment, proto, dst, dport = fields
             kind = kind_default
-            if r.comment:
+            if comment:
                 for suffix, k in ENTRY_KINDS.items():
-                    if r.comment.endswith(suffix):
+                    if comment.endswith(suffix):
                         kind = k
             elif target.startswith("KUBE-FW-"):
                 kind = "loadBalancerIP"
             elif target.startswith("KUBE-EXT-") and kind_default == "clusterIP":
                 kind = "externalIP"
-            v = view_for(target, r.comment, rule_protocol(r))
-            v.entries.append(Entry(kind, _dst(r), _dport(r), target, str(r.location)))
+            v = view_for(target, comment, proto)
+            v.entries.append(Entry(kind, dst, dport, target, str(r.location)))
 
     for name, kind in (("KUBE-SERVICES", "clusterIP"), ("KUBE-NODEPORTS", "nodePort")):
         c = t.chains.get(name)

@@ -54,6 +54,17 @@ def _b32_sha256(text: str) -> str:
     return base64.b32encode(digest).decode("ascii")
 
 
+_B32_PAIRS: Final = tuple(a + b for a in "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567" for b in "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567")
+
+
+def _b32_sha256_16(text: str) -> str:
+    """The first 16 characters of `_b32_sha256(text)`: base32 of the digest's first 10 bytes."""
+    n = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:10], "big")
+    t = _B32_PAIRS
+    return (t[n >> 70] + t[(n >> 60) & 1023] + t[(n >> 50) & 1023] + t[(n >> 40) & 1023]
+            + t[(n >> 30) & 1023] + t[(n >> 20) & 1023] + t[(n >> 10) & 1023] + t[n & 1023])
+
+
 def service_port_name(namespace: str, name: str, port_name: str = "") -> str:
     """kube-proxy's ServicePortName.String(): ``ns/name`` plus ``:port`` if named."""
     if port_name:
@@ -79,7 +90,7 @@ def endpoint_string(ip: str, port: int) -> str:
 
 def port_proto_hash(svc_port_name: str, protocol: str) -> str:
     """kube-proxy's portProtoHash: 16 base32 characters of sha256(spn + proto)."""
-    return _b32_sha256(svc_port_name + protocol.lower())[:16]
+    return _b32_sha256_16(svc_port_name + protocol.lower())
 
 
 def svc_chain(svc_port_name: str, protocol: str) -> str:
@@ -104,7 +115,7 @@ def fw_chain(svc_port_name: str, protocol: str) -> str:
 
 def sep_chain(svc_port_name: str, protocol: str, endpoint: str) -> str:
     """``KUBE-SEP-…``: the per-endpoint DNAT chain; endpoint is ``ip:port``."""
-    return "KUBE-SEP-" + _b32_sha256(svc_port_name + protocol.lower() + endpoint)[:16]
+    return "KUBE-SEP-" + _b32_sha256_16(svc_port_name + protocol.lower() + endpoint)
 
 
 def iptables_chain_kind(chain: str) -> IptablesChainKind | None:
@@ -124,7 +135,7 @@ def iptables_service_chains(svc_port_name: str, protocol: str) -> dict[str, str]
 
 
 def _nft_hash_and_truncate(readable: str) -> str:
-    name = _b32_sha256(readable)[:8] + "-" + readable
+    name = _b32_sha256_16(readable)[:8] + "-" + readable
     if len(name) > _NFT_BASE_LENGTH_MAX:
         name = name[: _NFT_BASE_LENGTH_MAX - 3] + "..."
     return name
