@@ -230,3 +230,58 @@ def test_entry_rules_read_from_text_equal_the_built_rules() -> None:
     assert [v.to_json() for v in service_ports(lazy)] == [v.to_json() for v in service_ports(full)]
     # The plain spelling is read from the text: those rules stay unbuilt.
     assert sum(isinstance(r, LazyRule) for r in lazy_rules) > 60
+
+
+def _mutations(doc: object, rng: random.Random, n: int) -> list[object]:
+    """Copies of `doc` with one value somewhere replaced by a value of another type."""
+    odd = [None, 0, 1, 70000, True, False, "", "x", "10.0.0.1", [], [1], ["a"], {}, {"a": 1}, 1.5]
+    paths: list[tuple[object, ...]] = []
+
+    def walk(node: object, path: tuple[object, ...]) -> None:
+        paths.append(path)
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, (*path, k))
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, (*path, i))
+
+    walk(doc, ())
+    out = []
+    for _ in range(n):
+        copy = json.loads(json.dumps(doc))
+        path = rng.choice(paths[1:])
+        node = copy
+        for step in path[:-1]:
+            node = node[step]
+        node[path[-1]] = rng.choice(odd)
+        out.append(copy)
+    return out
+
+
+def test_fast_pod_and_slice_readers_equal_the_field_parsers() -> None:
+    """Pods and EndpointSlices: the fast readers give the _Fields parsers' objects, or defer to them."""
+    from kpa.k8s import objects as o
+
+    docs = [d for p in sorted((FIXTURES / "clusters").glob("*.yaml")) for d in yaml.safe_load_all(p.read_text())
+            if isinstance(d, dict)]
+    docs += to_objects(random_cluster(seed=4, services=60, endpoints_per_service=3))
+    rng = random.Random(9)
+    checked = {"Pod": 0, "EndpointSlice": 0}
+    for doc in docs:
+        kind = doc.get("kind")
+        if kind not in checked:
+            continue
+        fast, slow = ((o._fast_pod, lambda f: o._parse_pod(f)) if kind == "Pod"
+                      else (lambda d, *_: o._fast_endpoint_slice(d), o._parse_endpoint_slice))
+        assert fast(doc, "f.yaml", 7) == slow(o._Fields(doc, "", 7, "f.yaml")), doc
+        checked[kind] += 1
+        for bad in _mutations(doc, rng, 8):
+            try:
+                expected = slow(o._Fields(bad, "", 7, "f.yaml"))
+            except o._SchemaError:
+                expected = None
+            got = fast(bad, "f.yaml", 7)
+            if got is not None:
+                assert got == expected, bad
+    assert checked["Pod"] > 100 and checked["EndpointSlice"] > 50

@@ -788,6 +788,149 @@ def _parse_namespace(obj: _Fields) -> Namespace:
     return Namespace(name, tuple(sorted(labels.items())), obj.source, obj.line)
 
 
+# Fast paths for the two kinds a large cluster holds most of. Each reads plain dicts
+# with the same defaults as the _Fields parsers above and gives the same object, or None
+# as soon as anything is not as it should be: then the _Fields parser runs and says what
+# is wrong, with its line. tests/test_lint_fast.py holds them to the _Fields parsers.
+
+
+class _Unfit(Exception):
+    """The fast path met something only the _Fields parser should judge."""
+
+
+def _d(data: dict[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _Unfit
+    return value
+
+
+def _ds(data: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    value = data.get(key)
+    if value is None:
+        return []
+    if type(value) is not list:
+        raise _Unfit
+    for item in value:
+        if not isinstance(item, dict):
+            raise _Unfit
+    return value
+
+
+def _t(data: dict[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is None or type(value) is str:
+        return value
+    raise _Unfit
+
+
+def _b(data: dict[str, Any], key: str) -> bool | None:
+    value = data.get(key)
+    if value is None or value is True or value is False:
+        return value
+    raise _Unfit
+
+
+def _i(data: dict[str, Any], key: str) -> int | None:
+    value = data.get(key)
+    if value is None or type(value) is int:
+        return value
+    raise _Unfit
+
+
+def _name_and_namespace(data: dict[str, Any]) -> tuple[dict[str, Any], str, str]:
+    meta = _d(data, "metadata")
+    name = meta.get("name")
+    if type(name) is not str or not name:
+        raise _Unfit
+    return meta, _t(meta, "namespace") or "default", name
+
+
+def _fast_pod(data: dict[str, Any], source: str | None, line: int | None) -> Pod | None:
+    try:
+        meta, namespace, name = _name_and_namespace(data)
+        spec, status = _d(data, "spec"), _d(data, "status")
+        ips = []
+        for p in _ds(status, "podIPs"):
+            ip = p.get("ip")
+            if type(ip) is not str or not ip:
+                raise _Unfit
+            ips.append(canonical_ip(ip))
+        if not ips:
+            pod_ip = _t(status, "podIP")
+            if pod_ip:
+                ips.append(canonical_ip(pod_ip))
+        ports = []
+        for container in _ds(spec, "containers"):
+            for port in _ds(container, "ports"):
+                number = port.get("containerPort")
+                if type(number) is not int or not 1 <= number <= 65535:
+                    raise _Unfit
+                ports.append(ContainerPort(_t(port, "name") or "", number, _t(port, "protocol") or "TCP"))
+        labels = _d(meta, "labels")
+        for key, value in labels.items():
+            if type(key) is not str or type(value) is not str:
+                raise _Unfit
+        return Pod(
+            namespace=namespace,
+            name=name,
+            node_name=_t(spec, "nodeName"),
+            pod_ips=tuple(ips),
+            host_network=bool(_b(spec, "hostNetwork")),
+            phase=_t(status, "phase"),
+            labels=tuple(sorted(labels.items())),
+            container_ports=tuple(ports),
+            source=source,
+            line=getattr(data, "line", None) or line,
+        )
+    except _Unfit:
+        return None
+
+
+def _fast_endpoint_slice(data: dict[str, Any]) -> EndpointSlice | None:
+    try:
+        meta, namespace, name = _name_and_namespace(data)
+        address_type = data.get("addressType")
+        if type(address_type) is not str or not address_type:
+            raise _Unfit
+        endpoints = []
+        for ep in _ds(data, "endpoints"):
+            addresses = ep.get("addresses")
+            if addresses is None:
+                addresses = ()
+            elif type(addresses) is not list or any(type(a) is not str for a in addresses):
+                raise _Unfit
+            cond = _d(ep, "conditions")
+            ready = _b(cond, "ready")
+            ready = True if ready is None else ready
+            serving = _b(cond, "serving")
+            ref = _d(ep, "targetRef")
+            endpoints.append(Endpoint(
+                addresses=tuple(addresses),
+                conditions=EndpointConditions(ready, ready if serving is None else serving,
+                                              bool(_b(cond, "terminating"))),
+                node_name=_t(ep, "nodeName"),
+                zone=_t(ep, "zone"),
+                hint_zones=tuple(_t(z, "name") or "" for z in _ds(_d(ep, "hints"), "forZones")),
+                target_ref=ObjectRef(_t(ref, "kind") or "", _t(ref, "namespace"), _t(ref, "name") or "")
+                if ref else None,
+            ))
+        ports = tuple(EndpointPort(_t(p, "name") or "", _t(p, "protocol") or "TCP", _i(p, "port"))
+                      for p in _ds(data, "ports"))
+        return EndpointSlice(
+            namespace=namespace,
+            name=name,
+            service_name=_t(_d(meta, "labels"), SERVICE_NAME_LABEL),
+            address_type=address_type,
+            endpoints=tuple(endpoints),
+            ports=ports,
+        )
+    except _Unfit:
+        return None
+
+
 # (kind, apiVersion) pairs kpa understands.
 _KNOWN_KINDS = {
     "Service": "v1",
@@ -846,16 +989,18 @@ class _Collector:
         if api_version is not None and api_version != expected_version:
             self.ignored[f"{kind} ({api_version})"] += 1
             return
-        if kind == "Service":
+        if kind == "Pod":
+            pod = _fast_pod(document, self.source, line) if isinstance(document, dict) else None
+            self.pods.append(pod or _parse_pod(obj))
+        elif kind == "Service":
             self.services.append(_parse_service(obj, self.source))
         elif kind == "EndpointSlice":
-            self.slices.append(_parse_endpoint_slice(obj))
+            found = _fast_endpoint_slice(document) if isinstance(document, dict) else None
+            self.slices.append(found or _parse_endpoint_slice(obj))
         elif kind == "Endpoints":
             self.slices.extend(_parse_endpoints(obj))
         elif kind == "Node":
             self.nodes.append(_parse_node(obj))
-        elif kind == "Pod":
-            self.pods.append(_parse_pod(obj))
         elif kind == "Namespace":
             self.namespaces.append(_parse_namespace(obj))
         elif kind == "NetworkPolicy":
