@@ -8,9 +8,11 @@ full (`shapes=False`), finding for finding.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import random
 import re
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -285,3 +287,88 @@ def test_fast_pod_and_slice_readers_equal_the_field_parsers() -> None:
             if got is not None:
                 assert got == expected, bad
     assert checked["Pod"] > 100 and checked["EndpointSlice"] > 50
+
+
+def _split_reference(chain: object) -> list[tuple[str, Fraction]]:
+    """endpoint_split as plain Fraction arithmetic, on built rules."""
+    from kpa.ext.recent import RecentMatch
+    from kpa.ext.statistic import StatisticMatch
+    from kpa.k8s.kubeproxy import _jump
+
+    out = []
+    remaining = Fraction(1)
+    for r in chain.rules:  # type: ignore[attr-defined]
+        target = _jump(r)
+        if target is None or not target.startswith("KUBE-SEP-"):
+            continue
+        if any(isinstance(e, RecentMatch) for e in r.exprs):
+            continue
+        p = Fraction(1)
+        for e in r.exprs:
+            if isinstance(e, StatisticMatch):
+                p = 1 - e.probability if e.negated else e.probability
+        out.append((target, remaining * p))
+        remaining -= remaining * p
+    return out
+
+
+def test_endpoint_shares_equal_fraction_arithmetic() -> None:
+    """The integer share cascade equals Fraction arithmetic on every fixture and a generated cluster."""
+    from kpa.k8s.kubeproxy import endpoint_split
+
+    cluster = random_cluster(seed=12, services=200, endpoints_per_service=12)
+    texts = [(s.read_text(), str(s)) for s in SAVES]
+    texts.append((render_restore(cluster, ProxierOptions(node_name="node-0"), "ipv4"), "random.save"))
+    seen = 0
+    for text, name in texts:
+        lazy, full = _both(text, name)
+        for t in full.tables:
+            for c in t.chains.values():
+                if c.name.startswith(("KUBE-SVC-", "KUBE-SVL-")):
+                    want = _split_reference(c)
+                    assert [(x, p) for _, x, p in endpoint_split(c)] == want
+                    assert [(x, p) for _, x, p in endpoint_split(lazy.table(t.family, t.name).chains[c.name])] == want
+                    seen += len(want)
+    assert seen > 1000
+
+
+def test_address_sort_key_shortcut_matches_ipaddress() -> None:
+    from kpa.k8s.objects import _address_sort_key
+
+    rng = random.Random(8)
+    for _ in range(20000):
+        ip = ".".join(str(rng.choice([0, 1, 9, 10, 99, 100, 199, 200, 249, 250, 255, rng.randrange(256)]))
+                      for _ in range(4))
+        port = rng.randrange(65536)
+        parsed = ipaddress.ip_address(ip)
+        assert _address_sort_key((ip, port)) == (4, int(parsed), port)
+    assert _address_sort_key(("fd00::1", 80)) == (6, 0xFD00 << 112 | 1, 80)
+    assert _address_sort_key(("010.0.0.1", 80)) == (0, 0, 80)
+
+
+def test_even_shares_shortcut_equals_fraction_test() -> None:
+    """The integer evenness test answers as the Fraction comparison does, on cascades and random shares."""
+    from kpa.k8s.lint import QUANTUM, _even_enough
+
+    def reference(probs: list[Fraction]) -> bool:
+        n = len(probs)
+        fair, tol = Fraction(1, n), n * QUANTUM
+        return max(abs(p - fair) for p in probs) <= tol and abs(1 - sum(probs)) <= tol
+
+    rng = random.Random(21)
+    answers = set()
+    for _ in range(3000):
+        n = rng.randrange(1, 14)
+        remaining, probs = Fraction(1), []
+        for i in range(n):
+            k = round((1 << 31) / (n - i)) + rng.choice([0, 0, 0, 1, -1, 3, 1000, -(1 << 20)])
+            p = Fraction(min(max(k, 0), 1 << 31), 1 << 31) if i < n - 1 else Fraction(1)
+            probs.append(remaining * p)
+            remaining -= remaining * p
+        if rng.random() < 0.2:
+            probs[rng.randrange(n)] = Fraction(rng.randrange(1 << 33), 1 << rng.randrange(40))
+        answer = _even_enough(probs, n)
+        assert answer == reference(probs), probs
+        answers.add(answer)
+    assert answers == {True, False}
+    assert _even_enough([Fraction(1, 3)] * 3, 3) is None

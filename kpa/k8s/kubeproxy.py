@@ -198,7 +198,10 @@ def _text_entry(rule: LazyRule, target: str, version: int) -> tuple[str | None, 
 def endpoint_split(chain: Chain) -> list[tuple[Rule, str, Fraction]]:
     """The jumps to endpoint chains with the exact share of traffic each gets."""
     out: list[tuple[Rule, str, Fraction]] = []
-    remaining = Fraction(1)
+    # What is left for the later rules: rem_n / 2**rem_e while every share is dyadic (the
+    # kernel's are k / 2**31), which needs only integer arithmetic; a Fraction otherwise.
+    rem_n, rem_e = 1, 0
+    remaining: Fraction | None = None
     for r in chain.rules:
         target = _jump(r)
         if target is None or not target.startswith("KUBE-SEP-"):
@@ -211,6 +214,15 @@ def endpoint_split(chain: Chain) -> list[tuple[Rule, str, Fraction]]:
             for e in r.exprs:
                 if isinstance(e, StatisticMatch):
                     p = 1 - e.probability if e.negated else e.probability
+        den = p.denominator
+        if remaining is None and not den & (den - 1):
+            exp = rem_e + den.bit_length() - 1
+            n = rem_n * p.numerator
+            out.append((r, target, Fraction(n, 1 << exp)))
+            rem_n, rem_e = (rem_n << (exp - rem_e)) - n, exp
+            continue
+        if remaining is None:
+            remaining = Fraction(rem_n, 1 << rem_e)
         out.append((r, target, remaining * p))
         remaining -= remaining * p
     return out

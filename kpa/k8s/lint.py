@@ -308,11 +308,38 @@ def _policy_drift(pc: PortCorrelation, e: Expected, a: Actual) -> Iterator[Findi
                 ext.location)
 
 
+def _even_enough(probs: Sequence[Fraction], n: int) -> bool | None:
+    """Whether every share is within n*QUANTUM of 1/n and they add up to 1 within it.
+
+    In integers, for shares a / 2**e (what kube-proxy's statistic cascade gives):
+    |a/2**e - 1/n| <= n/2**31 is |a*n - 2**e| * 2**31 <= n*n * 2**e. None when some
+    share is not of that form.
+    """
+    top = 0
+    for p in probs:
+        den = p.denominator
+        if den & (den - 1):
+            return None
+        top = max(top, den.bit_length() - 1)
+    total = 0
+    nn = n * n
+    for p in probs:
+        e = p.denominator.bit_length() - 1
+        a = p.numerator
+        if abs(a * n - (1 << e)) << 31 > nn << e:
+            return False
+        total += a << (top - e)
+    # |1 - total/2**top| <= n/2**31
+    return abs((1 << top) - total) << 31 <= n << top
+
+
 def _shares(pc: PortCorrelation, refs: Sequence[EndpointRef]) -> Iterator[Finding]:
     probs = [r.probability for r in refs]
     if not refs or any(p is None for p in probs):
         return
     n = len(refs)
+    if _even_enough(probs, n):  # type: ignore[arg-type]
+        return
     fair = Fraction(1, n)
     tolerance = n * QUANTUM
     total = sum((p for p in probs if p is not None), Fraction(0))

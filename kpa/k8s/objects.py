@@ -412,6 +412,9 @@ class ClusterObjects:
 
 def _address_sort_key(key: tuple[str, int]) -> tuple[int, int, int]:
     address, port = key
+    if _CANONICAL_V4.fullmatch(address):
+        a, b, c, d = address.split(".")
+        return (4, (int(a) << 24) | (int(b) << 16) | (int(c) << 8) | int(d), port)
     try:
         parsed = ipaddress.ip_address(address)
         return (parsed.version, int(parsed), port)
