@@ -372,3 +372,61 @@ def test_even_shares_shortcut_equals_fraction_test() -> None:
         answers.add(answer)
     assert answers == {True, False}
     assert _even_enough([Fraction(1, 3)] * 3, 3) is None
+
+
+ODD_RULES = [
+    '-A {c} -m comment --comment "ns/a:p" -m recent --rcheck --seconds 10800 --reap --name {c} --mask 255.255.255.255 --rsource -j KUBE-SEP-AAAAAAAAAAAAAAAA',
+    '-A {c} -m comment --comment "recent -m recent" -j KUBE-SEP-AAAAAAAAAAAAAAAA',
+    "-A {c} -m recent --set --name {c} --mask 255.255.255.255 --rsource -j KUBE-SEP-AAAAAAAAAAAAAAAA",
+    "-A {c} -m recent --rcheck --seconds 10 --reap --name {c} --mask 255.255.255.255 --rsource -j KUBE-SEP-AAAAAAAAAAAAAAAA",
+    '-A {c} -m comment --comment "a" -m comment --comment "b" -j KUBE-SVC-AAAAAAAAAAAAAAAA',
+    '-A {c} -m comment --comment "say \\"hi\\"" -j KUBE-SVC-AAAAAAAAAAAAAAAA',
+    '-A {c} -m comment --comment "route LOCAL traffic" -m addrtype --src-type LOCAL -j KUBE-SVC-AAAAAAAAAAAAAAAA',
+    "-A {c} -j KUBE-SVL-AAAAAAAAAAAAAAAA",
+    '-A {c} -m comment --comment "-j x -m y" -j KUBE-SVL-AAAAAAAAAAAAAAAA',
+    "-A {c} ! -p tcp -m comment --comment x -j KUBE-SVL-AAAAAAAAAAAAAAAA",
+    '-A {c} ! -p tcp -m comment --comment "ns/b:p has no local endpoints" -j DROP',
+    '-A {c} -p 6 -m comment --comment "ns/b:p has no endpoints" -m tcp --dport 80 -j REJECT',
+    '-A {c} -p udp -m comment --comment "ns/c:p has no endpoints" -m udp --dport 53 -j REJECT --reject-with icmp-port-unreachable',
+    "-A {c} -s 10.0.0.0/8 -j KUBE-MARK-MASQ",
+    "-A {c} -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS",
+]
+
+
+def _text_helpers_agree(lazy: Ruleset, full: Ruleset) -> int:
+    """Every lazy rule's text answers (affinity, bare jump, protocol, comment) equal its built rule's."""
+    from kpa.ext.recent import RecentMatch
+    from kpa.k8s.correlate import _unconditional
+    from kpa.k8s.kubeproxy import is_affinity_check, is_bare_jump, rule_comment, rule_protocol
+
+    answered = 0
+    for t in full.tables:
+        other = lazy.table(t.family, t.name)
+        assert other is not None
+        for c in t.chains.values():
+            for built, r in zip(c.rules, other.chains[c.name].rules, strict=True):
+                if not isinstance(r, LazyRule):
+                    continue
+                for mine, truth in ((is_affinity_check(r), any(isinstance(e, RecentMatch) for e in built.exprs)),
+                                    (is_bare_jump(r), _unconditional(built))):
+                    assert mine in (None, truth), r.text
+                    answered += mine is not None
+                assert rule_protocol(r) == rule_protocol(built), r.text
+                assert rule_comment(r) == built.comment, r.text
+    return answered
+
+
+def test_rule_text_helpers_equal_the_built_rules() -> None:
+    """Crafted odd rules, every fixture and a generated cluster with affinity."""
+    body = "".join(f":KUBE-SVC-ODD{n:03d}AAAAAAAAA - [0:0]\n" for n in range(30))
+    body += ":KUBE-SEP-AAAAAAAAAAAAAAAA - [0:0]\n:KUBE-SVC-AAAAAAAAAAAAAAAA - [0:0]\n"
+    body += ":KUBE-SVL-AAAAAAAAAAAAAAAA - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n:KUBE-NODEPORTS - [0:0]\n"
+    for n in range(30):
+        body += "".join(r.format(c=f"KUBE-SVC-ODD{n:03d}AAAAAAAAA") + "\n" for r in ODD_RULES)
+    answered = _text_helpers_agree(*_both(f"*nat\n:PREROUTING ACCEPT [0:0]\n{body}COMMIT\n", "odd.save"))
+    assert answered > 100
+    for save in SAVES:
+        _text_helpers_agree(*_both(save.read_text(), str(save)))
+    cluster = random_cluster(seed=13, services=300, endpoints_per_service=3)
+    text = render_restore(cluster, ProxierOptions(node_name="node-0"), "ipv4")
+    assert _text_helpers_agree(*_both(text, "random.save")) > 500

@@ -28,7 +28,7 @@ from kpa.ext.comment import CommentMatch
 from kpa.k8s import kubeproxy, naming
 from kpa.k8s.kubeproxy import EndpointInfo, TrafficPolicy, categorize_endpoints
 from kpa.k8s.objects import ClusterObjects, Service, ServiceEndpoint, ServicePort, canonical_ip
-from kpa.netfilter.model import Chain, Family, Rule, Ruleset, Table, VerdictKind
+from kpa.netfilter.model import Chain, Family, LazyRule, Rule, Ruleset, Table, VerdictKind
 
 Mode = Literal["iptables", "nftables"]
 FamilyName = Literal["ipv4", "ipv6"]
@@ -377,6 +377,10 @@ def _jump_target(rule: Rule) -> str | None:
 
 
 def _unconditional(rule: Rule) -> bool:
+    if isinstance(rule, LazyRule):
+        bare = kubeproxy.is_bare_jump(rule)
+        if bare is not None:
+            return bare
     return all(isinstance(e, (CommentMatch, VerdictExpr)) for e in rule.exprs)
 
 
@@ -505,9 +509,10 @@ def _iptables_local_drops(rs: Ruleset, nat: Table, family: FamilyName, out: _Col
     for chain_name in ("KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES"):
         c = filt.chains.get(chain_name)
         for r in c.rules if c else ():
-            if not (r.comment and r.comment.endswith("has no local endpoints")):
+            said = kubeproxy.rule_comment(r)
+            if not (said and said.endswith("has no local endpoints")):
                 continue
-            spn = r.comment.split(" ", 1)[0]
+            spn = said.split(" ", 1)[0]
             proto = kubeproxy.rule_protocol(r)
             proto = proto.lower() if proto else None
             key = (f"iptables|{family}|{spn}", proto)

@@ -115,6 +115,13 @@ def _dport(rule: Rule) -> int | None:
 
 
 def rule_protocol(rule: Rule) -> str | None:
+    if isinstance(rule, LazyRule):
+        plain = outside_comment(rule)
+        if plain is not None:
+            head = plain.split(" -j ", 1)[0]
+            found = _PROTO_RE.findall(head)
+            if "--protocol" not in head and len(found) <= 1:
+                return found[0].upper() if found else None
     for e in rule.exprs:
         if isinstance(e, Match) and e.name == "proto":
             return e.options[0].args[0].upper()
@@ -133,6 +140,56 @@ def _comment_name(comment: str | None) -> str | None:
         return None
     head = comment.split(" ", 1)[0]
     return head if "/" in head else None
+
+
+_PROTO_RE = re.compile(r" -p (\S+)")
+_COMMENT_ONLY = re.compile(r' -m comment --comment "[^"]*"(?= |$)')
+_AFFINITY_RE = re.compile(r"-A \S+ -m recent --rcheck --seconds \d+ --reap --name \S+ --mask \S+ --rsource -j \S+")
+_HANDOVER_RE = re.compile(r"-A \S+ -j \S+")
+
+
+def outside_comment(rule: LazyRule) -> str | None:
+    """A not-yet-built rule's text without its one plainly quoted comment; None if the parser must read it.
+
+    Without escapes or other quotes, every word left is a token as the parser sees it.
+    """
+    text = rule.text
+    if "\\" in text or "'" in text:
+        return None
+    quotes = text.count('"')
+    if quotes == 0:
+        return text
+    if quotes != 2 or text.count("--comment") != 1:
+        return None
+    m = _COMMENT_ONLY.search(text)
+    return None if m is None else text[: m.start()] + text[m.end() :]
+
+
+def is_affinity_check(rule: LazyRule) -> bool | None:
+    """True for kube-proxy's session-affinity rule (`-m recent --rcheck ...`), read from its text.
+
+    None when the text is in another spelling: then the built rule's expressions tell.
+    """
+    plain = outside_comment(rule)
+    if plain is None:
+        return None
+    if "recent" not in plain:
+        return False
+    return True if _AFFINITY_RE.fullmatch(plain) else None
+
+
+def is_bare_jump(rule: LazyRule) -> bool | None:
+    """Whether a not-yet-built rule has nothing but comments and its verdict; None: build it to tell."""
+    plain = outside_comment(rule)
+    if plain is None:
+        return None
+    if _HANDOVER_RE.fullmatch(plain):
+        return True
+    cut = plain.find(" -j ")
+    # Before the target, an unquoted `-m` always starts a match module other than the comment.
+    if cut > 0 and " -m " in plain[:cut]:
+        return False
+    return None
 
 
 _STAT_RE = re.compile(r" -m statistic --mode random --probability (\S+)(?= |$)")
@@ -206,7 +263,11 @@ def endpoint_split(chain: Chain) -> list[tuple[Rule, str, Fraction]]:
         target = _jump(r)
         if target is None or not target.startswith("KUBE-SEP-"):
             continue
-        p: Fraction | None = _text_share(r) if isinstance(r, LazyRule) else None
+        p: Fraction | None = None
+        if isinstance(r, LazyRule):
+            if is_affinity_check(r):
+                continue  # session-affinity shortcuts apply only to returning clients
+            p = _text_share(r)
         if p is None:
             if any(isinstance(e, RecentMatch) for e in r.exprs):
                 continue  # session-affinity shortcuts apply only to returning clients
@@ -492,9 +553,10 @@ def _mark_no_endpoints(rs: Ruleset, nat: Table, views: dict[str, ServicePortView
         if c is None:
             continue
         for r in c.rules:
-            if not (r.comment and r.comment.endswith("has no endpoints")):
+            said = rule_comment(r)
+            if not (said and said.endswith("has no endpoints")):
                 continue
-            spn = r.comment.split(" ", 1)[0]
+            spn = said.split(" ", 1)[0]
             v = names.get(spn)
             if v is None:
                 v = names[spn] = views[f"noep:{spn}"] = ServicePortView(
@@ -627,7 +689,11 @@ __all__ = [
     "dnat_target",
     "endpoint_split",
     "hash_names",
+    "is_affinity_check",
+    "is_bare_jump",
     "natural_key",
+    "outside_comment",
+    "rule_comment",
     "rule_protocol",
     "service_ports",
     "traffic_policy",
