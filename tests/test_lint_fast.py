@@ -430,3 +430,93 @@ def test_rule_text_helpers_equal_the_built_rules() -> None:
     cluster = random_cluster(seed=13, services=300, endpoints_per_service=3)
     text = render_restore(cluster, ProxierOptions(node_name="node-0"), "ipv4")
     assert _text_helpers_agree(*_both(text, "random.save")) > 500
+
+
+def _yaml_lines(value: object) -> object:
+    """Every mapping's value, line and key lines, in order."""
+    if isinstance(value, dict):
+        return [(k, _yaml_lines(v)) for k, v in value.items()] + [
+            getattr(value, "line", None), getattr(value, "key_lines", None), type(value).__name__]
+    if isinstance(value, list):
+        return [_yaml_lines(v) for v in value]
+    return (type(value).__name__, value)
+
+
+ODD_YAML = """\
+a: 1
+b: 0x1f
+c: 1_000
+d: 0o17
+e: 1.5e3
+f: .inf
+g: yes
+h: ~
+i: 2024-01-01T00:00:00Z
+j: !!binary aGVsbG8=
+k: "quoted: 1"
+l: 'single'
+m: [1, "2", three, {x: y}]
+n: {p: q, r: [s]}
+o: |
+  block text
+  over lines
+1: int key
+2.5: float key
+true: bool key
+a: duplicate key wins
+? complex
+: key
+---
+- plain
+- !!str 123
+- !custom tag
+---
+x: !!set {a, b}
+---
+x: !!omap [a: 1, b: 2]
+---
+base: {a: 1}
+merged:
+  <<: {b: 2}
+  c: 3
+---
+deep: [[[[[[[[[[[[]]]]]]]]]]]]
+"""
+
+
+def test_fast_yaml_documents_equal_the_safe_loader() -> None:
+    """Documents built by the fast walk equal check + construct_document, values, lines and errors alike."""
+    from kpa.k8s import objects as o
+
+    texts = [p.read_text() for p in sorted((FIXTURES / "clusters").glob("*.yaml"))]
+    texts.append(yaml.safe_dump_all(to_objects(random_cluster(seed=5, services=40, endpoints_per_service=3))))
+    texts += [ODD_YAML, *ODD_YAML.split("---\n")]
+    fast_docs = 0
+    for text in texts:
+        slow_text = text + "\n# & keeps the fast walk off\n"
+
+        def load(t: str) -> object:
+            try:
+                return _yaml_lines(list(o._yaml_documents(t, "f.yaml")))
+            except InputError as exc:
+                return ("error", str(exc).replace("f.yaml", ""))
+
+        fast, slow = load(text), load(slow_text)
+        assert fast == slow, text[:200]
+        fast_docs += isinstance(fast, list) and len(fast)
+    assert fast_docs > 100
+    # Bounds: too deep in block style, too deep in flow style, a document over the node bound.
+    deep_block = "".join("  " * i + f"k{i}:\n" for i in range(205)) + "  " * 205 + "v: 1\n"
+    for text in (deep_block, "a: " + "[" * 201 + "]" * 201 + "\n"):
+        with pytest.raises(InputError, match="nesting"):
+            list(o._yaml_documents(text, "f.yaml"))
+    loader = o._LineLoader("[1, 2, 3]")
+    node = loader.get_single_node()
+    original = limits.MAX_YAML_NODES
+    limits.MAX_YAML_NODES = 3
+    try:
+        with pytest.raises(o._Unfit):
+            o._fast_yaml_document(loader, node)
+    finally:
+        limits.MAX_YAML_NODES = original
+        loader.dispose()

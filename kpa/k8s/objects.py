@@ -1051,6 +1051,28 @@ _BaseLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 class _LineLoader(_BaseLoader):  # type: ignore[misc]
     """A safe YAML loader whose mappings remember their line numbers."""
 
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._resolved: dict[tuple[str, tuple[bool, bool]], str] = {}
+
+    # The safe loader has no path resolvers, so a scalar's tag depends only on its text and
+    # how it was written: short texts (ports, protocols, booleans) repeat and are looked up once.
+    if not _BaseLoader.yaml_path_resolvers:
+        def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+            if kind is yaml.ScalarNode and len(value) <= 32:
+                key = (value, implicit)
+                tag = self._resolved.get(key)
+                if tag is None:
+                    tag = self._resolved[key] = super().resolve(kind, value, implicit)
+                return tag
+            return super().resolve(kind, value, implicit)
+
+        def descend_resolver(self, current_node: Any, current_index: Any) -> None:
+            return None
+
+        def ascend_resolver(self) -> None:
+            return None
+
 
 def _construct_lined_mapping(loader: Any, node: yaml.MappingNode) -> Iterator[_LinedDict]:
     data = _LinedDict()
@@ -1066,6 +1088,65 @@ def _construct_lined_mapping(loader: Any, node: yaml.MappingNode) -> Iterator[_L
 
 _LineLoader.add_constructor("tag:yaml.org,2002:map", _construct_lined_mapping)
 
+_YAML_MAP, _YAML_STR = "tag:yaml.org,2002:map", "tag:yaml.org,2002:str"
+# Scalar tags whose safe constructors are plain functions of the node.
+_YAML_SCALARS = frozenset("tag:yaml.org,2002:" + t for t in ("null", "bool", "int", "float", "timestamp", "binary"))
+_YAML_SEQ = "tag:yaml.org,2002:seq"
+
+
+def _fast_yaml_document(loader: Any, root: yaml.Node) -> Any:
+    """What `check_yaml_node` then `loader.construct_document` give for a document without aliases.
+
+    Builds the same values, line-remembering mappings included, in one walk that also
+    counts the nodes and their depth. Raises _Unfit (nothing is half-built for the
+    caller) on anything else: merge keys, other tags, non-scalar keys, a bound
+    exceeded, any error, so that the general path runs and answers.
+    """
+    from kpa.limits import MAX_NESTING, MAX_YAML_NODES
+
+    scalar = yaml.ScalarNode
+    constructors = loader.yaml_constructors
+    count = 0
+
+    def build(node: Any, depth: int) -> Any:
+        nonlocal count
+        count += 1
+        if depth > MAX_NESTING:
+            raise _Unfit
+        tag = node.tag
+        cls = type(node)
+        if cls is scalar:
+            if tag == _YAML_STR:
+                return node.value
+            if tag in _YAML_SCALARS:
+                return constructors[tag](loader, node)
+            raise _Unfit
+        if cls is yaml.MappingNode and tag == _YAML_MAP:
+            data = _LinedDict()
+            data.line = node.start_mark.line + 1
+            key_lines: dict[str, int] = {}
+            pairs = []
+            for key_node, value_node in node.value:
+                if type(key_node) is not scalar:
+                    raise _Unfit
+                key_lines[key_node.value] = key_node.start_mark.line + 1
+                pairs.append((build(key_node, depth + 1), value_node))
+            data.key_lines = key_lines
+            for key, value_node in pairs:
+                data[key] = build(value_node, depth + 1)
+            return data
+        if cls is yaml.SequenceNode and tag == _YAML_SEQ:
+            return [build(item, depth + 1) for item in node.value]
+        raise _Unfit
+
+    try:
+        data = build(root, 0)
+    except Exception:
+        raise _Unfit from None
+    if count > MAX_YAML_NODES:
+        raise _Unfit
+    return data
+
 
 def _looks_like_json(text: str) -> bool:
     stripped = text.lstrip()
@@ -1076,9 +1157,19 @@ def _yaml_documents(text: str, source: str) -> Iterator[Any]:
     check_nesting(text, source)
     try:
         loader = _LineLoader(text)
+        # Without anchors there are no aliases, so every document is a tree the fast walk can build.
+        fast = "&" not in text
         try:
             while loader.check_node():
                 node = loader.get_node()
+                if fast:
+                    try:
+                        document = _fast_yaml_document(loader, node)
+                    except _Unfit:
+                        pass
+                    else:
+                        yield document
+                        continue
                 # Aliases are shared when loaded, but every walk over the objects expands them.
                 check_yaml_node(node, source)
                 yield loader.construct_document(node)
