@@ -520,3 +520,25 @@ def test_fast_yaml_documents_equal_the_safe_loader() -> None:
     finally:
         limits.MAX_YAML_NODES = original
         loader.dispose()
+
+
+def test_show_share_from_the_fraction_equals_the_share_from_its_text() -> None:
+    """show prints a share from the exact fraction; it used to re-read it from its JSON text."""
+    from kpa.k8s.story import fmt_share
+    from kpa.netfilter.domain import fraction_text
+
+    def from_text(p: Fraction) -> str:
+        text = fraction_text(p)
+        value = Fraction(text.split(" ")[0]) if "/" in text else Fraction(float(p))
+        return fmt_share(value)
+
+    rng = random.Random(17)
+    shares = [Fraction(0), Fraction(1), Fraction(1, 3), Fraction(1, 2000)]
+    for _ in range(3000):
+        p = Fraction(1)
+        for _ in range(rng.choice([1, 2, 10, 120])):
+            p *= Fraction(rng.randrange(1, 1 << 31), 1 << 31)
+        shares.append(p)
+    assert any("exact fraction" in fraction_text(p) for p in shares)
+    for p in shares:
+        assert fmt_share(p) == from_text(p), p

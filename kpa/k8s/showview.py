@@ -34,6 +34,9 @@ def _host_port(address: str | None) -> tuple[str | None, int | None]:
     return host, int(port) if port.isdigit() else None
 
 
+_RCHECK = re.compile(r"--rcheck --seconds (\d+)")
+
+
 def _rules_affinity(rs: Ruleset, v: ServicePortView) -> str | None:
     for kind, chain_name in v.chains.items():
         if kind not in ("SVC", "SVL", "service", "local"):
@@ -43,7 +46,7 @@ def _rules_affinity(rs: Ruleset, v: ServicePortView) -> str | None:
             if c is None:
                 continue
             for r in c.rules:
-                m = re.search(r"--rcheck --seconds (\d+)", r.text)
+                m = _RCHECK.search(r.text)
                 if m:
                     return f"ClientIP ({m.group(1)}s)"
                 if "@affinity-" in r.text:
@@ -107,11 +110,12 @@ def describe(views: list[ServicePortView], rs: Ruleset, objects: Any) -> list[di
         if svc is not None:
             for ep in objects.endpoints_for(ns, name, port):
                 conditions[(ep.address, ep.port)] = ep
-        for key in ("endpoints", "local_endpoints"):
-            for e in doc[key]:
+        for key, eps in (("endpoints", v.endpoints), ("local_endpoints", v.local_endpoints)):
+            for e, view in zip(doc[key], eps, strict=True):
                 host, p = _host_port(e["endpoint"])
                 ep = conditions.get((host or "", p))
-                e["share"] = fmt_share(_fraction(e["probability_exact"], e.get("probability")))
+                # The share as a float, which is what the exact fraction prints as.
+                e["share"] = fmt_share(view.probability)
                 if ep is not None:
                     ref = ep.target_ref
                     e["pod"] = f"{ref.namespace or ns}/{ref.name}" if ref is not None and ref.kind == "Pod" else None
@@ -123,15 +127,6 @@ def describe(views: list[ServicePortView], rs: Ruleset, objects: Any) -> list[di
                     e["node"] = pod.node_name if pod is not None else None
         docs.append(doc)
     return docs
-
-
-def _fraction(text: str, approx: Any = None) -> Any:
-    """The exact share, or (past thousands of digits, printed as a decimal) the decimal."""
-    from fractions import Fraction
-
-    if "/" in text or approx is None:
-        return Fraction(text.split(" ")[0])
-    return Fraction(approx)
 
 
 __all__ = ["describe"]
