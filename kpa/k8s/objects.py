@@ -980,6 +980,11 @@ class _Collector:
         if kind.endswith("List") and isinstance(document.get("items"), list):
             # Raw API list responses omit kind on their items; the list's kind implies it.
             item_kind = kind[: -len("List")] or None
+            items = document["items"]
+            if all(type(i) is dict for i in items):  # JSON: no _Fields wrapper per item
+                for i in items:
+                    self.add_document(i, self.item_lines.get(id(i), obj.line), item_kind)
+                return
             for item in obj.mappings("items"):
                 self.add_document(item.data, self.item_lines.get(id(item.data), item.line),
                                   item_kind)
