@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import click
@@ -406,20 +406,19 @@ def matrix(cluster: Sequence[str], kube: bool, kubeconfig: str | None, context: 
                                             namespaces, version, ruleset, list(node_ips))
     else:
         m = build(engine, sources, [engine.subject(p, family=version) for p in pods], port, proto)
-        rows = list(m.rows())
         names = [short_name(s) for s in sources]
-        cells = rows
-        doc = {
-            "port": port,
-            "protocol": proto,
-            "cells": [
-                {"from": s.name, "to": d.name, "port": port, "protocol": proto,
-                 "allowed": rows[i][j], "from_ip": s.ip, "to_ip": d.ip}
-                for i, s in enumerate(sources) for j, d in enumerate(m.targets)
-            ],
-        }
-        if rules:
-            cells = _enforced_cells(doc, rules, node_ips, objects, sources, list(m.targets), port, proto)
+        enforcement = _enforcement(rules, node_ips, objects, sources, list(m.targets), port, proto) \
+            if rules else None
+        if fmt == "json":
+            _stream_pod_matrix(m, enforcement, engine.warnings())
+            return
+        if fmt == "yaml":
+            doc = {"port": port, "protocol": proto, "cells": list(_pod_cells(m, enforcement))}
+            if enforcement is not None:
+                doc["differences"] = sum(1 for c in doc["cells"] if c.get("differs"))
+                doc["traces"] = enforcement.traces
+        else:
+            cells = list(_pod_rows(m, enforcement))
     row_names = [short_name(s) for s in sources]
     if fmt in ("json", "yaml"):
         doc["warnings"] = engine.warnings()
@@ -432,44 +431,92 @@ def matrix(cluster: Sequence[str], kube: bool, kubeconfig: str | None, context: 
         click.echo(table(row_names, names, cells, fmt), nl=False)
 
 
-def _enforced_cells(doc: dict[str, Any], rules: Sequence[str], node_ips: Sequence[str], objects: Any,
-                    sources: list[Any], targets: list[Any], port: int, proto: str) -> list[list[Any]]:
-    """Add the node's enforced answer to every cell; grid cells become "!" where it differs.
+def _enforcement(rules: Sequence[str], node_ips: Sequence[str], objects: Any, sources: list[Any],
+                 targets: list[Any], port: int, proto: str) -> Any:
+    """The node's enforced answer for every cell (kpa.k8s.kuberouter.EnforcedMatrix).
 
     Pods the node's rules cannot tell apart (kpa.k8s.kuberouter.enforcement_classes) share
-    one trace per pair of classes.
+    one answer per pair of classes; between two local pods it comes from two half traces.
     """
-    from kpa.k8s.kuberouter import KubeRouterMap, enforced, enforcement_classes
+    from kpa.k8s.kuberouter import EnforcedMatrix, KubeRouterMap
     from kpa.sources import load_rules
 
     ruleset = load_rules(list(rules))
     kr = KubeRouterMap.from_ruleset(ruleset, objects.network_policies)
-    classes = enforcement_classes(ruleset, kr, [s.ip for s in sources] + [d.ip for d in targets], list(node_ips))
-    grid: list[list[Any]] = []
-    cells = iter(doc["cells"])
+    return EnforcedMatrix(ruleset, kr, list(node_ips), [s.ip for s in sources], [d.ip for d in targets], port,
+                          proto)
+
+
+def _pod_rows(m: Any, enforcement: Any) -> Iterator[list[Any]]:
+    """Grid rows: allowed (bool), or "!" where the node enforces the cell differently."""
+    for i in range(len(m.sources)):
+        if enforcement is None:
+            yield m.row(i)
+            continue
+        yield ["!" if e is not None and e.verdict != "unknown" and (e.verdict == "allowed") != ok else ok
+               for ok, e in zip(m.row(i), enforcement.row(i), strict=True)]
+
+
+def _pod_cells(m: Any, enforcement: Any) -> Iterator[dict[str, Any]]:
+    """The JSON/YAML cells, source by source."""
+    port, proto = m.port, m.protocol
+    for i, s in enumerate(m.sources):
+        for j, d in enumerate(m.targets):
+            ok = m.allowed(i, j)
+            cell: dict[str, Any] = {"from": s.name, "to": d.name, "port": port, "protocol": proto, "allowed": ok,
+                                    "from_ip": s.ip, "to_ip": d.ip}
+            e = enforcement.answer(i, j) if enforcement is not None else None
+            if e is not None:
+                cell["enforced"] = e.to_json()
+                cell["differs"] = _differs(ok, e.verdict)
+            yield cell
+
+
+def _stream_pod_matrix(m: Any, enforcement: Any, warnings: list[str]) -> None:
+    """The pod matrix as JSON, written row by row with the C encoder (a million cells in seconds).
+
+    The document is what `json.dumps` of the YAML document gives, except that each
+    cell is on one line.
+    """
+    import json
+    import sys
+
+    enc = json.JSONEncoder().encode
+    out = sys.stdout
+    out.write(f'{{\n  "port": {enc(m.port)},\n  "protocol": {enc(m.protocol)},\n  "cells": [')
+    froms = [f'{{"from": {enc(s.name)}, "to": ' for s in m.sources]
+    from_ips = [f', "from_ip": {enc(s.ip)}, "to_ip": ' for s in m.sources]
+    tos = [enc(d.name) + f', "port": {enc(m.port)}, "protocol": {enc(m.protocol)}, "allowed": ' for d in m.targets]
+    to_ips = [enc(d.ip) for d in m.targets]
+    encoded: dict[int, tuple[str, str]] = {}  # id(answer) -> its JSON with differs false / true
     differences = 0
-    traced: dict[tuple[Any, Any], tuple[Any, dict[str, Any]]] = {}
-    for s in sources:
-        row: list[Any] = []
-        for d in targets:
-            cell = next(cells)
-            if s.ip is None or d.ip is None or s.ip == d.ip:
-                # A pod reaching its own address never leaves its network namespace.
-                row.append(cell["allowed"])
-                continue
-            key = (classes.get(s.ip, s.ip), classes.get(d.ip, d.ip))
-            hit = traced.get(key)
-            if hit is None:
-                e = enforced(ruleset, list(node_ips), s.ip, d.ip, port, proto, kr, src_is_node=s.ip in node_ips)
-                hit = traced[key] = (e, e.to_json())
-            e, cell["enforced"] = hit
-            cell["differs"] = _differs(cell["allowed"], e.verdict)
-            differences += cell["differs"]
-            row.append("!" if cell["differs"] else cell["allowed"])
-        grid.append(row)
-    doc["differences"] = differences
-    doc["traces"] = len(traced)
-    return grid
+    first = True
+    nothing = [None] * len(m.targets)
+    for i in range(len(m.sources)):
+        head, mid = froms[i], from_ips[i]
+        parts: list[str] = []
+        for j, (ok, e) in enumerate(zip(m.row(i), enforcement.row(i) if enforcement is not None else nothing,
+                                        strict=True)):
+            if e is None:
+                tail = "}"
+            else:
+                pair = encoded.get(id(e))
+                if pair is None:
+                    text = enc(e.to_json())
+                    pair = encoded[id(e)] = (f', "enforced": {text}, "differs": false}}',
+                                             f', "enforced": {text}, "differs": true}}')
+                differs = _differs(ok, e.verdict)
+                differences += differs
+                tail = pair[differs]
+            parts.append(head + tos[j] + ("true" if ok else "false") + mid + to_ips[j] + tail)
+        if parts:
+            out.write(("\n    " if first else ",\n    ") + ",\n    ".join(parts))
+            first = False
+    out.write("\n  ]" if not first else "]")
+    if enforcement is not None:
+        out.write(f',\n  "differences": {differences},\n  "traces": {enforcement.traces}')
+    out.write(',\n  "warnings": ' + json.dumps(warnings, indent=2).replace("\n", "\n  ") + "\n}\n")
+    out.flush()
 
 
 def _service_matrix(engine: Any, objects: Any, sources: list[Any], port: int, proto: str,

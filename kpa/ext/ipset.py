@@ -304,6 +304,22 @@ def index_of(ipset: IpSet) -> Node:
     return node
 
 
+def address_member(ipset: IpSet, value: int) -> bool | None:
+    """Whether one address is in a one-dimension address set (hash:ip, hash:net), as `set_test`
+    answers for it, without building a packet state; None when the set is not that simple."""
+    if ipset.type not in ("hash:ip", "hash:net"):
+        return None
+    node = index_of(ipset)
+    if not isinstance(node, AddrNode):
+        return None
+    idx = node.index
+    k = bisect_right(idx.starts, value) - 1
+    if k < 0 or value > idx.spans[k][1]:
+        return False
+    child = idx.groups[idx.spans[k][2]][1]
+    return True if child is LEAF_MATCH else False if child is LEAF_NOMATCH else None
+
+
 def dimension(ipset: IpSet) -> int:
     return 0 if ipset.type == "list:set" else len(DIMENSIONS.get(ipset.type, ()))
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kpa.findings import CodeInfo, register
-from kpa.netfilter.engine import Outcome, trace
+from kpa.netfilter.engine import Outcome, TraceResult, trace
 from kpa.netfilter.model import Family, Ruleset
 from kpa.netfilter.packet import Hop, PacketSpec, QueueDecider, TraceContext, node_local_addresses
 
@@ -155,9 +155,17 @@ class Enforced:
 
 
 def _deciding(outcome: Outcome, kr: KubeRouterMap) -> tuple[str | None, str | None]:
+    hop = _deciding_hop(outcome, kr)
+    if hop is None:
+        return None, None
+    loc = f"{hop.location}: {hop.text}" if hop.location else hop.text
+    return loc, kr.describe_hop(hop)
+
+
+def _deciding_hop(outcome: Outcome, kr: KubeRouterMap) -> Hop | None:
     path = outcome.path
     if not path:
-        return None, None
+        return None
     if outcome.verdict == "ACCEPT":
         # The accepting rule of the last filter chain kube-router owns, else the last hop.
         for hop in reversed(path):
@@ -171,8 +179,7 @@ def _deciding(outcome: Outcome, kr: KubeRouterMap) -> tuple[str | None, str | No
             hop = marks[-1]
     else:
         hop = path[-1]
-    loc = f"{hop.location}: {hop.text}" if hop.location else hop.text
-    return loc, kr.describe_hop(hop)
+    return hop
 
 
 def enforced(ruleset: Ruleset, node_ips: list[str], src: str, dst: str, port: int, protocol: str,
@@ -180,10 +187,36 @@ def enforced(ruleset: Ruleset, node_ips: list[str], src: str, dst: str, port: in
              queue_decider: QueueDecider | None = None) -> Enforced:
     """Trace a new connection src -> dst:port through the node's rules (interfaces left open)."""
     kr = kr or KubeRouterMap()
+    return _from_result(_trace(ruleset, node_ips, src, dst, port, protocol, src_is_node, queue_decider), kr)
+
+
+def _trace(ruleset: Ruleset, node_ips: list[str], src: str, dst: str, port: int, protocol: str,
+           src_is_node: bool = False, queue_decider: QueueDecider | None = None) -> TraceResult:
     family = Family.IPV6 if ipaddress.ip_address(dst).version == 6 else Family.IPV4
     spec = PacketSpec(family=family, src=src, dst=dst, proto=protocol.lower(), dport=port,
                       origin="output" if src_is_node else "prerouting")
-    result = trace(ruleset, spec, TraceContext(local=node_local_addresses(node_ips), queue_decider=queue_decider))
+    return trace(ruleset, spec, TraceContext(local=node_local_addresses(node_ips), queue_decider=queue_decider))
+
+
+def _admitted(path: Iterable[Hop], kr: KubeRouterMap) -> list[str]:
+    admitted: list[str] = []
+    for hop in path:
+        if hop.chain in kr.policy_chains and hop.text.endswith("-j RETURN"):
+            admitted.append(f"policy {kr.policy_chains[hop.chain]}")
+        elif hop.chain == "KUBE-NWPLCY-DEFAULT":
+            admitted.append("no isolating policy (KUBE-NWPLCY-DEFAULT)")
+        elif hop.text.endswith("-j ACCEPT") and (hop.chain == "KUBE-NWPLCY-COMMON"
+                                                  or hop.comment == "from local node"):
+            admitted.append(f"kube-router's {hop.comment!r} rule")
+    return admitted
+
+
+def _from_result(result: TraceResult, kr: KubeRouterMap) -> Enforced:
+    return _from_result_hop(result, kr)[0]
+
+
+def _from_result_hop(result: TraceResult, kr: KubeRouterMap) -> tuple[Enforced, Hop | None]:
+    """The answer, and the hop of the deciding rule."""
     # Outcomes that differ only in what an unmodelled rule did (e.g. whether NFLOG's rate limit was
     # exceeded) but agree on the verdict still give a known answer. A packet left to a userspace
     # program (QUEUE, no decider) has no known answer.
@@ -191,20 +224,13 @@ def enforced(ruleset: Ruleset, node_ips: list[str], src: str, dst: str, port: in
                 for o in result.outcomes}
     outcomes = sorted({o.verdict for o in result.outcomes})
     first = result.outcomes[0] if result.outcomes else None
-    deciding, where = _deciding(first, kr) if first is not None else (None, None)
+    hop = _deciding_hop(first, kr) if first is not None else None
+    deciding = (f"{hop.location}: {hop.text}" if hop.location else hop.text) if hop is not None else None
+    where = kr.describe_hop(hop) if hop is not None else None
     verdict = verdicts.pop() if len(verdicts) == 1 else "unknown"
-    admitted: list[str] = []
-    if first is not None and first.verdict == "ACCEPT":
-        for hop in first.path:
-            if hop.chain in kr.policy_chains and hop.text.endswith("-j RETURN"):
-                admitted.append(f"policy {kr.policy_chains[hop.chain]}")
-            elif hop.chain == "KUBE-NWPLCY-DEFAULT":
-                admitted.append("no isolating policy (KUBE-NWPLCY-DEFAULT)")
-            elif hop.text.endswith("-j ACCEPT") and (hop.chain == "KUBE-NWPLCY-COMMON"
-                                                      or hop.comment == "from local node"):
-                admitted.append(f"kube-router's {hop.comment!r} rule")
+    admitted = _admitted(first.path, kr) if first is not None and first.verdict == "ACCEPT" else []
     return Enforced(verdict, "|".join(outcomes), deciding, where, first.dnat_text() if first else None,
-                    tuple(dict.fromkeys(admitted)))
+                    tuple(dict.fromkeys(admitted))), hop
 
 
 # -- intent versus enforcement -------------------------------------------------------
@@ -293,7 +319,7 @@ def enforcement_classes(ruleset: Ruleset, kr: KubeRouterMap, ips: Iterable[str |
     (and the per-pod jumps, which select each pod's own chain), so one trace answers
     for every pair of addresses from the same two classes. Node addresses stay alone.
     """
-    from kpa.ext.ipset import set_test
+    from kpa.ext.ipset import address_member, set_test
     from kpa.netfilter.packet import PacketSpec as Spec
 
     chain_of: dict[str, tuple[str, ...]] = {}
@@ -334,12 +360,16 @@ def enforcement_classes(ruleset: Ruleset, kr: KubeRouterMap, ips: Iterable[str |
         version = ipaddress.ip_address(addr).version
         family = Family.IPV6 if version == 6 else Family.IPV4
         st = Spec(family=family, src=addr, dst=addr).initial_state()
-        members = list(host_sets.get((version, int(ipaddress.ip_address(addr))), ()))
+        value = int(ipaddress.ip_address(addr))
+        members = list(host_sets.get((version, value), ()))
         for name, ipset in ruleset.ipsets.items():
             if ipset.type == "hash:ip" and "netmask" not in ipset.options:
                 continue  # answered by host_sets
             if ipset.type == "hash:net" and (ipset.family == "inet6") == (version == 6):
-                if any(r is True for _, r in set_test(ipset, st, ["src"], False, ruleset.ipsets)):
+                found = address_member(ipset, value)
+                if found is None:
+                    found = any(r is True for _, r in set_test(ipset, st, ["src"], False, ruleset.ipsets))
+                if found:
                     members.append(name)
             elif ipset.family is None or (ipset.family == "inet6") == (version == 6):
                 members.append(f"{name}?{addr}")  # other types: keep the address alone
@@ -351,3 +381,514 @@ def enforcement_classes(ruleset: Ruleset, kr: KubeRouterMap, ips: Iterable[str |
                 members.append(f"cidr:{cidr}")
         out[addr] = (tuple(sorted(members)), chain_of.get(addr))
     return out
+
+
+# -- the enforced matrix: per class pair, from each pod chain's half of the trace ----------
+
+_TOP = ("KUBE-ROUTER-FORWARD", "KUBE-ROUTER-INPUT", "KUBE-ROUTER-OUTPUT")
+_TARGET = re.compile(r" -([jg]) (\S+)")
+_SET_NAME = re.compile(r"--match-set (\S+)")
+_NETPOL_MARK, _OK_MARK = 0x10000, 0x20000  # kube-router's "a policy admitted it" and "netpol ok" bits
+_MARK_TARGET = re.compile(r" -j MARK (--[a-z-]+) (\S+)")
+_MARK_MATCH = re.compile(r" -m mark (?:! )?--mark (\S+)")
+_COMMENT = re.compile(r' -m comment --comment (?:"(?:[^"\\]|\\.)*"|\S+)')
+_HEAD = re.compile(r"^-[AI] \S+(?: \d+)?")
+_SEGMENT_TARGETS = {"RETURN", "ACCEPT", "DROP", "REJECT", "MARK", "NFLOG", "LOG"}
+
+
+def _target(rule: Any) -> tuple[str, str] | None:
+    found = _TARGET.findall(rule.text)
+    return (found[-1][0], found[-1][1]) if found else None
+
+
+@dataclass
+class _Layout:
+    """One filter table in kube-router's layout, checked so that a pod -> pod trace splits.
+
+    A connection between two local pods walks KUBE-ROUTER-FORWARD and meets the
+    source's KUBE-POD-FW chain (through the jumps pinned to its source address) and the
+    destination's (through those pinned to its destination address), one after the
+    other. `_layout` checks, rule by rule, what makes that walk the conjunction of two
+    independent halves:
+
+    * every jump into a pod chain is in KUBE-ROUTER-FORWARD/INPUT/OUTPUT and pins exactly
+      one of source or destination address, and each pod chain's jumps are contiguous
+      in KUBE-ROUTER-FORWARD (so one chain is wholly met before the other);
+    * the chains a pod chain reaches (its policy chains, COMMON, DEFAULT) are reached
+      from pod chains only, use only jumps, RETURN, ACCEPT, DROP, REJECT, MARK, NFLOG and
+      LOG, and touch or test marks only through bit 0x10000;
+    * each pod chain ends with the unconditional "clear 0x10000, set 0x20000" pair, so
+      whatever happened inside, the packet leaves it with the same mark;
+    * no other rule (except KUBE-ROUTER-INPUT's, which forwarded packets never meet)
+      sets bit 0x10000 or 0x20000, and every table is in iptables syntax.
+
+    Then a pod chain's answer does not depend on whether the other chain ran first,
+    the packet leaves both with the same state, and a REJECT or DROP in the first
+    ends the walk. Each half is traced through the whole ruleset minus the other
+    direction's per-pod jumps (`without`), so it sees every other rule of the node.
+    A half that ACCEPTs inside a pod chain, forks, or rewrites the packet is not
+    combined: that pair is traced whole.
+    """
+
+    out_chain: dict[int, str]  # source address -> pod chain of its "out" jumps
+    in_chain: dict[int, str]  # destination address -> pod chain of its "in" jumps
+    position: dict[tuple[str, str], int]  # (pod chain, "in"|"out") -> first jump in KUBE-ROUTER-FORWARD
+    segment: set[str]  # pod chains and every chain they reach
+    table: Any
+    outside_sets: frozenset[str]
+    _reach: dict[tuple[str, str, int], frozenset[str]] = field(default_factory=dict)
+
+    def reach_sets(self, chain: str, direction: str, own: int) -> frozenset[str]:
+        """Sets a packet of `direction` through `chain` can test (rules pinned to the pod's
+        own address on the other side cannot match and are left out)."""
+        key = (chain, direction, own)
+        cached = self._reach.get(key)
+        if cached is not None:
+            return cached
+        from kpa.netfilter.index import pinned
+
+        names: set[str] = set()
+        seen: set[str] = set()
+        todo = [chain]
+        while todo:
+            name = todo.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            for rule in self.table.chains[name].rules:
+                if name == chain and pinned(rule, "dst" if direction == "out" else "src") == own:
+                    continue
+                names.update(_SET_NAME.findall(rule.text))
+                todo.extend(c for _, c in rule.chain_refs())
+        out = self._reach[key] = frozenset(names) | self.outside_sets
+        return out
+
+
+def _layout(ruleset: Ruleset, table: Any) -> _Layout | None:
+    from kpa.netfilter.index import pinned
+
+    if any(not t.source.startswith("iptables") for t in ruleset.tables):
+        return None
+    pod_chains = {n for n in table.chains if n.startswith("KUBE-POD-FW-")}
+    if "KUBE-ROUTER-FORWARD" not in table.chains or not pod_chains:
+        return None
+    # The chains pod chains reach.
+    segment: set[str] = set()
+    todo = list(pod_chains)
+    while todo:
+        name = todo.pop()
+        if name in segment:
+            continue
+        chain = table.chains.get(name)
+        if chain is None:
+            return None
+        segment.add(name)
+        todo.extend(c for rule in chain.rules for _, c in rule.chain_refs())
+    out_chain: dict[int, str] = {}
+    in_chain: dict[int, str] = {}
+    position: dict[tuple[str, str], int] = {}
+    outside_sets: set[str] = set()
+    for t in ruleset.tables:
+        for chain in _reachable(t):
+            inside = t is table and chain.name in segment
+            for rule in chain.rules:
+                target = _target(rule)
+                refs = [c for _, c in rule.chain_refs()]
+                if t is table and any(c in segment for c in refs) and not inside:
+                    # Only kube-router's top chains enter the segment, and only into pod chains.
+                    if chain.name not in _TOP or any(c not in pod_chains for c in refs):
+                        return None
+                    src, dst = pinned(rule, "src"), pinned(rule, "dst")
+                    if (src is None) == (dst is None):
+                        return None
+                    direction, addr, by = ("out", src, out_chain) if src is not None else ("in", dst, in_chain)
+                    assert addr is not None
+                    if by.setdefault(addr, refs[0]) != refs[0]:
+                        return None
+                    if chain.name == "KUBE-ROUTER-FORWARD":
+                        position.setdefault((refs[0], direction), rule.index)
+                    continue
+                if inside:
+                    if target is None or target[0] != "j" or (target[1] not in _SEGMENT_TARGETS
+                                                               and target[1] not in segment):
+                        return None
+                    last = chain.name in pod_chains and rule is chain.rules[-1]
+                    if not _segment_rule_ok(rule, last):
+                        return None
+                    continue
+                outside_sets.update(_SET_NAME.findall(rule.text))
+                if chain.name != "KUBE-ROUTER-INPUT" and not _outside_rule_ok(rule):
+                    return None
+    # Each pod chain's jumps contiguous in KUBE-ROUTER-FORWARD, and every pod chain ends alike.
+    order = [c for r in table.chains["KUBE-ROUTER-FORWARD"].rules for _, c in r.chain_refs() if c in pod_chains]
+    runs = [c for i, c in enumerate(order) if i == 0 or order[i - 1] != c]
+    if len(runs) != len(set(runs)):
+        return None
+    if not all(_ends_alike(table.chains[name].rules) for name in pod_chains):
+        return None
+    return _Layout(out_chain, in_chain, position, segment, table, frozenset(outside_sets))
+
+
+def _marks(text: str) -> tuple[list[int], tuple[int, int] | None, str] | None:
+    """A rule's mark matches (their masks), its MARK update (bits cleared, bits flipped, as the
+    kernel applies it) and the rest of its text; None if kpa cannot read them."""
+    from kpa.ext.base import Option, OptionError, parse_value_mask
+    from kpa.ext.mark import mark_update
+
+    text = _COMMENT.sub("", text)
+    try:
+        masks = [parse_value_mask(arg)[1] for arg in _MARK_MATCH.findall(text)]
+        m = _MARK_TARGET.search(text)
+        update = mark_update(Option(m.group(1), [m.group(2)])) if m else None
+    except (OptionError, ValueError):
+        return None
+    return masks, update, _MARK_TARGET.sub("", _MARK_MATCH.sub("", text))
+
+
+def _reachable(table: Any) -> list[Any]:
+    """The table's chains a packet can enter: base chains and what they jump or go to."""
+    seen: dict[str, Any] = {}
+    todo = [c for c in table.chains.values() if c.is_base]
+    while todo:
+        chain = todo.pop()
+        if chain.name in seen:
+            continue
+        seen[chain.name] = chain
+        for rule in chain.rules:
+            for _, name in rule.chain_refs():
+                target = table.chains.get(name)
+                if target is not None and name not in seen:
+                    todo.append(target)
+    return list(seen.values())
+
+
+def _segment_rule_ok(rule: Any, last: bool) -> bool:
+    """A rule of a pod chain or a chain it reaches tests and changes the mark only through bit
+    0x10000 (the pod chain's last rule: sets 0x20000)."""
+    if "mark" not in rule.text.lower():
+        return True
+    read = _marks(rule.text)
+    if read is None:
+        return False
+    masks, update, rest = read
+    if "mark" in rest.lower() or any(mask != _NETPOL_MARK for mask in masks):
+        return False
+    if update is None:
+        return True
+    zero, xor = update
+    return (zero, xor) == (_OK_MARK, _OK_MARK) if last else not (zero | xor) & ~_NETPOL_MARK
+
+
+def _outside_rule_ok(rule: Any) -> bool:
+    """A rule outside the pod chains leaves both kube-router bits alone (reading them is fine:
+    every half agrees on them)."""
+    if "mark" not in rule.text.lower():
+        return True
+    read = _marks(rule.text)
+    if read is None:
+        return False
+    _, update, rest = read
+    if re.search(r" -j (CONNMARK|TPROXY)\b", rest):
+        return False
+    return update is None or not (update[0] | update[1]) & (_NETPOL_MARK | _OK_MARK)
+
+
+def _ends_alike(rules: list[Any]) -> bool:
+    """A pod chain's last two rules clear 0x10000 and set 0x20000, whatever the packet."""
+    if len(rules) < 2:
+        return False
+    for rule, effect in zip(rules[-2:], ((_NETPOL_MARK, 0), (_OK_MARK, _OK_MARK)), strict=True):
+        read = _marks(rule.text)
+        if read is None or read[0] or read[1] != effect or _HEAD.sub("", read[2]).strip():
+            return False
+    return True
+
+
+def _without(ruleset: Ruleset, drop: str) -> Ruleset:
+    """The ruleset without the per-pod jumps that pin `drop` ("src" or "dst")."""
+    import dataclasses
+
+    from kpa.netfilter.index import pinned
+
+    tables = []
+    for t in ruleset.tables:
+        if t.name == "filter" and any(n in t.chains for n in _TOP):
+            chains = dict(t.chains)
+            for name in _TOP:
+                chain = chains.get(name)
+                if chain is not None:
+                    kept = [r for r in chain.rules
+                            if not (any(c.startswith("KUBE-POD-FW-") for _, c in r.chain_refs())
+                                    and pinned(r, drop) is not None)]
+                    chains[name] = dataclasses.replace(chain, rules=kept, _index=None)
+            t = dataclasses.replace(t, chains=chains)
+        tables.append(t)
+    return Ruleset(tables, list(ruleset.warnings), ruleset.ipsets)
+
+
+@dataclass
+class _Half:
+    """One pod chain's part of a pod -> pod trace."""
+
+    passed: bool  # the chain let it through and the walk went on to accept it
+    enforced: Enforced  # the half's own answer (used as is when it denies)
+    hop: Hop | None  # its deciding rule
+    side: str  # "src" for the source's chain (egress), "dst" for the destination's (ingress)
+    marks: list[Hop]  # hops in policy chains and KUBE-NWPLCY-DEFAULT
+    admitted: list[str]
+
+
+def _half(result: TraceResult, kr: KubeRouterMap, layout: _Layout, side: str) -> _Half | None:
+    """What one half says, or None when it cannot be combined (see `_Layout`)."""
+    outcomes = result.outcomes
+    if not outcomes or result.truncated or any(o.state.dnat is not None or o.state.snat is not None
+                                               for o in outcomes):
+        return None
+    e, hop = _from_result_hop(result, kr)
+    if all(o.verdict != "ACCEPT" for o in outcomes):
+        # Denied inside the segment (a pod chain's REJECT): the walk ends there.
+        if all(o.path and o.path[-1].chain in layout.segment and o.ended_in == "FORWARD" for o in outcomes):
+            return _Half(False, e, hop, side, [], [])
+        return None
+    if len(outcomes) != 1:
+        return None
+    path = outcomes[0].path
+    if any(h.chain in layout.segment and h.text.endswith("-j ACCEPT") for h in path):
+        return None  # accepted inside a pod chain: the other chain would not run
+    marks = [h for h in path if h.chain in kr.policy_chains or h.chain == "KUBE-NWPLCY-DEFAULT"]
+    return _Half(True, e, hop, side, marks, _admitted(path, kr))
+
+
+def _compose(first: _Half, second: _Half, kr: KubeRouterMap) -> tuple[Enforced, Hop | None, str | None] | None:
+    """The whole walk's answer from the answers of the chain met first and the one met second,
+    its deciding hop, and which end's chain that hop is in when it is in one."""
+    if not first.passed:
+        return first.enforced, first.hop, first.side
+    if not second.passed:
+        return second.enforced, second.hop, second.side
+    if first.marks or second.marks:
+        hop: Hop | None = (second.marks or first.marks)[-1]
+    else:
+        # Neither chain marked (cannot pass kube-router's reject rule): the common accept decides.
+        if first.enforced.deciding != second.enforced.deciding:
+            return None
+        hop = second.hop
+    deciding = (f"{hop.location}: {hop.text}" if hop.location else hop.text) if hop is not None else None
+    where = kr.describe_hop(hop) if hop is not None else None
+    return Enforced("allowed", "ACCEPT", deciding, where, None,
+                    tuple(dict.fromkeys([*first.admitted, *second.admitted]))), hop, None
+
+
+def _pod_jumps(ruleset: Ruleset) -> tuple[dict[str, str], dict[str, str], dict[tuple[str, str], int]]:
+    """Address -> the pod chain its "out" jumps and its "in" jumps lead to; (chain, "out"|"in") ->
+    the position of its first such jump in KUBE-ROUTER-FORWARD."""
+    from kpa.netfilter.index import pinned
+
+    out: dict[str, str] = {}
+    into: dict[str, str] = {}
+    position: dict[tuple[str, str], int] = {}
+    for table in ruleset.tables:
+        if table.name != "filter":
+            continue
+        version = 6 if table.family is Family.IPV6 else 4
+        for name in _TOP:
+            chain = table.chains.get(name)
+            for rule in chain.rules if chain is not None else ():
+                refs = [c for _, c in rule.chain_refs() if c.startswith("KUBE-POD-FW-")]
+                if not refs:
+                    continue
+                for field_name, by, direction in (("src", out, "out"), ("dst", into, "in")):
+                    value = pinned(rule, field_name)
+                    if value is not None:
+                        by.setdefault(str(ipaddress.ip_address(value) if version == 4
+                                          else ipaddress.IPv6Address(value)), refs[0])
+                        if name == "KUBE-ROUTER-FORWARD":
+                            position.setdefault((refs[0], direction), rule.index)
+    return out, into, position
+
+
+class EnforcedMatrix:
+    """The node's answer for every (source, target) address pair, computed per pair of classes.
+
+    Addresses fall in the classes of `enforcement_classes`; each pair of classes is
+    answered once, for its first pair of distinct addresses (sources in order, then
+    targets). Between two local pods, when the rules pass `_layout`'s checks, the answer
+    combines two half traces, each shared by every pair that looks alike to that
+    half: the source's chain sees the destination only through the ipsets it tests,
+    and the destination's chain the source likewise. Other pairs are traced whole.
+
+    A rule of a pod's own chain that decided (its REJECT, say) is named for each pod:
+    the same rule of that pod's chain, which has the same rules (same class).
+    """
+
+    def __init__(self, ruleset: Ruleset, kr: KubeRouterMap, node_ips: list[str], sources: list[str | None],
+                 targets: list[str | None], port: int, protocol: str, split: bool = True) -> None:
+        self.ruleset, self.kr, self.node_ips = ruleset, kr, node_ips
+        self.port, self.protocol = port, protocol
+        classes = enforcement_classes(ruleset, kr, [*sources, *targets], node_ips)
+        ids: dict[Any, int] = {}
+        self.classes: list[Any] = []
+
+        def class_id(addr: str | None) -> int:
+            if addr is None:
+                return -1
+            key = classes[addr]
+            found = ids.get(key)
+            if found is None:
+                found = ids[key] = len(self.classes)
+                self.classes.append(key)
+            return found
+
+        self.src_class = [class_id(a) for a in sources]
+        self.dst_class = [class_id(a) for a in targets]
+        self.sources, self.targets, self.split, self._classes = sources, targets, split, classes
+        out_of, into, position = _pod_jumps(ruleset)
+        self.src_chain = [out_of.get(a) if a is not None else None for a in sources]
+        self.dst_chain = [into.get(a) if a is not None else None for a in targets]
+        # Where each end's jumps are in KUBE-ROUTER-FORWARD: which pod chain a connection meets first.
+        self.src_pos = [position.get((c, "out")) if c is not None else None for c in self.src_chain]
+        self.dst_pos = [position.get((c, "in")) if c is not None else None for c in self.dst_chain]
+        self.full_traces = 0
+        self.half_traces = 0
+        self._layouts: dict[int, _Layout | None] = {}
+        self._without: dict[str, Ruleset] = {}
+        self._halves: dict[tuple[Any, ...], _Half | None] = {}
+        self._pod_rules: dict[tuple[int, str], Enforced] = {}
+        #: (source class, target class, source chain met first) -> the answer, and where its
+        #: deciding rule is when that is a rule of the source's or the target's own pod chain.
+        self.answers: dict[tuple[int, int, bool | None], tuple[Enforced, tuple[str, str, int] | None]] = {}
+
+    @property
+    def traces(self) -> int:
+        return self.full_traces + self.half_traces
+
+    def answer(self, i: int, j: int) -> Enforced | None:
+        """The node's answer for sources[i] -> targets[j] (None: no address, or the same one)."""
+        s, d = self.sources[i], self.targets[j]
+        if s is None or d is None or s == d:
+            return None  # a pod reaching its own address never leaves its network namespace
+        sp, dp = self.src_pos[i], self.dst_pos[j]
+        key = (self.src_class[i], self.dst_class[j], sp < dp if sp is not None and dp is not None else None)
+        found = self.answers.get(key)
+        if found is None:
+            found = self.answers[key] = self._compute(i, j, s, d)
+        e, own = found
+        if own is None:
+            return e
+        side, rep_chain, position = own
+        chain = self.src_chain[i] if side == "src" else self.dst_chain[j]
+        if chain == rep_chain or chain is None:
+            return e
+        cached = self._pod_rules.get((id(e), chain))
+        if cached is None:
+            cached = self._pod_rules[(id(e), chain)] = self._same_rule(e, rep_chain, chain, position)
+        return cached
+
+    def row(self, i: int) -> list[Enforced | None]:
+        """[answer(i, j) for every target j]."""
+        s, cs, sp = self.sources[i], self.src_class[i], self.src_pos[i]
+        if s is None:
+            return [None] * len(self.targets)
+        answers, answer = self.answers, self.answer
+        out: list[Enforced | None] = []
+        append = out.append
+        for j, (d, cd, dp) in enumerate(zip(self.targets, self.dst_class, self.dst_pos, strict=True)):
+            found = answers.get((cs, cd, sp < dp if sp is not None and dp is not None else None))
+            if found is None or found[1] is not None or d == s or d is None:
+                append(answer(i, j))  # not answered yet, named per pod, or no answer
+            else:
+                append(found[0])
+        return out
+
+    def _compute(self, i: int, j: int, s: str, d: str) -> tuple[Enforced, tuple[str, str, int] | None]:
+        src_is_node = s in self.node_ips
+        side: str | None = None
+        if self.split and not src_is_node and d not in self.node_ips:
+            composed = self._split(s, d, self._classes)
+        else:
+            composed = None
+        if composed is not None:
+            e, hop, side = composed
+        else:
+            self.full_traces += 1
+            e, hop = _from_result_hop(_trace(self.ruleset, self.node_ips, s, d, self.port, self.protocol,
+                                             src_is_node), self.kr)
+            if hop is not None and hop.chain == self.src_chain[i]:
+                side = "src"
+            elif hop is not None and hop.chain == self.dst_chain[j]:
+                side = "dst"
+        if hop is None or side is None or hop.table != "filter" or not hop.chain.startswith("KUBE-POD-FW-"):
+            return e, None
+        chain = self._chain(hop)
+        position = next((k for k, r in enumerate(chain.rules) if r.index == hop.rule), None) \
+            if chain is not None else None
+        return e, ((side, hop.chain, position) if position is not None else None)
+
+    def _chain(self, hop: Hop) -> Any:
+        for table in self.ruleset.tables:
+            if table.name == "filter" and table.family.value == hop.family:
+                return table.chains.get(hop.chain)
+        return None
+
+    def _same_rule(self, e: Enforced, rep_chain: str, chain_name: str, position: int) -> Enforced:
+        """`e` with its deciding rule moved to the same rule of another pod's chain (of the same class)."""
+        for table in self.ruleset.tables:
+            rep, chain = table.chains.get(rep_chain), table.chains.get(chain_name)
+            if table.name != "filter" or rep is None or chain is None:
+                continue
+            if len(rep.rules) == len(chain.rules) and \
+                    _target(rep.rules[position]) == _target(chain.rules[position]):
+                rule = chain.rules[position]
+                deciding = f"{rule.location}: {rule.text}" if rule.location else rule.text
+                who = self.kr.pod_chains.get(chain_name)
+                where = f"pod {who}'s firewall chain {chain_name}" if who else f"filter/{chain_name}"
+                return Enforced(e.verdict, e.outcome, deciding, where, e.dnat, e.admitted_by)
+        raise AssertionError(f"{chain_name} does not have the rules of {rep_chain}")
+
+    def _layout_for(self, version: int) -> _Layout | None:
+        if version not in self._layouts:
+            family = Family.IPV6 if version == 6 else Family.IPV4
+            table = self.ruleset.table(family, "filter")
+            self._layouts[version] = _layout(self.ruleset, table) if table is not None else None
+        return self._layouts[version]
+
+    def _split(self, s: str, d: str, classes: dict[str, Any]) -> tuple[Enforced, Hop | None, str | None] | None:
+        sa, da = ipaddress.ip_address(s), ipaddress.ip_address(d)
+        if sa.version != da.version:
+            return None
+        layout = self._layout_for(sa.version)
+        if layout is None:
+            return None
+        s_chain, d_chain = layout.out_chain.get(int(sa)), layout.in_chain.get(int(da))
+        if s_chain is None or d_chain is None or s_chain == d_chain:
+            return None
+        out_pos, in_pos = layout.position.get((s_chain, "out")), layout.position.get((d_chain, "in"))
+        if out_pos is None or in_pos is None:
+            return None
+        egress = self._half_for("out", s, d, classes[s], classes[d],
+                                layout.reach_sets(s_chain, "out", int(sa)), layout)
+        if egress is None:
+            return None
+        ingress = self._half_for("in", s, d, classes[d], classes[s],
+                                 layout.reach_sets(d_chain, "in", int(da)), layout)
+        if ingress is None:
+            return None
+        first, second = (egress, ingress) if out_pos < in_pos else (ingress, egress)
+        return _compose(first, second, self.kr)
+
+    def _half_for(self, direction: str, s: str, d: str, own: Any, other: Any, reach: frozenset[str],
+                  layout: _Layout) -> _Half | None:
+        # The other end matters to this half only through the sets this half can test
+        # (its class is its ipsets; "NAME?ADDR" stands for a set whose lookups keep it alone).
+        seen = tuple(m for m in other[0] if m.split("?", 1)[0] in reach)
+        key = (direction, own, seen)
+        if key in self._halves:
+            return self._halves[key]
+        ruleset = self._without.get(direction)
+        if ruleset is None:
+            # The egress half never meets destination jumps, the ingress half never source ones.
+            ruleset = self._without[direction] = _without(self.ruleset, "dst" if direction == "out" else "src")
+        self.half_traces += 1
+        result = _trace(ruleset, self.node_ips, s, d, self.port, self.protocol)
+        half = self._halves[key] = _half(result, self.kr, layout, "src" if direction == "out" else "dst")
+        return half

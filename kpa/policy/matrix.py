@@ -65,6 +65,8 @@ class Matrix:
         self.class_count = class_count
         #: Pairs policy cannot restrict (a pod and itself, a pod and its own node).
         self.exempt: set[tuple[int, int]] = set()
+        self._exempt_by_source: dict[int, list[int]] | None = None
+        self._class_rows: dict[int, list[bool]] = {}
 
     def _by_policy(self, i: int, j: int) -> bool:
         s, d = self._src_class[i], self._dst_class[j]
@@ -76,7 +78,26 @@ class Matrix:
 
     def rows(self) -> Iterator[list[bool]]:
         for i in range(len(self.sources)):
-            yield [self.allowed(i, j) for j in range(len(self.targets))]
+            yield self.row(i)
+
+    def row(self, i: int) -> list[bool]:
+        """[allowed(i, j) for every target j], from the source's class: one bit test per target class."""
+        if self._exempt_by_source is None:
+            self._exempt_by_source = {}
+            for a, b in self.exempt:
+                self._exempt_by_source.setdefault(a, []).append(b)
+        s = self._src_class[i]
+        cached = self._class_rows.get(s)
+        if cached is None:
+            egress, ingress = self._egress_ok[s], self._ingress_ok
+            by_class = [bool((egress >> d) & 1 and (ingress[d] >> s) & 1) for d in range(self.class_count)]
+            cached = self._class_rows[s] = [by_class[d] for d in self._dst_class]
+        out = list(cached)
+        exempt = self._exempt_by_source.get(i)
+        if exempt:
+            for j in exempt:
+                out[j] = True
+        return out
 
     def allowed_count(self) -> int:
         """How many cells are allowed, counted over classes without visiting every cell.

@@ -1,0 +1,119 @@
+"""The enforced matrix's shortcuts give exactly what tracing every pair in full gives.
+
+`kpa.k8s.kuberouter.EnforcedMatrix` answers each pair of address classes once and,
+between two local pods, combines two half traces (the source's pod chain, the
+destination's) instead of tracing the whole walk. For every pair of addresses, on
+every port checked, its answer (verdict, outcome, deciding rule, where, admitted_by)
+must equal `enforced()` for that pair alone; `differs` follows from the verdict.
+
+The fixture dumps hold kube-router's known differences from the API
+(docs/enforcement.md); the generated clusters (several seeds and sizes, some pods on
+another node) are loaded into a kernel and read back, as the fixtures were.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kpa.k8s.kuberouter import EnforcedMatrix, KubeRouterMap, _layout, enforced
+from kpa.k8s.objects import load_objects, objects_from_documents
+from kpa.netfilter.model import Family, Ruleset
+from kpa.sources import load_rules
+
+F = Path(__file__).parent / "fixtures" / "kube-router"
+NODE = "192.168.10.2"
+PORTS = [(8080, "TCP"), (5432, "TCP"), (9090, "TCP"), (53, "UDP"), (80, "TCP")]
+
+
+def _addresses(objs: Any, node_ips: list[str]) -> list[str]:
+    pods = sorted((p for p in objs.pods if p.pod_ips), key=lambda p: (p.namespace, p.name))
+    return [p.pod_ips[0] for p in pods] + node_ips + ["203.0.113.7"]
+
+
+def _same_as_full_traces(rs: Ruleset, objs: Any, node_ips: list[str], ports: list[tuple[int, str]]) -> int:
+    """Check every pair on every port; the number of half traces used."""
+    kr = KubeRouterMap.from_ruleset(rs, objs.network_policies)
+    ips = _addresses(objs, node_ips)
+    halves = 0
+    for port, proto in ports:
+        fast = EnforcedMatrix(rs, kr, node_ips, list(ips), list(ips), port, proto)
+        for i, s in enumerate(ips):
+            row = fast.row(i)
+            for j, d in enumerate(ips):
+                got = fast.answer(i, j)
+                assert row[j] == got
+                if s == d:
+                    assert got is None
+                    continue
+                want = enforced(rs, node_ips, s, d, port, proto, kr, src_is_node=s in node_ips)
+                assert got == want, (s, d, port, proto)
+        halves += fast.half_traces
+    return halves
+
+
+@pytest.mark.parametrize("backend", ["nft", "legacy"])
+def test_fixture_matrix_equals_full_traces(backend: str) -> None:
+    rs = load_rules([str(F / f"{backend}.v4.save"), str(F / "ipset.v4.save")])
+    table = rs.table(Family.IPV4, "filter")
+    assert table is not None and _layout(rs, table) is not None
+    assert _same_as_full_traces(rs, load_objects([str(F / "cluster.yaml")]), [NODE], PORTS) > 0
+
+
+def test_layout_that_does_not_split_is_traced_whole() -> None:
+    rs = load_rules([str(F / "nft.v4.save"), str(F / "ipset.v4.save")])
+    table = rs.table(Family.IPV4, "filter")
+    assert table is not None
+    # A pod chain that no longer sets the "netpol ok" mark at its end: the halves are not independent.
+    chain = next(c for n, c in table.chains.items() if n.startswith("KUBE-POD-FW-"))
+    chain.rules = chain.rules[:-1]
+    assert _layout(rs, table) is None
+    assert _same_as_full_traces(rs, load_objects([str(F / "cluster.yaml")]), [NODE], PORTS[:2]) == 0
+
+
+def test_matrix_json_cells_are_the_full_traces() -> None:
+    rules = ["-r", str(F / "legacy.v4.save"), "-r", str(F / "ipset.v4.save"), "--node-ip", NODE]
+    out = subprocess.run([sys.executable, "-m", "kpa", "policy", "matrix", "-c", str(F / "cluster.yaml"), *rules,
+                          "--port", "5432", "-o", "json"], capture_output=True, text=True, check=True)
+    doc = json.loads(out.stdout)
+    rs = load_rules([str(F / "legacy.v4.save"), str(F / "ipset.v4.save")])
+    objs = load_objects([str(F / "cluster.yaml")])
+    kr = KubeRouterMap.from_ruleset(rs, objs.network_policies)
+    differences = 0
+    for cell in doc["cells"]:
+        if cell["from_ip"] == cell["to_ip"]:
+            assert "enforced" not in cell
+            continue
+        want = enforced(rs, [NODE], cell["from_ip"], cell["to_ip"], 5432, "TCP", kr)
+        assert cell["enforced"] == want.to_json()
+        assert cell["differs"] == (want.verdict != "unknown" and (want.verdict == "allowed") != cell["allowed"])
+        differences += cell["differs"]
+    assert doc["differences"] == differences == 2
+    assert doc["traces"] > 0 and doc["warnings"] == []
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize(("pods", "policies", "seed", "backend"),
+                         [(24, 12, 1, "nft"), (36, 20, 2, "legacy"), (48, 30, 3, "nft")])
+def test_generated_cluster_matrix_equals_full_traces(pods: int, policies: int, seed: int, backend: str,
+                                                    tmp_path: Path) -> None:
+    from kpa.gen.kuberouter import KubeRouterOptions, capture, render
+    from kpa.gen.policies import policy_cluster
+
+    docs = policy_cluster(pods=pods, namespaces=4, policies=policies, seed=seed)
+    for k, doc in enumerate(d for d in docs if d["kind"] == "Pod"):
+        doc["spec"]["nodeName"] = "node-1" if k % 5 == 4 else "node-0"  # a fifth of the pods elsewhere
+    objs = objects_from_documents(docs)
+    rules, sets = capture(render(objs, KubeRouterOptions(node="node-0")), backend)
+    (tmp_path / "rules.save").write_text(rules)
+    (tmp_path / "ipset.save").write_text(sets)
+    rs = load_rules([str(tmp_path / "rules.save"), str(tmp_path / "ipset.save")])
+    table = rs.table(Family.IPV4, "filter")
+    assert table is not None and _layout(rs, table) is not None
+    assert _same_as_full_traces(rs, objs, ["192.168.0.2"], [(8080, "TCP"), (53, "UDP")]) > 0
+
