@@ -117,3 +117,13 @@ def test_generated_cluster_matrix_equals_full_traces(pods: int, policies: int, s
     assert table is not None and _layout(rs, table) is not None
     assert _same_as_full_traces(rs, objs, ["192.168.0.2"], [(8080, "TCP"), (53, "UDP")]) > 0
 
+
+
+@pytest.mark.parametrize("backend", ["nft", "legacy"])
+def test_comments_read_from_rule_text_are_the_parsed_ones(backend: str) -> None:
+    from kpa.k8s.kuberouter import _comment_of
+
+    rs = load_rules([str(F / f"{backend}.v4.save")])
+    rules = [r for t in rs.tables for c in t.chains.values() for r in c.rules]
+    assert sum(1 for r in rules if r.comment) > 50
+    assert all(_comment_of(r) == (r.comment or "") for r in rules)

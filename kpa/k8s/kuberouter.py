@@ -34,6 +34,18 @@ _POLICY_COMMENT = re.compile(r"^(?P<ns>[^/\s]+)/(?P<name>\S+) (?P<what>policy|in
 FAMILY = {4: "IPv4", 6: "IPv6"}
 
 
+_COMMENT_ARG = re.compile(r' -m comment --comment ("[^"\\]*"|[^"\s\\]+)(?: |$)')
+
+
+def _comment_of(rule: Any) -> str:
+    """The rule's comment, read from its text when that is plain (building the rule costs more)."""
+    text = rule.text
+    m = _COMMENT_ARG.search(text) if "'" not in text and "\\" not in text else None
+    if m is not None and text.count("--comment") == 1:
+        return m.group(1).strip('"')
+    return rule.comment or ""
+
+
 def _b32(text: str) -> str:
     return base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()[:16]
 
@@ -90,8 +102,11 @@ class KubeRouterMap:
                 if not (chain.name.startswith("KUBE-ROUTER-") or chain.name.startswith("KUBE-POD-FW-")):
                     continue
                 for rule in chain.rules:
-                    targets = [c for _, c in rule.chain_refs()]
-                    comment = rule.comment or ""
+                    targets = [c for _, c in rule.chain_refs()
+                               if c.startswith("KUBE-POD-FW-") or c.startswith("KUBE-NWPLCY-")]
+                    if not targets:
+                        continue
+                    comment = _comment_of(rule)
                     for target in targets:
                         m = _POD_JUMP.match(comment)
                         if target.startswith("KUBE-POD-FW-") and m:
@@ -350,6 +365,9 @@ def enforcement_classes(ruleset: Ruleset, kr: KubeRouterMap, ips: Iterable[str |
             version = 6 if ipset.family == "inet6" else 4
             for member in ipset.members:
                 host_sets.setdefault((version, member.parts[0][0]), []).append(name)
+    # The rest, in the dump's order (hash:ip sets are answered by host_sets).
+    other_sets = [(name, ipset) for name, ipset in ruleset.ipsets.items()
+                  if not (ipset.type == "hash:ip" and "netmask" not in ipset.options)]
     out: dict[str, Any] = {}
     for addr in ips:
         if addr is None or addr in out:
@@ -362,9 +380,7 @@ def enforcement_classes(ruleset: Ruleset, kr: KubeRouterMap, ips: Iterable[str |
         st = Spec(family=family, src=addr, dst=addr).initial_state()
         value = int(ipaddress.ip_address(addr))
         members = list(host_sets.get((version, value), ()))
-        for name, ipset in ruleset.ipsets.items():
-            if ipset.type == "hash:ip" and "netmask" not in ipset.options:
-                continue  # answered by host_sets
+        for name, ipset in other_sets:
             if ipset.type == "hash:net" and (ipset.family == "inet6") == (version == 6):
                 found = address_member(ipset, value)
                 if found is None:
@@ -437,6 +453,7 @@ class _Layout:
     table: Any
     outside_sets: frozenset[str]
     _reach: dict[tuple[str, str, int], frozenset[str]] = field(default_factory=dict)
+    _interned: dict[frozenset[str], frozenset[str]] = field(default_factory=dict)
 
     def reach_sets(self, chain: str, direction: str, own: int) -> frozenset[str]:
         """Sets a packet of `direction` through `chain` can test (rules pinned to the pod's
@@ -460,7 +477,9 @@ class _Layout:
                     continue
                 names.update(_SET_NAME.findall(rule.text))
                 todo.extend(c for _, c in rule.chain_refs())
-        out = self._reach[key] = frozenset(names) | self.outside_sets
+        out = frozenset(names) | self.outside_sets
+        # Pods of one kind reach the same sets: one object for all of them (callers key on its id).
+        out = self._reach[key] = self._interned.setdefault(out, out)
         return out
 
 
@@ -753,6 +772,8 @@ class EnforcedMatrix:
         self._layouts: dict[int, _Layout | None] = {}
         self._without: dict[str, Ruleset] = {}
         self._halves: dict[tuple[Any, ...], _Half | None] = {}
+        self._seen: dict[tuple[int, Any], tuple[str, ...]] = {}
+        self._plain: dict[Any, frozenset[str]] = {}
         self._pod_rules: dict[tuple[int, str], Enforced] = {}
         #: (source class, target class, source chain met first) -> the answer, and where its
         #: deciding rule is when that is a rule of the source's or the target's own pod chain.
@@ -785,19 +806,27 @@ class EnforcedMatrix:
         return cached
 
     def row(self, i: int) -> list[Enforced | None]:
-        """[answer(i, j) for every target j]."""
-        s, cs, sp = self.sources[i], self.src_class[i], self.src_pos[i]
+        """[answer(i, j) for every target j], without a call per cell where the answer is known."""
+        s, cs, sp, s_chain = self.sources[i], self.src_class[i], self.src_pos[i], self.src_chain[i]
         if s is None:
             return [None] * len(self.targets)
-        answers, answer = self.answers, self.answer
+        answers, pod_rules, answer = self.answers, self._pod_rules, self.answer
         out: list[Enforced | None] = []
         append = out.append
-        for j, (d, cd, dp) in enumerate(zip(self.targets, self.dst_class, self.dst_pos, strict=True)):
+        for j, (d, cd, dp, d_chain) in enumerate(zip(self.targets, self.dst_class, self.dst_pos, self.dst_chain,
+                                                     strict=True)):
             found = answers.get((cs, cd, sp < dp if sp is not None and dp is not None else None))
-            if found is None or found[1] is not None or d == s or d is None:
-                append(answer(i, j))  # not answered yet, named per pod, or no answer
-            else:
-                append(found[0])
+            if found is None or d is None or d == s:
+                append(answer(i, j))
+                continue
+            e, own = found
+            if own is not None:
+                chain = s_chain if own[0] == "src" else d_chain
+                if chain is not None and chain != own[1]:
+                    moved = pod_rules.get((id(e), chain))
+                    append(moved if moved is not None else answer(i, j))
+                    continue
+            append(e)
         return out
 
     def _compute(self, i: int, j: int, s: str, d: str) -> tuple[Enforced, tuple[str, str, int] | None]:
@@ -880,7 +909,14 @@ class EnforcedMatrix:
                   layout: _Layout) -> _Half | None:
         # The other end matters to this half only through the sets this half can test
         # (its class is its ipsets; "NAME?ADDR" stands for a set whose lookups keep it alone).
-        seen = tuple(m for m in other[0] if m.split("?", 1)[0] in reach)
+        seen_key = (id(reach), other)
+        seen = self._seen.get(seen_key)
+        if seen is None:
+            plain = self._plain.get(other)
+            if plain is None:
+                plain = self._plain[other] = frozenset(m for m in other[0] if "?" not in m)
+            odd = tuple(m for m in other[0] if "?" in m and m.split("?", 1)[0] in reach)
+            seen = self._seen[seen_key] = (*sorted(plain & reach), *odd)
         key = (direction, own, seen)
         if key in self._halves:
             return self._halves[key]

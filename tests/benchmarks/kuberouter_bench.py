@@ -9,8 +9,10 @@ real `ipset restore` and `iptables-nft-restore`, keeps what `iptables-save` and
 * reading both dumps (kpa's parser);
 * one trace pod -> pod through kube-router's chains and ipsets (median and p95 over
   distinct pairs, after one warm-up trace);
-* `kpa policy matrix --rules` for one port as a whole process, next to the same
-  command without --rules (intent only) as the reference measured in the same run.
+* `kpa policy matrix --rules` for one port as a whole process, with `-o text` and
+  `-o json`, each next to the same command without --rules (intent only) as the
+  reference measured in the same run: wall and CPU seconds (user + system) and
+  their ratios, and the load average before and after (the machine may be shared).
 
 Needs root. Usage: python3 tests/benchmarks/kuberouter_bench.py [--pods 1000] [--policies 500]
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -72,15 +75,47 @@ def main() -> int:
             times.append((time.perf_counter() - t) * 1000)
         times.sort()
 
-        def run(extra: list[str]) -> tuple[float, dict[str, object]]:
+        def run(fmt: str, extra: list[str]) -> tuple[float, float, Path]:
+            """Wall and CPU seconds of one whole `kpa policy matrix` process; where its output is."""
+            out = d / f"matrix{len(extra)}.{fmt}"
             argv = [sys.executable, "-m", "kpa", "policy", "matrix", "-c", str(d / "cluster.json"),
-                    "--port", str(args.port), "-o", "json", *extra]
-            t = time.perf_counter()
-            out = subprocess.run(argv, capture_output=True, text=True, check=True)
-            return time.perf_counter() - t, json.loads(out.stdout)
+                    "--port", str(args.port), "-o", fmt, *extra]
+            with out.open("wb") as sink:
+                t = time.perf_counter()
+                proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.DEVNULL)
+                _, status, usage = os.wait4(proc.pid, 0)
+                wall = time.perf_counter() - t
+            if os.waitstatus_to_exitcode(status) != 0:
+                raise SystemExit(f"{' '.join(argv)} failed")
+            return wall, usage.ru_utime + usage.ru_stime, out
 
-        ref_s, _ = run([])
-        matrix_s, doc = run(["-r", str(d / "rules.save"), "-r", str(d / "ipset.save"), "--node-ip", NODE_IP])
+        enforce = ["-r", str(d / "rules.save"), "-r", str(d / "ipset.save"), "--node-ip", NODE_IP]
+        load_before = os.getloadavg()[0]
+        measured: dict[str, dict[str, float]] = {}
+        for fmt in ("text", "json"):
+            ref_s, ref_cpu, ref_out = run(fmt, [])
+            enf_s, enf_cpu, enf_out = run(fmt, enforce)
+            measured[fmt] = {"enforced_s": round(enf_s, 1), "enforced_cpu_s": round(enf_cpu, 1),
+                             "intent_only_s": round(ref_s, 1), "intent_only_cpu_s": round(ref_cpu, 1),
+                             "ratio_wall": round(enf_s / ref_s, 1), "ratio_cpu": round(enf_cpu / ref_cpu, 1),
+                             "output_mb": round(enf_out.stat().st_size / 1e6, 1)}
+            if fmt == "text":
+                # The same grid, with "!" where the node differs from the policies.
+                grid = enf_out.read_text().splitlines()[1:]
+                ref_grid = ref_out.read_text().splitlines()[1:]
+                assert len(grid) == len(ref_grid) == len(pods) + 1
+                marks = sum(line.count(" !") for line in grid)
+            else:
+                # One cell per line; the counts are at the end of the document.
+                with enf_out.open("rb") as f:
+                    cells = sum(1 for line in f if line.startswith(b'    {"from"'))
+                    f.seek(max(0, f.tell() - 4096))
+                    tail = f.read().decode()
+                differences = int(tail.split('"differences": ')[1].split(",")[0])
+                traces = int(tail.split('"traces": ')[1].split(",")[0])
+            enf_out.unlink()
+            ref_out.unlink()
+        load_after = os.getloadavg()[0]
     result = {
         "pods": len(pods), "policies": len(objects.network_policies),
         "rules": sum(1 for line in rules.splitlines() if line.startswith("-A ")),
@@ -88,10 +123,10 @@ def main() -> int:
         "generate_s": round(gen_s, 2), "parse_s": round(parse_s, 2),
         "trace_ms_median": round(statistics.median(times), 2),
         "trace_ms_p95": round(times[int(len(times) * 0.95)], 2),
-        "matrix_cells": len(doc["cells"]), "matrix_traces": doc.get("traces"),
-        "matrix_differences": doc.get("differences"),
-        "matrix_enforced_s": round(matrix_s, 1), "matrix_intent_only_s": round(ref_s, 1),
-        "matrix_ratio_to_intent_only": round(matrix_s / ref_s, 1),
+        "matrix_cells": cells, "matrix_traces": traces, "matrix_differences": differences,
+        "text_grid_differing_cells": marks,
+        "matrix_text": measured["text"], "matrix_json": measured["json"],
+        "load_average_before_after": [round(load_before, 1), round(load_after, 1)],
     }
     print(json.dumps(result, indent=2))
     return 0
