@@ -802,7 +802,13 @@ class EnforcedMatrix:
             return e
         cached = self._pod_rules.get((id(e), chain))
         if cached is None:
-            cached = self._pod_rules[(id(e), chain)] = self._same_rule(e, rep_chain, chain, position)
+            moved = self._same_rule(e, rep_chain, chain, position)
+            if moved is None:
+                # That pod's chain is not laid out like its class's: trace this connection alone.
+                self.full_traces += 1
+                return _from_result(_trace(self.ruleset, self.node_ips, s, d, self.port, self.protocol,
+                                           s in self.node_ips), self.kr)
+            cached = self._pod_rules[(id(e), chain)] = moved
         return cached
 
     def row(self, i: int) -> list[Enforced | None]:
@@ -859,7 +865,7 @@ class EnforcedMatrix:
                 return table.chains.get(hop.chain)
         return None
 
-    def _same_rule(self, e: Enforced, rep_chain: str, chain_name: str, position: int) -> Enforced:
+    def _same_rule(self, e: Enforced, rep_chain: str, chain_name: str, position: int) -> Enforced | None:
         """`e` with its deciding rule moved to the same rule of another pod's chain (of the same class)."""
         for table in self.ruleset.tables:
             rep, chain = table.chains.get(rep_chain), table.chains.get(chain_name)
@@ -872,7 +878,7 @@ class EnforcedMatrix:
                 who = self.kr.pod_chains.get(chain_name)
                 where = f"pod {who}'s firewall chain {chain_name}" if who else f"filter/{chain_name}"
                 return Enforced(e.verdict, e.outcome, deciding, where, e.dnat, e.admitted_by)
-        raise AssertionError(f"{chain_name} does not have the rules of {rep_chain}")
+        return None
 
     def _layout_for(self, version: int) -> _Layout | None:
         if version not in self._layouts:
