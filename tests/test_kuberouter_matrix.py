@@ -57,9 +57,10 @@ def _same_as_full_traces(rs: Ruleset, objs: Any, node_ips: list[str], ports: lis
     return halves
 
 
+@pytest.mark.parametrize("variant", ["", "default-deny."])
 @pytest.mark.parametrize("backend", ["nft", "legacy"])
-def test_fixture_matrix_equals_full_traces(backend: str) -> None:
-    rs = load_rules([str(F / f"{backend}.v4.save"), str(F / "ipset.v4.save")])
+def test_fixture_matrix_equals_full_traces(backend: str, variant: str) -> None:
+    rs = load_rules([str(F / f"{variant}{backend}.v4.save"), str(F / f"{variant}ipset.v4.save")])
     table = rs.table(Family.IPV4, "filter")
     assert table is not None and _layout(rs, table) is not None
     assert _same_as_full_traces(rs, load_objects([str(F / "cluster.yaml")]), [NODE], PORTS) > 0
@@ -98,10 +99,11 @@ def test_matrix_json_cells_are_the_full_traces() -> None:
 
 
 @pytest.mark.kernel
-@pytest.mark.parametrize(("pods", "policies", "seed", "backend"),
-                         [(24, 12, 1, "nft"), (36, 20, 2, "legacy"), (48, 30, 3, "nft")])
+@pytest.mark.parametrize(("pods", "policies", "seed", "backend", "default_deny"),
+                         [(24, 12, 1, "nft", False), (36, 20, 2, "legacy", False), (48, 30, 3, "nft", False),
+                          (30, 16, 4, "nft", True)])
 def test_generated_cluster_matrix_equals_full_traces(pods: int, policies: int, seed: int, backend: str,
-                                                    tmp_path: Path) -> None:
+                                                    default_deny: bool, tmp_path: Path) -> None:
     from kpa.gen.kuberouter import KubeRouterOptions, capture, render
     from kpa.gen.policies import policy_cluster
 
@@ -109,7 +111,11 @@ def test_generated_cluster_matrix_equals_full_traces(pods: int, policies: int, s
     for k, doc in enumerate(d for d in docs if d["kind"] == "Pod"):
         doc["spec"]["nodeName"] = "node-1" if k % 5 == 4 else "node-0"  # a fifth of the pods elsewhere
     objs = objects_from_documents(docs)
-    rules, sets = capture(render(objs, KubeRouterOptions(node="node-0")), backend)
+    # --netpol-default-deny over a range that holds only some of the local pods, so that its
+    # address tests tell pods apart that the ipsets do not.
+    opts = KubeRouterOptions(node="node-0", default_deny=default_deny,
+                             pod_cidrs=("10.244.0.0/28",) if default_deny else ())
+    rules, sets = capture(render(objs, opts), backend)
     (tmp_path / "rules.save").write_text(rules)
     (tmp_path / "ipset.save").write_text(sets)
     rs = load_rules([str(tmp_path / "rules.save"), str(tmp_path / "ipset.save")])

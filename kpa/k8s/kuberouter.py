@@ -920,8 +920,12 @@ class EnforcedMatrix:
         if seen is None:
             plain = self._plain.get(other)
             if plain is None:
-                plain = self._plain[other] = frozenset(m for m in other[0] if "?" not in m)
-            odd = tuple(m for m in other[0] if "?" in m and m.split("?", 1)[0] in reach)
+                plain = self._plain[other] = frozenset(m for m in other[0]
+                                                       if "?" not in m and m in self.ruleset.ipsets)
+            # "NAME?ADDR" stands for a set whose lookups keep the address alone; other entries
+            # that are not set names (default-deny's "cidr:…") are rules' address tests: kept.
+            odd = tuple(m for m in other[0] if ("?" in m and m.split("?", 1)[0] in reach)
+                        or ("?" not in m and m not in self.ruleset.ipsets))
             seen = self._seen[seen_key] = (*sorted(plain & reach), *odd)
         key = (direction, own, seen)
         if key in self._halves:
