@@ -31,15 +31,16 @@ NODE = "192.168.10.2"
 PORTS = [(8080, "TCP"), (5432, "TCP"), (9090, "TCP"), (53, "UDP"), (80, "TCP")]
 
 
-def _addresses(objs: Any, node_ips: list[str]) -> list[str]:
+def _addresses(objs: Any, node_ips: list[str], extra: tuple[str, ...] = ()) -> list[str]:
     pods = sorted((p for p in objs.pods if p.pod_ips), key=lambda p: (p.namespace, p.name))
-    return [p.pod_ips[0] for p in pods] + node_ips + ["203.0.113.7"]
+    return [p.pod_ips[0] for p in pods] + node_ips + ["203.0.113.7", *extra]
 
 
-def _same_as_full_traces(rs: Ruleset, objs: Any, node_ips: list[str], ports: list[tuple[int, str]]) -> int:
+def _same_as_full_traces(rs: Ruleset, objs: Any, node_ips: list[str], ports: list[tuple[int, str]],
+                         extra: tuple[str, ...] = ()) -> int:
     """Check every pair on every port; the number of half traces used."""
     kr = KubeRouterMap.from_ruleset(rs, objs.network_policies)
-    ips = _addresses(objs, node_ips)
+    ips = _addresses(objs, node_ips, extra)
     halves = 0
     for port, proto in ports:
         fast = EnforcedMatrix(rs, kr, node_ips, list(ips), list(ips), port, proto)
@@ -116,13 +117,60 @@ def test_generated_cluster_matrix_equals_full_traces(pods: int, policies: int, s
     opts = KubeRouterOptions(node="node-0", default_deny=default_deny,
                              pod_cidrs=("10.244.0.0/28",) if default_deny else ())
     rules, sets = capture(render(objs, opts), backend)
+    _check_capture(rules, sets, objs, tmp_path)
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("backend", ["nft", "legacy"])
+def test_matrix_behind_kube_proxy_equals_full_traces(backend: str, tmp_path: Path) -> None:
+    """kube-proxy's rules first (its marks, masquerade and Service chains), kube-router's
+    loaded after them without flushing, as on a node running both."""
+    import subprocess
+
+    from kpa.gen.capture import scratch_netns
+    from kpa.gen.cluster import Cluster, Endpoint, Node, Service, ServicePort
+    from kpa.gen.iptables import render_restore
+    from kpa.gen.kuberouter import KubeRouterOptions, render
+    from kpa.gen.options import ProxierOptions
+    from kpa.gen.policies import policy_cluster
+
+    docs = policy_cluster(pods=30, namespaces=3, policies=15, seed=5)
+    pods = [d for d in docs if d["kind"] == "Pod"]
+    for k, doc in enumerate(pods):
+        doc["spec"]["nodeName"] = "node-1" if k % 4 == 3 else "node-0"
+    objs = objects_from_documents(docs)
+    ip = pods[1]["status"]["podIP"]
+    cluster = Cluster(
+        nodes=[Node("node-0", ipv4="192.168.0.2", pod_cidrs=["10.244.0.0/24"]), Node("node-1", ipv4="192.168.0.3")],
+        services=[Service("ns-000", "web", [ServicePort(80, 8080, "http", "TCP", 30080)], ["10.96.0.20"],
+                          "NodePort", endpoints=[Endpoint(ip, "node-0", "web")])])
+    kube_router = render(objs, KubeRouterOptions(node="node-0"))
+    with scratch_netns() as netns:
+        def run(args: list[str], stdin: str | None = None) -> str:
+            res = subprocess.run(["ip", "netns", "exec", netns, *args], input=stdin, capture_output=True,
+                                 text=True, check=True)
+            return res.stdout
+
+        run([f"iptables-{backend}-restore", "-w", "10"], render_restore(cluster, ProxierOptions(node_name="node-0")))
+        run(["ipset", "-exist", "restore"], kube_router["ipset-restore.v4"])
+        run([f"iptables-{backend}-restore", "-w", "10", "--noflush"], kube_router["iptables-restore.v4"])
+        rules, sets = run([f"iptables-{backend}-save"]), run(["ipset", "save"])
+        run([f"iptables-{backend}-restore", "-w", "10"], "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n"
+            ":OUTPUT ACCEPT [0:0]\nCOMMIT\n*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n"
+            ":OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n")
+        run(["ipset", "destroy"])
+    assert "KUBE-SERVICES" in rules and "KUBE-ROUTER-FORWARD" in rules
+    # The Service's ClusterIP as a destination too: DNAT first, then the endpoint pod's chain.
+    _check_capture(rules, sets, objs, tmp_path, ("10.96.0.20",))
+
+
+def _check_capture(rules: str, sets: str, objs: Any, tmp_path: Path, extra: tuple[str, ...] = ()) -> None:
     (tmp_path / "rules.save").write_text(rules)
     (tmp_path / "ipset.save").write_text(sets)
     rs = load_rules([str(tmp_path / "rules.save"), str(tmp_path / "ipset.save")])
     table = rs.table(Family.IPV4, "filter")
     assert table is not None and _layout(rs, table) is not None
-    assert _same_as_full_traces(rs, objs, ["192.168.0.2"], [(8080, "TCP"), (53, "UDP")]) > 0
-
+    assert _same_as_full_traces(rs, objs, ["192.168.0.2"], [(8080, "TCP"), (53, "UDP")], extra) > 0
 
 
 @pytest.mark.parametrize("backend", ["nft", "legacy"])
