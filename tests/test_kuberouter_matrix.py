@@ -181,3 +181,30 @@ def test_comments_read_from_rule_text_are_the_parsed_ones(backend: str) -> None:
     rules = [r for t in rs.tables for c in t.chains.values() for r in c.rules]
     assert sum(1 for r in rules if r.comment) > 50
     assert all(_comment_of(r) == (r.comment or "") for r in rules)
+
+
+@pytest.mark.parametrize("variant", ["", "default-deny."])
+def test_address_membership_by_bisection_is_the_set_match(variant: str) -> None:
+    """`address_member` (used to class addresses) answers as the `set` match does, nomatch included."""
+    import ipaddress
+
+    from kpa.ext.ipset import address_member, set_test
+    from kpa.netfilter.packet import PacketSpec
+
+    rs = load_rules([str(F / f"{variant}ipset.v4.save")])
+    probes = set()
+    for ipset in rs.ipsets.values():
+        for member in ipset.members:
+            value, plen = member.parts[0] if isinstance(member.parts[0], tuple) else (member.parts[0], 32)
+            size = 1 << (32 - plen)
+            probes.update({value - 1, value, value + size // 2, value + size - 1, value + size})
+    checked = 0
+    for ipset in rs.ipsets.values():
+        for value in sorted(probes):
+            addr = str(ipaddress.IPv4Address(value % (1 << 32)))
+            st = PacketSpec(family=Family.IPV4, src=addr, dst=addr).initial_state()
+            want = any(r is True for _, r in set_test(ipset, st, ["src"], False, rs.ipsets))
+            got = address_member(ipset, value % (1 << 32))
+            assert got is None or got == want, (ipset.name, addr)
+            checked += got is not None
+    assert checked > 100
