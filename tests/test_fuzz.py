@@ -59,3 +59,19 @@ def test_mutated_dumps_and_objects_in_separate_processes(tmp_path: Path) -> None
             if why:
                 failures.append(f"message: kpa {' '.join(case.command)}: {why}")
     assert not failures, "\n".join(failures)
+
+
+def test_making_cases_never_expands_a_yaml_bomb(tmp_path: Path) -> None:
+    """A bomb from one mutation, mutated again, loads cheaply but would be expanded without end when
+    re-serialised, outside any case's time bound: the in-process fuzzer (seed 20260) used to stall at
+    its 126th case that way. Making the first 200 cases of that seed must take seconds, in a process
+    of its own so that a regression fails instead of hanging the suite."""
+    import subprocess
+
+    code = ("import random, sys, tempfile\nsys.path.insert(0, sys.argv[1])\nimport fuzzer\n"
+            "rng = random.Random(20260)\n"
+            "with tempfile.TemporaryDirectory() as tmp:\n"
+            "    for _ in range(200):\n        fuzzer.make_case(rng, tmp)\nprint('ok')\n")
+    res = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent)], capture_output=True, text=True,
+                         timeout=120)
+    assert res.stdout.strip() == "ok", res.stderr[-1000:]

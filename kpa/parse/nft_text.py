@@ -486,7 +486,11 @@ class RuleParser:
                     raise Unparsed("expected `map` after the nat key")
                 body["addr"] = {"map": {"key": key, "data": self.rhs()}}
             else:
-                addr, port = split_nat_address(self.next())
+                target = self.next()
+                if self.peek() == ":" and not target.endswith(":"):  # `10.0.0.1 : 53`, as nft -f reads it
+                    self.next()
+                    target += ":" + self.next()
+                addr, port = split_nat_address(target)
                 if addr is not None:
                     body["addr"] = addr
                 if port is not None:
@@ -524,10 +528,129 @@ def _port_value(v: Any) -> Any:
     return int(v) if isinstance(v, str) and v.isdigit() else v
 
 
+# The head of a block: a table at the top level, the others inside a table.
+_TABLE_HEAD = re.compile(r"table(?:\s+[^\s{}]+){1,2}\s*")
+_INNER_HEAD = re.compile(r"(?:(?:chain|set|map|flowtable|counter|quota|limit|secmark|synproxy)|ct\s+(?:helper|timeout|expectation))"
+                         r"\s+[^\s{}]+\s*")
+
+
+def _block_head(head: str, depth: int) -> bool:
+    """Whether `HEAD {` opens a block at this brace depth (0: top level, 1: inside a table)."""
+    return bool((_TABLE_HEAD if depth == 0 else _INNER_HEAD).fullmatch(head)) if depth < 2 else False
+
+
+def _needs_split(s: str, depth: int) -> bool:
+    """Whether a line is in `nft -f` shorthand, not one statement per line as nft lists it:
+    `;`-separated statements, content after a block's `{`, or a block's `}` after content."""
+    if ";" in s and not (s.startswith("type ") and " hook " in s):
+        return True
+    brace = s.find("{")
+    if brace >= 0 and s[brace + 1:].strip() and _block_head(s[:brace].strip(), depth):
+        return True
+    return s != "}" and s.endswith("}") and s.count("}") > s.count("{")
+
+
+def split_statements(lines: list[str]) -> tuple[list[str], list[int]]:
+    """Lines as nft lists them, with the input line each comes from.
+
+    nft also reads blocks and statements written on one line (`set s { type
+    ipv4_addr; elements = { 1.2.3.4 } }`, `chain c { ...; tcp dport 22 accept; }`):
+    such lines are split at the block level into one statement per line. Braces
+    inside a statement (sets, anonymous chains, elements) are kept as they are, and
+    lines already in listing form pass through unchanged.
+    """
+    out: list[str] = []
+    nos: list[int] = []
+    stack: list[bool] = []  # open braces: True for a block, False inside a statement
+    for no, line in enumerate(lines, 1):
+        s = line.strip()
+        inner = bool(stack) and not stack[-1]
+        if not s or s.startswith("#") or inner or not _needs_split(s, len(stack)):
+            out.append(line)
+            nos.append(no)
+            if not s or s.startswith("#"):
+                continue
+            if not inner and s.endswith("{") and _block_head(s[:-1].strip(), len(stack)):
+                stack.append(True)
+            elif not inner and s == "}":
+                if stack:
+                    stack.pop()
+            else:
+                d = _depth(s)
+                if d > 0:
+                    stack.extend([False] * d)
+                for _ in range(-d):
+                    if stack and not stack[-1]:
+                        stack.pop()
+            continue
+        buf: list[str] = []
+
+        def emit(text: str, no: int = no) -> None:
+            text = text.strip()
+            if text:
+                out.append(text)
+                nos.append(no)
+
+        quoted = False
+        i = 0
+        while i < len(s):
+            c = s[i]
+            i += 1
+            if c == '"':
+                quoted = not quoted
+                buf.append(c)
+                continue
+            if quoted:
+                buf.append(c)
+                continue
+            at_block = not stack or stack[-1]
+            if c == "#" and at_block:
+                buf.append(s[i - 1:])  # a comment (or `# handle N`) to the end of the line
+                break
+            if c == "{":
+                head = "".join(buf).strip()
+                if at_block and _block_head(head, len(stack)):
+                    emit(head + " {")
+                    buf = []
+                    stack.append(True)
+                else:
+                    buf.append(c)
+                    stack.append(False)
+            elif c == "}":
+                if stack and stack[-1]:
+                    emit("".join(buf))
+                    buf = []
+                    emit("}")
+                    stack.pop()
+                else:
+                    buf.append(c)
+                    if stack:
+                        stack.pop()
+            elif c == ";" and at_block:
+                text = "".join(buf).strip()
+                if text.startswith("type ") and " hook " in text:
+                    # A base chain's head keeps its `;`, and the `policy P;` that may follow it.
+                    buf.append(c)
+                    rest = s[i:].lstrip()
+                    if rest.startswith("policy ") and " policy " not in f" {text}":
+                        continue
+                    emit("".join(buf))
+                    buf = []
+                    continue
+                emit(text)
+                buf = []
+            else:
+                buf.append(c)
+        emit("".join(buf))
+    return out, nos
+
+
 class TextReader:
     def __init__(self, file: str) -> None:
         self.file = file
         self.b = Builder(file)
+        self._no: list[int] = []
+        self._lines = 0
 
     def error(self, line: int, message: str) -> InputError:
         return InputError(self.file, line, message)
@@ -535,12 +658,14 @@ class TextReader:
     def parse(self, text: str) -> Ruleset:
         if "\x00" in text:
             raise self.error(text[: text.index("\x00")].count("\n") + 1, "expected nft text, found binary data")
-        lines = text.splitlines()
+        physical = text.splitlines()
+        self._lines = len(physical)
+        lines, self._no = split_statements(physical)
         i = 0
         table: Table | None = None
         table_line = 0
         while i < len(lines):
-            lineno = i + 1
+            lineno = self._no[i]
             raw = lines[i].strip()
             i += 1
             if not raw:
@@ -573,7 +698,7 @@ class TextReader:
                 continue
             raise self.error(lineno, f"expected a chain, set or map in table {table.name!r}, found {line[:60]!r}")
         if table is not None:
-            raise self.error(len(lines) + 1, f"expected '}}' closing table {table.name!r} (opened at line {table_line}), found end of input")
+            raise self.error(self._lines + 1, f"expected '}}' closing table {table.name!r} (opened at line {table_line}), found end of input")
         return self.b.finish()
 
     def _skip(self, lines: list[str], i: int, start: int) -> int:
@@ -589,7 +714,7 @@ class TextReader:
         spec: dict[str, Any] = {}
         chain = self.b.chain(table, name, start, handle) if kind == "chain" else None
         while i < len(lines):
-            lineno = i + 1
+            lineno = self._no[i]
             raw = lines[i].strip()
             i += 1
             if not raw or raw.startswith("#"):
@@ -613,7 +738,7 @@ class TextReader:
                         i += 1
                         if BLOCK_START.match(nxt):
                             raise self.error(first, f"expected '}}' closing the block opened in this rule, found "
-                                                    f"{clip(nxt)!r} at line {i}")
+                                                    f"{clip(nxt)!r} at line {self._no[i - 1]}")
                         depth += _depth(nxt)
                         parts.append(nxt)
                     if depth > 0:
@@ -624,8 +749,14 @@ class TextReader:
                     continue
                 if line.startswith("type ") and " hook " in line:
                     self._chain_head(table, name, line, start, handle, lineno)
-                elif (line.startswith("comment ") and not chain.rules and re.fullmatch(r'comment "(?:[^"\\]|\\.)*"', line)) or line.startswith("policy "):
+                elif line.startswith("comment ") and not chain.rules and re.fullmatch(r'comment "(?:[^"\\]|\\.)*"', line):
                     continue
+                elif line.startswith("policy "):
+                    # `policy P` on a line of its own (nft -f input); nft lists it in the chain's head.
+                    pol = line[len("policy "):].strip().rstrip(";").strip().upper()
+                    if pol not in ("ACCEPT", "DROP"):
+                        raise self.error(lineno, f"expected policy accept or drop, found {clip(line)!r}")
+                    chain.policy = pol
                 else:
                     self._rule(table, name, line, lineno, rule_handle)
                 continue
@@ -689,8 +820,8 @@ class TextReader:
         # size, timeout, gc-interval, policy, auto-merge, counter, comment: no effect on lookups
 
     def _chain_head(self, table: Table, name: str, line: str, start: int, handle: int | None, lineno: int) -> None:
-        m = re.match(r"type\s+(\S+)\s+hook\s+(\S+)(?:\s+devices?\s*=?\s*(?:\"[^\"]*\"|\{[^}]*\}|\S+))?\s+priority\s+([^;]+);"
-                     r"(?:\s*policy\s+(\S+?)\s*;)?", line)
+        m = re.match(r"type\s+(\S+)\s+hook\s+(\S+)(?:\s+devices?\s*=?\s*(?:\"[^\"]*\"|\{[^}]*\}|\S+))?\s+priority\s+([^;]+?)\s*(?:;|$)"
+                     r"(?:\s*policy\s+(\S+?)\s*(?:;|$))?", line)
         if not m:
             raise self.error(lineno, f"expected 'type TYPE hook HOOK priority PRIO;', found {line[:60]!r}")
         self.b.chain(table, name, lineno, handle, m.group(1), m.group(2), m.group(3).strip(), m.group(4))
