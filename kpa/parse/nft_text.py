@@ -575,8 +575,8 @@ def split_statements(lines: list[str]) -> tuple[list[str], list[int]]:
             elif not inner and s == "}":
                 if stack:
                     stack.pop()
-            else:
-                d = _depth(s)
+            elif "{" in s or "}" in s:
+                d = _depth(s) if '"' in s else s.count("{") - s.count("}")
                 if d > 0:
                     stack.extend([False] * d)
                 for _ in range(-d):
