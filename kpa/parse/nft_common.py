@@ -44,7 +44,7 @@ from kpa.ext.nft.meta import MarkKey, meta_key
 from kpa.ext.nft.nat import NftNat, NftNatMap
 from kpa.ext.nft.numgen import NumgenKey
 from kpa.ext.nft.passive import NotrackStmt, passive
-from kpa.ext.nft.payload import payload_key, raw_payload_key
+from kpa.ext.nft.payload import FieldKey, masked_field_key, payload_key, raw_payload_key
 from kpa.ext.nft.socket import nft_tproxy, socket_key
 from kpa.ext.nft.verdict import NftVerdict, reject_expr, verdict_expr, verdict_value
 from kpa.netfilter.domain import IntSet
@@ -550,6 +550,12 @@ class Builder:
                 raise Malformed(f"expected two operands of &, found {clip(fmt(v))!r}")
             inner, mask = v
             ik = self.key(inner, family)
+            if type(ik) is FieldKey and ik.dtype in ("ipv4_addr", "ipv6_addr"):
+                try:
+                    m = int(ipaddress.ip_address(str(mask)))
+                except ValueError:
+                    m = self.const_int(mask, 32 if ik.dtype == "ipv4_addr" else 128)
+                return masked_field_key(ik, m)
             if isinstance(ik, (MarkKey, RandomKey)):
                 m = self.const_int(mask)
                 return MaskedMarkKey(inner=ik, mask=m) if isinstance(ik, MarkKey) else RandomKey(mask=m)

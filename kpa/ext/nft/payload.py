@@ -167,3 +167,43 @@ def raw_payload_key(base: str, offset: int, length: int) -> RawPayloadKey:
     if (base, offset, length) not in RAW_FIELDS:
         raise UnmodelledKey(f"raw payload @{base},{offset},{length} is not a field kpa knows")
     return RawPayloadKey(base=base, offset=offset, length=length)
+
+
+@dataclass(eq=False)
+class MaskedFieldKey(FieldKey):
+    """`ip saddr & 255.255.0.0 == 10.1.0.0`: an address under a prefix mask (nft lists it as a prefix).
+
+    (addr & mask) == v holds for exactly the addresses of v's prefix when v has no bit
+    outside the mask, and for none when it has; other masks are not modelled.
+    """
+
+    mask: int = 0
+    width: int = 32
+
+    def validate(self, values: Sequence[Value]) -> None:
+        if not all(isinstance(v, IntSet) and v.single_value() is not None for v in values):
+            raise UnmodelledKey(f"{self.text} compared with a range or prefix is not modelled")
+
+    def _widen(self, values: Sequence[Value]) -> IntSet:
+        host = ((1 << self.width) - 1) ^ self.mask
+        out = IntSet()
+        for v in values:
+            x = v.single_value() if isinstance(v, IntSet) else None
+            if x is not None and not x & host:
+                out = out | IntSet.range(x, x | host)
+        return out
+
+    def test(self, st: State, ctx: TraceContext, values: Sequence[Value]) -> Split:
+        return parts(*st.restrict(self.field, self._widen(values)))
+
+    def cond(self, values: Sequence[Value], negated: bool = False) -> Cond:
+        return IntCond(self.field, self._widen(values), negated)
+
+
+def masked_field_key(inner: FieldKey, mask: int) -> MaskedFieldKey:
+    width = 32 if inner.dtype == "ipv4_addr" else 128
+    host = ((1 << width) - 1) ^ mask
+    if inner.field not in ("src", "dst") or mask >> width or host & (host + 1):
+        raise UnmodelledKey(f"{inner.text} & {mask:#x} (not a prefix mask) is not modelled")
+    return MaskedFieldKey(field=inner.field, dtype=inner.dtype, text=f"{inner.text} & mask", version=inner.version,
+                          protocols=inner.protocols, mask=mask, width=width)
