@@ -375,19 +375,37 @@ DUAL_FLOWS: list[Flow] = [
     ("client_pod", CLIENT, REMOTE, "tcp", 8000),
 ]
 EXTERNAL6 = {"203.0.113.10": "2001:db8::10", "198.51.100.7": "2001:db8:1::7"}
+# The unprogrammed pod of the default-deny test, in both families; flows to it change with the mode.
+UNPROGRAMMED6 = "fd00:10:244::12"
+DUAL_DENY_FLOWS: list[Flow] = [
+    ("client_pod", CLIENT, UNPROGRAMMED, "tcp", 8080),
+    ("external", "203.0.113.10", UNPROGRAMMED, "tcp", 80),
+]
 
 
+@pytest.mark.parametrize("mode", ["default", "default-deny"])
 @pytest.mark.parametrize("backend", ["nft", "legacy"])
-def test_kube_router_dual_stack_agrees_with_kernel(backend: Backend, tmp_path: Path) -> None:
-    """iptables + ip6tables + inet and inet6 sets from one payload set, loaded together on one node."""
+def test_kube_router_dual_stack_agrees_with_kernel(backend: Backend, mode: str, tmp_path: Path) -> None:
+    """iptables + ip6tables + inet and inet6 sets from one payload set, loaded together on one node.
+
+    Both modes: with --netpol-default-deny the node's IPv4 and IPv6 pod CIDRs are gated by
+    kube-router-local-pods and inet6:kube-router-local-pods, and a local pod kube-router has not
+    programmed yet is rejected in both families.
+    """
     from kpa.netfilter.model import Family
 
+    deny = mode == "default-deny"
     out = render(load_objects([str(dual_stack_cluster(tmp_path))]), KubeRouterOptions(
-        node="node-1", families=(4, 6), cluster_ip_ranges=("10.96.0.0/12", "fd00:10:96::/112")))
-    flows = [*DUAL_FLOWS, *[(o, EXTERNAL6.get(s or "") or V6[s or ""], V6[d], p, port)
-                            for o, s, d, p, port in DUAL_FLOWS]]
-    with Topology(default_spec("ipv4")) as topo:
-        topo.add_ipv6(default_spec("ipv6"))
+        node="node-1", families=(4, 6), cluster_ip_ranges=("10.96.0.0/12", "fd00:10:96::/112"),
+        default_deny=deny, pod_cidrs=("10.244.0.0/24", "fd00:10:244::/64")))
+    six = {**V6, UNPROGRAMMED: UNPROGRAMMED6}
+    base = [*DUAL_FLOWS, *DUAL_DENY_FLOWS]
+    flows = [*base, *[(o, EXTERNAL6.get(s or "") or six[s or ""], six[d], p, port) for o, s, d, p, port in base]]
+    spec4, spec6 = default_spec("ipv4"), default_spec("ipv6")
+    spec4.local_pod_ips = [*spec4.local_pod_ips, UNPROGRAMMED]
+    spec6.local_pod_ips = [*spec6.local_pod_ips, UNPROGRAMMED6]
+    with Topology(spec4) as topo:
+        topo.add_ipv6(spec6)
         for version in (4, 6):
             topo.run_in("node", ["ipset", "-exist", "restore"], stdin=out[f"ipset-restore.v{version}"])
         topo.load_iptables(out["iptables-restore.v4"], backend=backend, family="ipv4")
@@ -407,12 +425,13 @@ def test_kube_router_dual_stack_agrees_with_kernel(backend: Backend, tmp_path: P
         topo.reset()
         topo.destroy_ipsets()
     assert "family inet6" in sets and "family inet " in sets
+    assert ("inet6:kube-router-local-pods" in sets) == deny == ("kube-router-local-pods src" in rules4)
     # One ruleset, both families: what kpa reads from the node.
     rs = combine([parse_text(rules4, "iptables-save", "iptables"), parse_text(rules6, "ip6tables-save", "iptables")],
                  [], [parse_text(sets, "ipset-save", "ipset")])
     assert {Family.IPV4, Family.IPV6} <= rs.families()
-    local = {*topo.spec.local_pod_ips, *default_spec("ipv6").local_pod_ips}
-    v4_of = {v6: v4 for v4, v6 in V6.items()}
+    local = {*spec4.local_pod_ips, *spec6.local_pod_ips}
+    v4_of = {v6: v4 for v4, v6 in six.items()}
     mismatches = []
     verdicts = []
     for obs, kernel in observed:
@@ -431,5 +450,7 @@ def test_kube_router_dual_stack_agrees_with_kernel(backend: Backend, tmp_path: P
             mismatches.append(f"{obs.src} -> {obs.dst}:{obs.dport}: kernel {kernel}, kpa {outcome.verdict}")
     assert not mismatches, "\n".join(mismatches)
     # The same policies give the same answers in both families, and both answers occur.
-    assert verdicts[:len(DUAL_FLOWS)] == verdicts[len(DUAL_FLOWS):]
+    assert verdicts[:len(base)] == verdicts[len(base):]
     assert set(verdicts) == {"ACCEPT", "REJECT"}
+    # The unprogrammed pod: let through without the mode, rejected with it, in both families.
+    assert {verdicts[i] for i in (len(base) - 2, len(base) - 1, -2, -1)} == {"REJECT" if deny else "ACCEPT"}
