@@ -27,6 +27,7 @@ from kpa.netfilter.domain import IntSet, describe_addresses, fraction_text, netw
 from kpa.netfilter.engine import Outcome, trace
 from kpa.netfilter.model import Family, Ruleset, Verdict
 from kpa.netfilter.packet import PacketSpec, TraceContext, node_local_addresses
+from kpa.netfilter.reach import Signatures
 
 TOLERANCE = Fraction(1, 2**30)
 PROTO_NUMBERS = {6: "tcp", 17: "udp", 132: "sctp"}
@@ -663,6 +664,27 @@ def side_warnings(a: Ruleset, b: Ruleset, a_name: str, b_name: str) -> list[str]
     return out
 
 
+def _same_traces(a: Ruleset, b: Ruleset) -> Callable[[EntryPoint], bool] | None:
+    """A test telling entry points whose traces read the same rules in `a` and `b`, or None."""
+    sa, sb = Signatures(a), Signatures(b)
+    if not (sa.usable and sb.usable) or sa.context() != sb.context():
+        return None
+
+    bases: dict[Family, bool] = {}
+
+    def same(e: EntryPoint) -> bool:
+        family, dst = _FAMILIES[e.version], int(ipaddress.ip_address(e.address))
+        if family not in bases:
+            ba, bb = sa.base(family), sb.base(family)
+            bases[family] = ba is not None and bb is not None and ba.seen == bb.seen
+        if not bases[family]:
+            return False
+        sig = sa.signature(family, dst, e.port)
+        return sig is not None and sig == sb.signature(family, dst, e.port)
+
+    return same
+
+
 def diff_rulesets(
     a: Ruleset,
     b: Ruleset,
@@ -672,6 +694,7 @@ def diff_rulesets(
     service_cidrs: list[str] | None = None,
     probes: bool = True,
     scope: Callable[[str], bool] | None = None,
+    shortcut: bool = True,
 ) -> DiffReport:
     """Compare what `a` and `b` do to traffic for every Service port entry point.
 
@@ -680,6 +703,11 @@ def diff_rulesets(
     `service_cidrs`, when known, place the unallocated-ClusterIP probe.
     `probes=False` compares Service ports only. `scope`, given a Service port name
     (``ns/name:port``), says whether to compare it; with a scope there are no probes.
+
+    With `shortcut` (the default), an entry point whose traces would read the
+    same rules in A and B (see kpa.netfilter.reach) is not traced: its
+    outcomes are the same on both sides, so it has no difference.
+    `shortcut=False` traces every entry point; the report is the same.
     """
     versions = _versions(a) | _versions(b)
     warnings: list[str] = []
@@ -701,11 +729,12 @@ def diff_rulesets(
             ports[key] = ServicePortDiff(e.service, e.protocol, e.family)
         ports[key].entries.append(e)
     ta, tb = _Tracer(a, node_ips, "A"), _Tracer(b, node_ips, "B")
+    same = _same_traces(a, b) if shortcut else None
     total = len(entries)
     done = 0
     for p in ports.values():
         for e in p.entries:
-            sources = compare_entry(e, ta, tb, objects, node_ips)
+            sources = [] if same is not None and same(e) else compare_entry(e, ta, tb, objects, node_ips)
             if sources:
                 p.differences.append(EntryDiff(e, sources))
             done += 1

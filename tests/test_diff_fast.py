@@ -1,0 +1,221 @@
+"""`kpa diff`'s shortcut gives exactly the report of the full computation.
+
+The shortcut skips an entry point whose traces would read the same rules in
+A and B (kpa.netfilter.reach). These tests diff pairs of rulesets twice, with
+the shortcut and with every entry point traced (`shortcut=False`), and
+require the same JSON report, warnings and uncertain outcomes included: real
+fixtures against each other, and random clusters before and after rollouts
+and unrelated changes, IPv4 and IPv6, iptables-save text through the kernel
+(kernel tests) and the generator's restore text (no kernel needed).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kpa.diff import diff_rulesets
+from kpa.gen.cluster import Cluster, Endpoint, random_cluster
+from kpa.gen.iptables import render_restore
+from kpa.gen.objects import to_objects
+from kpa.gen.options import ProxierOptions
+from kpa.k8s.objects import ClusterObjects, load_objects, objects_from_documents
+from kpa.netfilter.model import Family, Ruleset
+from kpa.netfilter.reach import Signatures, _pin
+from kpa.parse.iptables_save import parse_iptables
+from kpa.sources import load_rules
+
+FIX = Path(__file__).parent / "fixtures"
+SAVES = sorted((FIX / "iptables").glob("*.save"))
+
+
+def _both(a: Ruleset, b: Ruleset, objects: ClusterObjects | None, node_ips: list[str],
+          cidrs: list[str] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    fast = diff_rulesets(a, b, objects, node_ips, service_cidrs=cidrs).to_json()
+    full = diff_rulesets(a, b, objects, node_ips, service_cidrs=cidrs, shortcut=False).to_json()
+    return fast, full
+
+
+def _meta(scenario: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((FIX / "clusters" / f"{scenario}.meta.json").read_text())
+    return data
+
+
+def _fixture_pairs() -> list[tuple[Path, Path]]:
+    """Each fixture against itself, its other backend's dump, and the next scenario of its family."""
+    out: list[tuple[Path, Path]] = []
+    by_family: dict[str, list[Path]] = {}
+    for p in SAVES:
+        by_family.setdefault(p.name.split(".")[2], []).append(p)
+    for paths in by_family.values():
+        for k, p in enumerate(paths):
+            out.append((p, p))
+            out.append((p, paths[(k + 1) % len(paths)]))
+            out.append((p, paths[(k + 7) % len(paths)]))
+    return out
+
+
+@pytest.mark.parametrize(("a", "b"), _fixture_pairs(), ids=lambda p: p.name)
+def test_fixture_pairs_give_the_same_report(a: Path, b: Path) -> None:
+    scenario = a.name.split(".")[0]
+    meta = _meta(scenario)
+    node_ips = [ip for ip in meta["node_ips"].values() if ip]
+    objects = load_objects([str(FIX / "clusters" / f"{scenario}.yaml")])
+    ra, rb = load_rules([str(a)]), load_rules([str(b)])
+    fast, full = _both(ra, rb, objects, node_ips, list(meta["service_cidrs"].values()))
+    assert fast == full
+    # Without objects, the entry points come from the rules themselves.
+    fast, full = _both(load_rules([str(a)]), load_rules([str(b)]), None, node_ips)
+    assert fast == full
+
+
+def test_an_identical_fixture_pair_is_not_traced() -> None:
+    """The shortcut does skip: a dump compared with itself needs no trace at all."""
+    path = FIX / "iptables" / "kitchen-sink.nft.v4.save"
+    rs = load_rules([str(path)])
+    sig = Signatures(rs)
+    assert sig.usable
+    base = sig.base(Family.IPV4)
+    assert base is not None and not base.anything
+    assert sig.signature(Family.IPV4, 0x0A60000A, 53) is not None
+
+
+# ---------------------------------------------------------------- random clusters
+
+
+def _rollout(c: Cluster, rng: random.Random, keep_one: bool = False) -> None:
+    """Endpoints come and go on a few Services, as in a rolling update.
+
+    With `keep_one`, no Service loses its last usable endpoint (then the
+    small filter chains of kube-proxy, which every trace reads, stay the same).
+    """
+    services = [s for s in c.services if len(s.endpoints) > (2 if keep_one else 0)
+                and (not keep_one or all(e.ready for e in s.endpoints))]
+    for svc in rng.sample(services, max(1, len(services) // 10)):
+        action = rng.randrange(4)
+        if action == 0 and len(svc.endpoints) > 1:
+            svc.endpoints.pop(rng.randrange(len(svc.endpoints)))
+        elif action == 1:
+            svc.endpoints[0].ready = not svc.endpoints[0].ready
+        elif action == 2:
+            ep = svc.endpoints[-1]
+            svc.endpoints.append(Endpoint(ip=ep.ip[:-1] + ("7" if ep.ip[-1] != "7" else "8"),
+                                          node_name=ep.node_name, ready=True))
+        else:
+            svc.endpoints[-1].terminating = True
+            svc.endpoints[-1].ready = False
+
+
+def _unrelated(c: Cluster, rng: random.Random) -> None:
+    """Changes that are not rollouts: policies, ranges, affinity, whole Services."""
+    for svc in rng.sample(c.services, max(1, len(c.services) // 20)):
+        action = rng.randrange(5)
+        if action == 0:
+            svc.external_traffic_policy = "Local" if svc.external_traffic_policy == "Cluster" else "Cluster"
+        elif action == 1:
+            svc.internal_traffic_policy = "Local" if svc.internal_traffic_policy == "Cluster" else "Cluster"
+        elif action == 2:
+            svc.session_affinity = "ClientIP" if svc.session_affinity == "None" else "None"
+        elif action == 3 and svc.type == "LoadBalancer":
+            svc.lb_source_ranges = [*svc.lb_source_ranges, "203.0.113.0/24"]
+        else:
+            svc.endpoints = []
+    del c.services[rng.randrange(len(c.services))]
+
+
+def _render(c: Cluster, family: str) -> Ruleset:
+    return parse_iptables(render_restore(c, ProxierOptions(node_name="node-0"), family), f"{family}.rules")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("family", "change", "with_objects"), [
+    ("ipv4", "rollout", True), ("ipv6", "rollout", False), ("ipv4", "gentle rollout", False),
+    ("ipv6", "gentle rollout", True), ("ipv4", "unrelated", False), ("ipv6", "unrelated", True),
+])
+def test_random_cluster_pairs_give_the_same_report(family: str, change: str, with_objects: bool) -> None:
+    seed = {"ipv4": 21, "ipv6": 22}[family] + 10 * ["rollout", "gentle rollout", "unrelated"].index(change)
+    before = random_cluster(seed=seed, services=80, endpoints_per_service=3, families=(family,))  # type: ignore[arg-type]
+    after = copy.deepcopy(before)
+    if change == "unrelated":
+        _unrelated(after, random.Random(seed))
+    else:
+        _rollout(after, random.Random(seed), keep_one=change == "gentle rollout")
+    node_ips = before.node("node-0").ips
+    objects = objects_from_documents(to_objects(after)) if with_objects else None
+    a, b = _render(before, family), _render(after, family)
+    fast, full = _both(a, b, objects, node_ips)
+    assert fast == full
+    assert not fast["identical"]
+
+
+def test_random_pair_skips_most_entry_points() -> None:
+    """What makes diff fast: after a rollout, almost every entry point needs no trace."""
+    before = random_cluster(seed=5, services=200, endpoints_per_service=3)
+    after = copy.deepcopy(before)
+    _rollout(after, random.Random(5), keep_one=True)
+    from kpa.diff import _same_traces, entry_points_from_rules
+
+    a, b = _render(before, "ipv4"), _render(after, "ipv4")
+    same = _same_traces(a, b)
+    assert same is not None
+    entries = entry_points_from_rules((a, b), before.node("node-0").ips)
+    skipped = sum(1 for e in entries if same(e))
+    assert skipped > 0.7 * len(entries)
+    assert skipped < len(entries)
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_captured_random_pairs_give_the_same_report(family: str) -> None:
+    """iptables-save's own text, after a rollout and unrelated changes."""
+    from kpa.gen.capture import capture_iptables
+
+    before = random_cluster(seed=31, services=150, endpoints_per_service=3, families=(family,))  # type: ignore[arg-type]
+    after = copy.deepcopy(before)
+    rng = random.Random(31)
+    _rollout(after, rng)
+    _unrelated(after, rng)
+    options = ProxierOptions(node_name="node-0")
+    texts = [capture_iptables(render_restore(c, options, family), "nft", family)  # type: ignore[arg-type]
+             for c in (before, after)]
+    a, b = (parse_iptables(t, f"{n}.save") for n, t in zip(("a", "b"), texts, strict=True))
+    objects = objects_from_documents(to_objects(after))
+    fast, full = _both(a, b, objects, before.node("node-0").ips)
+    assert fast == full
+    assert not fast["identical"]
+
+
+# ---------------------------------------------------------------- what pins a rule
+
+
+@pytest.mark.parametrize(("text", "pin"), [
+    ('-A KUBE-SERVICES -d 10.96.0.1/32 -p tcp -m comment --comment "default/kubernetes:https cluster IP" '
+     "-m tcp --dport 443 -j KUBE-SVC-NPX46M4PTMTKRN6Y", (0x0A600001, 443)),
+    ("-A KUBE-SERVICES -m comment --comment x -m tcp -p tcp -d 10.96.0.23 --dport 443 -j KUBE-SVC-X", (0x0A600017, 443)),
+    ('-A KUBE-NODEPORTS -p tcp -m comment --comment "a:b health check node port" -m tcp --dport 30014 -j ACCEPT',
+     (None, 30014)),
+    ('-A KUBE-EXTERNAL-SERVICES -p udp -m comment --comment "x" -m addrtype --dst-type LOCAL -m udp --dport 53 '
+     "-j REJECT --reject-with icmp-port-unreachable", (None, 53)),
+    ("-A KUBE-SERVICES -d fd00:96::a/128 -p tcp -m tcp --dport 80 -j KUBE-SVC-X", (0xFD000096 << 96 | 0xA, 80)),
+    # Anything else pins nothing: negations, prefixes, ranges, more matches, other quoting.
+    ("-A KUBE-SERVICES ! -d 10.96.0.1/32 -p tcp -m tcp --dport 443 -j X", None),
+    ("-A KUBE-SERVICES -d 10.96.0.0/24 -p tcp -m tcp --dport 443 -j X", None),
+    ("-A KUBE-SERVICES -d fd00:96::/32 -p tcp -m tcp --dport 443 -j X", None),
+    ("-A KUBE-SERVICES -d 10.96.0.1/32 -p tcp -m tcp --dport 443:445 -j X", None),
+    ("-A KUBE-SERVICES -d 10.96.0.1/32 -p tcp -m tcp ! --dport 443 -j X", None),
+    ("-A KUBE-SERVICES -d 10.96.0.1/32 -s 10.0.0.0/8 -p tcp -m tcp --dport 443 -j X", None),
+    ("-A KUBE-SERVICES -d 10.96.0.1/32 -p tcp -m tcp --dport 443 -m tcp --dport 444 -j X", None),
+    ("-A KUBE-SERVICES -d 10.96.0.1/32 -p udp -m tcp --dport 443 -j X", None),
+    ("-A KUBE-SERVICES -d 10.96.0.1/32 -p tcp -m addrtype --dst-type LOCAL -m tcp --dport 443 -j X", None),
+    ("-A KUBE-SERVICES -p tcp -m addrtype --src-type LOCAL -m tcp --dport 443 -j X", None),
+    ("-A KUBE-SERVICES -d 10.96.0.1/32 -p tcp -m tcp --dport 443 -j LOG --log-prefix 'a b'", None),
+    ('-A KUBE-SERVICES -d 10.96.0.1/32 -p tcp -m comment --comment "a" --comment "b" -m tcp --dport 443 -j X', None),
+    ("-A KUBE-SERVICES -d 10.96.0.256/32 -p tcp -m tcp --dport 443 -j X", None),
+    ("-A KUBE-SERVICES -d 010.96.0.1/32 -p tcp -m tcp --dport 443 -j X", None),
+])
+def test_pins_are_read_only_from_plain_dispatch_rules(text: str, pin: tuple[int | None, int] | None) -> None:
+    assert _pin(text) == pin
