@@ -586,11 +586,18 @@ def compare_entry(
     tb: _Tracer,
     objects: ClusterObjects | None,
     node_ips: list[str],
+    classes: dict[tuple[int, bool], list[SourceClass]] | None = None,
 ) -> list[SourceDiff]:
+    """Where A and B differ for one entry point; `classes` caches source classes across calls."""
     loopback = ipaddress.ip_address(e.address) in _LOOPBACK[e.version]
     diffs: list[SourceDiff] = []
     traced: dict[str, tuple[list[Outcome], list[Outcome]]] = {}
-    for sc in source_classes(objects, node_ips, e.version, loopback):
+    if classes is None:
+        classes = {}
+    key = (e.version, loopback)
+    if key not in classes:
+        classes[key] = source_classes(objects, node_ips, e.version, loopback)
+    for sc in classes[key]:
         if sc.origin not in traced:
             traced[sc.origin] = (ta.run(e, sc.origin), tb.run(e, sc.origin))
         oa, ob = traced[sc.origin]
@@ -679,8 +686,7 @@ def _same_traces(a: Ruleset, b: Ruleset) -> Callable[[EntryPoint], bool] | None:
             bases[family] = ba is not None and bb is not None and ba.seen == bb.seen
         if not bases[family]:
             return False
-        sig = sa.signature(family, dst, e.port)
-        return sig is not None and sig == sb.signature(family, dst, e.port)
+        return sa.same(sb, family, dst, e.port)
 
     return same
 
@@ -730,11 +736,12 @@ def diff_rulesets(
         ports[key].entries.append(e)
     ta, tb = _Tracer(a, node_ips, "A"), _Tracer(b, node_ips, "B")
     same = _same_traces(a, b) if shortcut else None
+    classes: dict[tuple[int, bool], list[SourceClass]] = {}
     total = len(entries)
     done = 0
     for p in ports.values():
         for e in p.entries:
-            sources = [] if same is not None and same(e) else compare_entry(e, ta, tb, objects, node_ips)
+            sources = [] if same is not None and same(e) else compare_entry(e, ta, tb, objects, node_ips, classes)
             if sources:
                 p.differences.append(EntryDiff(e, sources))
             done += 1

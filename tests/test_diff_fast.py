@@ -12,6 +12,7 @@ and unrelated changes, IPv4 and IPv6, iptables-save text through the kernel
 from __future__ import annotations
 
 import copy
+import ipaddress
 import json
 import random
 from pathlib import Path
@@ -25,8 +26,10 @@ from kpa.gen.iptables import render_restore
 from kpa.gen.objects import to_objects
 from kpa.gen.options import ProxierOptions
 from kpa.k8s.objects import ClusterObjects, load_objects, objects_from_documents
+from kpa.netfilter.domain import IntSet, describe_addresses
+from kpa.netfilter.index import build, text_pin
 from kpa.netfilter.model import Family, Ruleset
-from kpa.netfilter.reach import Signatures, _pin
+from kpa.netfilter.reach import Signatures
 from kpa.parse.iptables_save import parse_iptables
 from kpa.sources import load_rules
 
@@ -166,6 +169,12 @@ def test_random_pair_skips_most_entry_points() -> None:
     skipped = sum(1 for e in entries if same(e))
     assert skipped > 0.7 * len(entries)
     assert skipped < len(entries)
+    # Walking A while checking B's chains decides as comparing both sides' signatures does.
+    sa, sb = Signatures(a), Signatures(b)
+    for e in entries:
+        dst = int(ipaddress.ip_address(e.address))
+        ga, gb = sa.signature(Family.IPV4, dst, e.port), sb.signature(Family.IPV4, dst, e.port)
+        assert sa.same(sb, Family.IPV4, dst, e.port) == (ga is not None and ga == gb)
 
 
 @pytest.mark.kernel
@@ -210,7 +219,9 @@ def test_captured_random_pairs_give_the_same_report(family: str) -> None:
     ("-A KUBE-SERVICES -d 10.96.0.1/32 -s 10.0.0.0/8 -p tcp -m tcp --dport 443 -j X", None),
     ("-A KUBE-SERVICES -d 10.96.0.1/32 -p tcp -m tcp --dport 443 -m tcp --dport 444 -j X", None),
     ("-A KUBE-SERVICES -d 10.96.0.1/32 -p udp -m tcp --dport 443 -j X", None),
-    ("-A KUBE-SERVICES -d 10.96.0.1/32 -p tcp -m addrtype --dst-type LOCAL -m tcp --dport 443 -j X", None),
+    ("-A KUBE-SERVICES -d 10.96.0.1/32 -p tcp -m addrtype --dst-type LOCAL -m tcp --dport 443 -j X", (0x0A600001, 443)),
+    ("-A KUBE-SERVICES -p tcp -m addrtype --dst-type LOCAL,BROADCAST -m tcp --dport 443 -j X", None),
+    ("-A KUBE-SERVICES -p tcp -m addrtype --dst-type LOCAL -m tcp --dport 443 -j DNAT --to-destination 1.2.3.4", None),
     ("-A KUBE-SERVICES -p tcp -m addrtype --src-type LOCAL -m tcp --dport 443 -j X", None),
     ("-A KUBE-SERVICES -d 10.96.0.1/32 -p tcp -m tcp --dport 443 -j LOG --log-prefix 'a b'", None),
     ('-A KUBE-SERVICES -d 10.96.0.1/32 -p tcp -m comment --comment "a" --comment "b" -m tcp --dport 443 -j X', None),
@@ -218,4 +229,63 @@ def test_captured_random_pairs_give_the_same_report(family: str) -> None:
     ("-A KUBE-SERVICES -d 010.96.0.1/32 -p tcp -m tcp --dport 443 -j X", None),
 ])
 def test_pins_are_read_only_from_plain_dispatch_rules(text: str, pin: tuple[int | None, int] | None) -> None:
-    assert _pin(text) == pin
+    assert text_pin(text) == pin
+
+
+def _indexes(rs: Ruleset) -> dict[str, Any]:
+    return {f"{t.family.value} {t.name}/{c.name}": build(c) for t in rs.tables for c in t.chains.values()
+            if len(c.rules) > 1}
+
+
+@pytest.mark.parametrize("save", SAVES, ids=lambda p: p.name)
+def test_index_from_rule_text_is_the_index_from_built_rules(save: Path) -> None:
+    text = save.read_text()
+    assert _indexes(parse_iptables(text, save.name)) == _indexes(parse_iptables(text, save.name, shapes=False))
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_random_cluster_index_from_rule_text_is_the_index_from_built_rules(family: str) -> None:
+    cluster = random_cluster(seed=41, services=300, endpoints_per_service=2, families=(family,))  # type: ignore[arg-type]
+    text = render_restore(cluster, ProxierOptions(node_name="node-0"), family)  # type: ignore[arg-type]
+    lazy = parse_iptables(text, "lazy.rules")
+    indexes = _indexes(lazy)
+    assert any(i.by_dst for i in indexes.values()) and any(i.by_dport for i in indexes.values())
+    assert indexes == _indexes(parse_iptables(text, "full.rules", shapes=False))
+
+
+# ---------------------------------------------------------------- address text
+
+
+def _summarised(values: IntSet, version: int) -> list[str]:
+    """What describe_addresses means, spelled with ipaddress."""
+    cls = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
+    out: list[str] = []
+    for lo, hi in values:
+        nets = list(ipaddress.summarize_address_range(cls(lo), cls(hi)))  # type: ignore[arg-type]
+        if len(nets) <= 4:
+            out.extend(n.compressed if n.prefixlen != n.max_prefixlen else str(n.network_address) for n in nets)
+        else:
+            out.append(f"{cls(lo)}-{cls(hi)}")
+    return out
+
+
+def test_address_sets_are_described_as_ipaddress_summarises_them() -> None:
+    rng = random.Random(7)
+    for _ in range(5000):
+        version = rng.choice([4, 6])
+        bits = 32 if version == 4 else 128
+        values = IntSet()
+        for _ in range(rng.randrange(1, 4)):
+            a = rng.randrange(0, 1 << bits)
+            if rng.random() < 0.5:
+                host = rng.randrange(0, bits + 1)
+                a = a >> host << host
+                b = a + (1 << host) - 1
+            else:
+                b = min(a + rng.randrange(0, 1 << rng.randrange(0, bits)), (1 << bits) - 1)
+            values = values | IntSet.range(a, b)
+        assert describe_addresses(values, version) == _summarised(values, version)
+    for version, bits in ((4, 32), (6, 128)):
+        for values in (IntSet.range(0, (1 << bits) - 1), IntSet.single(0), IntSet.single((1 << bits) - 1),
+                       IntSet.range(1, (1 << bits) - 2)):
+            assert describe_addresses(values, version) == _summarised(values, version)

@@ -124,17 +124,36 @@ def network_set(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> IntSet:
     return IntSet.range(int(net.network_address), int(net.broadcast_address))
 
 
+def _address_text(value: int, version: int) -> str:
+    if version == 4:
+        return f"{value >> 24}.{value >> 16 & 255}.{value >> 8 & 255}.{value & 255}"
+    return str(ipaddress.IPv6Address(value))
+
+
+def _blocks(lo: int, hi: int, bits: int, most: int) -> list[tuple[int, int]] | None:
+    """The CIDR blocks (address, prefix length) that cover lo..hi exactly, as
+    ipaddress.summarize_address_range gives them; None if there are more than `most`."""
+    out: list[tuple[int, int]] = []
+    while lo <= hi:
+        if len(out) == most:
+            return None
+        host_bits = min((lo & -lo).bit_length() - 1 if lo else bits, (hi - lo + 1).bit_length() - 1)
+        out.append((lo, bits - host_bits))
+        lo += 1 << host_bits
+    return out
+
+
 def describe_addresses(values: IntSet, version: int) -> list[str]:
     """Render an address set as the fewest CIDRs (or ranges when that is shorter)."""
-    cls = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
+    bits = 32 if version == 4 else 128
     out: list[str] = []
     for lo, hi in values:
-        nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = list(
-            ipaddress.summarize_address_range(cls(lo), cls(hi)))
-        if len(nets) <= 4:
-            out.extend(n.compressed if n.prefixlen != n.max_prefixlen else str(n.network_address) for n in nets)
+        blocks = _blocks(lo, hi, bits, 4)
+        if blocks is not None:
+            out.extend(_address_text(a, version) if prefix == bits else f"{_address_text(a, version)}/{prefix}"
+                       for a, prefix in blocks)
         else:
-            out.append(f"{cls(lo)}-{cls(hi)}")
+            out.append(f"{_address_text(lo, version)}-{_address_text(hi, version)}")
     return out
 
 

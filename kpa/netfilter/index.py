@@ -11,10 +11,12 @@ the rules that may apply, in chain order.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from kpa.netfilter.model import Chain, Rule
+from kpa.netfilter.model import Chain, LazyRule, Rule
 from kpa.netfilter.packet import READ_GROUP, READ_VAL, State, note_read
 
 # Below this size a plain scan is as fast as consulting the index.
@@ -43,9 +45,88 @@ def pinned(rule: Rule, field: str) -> int | None:
     return None
 
 
+_COMMENT = re.compile(r'--comment (?:"(?:[^"\\]|\\.)*"|\S+)')
+_PIN_OPTIONS = {"-p", "-m", "--dport", "-d", "--dst-type", "-j", "--reject-with"}
+
+
+def text_pin(text: str) -> tuple[int | None, int] | None:
+    """(address, port) a kube-proxy dispatch rule requires of the destination, or None.
+
+    Only rules made of nothing but a protocol, its port match with one
+    destination port, an optional exact destination address, an optional
+    `addrtype --dst-type LOCAL`, a comment and a target are recognised; the
+    address is None when the rule pins only the port.
+    """
+    if "!" in text:
+        return None
+    if "--comment" in text:
+        text = _COMMENT.sub("", text, count=1)
+    if '"' in text or "'" in text or "\\" in text or "--comment" in text:
+        return None
+    tokens = text.split()
+    if len(tokens) % 2 or tokens[0] != "-A":
+        return None
+    opts: dict[str, str] = {}
+    modules: set[str] = set()
+    for k in range(2, len(tokens), 2):
+        option, value = tokens[k], tokens[k + 1]
+        if option not in _PIN_OPTIONS:
+            return None
+        if option == "-m":
+            if value in modules:
+                return None
+            modules.add(value)
+        elif option in opts:
+            return None
+        else:
+            opts[option] = value
+    proto = opts.get("-p")
+    if proto not in ("tcp", "udp", "sctp") or "--dport" not in opts or "-j" not in opts:
+        return None
+    if not modules <= {proto, "comment", "addrtype"} or ("addrtype" in modules) != ("--dst-type" in opts):
+        return None
+    if opts.get("--dst-type", "LOCAL") != "LOCAL" or ("--reject-with" in opts and opts["-j"] != "REJECT"):
+        return None
+    port = opts["--dport"]
+    if not (port.isdigit() and port.isascii() and len(port) <= 5 and int(port) < 65536):
+        return None
+    if "-d" not in opts:
+        return None, int(port)
+    addr, _, prefix = opts["-d"].partition("/")
+    dst = address_value(addr, prefix or ("128" if ":" in addr else "32"))
+    return None if dst is None else (dst, int(port))
+
+
+def address_value(text: str, prefix: str) -> int | None:
+    """The address `text` as an integer if `prefix` makes it a single host (32 for IPv4, 128 for IPv6)."""
+    if prefix == "32":
+        parts = text.split(".")
+        # The canonical dotted quad iptables-save prints; anything else goes through ipaddress.
+        if len(parts) == 4 and all(p.isdigit() and p.isascii() and (p == "0" or p[0] != "0") and int(p) < 256
+                                   for p in parts):
+            a, b, c, d = (int(p) for p in parts)
+            return (a << 24) | (b << 16) | (c << 8) | d
+    try:
+        parsed = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if (parsed.version, prefix) not in ((4, "32"), (6, "128")):
+        return None
+    return int(parsed)
+
+
 def build(chain: Chain) -> DstIndex:
     idx = DstIndex([], {}, {}, {})
     for pos, rule in enumerate(chain.rules):
+        # kube-proxy's dispatch rules say what they pin in plain text: reading it there
+        # leaves a lazy rule unbuilt. Exactly what `pinned` finds once the rule is built.
+        pin = text_pin(rule.text) if isinstance(rule, LazyRule) else None
+        if pin is not None:
+            if pin[0] is not None:
+                idx.by_dst.setdefault(pin[0], []).append(pos)
+            else:
+                idx.by_dport.setdefault(pin[1], []).append(pos)
+            continue
         dst = pinned(rule, "dst")
         if dst is not None:
             idx.by_dst.setdefault(dst, []).append(pos)

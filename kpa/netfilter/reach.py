@@ -34,13 +34,13 @@ makes the signature larger).
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from kpa.netfilter.engine import MAX_DEPTH
-from kpa.netfilter.index import MIN_RULES
+from kpa.netfilter.index import MIN_RULES, address_value
+from kpa.netfilter.index import text_pin as _pin
 from kpa.netfilter.model import HOOKS, Chain, Family, Ruleset, Table
 
 _COMMENT = re.compile(r'--comment (?:"(?:[^"\\]|\\.)*"|\S+)')
@@ -54,15 +54,18 @@ _KEEPS_DST = frozenset({"ACCEPT", "DROP", "RETURN", "REJECT", "MARK", "CONNMARK"
 MAX_BRANCHES = 32
 
 ANY = object()  # a rule that may set the destination to anything
+_SAME = object()
 
 
 class _Summary:
     """What some rules of a chain contribute to a signature walk."""
 
-    __slots__ = ("anything", "branches", "dports", "dsts", "refs", "safe")
+    __slots__ = ("anything", "branches", "dports", "dsts", "kids", "refs", "safe")
 
     def __init__(self) -> None:
         self.refs: list[str] = []
+        # The chains `refs` name, resolved in the table (None: no such chain).
+        self.kids: list[tuple[Table, Chain | None]] = []
         self.dsts: set[int] = set()
         self.dports: set[int] = set()
         self.anything = False  # a rule may set the destination to anything
@@ -71,7 +74,7 @@ class _Summary:
 
 
 class _ChainInfo:
-    __slots__ = ("by_dport", "by_dst", "full", "generic", "groups", "indexed", "rules", "texts")
+    __slots__ = ("by_dport", "by_dst", "full", "generic", "groups", "indexed", "rules", "same_in", "texts")
 
     def __init__(self, texts: tuple[str, ...]) -> None:
         self.texts = texts
@@ -82,6 +85,7 @@ class _ChainInfo:
         self.full: _Summary | None = None
         self.groups: dict[Any, _Summary] = {}
         self.rules: dict[int, tuple[tuple[str, ...], Any, bool, int]] = {}
+        self.same_in: dict[int, bool] = {}  # id(other Signatures) -> same texts there
 
 
 class _Base:
@@ -109,6 +113,7 @@ class Signatures:
             self.usable = _depth_ok(ruleset)
         self._chains: dict[int, _ChainInfo] = {}
         self._bases: dict[Family, _Base | None] = {}
+        self._tables = {(t.family, t.name): t for t in ruleset.tables}
         self._reached: list[tuple[Table, Chain]] = []
 
     def context(self) -> Any:
@@ -155,7 +160,7 @@ class Signatures:
         elif targets and targets[0] not in table.chains and targets[0] not in _KEEPS_DST:
             m = _DNAT.search(text) if targets[0] == "DNAT" else None
             if m and m.end() == len(text.rstrip()):
-                addr = _address(m.group(1) or m.group(2), "128" if m.group(2) else "32")
+                addr = address_value(m.group(1) or m.group(2), "128" if m.group(2) else "32")
                 dnat = ANY if addr is None else (addr, int(m.group(3)) if m.group(3) else None)
             else:
                 dnat = ANY
@@ -176,6 +181,7 @@ class Signatures:
                     s.dsts.add(dnat[0])
                 if dnat[1] is not None:
                     s.dports.add(dnat[1])
+        s.kids = [(table, table.chains.get(n)) for n in s.refs]
         return s
 
     def base(self, family: Family) -> _Base | None:
@@ -205,83 +211,109 @@ class Signatures:
 
         None: no signature, the packet must be traced.
         """
+        return self._extra(family, dst, dport, None)
+
+    def same(self, other: Signatures, family: Family, dst: int, dport: int) -> bool:
+        """Whether a trace of this packet reads the same rules here and in `other`, whose base must be ours.
+
+        Equal to ``signature(...) == other.signature(...)`` when neither is None: a
+        walk here that reads only what `other` holds identically is the walk there.
+        """
+        return self._extra(family, dst, dport, other) is _SAME
+
+    def _other_texts(self, other: Signatures, table: Table, chain: Chain) -> tuple[str, ...] | None:
+        """`other`'s rule texts for the chain of this name, or None if it has no such chain."""
+        t = other._tables.get((table.family, table.name))
+        c = t.chains.get(chain.name) if t is not None else None
+        return None if c is None else other._chain(c).texts
+
+    def _extra(self, family: Family, dst: int, dport: int, other: Signatures | None) -> Any | None:
         base = self.base(family)
         if base is None:
             return None
         if base.anything:
-            walked = self._walk(family, {dst}, {dport}, True)
-            return None if walked is None else walked[0]
+            return self._without_pruning(family, dst, dport, other)
         dsts, dports = {dst} | base.dsts, {dport} | base.dports
         reads: dict[tuple[str, str], set[int]] = {}  # indexed chains: the positions read
         indexed: list[tuple[Table, Chain]] = list(base.indexed)
-        done: dict[tuple[str, str], tuple[set[int], set[int]]] = {}  # per indexed chain: dsts, dports seen
+        done_d: set[int] = set()  # the destinations and ports every indexed chain has been searched for
+        done_p: set[int] = set()
         extra: dict[tuple[str, str], tuple[str, ...]] = {}
-        stack: list[tuple[Table, Chain]] = []
+        stack: list[tuple[Table, Chain | None]] = []
         branches = base.branches
+        fresh: list[tuple[Table, Chain]] = []  # indexed chains found since the last search
+        seen_base = base.seen
         while True:
-            grew = False
-            for table, chain in indexed:
-                key = (table.name, chain.name)
+            new_d, new_p = dsts - done_d, dports - done_p
+            searches = [(tc, new_d, new_p) for tc in indexed] if new_d or new_p else []
+            searches.extend((tc, dsts, dports) for tc in fresh)
+            indexed.extend(fresh)
+            fresh = []
+            done_d |= new_d
+            done_p |= new_p
+            for (table, chain), ds, ps in searches:
                 info = self._chain(chain)
-                seen_d, seen_p = done.setdefault(key, (set(), set()))
                 new: list[int] = []
                 summaries: list[_Summary] = []
-                for d in dsts - seen_d:
+                for d in ds:
                     group = info.by_dst.get(d)
                     if group:
                         new.extend(group)
                         summaries.append(self._group(table, chain, info, ("d", d), group))
-                for p in dports - seen_p:
+                for p in ps:
                     group = info.by_dport.get(p)
                     if group:
                         new.extend(group)
                         summaries.append(self._group(table, chain, info, ("p", p), group))
-                seen_d |= dsts
-                seen_p |= dports
                 if not new:
                     continue
-                reads.setdefault(key, set(info.generic)).update(new)
-                summary = summaries[0] if len(summaries) == 1 else _merge(summaries)
-                if not summary.safe:
-                    return None
-                if summary.anything:
-                    walked = self._walk(family, {dst}, {dport}, True)
-                    return None if walked is None else walked[0]
-                branches += summary.branches
-                dsts |= summary.dsts
-                dports |= summary.dports
-                stack.extend((table, table.chains[n]) if n in table.chains else (table, None)  # type: ignore[misc]
-                             for n in summary.refs)
-            while stack:
-                table, chain = stack.pop()
-                if chain is None:
-                    return None  # a jump to an undefined chain: the trace warns
                 key = (table.name, chain.name)
-                if key in base.seen or key in extra:
+                got = reads.get(key)
+                if got is None:
+                    got = reads[key] = set(info.generic)
+                got.update(new)
+                for summary in summaries:
+                    if not summary.safe:
+                        return None
+                    if summary.anything:
+                        return self._without_pruning(family, dst, dport, other)
+                    branches += summary.branches
+                    dsts |= summary.dsts
+                    dports |= summary.dports
+                    stack.extend(summary.kids)
+            while stack:
+                tbl, ch = stack.pop()
+                if ch is None:
+                    return None  # a jump to an undefined chain: the trace warns
+                key = (tbl.name, ch.name)
+                if key in seen_base or key in extra:
                     continue
-                grew = True
-                info = self._chain(chain)
+                info = self._chain(ch)
                 if info.indexed:
                     extra[key] = ()
-                    indexed.append((table, chain))
+                    fresh.append((tbl, ch))
                     reads.setdefault(key, set(info.generic))
-                    summary = self._group(table, chain, info, "generic", info.generic)
+                    summary = self._group(tbl, ch, info, "generic", info.generic)
                 else:
+                    if other is not None:
+                        same = info.same_in.get(id(other))
+                        if same is None:
+                            same = info.same_in[id(other)] = self._other_texts(other, tbl, ch) == info.texts
+                        if not same:
+                            return None  # this chain differs: so do the traces, as far as is known
                     extra[key] = info.texts
                     if info.full is None:
-                        info.full = self._summary(table, chain, info, range(len(info.texts)))
+                        info.full = self._summary(tbl, ch, info, range(len(info.texts)))
                     summary = info.full
                 if not summary.safe:
                     return None
                 if summary.anything:
-                    walked = self._walk(family, {dst}, {dport}, True)
-                    return None if walked is None else walked[0]
+                    return self._without_pruning(family, dst, dport, other)
                 branches += summary.branches
                 dsts |= summary.dsts
                 dports |= summary.dports
-                stack.extend((table, table.chains[n]) if n in table.chains else (table, None)  # type: ignore[misc]
-                             for n in summary.refs)
-            if not grew and all(done.get((t.name, c.name), (set(), set())) == (dsts, dports) for t, c in indexed):
+                stack.extend(summary.kids)
+            if not fresh and dsts == done_d and dports == done_p:
                 break
         if branches > MAX_BRANCHES:
             return None
@@ -290,7 +322,29 @@ class Signatures:
             if key in reads:
                 texts = self._chain(chain).texts
                 extra[key] = tuple(texts[i] for i in sorted(reads[key]))
-        return tuple(sorted(extra.items()))
+            if other is not None:
+                t = other._tables.get((table.family, table.name))
+                c = t.chains.get(chain.name) if t is not None else None
+                if c is None:
+                    return None
+                o = other._chain(c)
+                if not o.indexed:
+                    return None
+                positions = set(o.generic)
+                for d in dsts:
+                    positions.update(o.by_dst.get(d, ()))
+                for p in dports:
+                    positions.update(o.by_dport.get(p, ()))
+                if tuple(o.texts[i] for i in sorted(positions)) != extra.get(key, base.seen.get(key)):
+                    return None
+        return _SAME if other is not None else tuple(sorted(extra.items()))
+
+    def _without_pruning(self, family: Family, dst: int, dport: int, other: Signatures | None) -> Any | None:
+        walked = self._walk(family, {dst}, {dport}, True)
+        if walked is None or other is None:
+            return None if walked is None else walked[0]
+        theirs = other._walk(family, {dst}, {dport}, True)
+        return _SAME if theirs is not None and walked[0] == theirs[0] else None
 
     def _walk(self, family: Family, dsts: set[int], dports: set[int],
               anything: bool) -> tuple[Any, set[int], set[int], bool, int] | None:
@@ -340,69 +394,6 @@ class Signatures:
         return tuple(sorted(seen.items())), found_dsts, found_dports, found_anything, branches
 
 
-_PIN_OPTIONS = {"-p", "-m", "--dport", "-d", "--dst-type", "-j", "--reject-with"}
-
-
-def _pin(text: str) -> tuple[int | None, int] | None:
-    """(address, port) a kube-proxy dispatch rule requires of the destination, or None.
-
-    Only rules made of nothing but a protocol, its port match with one
-    destination port, an optional exact destination address, an optional
-    `addrtype --dst-type LOCAL`, a comment and a target are recognised; the
-    address is None when the rule pins only the port.
-    """
-    if "!" in text:
-        return None
-    if "--comment" in text:
-        text = _COMMENT.sub("", text, count=1)
-    if '"' in text or "'" in text or "\\" in text or "--comment" in text:
-        return None
-    tokens = text.split()
-    if len(tokens) % 2 or tokens[0] != "-A":
-        return None
-    opts: dict[str, str] = {}
-    modules: set[str] = set()
-    for k in range(2, len(tokens), 2):
-        option, value = tokens[k], tokens[k + 1]
-        if option not in _PIN_OPTIONS:
-            return None
-        if option == "-m":
-            if value in modules:
-                return None
-            modules.add(value)
-        elif option in opts:
-            return None
-        else:
-            opts[option] = value
-    proto = opts.get("-p")
-    if proto not in ("tcp", "udp", "sctp") or "--dport" not in opts or "-j" not in opts:
-        return None
-    if not modules <= {proto, "comment", "addrtype"} or ("addrtype" in modules) != ("--dst-type" in opts):
-        return None
-    if opts.get("--dst-type", "LOCAL") != "LOCAL" or ("--reject-with" in opts and opts["-j"] != "REJECT"):
-        return None
-    port = opts["--dport"]
-    if not (port.isdigit() and port.isascii() and len(port) <= 5 and int(port) < 65536):
-        return None
-    if "-d" not in opts:
-        return None, int(port)
-    addr, _, prefix = opts["-d"].partition("/")
-    dst = _address(addr, prefix or ("128" if ":" in addr else "32"))
-    return None if dst is None else (dst, int(port))
-
-
-def _merge(summaries: list[_Summary]) -> _Summary:
-    out = _Summary()
-    for s in summaries:
-        out.refs.extend(s.refs)
-        out.dsts |= s.dsts
-        out.dports |= s.dports
-        out.anything = out.anything or s.anything
-        out.safe = out.safe and s.safe
-        out.branches += s.branches
-    return out
-
-
 def _depth_ok(ruleset: Ruleset) -> bool:
     """No loop among the chains, and no chain nesting deeper than the engine follows without a warning."""
     for t in ruleset.tables:
@@ -431,20 +422,3 @@ def _depth_ok(ruleset: Ruleset) -> bool:
         if max(depth.values(), default=0) > MAX_DEPTH // 2:
             return False
     return True
-
-
-def _address(text: str, prefix: str) -> int | None:
-    if prefix == "32":
-        parts = text.split(".")
-        # The canonical dotted quad iptables-save prints; anything else goes through ipaddress.
-        if len(parts) == 4 and all(p.isdigit() and p.isascii() and (p == "0" or p[0] != "0") and int(p) < 256
-                                   for p in parts):
-            a, b, c, d = (int(p) for p in parts)
-            return (a << 24) | (b << 16) | (c << 8) | d
-    try:
-        parsed = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    if (parsed.version, prefix) not in ((4, "32"), (6, "128")):
-        return None
-    return int(parsed)
