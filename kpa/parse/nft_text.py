@@ -50,7 +50,20 @@ class Tok:
     quoted: bool = False
 
 
+# Without quotes, what `tokenize_by_char` finds: ";", braces, parentheses, a "," before a blank,
+# a "}" or the end, and runs of anything else but blanks, braces, parentheses, quotes and ";".
+# tests/test_nft_fast.py holds the two to each other.
+_UNQUOTED_TOKEN = re.compile(r'[;{}()]|,(?=[ \t}]|\Z)|(?:[^ \t{}();",]|,(?![ \t}]|\Z))+')
+
+
 def tokenize(line: str, file: str, lineno: int) -> list[Tok]:
+    if '"' not in line:
+        return [Tok(t) for t in _UNQUOTED_TOKEN.findall(line)]
+    return tokenize_by_char(line, file, lineno)
+
+
+def tokenize_by_char(line: str, file: str, lineno: int) -> list[Tok]:
+    """`tokenize`, a character at a time (any line, quoted strings included)."""
     out: list[Tok] = []
     i, n = 0, len(line)
     while i < n:
@@ -847,6 +860,8 @@ def statements_from_text(text: str, file: str, lineno: int) -> list[dict[str, An
 
 def _depth(line: str) -> int:
     """How many more `{` than `}` a line opens, outside quoted strings."""
+    if '"' not in line:
+        return line.count("{") - line.count("}")
     depth, quoted = 0, False
     for c in line:
         if c == '"':
