@@ -43,3 +43,25 @@ def test_random_lines_tokenize_the_same() -> None:
         line = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 30)))
         assert tokenize(line, "f", 1) == tokenize_by_char(line, "f", 1), repr(line)
         assert _depth(line) == _depth_by_char(line)
+
+
+def test_dotted_quads_read_as_ipaddress_reads_them() -> None:
+    import ipaddress
+
+    from kpa.ext.nft.base import _dotted_quad
+
+    rng = random.Random(5)
+    samples = ["0.0.0.0", "255.255.255.255", "10.0.0.1", "1.2.3", "1.2.3.4.5", "01.2.3.4", "1.2.3.256", "1..2.3",
+               "٣.1.1.1", "1.2.3.4 ", " 1.2.3.4", "+1.2.3.4", "1.2.3.-4", "0x1.2.3.4", "00.0.0.0", ""]
+    for _ in range(20000):
+        parts = [rng.choice([str(rng.randrange(256)), str(rng.randrange(1000)), "0" + str(rng.randrange(10)), "",
+                             "a"]) if rng.random() < 0.1 else str(rng.randrange(256)) for _ in range(4)]
+        samples.append(".".join(parts))
+    for text in samples:
+        try:
+            expected: int | None = int(ipaddress.IPv4Address(text))
+        except ValueError:
+            expected = None
+        assert _dotted_quad(text) in (expected, None)
+        if expected is not None and str(ipaddress.IPv4Address(text)) == text:
+            assert _dotted_quad(text) == expected  # every canonical spelling takes the fast path

@@ -249,6 +249,8 @@ class Builder:
     # Rules are lowered once every table, chain, set and map is known, so the order of the input does not matter.
     pending: list[PendingRule] = field(default_factory=list)
     _anon: int = 0
+    # The statements of the JSON rule being built and their texts: id -> (statement, text).
+    _texts: dict[int, tuple[Any, str]] = field(default_factory=dict)
 
     def error(self, line: int | None, message: str) -> InputError:
         return InputError(self.file, line, message)
@@ -420,6 +422,11 @@ class Builder:
         counters: tuple[int, int] | None = None
         comment = p.comment if isinstance(p.comment, str) or p.comment is None else str(p.comment)
         stmts = p.stmts
+        texts: list[str] | None = None
+        if p.text is None:
+            # JSON input: each statement's text goes into the rule's text and its expressions' labels.
+            texts = [fmt_stmt(s) if isinstance(s, dict) else str(s) for s in stmts]
+            self._texts = {id(s): (s, t) for s, t in zip(stmts, texts, strict=True) if isinstance(s, dict)}
         for stmt in stmts:
             if isinstance(stmt, str):
                 # nft 1.0 prints an anonymous chain in JSON as its text (`jump { ... }`).
@@ -450,7 +457,7 @@ class Builder:
                 # A statement of a known kind whose attributes do not have nft's shapes.
                 raise self.error(line, f"{clip(fmt_stmt(stmt))}: expected nft's JSON shape for this statement "
                                        f"({type(exc).__name__}: {clip(str(exc))})") from None
-        rule_text = p.text if p.text is not None else " ".join(fmt_stmt(s) if isinstance(s, dict) else str(s) for s in stmts)
+        rule_text = " ".join(texts) if texts is not None else p.text or ""
         handle = p.handle if isinstance(p.handle, int) and not isinstance(p.handle, bool) else None
         r = Rule(table.name, chain_name, len(chain.rules) + 1, exprs, Location(self.file, line or 0), rule_text,
                  comment=comment, counters=counters, handle=handle)
@@ -501,6 +508,11 @@ class Builder:
         return self.ruleset
 
     # -- lowering ------------------------------------------------------------
+    def stmt_text(self, stmt: dict[str, Any]) -> str:
+        """fmt_stmt(stmt), worked out once per statement of the rule being built."""
+        known = self._texts.get(id(stmt))
+        return known[1] if known is not None and known[0] is stmt else fmt_stmt(stmt)
+
     def key(self, raw: Any, family: str) -> Key:
         if not isinstance(raw, dict) or len(raw) != 1:
             raise UnmodelledKey(f"{fmt(raw)} is not a modelled key")
@@ -643,12 +655,12 @@ class Builder:
         masked = isinstance(left, dict) and len(left) == 1 and isinstance(left.get("&"), list) and len(left["&"]) == 2
         fk = flag_key(left["&"][0] if masked else left)
         if fk is not None and not (isinstance(right, str) and right.startswith("@")):
-            return flag_match(fk, left["&"][1] if masked else None, str(op), right, fmt_stmt(stmt))
+            return flag_match(fk, left["&"][1] if masked else None, str(op), right, self.stmt_text(stmt))
         try:
             key = self.key(v["left"], table.family.value)
         except UnmodelledKey as exc:
             return [self.unknown(stmt, str(exc))]
-        text = fmt_stmt(stmt)
+        text = self.stmt_text(stmt)
         negated = op == "!="
         try:
             if isinstance(right, str) and right.startswith("@"):
@@ -679,7 +691,7 @@ class Builder:
                 ">=": IntSet.range(n, top)}[op]
 
     def lower_vmap(self, stmt: dict[str, Any], v: dict[str, Any], table: Table) -> list[Expr]:
-        text = fmt_stmt(stmt)
+        text = self.stmt_text(stmt)
         try:
             key = self.key(v.get("key"), table.family.value)
         except UnmodelledKey as exc:
@@ -710,7 +722,7 @@ class Builder:
 
     def lower_nat(self, stmt: dict[str, Any], kind: str, v: dict[str, Any], table: Table) -> list[Expr]:
         name = {"dnat": "DNAT", "snat": "SNAT", "masquerade": "MASQUERADE", "redirect": "REDIRECT"}[kind]
-        text = fmt_stmt(stmt)
+        text = self.stmt_text(stmt)
         addr = v.get("addr")
         port = v.get("port")
         if isinstance(addr, dict) and "map" in addr:

@@ -226,7 +226,27 @@ def _network(dtype: str, text: str) -> IntSet:
     return network_set(net)
 
 
+def _dotted_quad(text: str) -> int | None:
+    """A canonical dotted quad (what nft prints) as an integer; None for anything else."""
+    parts = text.split(".")
+    if len(parts) != 4:
+        return None
+    value = 0
+    for p in parts:
+        if not (p.isascii() and p.isdigit() and (p == "0" or p[0] != "0")):
+            return None
+        n = int(p)
+        if n > 255:
+            return None
+        value = value << 8 | n
+    return value
+
+
 def _scalar(dtype: str, text: str) -> int:
+    if dtype == "ipv4_addr":
+        fast = _dotted_quad(text)
+        if fast is not None:
+            return fast
     if dtype in ("ipv4_addr", "ipv6_addr"):
         return int(_address(dtype, text))
     if dtype == "inet_service":
