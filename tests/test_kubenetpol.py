@@ -119,6 +119,9 @@ def test_cli_trace_says_who_decided(tmp_path: Path, objects: object) -> None:
         in outcome["reason"]
     text = CliRunner().invoke(cli, [*args, "-c", str(CLUSTER), "-v"])
     assert "decided by kube-network-policies (queue 100)" in text.output
+    allowed = CliRunner().invoke(cli, [*args[:-1], "9090", "-c", str(CLUSTER)])
+    assert "ACCEPT" in allowed.output and "↳ why: decided by kube-network-policies (queue 100): allowed — pod/a/web " \
+        "-> pod/b/remote port 9090/TCP" in allowed.output
     plain = CliRunner().invoke(cli, [*args, "-o", "json"])
     assert [o["verdict"] for o in json.loads(plain.output)["outcomes"]] == ["QUEUE"]
 

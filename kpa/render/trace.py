@@ -185,6 +185,9 @@ def render_summary(result: TraceResult, color: bool, width: int | None, order: l
                                      initial_indent=pad, subsequent_indent=pad + "    ", break_on_hyphens=False))
         if o.verdict != "ACCEPT" and o.reason:
             out.append(f"{pad}↳ why: {o.reason}")
+        elif o.verdict == "ACCEPT":
+            # A program listening on a queue let the packet through (e.g. kube-network-policies): say who.
+            out.extend(f"{pad}↳ why: {n}" for n in dict.fromkeys(o.state.notes) if n.startswith("decided by "))
         for a in o.state.assumptions:
             out.append(f"{pad}↳ " + (click.style("unknown: ", fg="magenta") if color else "unknown: ") + a.describe())
     return out
