@@ -30,7 +30,7 @@ from kpa.gen.kubenetpol import KnpOptions, capture, nft_queue_missing, render_js
 from kpa.k8s.kubenetpol import TABLE, queue_decider, recognised
 from kpa.k8s.objects import load_objects
 from kpa.netfilter.engine import Outcome, trace
-from kpa.netfilter.model import Ruleset
+from kpa.netfilter.model import Family, Ruleset
 from kpa.netfilter.packet import PacketSpec, TraceContext, node_local_addresses
 from kpa.sources import combine, parse_text
 
@@ -170,3 +170,51 @@ def test_queue_table_loads_where_the_kernel_has_nft_queue() -> None:
             outcome = _trace(rs, flow, 40000, objects)
             assert outcome.verdict == "DROP"
             assert decision in outcome.reason
+
+
+def test_ipv6_queue_rules_on_a_dual_stack_node(tmp_path: Path) -> None:
+    """The podips-v6 rules: IPv6 flows on a dual-stack node reach the rules kpa says, and are judged by policy."""
+    from .test_kuberouter_kernel import V6, dual_stack_cluster
+
+    objects = load_objects([str(dual_stack_cluster(tmp_path))])
+    counted_payload = render_text(objects, KnpOptions(node="node-1", queue=False))
+    queued = _rs(render_text(objects, KnpOptions(node="node-1")), "kube-network-policies.nft")
+    web6, client6, remote6 = V6[WEB], V6[CLIENT], V6[REMOTE]
+    flows: list[tuple[Flow, str]] = [
+        (("client_pod", client6, web6, "tcp", 8080), "allowed — pod/b/client -> pod/a/web port 8080/TCP"),
+        (("external", "2001:db8::10", web6, "tcp", 80), "allowed — 2001:db8::10 -> pod/a/web port 80/TCP"),
+        (("external", "2001:db8::10", web6, "tcp", 8080), "denied — 2001:db8::10 -> pod/a/web port 8080/TCP"),
+        ((f"pod:{web6}", web6, remote6, "tcp", 443), "denied — pod/a/web -> pod/b/remote port 443/TCP"),
+    ]
+    v4_of = {v6: v4 for v4, v6 in V6.items()}
+    compared = 0
+    with Topology(default_spec("ipv4")) as topo:
+        topo.add_ipv6(default_spec("ipv6"))
+        topo.load_nft(counted_payload)
+        dump = topo.run_in("node", ["nft", "-j", "list", "ruleset"])
+        assert web6 in dump and client6 in dump
+        for flow, decision in flows:
+            before = _counters(topo)
+            [obs] = topo.send_many([flow], timeout=0.2)
+            after = _counters(topo)
+            reached = sorted(k for k in after if after[k] > before.get(k, 0))
+            origin, src, dst, proto, dport = flow
+            spec = PacketSpec(family=Family.IPV6, src=src, dst=dst, proto=proto, sport=obs.sport, dport=dport,
+                              iif="eth0" if origin == "external" else _cali_name(v4_of[src or ""]),
+                              oif="eth0" if dst == remote6 else _cali_name(v4_of[dst]))
+            for rs, objs in ((_rs(dump, "nft.json"), None), (queued, objects)):
+                ctx = TraceContext(local=node_local_addresses([NODE, "fd00:10::2"]))
+                ctx.queue_decider = queue_decider(rs, objs)
+                [outcome] = trace(rs, spec, ctx).outcomes
+                hops = [(h.chain, h.rule) for h in outcome.path if h.table == TABLE and h.rule is not None]
+                if objs is None:
+                    assert sorted(set(hops) & set(after)) == reached, (flow, reached, hops)
+                    assert reached and all(chain == "postrouting" for chain, _ in reached)
+                else:
+                    # kpa stops at the first of them, and judges the packet there.
+                    assert hops[-1] == reached[0], (hops, reached)
+                    assert f"decided by kube-network-policies (queue 100): {decision}" in \
+                        outcome.reason + " ".join(outcome.state.notes)
+                compared += 1
+        topo.run_in("node", ["nft", "flush", "ruleset"])
+    assert compared == 2 * len(flows)
