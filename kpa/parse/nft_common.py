@@ -33,7 +33,7 @@ from kpa.ext.nft.base import (
     key_match,
     parse_value,
 )
-from kpa.ext.nft.bitwise import OP_WORDS, MarkExpr, MarkSet, MaskedMarkKey, RandomKey
+from kpa.ext.nft.bitwise import OP_WORDS, MarkExpr, MarkMapSet, MarkSet, MaskedMarkKey, RandomKey
 from kpa.ext.nft.compat import xt_expr
 from kpa.ext.nft.ct import ct_key
 from kpa.ext.nft.dynset import SetUpdate
@@ -604,7 +604,6 @@ class Builder:
 
     def lower(self, stmt: dict[str, Any], table: Table) -> list[Expr]:
         (k, v), = stmt.items()
-        family = table.family.value
         if k == "queue":
             body = v if isinstance(v, dict) else {}
             num = str(body.get("num", 0))
@@ -626,7 +625,7 @@ class Builder:
         if k in ("dnat", "snat", "masquerade", "redirect"):
             return self.lower_nat(stmt, k, v or {}, table)
         if k == "mangle":
-            return self.lower_mangle(stmt, v, family)
+            return self.lower_mangle(stmt, v, table)
         if k == "set" and isinstance(v, dict) and "op" in v:
             return self.lower_dynset(stmt, v, table)
         if k == "xt":
@@ -811,8 +810,11 @@ class Builder:
             raise UnmodelledKey(f"mark value {fmt(raw)} is not modelled")
         return self.const_int(raw)
 
-    def lower_mangle(self, stmt: dict[str, Any], v: dict[str, Any], family: str) -> list[Expr]:
+    def lower_mangle(self, stmt: dict[str, Any], v: dict[str, Any], table: Table) -> list[Expr]:
         target = fmt(v.get("key"))
+        value = v.get("value")
+        if target in ("meta mark", "ct mark") and isinstance(value, dict) and isinstance(value.get("map"), dict):
+            return self.lower_mark_map(stmt, target, value["map"], table)
         if target in ("meta mark", "ct mark"):
             try:
                 return [MarkSet(target=target, value=self.mark_expr(v.get("value")))]
@@ -823,6 +825,35 @@ class Builder:
         if target in ("meta nftrace", "meta priority", "ct zone", "ct helper", "ct label"):
             return [passive("set", fmt_stmt(stmt))]
         return [self.unknown(stmt, f"setting {target} is not modelled", target=True)]
+
+    def lower_mark_map(self, stmt: dict[str, Any], target: str, m: dict[str, Any], table: Table) -> list[Expr]:
+        """`meta mark set KEY map @m` / `map { k : v }` (kpa.ext.nft.bitwise.MarkMapSet)."""
+        text = fmt_stmt(stmt)
+        try:
+            key = self.key(m.get("key"), table.family.value)
+            data = m.get("data")
+            if isinstance(data, str) and data.startswith("@"):
+                ns = self._named(data, table)
+                if ns is None:
+                    return [self.unknown(stmt, self._absent(data, table, "map"), target=True)]
+                if ns.values is None:
+                    raise Malformed(f"expected a map, found set {clip(data)}")
+                MarkMapSet(target=target, key=key, set=ns)._pairs()  # every value one number, or unmodelled
+                return [MarkMapSet(target=target, key=key, set=ns, text=text)]
+            items = data.get("set") if isinstance(data, dict) else None
+            if not isinstance(items, list):
+                raise Malformed(f"expected a map, found {fmt(data)!r}")
+            dtypes = [k.dtype for k in key.keys] if isinstance(key, ConcatKey) else [key.dtype]
+            elements: list[Element] = []
+            values: list[int] = []
+            for it in items:
+                if not isinstance(it, list) or len(it) != 2:
+                    raise Malformed(f"expected `key : mark`, found {fmt(it)!r}")
+                elements.append(self.catch_all(dtypes) if _is_catch_all(it[0]) else self.element(it[0], dtypes))
+                values.append(self.const_int(it[1]))
+            return [MarkMapSet(target=target, key=key, elements=elements, values=values, text=text)]
+        except UnmodelledKey as exc:
+            return [self.unknown(stmt, str(exc), target=True)]
 
     def lower_dynset(self, stmt: dict[str, Any], v: dict[str, Any], table: Table) -> list[Expr]:
         name = str(v.get("set", "")).lstrip("@")

@@ -1,5 +1,6 @@
 """nft constructs and TCP flags against the kernel: anonymous chains, catch-all elements,
-flag lists (`,` `|` `!` `/`), masked marks, parenthesised expressions; iptables --syn/--tcp-flags.
+flag lists (`,` `|` `!` `/`), masked marks, marks from maps, parenthesised expressions, raw payload,
+NAT maps with address ranges; iptables --syn/--tcp-flags.
 
 Each ruleset is loaded into a node namespace with the real nft (or iptables-restore),
 listed back as text and as JSON, and read by kpa; real TCP connections from a pod
@@ -40,6 +41,10 @@ CONSTRUCTS = """table ip kpacons {
     typeof ip daddr
     elements = { 10.244.1.11, * }
   }
+  map marks {
+    typeof tcp dport : meta mark
+    elements = { 800 : 0x100, 801 : 0x200, * : 0x4100 }
+  }
   chain rej {
     reject with tcp reset
   }
@@ -76,6 +81,13 @@ CONSTRUCTS = """table ip kpacons {
     meta mark & 0xff00 != 0x200 accept
     drop
   }
+  chain markmap_c {
+    tcp dport 850-859 meta mark set tcp dport map { 850 : 0x100 } reject with tcp reset
+    tcp dport 850-859 accept
+    meta mark set tcp dport map @marks
+    meta mark & 0xff00 == 0x100 reject with tcp reset
+    meta mark 0x4100 drop
+  }
   chain forward_chain {
     type filter hook forward priority filter; policy accept;
     tcp dport 100-199 jump flags_c
@@ -83,6 +95,7 @@ CONSTRUCTS = """table ip kpacons {
     tcp dport 300-399 jump marks_c
     tcp dport 400-499 ip daddr @catch jump { tcp dport 401 reject with tcp reset; tcp dport 402 drop; }
     tcp dport 500-599 ip daddr != @catch drop
+    tcp dport 800-899 jump markmap_c
     tcp dport 600-699 jump { tcp dport 601 goto rej; tcp dport 602 counter drop; }
   }
 }
@@ -102,6 +115,9 @@ CASES = [
     (REMOTES[0], 401, "REJECT"), (REMOTES[1], 402, "DROP"), (REMOTES[0], 403, "ACCEPT"),
     (REMOTES[0], 501, "ACCEPT"), (REMOTES[1], 501, "ACCEPT"),
     (REMOTES[0], 601, "REJECT"), (REMOTES[0], 602, "DROP"), (REMOTES[0], 603, "ACCEPT"),
+    # marks from a map (a catch-all default; a key in no element ends the rule)
+    (REMOTES[0], 800, "REJECT"), (REMOTES[0], 801, "ACCEPT"), (REMOTES[0], 802, "DROP"),
+    (REMOTES[0], 850, "REJECT"), (REMOTES[0], 851, "ACCEPT"),
 ]
 
 TCP_FLAGS_IPT = """*filter

@@ -9,14 +9,16 @@ low bits, compared with N, so the chance is an exact fraction as well.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 
 from kpa.ext.base import Split, Statement
-from kpa.ext.nft.base import Key, UnmodelledKey, Value, union
+from kpa.ext.nft.base import Element, Key, UnmodelledKey, Value, union
+from kpa.ext.nft.lookup import partition_data
 from kpa.ext.nft.meta import MarkKey
 from kpa.netfilter.domain import IntSet
+from kpa.netfilter.model import Expr, Flow, NamedSet, Step
 from kpa.netfilter.packet import State, TraceContext
 
 MASK32 = 0xFFFFFFFF
@@ -103,3 +105,52 @@ class MarkSet(Statement):
 
     def render(self) -> list[str]:
         return [*self.target.split(), "set", *render_mark(self.value).split()]
+
+
+@dataclass(eq=False)
+class MarkMapSet(Expr):
+    """`meta mark set KEY map @m` (or `{ k : v, … }`): the mark the packet's key maps to.
+
+    A key in no element ends the rule there, as nft_lookup does (NFT_BREAK); a
+    catch-all `*` element is the default.
+    """
+
+    target: str = "meta mark"
+    key: Key = field(default_factory=Key)
+    set: NamedSet | None = None
+    elements: list[Element] = field(default_factory=list)
+    values: list[int] = field(default_factory=list)
+    text: str = ""
+
+    def __post_init__(self) -> None:
+        self.name = f"{self.target} set"
+
+    def _pairs(self) -> tuple[list[Element], list[int]]:
+        if self.set is not None:
+            return self.set.elements, [_mark_of(v) for v in self.set.values or []]
+        return self.elements, self.values
+
+    def step(self, st: State, ctx: TraceContext) -> Iterable[Step]:
+        elements, values = self._pairs()
+        yes_g, no_g = self.key.guard(st, ctx)
+        for s in no_g:
+            yield s, Flow.NO_MATCH
+        for s in yes_g:
+            for pos, s2 in partition_data(self.key, s, ctx, elements):
+                if pos is None:
+                    yield s2, Flow.NO_MATCH
+                    continue
+                new = values[pos]
+                yield (s2.set(ctmark=new) if self.target == "ct mark" else s2.set(mark=new)), Flow.CONTINUE
+
+    def render(self) -> list[str]:
+        return self.text.split()
+
+
+def _mark_of(value: object) -> int:
+    """A data map's value (a one-part element) as a mark."""
+    part = value[0] if isinstance(value, tuple) and value else value
+    mark = part.single_value() if isinstance(part, IntSet) else None
+    if mark is None:
+        raise UnmodelledKey(f"a mark map value {value!r} that is not one number is not modelled")
+    return mark
