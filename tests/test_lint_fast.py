@@ -542,3 +542,58 @@ def test_show_share_from_the_fraction_equals_the_share_from_its_text() -> None:
     assert any("exact fraction" in fraction_text(p) for p in shares)
     for p in shares:
         assert fmt_share(p) == from_text(p), p
+
+
+def _objects_or_error(path: Path) -> object:
+    try:
+        o = load_objects([str(path)])
+    except InputError as exc:
+        return ("error", str(exc))
+    return (o.services, o.endpoint_slices, o.pods, o.nodes, o.namespaces, o.network_policies, o.warnings,
+            sorted(o.ignored_kinds.items()))
+
+
+def test_json_lists_read_item_by_item_equal_the_whole_document(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kubectl JSON List read as its items are decoded gives the objects (or the error) of a whole read."""
+    from kpa.k8s import objects as o
+
+    docs = [d for p in sorted((FIXTURES / "clusters").glob("*.yaml")) for d in yaml.safe_load_all(p.read_text())
+            if isinstance(d, dict)]
+    docs += to_objects(random_cluster(seed=6, services=30, endpoints_per_service=3))
+    svc = next(d for d in docs if d.get("kind") == "Service")
+    bad_port = json.loads(json.dumps(svc))
+    bad_port["spec"]["ports"][0]["port"] = "eighty"
+    no_kind = {k: v for k, v in svc.items() if k != "kind"}
+    cases = {
+        "list": {"apiVersion": "v1", "kind": "List", "items": docs},
+        "kind-last": {"apiVersion": "v1", "items": docs, "kind": "List"},
+        "typed-list": {"kind": "ServiceList", "items": [no_kind, svc]},
+        "not-a-list": {"kind": "Service", "items": docs, "metadata": {"name": "x"}},
+        "no-kind": {"items": docs},
+        "two-items": {"kind": "List", "items": docs[:3], "metadata": {}, "items ": 1},
+        "schema-error": {"kind": "List", "items": [svc, bad_port]},
+        "non-dict-item": {"kind": "List", "items": [svc, 5]},
+        "nested-list": {"kind": "List", "items": [{"kind": "List", "items": docs[:4]}, svc]},
+        "empty": {"kind": "List", "items": []},
+    }
+    texts = {name: json.dumps(doc, indent=2) for name, doc in cases.items()}
+    texts["duplicate-items"] = texts["list"][:-2] + ',\n  "items": []\n}'
+    texts["syntax-error"] = texts["list"][: len(texts["list"]) // 2]
+    streamed = 0
+    original = o._streamed_list
+
+    def counting(text: str, collector: object) -> bool:
+        nonlocal streamed
+        done = original(text, collector)  # type: ignore[arg-type]
+        streamed += done
+        return done
+
+    for name, text in texts.items():
+        path = tmp_path / f"{name}.json"
+        path.write_text(text)
+        monkeypatch.setattr(o, "_streamed_list", counting)
+        got = _objects_or_error(path)
+        monkeypatch.setattr(o, "_streamed_list", lambda *_: False)
+        assert got == _objects_or_error(path), name
+    assert streamed >= 4

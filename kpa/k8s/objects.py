@@ -13,7 +13,7 @@ import os
 import re
 import sys
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -962,7 +962,13 @@ class _Collector:
         self.source: str | None = None
         self.item_lines: dict[int, int] = {}
 
-    def add_document(self, document: Any, line: int | None, implied_kind: str | None) -> None:
+    def add_document(self, document: Any, line: int | None, implied_kind: str | None,
+                     consume: bool = False) -> None:
+        """Add the objects of one decoded document.
+
+        With `consume`, the document belongs to the reader: a List's items are dropped
+        from it as they are read, so their memory can go while the objects are built.
+        """
         if document is None:
             return  # an empty YAML document, e.g. a trailing '---'
         if isinstance(document, list):
@@ -982,8 +988,11 @@ class _Collector:
             item_kind = kind[: -len("List")] or None
             items = document["items"]
             if all(type(i) is dict for i in items):  # JSON: no _Fields wrapper per item
-                for i in items:
+                for n, i in enumerate(items):
+                    if consume:
+                        items[n] = None
                     self.add_document(i, self.item_lines.get(id(i), obj.line), item_kind)
+                    del i
                 return
             for item in obj.mappings("items"):
                 self.add_document(item.data, self.item_lines.get(id(item.data), item.line),
@@ -1198,14 +1207,26 @@ _JSON = json.JSONDecoder()
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
 
 
-def _json_with_item_lines(text: str) -> tuple[Any, dict[int, int]]:
+def _json_with_item_lines(
+    text: str, take: Callable[[Any, int], None] | None = None
+) -> tuple[Any, dict[int, int]]:
     """Decode JSON; for a top-level object's "items" list, also each item's first line.
 
     The items are decoded one at a time by the same C decoder that `json.loads` uses, so
     this costs no more than decoding the whole text at once. Anything unexpected falls back
     to `json.loads`, which gives its usual errors.
+
+    With `take`, each item of a top-level "items" list is handed to it with its line as
+    soon as it is decoded, and not kept (the list holds None in its place); anything
+    unexpected, or a second "items" list, raises _Unfit instead of falling back.
     """
     decode = _JSON.raw_decode
+    lists = 0
+
+    def fallback() -> tuple[Any, dict[int, int]]:
+        if take is not None:
+            raise _Unfit
+        return json.loads(text), {}
 
     def space(text: str, i: int) -> int:
         m = _JSON_SPACE.match(text, i)
@@ -1216,7 +1237,7 @@ def _json_with_item_lines(text: str) -> tuple[Any, dict[int, int]]:
     try:
         i = space(text, 0)
         if text[i : i + 1] != "{":
-            return json.loads(text), lines
+            return fallback()
         doc: dict[str, Any] = {}
         i = space(text, i + 1)
         if text[i : i + 1] == "}":
@@ -1226,9 +1247,12 @@ def _json_with_item_lines(text: str) -> tuple[Any, dict[int, int]]:
                 key, i = decode(text, i)
                 i = space(text, i)
                 if not isinstance(key, str) or text[i : i + 1] != ":":
-                    return json.loads(text), {}
+                    return fallback()
                 i = space(text, i + 1)
                 if key == "items" and text[i : i + 1] == "[":
+                    lists += 1
+                    if take is not None and lists > 1:
+                        raise _Unfit
                     items: list[Any] = []
                     i = space(text, i + 1)
                     if text[i : i + 1] == "]":
@@ -1239,14 +1263,18 @@ def _json_with_item_lines(text: str) -> tuple[Any, dict[int, int]]:
                             item, i = decode(text, i)
                             line += text.count("\n", counted, start)
                             counted = start
-                            lines[id(item)] = line
+                            if take is not None:
+                                take(item, line)
+                                item = None
+                            else:
+                                lines[id(item)] = line
                             items.append(item)
                             i = space(text, i)
                             if text[i : i + 1] == ",":
                                 i = space(text, i + 1)
                                 continue
                             if text[i : i + 1] != "]":
-                                return json.loads(text), {}
+                                return fallback()
                             i += 1
                             break
                     value: Any = items
@@ -1258,21 +1286,31 @@ def _json_with_item_lines(text: str) -> tuple[Any, dict[int, int]]:
                     i = space(text, i + 1)
                     continue
                 if text[i : i + 1] != "}":
-                    return json.loads(text), {}
+                    return fallback()
                 i += 1
                 break
         if space(text, i) != len(text):
-            return json.loads(text), {}
+            return fallback()
         return doc, lines
     except (json.JSONDecodeError, StopIteration):
-        return json.loads(text), {}
+        return fallback()
 
 
-def _load_text(text: str, source: str, collector: _Collector) -> None:
+_REPORT_LIMIT = 8 << 20  # larger JSON is not decoded again to find where a schema error is
+
+
+def _load_text(box: list[str], source: str, collector: _Collector) -> None:
+    """Read the objects of one file's text, which `box` holds alone, so it can be let go early."""
+    text = box.pop()
     collector.source, collector.item_lines = source, {}
     if _looks_like_json(text):
         check_nesting(text, source)
         try:
+            # A kubectl List: its items become objects as they are decoded, so their decoded
+            # form never all lives at once. Anything else is decoded whole and read as before.
+            streamed = _streamed_list(text, collector)
+            if streamed:
+                return
             document, collector.item_lines = _json_with_item_lines(text)
         except json.JSONDecodeError as error:
             raise InputError(
@@ -1280,12 +1318,15 @@ def _load_text(text: str, source: str, collector: _Collector) -> None:
                 error.lineno,
                 f"expected valid JSON, found {error.msg.lower()} at column {error.colno}",
             ) from None
+        small = text if len(text) <= _REPORT_LIMIT else None
+        del text  # a large text is not needed again: its memory goes back before the objects are built
         try:
-            collector.add_document(document, 1, None)
+            # The decoded document is this reader's own: each List item is let go once read.
+            collector.add_document(document, 1, None, consume=True)
         except _SchemaError as error:
             # JSON decoding keeps no positions; JSON is (nearly always) YAML, so decode it
             # again with line tracking to say where the problem is.
-            _report_with_lines(text, source, error)
+            _report_with_lines(small, source, error)
         return
     for document in _yaml_documents(text, source):
         try:
@@ -1294,10 +1335,49 @@ def _load_text(text: str, source: str, collector: _Collector) -> None:
             raise InputError(source, error.line, error.message) from None
 
 
-def _report_with_lines(text: str, source: str, original: _SchemaError) -> None:
+def _streamed_list(text: str, collector: _Collector) -> bool:
+    """Read a top-level `*List` of objects that all carry their kind, item by item as decoded.
+
+    Gives exactly what decoding the whole text and `add_document` give, or does nothing
+    and returns False when it cannot be sure to (no List, an item without a kind, a schema
+    error, a second "items" key, a JSON error): then the whole text is read as before,
+    which reports any problem as before.
+    """
+    scratch = _Collector()
+    scratch.source = collector.source
+
+    def take(item: Any, line: int) -> None:
+        if type(item) is not dict:
+            raise _Unfit
+        kind = item.get("kind")
+        if type(kind) is not str or not kind:
+            raise _Unfit
+        try:
+            scratch.add_document(item, line, None)
+        except _SchemaError:
+            raise _Unfit from None
+
+    try:
+        document, _ = _json_with_item_lines(text, take)
+    except (_Unfit, json.JSONDecodeError):
+        return False
+    kind = document.get("kind") if isinstance(document, dict) else None
+    if not (isinstance(kind, str) and kind.endswith("List") and isinstance(document.get("items"), list)):
+        return False
+    collector.services += scratch.services
+    collector.slices += scratch.slices
+    collector.nodes += scratch.nodes
+    collector.pods += scratch.pods
+    collector.namespaces += scratch.namespaces
+    collector.policies += scratch.policies
+    collector.ignored.update(scratch.ignored)
+    return True
+
+
+def _report_with_lines(text: str | None, source: str, original: _SchemaError) -> None:
     scratch = _Collector()
     scratch.source = source
-    if len(text) > 8 << 20:
+    if text is None:
         # Decoding it again with positions would take many times the time and memory: say what is wrong.
         raise InputError(source, original.line, original.message) from None
     try:
@@ -1349,9 +1429,9 @@ def load_objects(paths: Sequence[str], stdin: TextIO | None = None) -> ClusterOb
     for raw in paths:
         if raw == "-":
             if stdin is not None:
-                _load_text(stdin.read(), "<stdin>", collector)
+                _load_text([stdin.read()], "<stdin>", collector)
             else:
-                _load_text(_decode(read_bounded(sys.stdin.buffer, "<stdin>"), "<stdin>"), "<stdin>", collector)
+                _load_text([_decode(read_bounded(sys.stdin.buffer, "<stdin>"), "<stdin>")], "<stdin>", collector)
             continue
         path = Path(raw)
         if path.is_dir():
@@ -1368,7 +1448,9 @@ def load_objects(paths: Sequence[str], stdin: TextIO | None = None) -> ClusterOb
                     data = read_bounded(fh, str(file))
             except OSError as error:
                 raise InputError(str(file), None, f"cannot read: {error.strerror}") from None
-            _load_text(_decode(data, str(file)), str(file), collector)
+            box = [_decode(data, str(file))]
+            del data  # the file's bytes go before its objects are built
+            _load_text(box, str(file), collector)
     return collector.result()
 
 
