@@ -597,3 +597,25 @@ def test_json_lists_read_item_by_item_equal_the_whole_document(tmp_path: Path,
         monkeypatch.setattr(o, "_streamed_list", lambda *_: False)
         assert got == _objects_or_error(path), name
     assert streamed >= 4
+
+
+def test_rule_where_and_ip_version_shortcuts() -> None:
+    """A lazy rule's FILE:LINE without a Location, and IPv4 text's version without ipaddress."""
+    from kpa.k8s.correlate import _ip_version
+
+    for save in SAVES[:5]:
+        lazy, _ = _both(save.read_text(), str(save))
+        for t in lazy.tables:
+            for c in t.chains.values():
+                for r in c.rules:
+                    where = r.where()
+                    assert where == str(r.location)
+    rng = random.Random(4)
+    for _ in range(5000):
+        ip = ".".join(str(rng.choice([0, 7, 10, 255, 256, rng.randrange(300)])) for _ in range(4))
+        for text in (ip, f"{ip}/{rng.randrange(40)}", f"0{ip}"):
+            try:
+                want: int | None = ipaddress.ip_address(text.split("/")[0]).version
+            except ValueError:
+                want = None
+            assert _ip_version(text) == want, text

@@ -27,7 +27,14 @@ from kpa.ext.base import VerdictExpr
 from kpa.ext.comment import CommentMatch
 from kpa.k8s import kubeproxy, naming
 from kpa.k8s.kubeproxy import EndpointInfo, TrafficPolicy, categorize_endpoints
-from kpa.k8s.objects import ClusterObjects, Service, ServiceEndpoint, ServicePort, canonical_ip
+from kpa.k8s.objects import (
+    _CANONICAL_V4,
+    ClusterObjects,
+    Service,
+    ServiceEndpoint,
+    ServicePort,
+    canonical_ip,
+)
 from kpa.netfilter.model import Chain, Family, LazyRule, Rule, Ruleset, Table, VerdictKind
 
 Mode = Literal["iptables", "nftables"]
@@ -253,6 +260,8 @@ def _object_ports(objects: ClusterObjects, family: FamilyName) -> list[_ObjPort]
 
 
 def _ip_version(text: str) -> int | None:
+    if _CANONICAL_V4.fullmatch(text.split("/")[0]):
+        return 4  # what ipaddress says of four plain decimal octets
     try:
         return ipaddress.ip_address(text.split("/")[0]).version
     except ValueError:
@@ -522,7 +531,7 @@ def _iptables_local_drops(rs: Ruleset, nat: Table, family: FamilyName, out: _Col
                     "iptables", family, spn, proto, False, actual=Actual("comment")
                 )
             assert pc.actual is not None
-            pc.actual.local_drops.append(ChainRef(chain_name, str(r.location)))
+            pc.actual.local_drops.append(ChainRef(chain_name, r.where()))
 
 
 def _iptables_orphans(

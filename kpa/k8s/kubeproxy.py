@@ -427,7 +427,7 @@ def _nft_views(t: Table) -> list[ServicePortView]:
             dest = v.endpoints if kind == "service" else v.local_endpoints
             for r, ep_chain, p in _nft_endpoint_split(c):
                 dest.append(EndpointView(ep_chain, dnat_target(t.chains.get(ep_chain), version), p,
-                                         str(r.location)))
+                                         r.where()))
     cluster_ips = t.sets.get("cluster-ips")
     cips = {_single(el[0]) for el in cluster_ips.elements} if cluster_ips is not None else set()
     for map_name in ("no-endpoint-services", "no-endpoint-nodeports"):
@@ -520,7 +520,7 @@ def _table_views(t: Table, rs: Ruleset, known: dict[str, str]) -> list[ServicePo
             elif target.startswith("KUBE-EXT-") and kind_default == "clusterIP":
                 kind = "externalIP"
             v = view_for(target, comment, proto)
-            v.entries.append(Entry(kind, dst, dport, target, str(r.location)))
+            v.entries.append(Entry(kind, dst, dport, target, r.where()))
 
     for name, kind in (("KUBE-SERVICES", "clusterIP"), ("KUBE-NODEPORTS", "nodePort")):
         c = t.chains.get(name)
@@ -535,7 +535,7 @@ def _table_views(t: Table, rs: Ruleset, known: dict[str, str]) -> list[ServicePo
                 for r, sep, p in endpoint_split(c):
                     dest.append(
                         EndpointView(
-                            sep, dnat_target(t.chains.get(sep), version), p, str(r.location)
+                            sep, dnat_target(t.chains.get(sep), version), p, r.where()
                         )
                     )
     _mark_no_endpoints(rs, t, by_key)
@@ -566,7 +566,7 @@ def _mark_no_endpoints(rs: Ruleset, nat: Table, views: dict[str, ServicePortView
             kind = "clusterIP" if chain_name == "KUBE-SERVICES" else "externalIP"
             if _dst(r) is None:
                 kind = "nodePort"
-            v.entries.append(Entry(kind, _dst(r), _dport(r), "REJECT", str(r.location)))
+            v.entries.append(Entry(kind, _dst(r), _dport(r), "REJECT", r.where()))
 
 
 # ------------------------------------------------------------- endpoint selection

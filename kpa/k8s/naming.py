@@ -18,6 +18,7 @@ characters of sha256(readable).
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import ipaddress
 import re
@@ -88,6 +89,7 @@ def endpoint_string(ip: str, port: int) -> str:
     return f"{ip}:{port}"
 
 
+@functools.lru_cache(maxsize=65536)
 def port_proto_hash(svc_port_name: str, protocol: str) -> str:
     """kube-proxy's portProtoHash: 16 base32 characters of sha256(spn + proto)."""
     return _b32_sha256_16(svc_port_name + protocol.lower())

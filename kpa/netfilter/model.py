@@ -146,6 +146,10 @@ class Rule:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.table}/{self.chain} #{self.index} at {self.location}: {self.text!r})"
 
+    def where(self) -> str:
+        """`FILE:LINE` of the rule, as `str(rule.location)` gives it."""
+        return str(self.location)
+
     @property
     def known(self) -> bool:
         return all(e.known for e in self.exprs)
@@ -249,6 +253,11 @@ class LazyRule(Rule):
         # Where a rule is needs no parsing: reading it leaves the rule lazy.
         location = property(_locate, _set_location)
         del _built
+
+    def where(self) -> str:
+        # A lazy rule's location is only ever its source file and line; this reads them
+        # without making (and caching) a Location.
+        return f"{self._source.file}:{self.lineno}"
 
     def __repr__(self) -> str:
         return f"LazyRule({self.table}/{self.chain} #{self.index} at {self._source.file}:{self.lineno}: {self.text!r})"
