@@ -260,8 +260,15 @@ NAT_MAP = f"""table ip kpanatmap {{
     flags interval
     elements = {{ {", ".join(f"{s} : {REMOTES[0]}-{REMOTES[-1]}" for s in SERVICES)} }}
   }}
+  map rp {{
+    type ipv4_addr : interval ipv4_addr . inet_service
+    flags interval
+    elements = {{ 10.96.0.70 : {REMOTES[0]}-{REMOTES[-1]} . 8000-8010 }}
+  }}
   chain pre {{
     type nat hook prerouting priority dstnat;
+    meta l4proto tcp dnat ip addr . port to ip daddr map @rp
+    ip daddr 10.96.0.71 meta l4proto tcp dnat ip addr . port to ip daddr map {{ 10.96.0.71 : {REMOTES[1]} . 9000-9009 }}
     ip daddr 10.96.0.60 dnat to ip daddr map {{ 10.96.0.60 : {REMOTES[1]}-{REMOTES[2]} }}
     ip daddr 10.96.0.61 dnat to ip daddr map {{ 10.96.0.61 : {REMOTES[2]}-{REMOTES[3]} }} persistent
     dnat to ip daddr map @r
@@ -278,17 +285,70 @@ def test_nat_map_with_address_ranges_against_the_kernel(topo: Topology) -> None:
              "natmap.json": topo.run_in("node", ["nft", "-j", "list", "ruleset"])}
     rulesets = {name: parse_text(text, name) for name, text in dumps.items()}
     chosen = set()
-    for dst in [*SERVICES, "10.96.0.60", "10.96.0.61"]:
-        [obs] = send(topo, [(dst, 80)])
+    ports = []
+    probes = [(dst, 80) for dst in [*SERVICES, "10.96.0.60", "10.96.0.61"]]
+    # Address and port ranges: a port outside the range takes its first port, one inside is kept.
+    probes += [("10.96.0.70", 80), ("10.96.0.70", 8005), ("10.96.0.71", 9003), ("10.96.0.71", 80)]
+    for dst, dport in probes:
+        [obs] = send(topo, [(dst, dport)])
         assert obs.result == "timeout", obs
         [entry] = topo.conntrack_for(obs)
         assert entry.dnat is not None
-        got = entry.dnat[0]
-        chosen.add(got)
+        got = (entry.dnat[0], entry.dnat[1] or dport)
+        chosen.add(got[0])
+        ports.append(got[1])
         for name, rs in rulesets.items():
-            spec = PacketSpec(family=KpaFamily.IPV4, src=obs.src, dst=dst, proto="tcp", dport=80, sport=obs.sport)
+            spec = PacketSpec(family=KpaFamily.IPV4, src=obs.src, dst=dst, proto="tcp", dport=dport,
+                              sport=obs.sport)
             outs = trace(rs, spec, TraceContext(local=node_local_addresses([NODE]))).outcomes
-            predicted = [(o.verdict, str(ipaddress.ip_address(o.state.dnat[0])) if o.state.dnat else None,
-                          len(o.state.assumptions)) for o in outs]
-            assert predicted == [("ACCEPT", got, 0)], f"{name} {dst}: kernel DNAT to {got}, kpa {predicted}"
+            predicted = [(o.verdict, (str(ipaddress.ip_address(o.state.dnat[0])),
+                                      o.state.dnat[1] if o.state.dnat[1] is not None else dport)
+                          if o.state.dnat else None, len(o.state.assumptions)) for o in outs]
+            assert predicted == [("ACCEPT", got, 0)], f"{name} {dst}:{dport}: kernel DNAT to {got}, kpa {predicted}"
     assert len(chosen) > 2, "the hash should spread the destinations over the range"
+    assert ports[-4:] == [8000, 8005, 9003, 9000]
+
+
+def test_raw_payload_ipv6_against_the_kernel() -> None:
+    """IPv6 offsets of raw payload (source, destination, next header), and an IPv4 offset that reads
+    other bytes of an IPv6 packet: kpa leaves that one unknown, and the kernel's fate is one of its ways."""
+    from .harness import default_spec
+
+    spec = default_spec("ipv6")
+    client, remote = spec.client_pod_ip, spec.remote_endpoint_ips[0]
+    assert client is not None
+    ruleset = f"""table inet kparaw6 {{
+  chain c {{
+    type filter hook forward priority filter;
+    ct state invalid drop
+    tcp dport 700 @nh,192,128 {_int(remote):#x} reject with tcp reset
+    tcp dport 701 @nh,64,128 {_int(client):#x} reject with tcp reset
+    tcp dport 702 @nh,48,8 6 reject with tcp reset
+    tcp dport 703 @nh,64,128 != {_int(client):#x} reject with tcp reset
+    tcp dport 704 @nh,128,32 0 drop
+  }}
+}}
+"""
+    with Topology(spec) as topo:
+        topo.load_nft(ruleset)
+        dumps = {"raw6.txt": topo.run_in("node", ["nft", "list", "ruleset"]),
+                 "raw6.json": topo.run_in("node", ["nft", "-j", "list", "ruleset"])}
+        rulesets = {name: parse_text(text, name) for name, text in dumps.items()}
+        for dport, expected in ((700, "REJECT"), (701, "REJECT"), (702, "REJECT"), (703, "ACCEPT"), (704, "DROP")):
+            req = {"timeout": 0.4, "flows": [{"family": 6, "proto": "tcp", "src": None, "sport": 0, "dst": remote,
+                                              "dport": dport}]}
+            out = subprocess.run(["ip", "netns", "exec", topo.name("client"), sys.executable, str(SENDER)],
+                                 input=json.dumps(req), capture_output=True, text=True, check=True).stdout
+            [r] = json.loads(out)
+            obs = Observation("client_pod", "tcp", r["src"], r["sport"], remote, dport, r["result"])
+            got = kernel_verdict(topo, obs)
+            assert got == expected, (dport, got)
+            for name, rs in rulesets.items():
+                pspec = PacketSpec(family=KpaFamily.IPV6, src=obs.src, dst=remote, proto="tcp", dport=dport,
+                                   sport=obs.sport)
+                outs = [(o.verdict, bool(o.state.assumptions))
+                        for o in trace(rs, pspec, TraceContext(local=node_local_addresses([spec.node_ips[0]]))).outcomes]
+                if dport == 704:  # `@nh,128,32` is part of the IPv6 source address: unknown, both ways
+                    assert sorted(outs) == [("ACCEPT", True), ("DROP", True)], (name, outs)
+                else:
+                    assert outs == [(got, False)], (name, dport, got, outs)

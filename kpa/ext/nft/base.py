@@ -199,7 +199,8 @@ NFPROTO = {"ipv4": 2, "ipv6": 10}
 ETHER_TYPES = {"ip": 0x0800, "ip6": 0x86DD, "arp": 0x0806, "vlan": 0x8100}
 INTEGER_TYPES = {"integer", "mark", "inet_service", "inet_proto", "ipv4_addr", "ipv6_addr", "icmp_type",
                  "icmpv6_type", "nf_proto", "ether_type", "ct_mark", "u32", "ifindex", "iface_index"}
-BITS = {"mark": 32, "ct_mark": 32, "u32": 32, "ifindex": 32, "iface_index": 32, "integer": 64,
+# A bare `integer` is as wide as its key: raw payload such as `@nh,64,128` (an IPv6 address) is 128 bits.
+BITS = {"mark": 32, "ct_mark": 32, "u32": 32, "ifindex": 32, "iface_index": 32, "integer": 128,
         "ipv4_addr": 32, "ipv6_addr": 128, "inet_service": 16, "inet_proto": 8, "icmp_type": 8,
         "icmpv6_type": 8, "nf_proto": 8, "ether_type": 16}
 
