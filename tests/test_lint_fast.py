@@ -261,21 +261,25 @@ def _mutations(doc: object, rng: random.Random, n: int) -> list[object]:
     return out
 
 
-def test_fast_pod_and_slice_readers_equal_the_field_parsers() -> None:
-    """Pods and EndpointSlices: the fast readers give the _Fields parsers' objects, or defer to them."""
+def test_fast_object_readers_equal_the_field_parsers() -> None:
+    """Pods, EndpointSlices, Services: the fast readers give the _Fields parsers' objects, or defer to them."""
     from kpa.k8s import objects as o
 
     docs = [d for p in sorted((FIXTURES / "clusters").glob("*.yaml")) for d in yaml.safe_load_all(p.read_text())
             if isinstance(d, dict)]
     docs += to_objects(random_cluster(seed=4, services=60, endpoints_per_service=3))
     rng = random.Random(9)
-    checked = {"Pod": 0, "EndpointSlice": 0}
+    checked = {"Pod": 0, "EndpointSlice": 0, "Service": 0}
+    readers = {
+        "Pod": (o._fast_pod, lambda f: o._parse_pod(f)),
+        "EndpointSlice": (lambda d, *_: o._fast_endpoint_slice(d), o._parse_endpoint_slice),
+        "Service": (o._fast_service, lambda f: o._parse_service(f, "f.yaml")),
+    }
     for doc in docs:
         kind = doc.get("kind")
         if kind not in checked:
             continue
-        fast, slow = ((o._fast_pod, lambda f: o._parse_pod(f)) if kind == "Pod"
-                      else (lambda d, *_: o._fast_endpoint_slice(d), o._parse_endpoint_slice))
+        fast, slow = readers[kind]
         assert fast(doc, "f.yaml", 7) == slow(o._Fields(doc, "", 7, "f.yaml")), doc
         checked[kind] += 1
         for bad in _mutations(doc, rng, 8):
@@ -286,7 +290,7 @@ def test_fast_pod_and_slice_readers_equal_the_field_parsers() -> None:
             got = fast(bad, "f.yaml", 7)
             if got is not None:
                 assert got == expected, bad
-    assert checked["Pod"] > 100 and checked["EndpointSlice"] > 50
+    assert checked["Pod"] > 100 and checked["EndpointSlice"] > 50 and checked["Service"] > 50
 
 
 def _split_reference(chain: object) -> list[tuple[str, Fraction]]:

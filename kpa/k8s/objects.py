@@ -892,6 +892,78 @@ def _fast_pod(data: dict[str, Any], source: str | None, line: int | None) -> Pod
         return None
 
 
+def _ts(data: dict[str, Any], key: str) -> tuple[str, ...]:
+    value = data.get(key)
+    if value is None:
+        return ()
+    if type(value) is not list or any(type(v) is not str for v in value):
+        raise _Unfit
+    return tuple(value)
+
+
+def _fast_service(data: dict[str, Any], source: str | None, line: int | None) -> Service | None:
+    try:
+        meta, namespace, name = _name_and_namespace(data)
+        spec, status = _d(data, "spec"), _d(data, "status")
+        cluster_ips = _ts(spec, "clusterIPs")
+        if not cluster_ips:
+            single = _t(spec, "clusterIP")
+            if single:
+                cluster_ips = (single,)
+        ports = []
+        for p in _ds(spec, "ports"):
+            port = p.get("port")
+            if type(port) is not int:
+                raise _Unfit
+            target = p.get("targetPort")
+            if type(target) is str:
+                target = int(target) if target.isdigit() else target
+            elif target is not None and type(target) is not int:
+                raise _Unfit
+            ports.append(ServicePort(
+                name=_t(p, "name") or "",
+                protocol=_t(p, "protocol") or "TCP",
+                port=port,
+                target_port=port if target is None else target,
+                node_port=_i(p, "nodePort"),
+            ))
+        ingress = tuple(
+            LoadBalancerIngress(ip=canonical_ip(_t(i, "ip") or "") or None, hostname=_t(i, "hostname"),
+                                ip_mode=_t(i, "ipMode"))
+            for i in _ds(_d(status, "loadBalancer"), "ingress")
+        )
+        affinity = _t(spec, "sessionAffinity") or "None"
+        timeout = None
+        if affinity == "ClientIP":
+            timeout = _i(_d(_d(spec, "sessionAffinityConfig"), "clientIP"), "timeoutSeconds") \
+                or DEFAULT_AFFINITY_TIMEOUT
+        ignore = _t(_d(meta, "annotations"), IGNORE_ANNOTATION)
+        where = getattr(data, "line", None) or line
+        return Service(
+            namespace=namespace,
+            name=name,
+            type=_t(spec, "type") or "ClusterIP",
+            cluster_ips=tuple(canonical_ip(ip) for ip in cluster_ips if ip and ip != "None"),
+            headless="None" in cluster_ips,
+            ports=tuple(ports),
+            external_ips=tuple(canonical_ip(ip) for ip in _ts(spec, "externalIPs")),
+            load_balancer_ingress=ingress,
+            load_balancer_source_ranges=_ts(spec, "loadBalancerSourceRanges"),
+            external_traffic_policy=_t(spec, "externalTrafficPolicy") or "Cluster",
+            internal_traffic_policy=_t(spec, "internalTrafficPolicy") or "Cluster",
+            session_affinity=affinity,
+            session_affinity_timeout=timeout,
+            ip_families=_ts(spec, "ipFamilies"),
+            health_check_node_port=_i(spec, "healthCheckNodePort"),
+            has_selector=bool(spec.get("selector")),
+            external_name=_t(spec, "externalName"),
+            ignore_codes=frozenset(c.strip() for c in (ignore or "").split(",") if c.strip()),
+            location=f"{source}:{where}" if source and where else source,
+        )
+    except _Unfit:
+        return None
+
+
 def _fast_endpoint_slice(data: dict[str, Any]) -> EndpointSlice | None:
     try:
         meta, namespace, name = _name_and_namespace(data)
@@ -1010,7 +1082,8 @@ class _Collector:
             pod = _fast_pod(document, self.source, line) if isinstance(document, dict) else None
             self.pods.append(pod or _parse_pod(obj))
         elif kind == "Service":
-            self.services.append(_parse_service(obj, self.source))
+            svc = _fast_service(document, self.source, line) if isinstance(document, dict) else None
+            self.services.append(svc or _parse_service(obj, self.source))
         elif kind == "EndpointSlice":
             found = _fast_endpoint_slice(document) if isinstance(document, dict) else None
             self.slices.append(found or _parse_endpoint_slice(obj))
