@@ -19,13 +19,13 @@ comments, marks and sets), for one IPv4 node:
   dispatch chains, a per-endpoint cali-fw-/cali-tw- pair and a profile, the
   VXLAN accept from cali40all-vxlan-net, nat cali-nat-outgoing over the
   cali40masq-ipam-pools/cali40all-ipam-pools sets; rule comments are felix-style
-  `cali:<hash>` ids.
+  `cali:<hash>` ids, written before the matches (then the description, if any),
+  so iptables-save prints them first, right after `-p`.
 * ``calico-ipip``: the same felix node in IPIP mode: protocol 4 (printed
   `ipencap`) from the Calico hosts in cali40all-hosts-net accepted in cali-INPUT
   and dropped from any other host, IPIP to other Calico hosts accepted in
   cali-OUTPUT, IPIP from workloads dropped in each cali-fw- chain, and masquerade
-  of host-sourced traffic leaving tunl0; felix writes its rule comments first
-  (`cali:<hash>`, then the description), so iptables-save prints them right after `-p`.
+  of host-sourced traffic leaving tunl0.
 * ``cilium``: Cilium's iptables manager next to kube-proxy: the cilium-feeder
   jumps, CILIUM_PRE_raw/CILIUM_OUTPUT_raw NOTRACK for proxy traffic,
   CILIUM_PRE_mangle with `-m socket --transparent` and a TPROXY to the DNS
@@ -156,9 +156,9 @@ def _cali_id(chain: str, index: int, rule: str) -> str:
     return base64.urlsafe_b64encode(digest).decode()[:16]
 
 
-def _cali_chain(chain: str, rules: list[str], first: bool = False) -> list[str]:
-    """felix's rules with their `cali:` id comment; `first` puts the comments (the id, then a
-    description given as `RULE # DESCRIPTION`) before the matches, as felix writes them."""
+def _cali_chain(chain: str, rules: list[str]) -> list[str]:
+    """felix's rules with their `cali:` id comment, then a description given as
+    `RULE # DESCRIPTION`, both before the matches, as felix writes them."""
     out = []
     for i, r in enumerate(rules):
         r, _, said = r.partition(" # ")
@@ -167,8 +167,7 @@ def _cali_chain(chain: str, rules: list[str], first: bool = False) -> list[str]:
         comment = f'-m comment --comment "cali:{_cali_id(chain, i, r)}"'
         if said:
             comment += f' -m comment --comment "{said}"'
-        parts = (comment, match.strip()) if first else (match.strip(), comment)
-        out.append(" ".join(p for p in (f"-A {chain}", *parts, verb.strip(), action) if p))
+        out.append(" ".join(p for p in (f"-A {chain}", comment, match.strip(), verb.strip(), action) if p))
     return out
 
 
@@ -177,10 +176,9 @@ def calico(lay: NodeLayout, encap: str = "vxlan") -> tuple[str, str]:
     pools, masq, vxlan = "cali40all-ipam-pools", "cali40masq-ipam-pools", "cali40all-vxlan-net"
     hosts = "cali40all-hosts-net"
     ipip = encap == "ipip"
-    first = ipip
 
     def felix(name: str, rules: list[str]) -> list[str]:
-        return _cali_chain(name, rules, first)
+        return _cali_chain(name, rules)
     accept, scratch0, endpoint = "0x10000/0x10000", "0x20000/0x20000", "0x40000/0x40000"
     raw: list[str] = []
     raw += ['-A PREROUTING -m comment --comment "cali:6gwbT8clXdHdC1b1" -j cali-PREROUTING',
