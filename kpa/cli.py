@@ -137,6 +137,20 @@ def node_rules_from_cluster(inp: Inputs) -> Any:
     return combine(ipt, nft, sets)
 
 
+def rules_and_cluster(inp: Inputs, policy_optional: bool = False) -> tuple[Any, Any]:
+    """The ruleset and the cluster objects; object files are read on a second core meanwhile."""
+    from kpa.k8s.background import BackgroundObjects
+
+    inp.resolve_example()
+    files = list(inp.cluster)  # files: read in a child process while this one reads the rules
+    with BackgroundObjects(files) as pending:
+        with progress_status("reading the rules"):
+            rs = load_ruleset(inp)
+        with progress_status("reading the cluster objects"):
+            objects = pending.result() if files else load_cluster(inp, policy_optional)
+    return rs, objects
+
+
 def load_cluster(inp: Inputs, policy_optional: bool = False) -> Any:
     if inp.cluster:
         from kpa.k8s.objects import load_objects
@@ -550,10 +564,7 @@ def show(target: str | None, rules: Sequence[str], live: bool, iptc: bool, examp
     gc.disable()
     inp = Inputs(list(rules), list(cluster), list(node_ips), node, live, example, kube, kubeconfig, context,
                  namespace, image, iptc)
-    with progress_status("reading the rules"):
-        rs = load_ruleset(inp)
-    with progress_status("reading the cluster objects"):
-        objects = load_cluster(inp)
+    rs, objects = rules_and_cluster(inp)
     known: dict[str, str] = {}
     if objects is not None:
         from kpa.k8s.naming import service_port_name
@@ -863,10 +874,7 @@ def lint(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: S
     known = load_baseline(baseline) if baseline else None
     inp = Inputs(list(rules), list(cluster), list(node_ips), node, live, example, kube, kubeconfig, context,
                  namespace, image, iptc)
-    with progress_status("reading the rules"):
-        rs = load_ruleset(inp)
-    with progress_status("reading the cluster objects"):
-        objects = load_cluster(inp, policy_optional=True)  # NetworkPolicies too, where allowed
+    rs, objects = rules_and_cluster(inp, policy_optional=True)  # NetworkPolicies too, where allowed
     if objects is None:
         raise click.UsageError("lint compares rules with cluster objects: give --cluster PATH (or --kube)")
     if objects.unlisted:

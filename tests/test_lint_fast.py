@@ -623,3 +623,92 @@ def test_rule_where_and_ip_version_shortcuts() -> None:
             except ValueError:
                 want = None
             assert _ip_version(text) == want, text
+
+
+def _everything(o: object) -> object:
+    """Every attribute a reader of ClusterObjects can see, lookups included."""
+    from kpa.k8s.objects import ClusterObjects
+
+    assert isinstance(o, ClusterObjects)
+    pods = o.pods
+    return (o.services, o.endpoint_slices, pods, o.nodes, o.namespaces, o.network_policies, o.warnings,
+            o.unlisted, sorted(o.ignored_kinds.items()),
+            [o.pod_by_ip(ip) for p in pods for ip in p.pod_ips],
+            [o.pod(p.namespace, p.name) for p in pods],
+            [(o.service_by_cluster_ip(ip), o.services_by_external_ip(ip), o.services_by_load_balancer_ip(ip))
+             for s in o.services for ip in (*s.cluster_ips, *s.external_ips, *s.load_balancer_ips)],
+            [o.endpoints_for(s.namespace, s.name, p.name, p.protocol) for s in o.services for p in s.ports],
+            [o.node_by_ip(ip) for n in o.nodes for ip in (*n.internal_ips, *n.external_ips)])
+
+
+def _background(paths: list[str], fork: bool) -> object:
+    from kpa.k8s.background import BackgroundObjects
+
+    try:
+        with BackgroundObjects(paths, fork=fork) as pending:
+            return _everything(pending.result())
+    except InputError as exc:
+        return ("error", str(exc))
+
+
+def test_objects_read_in_a_child_process_equal_objects_read_here(tmp_path: Path) -> None:
+    """Fixtures, a generated cluster as JSON and YAML, a directory, and bad input: same objects, same errors."""
+    big = to_objects(random_cluster(seed=8, services=40, endpoints_per_service=4))
+    (tmp_path / "cluster.json").write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": big}, indent=4))
+    (tmp_path / "cluster.yaml").write_text(yaml.safe_dump_all(big))
+    (tmp_path / "bad.json").write_text(json.dumps({"kind": "List", "items": big[:5]}, indent=2)[:-40])
+    svc = next(d for d in big if d["kind"] == "Service")
+    broken = json.loads(json.dumps(svc))
+    broken["spec"]["ports"][0]["port"] = "eighty"
+    (tmp_path / "schema.json").write_text(json.dumps({"kind": "List", "items": [svc, broken]}, indent=2))
+    (tmp_path / "dir").mkdir()
+    for name in ("kitchen-sink.yaml", "dual-stack.yaml"):
+        (tmp_path / "dir" / name).write_text((FIXTURES / "clusters" / name).read_text())
+    cases = [[str(p)] for p in sorted((FIXTURES / "clusters").glob("*.yaml"))]
+    cases += [[str(tmp_path / "cluster.json")], [str(tmp_path / "cluster.yaml")],
+              [str(tmp_path / "dir"), str(tmp_path / "cluster.json")],
+              [str(tmp_path / "bad.json")], [str(tmp_path / "schema.json")], [str(tmp_path / "missing.json")]]
+    errors = 0
+    for paths in cases:
+        forked = _background(paths, fork=True)
+        assert forked == _background(paths, fork=False), paths
+        errors += isinstance(forked, tuple) and forked[0] == "error"
+    assert errors == 3
+
+
+def test_objects_from_a_child_keep_their_pods_apart_until_asked() -> None:
+    """The Pods arrive unread; the first question about them reads them, exactly once."""
+    from kpa.k8s.background import BackgroundObjects
+
+    path = str(FIXTURES / "clusters" / "kitchen-sink.yaml")
+    here = load_objects([path])
+    with BackgroundObjects([path], fork=True) as pending:
+        objects = pending.result()
+    assert objects._pod_loader is not None  # sent, not yet unpickled
+    assert objects.services == here.services
+    assert objects._pod_loader is not None
+    pod = here.pods[0]
+    assert objects.pod_by_ip(pod.pod_ips[0]) == here.pod_by_ip(pod.pod_ips[0])
+    assert objects._pod_loader is None
+    assert objects.pods == here.pods
+    merged = objects.merged(here)
+    assert merged.pods == here.merged(here).pods
+
+
+def test_a_child_left_behind_is_stopped_and_stdin_is_never_forked(tmp_path: Path) -> None:
+    import os
+
+    from kpa.k8s.background import BackgroundObjects
+
+    path = str(FIXTURES / "clusters" / "kitchen-sink.yaml")
+    with pytest.raises(RuntimeError), BackgroundObjects([path], fork=True) as pending:
+        pid = pending._pid
+        assert pid is not None
+        raise RuntimeError("reading the rules failed")
+    assert pending._pid is None and pending._fd is None
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # reaped: no zombie left
+    with BackgroundObjects(["-"], fork=True) as pending:
+        assert pending._pid is None
+    with BackgroundObjects([path], fork=False) as pending:
+        assert pending._pid is None

@@ -249,6 +249,7 @@ class ClusterObjects:
         self._slices = {(s.namespace, s.name, s.from_endpoints): s for s in endpoint_slices}
         self._nodes = {n.name: n for n in nodes}
         self._pods = {(p.namespace, p.name): p for p in pods}
+        self._pod_loader: Callable[[], dict[tuple[str, str], Pod]] | None = None
         self._namespaces = {n.name: n for n in namespaces}
         self._policies = {(p.namespace, p.name): p for p in network_policies}
         self.warnings: list[str] = list(warnings)
@@ -282,15 +283,34 @@ class ClusterObjects:
             chosen = real or found
             self._slices_by_service[key] = tuple(sorted(chosen, key=lambda s: s.name))
 
+        self._index_pods()
+        self._node_by_ip: dict[str, Node] = {}
+        for node in self._nodes.values():
+            for ip in (*node.external_ips, *node.internal_ips):
+                self._node_by_ip[canonical_ip(ip)] = node
+
+    def _index_pods(self) -> None:
         self._pod_by_ip: dict[str, Pod] = {}
         # Host-network pods share their node's IP; a pod with its own IP is the better answer.
         for pod in sorted(self._pods.values(), key=lambda p: not p.host_network):
             for ip in pod.pod_ips:
                 self._pod_by_ip[canonical_ip(ip)] = pod
-        self._node_by_ip: dict[str, Node] = {}
-        for node in self._nodes.values():
-            for ip in (*node.external_ips, *node.internal_ips):
-                self._node_by_ip[canonical_ip(ip)] = node
+
+    def detach_pods(self) -> dict[tuple[str, str], Pod]:
+        """Take the Pods out (to hand them over apart from the rest); see `attach_pods`."""
+        pods, self._pods, self._pod_by_ip = self._pods_now(), {}, {}
+        return pods
+
+    def attach_pods(self, load: Callable[[], dict[tuple[str, str], Pod]]) -> None:
+        """Put back Pods that `detach_pods` took, read by `load` when first asked for."""
+        self._pod_loader = load
+
+    def _pods_now(self) -> dict[tuple[str, str], Pod]:
+        if self._pod_loader is not None:
+            load, self._pod_loader = self._pod_loader, None
+            self._pods = load()
+            self._index_pods()
+        return self._pods
 
     @property
     def services(self) -> tuple[Service, ...]:
@@ -306,7 +326,7 @@ class ClusterObjects:
 
     @property
     def pods(self) -> tuple[Pod, ...]:
-        return tuple(self._pods.values())
+        return tuple(self._pods_now().values())
 
     @property
     def namespaces(self) -> tuple[Namespace, ...]:
@@ -320,7 +340,7 @@ class ClusterObjects:
         return self._namespaces.get(name)
 
     def pod(self, namespace: str, name: str) -> Pod | None:
-        return self._pods.get((namespace, name))
+        return self._pods_now().get((namespace, name))
 
     def network_policy(self, namespace: str, name: str) -> NetworkPolicy | None:
         return self._policies.get((namespace, name))
@@ -401,6 +421,7 @@ class ClusterObjects:
         return tuple(merged[k] for k in sorted(merged, key=_address_sort_key))
 
     def pod_by_ip(self, ip: str) -> Pod | None:
+        self._pods_now()
         return self._pod_by_ip.get(canonical_ip(ip))
 
     def node(self, name: str) -> Node | None:

@@ -1,0 +1,163 @@
+"""Read cluster object files on a second core while the caller reads the ruleset.
+
+`kpa lint` and `kpa show` read two large inputs that do not depend on each other: a
+ruleset dump and the cluster objects. On a system with `os.fork`, `BackgroundObjects`
+reads the objects in a child process and hands them back pickled, so both inputs are
+read at once. The Pods, which lint and show rarely look at, are handed back separately
+and unpickled only when something asks for them.
+
+It does so only when a core is idle (`spare_core`): on a busy machine the two
+processes would take turns, and handing over the objects would be pure cost.
+
+The answer is always exactly what `load_objects` gives in this process: the child
+sends only a complete result, and on anything else (bad input, a crash, a kill, no
+fork) the objects are read again here, which raises the very same errors. Standard
+input is never read in the child.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import signal
+import struct
+import sys
+from collections.abc import Sequence
+from types import TracebackType
+
+from kpa.k8s.objects import ClusterObjects, load_objects
+
+_HEADER = struct.Struct("<QQ")  # lengths of the objects' and the Pods' pickles
+
+
+def _forkable(paths: Sequence[str]) -> bool:
+    if not paths or not hasattr(os, "fork") or sys.platform == "win32":
+        return False
+    # `-` is standard input, which belongs to this process.
+    return all(p != "-" for p in paths)
+
+
+def spare_core() -> bool:
+    """Whether a core is idle enough for a second process to pay off.
+
+    Handing the objects over costs about a fifth of reading them; when the other cores
+    are busy, the two processes take turns on one and that cost is all that is left.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return False
+    return cores - load >= 1.0
+
+
+class BackgroundObjects:
+    """`with BackgroundObjects(paths) as pending: ...; objects = pending.result()`.
+
+    The child is started on entry; leaving the block without taking the result (for
+    example because reading the rules failed) stops it.
+    """
+
+    def __init__(self, paths: Sequence[str], fork: bool | None = None) -> None:
+        """`fork`: True or False to decide; by default, when `spare_core()` says so."""
+        self._paths = list(paths)
+        self._fork = fork
+        self._pid: int | None = None
+        self._fd: int | None = None
+
+    def __enter__(self) -> BackgroundObjects:
+        if not _forkable(self._paths) or not (spare_core() if self._fork is None else self._fork):
+            return self
+        read_fd, write_fd = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(read_fd)
+            os.close(write_fd)
+            return self
+        if pid == 0:  # the child: read, send, and leave without running the parent's exit code
+            os.close(read_fd)
+            try:
+                _send(write_fd, load_objects(self._paths))
+            except BaseException:  # the parent reads the objects again and reports what is wrong
+                pass
+            finally:
+                os._exit(0)
+        os.close(write_fd)
+        self._pid, self._fd = pid, read_fd
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self._stop()
+
+    def result(self) -> ClusterObjects:
+        """The objects, from the child if it sent them whole; otherwise read here."""
+        if self._fd is None:
+            return load_objects(self._paths)
+        try:
+            data = _read_all(self._fd)
+        finally:
+            self._reap()
+        received = _receive(data)
+        if received is None:
+            return load_objects(self._paths)
+        return received
+
+    def _reap(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._pid is not None:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self._pid, 0)
+            self._pid = None
+
+    def _stop(self) -> None:
+        if self._pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._pid, signal.SIGKILL)
+        self._reap()
+
+
+def _send(fd: int, objects: ClusterObjects) -> None:
+    pods = objects.detach_pods()
+    main = pickle.dumps(objects, protocol=pickle.HIGHEST_PROTOCOL)
+    rest = pickle.dumps(pods, protocol=pickle.HIGHEST_PROTOCOL)
+    with os.fdopen(fd, "wb") as out:
+        out.write(_HEADER.pack(len(main), len(rest)))
+        out.write(main)
+        out.write(rest)
+
+
+def _read_all(fd: int) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _receive(data: bytes) -> ClusterObjects | None:
+    """The objects a child sent, or None unless it sent all of them."""
+    if len(data) < _HEADER.size:
+        return None
+    main_len, pods_len = _HEADER.unpack_from(data)
+    start = _HEADER.size
+    if len(data) != start + main_len + pods_len:
+        return None
+    objects = pickle.loads(memoryview(data)[start : start + main_len])
+    if not isinstance(objects, ClusterObjects):
+        return None
+    pods = bytes(memoryview(data)[start + main_len :])
+    del data
+    objects.attach_pods(lambda: pickle.loads(pods))
+    return objects
+
+
+__all__ = ["BackgroundObjects"]
