@@ -340,9 +340,12 @@ def expected_port(op: _ObjPort, node_name: str | None, mode: Mode) -> Expected:
     cat = categorize_endpoints(view.endpoints, view.policy)
     policy = view.policy
     node_of = {naming.endpoint_string(e.address, e.port): e.node_name for e in op.endpoints}
+    # One (frozen) reference per endpoint, shared by the lists that name it.
+    made = {id(i): EndpointRef(i.endpoint, i.chain, node_of.get(i.endpoint)) for i in view.endpoints}
 
     def refs(infos: Iterable[EndpointInfo]) -> tuple[EndpointRef, ...]:
-        return tuple(EndpointRef(i.endpoint, i.chain, node_of.get(i.endpoint)) for i in infos)
+        return tuple(made.get(id(i)) or EndpointRef(i.endpoint, i.chain, node_of.get(i.endpoint))
+                     for i in infos)
 
     names = _service_chains(mode, op.name, op.protocol)
     svc_k, svl_k, ext_k, fw_k = (("svc", "svl", "ext", "fw") if mode == "iptables"
@@ -489,7 +492,7 @@ def _sep_protocol(nat: Table, v: kubeproxy.ServicePortView) -> str | None:
 
 def _chain_location(c: Chain) -> str | None:
     if c.rules:
-        return str(c.rules[0].location)
+        return c.rules[0].where()
     return str(c.location) if c.location else None
 
 

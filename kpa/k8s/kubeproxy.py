@@ -8,6 +8,7 @@ chain-name hashes to recover which Service port a chain belongs to.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Sequence
@@ -206,10 +207,22 @@ def _text_share(rule: Rule) -> Fraction | None:
     found = _STAT_RE.findall(text)
     if len(found) != 1 or text.count("statistic") != 1:
         return None
+    return _probability(found[0])
+
+
+@functools.lru_cache(maxsize=4096)
+def _probability(text: str) -> Fraction | None:
+    """`kernel_probability`, or None where it refuses; a cascade repeats a few texts many times."""
     try:
-        return kernel_probability(found[0])
+        return kernel_probability(text)
     except ValueError:
         return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _dyadic(n: int, exp: int) -> Fraction:
+    """Fraction(n, 2**exp); the cascades of Service ports with as many endpoints repeat them."""
+    return Fraction(n, 1 << exp)
 
 
 def rule_comment(rule: Rule) -> str | None:
@@ -279,7 +292,7 @@ def endpoint_split(chain: Chain) -> list[tuple[Rule, str, Fraction]]:
         if remaining is None and not den & (den - 1):
             exp = rem_e + den.bit_length() - 1
             n = rem_n * p.numerator
-            out.append((r, target, Fraction(n, 1 << exp)))
+            out.append((r, target, _dyadic(n, exp)))
             rem_n, rem_e = (rem_n << (exp - rem_e)) - n, exp
             continue
         if remaining is None:
