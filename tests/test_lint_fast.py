@@ -489,7 +489,10 @@ deep: [[[[[[[[[[[[]]]]]]]]]]]]
 
 
 def test_fast_yaml_documents_equal_the_safe_loader() -> None:
-    """Documents built by the fast walk equal check + construct_document, values, lines and errors alike."""
+    """Documents built by the fast walk equal check + construct_document, values, lines and errors alike.
+
+    (The safe loader's path is called directly: blockyaml reads most of these before it; see test_yaml_block.)
+    """
     from kpa.k8s import objects as o
 
     texts = [p.read_text() for p in sorted((FIXTURES / "clusters").glob("*.yaml"))]
@@ -501,7 +504,7 @@ def test_fast_yaml_documents_equal_the_safe_loader() -> None:
 
         def load(t: str) -> object:
             try:
-                return _yaml_lines(list(o._yaml_documents(t, "f.yaml")))
+                return _yaml_lines(list(o._loaded_yaml_documents(t, "f.yaml")))
             except InputError as exc:
                 return ("error", str(exc).replace("f.yaml", ""))
 

@@ -22,6 +22,7 @@ import yaml
 
 from kpa.errors import InputError
 from kpa.findings import IGNORE_ANNOTATION
+from kpa.k8s import blockyaml
 from kpa.limits import check_nesting, check_yaml_node, gunzip_bounded, read_bounded
 
 if TYPE_CHECKING:
@@ -1261,8 +1262,43 @@ def _looks_like_json(text: str) -> bool:
     return stripped[:1] in ("{", "[")
 
 
+def _plain_scalars() -> Callable[[str], Any]:
+    """A plain scalar's value as `_LineLoader` constructs it; blockyaml.Unfit for other tags."""
+    loader = _LineLoader("")
+    resolve, constructors = loader.resolve, loader.yaml_constructors
+    implicit = (True, False)
+    node = yaml.ScalarNode
+    resolvers = loader.yaml_implicit_resolvers
+    # Texts whose first character no implicit resolver looks at are strings.
+    special = frozenset(c for c in resolvers if c) if None not in resolvers and "" in resolvers else None
+
+    def plain(text: str) -> Any:
+        if special is not None and text[0] not in special:
+            return text
+        tag = resolve(node, text, implicit)
+        if tag == _YAML_STR:
+            return text
+        if tag in _YAML_SCALARS:
+            return constructors[tag](loader, node(tag, text))
+        raise blockyaml.Unfit
+
+    return plain
+
+
 def _yaml_documents(text: str, source: str) -> Iterator[Any]:
     check_nesting(text, source)
+    # Block-style YAML as kubectl and yaml.dump write it is read by blockyaml, which gives the
+    # same documents; from the first document it is not sure of, the safe loader reads the rest.
+    for document in blockyaml.documents(text, _LinedDict, _plain_scalars()):
+        if type(document) is blockyaml.Rest:
+            if document.line:
+                text = "\n" * document.line + text[document.offset:]
+            yield from _loaded_yaml_documents(text, source)
+            return
+        yield document
+
+
+def _loaded_yaml_documents(text: str, source: str) -> Iterator[Any]:
     try:
         loader = _LineLoader(text)
         # Without anchors there are no aliases, so every document is a tree the fast walk can build.
