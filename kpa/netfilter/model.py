@@ -182,20 +182,22 @@ class RuleSource(Protocol):
 
     file: str
 
-    def materialise(self, rule: LazyRule) -> tuple[list[Expr], str | None]: ...
+    def materialise(self, rule: DeferredRule) -> tuple[list[Expr], str | None]: ...
 
 
 # The storage behind Rule's attributes, which LazyRule's properties of the same names hide.
 _SLOTS: dict[str, Any] = {name: Rule.__dict__[name] for name in ("exprs", "comment", "location")}
 
 
-class LazyRule(Rule):
+class DeferredRule(Rule):
     """A rule whose text has been validated but whose expressions are built on first use.
 
     Validation (kpa check) needs only what the rule's shape tells: whether it
     holds unknown expressions and where it jumps. Reading or setting `exprs`
     or `comment` builds them exactly as an eager parse would have, and turns
     the rule into a plain Rule; `location` is worked out without parsing.
+    Its text is in the syntax of the reader that made it: LazyRule (iptables)
+    or LazyNftRule (nftables).
     """
 
     __slots__ = ()
@@ -240,10 +242,10 @@ class LazyRule(Rule):
 
     if not TYPE_CHECKING:
         def _built(name: str) -> property:
-            def get(self: LazyRule) -> Any:
+            def get(self: DeferredRule) -> Any:
                 return getattr(self.build(), name)
 
-            def set_(self: LazyRule, value: Any) -> None:
+            def set_(self: DeferredRule, value: Any) -> None:
                 setattr(self.build(), name, value)
 
             return property(get, set_)
@@ -260,7 +262,8 @@ class LazyRule(Rule):
         return f"{self._source.file}:{self.lineno}"
 
     def __repr__(self) -> str:
-        return f"LazyRule({self.table}/{self.chain} #{self.index} at {self._source.file}:{self.lineno}: {self.text!r})"
+        return (f"{type(self).__name__}({self.table}/{self.chain} #{self.index} at {self._source.file}:{self.lineno}: "
+                f"{self.text!r})")
 
     @property
     def known(self) -> bool:
@@ -271,6 +274,19 @@ class LazyRule(Rule):
 
     def chain_refs(self) -> Iterator[tuple[VerdictKind, str]]:
         return iter(self._refs)
+
+
+class LazyRule(DeferredRule):
+    """A deferred rule read from iptables-save text (`-A CHAIN ...`): code that reads such
+    text directly (kpa.k8s.kubeproxy, kpa.netfilter.index) may answer from it unbuilt."""
+
+    __slots__ = ()
+
+
+class LazyNftRule(DeferredRule):
+    """A deferred rule read from `nft list ruleset` text (kpa.parse.nft_shapes)."""
+
+    __slots__ = ()
 
 
 # iptables tables hook in at fixed priorities; nftables base chains carry theirs.

@@ -39,6 +39,7 @@ from kpa.netfilter.model import (
     IPTABLES_PRIORITY,
     IPTABLES_TABLES,
     Chain,
+    DeferredRule,
     Expr,
     Family,
     LazyRule,
@@ -169,7 +170,7 @@ class _TableSource:
         self.name = table.name
         self.chains = frozenset(table.chains)
 
-    def materialise(self, rule: LazyRule) -> tuple[list[Expr], str | None]:
+    def materialise(self, rule: DeferredRule) -> tuple[list[Expr], str | None]:
         tokens = tokenize(rule.text, self.file, rule.lineno)
         exprs, comment, _ = self.parser._exprs(self, tokens[2:], rule.lineno)
         return exprs, comment

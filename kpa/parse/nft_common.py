@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -221,10 +221,13 @@ class PendingRule:
     table: Table
     chain: str
     line: int | None
-    stmts: list[Any]
+    # None for a text rule whose statements are read when it is built (Builder.parse_rule).
+    stmts: list[Any] | None
     text: str | None = None
     comment: Any = None
     handle: Any = None
+    # A text rule's skeleton (kpa.parse.nft_shapes): rules with one skeleton share a shape.
+    key: str | None = None
 
 
 def clip(text: str, limit: int = 80) -> str:
@@ -251,6 +254,11 @@ class Builder:
     _anon: int = 0
     # The statements of the JSON rule being built and their texts: id -> (statement, text).
     _texts: dict[int, tuple[Any, str]] = field(default_factory=dict)
+    # The text reader's: one rule's statements from its text and line number.
+    parse_rule: Callable[[str, int], list[Any]] | None = None
+    # Rule shapes by (id(table), skeleton): kpa.parse.nft_shapes.
+    _shapes: dict[tuple[int, str], Any] = field(default_factory=dict)
+    _sources: dict[int, Any] = field(default_factory=dict)
 
     def error(self, line: int | None, message: str) -> InputError:
         return InputError(self.file, line, message)
@@ -407,23 +415,45 @@ class Builder:
         return el
 
     # rules -----------------------------------------------------------------
-    def rule(self, table: Table, chain_name: str, line: int | None, stmts: list[Any],
-             text: str | None = None, comment: str | None = None, handle: int | None = None) -> None:
+    def rule(self, table: Table, chain_name: str, line: int | None, stmts: list[Any] | None,
+             text: str | None = None, comment: str | None = None, handle: int | None = None,
+             key: str | None = None) -> None:
         """Queue a rule; it is lowered in finish(), when every chain, set and map is known."""
-        self.pending.append(PendingRule(table, chain_name, line, stmts, text, comment, handle))
+        self.pending.append(PendingRule(table, chain_name, line, stmts, text, comment, handle, key))
+
+    def _chain_of(self, p: PendingRule) -> Chain:
+        chain = p.table.chains.get(p.chain)
+        if chain is None:
+            raise self.error(p.line, f"expected a chain declared in table {p.table.family.value} {p.table.name}, "
+                                     f"found {clip(p.chain)!r}")
+        return chain
+
+    def statements_of(self, p: PendingRule) -> list[Any]:
+        """The rule's statements, read from its text now if the reader left that for later."""
+        if p.stmts is None:
+            assert self.parse_rule is not None and p.text is not None
+            p.stmts = self.parse_rule(p.text, p.line or 0)
+        return p.stmts
 
     def _build_rule(self, p: PendingRule) -> Rule:
         table, chain_name, line = p.table, p.chain, p.line
-        chain = table.chains.get(chain_name)
-        if chain is None:
-            raise self.error(line, f"expected a chain declared in table {table.family.value} {table.name}, "
-                                   f"found {clip(chain_name)!r}")
+        chain = self._chain_of(p)
+        exprs, counters, comment, rule_text = self.lower_rule(table, chain_name, line, self.statements_of(p), p.text,
+                                                              p.comment)
+        handle = p.handle if isinstance(p.handle, int) and not isinstance(p.handle, bool) else None
+        r = Rule(table.name, chain_name, len(chain.rules) + 1, exprs, Location(self.file, line or 0), rule_text,
+                 comment=comment, counters=counters, handle=handle)
+        chain.rules.append(r)
+        return r
+
+    def lower_rule(self, table: Table, chain_name: str, line: int | None, stmts: list[Any], text: str | None,
+                   given_comment: Any) -> tuple[list[Expr], tuple[int, int] | None, str | None, str]:
+        """A rule's expressions, counters, comment and text from its statements (text None: JSON input)."""
         exprs: list[Expr] = []
         counters: tuple[int, int] | None = None
-        comment = p.comment if isinstance(p.comment, str) or p.comment is None else str(p.comment)
-        stmts = p.stmts
+        comment = given_comment if isinstance(given_comment, str) or given_comment is None else str(given_comment)
         texts: list[str] | None = None
-        if p.text is None:
+        if text is None:
             # JSON input: each statement's text goes into the rule's text and its expressions' labels.
             texts = [fmt_stmt(s) if isinstance(s, dict) else str(s) for s in stmts]
             self._texts = {id(s): (s, t) for s, t in zip(stmts, texts, strict=True) if isinstance(s, dict)}
@@ -457,12 +487,7 @@ class Builder:
                 # A statement of a known kind whose attributes do not have nft's shapes.
                 raise self.error(line, f"{clip(fmt_stmt(stmt))}: expected nft's JSON shape for this statement "
                                        f"({type(exc).__name__}: {clip(str(exc))})") from None
-        rule_text = " ".join(texts) if texts is not None else p.text or ""
-        handle = p.handle if isinstance(p.handle, int) and not isinstance(p.handle, bool) else None
-        r = Rule(table.name, chain_name, len(chain.rules) + 1, exprs, Location(self.file, line or 0), rule_text,
-                 comment=comment, counters=counters, handle=handle)
-        chain.rules.append(r)
-        return r
+        return exprs, counters, comment, " ".join(texts) if texts is not None else text or ""
 
     def anonymous_chain(self, stmt: dict[str, Any], table: Table, chain_name: str, line: int | None) -> dict[str, Any] | None:
         """`jump { rule; rule }`: the rules become a chain of their own, and the statement a jump to it."""
@@ -496,9 +521,21 @@ class Builder:
         return out
 
     def finish(self) -> Ruleset:
+        from kpa.parse import nft_shapes
+
         pending, self.pending = self.pending, []
+        shapes = self._shapes
         for p in pending:
-            self._build_rule(p)
+            if p.key is None:
+                self._build_rule(p)
+                continue
+            sk = (id(p.table), p.key)
+            shape = shapes.get(sk, nft_shapes.MISSING)
+            if shape is nft_shapes.MISSING:
+                # The first rule of a skeleton is built in full, and decides whether the others may wait.
+                shapes[sk] = nft_shapes.analyse(self, p, self._build_rule(p))
+            elif shape is None or not nft_shapes.defer(self, p, shape):
+                self._build_rule(p)
         for t in self.ruleset.tables:
             if (t.family.value, t.name) in self.managed or looks_iptables_managed(t):
                 t.managed_by_iptables = True

@@ -17,6 +17,7 @@ from kpa.errors import InputError
 from kpa.netfilter.model import Ruleset, Table
 from kpa.netfilter.protocols import BadNumber, c_uint
 from kpa.parse.nft_common import VERDICTS, Builder, clip
+from kpa.parse.nft_shapes import skeleton_lines
 
 # A line that opens a table, chain, set or other named block: never part of a rule.
 BLOCK_START = re.compile(r"(?:table|chain|set|map|flowtable|counter|quota|limit|ct\s+\S+|secmark|synproxy)\s+"
@@ -659,11 +660,23 @@ def split_statements(lines: list[str]) -> tuple[list[str], list[int]]:
 
 
 class TextReader:
-    def __init__(self, file: str) -> None:
+    def __init__(self, file: str, shapes: bool = True) -> None:
         self.file = file
         self.b = Builder(file)
+        self.b.parse_rule = self._statements
         self._no: list[int] = []
         self._lines = 0
+        # Rules that share a skeleton share a shape (kpa.parse.nft_shapes); shapes=False reads each in full.
+        self.shapes = shapes
+        self._physical: list[str] = []
+        self._skeleton: list[str] | None = None
+
+    def _statements(self, line: str, lineno: int) -> list[dict[str, Any]]:
+        stmts = RuleParser(tokenize(line, self.file, lineno)).statements()
+        for st in stmts:
+            if "unparsed" not in st:
+                _fix_ports(st)
+        return stmts
 
     def error(self, line: int, message: str) -> InputError:
         return InputError(self.file, line, message)
@@ -673,6 +686,10 @@ class TextReader:
             raise self.error(text[: text.index("\x00")].count("\n") + 1, "expected nft text, found binary data")
         physical = text.splitlines()
         self._lines = len(physical)
+        if self.shapes:
+            skeleton = skeleton_lines(text)
+            if skeleton is not None and len(skeleton) == len(physical):
+                self._physical, self._skeleton = physical, skeleton
         lines, self._no = split_statements(physical)
         i = 0
         table: Table | None = None
@@ -771,7 +788,7 @@ class TextReader:
                         raise self.error(lineno, f"expected policy accept or drop, found {clip(line)!r}")
                     chain.policy = pol
                 else:
-                    self._rule(table, name, line, lineno, rule_handle)
+                    self._rule(table, name, line, lineno, rule_handle, self._key(lines[i - 1], lineno, rule_handle))
                 continue
             # set or map attribute; `elements = { ... }` may span lines
             if line.startswith("elements"):
@@ -839,13 +856,23 @@ class TextReader:
             raise self.error(lineno, f"expected 'type TYPE hook HOOK priority PRIO;', found {line[:60]!r}")
         self.b.chain(table, name, lineno, handle, m.group(1), m.group(2), m.group(3).strip(), m.group(4))
 
-    def _rule(self, table: Table, chain: str, line: str, lineno: int, handle: int | None) -> None:
-        toks = tokenize(line, self.file, lineno)
-        stmts = RuleParser(toks).statements()
-        for st in stmts:
-            if "unparsed" not in st:
-                _fix_ports(st)
-        self.b.rule(table, chain, lineno, stmts, text=line, handle=handle)
+    def _key(self, source: str, lineno: int, handle: int | None) -> str | None:
+        """The skeleton of a rule given on one line of its own, as it is in the input; else None."""
+        skeleton = self._skeleton
+        if skeleton is None or source is not self._physical[lineno - 1]:
+            return None
+        skel_handle, key = _handle(skeleton[lineno - 1].strip())
+        return key if skel_handle == handle else None
+
+    def _rule(self, table: Table, chain: str, line: str, lineno: int, handle: int | None,
+              key: str | None = None) -> None:
+        if key is not None:
+            if '"' in line:
+                tokenize(line, self.file, lineno)  # an unclosed quote is an error now, as without skeletons
+            # Read when the rule is built, or never (kpa.parse.nft_shapes).
+            self.b.rule(table, chain, lineno, None, text=line, handle=handle, key=key)
+            return
+        self.b.rule(table, chain, lineno, self._statements(line, lineno), text=line, handle=handle)
 
 
 def statements_from_text(text: str, file: str, lineno: int) -> list[dict[str, Any]]:
@@ -887,8 +914,9 @@ def _handle(line: str) -> tuple[int | None, str]:
     return None, line
 
 
-def parse_nft_text(text: str, file: str = "<stdin>") -> Ruleset:
-    return TextReader(file).parse(text)
+def parse_nft_text(text: str, file: str = "<stdin>", shapes: bool = True) -> Ruleset:
+    """Read `nft list ruleset` text; `shapes=False` reads every rule in full up front (same result, slower)."""
+    return TextReader(file, shapes).parse(text)
 
 
 __all__ = ["parse_nft_text", "tokenize"]

@@ -1,0 +1,351 @@
+"""Rule skeletons for `nft list ruleset` text: each distinct rule shape is read in full once.
+
+kube-proxy's nftables mode writes tens of thousands of rules from a few
+patterns that differ only in addresses, ports and hash-named chains (`ip
+saddr 10.244.1.5 jump mark-for-masquerade`, `meta l4proto tcp dnat to
+10.244.1.5:8080`, `numgen random mod 3 vmap { 0 : goto endpoint-..., ... }`).
+`skeleton_lines` replaces such values in the whole text by placeholders, one
+C regex pass per kind. A value becomes a placeholder only where it is
+strictly valid for its position: a dotted quad (octets 0-255) right after
+`ip saddr` / `ip daddr` (optionally `!=`), a port 0-65535 in decimal right
+after `tcp|udp|sctp dport|sport`, an address:port right after `dnat to`, a
+chain name of plain characters right after `jump` / `goto`. Anything else
+stays in the skeleton as written.
+
+Rules are grouped by (table, skeleton). The first rule of a group is read
+and lowered in full; `analyse` then reads the skeleton itself with a marker
+value in each placeholder and accepts the group only if
+
+- every marker ends up once, and only as the right-hand side of an
+  `ip saddr|daddr` or `tcp|udp|sctp dport|sport` comparison, the target of a
+  jump or goto (also as a verdict-map element's), or the address and port of
+  a `dnat to`: positions where any valid value reads and lowers the same way;
+- the first rule's statements are the markers' statements with its values
+  put in their place;
+- lowering the markers' statements gives the same known/unknown answer,
+  counters, and chain references (with the first rule's values in place of
+  the markers) as lowering the first rule did;
+- no statement has effects beyond its rule (anonymous chains, set updates).
+
+Every later rule of an accepted group must match the group's pattern exactly
+(`defer`), and becomes a LazyNftRule: validated, with its chain references
+read from its values, and its expressions built on first use by the same code
+as an eager read. Any other rule is read in full, in input order, so errors
+are the same, at the same line, as without skeletons.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from kpa.errors import InputError
+from kpa.netfilter.model import DeferredRule, Expr, LazyNftRule, Rule, RuleShape, Table, VerdictKind
+from kpa.parse.nft_common import Builder, PendingRule
+from kpa.parse.shapes import _IPV4, _PORT
+
+ADDR, PORT, CHAIN, NAT, SET = "\x01", "\x02", "\x03", "\x04", "\x05"
+PLACEHOLDERS = ADDR + PORT + CHAIN + NAT + SET
+# What a chain or set name is allowed to be to become a placeholder: no blank, brace, quote, comma, ';', '#', '@'.
+_NAME = r"[A-Za-z0-9_][A-Za-z0-9_./:-]*"
+_AFTER = r"(?=[ \n]|\Z)"
+
+
+def _pass(context: str, value: str, after: str, placeholder: str) -> tuple[str, re.Pattern[str], str]:
+    """Replace `value` right after `context` (itself after a blank) by `placeholder`. The pattern opens
+    with the context's first word so that the regex engine can search for it; the replacement is
+    literal (no group to expand per match)."""
+    word, rest = context.split(" ", 1)
+    return (context, re.compile(f"{re.escape(word)}(?<=[\t ]{re.escape(word)}) {re.escape(rest)}{value}{after}"),
+            context + placeholder)
+
+
+_PASSES: list[tuple[str, re.Pattern[str], str]] = [
+    *(_pass(f"ip {f}addr {op}", v, _AFTER, ph) for f in "sd" for op in ("", "!= ")
+      for v, ph in ((_IPV4, ADDR), (f"@{_NAME}", SET))),
+    *(_pass(f"{proto} {f}port {op}", _PORT, _AFTER, PORT) for proto in ("tcp", "udp", "sctp") for f in "sd"
+      for op in ("", "!= ")),
+    _pass("dnat to ", f"{_IPV4}:{_PORT}", _AFTER, NAT),
+    _pass("update ", f"@{_NAME}", r"(?= \{ )", SET),
+    *(_pass(f"{verdict} ", _NAME, r"(?=[ \n]|, |\Z)", CHAIN) for verdict in ("goto", "jump")),
+]
+_GROUPS = {ADDR: f"({_IPV4})", PORT: f"({_PORT})", CHAIN: f"({_NAME})", NAT: f"({_IPV4}:{_PORT})",
+           SET: f"(@{_NAME})"}
+_SPLIT = re.compile(f"([{PLACEHOLDERS}])")
+# At most this many placeholders in one rule (markers are numbered within a byte).
+MAX_PLACEHOLDERS = 200
+
+
+def skeleton_lines(text: str) -> list[str] | None:
+    """The lines of `text` with valid values replaced by placeholders; None if the text holds one already."""
+    if any(c in text for c in PLACEHOLDERS):
+        return None
+    for literal, pattern, repl in _PASSES:
+        if literal in text:
+            text = pattern.sub(repl, text)
+    return text.splitlines()
+
+
+def _marker(kind: str, i: int) -> str:
+    """A valid value of the kind, numbered: what analyse() follows through the parser."""
+    if kind == ADDR:
+        return f"127.99.{i}.7"
+    if kind == PORT:
+        return str(50000 + i)
+    if kind == CHAIN:
+        return f"kpa-shape-chain-{i}"
+    if kind == SET:
+        return f"@kpa-shape-set-{i}"
+    return f"127.98.{i}.7:{51000 + i}"
+
+
+def _leaves(kind: str, value: str) -> list[str | int]:
+    """The leaves a value becomes in the statements: `dnat to A:P` gives the address and the port number."""
+    if kind == NAT:
+        addr, port = value.split(":")
+        return [addr, int(port)]
+    return [value]
+
+
+class NftShape(RuleShape):
+    """An accepted skeleton: its pattern, and its chain references (literal, or a value's group)."""
+
+    __slots__ = ("lookups", "pattern", "refs", "static", "updates")
+
+    def __init__(self, rule: Rule, pattern: re.Pattern[str], refs: tuple[tuple[VerdictKind, str, int], ...],
+                 lookups: tuple[int, ...], updates: tuple[tuple[str, int], ...]) -> None:
+        super().__init__(not rule.known, rule.counters)
+        self.pattern = pattern
+        self.refs = refs
+        # Groups naming a set looked up (it must exist in the table), and the sets the rule updates.
+        self.lookups = lookups
+        self.updates = updates
+        # The references when no value names a chain.
+        self.static: tuple[tuple[VerdictKind, str], ...] | None = (
+            tuple((k, n) for k, n, _ in refs) if all(g < 0 for _, _, g in refs) else None)
+
+    def refs_of(self, m: re.Match[str]) -> tuple[tuple[VerdictKind, str], ...]:
+        if self.static is not None:
+            return self.static
+        return tuple((k, m.group(g) if g > 0 else n) for k, n, g in self.refs)
+
+
+# What a skeleton not seen yet maps to (beside its shape, or None once rejected).
+MISSING: Any = object()
+
+
+class _TextSource:
+    """Builds a deferred rule's expressions from its text, as the eager read does."""
+
+    def __init__(self, builder: Builder, table: Table) -> None:
+        self.builder = builder
+        self.table = table
+        self.file = builder.file
+
+    def materialise(self, rule: DeferredRule) -> tuple[list[Expr], str | None]:
+        b = self.builder
+        assert b.parse_rule is not None
+        stmts = b.parse_rule(rule.text, rule.lineno)
+        exprs, _, comment, _ = b.lower_rule(self.table, rule.chain, rule.lineno, stmts, rule.text, None)
+        return exprs, comment
+
+
+def _walk(x: Any, counts: dict[Any, int]) -> None:
+    if isinstance(x, dict):
+        for k, v in x.items():
+            counts[("s", k)] = counts.get(("s", k), 0) + 1
+            _walk(v, counts)
+    elif isinstance(x, list):
+        for v in x:
+            _walk(v, counts)
+    elif isinstance(x, str):
+        counts[("s", x)] = counts.get(("s", x), 0) + 1
+    elif isinstance(x, int) and not isinstance(x, bool):
+        counts[("i", x)] = counts.get(("i", x), 0) + 1
+
+
+def _leaf(x: Any) -> Any:
+    if isinstance(x, str):
+        return ("s", x)
+    if isinstance(x, int) and not isinstance(x, bool):
+        return ("i", x)
+    return None
+
+
+def _substitute(x: Any, to: dict[Any, Any]) -> Any:
+    if isinstance(x, dict):
+        return {k: _substitute(v, to) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_substitute(v, to) for v in x]
+    leaf = _leaf(x)
+    if leaf is not None and leaf in to:
+        return to[leaf][1]
+    return x
+
+
+_PAYLOAD_KINDS = {
+    ("ip", "saddr"): ADDR, ("ip", "daddr"): ADDR,
+    **{(p, f): PORT for p in ("tcp", "udp", "sctp") for f in ("dport", "sport")},
+}
+
+
+def _allowed(stmts: list[Any], kinds: dict[Any, str]) -> tuple[dict[Any, int], dict[Any, str]] | None:
+    """How often each marker leaf is found where any value of its kind reads the same, and where each set
+    marker is ("lookup" or "update"); None: a statement with effects beyond its rule (an anonymous chain)."""
+    found: dict[Any, int] = {}
+    roles: dict[Any, str] = {}
+
+    def see(leaf: Any, *allowed: str) -> bool:
+        if kinds.get(leaf) in allowed:
+            found[leaf] = found.get(leaf, 0) + 1
+            return True
+        return False
+
+    def verdict(v: Any) -> None:
+        if isinstance(v, dict) and len(v) == 1:
+            (k, body), = v.items()
+            if k in ("jump", "goto") and isinstance(body, dict) and list(body) == ["target"]:
+                see(_leaf(body["target"]), CHAIN)
+
+    for st in stmts:
+        if not isinstance(st, dict) or len(st) != 1:
+            continue
+        (k, v), = st.items()
+        if k in ("jump", "goto") and isinstance(v, dict) and "rules" in v:
+            return None
+        if k == "match" and isinstance(v, dict) and v.get("op") in ("in", "==", "!="):
+            left = v.get("left")
+            if isinstance(left, dict) and list(left) == ["payload"] and isinstance(left["payload"], dict) \
+                    and sorted(left["payload"]) == ["field", "protocol"] and isinstance(v.get("right"), str):
+                kind = _PAYLOAD_KINDS.get((left["payload"]["protocol"], left["payload"]["field"]))
+                leaf = _leaf(v["right"])
+                if kind == ADDR and see(leaf, SET):
+                    roles[leaf] = "lookup"
+                elif kind is not None:
+                    see(leaf, kind)
+        elif k in ("jump", "goto"):
+            verdict(st)
+        elif k == "vmap" and isinstance(v, dict):
+            data = v.get("data")
+            if isinstance(data, dict) and list(data) == ["set"] and isinstance(data["set"], list):
+                for item in data["set"]:
+                    if isinstance(item, list) and len(item) == 2:
+                        verdict(item[1])
+        elif k == "dnat" and isinstance(v, dict) and "addr" in v and "port" in v:
+            addr, port = _leaf(v["addr"]), _leaf(v["port"])
+            if kinds.get(addr) == NAT and kinds.get(port) == NAT:
+                found[addr] = found.get(addr, 0) + 1
+                found[port] = found.get(port, 0) + 1
+        elif k == "set" and isinstance(v, dict) and "op" in v:
+            leaf = _leaf(v.get("set"))
+            if see(leaf, SET):
+                roles[leaf] = "update"
+    return found, roles
+
+
+def pattern_of(key: str) -> re.Pattern[str]:
+    parts = _SPLIT.split(key)
+    return re.compile("".join(_GROUPS[p] if i % 2 else re.escape(p) for i, p in enumerate(parts)))
+
+
+def analyse(b: Builder, p: PendingRule, rule: Rule) -> NftShape | None:
+    """The shape of p's skeleton if any valid values read as the first rule's do (see the module's doc)."""
+    key, text = p.key, p.text
+    if key is None or text is None or p.stmts is None:
+        return None
+    kinds_in_order = [c for c in key if c in PLACEHOLDERS]
+    if len(kinds_in_order) > MAX_PLACEHOLDERS:
+        return None
+    pattern = pattern_of(key)
+    m = pattern.fullmatch(text)
+    if m is None:
+        return None
+    values = m.groups()
+    markers = [_marker(kind, i) for i, kind in enumerate(kinds_in_order)]
+    pieces = _SPLIT.split(key)
+    marked = "".join(markers[i // 2] if i % 2 else piece for i, piece in enumerate(pieces))
+    assert b.parse_rule is not None
+    try:
+        stmts = b.parse_rule(marked, p.line or 0)
+    except InputError:
+        return None
+    # Marker leaves, their kinds, and the first rule's leaves in their place.
+    kinds: dict[Any, str] = {}
+    to: dict[Any, Any] = {}
+    for kind, marker, value in zip(kinds_in_order, markers, values, strict=True):
+        for ml, vl in zip(_leaves(kind, marker), _leaves(kind, value), strict=True):
+            kinds[_leaf(ml)] = kind
+            to[_leaf(ml)] = (_leaf(vl), vl)
+    allowed = _allowed(stmts, kinds)
+    if allowed is None:
+        return None
+    found, roles = allowed
+    counts: dict[Any, int] = {}
+    _walk(stmts, counts)
+    if any(found.get(leaf) != 1 or counts.get(leaf) != 1 for leaf in kinds):
+        return None
+    if _substitute(stmts, to) != p.stmts:
+        return None
+    # A set marker looked up stands for the first rule's set (which must exist: then any existing set
+    # gives a known lookup); what the lowering records of set updates is put back as it was.
+    table = p.table
+    lookups: list[int] = []
+    aliases: list[str] = []
+    for i, (kind, marker, value) in enumerate(zip(kinds_in_order, markers, values, strict=True)):
+        if kind == SET and roles.get(_leaf(marker)) == "lookup":
+            ns = table.sets.get(value[1:])
+            if ns is None or marker[1:] in table.sets:
+                for name in aliases:
+                    del table.sets[name]
+                return None
+            table.sets[marker[1:]] = ns
+            aliases.append(marker[1:])
+            lookups.append(i + 1)
+    updated = set(b._updated)
+    try:
+        exprs, counters, _, _ = b.lower_rule(table, p.chain, p.line, stmts, marked, None)
+    except InputError:
+        return None
+    finally:
+        for name in aliases:
+            del table.sets[name]
+        b._updated = updated
+    if all(e.known for e in exprs) != rule.known or counters != rule.counters:
+        return None
+    group = {markers[i]: i + 1 for i, kind in enumerate(kinds_in_order) if kind in (CHAIN, SET)}
+    refs = tuple((kind, name, group.get(name, -1)) for e in exprs for kind, name in e.chain_refs())
+    if tuple((k, values[g - 1] if g > 0 else n) for k, n, g in refs) != tuple(rule.chain_refs()):
+        return None
+    updates = tuple((str(v.get("set", "")), group.get(str(v.get("set", "")), -1))
+                    for st in stmts if isinstance(st, dict) and len(st) == 1
+                    for k, v in st.items() if k == "set" and isinstance(v, dict) and "op" in v)
+    return NftShape(rule, pattern, refs, tuple(lookups), updates)
+
+
+def defer(b: Builder, p: PendingRule, shape: NftShape) -> bool:
+    """Append p to its chain as a LazyNftRule if it fits the shape exactly; False: read it in full."""
+    text = p.text
+    if text is None:
+        return False
+    m = shape.pattern.fullmatch(text)
+    if m is None:
+        return False
+    chain = p.table.chains.get(p.chain)
+    if chain is None:
+        return False
+    sets = p.table.sets
+    for g in shape.lookups:
+        if m.group(g)[1:] not in sets:
+            return False
+    source = b._sources.get(id(p.table))
+    if source is None:
+        source = b._sources[id(p.table)] = _TextSource(b, p.table)
+    rule = LazyNftRule(p.table.name, p.chain, len(chain.rules) + 1, text, p.line or 0, source, shape,
+                       shape.refs_of(m))
+    if isinstance(p.handle, int) and not isinstance(p.handle, bool):
+        rule.handle = p.handle
+    chain.rules.append(rule)
+    for name, g in shape.updates:
+        # What lowering the rule's set updates would record: the set is updated at runtime.
+        b._updated.add((id(p.table), (m.group(g) if g > 0 else name).lstrip("@")))
+    return True
