@@ -577,6 +577,11 @@ def split_statements(lines: list[str]) -> tuple[list[str], list[int]]:
     nos: list[int] = []
     stack: list[bool] = []  # open braces: True for a block, False inside a statement
     for no, line in enumerate(lines, 1):
+        if ";" not in line and "{" not in line and "}" not in line:
+            # Nothing to split, no brace to count: what the general path below does with it too.
+            out.append(line)
+            nos.append(no)
+            continue
         s = line.strip()
         inner = bool(stack) and not stack[-1]
         if not s or s.startswith("#") or inner or not _needs_split(s, len(stack)):
@@ -754,7 +759,7 @@ class TextReader:
                 if kind != "chain":
                     self.b.set(table, name, start, spec)
                 return i
-            if BLOCK_START.match(line):
+            if line.endswith("{") and BLOCK_START.match(line):
                 raise self.error(lineno, f"expected '}}' closing {kind} {clip(name)!r} (opened at line {start}) "
                                          f"before {clip(line)!r}")
             if chain is not None:
@@ -908,6 +913,8 @@ def _fix_ports(stmt: dict[str, Any]) -> None:
 
 
 def _handle(line: str) -> tuple[int | None, str]:
+    if "#" not in line:
+        return None, line
     m = HANDLE.search(line)
     if m and line.count('"', 0, m.start()) % 2 == 0:
         return int(m.group(1)), line[: m.start()].rstrip()
