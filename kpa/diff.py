@@ -25,9 +25,10 @@ from kpa.k8s.naming import service_port_name
 from kpa.k8s.objects import ClusterObjects, Node
 from kpa.netfilter.domain import IntSet, describe_addresses, fraction_text, network_set
 from kpa.netfilter.engine import Outcome, trace
+from kpa.netfilter.index import address_value
 from kpa.netfilter.model import Family, Ruleset, Verdict
 from kpa.netfilter.packet import PacketSpec, TraceContext, node_local_addresses
-from kpa.netfilter.reach import Signatures
+from kpa.netfilter.reach import Comparison, Signatures
 
 TOLERANCE = Fraction(1, 2**30)
 PROTO_NUMBERS = {6: "tcp", 17: "udp", 132: "sctp"}
@@ -671,16 +672,34 @@ def side_warnings(a: Ruleset, b: Ruleset, a_name: str, b_name: str) -> list[str]
     return out
 
 
-def _same_traces(a: Ruleset, b: Ruleset) -> Callable[[EntryPoint], bool] | None:
-    """A test telling entry points whose traces read the same rules in `a` and `b`, or None."""
+def _same_traces(a: Ruleset, b: Ruleset, walk: bool = False) -> Callable[[EntryPoint], bool] | None:
+    """A test telling entry points whose traces read the same rules in `a` and `b`, or None.
+
+    kpa.netfilter.reach.Comparison decides; `walk=True` walks A's rules for
+    each entry point instead (Signatures.same, slower, never more often "same").
+    """
     sa, sb = Signatures(a), Signatures(b)
     if not (sa.usable and sb.usable) or sa.context() != sb.context():
         return None
+    addresses: dict[str, int] = {}
+
+    def dst_of(e: EntryPoint) -> int:
+        value = addresses.get(e.address)
+        if value is None:
+            value = address_value(e.address, "32" if e.version == 4 else "128")
+            if value is None:
+                value = int(ipaddress.ip_address(e.address))
+            addresses[e.address] = value
+        return value
+
+    if not walk:
+        comparison = Comparison(sa, sb)
+        return lambda e: comparison.same(_FAMILIES[e.version], dst_of(e), e.port)
 
     bases: dict[Family, bool] = {}
 
     def same(e: EntryPoint) -> bool:
-        family, dst = _FAMILIES[e.version], int(ipaddress.ip_address(e.address))
+        family, dst = _FAMILIES[e.version], dst_of(e)
         if family not in bases:
             ba, bb = sa.base(family), sb.base(family)
             bases[family] = ba is not None and bb is not None and ba.seen == bb.seen

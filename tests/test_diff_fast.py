@@ -26,10 +26,11 @@ from kpa.gen.iptables import render_restore
 from kpa.gen.objects import to_objects
 from kpa.gen.options import ProxierOptions
 from kpa.k8s.objects import ClusterObjects, load_objects, objects_from_documents
+from kpa.netfilter import reach
 from kpa.netfilter.domain import IntSet, describe_addresses
-from kpa.netfilter.index import build, text_pin
-from kpa.netfilter.model import Family, Ruleset
-from kpa.netfilter.reach import Signatures
+from kpa.netfilter.index import address_value, build, text_pin
+from kpa.netfilter.model import Chain, Family, LazyRule, Rule, Ruleset, Table
+from kpa.netfilter.reach import Comparison, Signatures, rule_facts
 from kpa.parse.iptables_save import parse_iptables
 from kpa.sources import load_rules
 
@@ -72,9 +73,28 @@ def test_fixture_pairs_give_the_same_report(a: Path, b: Path) -> None:
     ra, rb = load_rules([str(a)]), load_rules([str(b)])
     fast, full = _both(ra, rb, objects, node_ips, list(meta["service_cidrs"].values()))
     assert fast == full
+    # The fast comparison says "same" wherever walking A's rules does (and maybe more often).
+    _assert_fast_covers_walk(ra, rb, node_ips)
     # Without objects, the entry points come from the rules themselves.
     fast, full = _both(load_rules([str(a)]), load_rules([str(b)]), None, node_ips)
     assert fast == full
+
+
+def _assert_fast_covers_walk(a: Ruleset, b: Ruleset, node_ips: list[str]) -> tuple[int, int]:
+    """Entry points the walk skips are skipped by the fast comparison too; (fast skips, walk skips)."""
+    from kpa.diff import _same_traces, entry_points_from_rules
+
+    fast, walk = _same_traces(a, b), _same_traces(a, b, walk=True)
+    if fast is None or walk is None:
+        assert fast is None and walk is None
+        return 0, 0
+    n_fast = n_walk = 0
+    for e in entry_points_from_rules((a, b), node_ips):
+        f, w = fast(e), walk(e)
+        assert f or not w, e
+        n_fast += f
+        n_walk += w
+    return n_fast, n_walk
 
 
 def test_an_identical_fixture_pair_is_not_traced() -> None:
@@ -158,8 +178,14 @@ def test_random_cluster_pairs_give_the_same_report(family: str, change: str, wit
 def test_random_pair_skips_most_entry_points() -> None:
     """What makes diff fast: after a rollout, almost every entry point needs no trace."""
     before = random_cluster(seed=5, services=200, endpoints_per_service=3)
+    # Two load balancers share an address on different ports (past 240 Services the generator's
+    # do too); one of them is rolled out.
+    lbs = [s for s in before.services if s.type == "LoadBalancer" and s.endpoints]
+    first, second = lbs[0], next(s for s in lbs[1:] if not {p.port for p in s.ports} & {p.port for p in lbs[0].ports})
+    second.lb_ingress_ips = list(first.lb_ingress_ips)
     after = copy.deepcopy(before)
     _rollout(after, random.Random(5), keep_one=True)
+    after.services[before.services.index(first)].endpoints.pop()
     from kpa.diff import _same_traces, entry_points_from_rules
 
     a, b = _render(before, "ipv4"), _render(after, "ipv4")
@@ -169,6 +195,10 @@ def test_random_pair_skips_most_entry_points() -> None:
     skipped = sum(1 for e in entries if same(e))
     assert skipped > 0.7 * len(entries)
     assert skipped < len(entries)
+    # Rules for a Service's other ports do not make its unchanged ports be traced: the fast
+    # comparison skips strictly more than walking A's rules does.
+    n_fast, n_walk = _assert_fast_covers_walk(a, b, before.node("node-0").ips)
+    assert n_fast == skipped and n_fast > n_walk
     # Walking A while checking B's chains decides as comparing both sides' signatures does.
     sa, sb = Signatures(a), Signatures(b)
     for e in entries:
@@ -289,3 +319,142 @@ def test_address_sets_are_described_as_ipaddress_summarises_them() -> None:
         for values in (IntSet.range(0, (1 << bits) - 1), IntSet.single(0), IntSet.single((1 << bits) - 1),
                        IntSet.range(1, (1 << bits) - 2)):
             assert describe_addresses(values, version) == _summarised(values, version)
+
+
+# ---------------------------------------------------------------- the fast comparison's parts
+
+
+def _rules_of(rs: Ruleset) -> list[tuple[Table, Rule]]:
+    return [(t, r) for t in rs.tables for c in t.chains.values() for r in c.rules]
+
+
+def _assert_facts_by_shape(rs: Ruleset) -> None:
+    cache = reach._FactCache()
+    rules = _rules_of(rs)
+    for t, r in rules:
+        assert cache.facts(t, r) == rule_facts(t, r), r
+    # Every rule again, now that every shape is known.
+    for t, r in rules:
+        assert cache.facts(t, r) == rule_facts(t, r), r
+
+
+@pytest.mark.parametrize("save", SAVES, ids=lambda p: p.name)
+def test_rule_facts_read_once_per_shape_are_each_rules_facts(save: Path) -> None:
+    _assert_facts_by_shape(parse_iptables(save.read_text(), save.name))
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_random_cluster_rule_facts_read_once_per_shape_are_each_rules_facts(family: str) -> None:
+    cluster = random_cluster(seed=43, services=200, endpoints_per_service=3, families=(family,))  # type: ignore[arg-type]
+    rs = _render(cluster, family)
+    assert sum(isinstance(r, LazyRule) for _, r in _rules_of(rs)) > 1000
+    _assert_facts_by_shape(rs)
+
+
+def _broken_pairs() -> list[tuple[Ruleset, Ruleset, ClusterObjects, list[str]]]:
+    """Pairs where the shortcut skips most entry points: a gentle rollout, and Service ports renumbered."""
+    out = []
+    for seed in (61, 62):
+        before = random_cluster(seed=seed, services=120, endpoints_per_service=3)
+        after = copy.deepcopy(before)
+        if seed == 61:
+            _rollout(after, random.Random(seed), keep_one=True)
+        else:
+            for svc in random.Random(seed).sample([s for s in after.services if s.endpoints], 5):
+                svc.ports[0].port += 1000
+        out.append((_render(before, "ipv4"), _render(after, "ipv4"), objects_from_documents(to_objects(after)),
+                    before.node("node-0").ips))
+    return out
+
+
+def test_broken_shortcuts_are_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The report comparison has teeth: each of these plausible mistakes changes some report."""
+    pairs = [(a, b, o, ips, diff_rulesets(a, b, o, ips, shortcut=False).to_json()) for a, b, o, ips in _broken_pairs()]
+
+    def caught() -> bool:
+        return any(diff_rulesets(a, b, o, ips).to_json() != full for a, b, o, ips, full in pairs)
+
+    assert not caught()
+    with monkeypatch.context() as m:
+        # A chain outside the base taken as unchanged and leading nowhere.
+        m.setattr(Comparison, "_chain", lambda self, state, table, chain: reach._NOTHING)
+        assert caught()
+    with monkeypatch.context() as m:
+        # A changed indexed chain (KUBE-SERVICES) compared with itself instead of with B's.
+        m.setattr(Comparison, "_b_side", lambda self, index: index)
+        assert caught()
+    assert not caught()
+
+
+def _quad(text: str) -> int | None:
+    """A canonical dotted quad's value, spelled out."""
+    parts = text.split(".")
+    if len(parts) == 4 and all(p.isdigit() and p.isascii() and (p == "0" or p[0] != "0") and int(p) < 256
+                               for p in parts):
+        a, b, c, d = (int(p) for p in parts)
+        return (a << 24) | (b << 16) | (c << 8) | d
+    try:
+        return int(ipaddress.IPv4Address(text))
+    except ValueError:
+        return None
+
+
+def test_dotted_quads_are_read_as_ipaddress_reads_them() -> None:
+    rng = random.Random(9)
+    pieces = ["0", "1", "00", "01", "9", "10", "99", "100", "199", "200", "249", "250", "255", "256", "300",
+              "1000", "", " ", "a", "0x1", "-1", "+1", "\u0661", "\uff11", "\n"]
+    for _ in range(20000):
+        text = ".".join(rng.choice(pieces) for _ in range(rng.choice([3, 4, 4, 4, 5])))
+        assert address_value(text, "32") == _quad(text), repr(text)
+
+
+def _deepest(succ: dict[str, list[str]], name: str, path: frozenset[str], depth: dict[str, int]) -> int | None:
+    """The most chains on a path of jumps from `name` (None: a loop)."""
+    if name in path:
+        return None
+    if name not in depth:
+        kids = [_deepest(succ, n, path | {name}, depth) for n in succ[name]]
+        if any(k is None for k in kids):
+            return None
+        depth[name] = 1 + max((k for k in kids if k is not None), default=0)
+    return depth[name]
+
+
+def _depth_ok_by_search(ruleset: Ruleset) -> bool:
+    """No loop, and no nesting deeper than half the engine's bound: a plain depth-first search."""
+    from kpa.netfilter.engine import MAX_DEPTH
+
+    for t in ruleset.tables:
+        succ = {name: [n for r in c.rules for _, n in r.chain_refs() if n in t.chains] for name, c in t.chains.items()}
+        depth: dict[str, int] = {}
+        for name in succ:
+            d = _deepest(succ, name, frozenset(), depth)
+            if d is None or d > MAX_DEPTH // 2:
+                return False
+    return True
+
+
+def test_loops_and_deep_nesting_are_found_as_a_search_finds_them() -> None:
+    from kpa.netfilter.model import Location
+
+    rng = random.Random(11)
+    for _ in range(300):
+        n = rng.randrange(1, 60)
+        table = Table(Family.IPV4, "filter", source="iptables")
+        names = [f"C{i}" for i in range(n)]
+        for name in names:
+            table.chains[name] = Chain(name, "filter")
+        deep = rng.random() < 0.3
+        for i, name in enumerate(names):
+            for _ in range(rng.randrange(0, 3)):
+                # Mostly downward jumps (a DAG, sometimes a long one), now and then one back up.
+                j = i + 1 if deep else rng.randrange(n)
+                if j >= n or (j <= i and rng.random() < 0.8):
+                    continue
+                text = f"-A {name} -j {names[j]}"
+                rule = parse_iptables(f"*filter\n:{name} - [0:0]\n:{names[j]} - [0:0]\n{text}\nCOMMIT\n",
+                                      "t").tables[0].chains[name].rules[0]
+                rule.location = Location("t", 1)
+                table.chains[name].rules.append(rule)
+        rs = Ruleset(tables=[table])
+        assert reach._depth_ok(rs) == _depth_ok_by_search(rs)

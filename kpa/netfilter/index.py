@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -97,15 +98,15 @@ def text_pin(text: str) -> tuple[int | None, int] | None:
     return None if dst is None else (dst, int(port))
 
 
+_OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_QUAD = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")
+
+
 def address_value(text: str, prefix: str) -> int | None:
     """The address `text` as an integer if `prefix` makes it a single host (32 for IPv4, 128 for IPv6)."""
-    if prefix == "32":
-        parts = text.split(".")
-        # The canonical dotted quad iptables-save prints; anything else goes through ipaddress.
-        if len(parts) == 4 and all(p.isdigit() and p.isascii() and (p == "0" or p[0] != "0") and int(p) < 256
-                                   for p in parts):
-            a, b, c, d = (int(p) for p in parts)
-            return (a << 24) | (b << 16) | (c << 8) | d
+    # The canonical dotted quad iptables-save prints; anything else goes through ipaddress.
+    if prefix == "32" and _QUAD.fullmatch(text):
+        return int.from_bytes(socket.inet_aton(text), "big")
     try:
         parsed = ipaddress.ip_address(text)
     except ValueError:

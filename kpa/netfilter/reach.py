@@ -30,19 +30,26 @@ skipped; a trace with fewer that still hits the bound would lose its warning.
 Only iptables text is read (the pins and targets of kube-proxy's rules are
 recognised by anchored patterns; anything else pins nothing, which only
 makes the signature larger).
+
+`Signatures.same` walks A's rules for one packet and checks B's on the way;
+`Comparison.same` (what `kpa diff` uses) decides the same question for many
+packets, sharing the work between them, and prunes a little more (see its
+docstring). tests/test_diff_fast.py checks that it says "same" wherever
+the walk does, and that diff's report is the same with and without it.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 from kpa.netfilter.engine import MAX_DEPTH
 from kpa.netfilter.index import MIN_RULES, address_value
 from kpa.netfilter.index import text_pin as _pin
-from kpa.netfilter.model import HOOKS, Chain, Family, Ruleset, Table
+from kpa.netfilter.model import HOOKS, Chain, Family, LazyRule, Rule, Ruleset, Table
 
+_HASHED_CHAIN = re.compile(r"KUBE-[A-Z]{2,3}-[A-Z0-9]{16}")
 _COMMENT = re.compile(r'--comment (?:"(?:[^"\\]|\\.)*"|\S+)')
 _TARGET = re.compile(r"(?:^|\s)(?:-j|-g|--jump|--goto)\s+(\S+)")
 _DNAT = re.compile(r" -j DNAT --to-destination (?:([0-9.]+)|\[([0-9A-Fa-f:]+)\])(?::([0-9]{1,5}))?")
@@ -74,7 +81,7 @@ class _Summary:
 
 
 class _ChainInfo:
-    __slots__ = ("by_dport", "by_dst", "full", "generic", "groups", "indexed", "rules", "same_in", "texts")
+    __slots__ = ("by_dport", "by_dst", "full", "generic", "groups", "indexed", "pins", "rules", "same_in", "texts")
 
     def __init__(self, texts: tuple[str, ...]) -> None:
         self.texts = texts
@@ -86,6 +93,7 @@ class _ChainInfo:
         self.groups: dict[Any, _Summary] = {}
         self.rules: dict[int, tuple[tuple[str, ...], Any, bool, int]] = {}
         self.same_in: dict[int, bool] = {}  # id(other Signatures) -> same texts there
+        self.pins: list[tuple[int | None, int] | None] = []  # indexed chains: each rule's text_pin
 
 
 class _Base:
@@ -132,8 +140,8 @@ class Signatures:
             return info
         info = _ChainInfo(tuple(r.text for r in chain.rules))
         if info.indexed:
-            for pos, text in enumerate(info.texts):
-                pin = _pin(text)
+            info.pins = [_pin(text) for text in info.texts]
+            for pos, pin in enumerate(info.pins):
                 if pin is None:
                     info.generic.append(pos)
                 elif pin[0] is not None:
@@ -146,25 +154,8 @@ class Signatures:
     def _rule(self, table: Table, chain: Chain, info: _ChainInfo, pos: int) -> tuple[tuple[str, ...], Any, bool, int]:
         """A rule's chain references, its effect on the destination, whether kpa models it, its branches."""
         got = info.rules.get(pos)
-        if got is not None:
-            return got
-        rule = chain.rules[pos]
-        refs = tuple(name for _, name in rule.chain_refs())
-        text = rule.text
-        if "--comment" in text:
-            text = _COMMENT.sub("", text)
-        dnat: Any = None
-        targets = _TARGET.findall(text)
-        if len(targets) > 1 or '"' in text or "'" in text:
-            dnat = ANY  # quoting other than the comment's, or several targets: do not guess
-        elif targets and targets[0] not in table.chains and targets[0] not in _KEEPS_DST:
-            m = _DNAT.search(text) if targets[0] == "DNAT" else None
-            if m and m.end() == len(text.rstrip()):
-                addr = address_value(m.group(1) or m.group(2), "128" if m.group(2) else "32")
-                dnat = ANY if addr is None else (addr, int(m.group(3)) if m.group(3) else None)
-            else:
-                dnat = ANY
-        got = info.rules[pos] = (refs, dnat, rule.known, text.count("-m statistic"))
+        if got is None:
+            got = info.rules[pos] = rule_facts(table, chain.rules[pos])
         return got
 
     def _summary(self, table: Table, chain: Chain, info: _ChainInfo, positions: Iterable[int]) -> _Summary:
@@ -397,28 +388,442 @@ class Signatures:
 def _depth_ok(ruleset: Ruleset) -> bool:
     """No loop among the chains, and no chain nesting deeper than the engine follows without a warning."""
     for t in ruleset.tables:
-        succ = {name: [n for r in c.rules for _, n in r.chain_refs()] for name, c in t.chains.items()}
+        chains = t.chains
+        succ: dict[str, list[str]] = {}
+        indegree = dict.fromkeys(chains, 0)
+        for name, c in chains.items():
+            kids = [n for r in c.rules for _, n in r.chain_refs() if n in chains]
+            for n in kids:
+                indegree[n] += 1
+            succ[name] = kids
+        # Kahn's order: every chain after all chains that jump to it; a loop leaves chains out.
+        order = [name for name, k in indegree.items() if k == 0]
+        for name in order:
+            for n in succ[name]:
+                indegree[n] -= 1
+                if indegree[n] == 0:
+                    order.append(n)
+        if len(order) != len(succ):
+            return False
+        # The longest chain of jumps from each chain, counting the chains on it.
         depth: dict[str, int] = {}
-        for root in succ:
-            if root in depth:
-                continue
-            # Iterative depth-first search; a chain on the current path seen again is a loop.
-            on_path: set[str] = {root}
-            stack: list[tuple[str, Iterator[str]]] = [(root, iter(succ[root]))]
-            while stack:
-                name, it = stack[-1]
-                nxt = next(it, None)
-                if nxt is None:
-                    stack.pop()
-                    on_path.discard(name)
-                    depth[name] = 1 + max((depth.get(n, 0) for n in succ[name] if n in succ), default=0)
-                    continue
-                if nxt in on_path:
-                    return False
-                if nxt in depth or nxt not in succ:
-                    continue
-                on_path.add(nxt)
-                stack.append((nxt, iter(succ[nxt])))
-        if max(depth.values(), default=0) > MAX_DEPTH // 2:
+        deepest = 0
+        for name in reversed(order):
+            kids = succ[name]
+            d = 1 + max([depth[n] for n in kids]) if kids else 1
+            depth[name] = d
+            if d > deepest:
+                deepest = d
+        if deepest > MAX_DEPTH // 2:
             return False
     return True
+
+
+# ---------------------------------------------------------------- what one rule does to a walk
+
+Facts = tuple[tuple[str, ...], Any, bool, int]
+
+
+def rule_facts(table: Table, rule: Rule) -> Facts:
+    """What a rule contributes to a walk, read from its text.
+
+    The chains it jumps or goes to; what it may set the destination to (None:
+    nothing, ANY: anything, else (address or None, port or None) of a plain
+    DNAT); whether kpa models every part of it; how many load-balancing
+    (statistic) matches it holds.
+    """
+    refs = tuple(name for _, name in rule.chain_refs())
+    text = rule.text
+    if "--comment" in text:
+        text = _COMMENT.sub("", text)
+    dnat: Any = None
+    targets = _TARGET.findall(text)
+    if len(targets) > 1 or '"' in text or "'" in text:
+        dnat = ANY  # quoting other than the comment's, or several targets: do not guess
+    elif targets and targets[0] not in table.chains and targets[0] not in _KEEPS_DST:
+        dnat = _dnat(text) if targets[0] == "DNAT" else ANY
+    return refs, dnat, rule.known, text.count("-m statistic")
+
+
+def _dnat(text: str) -> Any:
+    """The (address, port) a comment-free `-j DNAT --to-destination` rule sets, or ANY."""
+    m = _DNAT.search(text)
+    if not (m and m.end() == len(text.rstrip())):
+        return ANY
+    addr = address_value(m.group(1) or m.group(2), "128" if m.group(2) else "32")
+    return ANY if addr is None else (addr, int(m.group(3)) if m.group(3) else None)
+
+
+# How the facts of a rule follow from its shape's first rule (see _FactCache).
+_CONST, _JUMP, _DNAT_RULE = 0, 1, 2
+
+
+class _FactCache:
+    """`rule_facts` for many rules, worked out once per rule shape where the values cannot change them.
+
+    The iptables parser gives rules that differ only in values (addresses,
+    ports, DNAT addresses, comments without quotes, kube-proxy's hash-named
+    chains; see kpa.parse.shapes) one shape object. Those values hold no
+    space outside a comment and no quote, and the comment is removed before
+    anything is read, so rules of one shape have the same targets, quoting,
+    statistic matches and modelling; only three things can differ, and are
+    read per rule: where a jump to a hash-named chain goes, and whether that
+    chain exists; the address of a DNAT. Anything else is read in full.
+    """
+
+    def __init__(self) -> None:
+        self._shapes: dict[int, tuple[int, Facts, Any]] = {}
+
+    def facts(self, table: Table, rule: Rule) -> Facts:
+        if type(rule) is not LazyRule:
+            return rule_facts(table, rule)
+        key = id(rule._shape)
+        got = self._shapes.get(key)
+        if got is None:
+            first = rule_facts(table, rule)
+            self._shapes[key] = (self._kind(table, rule), first, rule._shape)
+            return first
+        kind, first, _ = got
+        if kind == _CONST:
+            return (tuple(name for _, name in rule.chain_refs()), *first[1:])  # type: ignore[return-value]
+        refs = tuple(name for _, name in rule.chain_refs())
+        if kind == _JUMP:
+            if len(refs) == 1 and refs[0] in table.chains and rule.text.endswith(" " + refs[0]):
+                return refs, None, first[2], first[3]
+            return rule_facts(table, rule)
+        text = rule.text
+        if "--comment" in text:
+            text = _COMMENT.sub("", text)
+        return refs, _dnat(text), first[2], first[3]
+
+    @staticmethod
+    def _kind(table: Table, rule: Rule) -> int:
+        text = rule.text
+        if "--comment" in text:
+            text = _COMMENT.sub("", text)
+        targets = _TARGET.findall(text)
+        if len(targets) != 1 or '"' in text or "'" in text:
+            return _CONST
+        target = targets[0]
+        if _HASHED_CHAIN.fullmatch(target):
+            return _JUMP  # a value: each rule's own chain, which may or may not exist
+        if target == "DNAT":
+            return _DNAT_RULE
+        return _CONST  # the same word in every rule of the shape
+
+
+# ---------------------------------------------------------------- deciding entry by entry, fast
+
+
+class _Reach:
+    """What a walk gathers from some rules and every chain they lead to (beyond the base)."""
+
+    __slots__ = ("anything", "branches", "dports", "dsts", "indexed", "stat")
+
+    def __init__(self) -> None:
+        self.stat: frozenset[int] = frozenset()  # ids of the chains reached that hold statistic matches
+        self.dsts: frozenset[int] = frozenset()
+        self.dports: frozenset[int] = frozenset()
+        self.indexed: tuple[tuple[Table, Chain], ...] = ()  # indexed chains reached, outside the base
+        self.anything = False  # a rule may set the destination to anything
+        self.branches = 0  # statistic matches of the rules themselves (not of the chains they reach)
+
+
+# What rules that lead nowhere outside the base and change nothing reach (shared).
+_NOTHING = _Reach()
+
+
+class _Index:
+    """An indexed chain's rules by what they pin: the destination address and port, or the port only."""
+
+    __slots__ = ("by_dport", "by_dst", "chain", "generic", "groups", "same", "table", "texts")
+
+    def __init__(self, table: Table, chain: Chain, info: _ChainInfo) -> None:
+        self.table = table
+        self.chain = chain
+        self.texts = info.texts
+        self.generic: list[int] = []
+        self.by_dst: dict[int, dict[int, list[int]]] = {}
+        self.by_dport: dict[int, list[int]] = {}
+        for pos, pin in enumerate(info.pins):
+            if pin is None:
+                self.generic.append(pos)
+            elif pin[0] is not None:
+                self.by_dst.setdefault(pin[0], {}).setdefault(pin[1], []).append(pos)
+            else:
+                self.by_dport.setdefault(pin[1], []).append(pos)
+        self.groups: dict[Any, _Reach | None] = {}
+        self.same: bool | None = None  # the other ruleset's chain of this name has the same rules
+
+    def selection(self, dsts: set[int], dports: set[int]) -> list[str]:
+        """The texts of the rules a walk with these destinations and ports reads, in chain order."""
+        positions = set(self.generic)
+        for d in dsts:
+            ports = self.by_dst.get(d)
+            if ports:
+                for p in dports:
+                    positions.update(ports.get(p, ()))
+        for p in dports:
+            positions.update(self.by_dport.get(p, ()))
+        texts = self.texts
+        return [texts[i] for i in sorted(positions)]
+
+
+class _FamilyState:
+    __slots__ = ("base", "chains", "full", "index_of", "indexed")
+
+    def __init__(self, base: _Base) -> None:
+        self.base = base
+        self.chains: dict[int, _Reach | None] = {}  # id(chain) -> what it reaches (None: the walk must stop)
+        self.index_of: dict[int, _Index] = {}  # id(chain) -> its index, for indexed chains outside the base
+        self.indexed: list[_Index] = []
+        self.full: bool | None = None  # both full walks read the same rules
+
+
+class Comparison:
+    """Whether a trace to a destination reads the same rules in two rulesets, for many destinations.
+
+    `same` decides as walking A's rules and checking B's (Signatures.same)
+    would, with three differences that only ever make it say "same" more
+    often, and each time rightly:
+
+    * A rule of an indexed chain that pins the destination address *and* a
+      port the packet can never have (neither its own nor a DNAT target
+      port read on the way) is not read. Such a rule (see index.text_pin:
+      nothing but address, protocol, port, LOCAL address type, comment and
+      target) cannot match any state of the packet, so its text and where it
+      leads cannot change the trace. A Service's other ports thus do not
+      make its unchanged ports be traced.
+    * What a chain outside the base reaches (itself and every chain below
+      it, with their DNAT targets, statistic matches and indexed chains) is
+      worked out once and shared by every packet that reaches the chain.
+    * An indexed chain whose rules are the same in both rulesets reads the
+      same rules whatever the packet: its selection is not compared.
+
+    A rule's facts are read once per shape where its values cannot change
+    them (_FactCache).
+    """
+
+    def __init__(self, a: Signatures, b: Signatures) -> None:
+        self.a = a
+        self.b = b
+        self.facts = _FactCache()
+        self._families: dict[Family, _FamilyState | None] = {}
+        self._stat: dict[int, int] = {}  # id(chain) -> its statistic matches
+        self._b_index: dict[int, _Index | None] = {}
+
+    def usable(self) -> bool:
+        return self.a.usable and self.b.usable and self.a.context() == self.b.context()
+
+    def _family(self, family: Family) -> _FamilyState | None:
+        if family not in self._families:
+            ba, bb = self.a.base(family), self.b.base(family)
+            state = None
+            if ba is not None and bb is not None and ba.seen == bb.seen:
+                state = _FamilyState(ba)
+                state.indexed = [_Index(t, c, self.a._chain(c)) for t, c in ba.indexed]
+            self._families[family] = state
+        return self._families[family]
+
+    def _full(self, family: Family, state: _FamilyState) -> bool:
+        """Whether walks that read every rule (no destination pruning) read the same in both."""
+        if state.full is None:
+            wa = self.a._walk(family, set(), set(), True)
+            wb = self.b._walk(family, set(), set(), True) if wa is not None else None
+            state.full = wa is not None and wb is not None and wa[0] == wb[0]
+        return state.full
+
+    def _other(self, table: Table, chain: Chain) -> Chain | None:
+        t = self.b._tables.get((table.family, table.name))
+        return t.chains.get(chain.name) if t is not None else None
+
+    def _rules(self, state: _FamilyState, table: Table, rules: Iterable[Rule]) -> _Reach | None:
+        """What these rules of `table` reach (None: a walk must stop: unmodelled rule, missing or changed chain)."""
+        facts = self.facts.facts
+        chains = table.chains
+        seen = state.base.seen
+        tname = table.name
+        memo = state.chains
+        anything = False
+        branches = 0
+        stat: set[int] | None = None
+        dsts: set[int] | None = None
+        dports: set[int] | None = None
+        indexed: list[tuple[Table, Chain]] | None = None
+        for rule in rules:
+            refs, dnat, known, n = facts(table, rule)
+            if not known:
+                return None
+            branches += n
+            if dnat is not None:
+                if dnat is ANY:
+                    anything = True
+                else:
+                    if dnat[0] is not None:
+                        if dsts is None:
+                            dsts = set()
+                        dsts.add(dnat[0])
+                    if dnat[1] is not None:
+                        if dports is None:
+                            dports = set()
+                        dports.add(dnat[1])
+            for name in refs:
+                kid = chains.get(name)
+                if kid is None:
+                    return None  # a jump to an undefined chain: the trace warns
+                if (tname, name) in seen:
+                    continue
+                if len(kid.rules) >= MIN_RULES:
+                    if indexed is None:
+                        indexed = []
+                    indexed.append((table, kid))
+                    continue
+                sub = memo[id(kid)] if id(kid) in memo else self._chain(state, table, kid)
+                if sub is None:
+                    return None
+                if sub is _NOTHING:
+                    continue
+                anything = anything or sub.anything
+                if sub.stat:
+                    stat = set(sub.stat) if stat is None else stat | sub.stat
+                if sub.dsts:
+                    dsts = set(sub.dsts) if dsts is None else dsts | sub.dsts
+                if sub.dports:
+                    dports = set(sub.dports) if dports is None else dports | sub.dports
+                if sub.indexed:
+                    indexed = list(sub.indexed) if indexed is None else indexed + list(sub.indexed)
+        if not (anything or branches or stat or dsts or dports or indexed):
+            return _NOTHING
+        out = _Reach()
+        out.anything = anything
+        out.branches = branches
+        if stat:
+            out.stat = frozenset(stat)
+        if dsts:
+            out.dsts = frozenset(dsts)
+        if dports:
+            out.dports = frozenset(dports)
+        if indexed:
+            out.indexed = tuple(indexed)
+        return out
+
+    def _chain(self, state: _FamilyState, table: Table, chain: Chain) -> _Reach | None:
+        """What a small chain outside the base reaches, itself included (None: the walk must stop)."""
+        key = id(chain)
+        if key in state.chains:
+            return state.chains[key]
+        state.chains[key] = None  # no loops (Signatures.usable), but never recurse forever
+        got: _Reach | None = None
+        t = self.b._tables.get((table.family, table.name))
+        other = t.chains.get(chain.name) if t is not None else None
+        if other is not None:
+            mine, theirs = chain.rules, other.rules
+            if len(mine) == len(theirs):
+                for x, y in zip(mine, theirs):  # noqa: B905 (same length)
+                    if x.text != y.text:
+                        break
+                else:
+                    got = self._rules(state, table, mine)
+        if got is not None and got.branches:
+            self._stat[key] = got.branches
+            reach = _Reach()
+            reach.anything, reach.dsts, reach.dports, reach.indexed = got.anything, got.dsts, got.dports, got.indexed
+            reach.stat = got.stat | {key}
+            got = reach
+        state.chains[key] = got
+        return got
+
+    def _group(self, state: _FamilyState, index: _Index, key: Any, positions: list[int]) -> _Reach | None:
+        if key in index.groups:
+            return index.groups[key]
+        rules = index.chain.rules
+        got = index.groups[key] = self._rules(state, index.table, [rules[i] for i in positions])
+        return got
+
+    def _b_side(self, index: _Index) -> _Index | None:
+        key = id(index.chain)
+        if key not in self._b_index:
+            other = self._other(index.table, index.chain)
+            self._b_index[key] = _Index(index.table, other, self.b._chain(other)) if other is not None and len(
+                other.rules) >= MIN_RULES else None
+        return self._b_index[key]
+
+    def same(self, family: Family, dst: int, dport: int) -> bool:
+        """Whether a trace of a packet of `family` to `dst`:`dport` reads the same rules in A and B."""
+        state = self._family(family)
+        if state is None:
+            return False
+        base = state.base
+        if base.anything:
+            return self._full(family, state)
+        dsts, dports = {dst} | base.dsts, {dport} | base.dports
+        branches = base.branches
+        stat: set[int] = set()
+        indexes = list(state.indexed)
+        done: list[set[Any]] = [set() for _ in indexes]
+        fresh: list[bool] = [False] * len(indexes)  # reached outside the base: its unpinned rules too
+        known = {id(i.chain) for i in indexes}
+        grew = True
+        while grew:
+            grew = False
+            k = 0
+            while k < len(indexes):
+                index, seen = indexes[k], done[k]
+                found: list[tuple[Any, list[int]]] = []
+                if fresh[k]:
+                    fresh[k] = False
+                    found.append(("generic", index.generic))
+                by_dst = index.by_dst
+                for d in dsts:
+                    ports = by_dst.get(d)
+                    if ports:
+                        for p in dports:
+                            group = ports.get(p)
+                            if group and (d, p) not in seen:
+                                found.append(((d, p), group))
+                by_dport = index.by_dport
+                if by_dport:
+                    for p in dports:
+                        group = by_dport.get(p)
+                        if group and p not in seen:
+                            found.append((p, group))
+                for key, group in found:
+                    seen.add(key)
+                    reach = self._group(state, index, key, group)
+                    if reach is None:
+                        return False
+                    if reach.anything:
+                        return self._full(family, state)
+                    branches += reach.branches
+                    stat.update(reach.stat)
+                    if not reach.dsts <= dsts:
+                        dsts.update(reach.dsts)
+                        grew = True
+                    if not reach.dports <= dports:
+                        dports.update(reach.dports)
+                        grew = True
+                    for table, chain in reach.indexed:
+                        if id(chain) not in known:
+                            known.add(id(chain))
+                            new = state.index_of.get(id(chain))
+                            if new is None:
+                                new = state.index_of[id(chain)] = _Index(table, chain, self.a._chain(chain))
+                            indexes.append(new)
+                            done.append(set())
+                            fresh.append(True)
+                            grew = True
+                k += 1
+        branches += sum(self._stat[i] for i in stat)
+        if branches > MAX_BRANCHES:
+            return False
+        for index in indexes:
+            if index.same is None:
+                other = self._other(index.table, index.chain)
+                index.same = other is not None and len(other.rules) == len(index.texts) and all(
+                    x == y.text for x, y in zip(index.texts, other.rules, strict=True))
+            if index.same:
+                continue
+            theirs = self._b_side(index)
+            if theirs is None or theirs.selection(dsts, dports) != index.selection(dsts, dports):
+                return False
+        return True
