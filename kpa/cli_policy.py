@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -32,6 +33,14 @@ def _object_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _load_objects(cluster: Sequence[str], kube: bool, kubeconfig: str | None,
+                  context: str | None) -> Any:
+    from kpa.render.progress import status
+
+    with status("reading the cluster objects"):
+        return _read_objects(cluster, kube, kubeconfig, context)
+
+
+def _read_objects(cluster: Sequence[str], kube: bool, kubeconfig: str | None,
                   context: str | None) -> Any:
     if cluster:
         from kpa.k8s.objects import load_objects
@@ -247,12 +256,15 @@ def _enforced(rules: Sequence[str], node_ips: Sequence[str], objects: Any, src: 
     if src.ip is None or dst.ip is None:
         raise KpaError("both ends need an address to trace them through --rules")
     from kpa.k8s.kubenetpol import queue_decider
+    from kpa.render.progress import status
 
-    ruleset = load_rules(list(rules))
+    with status("reading the rules"):
+        ruleset = load_rules(list(rules))
     kr = KubeRouterMap.from_ruleset(ruleset, objects.network_policies)
     # On a kube-network-policies node, the queued packet is judged as `kpa trace` judges it.
-    return enforced(ruleset, list(node_ips), src.ip, dst.ip, port, proto, kr, src_is_node=src.ip in node_ips,
-                    queue_decider=queue_decider(ruleset, objects))
+    with status("tracing the connection through the rules"):
+        return enforced(ruleset, list(node_ips), src.ip, dst.ip, port, proto, kr, src_is_node=src.ip in node_ips,
+                        queue_decider=queue_decider(ruleset, objects))
 
 
 def _check_service(engine: Any, objects: Any, src: Any, ref: str, proto: str | None,
@@ -286,14 +298,19 @@ def _check_service(engine: Any, objects: Any, src: Any, ref: str, proto: str | N
     ruleset = None
     local: list[str] = list(node_ips)
     if rules:
+        from kpa.render.progress import status
         from kpa.sources import load_rules
 
-        ruleset = load_rules(list(rules))
+        with status("reading the rules"):
+            ruleset = load_rules(list(rules))
         if not local and src.pod is not None and src.pod.node_name:
             node = objects.node(src.pod.node_name)
             if node is not None:
                 local = list(node.internal_ips) + list(node.external_ips)
-    return decide_service(engine, objects, src, target, ruleset, local)
+    from kpa.render.progress import status
+
+    with status("judging the Service's endpoints"):
+        return decide_service(engine, objects, src, target, ruleset, local)
 
 
 def _shape(v: Any) -> tuple[Any, ...]:
@@ -380,6 +397,7 @@ def matrix(cluster: Sequence[str], kube: bool, kubeconfig: str | None, context: 
     from kpa.policy.engine import PolicyEngine
     from kpa.policy.matrix import matrix as build
     from kpa.render.policy import grid, short_name, table
+    from kpa.render.progress import status
 
     objects = _load_objects(cluster, kube, kubeconfig, context)
     engine = PolicyEngine.from_objects(objects)
@@ -401,28 +419,35 @@ def matrix(cluster: Sequence[str], kube: bool, kubeconfig: str | None, context: 
         if rules:
             from kpa.sources import load_rules
 
-            ruleset = load_rules(list(rules))
+            with status("reading the rules"):
+                ruleset = load_rules(list(rules))
         doc, names, cells = _service_matrix(engine, objects, sources, port, proto,
                                             namespaces, version, ruleset, list(node_ips))
     else:
-        m = build(engine, sources, [engine.subject(p, family=version) for p in pods], port, proto)
+        with status("judging the policies for every pair of pods"):
+            m = build(engine, sources, [engine.subject(p, family=version) for p in pods], port, proto)
         names = [short_name(s) for s in sources]
         enforcement = _enforcement(rules, node_ips, objects, sources, list(m.targets), port, proto) \
             if rules else None
         if fmt == "json":
             _stream_pod_matrix(m, enforcement, engine.warnings())
             return
-        if fmt == "yaml":
-            doc = {"port": port, "protocol": proto, "cells": list(_pod_cells(m, enforcement))}
-            if enforcement is not None:
-                doc["differences"] = sum(1 for c in doc["cells"] if c.get("differs"))
-                doc["traces"] = enforcement.traces
-        else:
-            cells = list(_pod_rows(m, enforcement))
+        with _row_bar(m, enforcement) as rows:
+            if fmt == "yaml":
+                doc = {"port": port, "protocol": proto, "cells": list(_pod_cells(m, enforcement, rows))}
+                if enforcement is not None:
+                    doc["differences"] = sum(1 for c in doc["cells"] if c.get("differs"))
+                    doc["traces"] = enforcement.traces
+            else:
+                cells = list(_pod_rows(m, enforcement, rows))
     row_names = [short_name(s) for s in sources]
     if fmt in ("json", "yaml"):
         doc["warnings"] = engine.warnings()
-        _dump(doc, fmt)
+        from kpa.render.output import dump
+
+        with status(f"writing {fmt.upper()}"):
+            text = dump(doc, fmt)
+        click.echo(text, nl=False)
     elif fmt == "text":
         legend = ", ! enforced differently on the node" if rules and targets == "pods" else ""
         click.echo(f"{proto} port {port}: . allowed, X denied{legend} (from rows to columns)")
@@ -439,17 +464,39 @@ def _enforcement(rules: Sequence[str], node_ips: Sequence[str], objects: Any, so
     one answer per pair of classes; between two local pods it comes from two half traces.
     """
     from kpa.k8s.kuberouter import EnforcedMatrix, KubeRouterMap
+    from kpa.render.progress import status
     from kpa.sources import load_rules
 
-    ruleset = load_rules(list(rules))
+    with status("reading the rules"):
+        ruleset = load_rules(list(rules))
     kr = KubeRouterMap.from_ruleset(ruleset, objects.network_policies)
     return EnforcedMatrix(ruleset, kr, list(node_ips), [s.ip for s in sources], [d.ip for d in targets], port,
                           proto)
 
 
-def _pod_rows(m: Any, enforcement: Any) -> Iterator[list[Any]]:
+@contextmanager
+def _row_bar(m: Any, enforcement: Any, streaming: bool = False) -> Iterator[Callable[[int, int], None]]:
+    """A bar over the matrix's source rows while the node's answers are computed (stderr, terminal only).
+
+    While rows are written to stdout as they are computed, a bar is shown only when stdout
+    is not that terminal too, so the two never interleave.
+    """
+    from kpa.render.progress import bar
+
+    if enforcement is None or (streaming and sys.stdout.isatty()):
+        yield lambda done, total: None
+        return
+    with bar(f"tracing {len(m.sources)}x{len(m.targets)} connections through the node's rules") as advance:
+        yield advance
+
+
+def _pod_rows(m: Any, enforcement: Any,
+              advance: Callable[[int, int], None] | None = None) -> Iterator[list[Any]]:
     """Grid rows: allowed (bool), or "!" where the node enforces the cell differently."""
-    for i in range(len(m.sources)):
+    total = len(m.sources)
+    for i in range(total):
+        if advance is not None:
+            advance(i, total)
         if enforcement is None:
             yield m.row(i)
             continue
@@ -457,10 +504,13 @@ def _pod_rows(m: Any, enforcement: Any) -> Iterator[list[Any]]:
                for ok, e in zip(m.row(i), enforcement.row(i), strict=True)]
 
 
-def _pod_cells(m: Any, enforcement: Any) -> Iterator[dict[str, Any]]:
+def _pod_cells(m: Any, enforcement: Any,
+               advance: Callable[[int, int], None] | None = None) -> Iterator[dict[str, Any]]:
     """The JSON/YAML cells, source by source."""
     port, proto = m.port, m.protocol
     for i, s in enumerate(m.sources):
+        if advance is not None:
+            advance(i, len(m.sources))
         for j, d in enumerate(m.targets):
             ok = m.allowed(i, j)
             cell: dict[str, Any] = {"from": s.name, "to": d.name, "port": port, "protocol": proto, "allowed": ok,
@@ -479,7 +529,6 @@ def _stream_pod_matrix(m: Any, enforcement: Any, warnings: list[str]) -> None:
     cell is on one line.
     """
     import json
-    import sys
 
     enc = json.JSONEncoder().encode
     out = sys.stdout
@@ -492,26 +541,28 @@ def _stream_pod_matrix(m: Any, enforcement: Any, warnings: list[str]) -> None:
     differences = 0
     first = True
     nothing = [None] * len(m.targets)
-    for i in range(len(m.sources)):
-        head, mid = froms[i], from_ips[i]
-        parts: list[str] = []
-        for j, (ok, e) in enumerate(zip(m.row(i), enforcement.row(i) if enforcement is not None else nothing,
-                                        strict=True)):
-            if e is None:
-                tail = "}"
-            else:
-                pair = encoded.get(id(e))
-                if pair is None:
-                    text = enc(e.to_json())
-                    pair = encoded[id(e)] = (f', "enforced": {text}, "differs": false}}',
-                                             f', "enforced": {text}, "differs": true}}')
-                differs = _differs(ok, e.verdict)
-                differences += differs
-                tail = pair[differs]
-            parts.append(head + tos[j] + ("true" if ok else "false") + mid + to_ips[j] + tail)
-        if parts:
-            out.write(("\n    " if first else ",\n    ") + ",\n    ".join(parts))
-            first = False
+    with _row_bar(m, enforcement, streaming=True) as advance:
+        for i in range(len(m.sources)):
+            advance(i, len(m.sources))
+            head, mid = froms[i], from_ips[i]
+            parts: list[str] = []
+            for j, (ok, e) in enumerate(zip(m.row(i), enforcement.row(i) if enforcement is not None else nothing,
+                                            strict=True)):
+                if e is None:
+                    tail = "}"
+                else:
+                    pair = encoded.get(id(e))
+                    if pair is None:
+                        text = enc(e.to_json())
+                        pair = encoded[id(e)] = (f', "enforced": {text}, "differs": false}}',
+                                                 f', "enforced": {text}, "differs": true}}')
+                    differs = _differs(ok, e.verdict)
+                    differences += differs
+                    tail = pair[differs]
+                parts.append(head + tos[j] + ("true" if ok else "false") + mid + to_ips[j] + tail)
+            if parts:
+                out.write(("\n    " if first else ",\n    ") + ",\n    ".join(parts))
+                first = False
     out.write("\n  ]" if not first else "]")
     if enforcement is not None:
         out.write(f',\n  "differences": {differences},\n  "traces": {enforcement.traces}')
@@ -609,7 +660,10 @@ def lint(cluster: Sequence[str], kube: bool, kubeconfig: str | None, context: st
             raise click.BadParameter(f"expected a CIDR, found {cidr!r}",
                                      param_hint="--service-cidr") from None
     objects = _load_objects(cluster, kube, kubeconfig, context)
-    findings = lint_policies(objects, service_cidrs=service_cidrs, include_info=include_info)
+    from kpa.render.progress import status
+
+    with status("checking the policies"):
+        findings = lint_policies(objects, service_cidrs=service_cidrs, include_info=include_info)
     if fmt == "text":
         click.echo(format_text(findings), nl=False)
     else:

@@ -2,21 +2,43 @@
 
 Anything that finishes within the delay shows nothing; output that goes to a
 pipe or a file never carries progress, so scripts and CI logs stay clean.
+Progress is written to stderr only: stdout (text, JSON, YAML...) is the same
+with or without it. `kpa --no-progress` (or KPA_NO_PROGRESS=1) turns it off.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-#: Seconds a step runs before its progress appears.
+#: Seconds a step runs before its progress appears (KPA_PROGRESS_DELAY overrides it).
 DELAY = 1.0
 
 
+def _delay() -> float:
+    try:
+        return max(0.0, float(os.environ.get("KPA_PROGRESS_DELAY", DELAY)))
+    except ValueError:
+        return DELAY
+
+
+_disabled = False
+
+
+def disable() -> None:
+    """Show no progress in this process (`kpa --no-progress`)."""
+    global _disabled
+    _disabled = True
+
+
 def enabled() -> bool:
+    """Progress is shown: stderr is a terminal and nobody turned it off."""
+    if _disabled or os.environ.get("KPA_NO_PROGRESS", "") not in ("", "0"):
+        return False
     return sys.stderr.isatty()
 
 
@@ -28,7 +50,7 @@ class _Delayed:
         self._lock = threading.Lock()
         self._live: Any = None
         self._stopped = False
-        self._timer = threading.Timer(DELAY, self._start)
+        self._timer = threading.Timer(_delay(), self._start)
         self._timer.daemon = True
 
     def _start(self) -> None:
@@ -102,4 +124,4 @@ def bar(what: str) -> Iterator[Callable[[int, int], None]]:
         delayed.end()
 
 
-__all__ = ["DELAY", "bar", "enabled", "status"]
+__all__ = ["DELAY", "bar", "disable", "enabled", "status"]
