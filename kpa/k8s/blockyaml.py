@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
-from itertools import pairwise
 from typing import Any
 
 from kpa import limits
@@ -30,7 +29,8 @@ from kpa import limits
 # Blank and comment-only lines match with all groups empty. The groups are loose; a
 # key or value is checked (once per distinct text) by `_plain_ok` or `_QUOTED`.
 _LINE = re.compile(
-    r"""^ *(?:#.*)?$|^(---)$|^( *)(- +)?(?:([^ \n'"][^:\n]*|'[^'\n]*(?:''[^'\n]*)*'|"[^"\\\n]*"):(?: (.+))?|(.+))$""",
+    r"""^(---)$|^( *)(- +)?(?:([^ \n'"#][^:\n]*+|'[^'\n]*(?:''[^'\n]*)*'|"[^"\\\n]*"):(?: (.+))?|(?!#)(.+))$"""
+    r"""|^ *(?:#.*)?$""",
     re.MULTILINE,
 )
 _SEP, _INDENT, _DASH, _KEY, _VALUE, _LONE = range(6)
@@ -52,6 +52,10 @@ _ODD_TEXT = re.compile(
 )
 _ASCII_OK = bytes(range(0x20, 0x7F)) + b"\n"
 _SIMPLE_KEY_LIMIT = 1000  # the loader refuses implicit keys longer than 1024 characters
+# The text is read in pieces of about this size, each ending before a line that starts
+# in column 0 (not a comment), so only the top level of a document spans pieces.
+_PIECE = 1 << 20
+_PIECE_END = re.compile(r"\n(?=[^ \n#])")
 
 
 class Unfit(Exception):
@@ -86,57 +90,85 @@ def documents(
     if not _text_is_plain(text):
         yield Rest(0, 0)
         return
-    rows = _LINE.findall(text)
-    lines = text.count("\n") + 1
-    if len(rows) != lines:
-        yield Rest(0, 0)
-        return
-    # Lines that hold no value: document separators, blank lines, comments.
-    others = [i for i, r in enumerate(rows) if not r[_KEY] and not r[_LONE]]
-    seps = [i for i in others if rows[i][_SEP]]
-    nums: Any
-    if len(others) == len(seps):
-        nums = range(1, lines + 1)
-    else:
-        # Drop blank and comment lines, keeping every other line's number.
-        keep = [i for i, r in enumerate(rows) if r[_KEY] or r[_LONE] or r[_SEP]]
-        nums = [i + 1 for i in keep]
-        rows = [rows[i] for i in keep]
-        seps = [n for n, r in enumerate(rows) if r[_SEP]]
-    bounds = [-1, *seps, len(rows)]
-    node_bound = limits.MAX_YAML_NODES // 4  # a line makes at most 4 nodes
-    document = _reader(rows, nums, mapping, plain)
-    for n, (a, b) in enumerate(pairwise(bounds)):
-        start, end = a + 1, b
-        if start == end:
-            if n > 0:
-                yield None  # an empty explicit document
-            continue
-        try:
-            if end - start > node_bound:
-                raise Unfit
-            yield document(start, end)
-        except (Unfit, RecursionError):
-            # The general reader starts at the separator before this document (or at the top).
-            line = nums[a] - 1 if a >= 0 else 0
-            offset = 0
-            if line:
-                offset = sum(map(len, text.split("\n", line)[:line])) + line
-            yield Rest(line, offset)
-            return
+    reader = _Reader(text, mapping, plain)
+    separator = 0  # the line of the separator that began the current document (0: none)
+    started = False  # a separator was read and no document after it yet
+    try:
+        while reader.fill():
+            row = reader.rows[reader.i]
+            if row[_SEP]:
+                if started:
+                    yield None  # an empty explicit document
+                started, separator = True, reader.nums[reader.i]
+                reader.i += 1
+                continue
+            document = reader.document()
+            yield document
+            started = False
+        if started:
+            yield None
+    except (Unfit, RecursionError):
+        # The general reader starts at the separator before this document (or at the top).
+        line = separator - 1 if separator else 0
+        offset = sum(map(len, text.split("\n", line)[:line])) + line if line else 0
+        yield Rest(line, offset)
 
 
-def _reader(rows: list[tuple[str, ...]], nums: Any,
-            mapping: Callable[[], Any], plain: Callable[[str], Any]) -> Callable[[int, int], Any]:
-    """`document(start, end)`: the value of rows[start:end], one document, or Unfit."""
-    keys: dict[str, tuple[str, Any]] = {}  # a key as written: its text and its value
-    values: dict[str, Any] = {}  # a short scalar as written: its value
-    max_depth = limits.MAX_NESTING
-    end = 0
-    # Row fields (see _LINE).
-    indent_, dash_, key_, value_, lone_ = _INDENT, _DASH, _KEY, _VALUE, _LONE
+def _pieces(text: str) -> Iterator[tuple[list[tuple[str, ...]], Any]]:
+    """Rows of the text (blank and comment lines left out) and their line numbers, piece by piece."""
+    pos, line, size = 0, 1, len(text)
+    while pos < size:
+        end = size
+        if pos + _PIECE < size:
+            found = _PIECE_END.search(text, pos + _PIECE)
+            if found:
+                end = found.start()
+        piece = text[pos:end]
+        rows = _LINE.findall(piece)
+        count = piece.count("\n") + 1
+        if len(rows) != count:
+            raise Unfit
+        nums: Any = range(line, line + count)
+        if any(not r[_KEY] and not r[_LONE] and not r[_SEP] for r in rows):
+            keep = [n for n, r in enumerate(rows) if r[_KEY] or r[_LONE] or r[_SEP]]
+            nums = [line + n for n in keep]
+            rows = [rows[n] for n in keep]
+        yield rows, nums
+        pos, line = end + 1, line + count
 
-    def key_of(raw: str) -> tuple[str, Any]:
+
+class _Reader:
+    """Reads documents from rows that arrive piece by piece (see `_pieces`).
+
+    Below the top level a block never spans pieces (a piece ends before a line in
+    column 0), so nested blocks are read from the current piece's rows by index; the
+    top level (the root mapping or sequence, and a sequence in column 0 under a root
+    key) asks `fill` for the next piece when one runs out.
+    """
+
+    def __init__(self, text: str, mapping: Callable[[], Any], plain: Callable[[str], Any]) -> None:
+        self.pieces = _pieces(text)
+        self.rows: list[tuple[str, ...]] = []
+        self.nums: Any = ()
+        self.i = 0
+        self.read = 0  # rows of earlier pieces
+        self.mapping, self.plain = mapping, plain
+        self.keys: dict[str, tuple[str, Any]] = {}  # a key as written: its text and its value
+        self.values: dict[str, Any] = {}  # a short scalar as written: its value
+        self.block_map, self.block_seq = self._nested()
+
+    def fill(self) -> bool:
+        """Whether there is a row at `i`, reading the next piece when this one is done."""
+        while self.i == len(self.rows):
+            piece = next(self.pieces, None)
+            if piece is None:
+                return False
+            self.read += len(self.rows)
+            self.rows, self.nums = piece
+            self.i = 0
+        return True
+
+    def key(self, raw: str) -> tuple[str, Any]:
         c = raw[0]
         if c == "'" or c == '"':
             if not _QUOTED.fullmatch(raw):
@@ -147,18 +179,18 @@ def _reader(rows: list[tuple[str, ...]], nums: Any,
             # (At the start of a line, '--- ' and '... ' are document markers, not a key.)
             if len(raw) > _SIMPLE_KEY_LIMIT or not _plain_ok(raw) or raw.startswith(("--- ", "... ")):
                 raise Unfit
-            found = (raw, plain(raw))
-        keys[raw] = found
+            found = (raw, self.plain(raw))
+        self.keys[raw] = found
         return found
 
-    def scalar(raw: str, line: int) -> Any:
+    def scalar(self, raw: str, line: int) -> Any:
         c = raw[0]
         if c == "'" or c == '"':
             if not _QUOTED.fullmatch(raw):
                 raise Unfit
             value = raw[1:-1].replace("''", "'") if c == "'" else raw[1:-1]
         elif raw == "{}":
-            data = mapping()
+            data = self.mapping()
             data.line, data.key_lines = line, {}
             return data
         elif raw == "[]":
@@ -166,96 +198,182 @@ def _reader(rows: list[tuple[str, ...]], nums: Any,
         else:
             if not _plain_ok(raw):
                 raise Unfit
-            value = plain(raw)
+            value = self.plain(raw)
         if len(raw) <= 64:
-            values[raw] = value
+            self.values[raw] = value
         return value
 
-    def block_map(i: int, col: int, depth: int) -> tuple[Any, int]:
-        """The mapping whose first key is on row i at column col; the row after it."""
-        if depth >= max_depth:
-            raise Unfit
-        data = mapping()
-        data.line = nums[i]
-        key_lines: dict[str, int] = {}
-        data.key_lines = key_lines
-        spaces = " " * col
-        while True:
-            row = rows[i]
-            raw = row[key_]
-            found = keys.get(raw) or key_of(raw)
-            key_lines[found[0]] = nums[i]
-            i += 1
-            raw = row[value_]
-            if raw:
-                value = values.get(raw, values)
-                if value is values:
-                    value = scalar(raw, nums[i - 1])
-            else:
-                # Nothing after the colon: a block below, a sequence at this column, or null.
-                value = None
-                if i < end:
-                    nxt = rows[i]
-                    indent = len(nxt[indent_])
-                    if nxt[dash_]:
-                        if indent >= col:
-                            value, i = block_seq(i, indent, depth + 1)
-                    elif indent > col:
-                        if not nxt[key_]:
-                            raise Unfit
-                        value, i = block_map(i, indent, depth + 1)
-            data[found[1]] = value
-            if i == end:
-                return data, i
-            nxt = rows[i]
-            if nxt[indent_] == spaces and nxt[key_] and not nxt[dash_]:
-                continue
-            if len(nxt[indent_]) < col:
-                return data, i
-            raise Unfit  # deeper (a continuation), a sequence item here, or a lone value
-
-    def block_seq(i: int, col: int, depth: int) -> tuple[list[Any], int]:
-        """The sequence whose first item is on row i, its dash at column col; the row after it."""
-        if depth >= max_depth:
-            raise Unfit
-        items: list[Any] = []
-        spaces = " " * col
-        while True:
-            row = rows[i]
-            if row[key_]:
-                value, i = block_map(i, col + len(row[dash_]), depth + 1)
-            else:
-                raw = row[lone_]
-                value = values.get(raw, values)
-                if value is values:
-                    value = scalar(raw, nums[i])
-                i += 1
-            items.append(value)
-            if i == end:
-                return items, i
-            nxt = rows[i]
-            if nxt[indent_] == spaces:
-                if nxt[dash_]:
-                    continue
-                return items, i  # the key after a sequence at a mapping's own column
-            if len(nxt[indent_]) < col:
-                return items, i
-            raise Unfit
-
-    def document(start: int, stop: int) -> Any:
-        nonlocal end
-        end = stop
-        first = rows[start]
-        if first[indent_]:
+    def document(self) -> Any:
+        """The document whose first row is at `i` (not a separator); `i` is left at the row after it."""
+        first = self.rows[self.i]
+        start = self.read + self.i
+        if first[_INDENT]:
             raise Unfit  # a document indented as a whole
-        if first[dash_]:
-            value, i = block_seq(start, 0, 0)
-        elif first[key_]:
-            value, i = block_map(start, 0, 0)
+        if first[_DASH]:
+            value = self.top_seq(0)
+        elif first[_KEY]:
+            value = self.top_map()
         else:
             raise Unfit  # a lone scalar, {} or []
-        if i != end:
+        if self.fill() and not self.rows[self.i][_SEP]:
             raise Unfit
+        if self.read + self.i - start > limits.MAX_YAML_NODES // 4:
+            raise Unfit  # perhaps more values than the bound (a line makes at most 4)
         return value
 
-    return document
+    def top_map(self) -> Any:
+        """The root mapping, its first key at `i`."""
+        if limits.MAX_NESTING <= 0:
+            raise Unfit
+        data = self.mapping()
+        data.line = self.nums[self.i]
+        key_lines: dict[str, int] = {}
+        data.key_lines = key_lines
+        while True:
+            rows, i = self.rows, self.i
+            row = rows[i]
+            raw = row[_KEY]
+            found = self.keys.get(raw) or self.key(raw)
+            line = self.nums[i]
+            key_lines[found[0]] = line
+            self.i = i = i + 1
+            raw = row[_VALUE]
+            value: Any = None
+            if raw:
+                value = self.values.get(raw, self.values)
+                if value is self.values:
+                    value = self.scalar(raw, line)
+            elif self.fill():
+                rows, i = self.rows, self.i
+                nxt = rows[i]
+                indent = len(nxt[_INDENT])
+                if nxt[_DASH]:
+                    if indent:
+                        value, self.i = self.block_seq(i, indent, 1)
+                    else:
+                        value = self.top_seq(1)
+                elif indent:
+                    if not nxt[_KEY]:
+                        raise Unfit
+                    value, self.i = self.block_map(i, indent, 1)
+            data[found[1]] = value
+            if not self.fill():
+                return data
+            nxt = self.rows[self.i]
+            if nxt[_SEP]:
+                return data
+            if nxt[_INDENT] or nxt[_DASH] or not nxt[_KEY]:
+                raise Unfit
+            # the next root key
+
+    def top_seq(self, depth: int) -> list[Any]:
+        """A sequence in column 0 (the root, or under a root key), its first item at `i`."""
+        if depth >= limits.MAX_NESTING:
+            raise Unfit
+        items: list[Any] = []
+        while True:
+            rows, i = self.rows, self.i
+            row = rows[i]
+            if row[_KEY]:
+                value, self.i = self.block_map(i, len(row[_DASH]), depth + 1)
+            else:
+                raw = row[_LONE]
+                value = self.values.get(raw, self.values)
+                if value is self.values:
+                    value = self.scalar(raw, self.nums[i])
+                self.i = i + 1
+            items.append(value)
+            if not self.fill():
+                return items
+            nxt = self.rows[self.i]
+            if nxt[_INDENT]:
+                raise Unfit
+            if not nxt[_DASH]:
+                return items  # a root key or a separator: the caller decides
+            # the next item
+
+    def _nested(self) -> tuple[Callable[[int, int, int], tuple[Any, int]],
+                               Callable[[int, int, int], tuple[list[Any], int]]]:
+        """`block_map` and `block_seq` over the current piece's rows, for blocks not in column 0."""
+        reader = self
+        mapping, keys, values, key_of, scalar = self.mapping, self.keys, self.values, self.key, self.scalar
+        max_depth = limits.MAX_NESTING
+        # Row fields (see _LINE).
+        indent_, dash_, key_, value_, lone_ = _INDENT, _DASH, _KEY, _VALUE, _LONE
+
+        def block_map(i: int, col: int, depth: int) -> tuple[Any, int]:
+            """The mapping whose first key is on row i at column col; the row after it."""
+            if depth >= max_depth:
+                raise Unfit
+            rows, nums = reader.rows, reader.nums
+            end = len(rows)
+            data = mapping()
+            data.line = nums[i]
+            key_lines: dict[str, int] = {}
+            data.key_lines = key_lines
+            spaces = " " * col
+            while True:
+                row = rows[i]
+                raw = row[key_]
+                found = keys.get(raw) or key_of(raw)
+                key_lines[found[0]] = nums[i]
+                i += 1
+                raw = row[value_]
+                if raw:
+                    value = values.get(raw, values)
+                    if value is values:
+                        value = scalar(raw, nums[i - 1])
+                else:
+                    # Nothing after the colon: a block below, a sequence at this column, or null.
+                    value = None
+                    if i < end:
+                        nxt = rows[i]
+                        indent = len(nxt[indent_])
+                        if nxt[dash_]:
+                            if indent >= col:
+                                value, i = block_seq(i, indent, depth + 1)
+                        elif indent > col:
+                            if not nxt[key_]:
+                                raise Unfit
+                            value, i = block_map(i, indent, depth + 1)
+                data[found[1]] = value
+                if i == end:
+                    return data, i
+                nxt = rows[i]
+                if nxt[indent_] == spaces and nxt[key_] and not nxt[dash_]:
+                    continue
+                if len(nxt[indent_]) < col:
+                    return data, i
+                raise Unfit  # deeper (a continuation), a sequence item here, or a lone value
+
+        def block_seq(i: int, col: int, depth: int) -> tuple[list[Any], int]:
+            """The sequence whose first item is on row i, its dash at column col; the row after it."""
+            if depth >= max_depth:
+                raise Unfit
+            rows, nums = reader.rows, reader.nums
+            end = len(rows)
+            items: list[Any] = []
+            spaces = " " * col
+            while True:
+                row = rows[i]
+                if row[key_]:
+                    value, i = block_map(i, col + len(row[dash_]), depth + 1)
+                else:
+                    raw = row[lone_]
+                    value = values.get(raw, values)
+                    if value is values:
+                        value = scalar(raw, nums[i])
+                    i += 1
+                items.append(value)
+                if i == end:
+                    return items, i
+                nxt = rows[i]
+                if nxt[indent_] == spaces:
+                    if nxt[dash_]:
+                        continue
+                    return items, i  # the key after a sequence at a mapping's own column
+                if len(nxt[indent_]) < col:
+                    return items, i
+                raise Unfit
+
+        return block_map, block_seq
