@@ -12,6 +12,7 @@ the real `nft list ruleset`, with their own mutations.
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from pathlib import Path
@@ -21,11 +22,13 @@ import pytest
 
 from kpa.errors import InputError
 from kpa.netfilter.model import LazyNftRule, Ruleset
+from kpa.parse.nft_json import parse_nft_json
 from kpa.parse.nft_shapes import pattern_of, skeleton_lines
 from kpa.parse.nft_text import parse_nft_text
 
 FIX = Path(__file__).parent / "fixtures"
 NFT_FILES = sorted(p for p in FIX.rglob("*") if p.is_file() and p.suffix == ".nft")
+JSON_FILES = sorted(p for p in (FIX / "nft").rglob("*.json") if p.is_file())
 
 
 def check_view(rs: Ruleset) -> list[Any]:
@@ -55,16 +58,19 @@ def built_view(rs: Ruleset) -> list[Any]:
     return out
 
 
-def read(text: str, shapes: bool) -> tuple[str, Any]:
+def read(text: str, shapes: bool, is_json: bool = False) -> tuple[str, Any]:
     try:
-        rs = parse_nft_text(text, "rules.nft", shapes=shapes)
+        rs = (parse_nft_json if is_json else parse_nft_text)(text, "rules.nft", shapes=shapes)
     except InputError as exc:
         return "error", str(exc)
-    return "ok", (check_view(rs), built_view(rs), rs)
+    try:
+        return "ok", (check_view(rs), built_view(rs), rs)
+    except Exception as exc:  # a crash is a bug of its own; here it only has to be the same crash
+        return "error", f"{type(exc).__name__}: {exc}"
 
 
-def assert_same(text: str) -> Ruleset | None:
-    lazy, eager = read(text, True), read(text, False)
+def assert_same(text: str, is_json: bool = False) -> Ruleset | None:
+    lazy, eager = read(text, True, is_json), read(text, False, is_json)
     assert lazy[0] == eager[0], (lazy[1] if lazy[0] == "error" else eager[1])
     if lazy[0] == "error":
         assert lazy[1] == eager[1]
@@ -77,8 +83,8 @@ def assert_same(text: str) -> Ruleset | None:
     return rs
 
 
-def lazy_count(text: str) -> int:
-    rs = parse_nft_text(text, "rules.nft")
+def lazy_count(text: str, is_json: bool = False) -> int:
+    rs = (parse_nft_json if is_json else parse_nft_text)(text, "rules.nft")
     return sum(isinstance(r, LazyNftRule) for t in rs.tables for r in t.rules())
 
 
@@ -214,6 +220,79 @@ def test_skeleton_patterns_match_what_they_replaced() -> None:
     assert skeleton_lines("x\x01") is None
 
 
+# -- nft -j ------------------------------------------------------------------------------
+
+def test_there_are_json_fixtures() -> None:
+    assert len(JSON_FILES) > 10
+
+
+@pytest.mark.parametrize("path", JSON_FILES, ids=lambda p: str(p.relative_to(FIX)))
+def test_every_json_fixture_reads_the_same(path: Path) -> None:
+    assert_same(path.read_text(), is_json=True)
+
+
+def test_json_kube_proxy_fixtures_defer_most_rules() -> None:
+    text = (FIX / "nft" / "kube-proxy" / "kitchen-sink.v4.json").read_text()
+    total = sum(1 for t in parse_nft_json(text, "f", shapes=False).tables for _ in t.rules())
+    assert lazy_count(text, is_json=True) > total // 3
+
+
+_ODD_JSON: list[Any] = [*_ODD, 0, 1, 80, 65535, 65536, -1, 2**40, True, False, None, [], {}, ["x"], {"a": 1}, 1.5,
+                        "\u0001a", "10.0.0.1\n", "@", ""]
+
+
+def _leaves(x: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    if isinstance(x, dict):
+        return [q for k, v in x.items() for q in _leaves(v, (*path, k))]
+    if isinstance(x, list):
+        return [q for i, v in enumerate(x) for q in _leaves(v, (*path, i))]
+    return [path]
+
+
+def _json_mutations(text: str, rng: random.Random, n: int) -> list[str]:
+    doc = json.loads(text)
+    rules = [i for i, o in enumerate(doc["nftables"]) if "rule" in o]
+    names = sorted({o[k]["name"] for o in doc["nftables"] for k in ("chain", "set", "map") if k in o})
+    out: list[str] = []
+    for _ in range(n):
+        if not rules:
+            break
+        i = rules[rng.randrange(len(rules) // 2, len(rules)) if rng.random() < 0.7 else rng.randrange(len(rules))]
+        copy = json.loads(text)
+        expr = copy["nftables"][i]["rule"]["expr"]
+        spots = _leaves(expr)
+        if not spots:
+            continue
+        path = rng.choice(spots)
+        target = expr
+        for step in path[:-1]:
+            target = target[step]
+        old = target[path[-1]]
+        pool = _ODD_JSON + names + ["@" + x for x in names[:20]]
+        if isinstance(old, str) and old.count(".") == 3:
+            octets = old.split(".")
+            octets[rng.randrange(4)] = str(rng.choice([0, 9, 10, 99, 100, 199, 200, 249, 250, 255, 256, 300]))
+            pool = pool + [".".join(octets)] * 10
+        target[path[-1]] = rng.choice(pool)
+        out.append(json.dumps(copy))
+    return out
+
+
+@pytest.mark.parametrize("path", [p for p in JSON_FILES if "kube-proxy" in str(p)] or JSON_FILES[:5],
+                         ids=lambda p: str(p.relative_to(FIX)))
+def test_json_one_value_mutations_read_the_same(path: Path) -> None:
+    rng = random.Random(str(path.name))
+    for text in _json_mutations(path.read_text(), rng, 40):
+        assert_same(text, is_json=True)
+
+
+def test_json_mutations_of_every_fixture_read_the_same() -> None:
+    rng = random.Random(12)
+    for path in JSON_FILES:
+        for text in _json_mutations(path.read_text(), rng, 8):
+            assert_same(text, is_json=True)
+
+
 # -- real nft listings of random clusters (kernel) --------------------------------------
 
 @pytest.mark.kernel
@@ -233,3 +312,9 @@ def test_captured_random_clusters_read_the_same() -> None:
         assert lazy_count(text) > total * 0.8
         for mutated in _mutations(text, rng, 30):
             assert_same(mutated)
+        listed = capture_nft(render_nft(cluster, ProxierOptions(node_name="node-0"), "ipv4"), json=True)
+        rs = assert_same(listed, is_json=True)
+        assert rs is not None
+        assert lazy_count(listed, is_json=True) > total * 0.8
+        for mutated in _json_mutations(listed, rng, 30):
+            assert_same(mutated, is_json=True)

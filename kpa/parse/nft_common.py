@@ -84,6 +84,14 @@ class Malformed(Exception):
     """A statement whose shape does not fit nft's schema; the reader adds FILE:LINE."""
 
 
+def _target(v: Any) -> str | None:
+    """The chain a verdict names (`{"jump": {"target": "c"}}`), if any."""
+    target = v.get("target") if isinstance(v, dict) else None
+    if target is not None and not isinstance(target, str):
+        raise Malformed(f"expected a chain name as the target, found {clip(fmt(target))!r}")
+    return target
+
+
 def parse_priority(value: Any, family: str) -> int:
     """`filter`, `dstnat - 10`, `-100`, or an int from JSON."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -256,6 +264,8 @@ class Builder:
     _texts: dict[int, tuple[Any, str]] = field(default_factory=dict)
     # The text reader's: one rule's statements from its text and line number.
     parse_rule: Callable[[str, int], list[Any]] | None = None
+    # JSON input: rules that share a skeleton share a shape (kpa.parse.nft_shapes).
+    shapes: bool = False
     # Rule shapes by (id(table), skeleton): kpa.parse.nft_shapes.
     _shapes: dict[tuple[int, str], Any] = field(default_factory=dict)
     _sources: dict[int, Any] = field(default_factory=dict)
@@ -399,7 +409,7 @@ class Builder:
             (k, v), = raw.items()
             if k not in VERDICTS:
                 raise Malformed(f"expected a verdict, found {fmt(raw)!r}")
-            return verdict_value(k, v.get("target") if isinstance(v, dict) else None)
+            return verdict_value(k, _target(v))
         el = self.element(raw, dtypes)
         if dtypes and dtypes[0] in ("ipv4_addr", "ipv6_addr"):
             ip = el[0].single_value() if isinstance(el[0], IntSet) else None
@@ -525,9 +535,20 @@ class Builder:
 
         pending, self.pending = self.pending, []
         shapes = self._shapes
+        json_shapes = self.shapes
         for p in pending:
             if p.key is None:
-                self._build_rule(p)
+                found = nft_shapes.json_key(p.stmts) if json_shapes and p.text is None and p.stmts is not None else None
+                if found is None:
+                    self._build_rule(p)
+                    continue
+                key, kinds, values, skeleton = found
+                jk = (id(p.table), key)
+                jshape = shapes.get(jk, nft_shapes.MISSING)
+                if jshape is nft_shapes.MISSING:
+                    shapes[jk] = nft_shapes.json_analyse(self, p, self._build_rule(p), kinds, values, skeleton)
+                elif jshape is None or not nft_shapes.json_defer(self, p, jshape, values):
+                    self._build_rule(p)
                 continue
             sk = (id(p.table), p.key)
             shape = shapes.get(sk, nft_shapes.MISSING)
@@ -649,7 +670,7 @@ class Builder:
             queues = f"queues {num}" if "-" in num else f"queue {num}"
             return [NftVerdict(verdict=Verdict(VerdictKind.QUEUE, detail=queue_detail(queues, "bypass" in flags)))]
         if k in VERDICTS:
-            return [verdict_expr(k, v.get("target") if isinstance(v, dict) else None)]
+            return [verdict_expr(k, _target(v))]
         if k == "match":
             return self.lower_match(stmt, v, table)
         if k == "vmap":

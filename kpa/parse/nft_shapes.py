@@ -93,9 +93,9 @@ def _marker(kind: str, i: int) -> str:
     if kind == PORT:
         return str(50000 + i)
     if kind == CHAIN:
-        return f"kpa-shape-chain-{i}"
+        return f"kpa-shape-chain-{i}-end"
     if kind == SET:
-        return f"@kpa-shape-set-{i}"
+        return f"@kpa-shape-set-{i}-end"
     return f"127.98.{i}.7:{51000 + i}"
 
 
@@ -348,4 +348,260 @@ def defer(b: Builder, p: PendingRule, shape: NftShape) -> bool:
     for name, g in shape.updates:
         # What lowering the rule's set updates would record: the set is updated at runtime.
         b._updated.add((id(p.table), (m.group(g) if g > 0 else name).lstrip("@")))
+    return True
+
+
+# -- `nft -j list ruleset` ----------------------------------------------------------------
+#
+# A JSON rule's skeleton is its statements with the same values as in text replaced by
+# placeholder strings, written out by repr(): a comparison of `ip saddr|daddr` with a
+# dotted quad or an @set, of `tcp|udp|sctp dport|sport` with a port number, a jump or goto
+# target (also in a verdict map's elements), a `dnat`'s address and port, the set of an
+# update. The positions are known by construction; `json_analyse` lowers the skeleton with
+# a marker in each placeholder and accepts it if the lowering agrees with the first rule's
+# (known, counters, chain references, text).
+
+_IPV4_RE = re.compile(_IPV4)
+_NAME_RE = re.compile(_NAME)
+_SET_RE = re.compile(f"@{_NAME}")
+JSON_MARKERS = {ADDR: "\x01a", PORT: "\x01p", CHAIN: "\x01c", NAT: "\x01n", SET: "\x01s"}
+
+
+def _slot_str(value: Any, kind: str) -> bool:
+    if type(value) is not str:
+        return False
+    if kind == ADDR:
+        return _IPV4_RE.fullmatch(value) is not None
+    if kind == SET:
+        return _SET_RE.fullmatch(value) is not None
+    return _NAME_RE.fullmatch(value) is not None
+
+
+def _port(value: Any) -> bool:
+    return type(value) is int and 0 <= value <= 65535
+
+
+class _Skeleton:
+    __slots__ = ("kinds", "values")
+
+    def __init__(self) -> None:
+        self.kinds: list[str] = []
+        self.values: list[Any] = []
+
+    def slot(self, kind: str, value: Any) -> str:
+        self.kinds.append(kind)
+        self.values.append(value)
+        return JSON_MARKERS[kind]
+
+    def verdict(self, v: Any) -> Any:
+        if type(v) is dict and len(v) == 1:
+            (k, body), = v.items()
+            if k in ("jump", "goto") and type(body) is dict and len(body) == 1 and _slot_str(body.get("target"), CHAIN):
+                return {k: {"target": self.slot(CHAIN, body["target"])}}
+        return v
+
+    def stmt(self, st: Any) -> Any:
+        if type(st) is not dict or len(st) != 1:
+            return st
+        (k, v), = st.items()
+        if type(v) is not dict:
+            return st
+        if k == "match" and len(v) == 3:
+            left, right = v.get("left"), v.get("right")
+            if type(left) is dict and len(left) == 1 and type(left.get("payload")) is dict:
+                pl = left["payload"]
+                proto, fld = pl.get("protocol"), pl.get("field")
+                kind = _PAYLOAD_KINDS.get((proto, fld)) if len(pl) == 2 and type(proto) is str and type(fld) is str \
+                    else None
+                if kind == ADDR and _slot_str(right, ADDR):
+                    return {"match": {**v, "right": self.slot(ADDR, right)}}
+                if kind == ADDR and _slot_str(right, SET):
+                    return {"match": {**v, "right": self.slot(SET, right)}}
+                if kind == PORT and _port(right):
+                    return {"match": {**v, "right": self.slot(PORT, right)}}
+            return st
+        if k in ("jump", "goto"):
+            return self.verdict(st)
+        if k == "vmap":
+            data = v.get("data")
+            if type(data) is dict and len(data) == 1 and type(data.get("set")) is list:
+                items = [[it[0], self.verdict(it[1])] if type(it) is list and len(it) == 2 else it
+                         for it in data["set"]]
+                return {"vmap": {**v, "data": {"set": items}}}
+            return st
+        if k == "dnat" and _slot_str(v.get("addr"), ADDR) and _port(v.get("port")):
+            addr = self.slot(ADDR, v["addr"])
+            return {"dnat": {**v, "addr": addr, "port": self.slot(PORT, v["port"])}}
+        if k == "set" and "op" in v and _slot_str(v.get("set"), SET):
+            return {"set": {**v, "set": self.slot(SET, v["set"])}}
+        return st
+
+
+def json_key(stmts: list[Any]) -> tuple[str, list[str], list[Any], list[Any]] | None:
+    """(skeleton text, kinds, values, skeleton statements) of a JSON rule; None if it is read in full."""
+    sk = _Skeleton()
+    out = []
+    for st in stmts:
+        if type(st) is str:
+            return None  # an anonymous chain as text
+        out.append(sk.stmt(st))
+    # repr() tells apart every value JSON decodes to (1, 1.0, True, "1"), keeps the order of keys, and is
+    # quicker than encoding JSON again.
+    key = repr(out)
+    if key.count("\\x01") != len(sk.kinds):
+        return None  # a string of the input that looks like a placeholder
+    return key, sk.kinds, sk.values, out
+
+
+class JsonShape(RuleShape):
+    """An accepted JSON skeleton: its statements with placeholders, and what a rule's values give."""
+
+    __slots__ = ("kinds", "lookups", "refs", "skeleton", "text", "updates")
+
+    def __init__(self, rule: Rule, kinds: list[str], skeleton: list[Any], text: list[str | int],
+                 refs: tuple[tuple[VerdictKind, str, int], ...], lookups: tuple[int, ...],
+                 updates: tuple[tuple[str, int], ...]) -> None:
+        super().__init__(not rule.known, rule.counters)
+        self.kinds = kinds
+        self.skeleton = skeleton
+        # The rule's text: literal pieces and value indexes.
+        self.text = text
+        self.refs = refs
+        self.lookups = lookups
+        self.updates = updates
+
+    def text_of(self, values: list[Any]) -> str:
+        return "".join(p if isinstance(p, str) else str(values[p]) for p in self.text)
+
+
+def _json_markers(kinds: list[str]) -> list[Any]:
+    out: list[Any] = []
+    for i, kind in enumerate(kinds):
+        if kind == PORT:
+            out.append(50000 + i)
+        elif kind == NAT:
+            out.append(f"127.98.{i}.7")
+        else:
+            out.append(_marker(kind, i))
+    return out
+
+
+def _fill(x: Any, markers: list[Any], it: list[int]) -> Any:
+    """The skeleton statements with the placeholders filled in order from `markers`."""
+    if type(x) is dict:
+        return {k: _fill(v, markers, it) for k, v in x.items()}
+    if type(x) is list:
+        return [_fill(v, markers, it) for v in x]
+    if type(x) is str and x[:1] == "\x01" and x in _JSON_PLACEHOLDERS:
+        i = it[0]
+        it[0] += 1
+        return markers[i]
+    return x
+
+
+_JSON_PLACEHOLDERS = set(JSON_MARKERS.values())
+
+
+class _JsonSource:
+    """One deferred JSON rule's statements and comment, built as the eager read builds them."""
+
+    __slots__ = ("builder", "comment", "file", "stmts", "table")
+
+    def __init__(self, builder: Builder, table: Table, stmts: list[Any], comment: Any) -> None:
+        self.builder = builder
+        self.table = table
+        self.file = builder.file
+        self.stmts = stmts
+        self.comment = comment
+
+    def materialise(self, rule: DeferredRule) -> tuple[list[Expr], str | None]:
+        exprs, _, comment, _ = self.builder.lower_rule(self.table, rule.chain, rule.lineno, self.stmts, None,
+                                                       self.comment)
+        return exprs, comment
+
+
+def json_analyse(b: Builder, p: PendingRule, rule: Rule, kinds: list[str], values: list[Any],
+                 skeleton: list[Any]) -> JsonShape | None:
+    """The shape of a JSON rule's skeleton if its values cannot change how its rules read."""
+    if len(kinds) > MAX_PLACEHOLDERS:
+        return None
+    markers = _json_markers(kinds)
+    stmts = _fill(skeleton, markers, [0])
+    if _fill(skeleton, values, [0]) != p.stmts:
+        return None
+    table = p.table
+    lookups: list[int] = []
+    aliases: list[str] = []
+    # Set markers stand for the first rule's sets where they are looked up, as in text.
+    for i, kind in enumerate(kinds):
+        if kind != SET:
+            continue
+        looked_up = any(type(st) is dict and "match" in st and type(st["match"]) is dict
+                        and st["match"].get("right") == markers[i] for st in stmts)
+        if looked_up:
+            ns = table.sets.get(values[i][1:])
+            if ns is None or markers[i][1:] in table.sets:
+                for name in aliases:
+                    del table.sets[name]
+                return None
+            table.sets[markers[i][1:]] = ns
+            aliases.append(markers[i][1:])
+            lookups.append(i)
+    updated = set(b._updated)
+    try:
+        exprs, counters, _, text = b.lower_rule(table, p.chain, p.line, stmts, None, p.comment)
+    except InputError:
+        return None
+    finally:
+        for name in aliases:
+            del table.sets[name]
+        b._updated = updated
+    if all(e.known for e in exprs) != rule.known or counters != rule.counters:
+        return None
+    index = {m: i for i, (m, kind) in enumerate(zip(markers, kinds, strict=True)) if kind in (CHAIN, SET)}
+    refs = tuple((kind, name, index.get(name, -1)) for e in exprs for kind, name in e.chain_refs())
+    if tuple((k, values[g] if g >= 0 else n) for k, n, g in refs) != tuple(rule.chain_refs()):
+        return None
+    # The text with each marker (each once, as its str) replaced by the value's.
+    shown = [str(m) for m in markers]
+    if shown and any(text.count(s) != 1 for s in shown):
+        return None
+    pieces: list[str | int] = []
+    if shown:
+        where = re.compile("|".join(re.escape(s) for s in sorted(shown, key=len, reverse=True)))
+        pos = 0
+        slot = {s: i for i, s in enumerate(shown)}
+        for m in where.finditer(text):
+            pieces.append(text[pos:m.start()])
+            pieces.append(slot[m.group(0)])
+            pos = m.end()
+        pieces.append(text[pos:])
+    else:
+        pieces.append(text)
+    if "".join(p_ if isinstance(p_, str) else str(values[p_]) for p_ in pieces) != rule.text:
+        return None
+    updates = tuple((str(st["set"].get("set", "")), index.get(str(st["set"].get("set", "")), -1))
+                    for st in stmts if type(st) is dict and "set" in st and type(st["set"]) is dict
+                    and "op" in st["set"])
+    return JsonShape(rule, kinds, skeleton, pieces, refs, tuple(lookups), updates)
+
+
+def json_defer(b: Builder, p: PendingRule, shape: JsonShape, values: list[Any]) -> bool:
+    """Append a JSON rule to its chain as a LazyNftRule; False: read it in full."""
+    chain = p.table.chains.get(p.chain)
+    if chain is None or p.stmts is None:
+        return False
+    sets = p.table.sets
+    for i in shape.lookups:
+        if values[i][1:] not in sets:
+            return False
+    source = _JsonSource(b, p.table, p.stmts, p.comment)
+    refs = tuple((k, values[g] if g >= 0 else n) for k, n, g in shape.refs)
+    rule = LazyNftRule(p.table.name, p.chain, len(chain.rules) + 1, shape.text_of(values), p.line or 0, source,
+                       shape, refs)
+    if isinstance(p.handle, int) and not isinstance(p.handle, bool):
+        rule.handle = p.handle
+    chain.rules.append(rule)
+    for name, g in shape.updates:
+        b._updated.add((id(p.table), (values[g] if g >= 0 else name).lstrip("@")))
     return True
