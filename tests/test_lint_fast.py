@@ -234,6 +234,47 @@ def test_entry_rules_read_from_text_equal_the_built_rules() -> None:
     assert sum(isinstance(r, LazyRule) for r in lazy_rules) > 60
 
 
+def test_reject_rules_read_from_text_equal_the_built_rules() -> None:
+    """Filter-table "has no endpoints" REJECT rules in odd spellings: the views equal a full parse's."""
+    variants = [
+        '-d 10.0.{n}.1/32 -p tcp -m comment --comment "ns/a{n}:p has no endpoints" -m tcp --dport 80',
+        '-p tcp -m comment --comment "ns/b{n}:p has no endpoints" -m addrtype --dst-type LOCAL -m tcp --dport 3{n:04d}',
+        '-d 10.0.{n}.3/32 -p udp -m comment --comment "ns/c{n}:p has no endpoints" -m udp --dport 53',
+        '-d 10.0.{n}.4/32 -p sctp -m comment --comment "ns/d{n}:p has no endpoints" -m sctp --dport 9',
+        '-d 10.0.{n}.0/24 -p tcp -m comment --comment "ns/e{n}:p has no endpoints" -m tcp --dport 80',
+        '! -d 10.0.{n}.6/32 -p tcp -m comment --comment "ns/f{n}:p has no endpoints" -m tcp --dport 80',
+        '-d 10.0.{n}.7/32 -p tcp -m comment --comment "ns/g{n}:p \\"q\\" has no endpoints" -m tcp --dport 80',
+        '-d 10.0.{n}.8/32 -p tcp -m comment --comment ns/h{n}:p -m tcp --dport 80',
+        '-d 10.0.{n}.9/32 -p tcp -m comment --comment "ns/i{n}:p has no endpoints" -m tcp ! --dport 80',
+        '-d 10.0.{n}.10/32 -p tcp -m comment --comment "ns/j{n}:p has no endpoints" -m tcp --dport 80:90',
+        '-d 10.0.{n}.11/32 -p tcp -m comment --comment "ns/k{n}:p has no endpoints" -m tcp --dport 65535',
+        '-p tcp -m comment --comment "ns/l{n}:p has no endpoints" -m addrtype ! --dst-type LOCAL -m tcp --dport 80',
+        '-p tcp -m comment --comment "ns/m{n}:p has no endpoints" -m addrtype --dst-type LOCAL,UNICAST -m tcp --dport 80',
+        '-d 10.0.{n}.14/32 -p tcp -m comment --comment "ns/n{n}:p has no endpoints" -m multiport --dports 80,81',
+        '-d 10.0.{n}.15/32 -p tcp -m comment --comment "ns/o{n}:p has no local endpoints" -m tcp --dport 80',
+        '-d 10.0.{n}.16/32 -p udp -m comment --comment "ns/p{n}:p has no endpoints" -m tcp --dport 80',
+    ]
+    targets = [" --reject-with icmp-port-unreachable", "", " --reject-with tcp-reset"]
+    body = ""
+    for n in range(12):
+        for i, v in enumerate(variants):
+            chain = ("KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES")[(i + n) % 2]
+            body += f"-A {chain} {v.format(n=n)} -j REJECT{targets[(i + n) % 3]}\n"
+    nat = "*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\nCOMMIT\n"
+    text = (f"{nat}*filter\n:INPUT ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n:KUBE-EXTERNAL-SERVICES - [0:0]\n"
+            f"{body}COMMIT\n")
+    lazy, full = _both(text, "rejects.save")
+    filt = lazy.table(Family.IPV4, "filter")
+    assert filt is not None
+    rules = [r for c in filt.chains.values() for r in c.rules]
+    assert sum(isinstance(r, LazyRule) for r in rules) > 100
+    got, want = [v.to_json() for v in service_ports(lazy)], [v.to_json() for v in service_ports(full)]
+    assert got == want
+    assert sum(len(v["entries"]) for v in want) > 100
+    # The plain spellings are read from the text: those rules stay unbuilt.
+    assert sum(isinstance(r, LazyRule) for r in rules) > 40
+
+
 def _mutations(doc: object, rng: random.Random, n: int) -> list[object]:
     """Copies of `doc` with one value somewhere replaced by a value of another type."""
     odd = [None, 0, 1, 70000, True, False, "", "x", "10.0.0.1", [], [1], ["a"], {}, {"a": 1}, 1.5]

@@ -16,9 +16,10 @@ to no Service port the objects know.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Literal
@@ -324,7 +325,9 @@ def _endpoint_chain(mode: Mode, spn: str, proto: str, endpoint: str) -> str:
     return naming.nft_endpoint_chain(spn, proto, endpoint)
 
 
-def _service_chains(mode: Mode, spn: str, proto: str) -> dict[str, str]:
+@functools.lru_cache(maxsize=1 << 16)
+def _service_chains(mode: Mode, spn: str, proto: str) -> Mapping[str, str]:
+    """The chain kube-proxy names for each kind; cached (the correlation asks twice per port)."""
     if mode == "iptables":
         return naming.iptables_service_chains(spn, proto)
     return {

@@ -555,6 +555,32 @@ def _table_views(t: Table, rs: Ruleset, known: dict[str, str]) -> list[ServicePo
     return sorted(by_key.values(), key=lambda v: (natural_key(v.name or "~"), v.family))
 
 
+# kube-proxy's "has no endpoints" REJECT rules in the filter table, in the one spelling
+# iptables-save prints them whose meaning needs no parser: as _ENTRY_RE, and for node ports
+# `-m addrtype --dst-type LOCAL` (which is not a destination address) before the port.
+_REJECT_RE = re.compile(
+    r"-A \S+(?: -d ((?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d))/32)?"
+    r" -p (tcp|udp|sctp) -m comment --comment \"([^\"\\\\]+)\"(?: -m addrtype --dst-type LOCAL)?"
+    r" -m \2 --dport (\d{1,5}) -j REJECT(?: --reject-with icmp-port-unreachable)?")
+
+
+def _text_reject(rule: Rule, version: int) -> tuple[str, str, str | None, int] | None:
+    """(comment, PROTOCOL, destination, port) of a not-yet-built REJECT rule, read from its text.
+
+    None when the text is in any other spelling: then the rule is built. What it
+    returns is what `rule_comment`, `rule_protocol`, `_dst` and `_dport` give.
+    """
+    if version != 4 or not isinstance(rule, LazyRule):
+        return None
+    m = _REJECT_RE.fullmatch(rule.text)
+    if m is None:
+        return None
+    port = int(m.group(4))
+    if port > 65535:
+        return None
+    return m.group(3), m.group(2).upper(), m.group(1), port
+
+
 def _mark_no_endpoints(rs: Ruleset, nat: Table, views: dict[str, ServicePortView]) -> None:
     """Services without endpoints get a filter-table REJECT instead of nat chains."""
     filt = rs.table(nat.family, "filter")
@@ -566,20 +592,27 @@ def _mark_no_endpoints(rs: Ruleset, nat: Table, views: dict[str, ServicePortView
         if c is None:
             continue
         for r in c.rules:
-            said = rule_comment(r)
+            fields = _text_reject(r, nat.family.version)
+            said = fields[0] if fields is not None else rule_comment(r)
             if not (said and said.endswith("has no endpoints")):
                 continue
+            proto: str | None
+            dport: int | None
+            if fields is not None:
+                _, proto, dst, dport = fields
+            else:
+                proto, dst, dport = rule_protocol(r), _dst(r), _dport(r)
             spn = said.split(" ", 1)[0]
             v = names.get(spn)
             if v is None:
                 v = names[spn] = views[f"noep:{spn}"] = ServicePortView(
-                    spn, rule_protocol(r), "ipv6" if nat.family.version == 6 else "ipv4"
+                    spn, proto, "ipv6" if nat.family.version == 6 else "ipv4"
                 )
             v.no_endpoints = True
             kind = "clusterIP" if chain_name == "KUBE-SERVICES" else "externalIP"
-            if _dst(r) is None:
+            if dst is None:
                 kind = "nodePort"
-            v.entries.append(Entry(kind, _dst(r), _dport(r), "REJECT", r.where()))
+            v.entries.append(Entry(kind, dst, dport, "REJECT", r.where()))
 
 
 # ------------------------------------------------------------- endpoint selection
