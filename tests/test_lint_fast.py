@@ -756,3 +756,80 @@ def test_a_child_left_behind_is_stopped_and_stdin_is_never_forked(tmp_path: Path
         assert pending._pid is None
     with BackgroundObjects([path], fork=False) as pending:
         assert pending._pid is None
+
+
+
+def _render_reference(docs: list[dict[str, object]], wide: bool, headers: bool) -> str:
+    """`kpa show`'s text as it was written with str.ljust per cell (the endpoint tables only differ)."""
+    from kpa.render.show import _yn
+
+    out: list[str] = []
+    for d in docs:
+        title = f"{d['service_port'] or '(unnamed)'}  {d['protocol'] or ''}  {d['family']}"
+        if d.get("type"):
+            title += f"  {d['type']}"
+        out.append(title)
+        facts = [f"{k}: {v}" for k, v in d["traffic_policies"].items()]  # type: ignore[attr-defined]
+        facts.append(f"sessionAffinity: {d['session_affinity']}")
+        if d["source_ranges"]:
+            facts.append(f"loadBalancerSourceRanges: {', '.join(d['source_ranges'])}")  # type: ignore[arg-type]
+        out.append("  " + "; ".join(facts))
+        for e in d["entries"]:  # type: ignore[attr-defined]
+            addr = e["address"] or "<node addresses>"
+            where = f"[{addr}]:{e['port']}" if ":" in addr else f"{addr}:{e['port']}"
+            line = f"  {e['kind']:<15} {where:<26}"
+            if wide:
+                line += f" -> {e['chain']}  ({e['location']})"
+            out.append(line.rstrip())
+        if d["no_endpoints"]:
+            out.append("  no endpoints: traffic is rejected")
+        if wide and d["chains"]:
+            out.append("  chains: " + ", ".join(f"{k} {n}" for k, n in sorted(d["chains"].items())))  # type: ignore[attr-defined]
+        rows: list[list[str]] = []
+        for label, key in (("", "endpoints"), ("local", "local_endpoints")):
+            for e in d[key]:  # type: ignore[attr-defined]
+                row = [e["endpoint"] or "?", e["share"], e.get("pod") or "-", e.get("node") or "-",
+                       _yn(e.get("ready")), _yn(e.get("serving")), _yn(e.get("terminating"))]
+                if d["local_endpoints"]:
+                    row.insert(0, label or "all")
+                if wide:
+                    row.append(e["chain"])
+                rows.append(row)
+        if rows:
+            head = ["ENDPOINT", "SHARE", "POD", "NODE", "READY", "SERVING", "TERMINATING"]
+            if d["local_endpoints"]:
+                head.insert(0, "FOR")
+            if wide:
+                head.append("CHAIN")
+            table = [head, *rows] if headers else rows
+            widths = [max(len(r[i]) for r in table) for i in range(len(head))]
+            for r in table:
+                out.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        out.append("")
+    return "\n".join(out) + ("\n" if out else "")
+
+
+def test_show_text_and_endpoint_lookup_equal_the_plain_computation() -> None:
+    """`show`'s text and its unsorted endpoint lookup, on fixtures and a generated cluster."""
+    from kpa.k8s.showview import describe
+    from kpa.render.show import render_text
+
+    cluster = random_cluster(seed=9, services=25, endpoints_per_service=4)
+    generated = parse_iptables(render_restore(cluster, ProxierOptions(node_name="node-0"), "ipv4"), "gen.save")
+    cases = [(generated, objects_from_documents(to_objects(cluster)))]
+    for save in SAVES:
+        scenario = save.name.split(".")[0]
+        cases.append((parse_iptables(save.read_text(), str(save)),
+                      load_objects([str(FIXTURES / "clusters" / f"{scenario}.yaml")])))
+    endpoints = 0
+    for rs, objects in cases:
+        for s in objects.services:
+            for p in s.ports:
+                by_address = objects.endpoints_by_address(s.namespace, s.name, p.name)
+                assert by_address == {(e.address, e.port): e for e in objects.endpoints_for(s.namespace, s.name, p.name)}
+        docs = describe(service_ports(rs), rs, objects)
+        endpoints += sum(len(d["endpoints"]) + len(d["local_endpoints"]) for d in docs)
+        for wide in (False, True):
+            for headers in (False, True):
+                assert render_text(docs, wide, headers, False) == _render_reference(docs, wide, headers)
+    assert endpoints > 200

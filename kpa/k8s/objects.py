@@ -388,6 +388,18 @@ class ClusterObjects:
         An address listed by several slices appears once; like kube-proxy, a ready copy
         wins over a not-ready one. Sorted by address then port for stable output.
         """
+        merged = self.endpoints_by_address(namespace, name, port_name, protocol, family)
+        return tuple(merged[k] for k in sorted(merged, key=_address_sort_key))
+
+    def endpoints_by_address(
+        self,
+        namespace: str,
+        name: str,
+        port_name: str = "",
+        protocol: str | None = None,
+        family: int | None = None,
+    ) -> dict[tuple[str, int], ServiceEndpoint]:
+        """`endpoints_for`'s backends by (address, port), unsorted."""
         merged: dict[tuple[str, int], ServiceEndpoint] = {}
         for endpoint_slice in self.slices_for_service(namespace, name):
             if endpoint_slice.address_type not in ("IPv4", "IPv6"):
@@ -419,7 +431,7 @@ class ClusterObjects:
                         hint_zones=endpoint.hint_zones,
                         target_ref=endpoint.target_ref,
                     )
-        return tuple(merged[k] for k in sorted(merged, key=_address_sort_key))
+        return merged
 
     def pod_by_ip(self, ip: str) -> Pod | None:
         self._pods_now()

@@ -108,8 +108,7 @@ def describe(views: list[ServicePortView], rs: Ruleset, objects: Any) -> list[di
         doc["source_ranges"] = ranges
         conditions: dict[tuple[str, int | None], Any] = {}
         if svc is not None:
-            for ep in objects.endpoints_for(ns, name, port):
-                conditions[(ep.address, ep.port)] = ep
+            conditions = objects.endpoints_by_address(ns, name, port)
         for key, eps in (("endpoints", v.endpoints), ("local_endpoints", v.local_endpoints)):
             for e, view in zip(doc[key], eps, strict=True):
                 host, p = _host_port(e["endpoint"])

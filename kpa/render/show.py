@@ -51,9 +51,10 @@ def render_text(docs: list[dict[str, Any]], wide: bool, headers: bool, color: bo
             if wide:
                 head.append("CHAIN")
             table = [head, *rows] if headers else rows
-            widths = [max(len(r[i]) for r in table) for i in range(len(head))]
-            for r in table:
-                out.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+            widths = [max(map(len, column)) for column in zip(*table, strict=True)]
+            # Each cell left-justified to its column's width, as str.ljust does.
+            line = "  " + "  ".join(f"{{:<{w}}}" for w in widths)
+            out.extend(line.format(*r).rstrip() for r in table)
         out.append("")
     return "\n".join(out) + ("\n" if out else "")
 
