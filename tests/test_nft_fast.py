@@ -65,3 +65,37 @@ def test_dotted_quads_read_as_ipaddress_reads_them() -> None:
         assert _dotted_quad(text) in (expected, None)
         if expected is not None and str(ipaddress.IPv4Address(text)) == text:
             assert _dotted_quad(text) == expected  # every canonical spelling takes the fast path
+
+
+def _head_lines() -> list[str]:
+    rng = random.Random(9)
+    lines = [line.strip() for p in NFT_FILES for line in p.read_text().splitlines()]
+    alphabet = ["a", "1", "-", "/", " ", "\t", "{", "}", ",", ";", "(", '"', "\\", "\xa0", "\x0b", "\u2028"]
+    lines += ["".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 14))) for _ in range(20000)]
+    lines += ["chain a {", "chain a\xa0b {", "set s {", "table ip t {", "chain a, {", "chain {", " {", "a  {",
+              "chain a\t{", 'chain "a" {', "chain a {{", "chain a{"]
+    return lines
+
+
+def test_plain_block_heads_split_as_tokenize_splits_them() -> None:
+    from kpa.parse.nft_text import _PLAIN_HEAD
+
+    for line in _head_lines():
+        if _PLAIN_HEAD.fullmatch(line):
+            assert line.split() == [t.text for t in tokenize(line, "f", 1)], repr(line)
+
+
+def test_closed_quotes_are_what_the_tokenizer_accepts() -> None:
+    from kpa.errors import InputError
+    from kpa.parse.nft_text import _QUOTES_CLOSED
+
+    rng = random.Random(10)
+    lines = _head_lines() + ["".join(rng.choice(['"', "\\", "a", " "]) for _ in range(rng.randrange(0, 10)))
+                             for _ in range(20000)]
+    for line in lines:
+        try:
+            tokenize_by_char(line, "f", 1)
+            ok = True
+        except InputError:
+            ok = False
+        assert bool(_QUOTES_CLOSED.fullmatch(line)) == ok, repr(line)

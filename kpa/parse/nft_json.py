@@ -14,7 +14,7 @@ from typing import Any
 
 from kpa.errors import InputError
 from kpa.limits import check_nesting
-from kpa.netfilter.model import Ruleset
+from kpa.netfilter.model import Ruleset, Table
 from kpa.parse.nft_common import Builder
 
 HEAD = re.compile(r'\s*\{\s*"nftables"\s*:\s*\[')
@@ -71,6 +71,7 @@ def parse_nft_json(text: str, file: str = "<stdin>", shapes: bool = True) -> Rul
     """Read `nft -j list ruleset`; `shapes=False` lowers every rule up front (same result, slower)."""
     b = Builder(file)
     b.shapes = shapes
+    tables: dict[tuple[str, Any], Table] = {}
     for line, obj in _objects(text, file):
         if not isinstance(obj, dict) or len(obj) != 1:
             raise InputError(file, line, f"expected an object with one key (table, chain, rule...), found {str(obj)[:60]!r}")
@@ -86,7 +87,10 @@ def parse_nft_json(text: str, file: str = "<stdin>", shapes: bool = True) -> Rul
         if kind not in ("chain", "set", "map", "rule"):
             b.ruleset.warnings.append(f"{file}:{line}: nft object {kind!r} ignored")
             continue
-        table = b.table(family, _str(body, "table", "a table name", file, line), line)
+        tname = body.get("table")
+        table = tables.get((family, tname)) if type(tname) is str else None
+        if table is None:
+            table = tables[(family, tname)] = b.table(family, _str(body, "table", "a table name", file, line), line)
         if kind == "chain":
             b.chain(table, _str(body, "name", "a chain name", file, line), line, body.get("handle"),
                     body.get("type"), body.get("hook"), body.get("prio"), body.get("policy"))

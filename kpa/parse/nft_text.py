@@ -57,6 +57,12 @@ class Tok:
 _UNQUOTED_TOKEN = re.compile(r'[;{}()]|,(?=[ \t}]|\Z)|(?:[^ \t{}();",]|,(?![ \t}]|\Z))+')
 
 
+# A line of words and a final `{`, none of which tokenize would split further.
+_PLAIN_HEAD = re.compile(r'[^\s{}();",]+(?:[ \t]+[^\s{}();",]+)*[ \t]+\{')
+# Every quoted string closed, as tokenize_by_char reads them (a backslash escapes the next character).
+_QUOTES_CLOSED = re.compile(r'(?:[^"]|"(?:[^"\\]|\\.)*")*')
+
+
 def tokenize(line: str, file: str, lineno: int) -> list[Tok]:
     if '"' not in line:
         return [Tok(t) for t in _UNQUOTED_TOKEN.findall(line)]
@@ -711,8 +717,8 @@ class TextReader:
                     self.b.managed.add((m.group(1), m.group(2)))
                 continue
             handle, line = _handle(raw)
-            toks = tokenize(line, self.file, lineno)
-            words = [t.text for t in toks]
+            # `chain NAME {` and the like: plain words, as tokenize would find them.
+            words = line.split() if _PLAIN_HEAD.fullmatch(line) else [t.text for t in tokenize(line, self.file, lineno)]
             if table is None:
                 if len(words) >= 3 and words[0] == "table" and words[-1] == "{":
                     fam, name = (words[1], words[2]) if len(words) == 4 else ("ip", words[1])
@@ -872,7 +878,7 @@ class TextReader:
     def _rule(self, table: Table, chain: str, line: str, lineno: int, handle: int | None,
               key: str | None = None) -> None:
         if key is not None:
-            if '"' in line:
+            if '"' in line and not _QUOTES_CLOSED.fullmatch(line):
                 tokenize(line, self.file, lineno)  # an unclosed quote is an error now, as without skeletons
             # Read when the rule is built, or never (kpa.parse.nft_shapes).
             self.b.rule(table, chain, lineno, None, text=line, handle=handle, key=key)
