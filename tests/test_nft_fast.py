@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 
 import pytest
 
+from kpa.parse import nft_text
 from kpa.parse.nft_text import _depth, tokenize, tokenize_by_char
 
 FIX = Path(__file__).parent / "fixtures"
@@ -99,3 +101,146 @@ def test_closed_quotes_are_what_the_tokenizer_accepts() -> None:
         except InputError:
             ok = False
         assert bool(_QUOTES_CLOSED.fullmatch(line)) == ok, repr(line)
+
+
+# The general loop split_statements had before lines without ';' or braces went through in slices.
+def split_statements_by_line(lines: list[str]) -> tuple[list[str], list[int]]:
+    """kpa.parse.nft_text.split_statements as it was, a line at a time (the oracle), with the input line each comes from.
+
+    nft also reads blocks and statements written on one line (`set s { type
+    ipv4_addr; elements = { 1.2.3.4 } }`, `chain c { ...; tcp dport 22 accept; }`):
+    such lines are split at the block level into one statement per line. Braces
+    inside a statement (sets, anonymous chains, elements) are kept as they are, and
+    lines already in listing form pass through unchanged.
+    """
+    out: list[str] = []
+    nos: list[int] = []
+    stack: list[bool] = []  # open braces: True for a block, False inside a statement
+    for no, line in enumerate(lines, 1):
+        s = line.strip()
+        inner = bool(stack) and not stack[-1]
+        if not s or s.startswith("#") or inner or not nft_text._needs_split(s, len(stack)):
+            out.append(line)
+            nos.append(no)
+            if not s or s.startswith("#"):
+                continue
+            if not inner and s.endswith("{") and nft_text._block_head(s[:-1].strip(), len(stack)):
+                stack.append(True)
+            elif not inner and s == "}":
+                if stack:
+                    stack.pop()
+            elif "{" in s or "}" in s:
+                d = nft_text._depth(s) if '"' in s else s.count("{") - s.count("}")
+                if d > 0:
+                    stack.extend([False] * d)
+                for _ in range(-d):
+                    if stack and not stack[-1]:
+                        stack.pop()
+            continue
+        buf: list[str] = []
+
+        def emit(text: str, no: int = no) -> None:
+            text = text.strip()
+            if text:
+                out.append(text)
+                nos.append(no)
+
+        quoted = False
+        i = 0
+        while i < len(s):
+            c = s[i]
+            i += 1
+            if c == '"':
+                quoted = not quoted
+                buf.append(c)
+                continue
+            if quoted:
+                buf.append(c)
+                continue
+            at_block = not stack or stack[-1]
+            if c == "#" and at_block:
+                buf.append(s[i - 1:])  # a comment (or `# handle N`) to the end of the line
+                break
+            if c == "{":
+                head = "".join(buf).strip()
+                if at_block and nft_text._block_head(head, len(stack)):
+                    emit(head + " {")
+                    buf = []
+                    stack.append(True)
+                else:
+                    buf.append(c)
+                    stack.append(False)
+            elif c == "}":
+                if stack and stack[-1]:
+                    emit("".join(buf))
+                    buf = []
+                    emit("}")
+                    stack.pop()
+                else:
+                    buf.append(c)
+                    if stack:
+                        stack.pop()
+            elif c == ";" and at_block:
+                text = "".join(buf).strip()
+                if text.startswith("type ") and " hook " in text:
+                    # A base chain's head keeps its `;`, and the `policy P;` that may follow it.
+                    buf.append(c)
+                    rest = s[i:].lstrip()
+                    if rest.startswith("policy ") and " policy " not in f" {text}":
+                        continue
+                    emit("".join(buf))
+                    buf = []
+                    continue
+                emit(text)
+                buf = []
+            else:
+                buf.append(c)
+        emit("".join(buf))
+    return out, nos
+
+
+def test_split_statements_equals_the_line_by_line_loop() -> None:
+    rng = random.Random(13)
+    texts = [p.read_text().splitlines() for p in NFT_FILES]
+    pieces = ["table ip t {", "chain c {", "}", "set s { type ipv4_addr; elements = { 1.2.3.4 } }", "tcp dport 22 accept",
+              "type filter hook input priority 0; policy accept;", "elements = { 1.2.3.4,", "5.6.7.8 }", "",
+              "# x { y", "jump { accept; drop }", 'comment "a { b"', "chain d { tcp dport 1 accept; }", "  }  ",
+              "ip saddr { 1.1.1.1, 2.2.2.2 } drop", "map m {", "{", "}}", "a ; b"]
+    for _ in range(3000):
+        texts.append([rng.choice(pieces) for _ in range(rng.randrange(0, 12))])
+    for lines in texts:
+        assert nft_text.split_statements(lines) == split_statements_by_line(lines)
+
+
+def test_simple_elements_read_as_the_parser_reads_them() -> None:
+    from kpa.parse.nft_text import RuleParser, Unparsed, elements_fast
+
+    rng = random.Random(14)
+    words = ["10.96.0.1", "tcp", "53", ".", ":", ",", "goto", "jump", "svc-1", "a.b", "drop", "accept", "queue", "*",
+             "10.0.0.0/8", "1-5", "a:b", "@s", "{", "}", "timeout", "comment", '"x"', "|", "return", "x.",
+             "comment", "comment", '""', '"a:b, c"', '"q\\"x"', '"{ }"', "10.96.0.1 comment", '"svc:dns"', "goto"]
+    samples = ["{ 10.96.0.1, 10.96.0.2 }", "{ 10.96.0.1 . tcp . 53 : goto svc-a, 10.96.0.2 . udp . 53 : drop }",
+               "{ 1 : accept }", "{ a . b }", "{ a : b . c }", "{ a, }", "{ }", "{a}", " {  a ,  b }  ",
+               '{ tcp . 80 comment "data/svc-1:http" : drop, udp . 53 comment "" : drop }',
+               '{ a comment "x, y : z" }', '{ a comment "x" : b }']
+    for path in NFT_FILES:
+        for m in re.finditer(r"elements = (\{[^}]*\})", path.read_text()):
+            samples.append(" ".join(m.group(1).split()))
+    fast = 0
+    for _ in range(20000):
+        samples.append("{ " + " ".join(rng.choice(words) for _ in range(rng.randrange(0, 12))) + " }")
+    for text in samples:
+        for verdicts in (True, False):
+            got = elements_fast(text, verdicts)
+            if got is None:
+                continue
+            toks = tokenize(text, "f", 1)
+            p = RuleParser(toks)
+            try:
+                slow = p.rhs(map_verdicts=verdicts)
+            except Unparsed:
+                raise AssertionError(text) from None
+            assert p.pos == len(toks), text
+            assert got == slow, text
+            fast += 1
+    assert fast > 1000

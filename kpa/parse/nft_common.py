@@ -269,6 +269,8 @@ class Builder:
     # Rule shapes by (id(table), skeleton): kpa.parse.nft_shapes.
     _shapes: dict[tuple[int, str], Any] = field(default_factory=dict)
     _sources: dict[int, Any] = field(default_factory=dict)
+    # Set and map element values by (type, text), as parse_value reads them.
+    _values: dict[tuple[str, str], Value] = field(default_factory=dict)
 
     def error(self, line: int | None, message: str) -> InputError:
         return InputError(self.file, line, message)
@@ -399,7 +401,18 @@ class Builder:
             raise Malformed(f"expected the parts of a concatenation as a list, found {clip(fmt(parts))!r}")
         if len(parts) != len(dtypes):
             raise Malformed(f"expected {len(dtypes)} part(s) ({' . '.join(dtypes)}), found {fmt(raw)!r}")
-        return tuple(parse_value(t, p) for t, p in zip(dtypes, parts, strict=True))
+        cache = self._values
+        out: list[Value] = []
+        for t, p in zip(dtypes, parts, strict=True):
+            if type(p) is str:
+                # Values are immutable (str, frozen IntSet): one per distinct (type, text) is enough.
+                value = cache.get((t, p))
+                if value is None:
+                    value = cache[(t, p)] = parse_value(t, p)
+                out.append(value)
+            else:
+                out.append(parse_value(t, p))
+        return tuple(out)
 
     def map_value(self, raw: Any, verdict: bool, dtypes: Sequence[str]) -> Any:
         """A verdict, an (address, port) NAT target, or a data element; an address range is unmodelled."""

@@ -523,6 +523,54 @@ class RuleParser:
         return {kind: body or None}
 
 
+# Elements as kube-proxy's sets and maps list them: `{ a, b }`, `{ a . tcp . 53 : goto c, ... }`, each key
+# optionally with `comment "text"` (no quote or backslash in it). A part is a token with no blank, quote,
+# brace, parenthesis, ';', ',', ':', '|' or '@', and dots only inside.
+_PART = r'[^\s{}();",:|@.]+(?:\.[^\s{}();",:|@.]+)*'
+_KEY = rf"{_PART}(?:[ \t]+\.[ \t]+{_PART})*"
+_COMMENT = r'(?:[ \t]+comment[ \t]+"({c}[^"\\]*)")?'
+_VERDICT = rf"(?:accept|drop|continue|return|(?:jump|goto)[ \t]+{_PART})"
+
+
+def _element(verdicts: bool, capture: bool) -> str:
+    c = "" if capture else "?:"
+    value = _VERDICT if verdicts else _KEY
+    tail = rf"[ \t]+:[ \t]+({c}{value})" if verdicts else rf"(?:[ \t]+:[ \t]+({c}{value}))?"
+    return f"({c}{_KEY})" + _COMMENT.replace("{c}", c) + tail
+
+
+_ELEMENT = {v: re.compile(_element(v, True)) for v in (True, False)}
+_SIMPLE_ELEMENTS = {
+    v: re.compile(rf"[ \t]*\{{[ \t]*{_element(v, False)}(?:,[ \t]+{_element(v, False)})*[ \t]*\}}[ \t]*")
+    for v in (True, False)
+}
+
+
+def _scalar_of(text: str) -> Any:
+    words = text.split()
+    return words[0] if len(words) == 1 else {"concat": words[::2]}
+
+
+def elements_fast(text: str, verdicts: bool) -> dict[str, Any] | None:
+    """What RuleParser.rhs reads from `{ elements }` of the simple forms above; None for anything else."""
+    if not _SIMPLE_ELEMENTS[verdicts].fullmatch(text):
+        return None
+    items: list[Any] = []
+    for m in _ELEMENT[verdicts].finditer(text):
+        key, comment, value = m.groups()
+        k = _scalar_of(key)
+        if comment:  # as RuleParser.rhs: an empty comment is none
+            k = {"elem": {"val": k, "comment": comment}}
+        if value is None:
+            items.append(k)
+        elif verdicts:
+            words = value.split()
+            items.append([k, {words[0]: {"target": words[1]}} if len(words) == 2 else {words[0]: None}])
+        else:
+            items.append([k, _scalar_of(value)])
+    return {"set": items}
+
+
 def _range(text: str) -> Any:
     if "-" in text:
         lo, hi = text.split("-", 1)
@@ -582,13 +630,23 @@ def split_statements(lines: list[str]) -> tuple[list[str], list[int]]:
     out: list[str] = []
     nos: list[int] = []
     stack: list[bool] = []  # open braces: True for a block, False inside a statement
-    for no, line in enumerate(lines, 1):
-        if ";" not in line and "{" not in line and "}" not in line:
-            # Nothing to split, no brace to count: what the general path below does with it too.
+    # A line with no ';' and no brace has nothing to split and no brace to count: it passes
+    # through as the general path below would pass it, with the lines around it, in one slice.
+    done = 0
+    for no in [n for n, line in enumerate(lines, 1) if ";" in line or "{" in line or "}" in line]:
+        if no - 1 > done:
+            out.extend(lines[done:no - 1])
+            nos.extend(range(done + 1, no))
+        done = no
+        line = lines[no - 1]
+        s = line.strip()
+        if s == "}":
+            # Closes whatever is open: a block, or a brace inside a statement.
             out.append(line)
             nos.append(no)
+            if stack:
+                stack.pop()
             continue
-        s = line.strip()
         inner = bool(stack) and not stack[-1]
         if not s or s.startswith("#") or inner or not _needs_split(s, len(stack)):
             out.append(line)
@@ -667,6 +725,9 @@ def split_statements(lines: list[str]) -> tuple[list[str], list[int]]:
             else:
                 buf.append(c)
         emit("".join(buf))
+    if len(lines) > done:
+        out.extend(lines[done:])
+        nos.extend(range(done + 1, len(lines) + 1))
     return out, nos
 
 
@@ -815,14 +876,17 @@ class TextReader:
                 head, eq, rest = text.partition("=")
                 if not eq or head.strip() != "elements":
                     raise self.error(lineno, f"expected 'elements = {{ ... }}' in set {clip(name)!r}, found {clip(line)!r}")
-                toks = tokenize(rest, self.file, lineno)
-                p = RuleParser(toks)
-                try:
-                    value = p.rhs(map_verdicts="map" in spec and spec["map"] == "verdict")
-                    if p.pos < len(toks):
-                        raise Unparsed(f"expected the end of the elements, found {clip(p.rest_text())!r}")
-                except Unparsed as exc:
-                    raise self.error(lineno, f"set {clip(name)}: {exc}") from None
+                verdicts = "map" in spec and spec["map"] == "verdict"
+                value = elements_fast(rest, verdicts)
+                if value is None:
+                    toks = tokenize(rest, self.file, lineno)
+                    p = RuleParser(toks)
+                    try:
+                        value = p.rhs(map_verdicts=verdicts)
+                        if p.pos < len(toks):
+                            raise Unparsed(f"expected the end of the elements, found {clip(p.rest_text())!r}")
+                    except Unparsed as exc:
+                        raise self.error(lineno, f"set {clip(name)}: {exc}") from None
                 if isinstance(value, dict) and isinstance(value.get("set"), list):
                     spec["elem"] = value["set"]
                 elif isinstance(value, (str, dict)):
