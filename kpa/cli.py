@@ -981,14 +981,22 @@ def diff(a: str, b: str, cluster: Sequence[str], node_ips: Sequence[str], node: 
     from kpa.diff import diff_rulesets, render_text
     from kpa.sources import load_rules
 
+    # Both rulesets and the objects live until exit: without the cyclic collector nothing
+    # rescans them while the entry points are compared.
+    gc.disable()
+    from kpa.k8s.background import BackgroundObjects
+
     inp = Inputs(cluster=list(cluster), node_ips=list(node_ips), node=node)
-    objects = load_cluster(inp)
+    files = list(cluster)  # read in a child process while this one reads the rules, when a core is idle
+    with BackgroundObjects(files) as pending:
+        with progress_status("reading the rules"):
+            rules_a, rules_b = load_rules([a]), load_rules([b])
+        with progress_status("reading the cluster objects"):
+            objects = pending.result() if files else load_cluster(inp)
     ips = list(node_ips)
     if not ips and objects is not None and node:
         found = objects.node(node)
         ips = list(found.internal_ips) if found else []
-    with progress_status("reading the rules"):
-        rules_a, rules_b = load_rules([a]), load_rules([b])
     from kpa.diff import side_warnings
     from kpa.render.progress import bar
 

@@ -296,6 +296,17 @@ def _nodeport_entries(name: str, proto: str, port: int, version: int, node_ips: 
 
 def entry_points_from_objects(objects: ClusterObjects, node_ips: list[str], versions: set[int]) -> list[EntryPoint]:
     out: list[EntryPoint] = []
+    # Addresses repeat (load balancers share them, every NodePort lists the node's): each is read once.
+    parsed: dict[str, tuple[int, str]] = {}
+
+    def addr(text: str) -> tuple[int, str]:
+        got = parsed.get(text)
+        if got is None:
+            a = ipaddress.ip_address(text)
+            got = parsed[text] = (a.version, str(a))
+        return got
+
+    by_version = {v: [ip for ip in node_ips if addr(ip)[0] == v] for v in (4, 6)}
     for svc in objects.services:
         if svc.headless or svc.type == "ExternalName" or not svc.cluster_ips:
             continue
@@ -303,17 +314,19 @@ def entry_points_from_objects(objects: ClusterObjects, node_ips: list[str], vers
             name = service_port_name(svc.namespace, svc.name, sp.name)
             proto = sp.protocol.lower()
             for cip in svc.cluster_ips:
-                v = ipaddress.ip_address(cip).version
+                v, text = addr(cip)
                 if v not in versions:
                     continue
-                out.append(EntryPoint(name, "clusterIP", str(ipaddress.ip_address(cip)), sp.port, proto, v))
+                out.append(EntryPoint(name, "clusterIP", text, sp.port, proto, v))
                 if sp.node_port and svc.type in ("NodePort", "LoadBalancer"):
-                    out.extend(_nodeport_entries(name, proto, sp.node_port, v, node_ips))
+                    out.extend(EntryPoint(name, "nodePort", ip, sp.node_port, proto, v) for ip in by_version[v])
+                    if v == 4:
+                        out.append(EntryPoint(name, "localhostNodePort", "127.0.0.1", sp.node_port, proto, v))
                 for kind, ips in (("loadBalancerIP", svc.load_balancer_ips), ("externalIP", svc.external_ips)):
                     for ip in ips:
-                        a = ipaddress.ip_address(ip)
-                        if a.version == v:
-                            out.append(EntryPoint(name, kind, str(a), sp.port, proto, v))
+                        av, at = addr(ip)
+                        if av == v:
+                            out.append(EntryPoint(name, kind, at, sp.port, proto, v))
     return out
 
 

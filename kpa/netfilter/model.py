@@ -414,7 +414,7 @@ class Ruleset:
     ipsets: dict[str, IpSet] = field(default_factory=dict)
     # (family, hook) -> [(table, base chain)], built on first use: large rulesets
     # have tens of thousands of chains but only a handful of base chains.
-    _hooks: dict[tuple[Family, str], list[tuple[Table, Chain]]] = field(default_factory=dict, repr=False)
+    _hooks: dict[tuple[Family, str | None], list[tuple[Table, Chain]]] = field(default_factory=dict, repr=False)
 
     def table(self, family: Family, name: str) -> Table | None:
         for t in self.tables:
@@ -435,13 +435,18 @@ class Ruleset:
         cached = self._hooks.get(key)
         if cached is not None:
             return cached
-        chains: list[tuple[Table, Chain]] = []
-        for t in self.tables:
-            if t.family is family or (t.family is Family.INET and family in (Family.IPV4, Family.IPV6)):
-                chains.extend((t, c) for c in t.base_chains() if c.hook == hook)
-        chains.sort(key=lambda tc: tc[1].priority if tc[1].priority is not None else 0)
-        self._hooks[key] = chains
-        return chains
+        if (family, None) not in self._hooks:
+            # Every hook of the family in one pass over the chains (there may be tens of thousands).
+            self._hooks[(family, None)] = []
+            for t in self.tables:
+                if t.family is family or (t.family is Family.INET and family in (Family.IPV4, Family.IPV6)):
+                    for c in t.base_chains():
+                        if c.hook is not None:
+                            self._hooks.setdefault((family, c.hook), []).append((t, c))
+            for k, chains in self._hooks.items():
+                if k[0] is family and k[1] is not None:
+                    chains.sort(key=lambda tc: tc[1].priority if tc[1].priority is not None else 0)
+        return self._hooks.setdefault(key, [])
 
     def merge(self, other: Ruleset) -> None:
         self.tables.extend(other.tables)

@@ -392,9 +392,12 @@ def _depth_ok(ruleset: Ruleset) -> bool:
         succ: dict[str, list[str]] = {}
         indegree = dict.fromkeys(chains, 0)
         for name, c in chains.items():
-            kids = [n for r in c.rules for _, n in r.chain_refs() if n in chains]
-            for n in kids:
-                indegree[n] += 1
+            kids = []
+            for r in c.rules:
+                for _, n in (r._refs if type(r) is LazyRule else r.chain_refs()):
+                    if n in chains:
+                        kids.append(n)
+                        indegree[n] += 1
             succ[name] = kids
         # Kahn's order: every chain after all chains that jump to it; a loop leaves chains out.
         order = [name for name, k in indegree.items() if k == 0]
@@ -484,9 +487,10 @@ class _FactCache:
             self._shapes[key] = (self._kind(table, rule), first, rule._shape)
             return first
         kind, first, _ = got
+        pairs = rule._refs  # what chain_refs() gives, without a generator
+        refs = () if not pairs else (pairs[0][1],) if len(pairs) == 1 else tuple([n for _, n in pairs])
         if kind == _CONST:
-            return (tuple(name for _, name in rule.chain_refs()), *first[1:])  # type: ignore[return-value]
-        refs = tuple(name for _, name in rule.chain_refs())
+            return refs, first[1], first[2], first[3]
         if kind == _JUMP:
             if len(refs) == 1 and refs[0] in table.chains and rule.text.endswith(" " + refs[0]):
                 return refs, None, first[2], first[3]
