@@ -833,3 +833,56 @@ def test_show_text_and_endpoint_lookup_equal_the_plain_computation() -> None:
             for headers in (False, True):
                 assert render_text(docs, wide, headers, False) == _render_reference(docs, wide, headers)
     assert endpoints > 200
+
+
+def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    from kpa.cli import _run
+
+    with pytest.raises(SystemExit) as exit_info:
+        _run("kpa", args)
+    out, err = capsys.readouterr()
+    return int(exit_info.value.code or 0), out, err
+
+
+def test_lint_and_show_answer_the_same_with_and_without_the_objects_child(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The commands as a whole, with the second-core reader forced on and off: same output, status, errors."""
+    from kpa.k8s import background
+
+    cluster = random_cluster(seed=10, services=30, endpoints_per_service=3)
+    save = tmp_path / "gen.save"
+    save.write_text(render_restore(cluster, ProxierOptions(node_name="node-0"), "ipv4"))
+    objects = tmp_path / "objects.json"
+    objects.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": to_objects(cluster)}, indent=4))
+    bad = tmp_path / "bad.json"
+    bad.write_text(objects.read_text()[:5000])
+    kitchen = FIXTURES / "clusters" / "kitchen-sink.yaml"
+    runs = [
+        ["lint", "-r", str(save), "-c", str(objects), "--node", "node-0", "-o", "json"],
+        ["lint", "-r", str(save), "-c", str(objects), "-o", "sarif"],
+        ["show", "-r", str(save), "-c", str(objects), "--node", "node-0", "-o", "wide"],
+        ["show", "-r", str(save), "-c", str(objects), "-o", "json"],
+        ["lint", "-r", str(SAVES[0]), "-c", str(kitchen), "-o", "json"],
+        ["lint", "-r", str(save), "-c", str(bad)],
+        ["show", "-r", str(save), "-c", str(bad)],
+        ["lint", "-r", str(tmp_path / "missing.save"), "-c", str(objects)],
+    ]
+    import os
+
+    forks = 0
+    real_fork = os.fork
+
+    def counting_fork() -> int:
+        nonlocal forks
+        forks += 1
+        return real_fork()
+
+    monkeypatch.setattr(background.os, "fork", counting_fork)
+    for args in runs:
+        answers = []
+        for spare in (True, False):
+            monkeypatch.setattr(background, "spare_core", lambda spare=spare: spare)
+            answers.append(_cli(args, capsys))
+        assert answers[0] == answers[1], args
+    assert forks >= len(runs)  # each run had an objects child (stopped when the rules are missing)
+    assert _cli(runs[5], capsys)[0] == 2
