@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,18 @@ def _cluster_objects(seed: int, services: int) -> list[dict[str, Any]]:
     return to_objects(random_cluster(seed=seed, services=services, endpoints_per_service=3))
 
 
+def _last_applied(value: dict[str, Any]) -> str:
+    """A List as `kubectl get -o yaml` shows objects made by `kubectl apply`: the applied object as JSON."""
+    items, applied = [], []
+    for n, item in enumerate(value["items"]):
+        applied.append(json.dumps(item, separators=(",", ":")))
+        annotations = {"kubectl.kubernetes.io/last-applied-configuration": f"APPLIED-{n}"}
+        items.append({**item, "metadata": {**item["metadata"], "annotations": annotations}})
+    text = yaml.safe_dump({**value, "items": items}, sort_keys=False)
+    return re.sub(r"( *)(kubectl.kubernetes.io/last-applied-configuration: )APPLIED-(\d+)\n",
+                  lambda m: f"{m[1]}{m[2]}|\n{m[1]}  {applied[int(m[3])]}\n", text)
+
+
 def _styles(objs: list[dict[str, Any]]) -> dict[str, str]:
     as_list = {"apiVersion": "v1", "kind": "List", "items": objs, "metadata": {"resourceVersion": ""}}
     return {
@@ -77,6 +90,7 @@ def _styles(objs: list[dict[str, Any]]) -> dict[str, str]:
         "flow leaves": yaml.safe_dump_all(objs[:30], default_flow_style=None),
         "narrow": yaml.safe_dump_all(objs[:30], width=20),
         "JSON-ish": json.dumps(as_list, indent=2),
+        "last-applied": _last_applied(as_list),
     }
 
 
@@ -98,7 +112,8 @@ def test_fixtures_and_generated_clusters_read_the_same() -> None:
         assert isinstance(result, list) and result, name
     # The styles kubectl and yaml.dump write by default are read by blockyaml alone.
     # (All-quoted styles tag their numbers and booleans, `!!int "80"`: those go to the safe loader.)
-    for name in ("kubectl List", "documents", "yaml.dump sorted", "explicit starts", "indented sequences"):
+    for name in ("kubectl List", "documents", "yaml.dump sorted", "explicit starts", "indented sequences",
+                 "last-applied"):
         assert _all_block(styles[name]), name
     assert sum(_all_block(t) for t in texts) >= len(texts) // 2
 
@@ -156,6 +171,11 @@ def _corpus() -> list[str]:
         "a:: b\n", "'a': 1\n\"b\": 2\n'': 3\n", "'a''b': 1\n", "a: 1\n---\nb: &x 2\n---\nc: *y\n---\nd: 4\n",
         "a: 1\n---\n- [\n---\nb: 2\n", "a: 1\n--- b\n", "a: 1\n--- # c\nb: 2\n", "---x: 1\n", "...: 1\n",
         "a: 1\n# end", "a:\n", "a:\nb:\n", "- \n- a\n", "-\n", "a: -\n", "a: - b\n", "a: 'x' # c\n",
+        "a: |\n  {\"x\": 1}\n  # not a comment\n\n    deeper\n  - item\n  k: v\nb: 2\n", "a: |-\n  x\n\n\nb: 2\n",
+        "a:\n  b: |\n    x\n  c: 1\n", "a:\n  b: |\n   x\n    y\n", "a:\n  b: |\n  x\n", "a: |\n\n  x\n",
+        "a: |\n  x\n   \n  y\n", "a: |\n  x", "a: |\n  x\n\n", "a: |\n  x\n---\nb: 1\n", "a: | # c\n  x\n",
+        "a: |2\n   x\n", "a: |+\n  x\n\n", "- |\n  x\n", "- a: |\n    x\n  b: 1\n", "a: |\n  x\n y: 1\n",
+        "a: |\nb: 1\n", "a: |\n  x\n  y: |\n    z\n", "a: |\n  x: 1\nb: |-\n  y\n",
         "a: 1\x85b: 2\n", "a: 1\u2028b: 2\n", "a: \x01\n", "a: \x7f\n", "a: \ud7ff\n", "\ue000: 1\n",
     ]
     return texts
@@ -204,10 +224,10 @@ def _mutations(text: str, rng: random.Random, count: int) -> Iterator[str]:
 def test_random_one_edit_mutations_read_the_same() -> None:
     rng = random.Random(1212)
     objs = _cluster_objects(seed=3, services=4)
-    for style in ("kubectl List", "documents"):
+    for style in ("kubectl List", "documents", "last-applied"):
         text = _styles(objs)[style]
         assert _all_block(text)
-        for mutated in _mutations(text, rng, 400):
+        for mutated in _mutations(text, rng, 300):
             _same(mutated)
 
 

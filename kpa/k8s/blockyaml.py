@@ -58,6 +58,9 @@ _PIECE = 1 << 20
 _PIECE_END = re.compile(r"\n(?=[^ \n#])")
 
 
+_LITERAL = object()  # the value of `|` and `|-`: a literal block scalar follows
+
+
 class Unfit(Exception):
     """This text (from here on) is not in the part of YAML this reader is sure of."""
 
@@ -114,8 +117,11 @@ def documents(
         yield Rest(line, offset)
 
 
-def _pieces(text: str) -> Iterator[tuple[list[tuple[str, ...]], Any]]:
-    """Rows of the text (blank and comment lines left out) and their line numbers, piece by piece."""
+def _pieces(text: str) -> Iterator[tuple[list[tuple[str, ...]], Any, str, int, bool]]:
+    """Rows of the text (blank and comment lines left out) and their line numbers, piece by piece.
+
+    With each piece: its text, its first line's number, and whether it is the last.
+    """
     pos, line, size = 0, 1, len(text)
     while pos < size:
         end = size
@@ -133,7 +139,7 @@ def _pieces(text: str) -> Iterator[tuple[list[tuple[str, ...]], Any]]:
             keep = [n for n, r in enumerate(rows) if r[_KEY] or r[_LONE] or r[_SEP]]
             nums = [line + n for n in keep]
             rows = [rows[n] for n in keep]
-        yield rows, nums
+        yield rows, nums, piece, line, end == size
         pos, line = end + 1, line + count
 
 
@@ -150,11 +156,13 @@ class _Reader:
         self.pieces = _pieces(text)
         self.rows: list[tuple[str, ...]] = []
         self.nums: Any = ()
+        self.piece, self.first, self.last = "", 1, True
+        self.lines: list[str] | None = None  # the piece's lines, split when a literal scalar needs them
         self.i = 0
         self.read = 0  # rows of earlier pieces
         self.mapping, self.plain = mapping, plain
         self.keys: dict[str, tuple[str, Any]] = {}  # a key as written: its text and its value
-        self.values: dict[str, Any] = {}  # a short scalar as written: its value
+        self.values: dict[str, Any] = {"|": _LITERAL, "|-": _LITERAL}  # a short scalar as written: its value
         self.block_map, self.block_seq = self._nested()
 
     def fill(self) -> bool:
@@ -164,7 +172,8 @@ class _Reader:
             if piece is None:
                 return False
             self.read += len(self.rows)
-            self.rows, self.nums = piece
+            self.rows, self.nums, self.piece, self.first, self.last = piece
+            self.lines = None
             self.i = 0
         return True
 
@@ -202,6 +211,47 @@ class _Reader:
         if len(raw) <= 64:
             self.values[raw] = value
         return value
+
+    def literal(self, i: int, col: int, header: str) -> tuple[str, int]:
+        """The literal block scalar (`|` or `|-`) of a mapping at column col, whose key is on row i.
+
+        Only the plainest form: its first line not empty and indented deeper than col,
+        no line of spaces only, no indentation or chomping indicator but `-`. Gives its
+        value and the row after it.
+        """
+        lines = self.lines
+        if lines is None:
+            lines = self.lines = self.piece.split("\n")
+        k = self.nums[i] - self.first + 1  # the first content line, within the piece
+        if k >= len(lines):
+            raise Unfit
+        indent = len(lines[k]) - len(lines[k].lstrip(" "))
+        if indent <= col or indent == len(lines[k]):
+            raise Unfit
+        content = []
+        while k < len(lines):
+            line = lines[k]
+            if line:
+                spaces = len(line) - len(line.lstrip(" "))
+                if spaces == len(line):
+                    raise Unfit  # a line of spaces only
+                if spaces < indent:
+                    break
+            content.append(line[indent:])
+            k += 1
+        else:
+            if self.last and lines[-1]:
+                raise Unfit  # the text ends without a line break after the scalar
+        while not content[-1]:
+            content.pop()
+        value = "\n".join(content)
+        if header == "|":
+            value += "\n"
+        end, nums, after = len(self.rows), self.nums, self.first + k
+        i += 1
+        while i < end and nums[i] < after:
+            i += 1
+        return value, i
 
     def document(self) -> Any:
         """The document whose first row is at `i` (not a separator); `i` is left at the row after it."""
@@ -243,6 +293,8 @@ class _Reader:
                 value = self.values.get(raw, self.values)
                 if value is self.values:
                     value = self.scalar(raw, line)
+                elif value is _LITERAL:
+                    value, self.i = self.literal(i - 1, 0, raw)
             elif self.fill():
                 rows, i = self.rows, self.i
                 nxt = rows[i]
@@ -279,7 +331,7 @@ class _Reader:
             else:
                 raw = row[_LONE]
                 value = self.values.get(raw, self.values)
-                if value is self.values:
+                if value is self.values or value is _LITERAL:
                     value = self.scalar(raw, self.nums[i])
                 self.i = i + 1
             items.append(value)
@@ -297,6 +349,7 @@ class _Reader:
         """`block_map` and `block_seq` over the current piece's rows, for blocks not in column 0."""
         reader = self
         mapping, keys, values, key_of, scalar = self.mapping, self.keys, self.values, self.key, self.scalar
+        literal, literal_ = self.literal, _LITERAL
         max_depth = limits.MAX_NESTING
         # Row fields (see _LINE).
         indent_, dash_, key_, value_, lone_ = _INDENT, _DASH, _KEY, _VALUE, _LONE
@@ -323,6 +376,8 @@ class _Reader:
                     value = values.get(raw, values)
                     if value is values:
                         value = scalar(raw, nums[i - 1])
+                    elif value is literal_:
+                        value, i = literal(i - 1, col, raw)
                 else:
                     # Nothing after the colon: a block below, a sequence at this column, or null.
                     value = None
@@ -361,7 +416,7 @@ class _Reader:
                 else:
                     raw = row[lone_]
                     value = values.get(raw, values)
-                    if value is values:
+                    if value is values or value is literal_:
                         value = scalar(raw, nums[i])
                     i += 1
                 items.append(value)
