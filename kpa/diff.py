@@ -467,29 +467,45 @@ def _atoms(universe: IntSet, cuts: Iterable[IntSet]) -> list[IntSet]:
     return atoms
 
 
-def _dist(outcomes: list[Outcome], atom: IntSet) -> Dist:
+Keyed = list[tuple[IntSet, OutcomeKey, Fraction]]
+
+
+def _keyed(outcomes: list[Outcome]) -> Keyed:
+    """Each outcome's sources, key and probability, worked out once for every atom."""
+    return [(o.state.domains["src"], _key(o), o.probability) for o in outcomes]
+
+
+def _dist(outcomes: Keyed, atom: IntSet) -> Dist:
     d: Dist = {}
-    for o in outcomes:
-        if o.state.domains["src"] & atom:
-            k = _key(o)
-            d[k] = d.get(k, Fraction(0)) + o.probability
+    for src, k, p in outcomes:
+        if src & atom:
+            d[k] = d[k] + p if k in d else p
     return d
 
 
 def close(a: Fraction, b: Fraction) -> bool:
-    return abs(a - b) <= TOLERANCE
+    return a == b or abs(a - b) <= TOLERANCE
 
 
 def same_dist(a: Dist, b: Dist) -> bool:
     return all(close(a.get(k, Fraction(0)), b.get(k, Fraction(0))) for k in a.keys() | b.keys())
 
 
+_SHARES: dict[Fraction, str] = {}
+
+
 def fmt_share(p: Fraction) -> str:
     """A probability as a short fraction when it is one within the tolerance, else a decimal."""
-    simple = p.limit_denominator(1000)
-    if close(simple, p):
-        return "all" if simple == 1 else "none" if simple == 0 else f"{simple.numerator}/{simple.denominator}"
-    return f"{float(p):.6f}"
+    got = _SHARES.get(p)
+    if got is None:
+        simple = p.limit_denominator(1000)
+        if close(simple, p):
+            got = "all" if simple == 1 else "none" if simple == 0 else f"{simple.numerator}/{simple.denominator}"
+        else:
+            got = f"{float(p):.6f}"
+        if len(_SHARES) < 65536:
+            _SHARES[p] = got
+    return got
 
 
 def _fate(d: Dist) -> str:
@@ -605,7 +621,7 @@ def compare_entry(
     """Where A and B differ for one entry point; `classes` caches source classes across calls."""
     loopback = ipaddress.ip_address(e.address) in _LOOPBACK[e.version]
     diffs: list[SourceDiff] = []
-    traced: dict[str, tuple[list[Outcome], list[Outcome]]] = {}
+    traced: dict[str, tuple[Keyed, Keyed]] = {}
     if classes is None:
         classes = {}
     key = (e.version, loopback)
@@ -613,9 +629,9 @@ def compare_entry(
         classes[key] = source_classes(objects, node_ips, e.version, loopback)
     for sc in classes[key]:
         if sc.origin not in traced:
-            traced[sc.origin] = (ta.run(e, sc.origin), tb.run(e, sc.origin))
+            traced[sc.origin] = (_keyed(ta.run(e, sc.origin)), _keyed(tb.run(e, sc.origin)))
         oa, ob = traced[sc.origin]
-        cuts = list(dict.fromkeys(o.state.domains["src"] for o in (*oa, *ob)))
+        cuts = list(dict.fromkeys(src for src, _, _ in (*oa, *ob)))
         # Atoms that differ for the same reasons are one group; its distributions shown
         # are those of its largest atom.
         groups: dict[tuple[str, ...], tuple[IntSet, Dist, Dist, int]] = {}

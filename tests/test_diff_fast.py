@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from kpa.cli import DIFF_KINDS
 from kpa.diff import diff_rulesets
 from kpa.gen.cluster import Cluster, Endpoint, random_cluster
 from kpa.gen.iptables import render_restore
@@ -73,6 +74,10 @@ def test_fixture_pairs_give_the_same_report(a: Path, b: Path) -> None:
     ra, rb = load_rules([str(a)]), load_rules([str(b)])
     fast, full = _both(ra, rb, objects, node_ips, list(meta["service_cidrs"].values()))
     assert fast == full
+    # `kpa diff` reads only the kinds it uses (Services, Nodes): the same report.
+    some = load_objects([str(FIX / "clusters" / f"{scenario}.yaml")], kinds=DIFF_KINDS)
+    assert not some.pods and not some.endpoint_slices
+    assert diff_rulesets(ra, rb, some, node_ips, service_cidrs=list(meta["service_cidrs"].values())).to_json() == fast
     # The fast comparison says "same" wherever walking A's rules does (and maybe more often).
     _assert_fast_covers_walk(ra, rb, node_ips)
     # Without objects, the entry points come from the rules themselves.

@@ -62,9 +62,10 @@ class BackgroundObjects:
     example because reading the rules failed) stops it.
     """
 
-    def __init__(self, paths: Sequence[str], fork: bool | None = None) -> None:
-        """`fork`: True or False to decide; by default, when `spare_core()` says so."""
+    def __init__(self, paths: Sequence[str], fork: bool | None = None, kinds: frozenset[str] | None = None) -> None:
+        """`fork`: True or False to decide; by default, when `spare_core()` says so. `kinds`: see load_objects."""
         self._paths = list(paths)
+        self._kinds = kinds
         self._fork = fork
         self._pid: int | None = None
         self._fd: int | None = None
@@ -82,7 +83,7 @@ class BackgroundObjects:
         if pid == 0:  # the child: read, send, and leave without running the parent's exit code
             os.close(read_fd)
             try:
-                _send(write_fd, load_objects(self._paths))
+                _send(write_fd, load_objects(self._paths, kinds=self._kinds))
             except BaseException:  # the parent reads the objects again and reports what is wrong
                 pass
             finally:
@@ -98,14 +99,14 @@ class BackgroundObjects:
     def result(self) -> ClusterObjects:
         """The objects, from the child if it sent them whole; otherwise read here."""
         if self._fd is None:
-            return load_objects(self._paths)
+            return load_objects(self._paths, kinds=self._kinds)
         try:
             data = _read_all(self._fd)
         finally:
             self._reap()
         received = _receive(data)
         if received is None:
-            return load_objects(self._paths)
+            return load_objects(self._paths, kinds=self._kinds)
         return received
 
     def _reap(self) -> None:

@@ -1067,6 +1067,8 @@ class _Collector:
         # The file being read, recorded on objects, and the lines of JSON List items (by id) in it.
         self.source: str | None = None
         self.item_lines: dict[int, int] = {}
+        # Only these kinds are built (None: all); a caller that needs no Pods need not read them.
+        self.kinds: frozenset[str] | None = None
 
     def add_document(self, document: Any, line: int | None, implied_kind: str | None,
                      consume: bool = False) -> None:
@@ -1111,6 +1113,8 @@ class _Collector:
             return
         if api_version is not None and api_version != expected_version:
             self.ignored[f"{kind} ({api_version})"] += 1
+            return
+        if self.kinds is not None and kind not in self.kinds:
             return
         if kind == "Pod":
             pod = _fast_pod(document, self.source, line) if isinstance(document, dict) else None
@@ -1468,7 +1472,7 @@ def _load_text(box: list[str], source: str, collector: _Collector) -> None:
         except _SchemaError as error:
             # JSON decoding keeps no positions; JSON is (nearly always) YAML, so decode it
             # again with line tracking to say where the problem is.
-            _report_with_lines(small, source, error)
+            _report_with_lines(small, source, error, collector.kinds)
         return
     for document in _yaml_documents(text, source):
         try:
@@ -1487,6 +1491,7 @@ def _streamed_list(text: str, collector: _Collector) -> bool:
     """
     scratch = _Collector()
     scratch.source = collector.source
+    scratch.kinds = collector.kinds
 
     def take(item: Any, line: int) -> None:
         if type(item) is not dict:
@@ -1516,9 +1521,11 @@ def _streamed_list(text: str, collector: _Collector) -> bool:
     return True
 
 
-def _report_with_lines(text: str | None, source: str, original: _SchemaError) -> None:
+def _report_with_lines(text: str | None, source: str, original: _SchemaError,
+                       kinds: frozenset[str] | None = None) -> None:
     scratch = _Collector()
     scratch.source = source
+    scratch.kinds = kinds
     if text is None:
         # Decoding it again with positions would take many times the time and memory: say what is wrong.
         raise InputError(source, original.line, original.message) from None
@@ -1560,14 +1567,18 @@ def _decode(data: bytes, source: str) -> str:
         raise InputError(source, line, "expected UTF-8 text, found binary data") from None
 
 
-def load_objects(paths: Sequence[str], stdin: TextIO | None = None) -> ClusterObjects:
+def load_objects(paths: Sequence[str], stdin: TextIO | None = None,
+                 kinds: frozenset[str] | None = None) -> ClusterObjects:
     """Read Kubernetes objects from files, directories (recursively) and `-` (stdin).
 
     Accepts single objects, `List`/`*List` kinds, multi-document YAML and `kubectl -o
     json|yaml` output, optionally gzip-compressed. Kinds kpa does not use are skipped and counted in `warnings`.
+    With `kinds`, only objects of those kinds are built (and checked); the others are
+    passed over without a warning (the files must still be valid JSON or YAML).
     Raises InputError (FILE:LINE: expected ..., found ...) for malformed input.
     """
     collector = _Collector()
+    collector.kinds = kinds
     for raw in paths:
         if raw == "-":
             if stdin is not None:
