@@ -224,7 +224,11 @@ def fmt_stmt(stmt: dict[str, Any]) -> str:
 
 # -- building the IR -----------------------------------------------------------
 
-@dataclass
+# PendingRule.key of a text rule whose skeleton the reader works out later (Builder.key_of).
+KEYED = "\x00keyed"
+
+
+@dataclass(slots=True)
 class PendingRule:
     table: Table
     chain: str
@@ -262,8 +266,9 @@ class Builder:
     _anon: int = 0
     # The statements of the JSON rule being built and their texts: id -> (statement, text).
     _texts: dict[int, tuple[Any, str]] = field(default_factory=dict)
-    # The text reader's: one rule's statements from its text and line number.
+    # The text reader's: one rule's statements from its text and line number, and a rule's skeleton.
     parse_rule: Callable[[str, int], list[Any]] | None = None
+    key_of: Callable[[PendingRule], str | None] | None = None
     # JSON input: rules that share a skeleton share a shape (kpa.parse.nft_shapes).
     shapes: bool = False
     # Rule shapes by (id(table), skeleton): kpa.parse.nft_shapes.
@@ -550,6 +555,8 @@ class Builder:
         shapes = self._shapes
         json_shapes = self.shapes
         for p in pending:
+            if p.key is KEYED:
+                p.key = self.key_of(p) if self.key_of is not None else None
             if p.key is None:
                 found = nft_shapes.json_key(p.stmts) if json_shapes and p.text is None and p.stmts is not None else None
                 if found is None:

@@ -36,13 +36,16 @@ are the same, at the same line, as without skeletons.
 
 from __future__ import annotations
 
+import os
 import re
+import struct
+from array import array
 from typing import Any
 
 from kpa.errors import InputError
 from kpa.netfilter.model import DeferredRule, Expr, LazyNftRule, Rule, RuleShape, Table, VerdictKind
 from kpa.parse.nft_common import Builder, PendingRule
-from kpa.parse.shapes import _IPV4, _PORT
+from kpa.parse.shapes import _IPV4, _PORT, FORK_THRESHOLD, Skeletons, _can_fork
 
 ADDR, PORT, CHAIN, NAT, SET = "\x01", "\x02", "\x03", "\x04", "\x05"
 PLACEHOLDERS = ADDR + PORT + CHAIN + NAT + SET
@@ -84,6 +87,109 @@ def skeleton_lines(text: str) -> list[str] | None:
         if literal in text:
             text = pattern.sub(repl, text)
     return text.splitlines()
+
+
+def line_keys(text: str) -> Skeletons | None:
+    """For each line, an index into `keys`: the line's skeleton stripped and without its `# handle N`,
+    after the handle and a NUL (index 0: an empty line). None if the text holds a placeholder already."""
+    from kpa.parse.nft_text import _handle
+
+    lines = skeleton_lines(text)
+    if lines is None:
+        return None
+    index: dict[str, int] = {"": 0}
+    ids = array("i")
+    append = ids.append
+    for line in lines:
+        s = line.strip()
+        if not s:
+            append(0)
+            continue
+        handle, key = _handle(s)
+        entry = f"{'' if handle is None else handle}\x00{key}"
+        kid = index.get(entry)
+        if kid is None:
+            kid = index[entry] = len(index)
+        append(kid)
+    return Skeletons(list(index), ids)
+
+
+class KeyJob:
+    """`line_keys(text)`, worked out in a forked process for large texts while the parent reads the
+    structure (as kpa.parse.shapes.SkeletonJob does for iptables). Any failure of the child (or no fork)
+    falls back to working it out in-process: same result, only slower."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._pid = 0
+        self._fd = -1
+        self._done = False
+        self._result: Skeletons | None = None
+        if len(text) >= FORK_THRESHOLD and _can_fork() and not any(c in text for c in PLACEHOLDERS):
+            self._start()
+
+    def _start(self) -> None:
+        try:
+            r, w = os.pipe()
+        except OSError:
+            return
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(r)
+            os.close(w)
+            return
+        if pid == 0:  # the child; what it sends is checked by the parent (one id per line)
+            status = 1
+            try:
+                os.close(r)
+                keys = line_keys(self.text)
+                if keys is not None:
+                    view = memoryview(keys.to_bytes())
+                    while view:
+                        view = view[os.write(w, view):]
+                    status = 0
+            finally:
+                os._exit(status)
+        os.close(w)
+        self._pid, self._fd = pid, r
+
+    def result(self) -> Skeletons | None:
+        if not self._done:
+            self._done = True
+            got: Skeletons | None = None
+            if self._pid:
+                chunks: list[bytes] = []
+                try:
+                    while chunk := os.read(self._fd, 1 << 20):
+                        chunks.append(chunk)
+                except OSError:
+                    chunks = []
+                finally:
+                    os.close(self._fd)
+                    self._fd = -1
+                if self._wait() == 0 and chunks:
+                    try:
+                        got = Skeletons.from_bytes(b"".join(chunks))
+                    except (ValueError, struct.error):
+                        got = None
+            self._result = got if got is not None else line_keys(self.text)
+        return self._result
+
+    def close(self) -> None:
+        """Reap the child if its result was never needed (the read failed first)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._pid:
+            self._wait()
+
+    def _wait(self) -> int:
+        pid, self._pid = self._pid, 0
+        try:
+            return os.waitpid(pid, 0)[1]
+        except ChildProcessError:
+            return 0
 
 
 def _marker(kind: str, i: int) -> str:

@@ -16,8 +16,8 @@ from typing import Any
 from kpa.errors import InputError
 from kpa.netfilter.model import Ruleset, Table
 from kpa.netfilter.protocols import BadNumber, c_uint
-from kpa.parse.nft_common import VERDICTS, Builder, clip
-from kpa.parse.nft_shapes import skeleton_lines
+from kpa.parse.nft_common import KEYED, VERDICTS, Builder, PendingRule, clip
+from kpa.parse.nft_shapes import KeyJob
 
 # A line that opens a table, chain, set or other named block: never part of a rule.
 BLOCK_START = re.compile(r"(?:table|chain|set|map|flowtable|counter|quota|limit|ct\s+\S+|secmark|synproxy)\s+"
@@ -741,7 +741,7 @@ class TextReader:
         # Rules that share a skeleton share a shape (kpa.parse.nft_shapes); shapes=False reads each in full.
         self.shapes = shapes
         self._physical: list[str] = []
-        self._skeleton: list[str] | None = None
+        self._keys: KeyJob | None = None
 
     def _statements(self, line: str, lineno: int) -> list[dict[str, Any]]:
         stmts = RuleParser(tokenize(line, self.file, lineno)).statements()
@@ -759,9 +759,16 @@ class TextReader:
         physical = text.splitlines()
         self._lines = len(physical)
         if self.shapes:
-            skeleton = skeleton_lines(text)
-            if skeleton is not None and len(skeleton) == len(physical):
-                self._physical, self._skeleton = physical, skeleton
+            # Rule skeletons are worked out while the structure is read (in a second process for large texts).
+            self._physical, self._keys = physical, KeyJob(text)
+            self.b.key_of = self._key
+        try:
+            return self._parse(physical)
+        finally:
+            if self._keys is not None:
+                self._keys.close()
+
+    def _parse(self, physical: list[str]) -> Ruleset:
         lines, self._no = split_statements(physical)
         i = 0
         table: Table | None = None
@@ -860,7 +867,8 @@ class TextReader:
                         raise self.error(lineno, f"expected policy accept or drop, found {clip(line)!r}")
                     chain.policy = pol
                 else:
-                    self._rule(table, name, line, lineno, rule_handle, self._key(lines[i - 1], lineno, rule_handle))
+                    self._rule(table, name, line, lineno, rule_handle,
+                               self._keys is not None and lines[i - 1] is self._physical[lineno - 1])
                 continue
             # set or map attribute; `elements = { ... }` may span lines
             if line.startswith("elements"):
@@ -931,21 +939,22 @@ class TextReader:
             raise self.error(lineno, f"expected 'type TYPE hook HOOK priority PRIO;', found {line[:60]!r}")
         self.b.chain(table, name, lineno, handle, m.group(1), m.group(2), m.group(3).strip(), m.group(4))
 
-    def _key(self, source: str, lineno: int, handle: int | None) -> str | None:
-        """The skeleton of a rule given on one line of its own, as it is in the input; else None."""
-        skeleton = self._skeleton
-        if skeleton is None or source is not self._physical[lineno - 1]:
+    def _key(self, p: PendingRule) -> str | None:
+        """The skeleton of a rule given on one line of its own (kpa.parse.nft_shapes.line_keys); else None."""
+        keys = self._keys.result() if self._keys is not None else None
+        lineno = p.line or 0
+        if keys is None or len(keys.ids) != len(self._physical) or not 0 < lineno <= len(keys.ids):
             return None
-        skel_handle, key = _handle(skeleton[lineno - 1].strip())
-        return key if skel_handle == handle else None
+        handle, _, key = keys.keys[keys.ids[lineno - 1]].partition("\x00")
+        return key if handle == ("" if p.handle is None else str(p.handle)) else None
 
     def _rule(self, table: Table, chain: str, line: str, lineno: int, handle: int | None,
-              key: str | None = None) -> None:
-        if key is not None:
+              keyed: bool = False) -> None:
+        if keyed:
             if '"' in line and not _QUOTES_CLOSED.fullmatch(line):
                 tokenize(line, self.file, lineno)  # an unclosed quote is an error now, as without skeletons
-            # Read when the rule is built, or never (kpa.parse.nft_shapes).
-            self.b.rule(table, chain, lineno, None, text=line, handle=handle, key=key)
+            # Read when the rule is built, or never (kpa.parse.nft_shapes): its key is found in finish().
+            self.b.rule(table, chain, lineno, None, text=line, handle=handle, key=KEYED)
             return
         self.b.rule(table, chain, lineno, self._statements(line, lineno), text=line, handle=handle)
 
