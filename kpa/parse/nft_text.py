@@ -828,7 +828,7 @@ class TextReader:
             i += 1
             if not raw or raw.startswith("#"):
                 continue
-            rule_handle, line = _handle(raw)
+            rule_handle, line = _handle(raw) if "#" in raw else (None, raw)
             if line == "}":
                 if kind != "chain":
                     self.b.set(table, name, start, spec)
@@ -837,6 +837,11 @@ class TextReader:
                 raise self.error(lineno, f"expected '}}' closing {kind} {clip(name)!r} (opened at line {start}) "
                                          f"before {clip(line)!r}")
             if chain is not None:
+                if not line.startswith(("type ", "comment ", "policy ")) and "{" not in line:
+                    # A rule on one line (the common case; the branches below handle it the same way).
+                    self._rule(table, name, line, lineno, rule_handle,
+                               self._keys is not None and lines[i - 1] is self._physical[lineno - 1])
+                    continue
                 if _depth(line) > 0:
                     # A rule over several lines: an anonymous chain (`jump {`) or set.
                     first = lineno
