@@ -84,6 +84,9 @@ _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.DOTALL)
 _DEPTH_STEP = [0] * 256
 _DEPTH_STEP[ord("[")] = _DEPTH_STEP[ord("{")] = 1
 _DEPTH_STEP[ord("]")] = _DEPTH_STEP[ord("}")] = -1
+# Opens as "(", closes as ")"; the quotes and backslashes left outside strings go.
+_PARENS = bytes.maketrans(b"[{]}", b"(())")
+_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
 
 
 def _nesting_within(text: str, limit: int) -> bool:
@@ -94,16 +97,30 @@ def _nesting_within(text: str, limit: int) -> bool:
     pair whose second character is ignored goes with it: in a string it escapes nothing
     that matters, outside one both are ordinary. Without backslashes, removing two adjacent
     quotes moves no other character into or out of a string, which removes nearly every
-    string in one pass; a regex removes what strings are left. The depth is then a running
-    sum over the brackets; a sum below zero (a close without an open, which the scan
-    clamps) sends the text to the scan.
+    string in one pass; a regex removes what strings are left. The depth is then the
+    number of passes that empty the brackets by removing adjacent open-close pairs, or,
+    when they do not empty, a running sum over them; a sum below zero (a close without
+    an open, which the scan clamps) sends the text to the scan.
     """
     if "\\" in text:
         text = _ESCAPE.sub(r"\1", text)
     kept = text.encode("utf-8", "surrogatepass").translate(None, _DROPPED)
     if b"\\" not in kept:
         kept = kept.replace(b'""', b"")
-    sums = list(accumulate(map(_DEPTH_STEP.__getitem__, _STRING.sub(b"", kept))))
+    brackets = _STRING.sub(b"", kept)
+    # Removing every adjacent open-close pair at once lowers the depth of a balanced text
+    # by exactly one (each deepest open is followed by its close; the open around it is
+    # not), so a text that empties in n such passes is n deep and never closes too early.
+    pairs, passes = brackets.translate(_PARENS, _NOT_BRACKET), 0
+    while pairs and passes <= limit:
+        fewer = pairs.replace(b"()", b"")
+        if len(fewer) == len(pairs):
+            break
+        pairs, passes = fewer, passes + 1
+    if not pairs:
+        return passes <= limit
+    # Unbalanced, or deeper than the limit: the running sum tells exactly.
+    sums = list(accumulate(map(_DEPTH_STEP.__getitem__, brackets)))
     return not sums or (min(sums) >= 0 and max(sums) <= limit)
 
 

@@ -174,6 +174,28 @@ def test_nesting_shortcut_never_accepts_what_the_scan_refuses() -> None:
     assert agreed > 10000
 
 
+def test_nesting_pair_removal_equals_the_scan_on_balanced_brackets() -> None:
+    """Balanced texts (the ones the pair-removal passes empty), at, below and above the limit."""
+    rng = random.Random(11)
+    decided = 0
+    for _ in range(5000):
+        parts: list[str] = []
+        depth = 0
+        for _ in range(rng.randrange(0, 60)):
+            if depth and rng.random() < 0.5:
+                parts.append(rng.choice("]}") + rng.choice(["", "a", ' "x]" ', "\n"]))
+                depth -= 1
+            else:
+                parts.append(rng.choice("[{") + rng.choice(["", "1,", ' "[{" ', "é"]))
+                depth += 1
+        parts.extend(rng.choice("]}") for _ in range(depth))
+        text = "".join(parts)
+        for limit in range(0, 8):
+            assert limits._nesting_within(text, limit) == _scan_accepts(text, limit), (text, limit)
+            decided += 1
+    assert decided == 40000
+
+
 def test_nesting_shortcut_on_real_objects() -> None:
     """Every cluster fixture, as YAML and as JSON, and deep texts: the shortcut answers like the scan."""
     for path in sorted((FIXTURES / "clusters").glob("*.yaml")):
