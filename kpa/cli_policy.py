@@ -427,7 +427,7 @@ def matrix(cluster: Sequence[str], kube: bool, kubeconfig: str | None, context: 
         with status("judging the policies for every pair of pods"):
             m = build(engine, sources, [engine.subject(p, family=version) for p in pods], port, proto)
         names = [short_name(s) for s in sources]
-        enforcement = _enforcement(rules, node_ips, objects, sources, list(m.targets), port, proto) \
+        enforcement = _enforcement(rules, node_ips, objects, sources, list(m.targets), port, proto, m.row) \
             if rules else None
         if fmt == "json":
             _stream_pod_matrix(m, enforcement, engine.warnings())
@@ -457,11 +457,15 @@ def matrix(cluster: Sequence[str], kube: bool, kubeconfig: str | None, context: 
 
 
 def _enforcement(rules: Sequence[str], node_ips: Sequence[str], objects: Any, sources: list[Any],
-                 targets: list[Any], port: int, proto: str) -> Any:
-    """The node's enforced answer for every cell (kpa.k8s.kuberouter.EnforcedMatrix).
+                 targets: list[Any], port: int, proto: str, intent_row: Callable[[int], list[bool]]) -> Any:
+    """The node's enforced answer for every cell.
 
-    Pods the node's rules cannot tell apart (kpa.k8s.kuberouter.enforcement_classes) share
-    one answer per pair of classes; between two local pods it comes from two half traces.
+    On a kube-network-policies node (kpa.k8s.kubenetpol.EnforcedQueueMatrix), each cell as
+    `kpa trace` decides it: the rules before the queue, the policies at the queue (the
+    intent matrix's rows where its ends are what the program sees). Otherwise
+    (kpa.k8s.kuberouter.EnforcedMatrix) pods the node's rules cannot tell apart
+    (kpa.k8s.kuberouter.enforcement_classes) share one answer per pair of classes; between
+    two local pods it comes from two half traces.
     """
     from kpa.k8s.kuberouter import EnforcedMatrix, KubeRouterMap
     from kpa.render.progress import status
@@ -469,6 +473,12 @@ def _enforcement(rules: Sequence[str], node_ips: Sequence[str], objects: Any, so
 
     with status("reading the rules"):
         ruleset = load_rules(list(rules))
+    from kpa.k8s import kubenetpol
+
+    if kubenetpol.recognised(ruleset):
+        return kubenetpol.EnforcedQueueMatrix(ruleset, objects, list(node_ips), [s.ip for s in sources],
+                                              [d.ip for d in targets], port, proto, intent_row,
+                                              [s.pod for s in sources], [d.pod for d in targets])
     kr = KubeRouterMap.from_ruleset(ruleset, objects.network_policies)
     return EnforcedMatrix(ruleset, kr, list(node_ips), [s.ip for s in sources], [d.ip for d in targets], port,
                           proto)

@@ -134,6 +134,10 @@ class KubeRouterMap:
 
     def describe_hop(self, hop: Hop) -> str:
         """The hop in kube-router's terms: whose chain it is, and what the rule does."""
+        from kpa.k8s import kubenetpol
+
+        if hop.table == kubenetpol.TABLE:
+            return kubenetpol.describe_hop(hop)
         if hop.chain in self.pod_chains:
             return f"pod {self.pod_chains[hop.chain]}'s firewall chain {hop.chain}"
         if hop.chain in self.policy_chains:
@@ -182,6 +186,11 @@ def _deciding_hop(outcome: Outcome, kr: KubeRouterMap) -> Hop | None:
     if not path:
         return None
     if outcome.verdict == "ACCEPT":
+        from kpa.k8s.kubenetpol import deciding_hop
+
+        ours = deciding_hop(path)  # a kube-network-policies node: its queue, or what let it pass unqueued
+        if ours is not None:
+            return ours
         # The accepting rule of the last filter chain kube-router owns, else the last hop.
         for hop in reversed(path):
             if hop.table == "filter" and (hop.chain.startswith("KUBE-") or hop.chain in ("INPUT", "FORWARD",

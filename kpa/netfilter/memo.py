@@ -36,6 +36,7 @@ from kpa.netfilter.packet import (
     READ_VAL,
     State,
     TraceContext,
+    note_reads,
     record_reads,
 )
 
@@ -171,6 +172,9 @@ class ChainMemo:
                 if i and entry.hits > bucket.entries[i - 1].hits:
                     bucket.entries[i - 1], bucket.entries[i] = entry, bucket.entries[i - 1]
                 ctx.warnings.extend(entry.warnings)
+                # A recorder around this walk (an outer memo, a caller sharing whole traces) learns
+                # what the replayed result depends on, as if the chain had run.
+                note_reads(entry.reads)
                 return [(d.apply(st), d.verdict) for d in entry.deltas]
         self.misses += 1
         bucket.misses += 1

@@ -51,6 +51,12 @@ def record_reads(reads: list[tuple[Any, ...]] | None) -> list[tuple[Any, ...]] |
 def note_read(read: tuple[Any, ...]) -> None:
     if _reads is not None:
         _reads.append(read)
+
+
+def note_reads(reads: list[tuple[Any, ...]]) -> None:
+    """Record reads made earlier on the recorder now running (a replayed memo entry's, say)."""
+    if _reads is not None:
+        _reads.extend(reads)
 INT_FIELDS = ("src", "dst", "proto", "sport", "dport", "icmp_type", "uid", "gid", "mac")
 NAME_FIELDS = ("iif", "oif")
 
