@@ -921,9 +921,10 @@ def lint(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: S
             findings = [*findings, *as_lint_findings(objects)]
             from kpa.k8s.kuberouter import enforcement_findings
 
-            # Where the node enforces the policies (kube-router's chains), compare that with the intent.
+            # Where the node enforces the policies (kube-router's chains, kube-network-policies' queue),
+            # compare that with the intent.
             ips = [str(ip) for ip in inp.node_ips]
-            findings = [*findings, *enforcement_findings(rs, objects, ips)]
+            findings = [*findings, *enforcement_findings(rs, objects, ips, inp.node)]
     report = make_report(findings, only=only_codes, ignore=ignore_codes, annotations=ignore_annotations(objects),
                          baseline=known, scope=in_scope(namespace, service_filter))
     if write_baseline:

@@ -143,3 +143,53 @@ def test_cli_matrix_gives_enforced_answers(tmp_path: Path, objects: Any) -> None
                and "udp dport 53 accept" in c["enforced"]["rule"] for c in differs)
     text = CliRunner().invoke(cli, [*base, "--port", "53", "--protocol", "udp"])
     assert "! enforced differently on the node" in text.output and "!" in text.output.splitlines()[2]
+
+
+def _lint(tmp_path: Path, knp: str, *extra: str) -> list[dict[str, Any]]:
+    (tmp_path / "knp.nft").write_text(knp)
+    (tmp_path / "node.nft").write_text(OTHER)
+    res = CliRunner().invoke(cli, ["lint", "-r", str(tmp_path / "knp.nft"), *extra, "-c", str(CLUSTER),
+                                   "--node", "node-1", "--node-ip", NODE, "--fail-on", "info", "-o", "json"])
+    assert res.exit_code in (0, 1), res.output
+    return [f for f in json.loads(res.output)["findings"]
+            if f["code"] in ("policy-not-enforced", "blocked-without-policy", "netpol-fail-open")]
+
+
+def test_lint_agrees_with_the_policies_when_only_the_queue_decides(tmp_path: Path, objects: Any) -> None:
+    # The default table (DNS judged in prerouting), fail-closed: the program decides every
+    # connection it sees, and kpa judges it by the same policies: nothing to report.
+    assert _lint(tmp_path, render_text(objects, KnpOptions(node="node-1", fail_open=False))) == []
+    # Fail-open is said once, as information, at the queue rule.
+    [info] = _lint(tmp_path, render_text(objects, KnpOptions(node="node-1")))
+    assert info["code"] == "netpol-fail-open" and "bypass" in info["location"]
+
+
+def test_lint_reports_what_the_node_enforces_differently(tmp_path: Path, objects: Any) -> None:
+    # DNS accepted before the queue, another table dropping client -> web, and web missing
+    # from the pod sets (the program never sees connections to or from it).
+    knp = render_text(objects, KnpOptions(node="node-1", dns_workaround=False, fail_open=False))
+    assert "10.244.0.10, " in knp
+    knp = knp.replace("10.244.0.10, ", "")
+    findings = _lint(tmp_path, knp, "-r", str(tmp_path / "node.nft"))
+    by = {(f["code"], f["message"].split(":")[0]) for f in findings}
+    assert ("blocked-without-policy", "pod/b/client -> pod/a/web port 8080/TCP") in by
+    blocked = next(f for f in findings if f["code"] == "blocked-without-policy")
+    assert "node.nft:4" in blocked["location"] and "node-filter/forward" in blocked["message"]
+    # web is no longer queued: remote -> web is let through although only client may connect.
+    unqueued = next(f for f in findings if f["message"].startswith("pod/b/remote -> pod/a/web port 8080/TCP"))
+    assert unqueued["code"] == "policy-not-enforced" and "not queued" in unqueued["message"]
+    # DNS denied by egress policies but accepted before the queue.
+    dns = [f for f in findings if "port 53/UDP" in f["message"]]
+    assert dns and all(f["code"] == "policy-not-enforced" and "udp dport 53 accept" in f["location"]
+                       for f in dns if "pod/a/web" not in f["message"])
+    # Every reported connection really differs: tracing it alone says what the finding says.
+    rs = combine([], [parse_text(knp, str(tmp_path / "knp.nft")), parse_text(OTHER, str(tmp_path / "node.nft"))])
+    engine = PolicyEngine.from_objects(objects)
+    for f in findings:
+        who, _, rest = f["message"].partition(" port ")
+        src, dst = (engine.subject(objects.pod(*ref[4:].split("/"))) for ref in who.split(" -> "))
+        port, proto = rest.split(":")[0].split("/")
+        alone = enforced(rs, [NODE], src.ip, dst.ip, int(port), proto, KubeRouterMap(),
+                         queue_decider=queue_decider(rs, objects))
+        assert alone.verdict == ("allowed" if f["code"] == "policy-not-enforced" else "denied")
+        assert engine.decide(src, dst, int(port), proto).allowed == (f["code"] == "blocked-without-policy")

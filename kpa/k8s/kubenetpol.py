@@ -414,3 +414,79 @@ _PROTO_NUMBERS = {"TCP": 6, "UDP": 17, "SCTP": 132}
 
 def _int(addr: str, version: int) -> int:
     return int(ipaddress.ip_address(addr))
+
+
+# -- intent versus enforcement (`kpa lint`) -----------------------------------------------------
+
+def enforcement_findings(ruleset: Ruleset, objects: Any, node_ips: list[str], node: str | None = None,
+                         max_checks: int = 20000) -> list[Any]:
+    """`kpa lint` findings where a kube-network-policies node enforces a connection differently from the policies.
+
+    With kpa judging the program's queue by the same policies, differences come from
+    the node's rules: a rule that accepts before the queue (DNS when the program does
+    not judge it in prerouting, root's sockets), a policy-selected pod missing from the
+    table's pod sets (never queued), other tables that drop or accept first. Connections
+    checked: between every two pods of which at least one is on this node (`node`, or in
+    the pod sets), on each port the destination declares and each numeric port a policy
+    of either namespace names. Also one info finding when the queue rules are fail-open.
+    """
+    from kpa.findings import Finding
+    from kpa.policy.engine import PolicyEngine
+
+    if not recognised(ruleset) or not objects.network_policies:
+        return []
+    out: list[Any] = []
+    bypass = fail_open_rule(ruleset)
+    if bypass is not None:
+        out.append(Finding("netpol-fail-open", "info", None,
+                           "kube-network-policies queues with bypass (fail-open): while its program is not "
+                           "running, the connections it judges are let through unjudged, whatever the policies say",
+                           f"{bypass.location}: {bypass.text}" if bypass.location else bypass.text))
+    engine = PolicyEngine.from_objects(objects)
+    in_sets = in_pod_sets(ruleset)
+    pods = [p for p in engine.pods if p.pod_ips and not p.host_network]
+    local = {p.key for p in pods if p.node_name == node or any(in_sets(ip) for ip in p.pod_ips)}
+    ports_of: dict[str, set[tuple[int, str]]] = {}
+    for policy in objects.network_policies:
+        numeric = {(pp.port, pp.protocol) for rule in (*policy.ingress, *policy.egress) for pp in rule.ports
+                   if isinstance(pp.port, int)}
+        ports_of.setdefault(policy.namespace, set()).update(numeric)
+    subjects = [engine.subject(p) for p in pods]
+    addrs = [s.ip for s in subjects]
+    index = {id(p): k for k, p in enumerate(pods)}
+    matrices: dict[tuple[int, str], EnforcedQueueMatrix] = {}
+    checks = 0
+    for src in pods:
+        for dst in pods:
+            if src is dst or not ({src.key, dst.key} & local):
+                continue
+            ports = {(cp.port, cp.protocol) for cp in dst.container_ports}
+            ports |= ports_of.get(dst.namespace, set()) | ports_of.get(src.namespace, set())
+            i, j = index[id(src)], index[id(dst)]
+            s, d = subjects[i], subjects[j]
+            if s.ip is None or d.ip is None or ipaddress.ip_address(s.ip).version != ipaddress.ip_address(d.ip).version:
+                continue
+            for port, proto in sorted(ports):
+                checks += 1
+                if checks > max_checks:
+                    out.append(Finding("enforcement-not-checked", "info", None,
+                                       f"stopped after {max_checks} connections; the rest were not compared", None))
+                    return out
+                m = matrices.get((port, proto))
+                if m is None:
+                    m = matrices[(port, proto)] = EnforcedQueueMatrix(ruleset, objects, node_ips, addrs, addrs,
+                                                                      port, proto)
+                e = m.answer(i, j)
+                intent = engine.decide(s, d, port, proto)
+                if e is None or e.verdict == "unknown" or (e.verdict == "allowed") == intent.allowed:
+                    continue
+                who = f"{s.name} -> {d.name} port {port}/{proto}"
+                if e.verdict == "allowed":
+                    out.append(Finding("policy-not-enforced", "error", None,
+                                       f"{who}: the policies deny it ({intent.reason()}) but the node lets it "
+                                       f"through: {e.where}", e.deciding))
+                else:
+                    out.append(Finding("blocked-without-policy", "error", None,
+                                       f"{who}: the policies allow it ({intent.reason()}) but the node blocks it: "
+                                       f"{e.where}", e.deciding))
+    return out

@@ -265,28 +265,39 @@ MAX_CHECKS = 20000
 register(
     CodeInfo("policy-not-enforced", "error",
              "the node lets a connection through that the NetworkPolicies deny",
-             "kube-router's chains on this node admit a connection the policies deny: isolation "
-             "is not in force.", source="kube-router"),
+             "The node's rules (kube-router's chains, or kube-network-policies' table and the rules "
+             "around its queue) admit a connection the policies deny: isolation is not in force.",
+             source="netpol-enforcement"),
     CodeInfo("blocked-without-policy", "error",
              "the node blocks a connection that the NetworkPolicies allow",
-             "kube-router's chains on this node drop a connection the policies allow: that "
-             "traffic fails.", source="kube-router"),
+             "The node's rules (kube-router's chains, or rules met before kube-network-policies' "
+             "queue) drop a connection the policies allow: that traffic fails.", source="netpol-enforcement"),
     CodeInfo("enforcement-not-checked", "info",
              "too many connections to compare; the rest were not checked",
              f"kpa compares at most {MAX_CHECKS} connections with the policies.",
-             source="kube-router"),
+             source="netpol-enforcement"),
+    CodeInfo("netpol-fail-open", "info",
+             "kube-network-policies is fail-open: unjudged while its program is down",
+             "Its queue rules carry `bypass`: when no program listens on the queue, the kernel "
+             "accepts the packets it would judge. Enforcement then depends on the program running.",
+             source="netpol-enforcement"),
 )
 
 
-def enforcement_findings(ruleset: Ruleset, objects: Any, node_ips: list[str]) -> list[Any]:
+def enforcement_findings(ruleset: Ruleset, objects: Any, node_ips: list[str], node: str | None = None) -> list[Any]:
     """`kpa lint` findings for every connection the node enforces differently from the policies.
 
     Connections checked: between every two pods of which at least one has a
     kube-router firewall chain on this node, on each port the destination declares
-    and each numeric port a policy of either pod names.
+    and each numeric port a policy of either pod names. On a kube-network-policies
+    node, kpa.k8s.kubenetpol.enforcement_findings.
     """
+    from kpa.k8s import kubenetpol
     from kpa.k8s.lint import Finding
     from kpa.policy.engine import PolicyEngine
+
+    if kubenetpol.recognised(ruleset):
+        return kubenetpol.enforcement_findings(ruleset, objects, node_ips, node, MAX_CHECKS)
 
     kr = KubeRouterMap.from_ruleset(ruleset, objects.network_policies)
     if not kr.present or not objects.network_policies:

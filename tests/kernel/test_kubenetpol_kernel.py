@@ -14,6 +14,11 @@ SNAT. What the kernel can show here:
   the queue statements kpa's decision must name the DNAT target and the unmasqueraded
   source. This proves the rules kpa evaluates and the packet kpa judges; it does not
   prove what the agent itself answers (no agent runs here).
+- `test_matrix_cells_decided_before_the_queue_agree_with_the_kernel`: what `kpa policy
+  matrix --rules` claims per cell — judged at this queue rule, or decided before any
+  queue (let through by `udp dport 53 accept` or because neither pod is in the sets;
+  dropped by another table) — against counters and conntrack for every cell the
+  topology can send, on 8080/TCP and 53/UDP.
 - `test_queue_table_loads_where_the_kernel_has_nft_queue`: the table as the agent
   writes it (text and JSON) is loaded, listed, and read back by kpa, which recognises it
   and judges at the same rules. Skipped, by name, on kernels without nft queue.
@@ -218,3 +223,75 @@ def test_ipv6_queue_rules_on_a_dual_stack_node(tmp_path: Path) -> None:
                 compared += 1
         topo.run_in("node", ["nft", "flush", "ruleset"])
     assert compared == 2 * len(flows)
+
+
+# Another table of the node, met before the queue: it drops client -> web on 8080 (which the policies allow).
+NODE_FILTER = f"""table ip node-filter {{
+	chain forward {{
+		type filter hook forward priority filter; policy accept;
+		ip saddr {CLIENT} ip daddr {WEB} tcp dport 8080 counter drop
+	}}
+}}
+"""
+
+
+def _filter_drops(topo: Topology) -> int:
+    doc = json.loads(topo.run_in("node", ["nft", "-j", "list", "table", "ip", "node-filter"]))
+    return sum(e["counter"]["packets"] for item in doc["nftables"] if "rule" in item
+               for e in item["rule"]["expr"] if "counter" in e)
+
+
+def test_matrix_cells_decided_before_the_queue_agree_with_the_kernel() -> None:
+    """`kpa policy matrix --rules` says, per cell, whether the queue or a rule before it decided.
+
+    The table without the DNS workaround (`udp dport 53 accept` first) and another table
+    dropping client -> web are loaded with queue statements written as `counter`; each
+    cell the kernel can send is sent. A cell the matrix says the queue decided must reach
+    that very queue rule first (its counter); a cell decided before the queue must reach
+    no queue rule, and the kernel must let it through (a confirmed conntrack entry) or
+    drop it (the other table's counter, no entry) as the matrix says.
+    """
+    from dataclasses import replace
+
+    from kpa.k8s.kubenetpol import EnforcedQueueMatrix
+
+    objects = load_objects([str(CLUSTER)])
+    opts = KnpOptions(node="node-1", dns_workaround=False, fail_open=False)
+    knp = _rs(render_text(objects, opts), "kube-network-policies.nft")
+    [table] = [t for t in knp.tables if t.name == TABLE]
+    queue_rules = {(c.name, k + 1) for c in table.chains.values() for k, r in enumerate(c.rules) if "queue" in r.text}
+    rs = combine([], [_rs(NODE_FILTER, "node-filter.nft"), knp])
+    sources = [("client_pod", CLIENT), (f"pod:{WEB}", WEB), (f"pod:{DB}", DB), ("external", "203.0.113.10")]
+    targets = [WEB, DB, REMOTE]
+    counts = {"queued": 0, "before-allowed": 0, "before-denied": 0}
+    with Topology(default_spec("ipv4")) as topo:
+        topo.load_nft(NODE_FILTER + render_text(objects, replace(opts, queue=False)))
+        for port, proto in ((8080, "tcp"), (53, "udp")):
+            m = EnforcedQueueMatrix(rs, objects, [NODE], [s for _, s in sources], targets, port, proto.upper())
+            for i, (origin, src) in enumerate(sources):
+                for j, dst in enumerate(targets):
+                    e = m.answer(i, j)
+                    if e is None or (origin == "external" and dst == REMOTE):
+                        continue  # the same address, or a path the topology does not route
+                    before, drops = _counters(topo), _filter_drops(topo)
+                    [obs] = topo.send_many([(origin, src, dst, proto, port)], timeout=0.2)  # type: ignore[list-item]
+                    after = _counters(topo)
+                    reached = sorted(k for k in after if after[k] > before.get(k, 0) and k in queue_rules)
+                    passed = bool(topo.conntrack_for(obs))
+                    cell = (src, dst, port, e)
+                    if "queued to its program" in (e.where or ""):
+                        # The deciding rule is the first queue rule the real packet reached.
+                        chain, number = reached[0]
+                        assert e.deciding is not None and e.deciding.endswith(table.chains[chain].rules[number - 1].text), cell
+                        counts["queued"] += 1
+                    else:
+                        assert reached == [], cell
+                        assert e.verdict in ("allowed", "denied"), cell
+                        assert passed == (e.verdict == "allowed"), cell
+                        if e.verdict == "denied":
+                            assert _filter_drops(topo) > drops and "node-filter/forward" in (e.where or ""), cell
+                        counts["before-" + e.verdict] += 1
+        topo.run_in("node", ["nft", "flush", "ruleset"])
+    # Each kind of cell occurred: judged at the queue, let through before it (DNS, pods outside the
+    # sets), dropped before it (the other table).
+    assert all(counts.values()) and sum(counts.values()) == 2 * 9, counts
