@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from kpa.cli import cli
-from kpa.gen.kubenetpol import KnpOptions, render_text
+from kpa.gen.kubenetpol import KnpOptions, render_json, render_text
 from kpa.gen.policies import policy_cluster
 from kpa.k8s.kubenetpol import EnforcedQueueMatrix, queue_decider
 from kpa.k8s.kuberouter import KubeRouterMap, enforced
@@ -79,13 +79,14 @@ ADDRS = ["10.244.0.10", "10.244.0.11", "10.244.0.5", "10.244.1.10", NODE, "203.0
 PORTS = [(8080, "TCP"), (5432, "TCP"), (9090, "TCP"), (53, "UDP"), (80, "TCP")]
 
 
-@pytest.mark.parametrize("variant", ["default", "dns-in-postrouting-fail-closed", "divert-all", "other-tables"])
+@pytest.mark.parametrize("variant", ["default", "dns-in-postrouting-fail-closed", "divert-all", "other-tables",
+                                     "json"])
 def test_every_cell_is_what_tracing_it_alone_gives(objects: Any, variant: str) -> None:
     opts = {"default": KnpOptions(node="node-1"),
             "dns-in-postrouting-fail-closed": KnpOptions(node="node-1", dns_workaround=False, fail_open=False),
             "divert-all": KnpOptions(node="node-1", divert_all=True),
-            "other-tables": KnpOptions(node="node-1")}[variant]
-    parts = [parse_text(render_text(objects, opts), "knp.nft")]
+            "other-tables": KnpOptions(node="node-1"), "json": KnpOptions(node="node-1")}[variant]
+    parts = [parse_text((render_json if variant == "json" else render_text)(objects, opts), "knp.nft")]
     if variant == "other-tables":
         parts.append(parse_text(OTHER, "node.nft"))
     rs = combine([], parts)
@@ -159,9 +160,12 @@ def test_lint_agrees_with_the_policies_when_only_the_queue_decides(tmp_path: Pat
     # The default table (DNS judged in prerouting), fail-closed: the program decides every
     # connection it sees, and kpa judges it by the same policies: nothing to report.
     assert _lint(tmp_path, render_text(objects, KnpOptions(node="node-1", fail_open=False))) == []
-    # Fail-open is said once, as information, at the queue rule.
+    # Fail-open is said once, as information, at the queue rule; from nft's JSON too.
     [info] = _lint(tmp_path, render_text(objects, KnpOptions(node="node-1")))
     assert info["code"] == "netpol-fail-open" and "bypass" in info["location"]
+    [info] = _lint(tmp_path, render_json(objects, KnpOptions(node="node-1")))
+    assert info["code"] == "netpol-fail-open" and "@podips-v4 queue" in info["location"]
+    assert _lint(tmp_path, render_json(objects, KnpOptions(node="node-1", fail_open=False))) == []
 
 
 def test_lint_reports_what_the_node_enforces_differently(tmp_path: Path, objects: Any) -> None:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kpa.netfilter.model import Family, Ruleset
+from kpa.netfilter.model import Family, Ruleset, Verdict, VerdictKind
 from kpa.netfilter.packet import PROTOCOL_NAMES, Hop, QueueDecider, QueueDecision, State
 
 TABLE = "kube-network-policies"
@@ -154,8 +154,11 @@ def fail_open_rule(ruleset: Ruleset) -> Any:
             continue
         for chain in table.chains.values():
             for rule in chain.rules:
-                if "queue" in rule.text and "bypass" in rule.text:
-                    return rule
+                for e in rule.exprs:
+                    verdict = getattr(e, "verdict", None)
+                    if isinstance(verdict, Verdict) and verdict.kind is VerdictKind.QUEUE \
+                            and "bypass" in (verdict.detail or ""):
+                        return rule
     return None
 
 
