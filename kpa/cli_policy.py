@@ -383,8 +383,9 @@ def matrix(cluster: Sequence[str], kube: bool, kubeconfig: str | None, context: 
     services each column is a Service port, allowed only when every endpoint is
     (endpoints from the EndpointSlices, chosen as kube-proxy chooses them).
     With --rules (pods), each cell is also traced through the node's rules
-    (e.g. kube-router's chains and ipsets) and `!` marks cells the node
-    enforces differently from the policies.
+    (e.g. kube-router's chains and ipsets; on a kube-network-policies node the
+    queue is judged by the policies, as `kpa trace` judges it) and `!` marks
+    cells the node enforces differently from the policies.
 
     \b
     Examples:
