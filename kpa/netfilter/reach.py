@@ -95,6 +95,15 @@ class _ChainInfo:
         self.same_in: dict[int, bool] = {}  # id(other Signatures) -> same texts there
         self.pins: list[tuple[int | None, int] | None] = []  # indexed chains: each rule's text_pin
 
+    def twin(self) -> _ChainInfo:
+        """What a chain with the same rule texts has in common with this one: texts and pins, no more.
+
+        The facts and summaries of rules depend on the table around them; those are not shared.
+        """
+        twin = _ChainInfo(self.texts)
+        twin.pins, twin.generic, twin.by_dst, twin.by_dport = self.pins, self.generic, self.by_dst, self.by_dport
+        return twin
+
 
 class _Base:
     """What every packet of a family reads: base chains, and all they reach by rules that pin nothing."""
@@ -574,10 +583,14 @@ class _Index:
 
 
 class _FamilyState:
-    __slots__ = ("base", "chains", "full", "index_of", "indexed")
+    __slots__ = ("base", "chains", "dsts", "full", "index_of", "indexed", "ports")
 
     def __init__(self, base: _Base) -> None:
         self.base = base
+        # Every address and port a rule of a large chain (A's or B's) pins. A DNAT target
+        # outside them selects no rule anywhere, so walks need not carry it.
+        self.dsts: frozenset[int] = frozenset()
+        self.ports: frozenset[int] = frozenset()
         self.chains: dict[int, _Reach | None] = {}  # id(chain) -> what it reaches (None: the walk must stop)
         self.index_of: dict[int, _Index] = {}  # id(chain) -> its index, for indexed chains outside the base
         self.indexed: list[_Index] = []
@@ -621,13 +634,51 @@ class Comparison:
 
     def _family(self, family: Family) -> _FamilyState | None:
         if family not in self._families:
-            ba, bb = self.a.base(family), self.b.base(family)
+            ba = self.a.base(family)
+            if ba is not None:
+                self._share_pins(family)
+            bb = self.b.base(family)
             state = None
             if ba is not None and bb is not None and ba.seen == bb.seen:
                 state = _FamilyState(ba)
                 state.indexed = [_Index(t, c, self.a._chain(c)) for t, c in ba.indexed]
+                state.dsts, state.ports = self._pinned(family)
             self._families[family] = state
         return self._families[family]
+
+    def _share_pins(self, family: Family) -> None:
+        """B's large chains with A's rules take A's reading of them (the same texts pin the same)."""
+        for t in self.a.ruleset.tables:
+            if t.family is not family:
+                continue
+            theirs = self.b._tables.get((t.family, t.name))
+            if theirs is None:
+                continue
+            for name, chain in t.chains.items():
+                other = theirs.chains.get(name)
+                if (other is None or len(chain.rules) < MIN_RULES or len(other.rules) != len(chain.rules)
+                        or id(other) in self.b._chains):
+                    continue
+                mine = self.a._chain(chain)
+                if mine.texts == tuple(r.text for r in other.rules):
+                    self.b._chains[id(other)] = mine.twin()
+
+    def _pinned(self, family: Family) -> tuple[frozenset[int], frozenset[int]]:
+        """Every address and port some large chain of A or B pins (see _FamilyState)."""
+        dsts: set[int] = set()
+        ports: set[int] = set()
+        for sig in (self.a, self.b):
+            for t in sig.ruleset.tables:
+                if t.family is not family:
+                    continue
+                for chain in t.chains.values():
+                    if len(chain.rules) >= MIN_RULES:
+                        for pin in sig._chain(chain).pins:
+                            if pin is not None:
+                                if pin[0] is not None:
+                                    dsts.add(pin[0])
+                                ports.add(pin[1])
+        return frozenset(dsts), frozenset(ports)
 
     def _full(self, family: Family, state: _FamilyState) -> bool:
         """Whether walks that read every rule (no destination pruning) read the same in both."""
@@ -648,6 +699,7 @@ class Comparison:
         seen = state.base.seen
         tname = table.name
         memo = state.chains
+        pinned_dsts, pinned_ports = state.dsts, state.ports
         anything = False
         branches = 0
         stat: set[int] | None = None
@@ -663,11 +715,11 @@ class Comparison:
                 if dnat is ANY:
                     anything = True
                 else:
-                    if dnat[0] is not None:
+                    if dnat[0] in pinned_dsts:
                         if dsts is None:
                             dsts = set()
                         dsts.add(dnat[0])
-                    if dnat[1] is not None:
+                    if dnat[1] in pinned_ports:
                         if dports is None:
                             dports = set()
                         dports.add(dnat[1])
