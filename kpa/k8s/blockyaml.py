@@ -95,6 +95,7 @@ def documents(
         return
     reader = _Reader(text, mapping, plain)
     separator = 0  # the line of the separator that began the current document (0: none)
+    seen_from = (0, 1)  # where the piece holding that separator starts: offset and line
     started = False  # a separator was read and no document after it yet
     try:
         while reader.fill():
@@ -103,6 +104,7 @@ def documents(
                 if started:
                     yield None  # an empty explicit document
                 started, separator = True, reader.nums[reader.i]
+                seen_from = (reader.pos, reader.first)
                 reader.i += 1
                 continue
             document = reader.document()
@@ -112,15 +114,18 @@ def documents(
             yield None
     except (Unfit, RecursionError):
         # The general reader starts at the separator before this document (or at the top).
-        line = separator - 1 if separator else 0
-        offset = sum(map(len, text.split("\n", line)[:line])) + line if line else 0
-        yield Rest(line, offset)
+        offset, line = seen_from
+        if separator:
+            while line < separator:
+                offset = text.index("\n", offset) + 1
+                line += 1
+        yield Rest(separator - 1 if separator else 0, offset if separator else 0)
 
 
-def _pieces(text: str) -> Iterator[tuple[list[tuple[str, ...]], Any, str, int, bool]]:
+def _pieces(text: str) -> Iterator[tuple[list[tuple[str, ...]], Any, str, int, bool, int]]:
     """Rows of the text (blank and comment lines left out) and their line numbers, piece by piece.
 
-    With each piece: its text, its first line's number, and whether it is the last.
+    With each piece: its text, its first line's number, whether it is the last, and its offset.
     """
     pos, line, size = 0, 1, len(text)
     while pos < size:
@@ -139,7 +144,7 @@ def _pieces(text: str) -> Iterator[tuple[list[tuple[str, ...]], Any, str, int, b
             keep = [n for n, r in enumerate(rows) if r[_KEY] or r[_LONE] or r[_SEP]]
             nums = [line + n for n in keep]
             rows = [rows[n] for n in keep]
-        yield rows, nums, piece, line, end == size
+        yield rows, nums, piece, line, end == size, pos
         pos, line = end + 1, line + count
 
 
@@ -156,7 +161,7 @@ class _Reader:
         self.pieces = _pieces(text)
         self.rows: list[tuple[str, ...]] = []
         self.nums: Any = ()
-        self.piece, self.first, self.last = "", 1, True
+        self.piece, self.first, self.last, self.pos = "", 1, True, 0
         self.lines: list[str] | None = None  # the piece's lines, split when a literal scalar needs them
         self.i = 0
         self.read = 0  # rows of earlier pieces
@@ -172,7 +177,7 @@ class _Reader:
             if piece is None:
                 return False
             self.read += len(self.rows)
-            self.rows, self.nums, self.piece, self.first, self.last = piece
+            self.rows, self.nums, self.piece, self.first, self.last, self.pos = piece
             self.lines = None
             self.i = 0
         return True
