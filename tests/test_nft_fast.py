@@ -5,9 +5,11 @@ from __future__ import annotations
 import random
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from kpa.errors import InputError
 from kpa.parse import nft_text
 from kpa.parse.nft_text import _depth, tokenize, tokenize_by_char
 
@@ -244,3 +246,27 @@ def test_simple_elements_read_as_the_parser_reads_them() -> None:
             assert got == slow, text
             fast += 1
     assert fast > 1000
+
+
+def test_json_objects_read_whole_as_one_at_a_time() -> None:
+    import json
+
+    from kpa.parse.nft_json import _objects
+
+    def objects(text: str, whole: bool) -> Any:
+        try:
+            return list(_objects(text, "f", whole))
+        except InputError as exc:
+            return str(exc)
+
+    rng = random.Random(15)
+    texts = [p.read_text() for p in sorted((FIX / "nft").rglob("*.json"))]
+    texts += [json.dumps(json.loads(t), indent=2) for t in texts[:3]]
+    base = texts[0]
+    for _ in range(3000):
+        k = rng.randrange(len(base))
+        texts.append(base[:k] + rng.choice(["", ",", ", ,", "]", "}", "\n", " ", '"', "{}", "x", "[]"]) + base[k + rng.randrange(0, 3):])
+    texts += ['{"nftables": []}', '{"nftables": [{}] }  ', '{"nftables": [{}]} x', '{"nftables": [{}], "a": 1}',
+              '{"nftables": [{},,{}]}', '{"nftables": [{} {}]}', '{"nftables": [{}]', '{"nftables": [1, "a"]}\n']
+    for text in texts:
+        assert objects(text, True) == objects(text, False)

@@ -7,6 +7,7 @@ JSON is pretty-printed, errors point at the line of the offending object.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Iterator
@@ -23,8 +24,9 @@ IGNORED = {"metainfo", "flowtable", "counter", "quota", "ct helper", "ct timeout
            "secmark", "synproxy", "element", "tunnel"}
 
 
-def _objects(text: str, file: str) -> Iterator[tuple[int, Any]]:
-    """Each element of the top-level `nftables` array with the line it starts on."""
+def _objects(text: str, file: str, whole: bool = True) -> Iterator[tuple[int, Any]]:
+    """Each element of the top-level `nftables` array with the line it starts on (whole=False: always an
+    object at a time)."""
     check_nesting(text, file)
     m = HEAD.match(text)
     dec = json.JSONDecoder()
@@ -39,6 +41,19 @@ def _objects(text: str, file: str) -> Iterator[tuple[int, Any]]:
             yield 1, obj
         return
     pos, line, n = m.end(), text.count("\n", 0, m.end()) + 1, len(text)
+    # `nft -j` writes everything on one line: then the whole array decodes in one call, every object on
+    # the same line. Anything else (line breaks, a decoding error) is read an object at a time below.
+    array: Any = None
+    end = -1
+    if whole:
+        with contextlib.suppress(json.JSONDecodeError):
+            array, end = dec.raw_decode(text, pos - 1)
+    if isinstance(array, list) and text.find("\n", pos, end) < 0:
+        for obj in array:
+            yield line, obj
+        if not re.fullmatch(r"\}\s*", text[end:].strip()):
+            raise InputError(file, text.count("\n", 0, end - 1) + 1, "expected '}' after the nftables array")
+        return
     counted = pos
     while True:
         while pos < n and text[pos] in " \t\r\n,":
