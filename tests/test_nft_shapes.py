@@ -206,6 +206,37 @@ def test_crafted_rules_read_the_same(rules: list[str]) -> None:
         assert_same(_HEAD + "".join(f"\t\t{r}\n" for r in rotated) + "\t}\n}\n")
 
 
+def _json_ruleset(rules: list[list[Any]]) -> str:
+    objs: list[Any] = [{"table": {"family": "ip", "name": "t"}},
+                       {"set": {"family": "ip", "table": "t", "name": "s", "type": "ipv4_addr", "elem": ["10.0.0.1"]}},
+                       *({"chain": {"family": "ip", "table": "t", "name": n}} for n in ("a", "b", "c"))]
+    objs += [{"rule": {"family": "ip", "table": "t", "chain": "c", "expr": r}} for r in rules]
+    return json.dumps({"nftables": objs})
+
+
+def _saddr(addr: str) -> dict[str, Any]:
+    return {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": addr}}
+
+
+@pytest.mark.parametrize("rules", [
+    [[_saddr("10.0.0.1"), {"jump": {"target": "a"}}], [_saddr("10.0.0.2"), {"jump": {"target": "b"}}],
+     [_saddr("10.0.0.3"), {"jump": {"target": "nowhere"}}], [_saddr("10.0.0.256"), {"jump": {"target": "a"}}]],
+    [[_saddr("10.0.0.1"), {"jump": {"rules": [[{"accept": None}]]}}],
+     [_saddr("10.0.0.2"), {"jump": {"rules": [[{"accept": None}]]}}]],
+    [[_saddr("@s"), {"goto": {"target": "a"}}], [_saddr("@nothere"), {"goto": {"target": "a"}}],
+     [_saddr("@s"), {"goto": {"target": True}}]],
+    [[{"set": {"op": "update", "elem": {"payload": {"protocol": "ip", "field": "saddr"}}, "set": "@s"}}],
+     [{"set": {"op": "update", "elem": {"payload": {"protocol": "ip", "field": "saddr"}}, "set": "@zz"}}]],
+    [[{"dnat": {"addr": "10.0.0.1", "port": 80}}], [{"dnat": {"addr": "10.0.0.2", "port": 65536}}],
+     [{"dnat": {"addr": "10.0.0.3", "port": 8080}}]],
+    [[_saddr("10.0.0.1"), {"jump": {"target": "kpa-shape-chain-0-end"}}],
+     [_saddr("127.99.0.7"), {"jump": {"target": "a"}}], [_saddr("10.0.0.2"), "jump a"]],
+])
+def test_crafted_json_rules_read_the_same(rules: list[list[Any]]) -> None:
+    for k in range(len(rules)):
+        assert_same(_json_ruleset(rules[k:] + rules[:k]), is_json=True)
+
+
 def test_a_rule_in_an_undeclared_chain_is_the_same_error() -> None:
     # The chain of a deferred rule is checked as a built one's is.
     text = _HEAD + "\t\tip saddr 10.0.0.1 jump a\n\t}\n}\n"

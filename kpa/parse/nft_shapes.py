@@ -550,6 +550,10 @@ def json_key(stmts: list[Any]) -> tuple[str, list[str], list[Any], list[Any]] | 
     for st in stmts:
         if type(st) is str:
             return None  # an anonymous chain as text
+        if type(st) is dict and len(st) == 1:
+            body = st.get("jump", st.get("goto"))
+            if isinstance(body, dict) and "rules" in body:
+                return None  # an anonymous chain: lowering it adds a chain
         out.append(sk.stmt(st))
     # repr() tells apart every value JSON decodes to (1, 1.0, True, "1"), keeps the order of keys, and is
     # quicker than encoding JSON again.
