@@ -284,22 +284,25 @@ class ClusterObjects:
             chosen = real or found
             self._slices_by_service[key] = tuple(sorted(chosen, key=lambda s: s.name))
 
-        self._index_pods()
+        # Pods by address: worked out when first asked for (lint with a node name never asks).
+        self._pod_by_ip: dict[str, Pod] | None = None
         self._node_by_ip: dict[str, Node] = {}
         for node in self._nodes.values():
             for ip in (*node.external_ips, *node.internal_ips):
                 self._node_by_ip[canonical_ip(ip)] = node
 
-    def _index_pods(self) -> None:
-        self._pod_by_ip: dict[str, Pod] = {}
+    def _index_pods(self) -> dict[str, Pod]:
+        by_ip: dict[str, Pod] = {}
         # Host-network pods share their node's IP; a pod with its own IP is the better answer.
-        for pod in sorted(self._pods.values(), key=lambda p: not p.host_network):
+        for pod in sorted(self._pods_now().values(), key=lambda p: not p.host_network):
             for ip in pod.pod_ips:
-                self._pod_by_ip[canonical_ip(ip)] = pod
+                by_ip[canonical_ip(ip)] = pod
+        self._pod_by_ip = by_ip
+        return by_ip
 
     def detach_pods(self) -> dict[tuple[str, str], Pod]:
         """Take the Pods out (to hand them over apart from the rest); see `attach_pods`."""
-        pods, self._pods, self._pod_by_ip = self._pods_now(), {}, {}
+        pods, self._pods, self._pod_by_ip = self._pods_now(), {}, None
         return pods
 
     def attach_pods(self, load: Callable[[], dict[tuple[str, str], Pod]]) -> None:
@@ -309,8 +312,7 @@ class ClusterObjects:
     def _pods_now(self) -> dict[tuple[str, str], Pod]:
         if self._pod_loader is not None:
             load, self._pod_loader = self._pod_loader, None
-            self._pods = load()
-            self._index_pods()
+            self._pods, self._pod_by_ip = load(), None
         return self._pods
 
     @property
@@ -435,7 +437,8 @@ class ClusterObjects:
 
     def pod_by_ip(self, ip: str) -> Pod | None:
         self._pods_now()
-        return self._pod_by_ip.get(canonical_ip(ip))
+        by_ip = self._pod_by_ip if self._pod_by_ip is not None else self._index_pods()
+        return by_ip.get(canonical_ip(ip))
 
     def node(self, name: str) -> Node | None:
         return self._nodes.get(name)
