@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from kpa.cli import cli
 from kpa.gen.kubenetpol import KnpOptions, render_json, render_text
 from kpa.gen.policies import policy_cluster
-from kpa.k8s.kubenetpol import EnforcedQueueMatrix, queue_decider
+from kpa.k8s.kubenetpol import EnforcedQueueMatrix, on_this_node, queue_decider
 from kpa.k8s.kuberouter import KubeRouterMap, enforced
 from kpa.k8s.objects import load_objects, objects_from_documents
 from kpa.netfilter.model import Ruleset
@@ -43,7 +43,8 @@ def _every_pair(rs: Ruleset, objects: Any, addrs: list[str], ports: list[tuple[i
     engine = PolicyEngine.from_objects(objects)
     decider = queue_decider(rs, objects)
     subjects = [engine.subject(ip=a) for a in addrs]
-    counts = {"cells": 0, "unknown": 0, "queued": 0, "before": 0, "traces": 0}
+    counts = {"cells": 0, "unknown": 0, "queued": 0, "before": 0, "traces": 0, "elsewhere": 0}
+    here = on_this_node(rs, objects, node_ips)
     for port, proto in ports:
         m = intent_matrix(engine, subjects, subjects, port, proto)
         em = EnforcedQueueMatrix(rs, objects, node_ips, addrs, addrs, port, proto, m.row,
@@ -53,6 +54,11 @@ def _every_pair(rs: Ruleset, objects: Any, addrs: list[str], ports: list[tuple[i
             for j, d in enumerate(addrs):
                 if s == d:
                     assert row[j] is None and em.answer(i, j) is None
+                    continue
+                if not (here(s) or here(d)):
+                    # Neither end on this node: its rules never see the connection.
+                    assert row[j] is em.not_here is em.answer(i, j) and em.not_here.verdict == "unknown"
+                    counts["elsewhere"] += 1
                     continue
                 alone = enforced(rs, node_ips, s, d, port, proto, KubeRouterMap(), src_is_node=s in node_ips,
                                  queue_decider=decider)
@@ -91,7 +97,10 @@ def test_every_cell_is_what_tracing_it_alone_gives(objects: Any, variant: str) -
         parts.append(parse_text(OTHER, "node.nft"))
     rs = combine([], parts)
     counts = _every_pair(rs, objects, ADDRS, PORTS, [NODE])
-    assert counts["cells"] == 5 * 30
+    # external <-> remote never pass this node (with divert-all there are no pod sets and no Node
+    # object says which pods are here: every pair is traced).
+    assert counts["cells"] + counts["elsewhere"] == 5 * 30
+    assert (counts["elsewhere"] > 0) == (variant != "divert-all")
     # The queue is decided by the engine: no cell is left to the program.
     assert counts["queued"] > 0 and counts["unknown"] < counts["cells"] // 5
     # Cells share walks (six addresses that the rules mostly tell apart: only somewhat fewer).
@@ -110,7 +119,7 @@ def test_generated_cluster_with_remote_pods(objects: Any) -> None:
                       parse_text(OTHER, "node.nft")])
     addrs = [*[p.pod_ips[0] for p in cluster.pods if p.pod_ips][:30], NODE]
     counts = _every_pair(rs, cluster, addrs, [(8080, "TCP"), (53, "UDP")], [NODE])
-    assert counts["queued"] > 0 and counts["traces"] < counts["cells"] // 10
+    assert counts["queued"] > 0 and counts["traces"] < counts["cells"] // 10 and counts["elsewhere"] > 0
 
 
 def test_cli_matrix_gives_enforced_answers(tmp_path: Path, objects: Any) -> None:

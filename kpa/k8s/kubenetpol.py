@@ -139,10 +139,21 @@ def in_pod_sets(ruleset: Ruleset) -> Callable[[str], bool]:
             for element in nset.elements if nset is not None else ():
                 spans.setdefault(version, []).append(element[0])
 
+    # Single addresses (what the agent writes) in a set; prefixes and ranges tested one by one.
+    singles: set[tuple[int, int]] = set()
+    others: dict[int, list[Any]] = {}
+    for version, parts in spans.items():
+        for part in parts:
+            one = part.single_value() if hasattr(part, "single_value") else None
+            if one is not None:
+                singles.add((version, one))
+            elif hasattr(part, "__contains__"):
+                others.setdefault(version, []).append(part)
+
     def member(ip: str) -> bool:
         addr = ipaddress.ip_address(ip)
         value = int(addr)
-        return any(value in part for part in spans.get(addr.version, ()) if hasattr(part, "__contains__"))
+        return (addr.version, value) in singles or any(value in part for part in others.get(addr.version, ()))
 
     return member
 
@@ -168,6 +179,34 @@ def fail_open_rule(ruleset: Ruleset) -> Any:
 _ENDS = ("src", "dst")
 
 
+def on_this_node(ruleset: Ruleset, objects: Any, node_ips: list[str]) -> Callable[[str], bool]:
+    """Whether a connection to or from an address passes this node: a node address, an address in the
+    table's pod sets, or a pod on the node whose Node object has one of `node_ips`. Without pod sets
+    (everything queued) and without that Node object, every address counts."""
+    in_sets = in_pod_sets(ruleset)
+    names = {n.name for n in objects.nodes
+             if set(n.internal_ips) & set(node_ips) or set(n.external_ips) & set(node_ips)}
+    has_sets = any(t.name == TABLE and t.family is Family.INET and set(POD_SETS) & set(t.sets)
+                   for t in ruleset.tables)
+    if not names and not has_sets:
+        return lambda addr: True  # everything queued and no Node object to say whose pods are here
+    local = {ip for p in objects.pods if p.node_name in names for ip in p.pod_ips}
+    mine = set(node_ips)
+
+    def here(addr: str) -> bool:
+        return addr in mine or addr in local or in_sets(addr)
+
+    return here
+
+
+def _not_here() -> Any:
+    from kpa.k8s.kuberouter import Enforced
+
+    return Enforced("unknown", "-", None, "neither end is on this node (a node address, a pod in "
+                    f"{' or '.join(POD_SETS)}, or a pod of the node with --node-ip): its rules never see "
+                    "this connection")
+
+
 @dataclass
 class _Walk:
     """One representative connection's trace, and what it depends on.
@@ -190,6 +229,9 @@ class _Walk:
 class EnforcedQueueMatrix:
     """The node's answer for every (source, target) pair on a kube-network-policies node.
 
+    A pair with neither end on this node (`here`, by default `on_this_node`) gets one answer, verdict
+    unknown: connections between pods of other nodes never pass this node's rules.
+
     Each cell is decided as `kpa trace` decides that connection: the node's rules up to
     the queue, then kpa's NetworkPolicy engine for the program, then the rest of the
     rules. Cells share walks: a representative connection is traced with the
@@ -203,7 +245,7 @@ class EnforcedQueueMatrix:
     def __init__(self, ruleset: Ruleset, objects: Any, node_ips: list[str], sources: list[str | None],
                  targets: list[str | None], port: int, protocol: str,
                  intent_row: Callable[[int], list[bool]] | None = None, src_pods: Sequence[Any] | None = None,
-                 dst_pods: Sequence[Any] | None = None) -> None:
+                 dst_pods: Sequence[Any] | None = None, here: Callable[[str], bool] | None = None) -> None:
         from kpa.k8s.kuberouter import KubeRouterMap
         from kpa.policy.engine import PolicyEngine
 
@@ -218,6 +260,10 @@ class EnforcedQueueMatrix:
         self._dst_same = self._same(targets, dst_pods)
         self._src_key = [self._end(a) for a in sources]
         self._dst_key = [self._end(a) for a in targets]
+        self._on_node = here or on_this_node(ruleset, objects, node_ips)
+        self.not_here = _not_here()
+        self._src_here = [a is not None and self._on_node(a) for a in sources]
+        self._dst_here = [a is not None and self._on_node(a) for a in targets]
         self._judged: dict[tuple[str, str], bool] = {}
         self._walks: dict[tuple[Any, ...], list[_Walk]] = {}
         self._all: list[_Walk] = []
@@ -257,6 +303,8 @@ class EnforcedQueueMatrix:
         s, d = self.sources[i], self.targets[j]
         if s is None or d is None or s == d:
             return None
+        if not (self._src_here[i] or self._dst_here[j]):
+            return self.not_here
         return self._pick(self._walk_for(s, d, i, j), i, j, s, d, None)
 
     def row(self, i: int) -> list[Any]:
@@ -264,6 +312,7 @@ class EnforcedQueueMatrix:
         s, n = self.sources[i], len(self.targets)
         if s is None:
             return [None] * n
+        here, dst_here, not_here = self._src_here[i], self._dst_here, self.not_here
         sig = self._signature(i, s)
         columns = self._columns.get(sig)
         if columns is None:
@@ -274,6 +323,9 @@ class EnforcedQueueMatrix:
         for j, d in enumerate(self.targets):
             if d is None or d == s:
                 append(None)
+                continue
+            if not (here or dst_here[j]):
+                append(not_here)
                 continue
             walk = columns[j]
             if walk is None:
@@ -454,6 +506,12 @@ def enforcement_findings(ruleset: Ruleset, objects: Any, node_ips: list[str], no
         numeric = {(pp.port, pp.protocol) for rule in (*policy.ingress, *policy.egress) for pp in rule.ports
                    if isinstance(pp.port, int)}
         ports_of.setdefault(policy.namespace, set()).update(numeric)
+    local_ips = {ip for p in pods if p.key in local for ip in p.pod_ips}
+    on_node = on_this_node(ruleset, objects, node_ips)
+
+    def here(addr: str) -> bool:
+        return addr in local_ips or on_node(addr)
+
     subjects = [engine.subject(p) for p in pods]
     addrs = [s.ip for s in subjects]
     index = {id(p): k for k, p in enumerate(pods)}
@@ -478,7 +536,7 @@ def enforcement_findings(ruleset: Ruleset, objects: Any, node_ips: list[str], no
                 m = matrices.get((port, proto))
                 if m is None:
                     m = matrices[(port, proto)] = EnforcedQueueMatrix(ruleset, objects, node_ips, addrs, addrs,
-                                                                      port, proto)
+                                                                      port, proto, here=here)
                 e = m.answer(i, j)
                 intent = engine.decide(s, d, port, proto)
                 if e is None or e.verdict == "unknown" or (e.verdict == "allowed") == intent.allowed:
