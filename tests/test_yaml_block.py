@@ -77,6 +77,12 @@ def _last_applied(value: dict[str, Any]) -> str:
                   lambda m: f"{m[1]}{m[2]}|\n{m[1]}  {applied[int(m[3])]}\n", text)
 
 
+def _long_strings(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Objects with long annotations, which yaml.dump folds over lines (plain and single-quoted)."""
+    notes = {"note": "word " * 12 + "end", "why": "a: b " * 14 + "end", "q": "x 'y' " * 10, "n": "1 2 " * 12}
+    return [{**o, "metadata": {**o["metadata"], "annotations": notes}} for o in objs]
+
+
 def _styles(objs: list[dict[str, Any]]) -> dict[str, str]:
     as_list = {"apiVersion": "v1", "kind": "List", "items": objs, "metadata": {"resourceVersion": ""}}
     return {
@@ -91,6 +97,7 @@ def _styles(objs: list[dict[str, Any]]) -> dict[str, str]:
         "narrow": yaml.safe_dump_all(objs[:30], width=20),
         "JSON-ish": json.dumps(as_list, indent=2),
         "last-applied": _last_applied(as_list),
+        "long strings": yaml.safe_dump_all(_long_strings(objs), width=40),
     }
 
 
@@ -113,7 +120,7 @@ def test_fixtures_and_generated_clusters_read_the_same() -> None:
     # The styles kubectl and yaml.dump write by default are read by blockyaml alone.
     # (All-quoted styles tag their numbers and booleans, `!!int "80"`: those go to the safe loader.)
     for name in ("kubectl List", "documents", "yaml.dump sorted", "explicit starts", "indented sequences",
-                 "last-applied"):
+                 "last-applied", "narrow", "long strings"):
         assert _all_block(styles[name]), name
     assert sum(_all_block(t) for t in texts) >= len(texts) // 2
 
@@ -176,6 +183,19 @@ def _corpus() -> list[str]:
         "a: |\n  x\n   \n  y\n", "a: |\n  x", "a: |\n  x\n\n", "a: |\n  x\n---\nb: 1\n", "a: | # c\n  x\n",
         "a: |2\n   x\n", "a: |+\n  x\n\n", "- |\n  x\n", "- a: |\n    x\n  b: 1\n", "a: |\n  x\n y: 1\n",
         "a: |\nb: 1\n", "a: |\n  x\n  y: |\n    z\n", "a: |\n  x: 1\nb: |-\n  y\n",
+        "a: one two\n  three four\nb: 1\n", "a: one\n  two\n\n  three\n", "a: one\n   two\n  three\nb: 2\n",
+        "a: one\n  two: x\n", "a: one\n  # c\n", "a: one\n  - two\n", "a: one\n  two #c\n", "a: one\n  two \n",
+        "a: 1\n  2\n", "a: yes\n  no\n", "a: 2024-01-01\n  x\n", "m:\n  a: one\n   two\n  b: 1\n",
+        "m:\n  a: one\n  two\n", "m:\n  a: one\n    two\n      three\n", "- a: one\n    two\n  b: 1\n",
+        "- one\n  two\n", "a: 'one\n  two'\n", "a: 'one \n   two  '\n", "a: 'one\n\n  two'\n", "a: 'one\n  two\n",
+        "a: 'it''s\n  ''fine'''\nb: 1\n", "a: 'one\n  two' x\n", "a: 'one\n  two'\n  three\n", "a: '\n  two'\n",
+        "m:\n  a: 'one\n  two'\n", "m:\n  a: 'one\n    two'\n  b: 'x\n     y\n     z'\n", "a: 'one\ntwo'\n",
+        "a: 'one\n  - two'\n", "a: 'one\n  #two'\n", "a: 'one\n  two: x'\n", "a: one\n  two\n---\nb: x\n  y\n",
+        '"a": "one\n  two"\n', "a: one\n  two", "a: 'one\n  two'", "a: x\n  'y'\n", "a: x\n  y'\n",
+        "a: one\n  two\n  three: x\n", "a: x\n  y\nb:\n  c: p\n    q\n", "a: 'x\n  y''\n  z'\n", "a: 'x''\n  y'\n",
+        "a: '''\n  x'\n", "a: 'x\n  '''\n", "a: x:\n  y\n", "a: x\n  y:\n", "a: x\n  :y\n", "a: x\n  y\n z\n",
+        "a: 'x\n  ''y'''\n", "a: 'x\n  : y'\n", "m:\n  a: 'x\n   y'\n", "a: 'x\n  ---'\n", "a: 'x\n---'\n",
+        "a: 'x\n  y'''\n", "a: 'x\n  y' \n", "- a: 'x\n    y'\n  b: 'p\n    q'\n", "a: x\n  'y\n",
         "a: 1\x85b: 2\n", "a: 1\u2028b: 2\n", "a: \x01\n", "a: \x7f\n", "a: \ud7ff\n", "\ue000: 1\n",
     ]
     return texts
@@ -224,10 +244,10 @@ def _mutations(text: str, rng: random.Random, count: int) -> Iterator[str]:
 def test_random_one_edit_mutations_read_the_same() -> None:
     rng = random.Random(1212)
     objs = _cluster_objects(seed=3, services=4)
-    for style in ("kubectl List", "documents", "last-applied"):
+    for style in ("kubectl List", "documents", "last-applied", "long strings"):
         text = _styles(objs)[style]
         assert _all_block(text)
-        for mutated in _mutations(text, rng, 300):
+        for mutated in _mutations(text, rng, 250):
             _same(mutated)
 
 

@@ -59,6 +59,10 @@ _PIECE_END = re.compile(r"\n(?=[^ \n#])")
 
 
 _LITERAL = object()  # the value of `|` and `|-`: a literal block scalar follows
+_OPEN = object()  # a single-quoted scalar that goes on over the next lines
+_SQ_PART = re.compile("(?:[^']|'')*")
+_SQ_LAST = re.compile("(?:[^']|'')*'")
+_CONTINUED = frozenset("#-?:,[]{}&*!|>'\"%@`")  # first characters of a continuation line left to the loader
 
 
 class Unfit(Exception):
@@ -197,10 +201,12 @@ class _Reader:
         self.keys[raw] = found
         return found
 
-    def scalar(self, raw: str, line: int) -> Any:
+    def scalar(self, raw: str, line: int, value_of_key: bool = False) -> Any:
         c = raw[0]
         if c == "'" or c == '"':
             if not _QUOTED.fullmatch(raw):
+                if c == "'" and value_of_key:
+                    return _OPEN  # (a mapping's value may go on over the next lines)
                 raise Unfit
             value = raw[1:-1].replace("''", "'") if c == "'" else raw[1:-1]
         elif raw == "{}":
@@ -216,6 +222,52 @@ class _Reader:
         if len(raw) <= 64:
             self.values[raw] = value
         return value
+
+    def folded(self, i: int, col: int) -> tuple[Any, int]:
+        """A plain or single-quoted scalar of a mapping at column col, from row i (its key) over the next lines.
+
+        Only lines deeper than col, neither empty nor of spaces only nor ending in a
+        space; a plain one's lines begin with no indicator, hold no `: ` nor ` #` and
+        end in no `:`. Folded into one line, as the loader does (one space for each
+        line break). Gives its value and the row after it.
+        """
+        lines = self.lines
+        if lines is None:
+            lines = self.lines = self.piece.split("\n")
+        raw = self.rows[i][_VALUE]
+        k = self.nums[i] - self.first + 1
+        quoted = raw[0] == "'"
+        first = raw[1:].rstrip(" ") if quoted else raw
+        if not first or (quoted and not _SQ_PART.fullmatch(first)):
+            raise Unfit
+        parts = [first]
+        closed = not quoted
+        while k < len(lines):
+            line = lines[k]
+            part = line.lstrip(" ")
+            if not part or len(line) - len(part) <= col:
+                break
+            if part[-1] == " " or (not quoted and part[0] in _CONTINUED):
+                raise Unfit
+            k += 1
+            if quoted:
+                if _SQ_LAST.fullmatch(part):
+                    parts.append(part[:-1])
+                    closed = True
+                    break
+                if not _SQ_PART.fullmatch(part):
+                    raise Unfit
+            elif ": " in part or " #" in part or part[-1] == ":":
+                raise Unfit
+            parts.append(part)
+        if not closed or len(parts) == 1:
+            raise Unfit
+        value = " ".join(parts).replace("''", "'") if quoted else self.plain(" ".join(parts))
+        end, nums, after = len(self.rows), self.nums, self.first + k
+        i += 1
+        while i < end and nums[i] < after:
+            i += 1
+        return value, i
 
     def literal(self, i: int, col: int, header: str) -> tuple[str, int]:
         """The literal block scalar (`|` or `|-`) of a mapping at column col, whose key is on row i.
@@ -297,7 +349,9 @@ class _Reader:
             if raw:
                 value = self.values.get(raw, self.values)
                 if value is self.values:
-                    value = self.scalar(raw, line)
+                    value = self.scalar(raw, line, True)
+                    if value is _OPEN:
+                        value, self.i = self.folded(i - 1, 0)
                 elif value is _LITERAL:
                     value, self.i = self.literal(i - 1, 0, raw)
             elif self.fill():
@@ -317,6 +371,12 @@ class _Reader:
             if not self.fill():
                 return data
             nxt = self.rows[self.i]
+            if nxt[_INDENT] and raw and _plain_ok(raw):
+                # A plain scalar that goes on over the next lines.
+                data[found[1]], self.i = self.folded(self.i - 1, 0)
+                if not self.fill():
+                    return data
+                nxt = self.rows[self.i]
             if nxt[_SEP]:
                 return data
             if nxt[_INDENT] or nxt[_DASH] or not nxt[_KEY]:
@@ -355,6 +415,7 @@ class _Reader:
         reader = self
         mapping, keys, values, key_of, scalar = self.mapping, self.keys, self.values, self.key, self.scalar
         literal, literal_ = self.literal, _LITERAL
+        folded, open_ = self.folded, _OPEN
         max_depth = limits.MAX_NESTING
         # Row fields (see _LINE).
         indent_, dash_, key_, value_, lone_ = _INDENT, _DASH, _KEY, _VALUE, _LONE
@@ -380,7 +441,9 @@ class _Reader:
                 if raw:
                     value = values.get(raw, values)
                     if value is values:
-                        value = scalar(raw, nums[i - 1])
+                        value = scalar(raw, nums[i - 1], True)
+                        if value is open_:
+                            value, i = folded(i - 1, col)
                     elif value is literal_:
                         value, i = literal(i - 1, col, raw)
                 else:
@@ -404,7 +467,17 @@ class _Reader:
                     continue
                 if len(nxt[indent_]) < col:
                     return data, i
-                raise Unfit  # deeper (a continuation), a sequence item here, or a lone value
+                if len(nxt[indent_]) > col and raw and _plain_ok(raw):
+                    # A plain scalar that goes on over the next lines.
+                    data[found[1]], i = folded(i - 1, col)
+                    if i == end:
+                        return data, i
+                    nxt = rows[i]
+                    if nxt[indent_] == spaces and not nxt[dash_] and nxt[key_]:
+                        continue
+                    if len(nxt[indent_]) < col:
+                        return data, i
+                raise Unfit  # deeper, a sequence item here, or a lone value
 
         def block_seq(i: int, col: int, depth: int) -> tuple[list[Any], int]:
             """The sequence whose first item is on row i, its dash at column col; the row after it."""
