@@ -618,7 +618,8 @@ class Comparison:
       same rules whatever the packet: its selection is not compared.
 
     A rule's facts are read once per shape where its values cannot change
-    them (_FactCache).
+    them (_FactCache). The caller checks first that both Signatures are
+    usable and have the same context (kpa.diff._same_traces does).
     """
 
     def __init__(self, a: Signatures, b: Signatures) -> None:
@@ -628,9 +629,6 @@ class Comparison:
         self._families: dict[Family, _FamilyState | None] = {}
         self._stat: dict[int, int] = {}  # id(chain) -> its statistic matches
         self._b_index: dict[int, _Index | None] = {}
-
-    def usable(self) -> bool:
-        return self.a.usable and self.b.usable and self.a.context() == self.b.context()
 
     def _family(self, family: Family) -> _FamilyState | None:
         if family not in self._families:
