@@ -223,6 +223,12 @@ def test_random_pair_skips_most_entry_points() -> None:
     # comparison skips strictly more than walking A's rules does.
     n_fast, n_walk = _assert_fast_covers_walk(a, b, before.node("node-0").ips)
     assert n_fast == skipped and n_fast > n_walk
+    # The engine's indexes that the comparison set up from its own reading of the pins are
+    # the indexes the engine builds itself.
+    prebuilt = [c for rs in (a, b) for t in rs.tables for c in t.chains.values() if c._index is not None]
+    assert len(prebuilt) >= 4
+    for chain in prebuilt:
+        assert chain._index == build(chain), chain.name
     # Walking A while checking B's chains decides as comparing both sides' signatures does.
     sa, sb = Signatures(a), Signatures(b)
     for e in entries:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from kpa.netfilter.model import Chain, LazyRule, Rule
@@ -116,12 +116,13 @@ def address_value(text: str, prefix: str) -> int | None:
     return int(parsed)
 
 
-def build(chain: Chain) -> DstIndex:
+def build(chain: Chain, pins: Sequence[tuple[int | None, int] | None] | None = None) -> DstIndex:
+    """The chain's index; `pins`, when given, are `text_pin` of each rule's text, already read."""
     idx = DstIndex([], {}, {}, {})
     for pos, rule in enumerate(chain.rules):
         # kube-proxy's dispatch rules say what they pin in plain text: reading it there
         # leaves a lazy rule unbuilt. Exactly what `pinned` finds once the rule is built.
-        pin = text_pin(rule.text) if isinstance(rule, LazyRule) else None
+        pin = (text_pin(rule.text) if pins is None else pins[pos]) if isinstance(rule, LazyRule) else None
         if pin is not None:
             if pin[0] is not None:
                 idx.by_dst.setdefault(pin[0], []).append(pos)

@@ -46,6 +46,7 @@ from typing import Any
 
 from kpa.netfilter.engine import MAX_DEPTH
 from kpa.netfilter.index import MIN_RULES, address_value
+from kpa.netfilter.index import build as build_index
 from kpa.netfilter.index import text_pin as _pin
 from kpa.netfilter.model import HOOKS, Chain, Family, LazyRule, Rule, Ruleset, Table
 
@@ -150,6 +151,8 @@ class Signatures:
         info = _ChainInfo(tuple(r.text for r in chain.rules))
         if info.indexed:
             info.pins = [_pin(text) for text in info.texts]
+            if chain._index is None and len(chain.rules) == len(info.texts):
+                chain._index = build_index(chain, info.pins)  # the engine's index, from the same reading
             for pos, pin in enumerate(info.pins):
                 if pin is None:
                     info.generic.append(pos)
@@ -660,6 +663,8 @@ class Comparison:
                 mine = self.a._chain(chain)
                 if mine.texts == tuple(r.text for r in other.rules):
                     self.b._chains[id(other)] = mine.twin()
+                    if other._index is None:
+                        other._index = build_index(other, mine.pins)
 
     def _pinned(self, family: Family) -> tuple[frozenset[int], frozenset[int]]:
         """Every address and port some large chain of A or B pins (see _FamilyState)."""
