@@ -270,3 +270,28 @@ def test_bounds_hold() -> None:
             list(o._yaml_documents(text, "f.yaml"))
     finally:
         limits.MAX_YAML_NODES = original
+
+
+def test_a_document_the_loader_reads_alone_leaves_the_rest_to_blockyaml() -> None:
+    streams = [
+        "a: 1\n---\nb: &x 1\nc: *x\n---\nd: 2\n---\ne: {f: [1]}\n---\ng: 3\n",
+        "a: 1\n---\nb: 'x\n---\nc: 1\n", "%YAML 1.1\n---\na: 1\n---\nb: 2\n", "a: 1\n--- b\n---\nc: 1\n",
+        "a: 1\n---\nb: !!str 1\n...\n%TAG ! tag:x,2000:\n---\nc: !y 1\n---\nd: 1\n",
+        "a: x\n---\nb: |+\n  x\n\n---\nc: 1\n", "a: [1,\n---\nb: 1\n", "a: 1\n---\nb: &x [*x]\n---\nc: 1\n",
+        "a: 1\n---\n? [x]\n: 1\n", "a: {\n", "a: 1\n---\nb: >\n  x\n---\n---\nc: 1\n...\n",
+    ]
+    for text in streams:
+        _same(text)
+    text = streams[0]
+    rests = [d for d in blockyaml.documents(text, o._LinedDict, o._plain_scalars()) if type(d) is blockyaml.Rest]
+    assert [(r.line, r.end is not None) for r in rests] == [(1, True), (6, True)]
+    docs = list(o._yaml_documents(text, "f.yaml"))
+    assert [d.line for d in docs] == [1, 3, 6, 8, 10] and docs[1] == {"b": 1, "c": 1}
+
+
+def test_many_documents_the_loader_reads_stay_linear() -> None:
+    """Each document read alone costs blank lines up to its line; past a budget the rest is read at once."""
+    docs = [f"a{n}: !!str {n}\nb: [1, 2]\n" if n % 3 else f"a{n}: {n}\nb: x\n" for n in range(1500)]
+    text = "---\n".join(docs)
+    result = _same(text)
+    assert isinstance(result, list) and len(result) == 1 + 1500

@@ -70,10 +70,15 @@ class Unfit(Exception):
 
 
 class Rest:
-    """The general reader must read the text from this (0-based) line on."""
+    """The general reader must read the text from this (0-based) line on (at this offset).
 
-    def __init__(self, line: int, offset: int) -> None:
-        self.line, self.offset = line, offset
+    With `end`, the next document separator starts at that offset: the general reader
+    may read just the one document up to it, if it reads it without an error, and
+    blockyaml goes on after it; otherwise (and with no `end`) it reads the whole rest.
+    """
+
+    def __init__(self, line: int, offset: int, end: int | None = None) -> None:
+        self.line, self.offset, self.end = line, offset, end
 
 
 def _text_is_plain(text: str) -> bool:
@@ -111,19 +116,38 @@ def documents(
                 seen_from = (reader.pos, reader.first)
                 reader.i += 1
                 continue
-            document = reader.document()
-            yield document
+            try:
+                document = reader.document()
+            except (Unfit, RecursionError):
+                # The general reader reads this document, up to the next separator.
+                start = _offset(text, seen_from, separator)
+                while reader.fill() and not reader.rows[reader.i][_SEP]:
+                    reader.i += 1
+                if not reader.fill():
+                    yield Rest(separator - 1 if separator else 0, start)
+                    return
+                end = _offset(text, (reader.pos, reader.first), reader.nums[reader.i])
+                yield Rest(separator - 1 if separator else 0, start, end)
+            else:
+                yield document
             started = False
         if started:
             yield None
     except (Unfit, RecursionError):
-        # The general reader starts at the separator before this document (or at the top).
-        offset, line = seen_from
-        if separator:
-            while line < separator:
-                offset = text.index("\n", offset) + 1
-                line += 1
-        yield Rest(separator - 1 if separator else 0, offset if separator else 0)
+        # The general reader starts at the separator before this document (or at the top)
+        # and reads the rest of the text.
+        yield Rest(separator - 1 if separator else 0, _offset(text, seen_from, separator))
+
+
+def _offset(text: str, piece: tuple[int, int], line: int) -> int:
+    """Where a line (1-based; 0 for the top) starts, counted from a piece (its offset and first line)."""
+    if not line:
+        return 0
+    offset, at = piece
+    while at < line:
+        offset = text.index("\n", offset) + 1
+        at += 1
+    return offset
 
 
 def _pieces(text: str) -> Iterator[tuple[list[tuple[str, ...]], Any, str, int, bool, int]]:

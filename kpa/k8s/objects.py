@@ -1307,12 +1307,23 @@ def _plain_scalars() -> Callable[[str], Any]:
 def _yaml_documents(text: str, source: str) -> Iterator[Any]:
     check_nesting(text, source)
     # Block-style YAML as kubectl and yaml.dump write it is read by blockyaml, which gives the
-    # same documents; from the first document it is not sure of, the safe loader reads the rest.
+    # same documents; a document it is not sure of is read by the safe loader, alone if the
+    # loader reads it alone without an error (so it reads it as in the whole text), else
+    # with the rest of the text.
+    budget = len(text)  # blank lines put before the documents read alone, in all (each costs its line number)
     for document in blockyaml.documents(text, _LinedDict, _plain_scalars()):
         if type(document) is blockyaml.Rest:
-            if document.line:
-                text = "\n" * document.line + text[document.offset:]
-            yield from _loaded_yaml_documents(text, source)
+            prefix = "\n" * document.line
+            budget -= document.line
+            if document.end is not None and budget >= 0:
+                try:
+                    alone = list(_loaded_yaml_documents(prefix + text[document.offset:document.end], source))
+                except InputError:
+                    alone = []
+                if len(alone) == 1:
+                    yield alone[0]
+                    continue
+            yield from _loaded_yaml_documents(prefix + text[document.offset:], source)
             return
         yield document
 
