@@ -468,7 +468,7 @@ def _enforcement(rules: Sequence[str], node_ips: Sequence[str], objects: Any, so
     (kpa.k8s.kuberouter.enforcement_classes) share one answer per pair of classes; between
     two local pods it comes from two half traces.
     """
-    from kpa.k8s.kuberouter import EnforcedMatrix, KubeRouterMap
+    from kpa.k8s.kuberouter import EnforcedMatrix, KubeRouterMap, on_this_node
     from kpa.render.progress import status
     from kpa.sources import load_rules
 
@@ -482,7 +482,7 @@ def _enforcement(rules: Sequence[str], node_ips: Sequence[str], objects: Any, so
                                               [s.pod for s in sources], [d.pod for d in targets])
     kr = KubeRouterMap.from_ruleset(ruleset, objects.network_policies)
     return EnforcedMatrix(ruleset, kr, list(node_ips), [s.ip for s in sources], [d.ip for d in targets], port,
-                          proto)
+                          proto, here=on_this_node(ruleset, objects, list(node_ips)))
 
 
 @contextmanager

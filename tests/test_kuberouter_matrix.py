@@ -21,7 +21,14 @@ from typing import Any
 
 import pytest
 
-from kpa.k8s.kuberouter import EnforcedMatrix, KubeRouterMap, _layout, enforced
+from kpa.k8s.kuberouter import (
+    NOT_HERE,
+    EnforcedMatrix,
+    KubeRouterMap,
+    _layout,
+    enforced,
+    on_this_node,
+)
 from kpa.k8s.objects import load_objects, objects_from_documents
 from kpa.netfilter.model import Family, Ruleset
 from kpa.sources import load_rules
@@ -37,13 +44,18 @@ def _addresses(objs: Any, node_ips: list[str], extra: tuple[str, ...] = ()) -> l
 
 
 def _same_as_full_traces(rs: Ruleset, objs: Any, node_ips: list[str], ports: list[tuple[int, str]],
-                         extra: tuple[str, ...] = ()) -> int:
-    """Check every pair on every port; the number of half traces used."""
+                         extra: tuple[str, ...] = (), elsewhere: int = 0) -> int:
+    """Check every pair on every port; the number of half traces used.
+
+    Pairs with neither end on this node (`on_this_node`, the Node objects included) are
+    `NOT_HERE`; there are `elsewhere` such pairs per port."""
     kr = KubeRouterMap.from_ruleset(rs, objs.network_policies)
     ips = _addresses(objs, node_ips, extra)
+    here = on_this_node(rs, objs, node_ips)
     halves = 0
     for port, proto in ports:
-        fast = EnforcedMatrix(rs, kr, node_ips, list(ips), list(ips), port, proto)
+        fast = EnforcedMatrix(rs, kr, node_ips, list(ips), list(ips), port, proto, here=here)
+        not_here = 0
         for i, s in enumerate(ips):
             row = fast.row(i)
             for j, d in enumerate(ips):
@@ -52,8 +64,13 @@ def _same_as_full_traces(rs: Ruleset, objs: Any, node_ips: list[str], ports: lis
                 if s == d:
                     assert got is None
                     continue
+                if not (here(s) or here(d)):
+                    assert got is NOT_HERE and got.verdict == "unknown"
+                    not_here += 1
+                    continue
                 want = enforced(rs, node_ips, s, d, port, proto, kr, src_is_node=s in node_ips)
                 assert got == want, (s, d, port, proto)
+        assert not_here == elsewhere
         halves += fast.half_traces
     return halves
 
@@ -64,7 +81,8 @@ def test_fixture_matrix_equals_full_traces(backend: str, variant: str) -> None:
     rs = load_rules([str(F / f"{variant}{backend}.v4.save"), str(F / f"{variant}ipset.v4.save")])
     table = rs.table(Family.IPV4, "filter")
     assert table is not None and _layout(rs, table) is not None
-    assert _same_as_full_traces(rs, load_objects([str(F / "cluster.yaml")]), [NODE], PORTS) > 0
+    # b/remote (on node-2) and the external address: neither end on this node, both ways.
+    assert _same_as_full_traces(rs, load_objects([str(F / "cluster.yaml")]), [NODE], PORTS, elsewhere=2) > 0
 
 
 def test_layout_that_does_not_split_is_traced_whole() -> None:
@@ -75,7 +93,7 @@ def test_layout_that_does_not_split_is_traced_whole() -> None:
     chain = next(c for n, c in table.chains.items() if n.startswith("KUBE-POD-FW-"))
     chain.rules = chain.rules[:-1]
     assert _layout(rs, table) is None
-    assert _same_as_full_traces(rs, load_objects([str(F / "cluster.yaml")]), [NODE], PORTS[:2]) == 0
+    assert _same_as_full_traces(rs, load_objects([str(F / "cluster.yaml")]), [NODE], PORTS[:2], elsewhere=2) == 0
 
 
 def test_matrix_json_cells_are_the_full_traces() -> None:
@@ -170,7 +188,10 @@ def _check_capture(rules: str, sets: str, objs: Any, tmp_path: Path, extra: tupl
     rs = load_rules([str(tmp_path / "rules.save"), str(tmp_path / "ipset.save")])
     table = rs.table(Family.IPV4, "filter")
     assert table is not None and _layout(rs, table) is not None
-    assert _same_as_full_traces(rs, objs, ["192.168.0.2"], [(8080, "TCP"), (53, "UDP")], extra) > 0
+    # Pods of node-1, the external address and `extra` never pass node-0: every ordered pair of them.
+    away = len({p.pod_ips[0] for p in objs.pods if p.pod_ips and p.node_name != "node-0"}) + 1 + len(extra)
+    assert _same_as_full_traces(rs, objs, ["192.168.0.2"], [(8080, "TCP"), (53, "UDP")], extra,
+                                elsewhere=away * (away - 1)) > 0
 
 
 @pytest.mark.parametrize("backend", ["nft", "legacy"])
@@ -208,3 +229,70 @@ def test_address_membership_by_bisection_is_the_set_match(variant: str) -> None:
             assert got is None or got == want, (ipset.name, addr)
             checked += got is not None
     assert checked > 100
+
+
+def _two_node_cluster() -> list[dict[str, Any]]:
+    """web and client on node-0 (this node), web and other on node-1; only client may reach web on 8080."""
+    from kpa.gen.policies import _namespace, _pod, _policy
+
+    def node(name: str, ip: str) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+                "status": {"addresses": [{"type": "InternalIP", "address": ip}]}}
+
+    return [_namespace("shop", {}),
+            _pod("shop", "web-0", {"app": "web"}, "10.244.0.10", "node-0", [("http", 8080, "TCP")]),
+            _pod("shop", "client-0", {"app": "client"}, "10.244.0.11", "node-0", []),
+            _pod("shop", "web-1", {"app": "web"}, "10.244.1.10", "node-1", [("http", 8080, "TCP")]),
+            _pod("shop", "other-1", {"app": "other"}, "10.244.1.11", "node-1", []),
+            _policy("shop", "web-from-client", {
+                "podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Ingress"],
+                "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}}],
+                             "ports": [{"port": 8080, "protocol": "TCP"}]}]}),
+            node("node-0", "192.168.0.2"), node("node-1", "192.168.0.3")]
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("backend", ["nft", "legacy"])
+def test_pairs_of_other_nodes_pods_are_unknown_not_differences(backend: str, tmp_path: Path) -> None:
+    """A connection between two pods of another node never passes this node's rules: the
+    matrix says so (unknown) instead of "allowed" by a node that has no chain for either
+    pod, and reports no difference for it; lint reports nothing for it."""
+    import yaml
+    from click.testing import CliRunner
+
+    from kpa.cli import cli
+    from kpa.gen.kuberouter import KubeRouterOptions, capture, render
+
+    docs = _two_node_cluster()
+    rules, sets = capture(render(objects_from_documents(docs), KubeRouterOptions(node="node-0")), backend)
+    (tmp_path / "rules.save").write_text(rules)
+    (tmp_path / "ipset.save").write_text(sets)
+    (tmp_path / "cluster.yaml").write_text(yaml.safe_dump_all(docs))
+    given = ["-c", str(tmp_path / "cluster.yaml"), "-r", str(tmp_path / "rules.save"),
+             "-r", str(tmp_path / "ipset.save"), "--node-ip", "192.168.0.2"]
+    res = CliRunner().invoke(cli, ["policy", "matrix", *given, "--port", "8080", "-o", "json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    cells = {(c["from"], c["to"]): c for c in doc["cells"]}
+    # other-1 -> web-1: the policies deny it; node-0 has no chain for either pod (its FORWARD
+    # would let it through, had it ever seen it).
+    away = cells[("pod/shop/other-1", "pod/shop/web-1")]
+    assert away["allowed"] is False and away["differs"] is False
+    assert away["enforced"]["verdict"] == "unknown" and away["enforced"]["rule"] is None
+    assert away["enforced"]["where"].startswith("neither end is on this node")
+    assert cells[("pod/shop/web-1", "pod/shop/other-1")]["enforced"]["verdict"] == "unknown"
+    # Pairs with an end here are traced: other-1 -> web-0 is rejected in web-0's chain.
+    near = cells[("pod/shop/other-1", "pod/shop/web-0")]
+    assert near["enforced"]["verdict"] == "denied" and "KUBE-POD-FW-" in near["enforced"]["where"]
+    assert not near["differs"]
+    assert sum(c["enforced"]["verdict"] == "unknown" for c in doc["cells"] if "enforced" in c) == 2
+    # The text grid marks no difference in other-1's row.
+    res = CliRunner().invoke(cli, ["policy", "matrix", *given, "--port", "8080"])
+    assert res.exit_code == 0, res.output
+    row = next(line for line in res.output.splitlines() if line.startswith("shop/other-1"))
+    assert "!" not in row and row.split()[1:] == [".", ".", "X", "X"]
+    # lint: nothing about the pair of node-1's pods.
+    res = CliRunner().invoke(cli, ["lint", *given, "-o", "json"])
+    findings = json.loads(res.output)["findings"]
+    assert not [f for f in findings if f["message"].startswith("pod/shop/other-1 -> pod/shop/web-1")]
+    assert not [f for f in findings if f["message"].startswith("pod/shop/web-1 -> pod/shop/other-1")]

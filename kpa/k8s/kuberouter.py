@@ -18,7 +18,7 @@ import base64
 import hashlib
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -746,6 +746,43 @@ def _pod_jumps(ruleset: Ruleset) -> tuple[dict[str, str], dict[str, str], dict[t
     return out, into, position
 
 
+def on_this_node(ruleset: Ruleset, objects: Any, node_ips: list[str]) -> Callable[[str], bool]:
+    """Whether a connection to or from an address passes this node's kube-router rules: a node
+    address, a pod with a firewall chain here (a KUBE-POD-FW-* jump pins it), a member of
+    kube-router-local-pods, or a pod (in `objects`, may be None) of the Node owning one of
+    `node_ips`. Rules without kube-router's pod jumps: every address counts."""
+    out_of, into, _ = _pod_jumps(ruleset)
+    if not (out_of or into):
+        return lambda addr: True  # no per-pod chains: nothing says whose pods are here
+    local = set(out_of) | set(into) | set(node_ips)
+    for name in (LOCAL_PODS, f"inet6:{LOCAL_PODS}"):
+        ipset = ruleset.ipsets.get(name)
+        for member in ipset.members if ipset is not None else ():
+            part = member.parts[0] if member.parts else None
+            value = part[0] if isinstance(part, tuple) else part
+            if isinstance(value, int):
+                v6 = name.startswith("inet6:")
+                local.add(str(ipaddress.IPv6Address(value) if v6 else ipaddress.IPv4Address(value)))
+    if objects is not None:
+        mine = set(node_ips)
+        names = {n.name for n in objects.nodes if set(n.internal_ips) & mine or set(n.external_ips) & mine}
+        local |= {ip for p in objects.pods if p.node_name in names for ip in p.pod_ips}
+
+    def here(addr: str) -> bool:
+        if addr in local:
+            return True
+        try:
+            return str(ipaddress.ip_address(addr)) in local
+        except ValueError:
+            return False
+
+    return here
+
+
+NOT_HERE = Enforced("unknown", "-", None, "neither end is on this node (a node address, a pod with a kube-router "
+                    "firewall chain here, or a pod of the node with --node-ip): its rules never see this connection")
+
+
 class EnforcedMatrix:
     """The node's answer for every (source, target) address pair, computed per pair of classes.
 
@@ -761,8 +798,14 @@ class EnforcedMatrix:
     """
 
     def __init__(self, ruleset: Ruleset, kr: KubeRouterMap, node_ips: list[str], sources: list[str | None],
-                 targets: list[str | None], port: int, protocol: str, split: bool = True) -> None:
+                 targets: list[str | None], port: int, protocol: str, split: bool = True,
+                 here: Callable[[str], bool] | None = None) -> None:
         self.ruleset, self.kr, self.node_ips = ruleset, kr, node_ips
+        # Connections with neither end on this node never pass its rules: one answer, unknown.
+        on_node = here or on_this_node(ruleset, None, node_ips)
+        self.src_here = [a is not None and on_node(a) for a in sources]
+        self.dst_here = [a is not None and on_node(a) for a in targets]
+        self.not_here = NOT_HERE
         self.port, self.protocol = port, protocol
         classes = enforcement_classes(ruleset, kr, [*sources, *targets], node_ips)
         ids: dict[Any, int] = {}
@@ -808,6 +851,8 @@ class EnforcedMatrix:
         s, d = self.sources[i], self.targets[j]
         if s is None or d is None or s == d:
             return None  # a pod reaching its own address never leaves its network namespace
+        if not (self.src_here[i] or self.dst_here[j]):
+            return self.not_here
         sp, dp = self.src_pos[i], self.dst_pos[j]
         key = (self.src_class[i], self.dst_class[j], sp < dp if sp is not None and dp is not None else None)
         found = self.answers.get(key)
@@ -837,10 +882,14 @@ class EnforcedMatrix:
         if s is None:
             return [None] * len(self.targets)
         answers, pod_rules, answer = self.answers, self._pod_rules, self.answer
+        here, dst_here, not_here = self.src_here[i], self.dst_here, self.not_here
         out: list[Enforced | None] = []
         append = out.append
         for j, (d, cd, dp, d_chain) in enumerate(zip(self.targets, self.dst_class, self.dst_pos, self.dst_chain,
                                                      strict=True)):
+            if not (here or dst_here[j]) and d is not None and d != s:
+                append(not_here)
+                continue
             found = answers.get((cs, cd, sp < dp if sp is not None and dp is not None else None))
             if found is None or d is None or d == s:
                 append(answer(i, j))
