@@ -206,21 +206,30 @@ def check(cluster: Sequence[str], kube: bool, kubeconfig: str | None, context: s
     if port is None:
         raise click.UsageError("give the destination port: --port N (or :PORT in --to)")
     decision = engine.decide(src, dst, port, proto or "TCP")
-    enforced = _enforced(rules, node_ips, objects, src, dst, port, proto or "TCP") if rules else None
+    enforced, scope = _enforced(rules, node_ips, objects, src, dst, port, proto or "TCP") if rules \
+        else (None, "both")
+    from kpa.k8s.kuberouter import ELSEWHERE, intended_here
+
+    # With the other end on another node, this node enforces one direction only.
+    want = intended_here(decision.egress.allowed, decision.ingress.allowed, scope)
     if fmt != "text":
         doc = decision.to_json()
         if enforced is not None:
             doc["enforced"] = enforced.to_json()
-            doc["differs"] = _differs(decision.allowed, enforced.verdict)
+            doc["differs"] = _differs(want, enforced.verdict)
+            if scope != "both" and enforced.verdict != "unknown":
+                doc["note"] = ELSEWHERE[scope]
         _dump(doc, fmt)
     else:
         lines = decision_lines(decision)
         if enforced is not None:
             lines.append(enforced.text())
-            if _differs(decision.allowed, enforced.verdict):
+            if scope != "both" and enforced.verdict != "unknown":
+                lines.append("  " + ELSEWHERE[scope])
+            if _differs(want, enforced.verdict):
                 lines.append("DIFFERS: the node's rules " + ("let it through" if enforced.verdict == "allowed"
                                                              else "block it") + " but the policies "
-                             + ("allow" if decision.allowed else "deny") + " it")
+                             + ("allow" if want else "deny") + " it")
         click.echo("\n".join(lines) + "\n", nl=False)
     if not decision.allowed:
         raise click.exceptions.Exit(1)
@@ -248,9 +257,11 @@ def _differs(intended: bool, enforced: str) -> bool:
 
 
 def _enforced(rules: Sequence[str], node_ips: Sequence[str], objects: Any, src: Any, dst: Any, port: int,
-              proto: str) -> Any:
-    """What the node whose rules these are does to the connection (kpa.k8s.kuberouter, kpa.k8s.kubenetpol)."""
-    from kpa.k8s.kuberouter import KubeRouterMap, enforced
+              proto: str) -> tuple[Any, str]:
+    """What the node whose rules these are does to the connection (kpa.k8s.kuberouter, kpa.k8s.kubenetpol),
+    and the directions of the policies it enforces (kpa.k8s.kuberouter.compared)."""
+    from kpa.k8s import kubenetpol
+    from kpa.k8s.kuberouter import KubeRouterMap, compared, enforced, on_this_node
     from kpa.sources import load_rules
 
     if src.ip is None or dst.ip is None:
@@ -263,8 +274,16 @@ def _enforced(rules: Sequence[str], node_ips: Sequence[str], objects: Any, src: 
     kr = KubeRouterMap.from_ruleset(ruleset, objects.network_policies)
     # On a kube-network-policies node, the queued packet is judged as `kpa trace` judges it.
     with status("tracing the connection through the rules"):
-        return enforced(ruleset, list(node_ips), src.ip, dst.ip, port, proto, kr, src_is_node=src.ip in node_ips,
-                        queue_decider=queue_decider(ruleset, objects))
+        e = enforced(ruleset, list(node_ips), src.ip, dst.ip, port, proto, kr, src_is_node=src.ip in node_ips,
+                     queue_decider=queue_decider(ruleset, objects))
+    if kubenetpol.recognised(ruleset):
+        queued = kubenetpol.queued_end(ruleset)
+        if queued(src.ip) or queued(dst.ip):
+            return e, "both"  # the program at the queue judges egress and ingress both
+        here = kubenetpol.on_this_node(ruleset, objects, list(node_ips))
+    else:
+        here = on_this_node(ruleset, objects, list(node_ips))
+    return e, compared(here(src.ip), here(dst.ip))
 
 
 def _check_service(engine: Any, objects: Any, src: Any, ref: str, proto: str | None,
@@ -501,6 +520,22 @@ def _row_bar(m: Any, enforcement: Any, streaming: bool = False) -> Iterator[Call
         yield advance
 
 
+def _intended_here(m: Any, enforcement: Any, i: int, row: list[bool]) -> tuple[list[bool], str, list[int]]:
+    """Row i of the part of the policies' answer the node enforces, which direction is compared where
+    only one is, and those columns (kpa.k8s.kuberouter.compared): with the other end on another
+    node, that node enforces the other direction."""
+    from kpa.k8s.kuberouter import intended_here
+
+    scope, columns = enforcement.partial(i)
+    if not columns:
+        return row, scope, columns
+    out = list(row)
+    for j in columns:
+        egress, ingress = m.directions(i, j)
+        out[j] = intended_here(egress, ingress, scope)
+    return out, scope, columns
+
+
 def _pod_rows(m: Any, enforcement: Any,
               advance: Callable[[int, int], None] | None = None) -> Iterator[list[Any]]:
     """Grid rows: allowed (bool), or "!" where the node enforces the cell differently."""
@@ -508,28 +543,38 @@ def _pod_rows(m: Any, enforcement: Any,
     for i in range(total):
         if advance is not None:
             advance(i, total)
+        row = m.row(i)
         if enforcement is None:
-            yield m.row(i)
+            yield row
             continue
-        yield ["!" if e is not None and e.verdict != "unknown" and (e.verdict == "allowed") != ok else ok
-               for ok, e in zip(m.row(i), enforcement.row(i), strict=True)]
+        here, _, _ = _intended_here(m, enforcement, i, row)
+        yield ["!" if e is not None and _differs(want, e.verdict) else ok
+               for ok, want, e in zip(row, here, enforcement.row(i), strict=True)]
 
 
 def _pod_cells(m: Any, enforcement: Any,
                advance: Callable[[int, int], None] | None = None) -> Iterator[dict[str, Any]]:
     """The JSON/YAML cells, source by source."""
+    from kpa.k8s.kuberouter import ELSEWHERE
+
     port, proto = m.port, m.protocol
     for i, s in enumerate(m.sources):
         if advance is not None:
             advance(i, len(m.sources))
+        row = m.row(i)
+        here, scope, columns = _intended_here(m, enforcement, i, row) if enforcement is not None \
+            else (row, "both", [])
+        partial = set(columns)
         for j, d in enumerate(m.targets):
-            ok = m.allowed(i, j)
+            ok = row[j]
             cell: dict[str, Any] = {"from": s.name, "to": d.name, "port": port, "protocol": proto, "allowed": ok,
                                     "from_ip": s.ip, "to_ip": d.ip}
             e = enforcement.answer(i, j) if enforcement is not None else None
             if e is not None:
                 cell["enforced"] = e.to_json()
-                cell["differs"] = _differs(ok, e.verdict)
+                cell["differs"] = _differs(here[j], e.verdict)
+                if j in partial and e.verdict != "unknown":
+                    cell["note"] = ELSEWHERE[scope]
             yield cell
 
 
@@ -541,7 +586,10 @@ def _stream_pod_matrix(m: Any, enforcement: Any, warnings: list[str]) -> None:
     """
     import json
 
+    from kpa.k8s.kuberouter import ELSEWHERE
+
     enc = json.JSONEncoder().encode
+    notes = {scope: f', "note": {enc(text)}}}' for scope, text in ELSEWHERE.items()}
     out = sys.stdout
     out.write(f'{{\n  "port": {enc(m.port)},\n  "protocol": {enc(m.protocol)},\n  "cells": [')
     froms = [f'{{"from": {enc(s.name)}, "to": ' for s in m.sources]
@@ -557,8 +605,12 @@ def _stream_pod_matrix(m: Any, enforcement: Any, warnings: list[str]) -> None:
             advance(i, len(m.sources))
             head, mid = froms[i], from_ips[i]
             parts: list[str] = []
-            for j, (ok, e) in enumerate(zip(m.row(i), enforcement.row(i) if enforcement is not None else nothing,
-                                            strict=True)):
+            row = m.row(i)
+            here, scope, columns = _intended_here(m, enforcement, i, row) if enforcement is not None \
+                else (row, "both", [])
+            partial = set(columns)
+            for j, (ok, want, e) in enumerate(zip(row, here, enforcement.row(i) if enforcement is not None
+                                                  else nothing, strict=True)):
                 if e is None:
                     tail = "}"
                 else:
@@ -567,9 +619,11 @@ def _stream_pod_matrix(m: Any, enforcement: Any, warnings: list[str]) -> None:
                         text = enc(e.to_json())
                         pair = encoded[id(e)] = (f', "enforced": {text}, "differs": false}}',
                                                  f', "enforced": {text}, "differs": true}}')
-                    differs = _differs(ok, e.verdict)
+                    differs = _differs(want, e.verdict)
                     differences += differs
                     tail = pair[differs]
+                    if j in partial and e.verdict != "unknown":
+                        tail = tail[:-1] + notes[scope]
                 parts.append(head + tos[j] + ("true" if ok else "false") + mid + to_ips[j] + tail)
             if parts:
                 out.write(("\n    " if first else ",\n    ") + ",\n    ".join(parts))

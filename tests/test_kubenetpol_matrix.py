@@ -206,3 +206,41 @@ def test_lint_reports_what_the_node_enforces_differently(tmp_path: Path, objects
                          queue_decider=queue_decider(rs, objects))
         assert alone.verdict == ("allowed" if f["code"] == "policy-not-enforced" else "denied")
         assert engine.decide(src, dst, int(port), proto).allowed == (f["code"] == "blocked-without-policy")
+
+
+def test_one_end_elsewhere_compares_the_direction_this_node_enforces(tmp_path: Path) -> None:
+    """A local pod no policy selects is not queued: this node enforces its (unrestricted) egress
+    and the destination's node the destination's ingress. A pair with a queued end is judged
+    whole by the program, here as on the other node."""
+    import yaml
+
+    from kpa.gen.policies import _pod
+    from kpa.k8s.kuberouter import ELSEWHERE
+    from tests.test_kuberouter_matrix import _two_node_cluster
+
+    docs = _two_node_cluster()
+    docs.insert(3, _pod("shop", "free-0", {"app": "free"}, "10.244.0.13", "node-0", []))
+    knp = render_text(objects_from_documents(docs), KnpOptions(node="node-0", fail_open=False))
+    assert "10.244.0.13" not in knp and "10.244.0.10" in knp  # free-0 is not queued, web-0 is
+    (tmp_path / "knp.nft").write_text(knp)
+    (tmp_path / "cluster.yaml").write_text(yaml.safe_dump_all(docs))
+    given = ["-c", str(tmp_path / "cluster.yaml"), "-r", str(tmp_path / "knp.nft"), "--node-ip", "192.168.0.2"]
+    res = CliRunner().invoke(cli, ["policy", "matrix", *given, "--port", "8080", "-o", "json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    cells = {(c["from"], c["to"]): c for c in doc["cells"]}
+    # free-0 (here, unqueued) -> web-1 (node-1): web-1's ingress denies it on node-1; node-0 lets it pass.
+    free = cells[("pod/shop/free-0", "pod/shop/web-1")]
+    assert free["allowed"] is False and free["enforced"]["verdict"] == "allowed"
+    assert free["differs"] is False and free["note"] == ELSEWHERE["egress"]
+    # web-0 (queued) -> web-1: the program judges both directions here: denied, whole answer compared.
+    queued = cells[("pod/shop/web-0", "pod/shop/web-1")]
+    assert queued["enforced"]["verdict"] == "denied" and queued["differs"] is False and "note" not in queued
+    assert doc["differences"] == 0
+    res = CliRunner().invoke(cli, ["policy", "check", *given, "--from", "pod/shop/free-0", "--to",
+                                   "pod/shop/web-1", "--port", "8080", "-o", "json"])
+    assert res.exit_code == 1, res.output
+    one = json.loads(res.output)
+    assert one["differs"] is False and one["note"] == ELSEWHERE["egress"]
+    res = CliRunner().invoke(cli, ["lint", *given, "-o", "json"])
+    assert not [f for f in json.loads(res.output)["findings"] if f["message"].startswith("pod/shop/free-0 -> ")]

@@ -22,15 +22,19 @@ from typing import Any
 import pytest
 
 from kpa.k8s.kuberouter import (
+    ELSEWHERE,
     NOT_HERE,
     EnforcedMatrix,
     KubeRouterMap,
     _layout,
+    compared,
     enforced,
+    intended_here,
     on_this_node,
 )
 from kpa.k8s.objects import load_objects, objects_from_documents
 from kpa.netfilter.model import Family, Ruleset
+from kpa.policy.engine import PolicyEngine
 from kpa.sources import load_rules
 
 F = Path(__file__).parent / "fixtures" / "kube-router"
@@ -104,16 +108,29 @@ def test_matrix_json_cells_are_the_full_traces() -> None:
     rs = load_rules([str(F / "legacy.v4.save"), str(F / "ipset.v4.save")])
     objs = load_objects([str(F / "cluster.yaml")])
     kr = KubeRouterMap.from_ruleset(rs, objs.network_policies)
-    differences = 0
+    engine = PolicyEngine.from_objects(objs)
+    here = on_this_node(rs, objs, [NODE])
+    differences = partial = 0
     for cell in doc["cells"]:
         if cell["from_ip"] == cell["to_ip"]:
             assert "enforced" not in cell
             continue
         want = enforced(rs, [NODE], cell["from_ip"], cell["to_ip"], 5432, "TCP", kr)
+        if not (here(cell["from_ip"]) or here(cell["to_ip"])):
+            want = NOT_HERE
         assert cell["enforced"] == want.to_json()
-        assert cell["differs"] == (want.verdict != "unknown" and (want.verdict == "allowed") != cell["allowed"])
+        # Only the directions this node enforces are compared: the source's egress when only
+        # the source is here, the destination's ingress when only the destination is.
+        decision = engine.decide(engine.subject(ip=cell["from_ip"]), engine.subject(ip=cell["to_ip"]), 5432, "TCP")
+        assert decision.allowed == cell["allowed"]
+        scope = compared(here(cell["from_ip"]), here(cell["to_ip"]))
+        ok = intended_here(decision.egress.allowed, decision.ingress.allowed, scope)
+        assert cell["differs"] == (want.verdict != "unknown" and (want.verdict == "allowed") != ok)
+        assert cell.get("note") == (ELSEWHERE[scope] if scope != "both" and want.verdict != "unknown" else None)
         differences += cell["differs"]
+        partial += "note" in cell
     assert doc["differences"] == differences == 2
+    assert partial > 0
     assert doc["traces"] > 0 and doc["warnings"] == []
 
 
@@ -232,7 +249,8 @@ def test_address_membership_by_bisection_is_the_set_match(variant: str) -> None:
 
 
 def _two_node_cluster() -> list[dict[str, Any]]:
-    """web and client on node-0 (this node), web and other on node-1; only client may reach web on 8080."""
+    """web, client and db on node-0 (this node), web and other on node-1; only client may reach web on
+    8080; other may reach db on a named port db does not declare (which kube-router turns into every port)."""
     from kpa.gen.policies import _namespace, _pod, _policy
 
     def node(name: str, ip: str) -> dict[str, Any]:
@@ -242,12 +260,17 @@ def _two_node_cluster() -> list[dict[str, Any]]:
     return [_namespace("shop", {}),
             _pod("shop", "web-0", {"app": "web"}, "10.244.0.10", "node-0", [("http", 8080, "TCP")]),
             _pod("shop", "client-0", {"app": "client"}, "10.244.0.11", "node-0", []),
+            _pod("shop", "db-0", {"app": "db"}, "10.244.0.12", "node-0", []),
             _pod("shop", "web-1", {"app": "web"}, "10.244.1.10", "node-1", [("http", 8080, "TCP")]),
             _pod("shop", "other-1", {"app": "other"}, "10.244.1.11", "node-1", []),
             _policy("shop", "web-from-client", {
                 "podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Ingress"],
                 "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}}],
                              "ports": [{"port": 8080, "protocol": "TCP"}]}]}),
+            _policy("shop", "db-from-other", {
+                "podSelector": {"matchLabels": {"app": "db"}}, "policyTypes": ["Ingress"],
+                "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "other"}}}],
+                             "ports": [{"port": "metrics", "protocol": "TCP"}]}]}),
             node("node-0", "192.168.0.2"), node("node-1", "192.168.0.3")]
 
 
@@ -286,13 +309,47 @@ def test_pairs_of_other_nodes_pods_are_unknown_not_differences(backend: str, tmp
     assert near["enforced"]["verdict"] == "denied" and "KUBE-POD-FW-" in near["enforced"]["where"]
     assert not near["differs"]
     assert sum(c["enforced"]["verdict"] == "unknown" for c in doc["cells"] if "enforced" in c) == 2
-    # The text grid marks no difference in other-1's row.
+    # web-0 (here) -> web-1 (node-1): web-1's ingress denies it, and node-1 enforces that;
+    # node-0 enforces web-0's egress (not isolated) and lets it through: no difference. The
+    # intended answer is still the policies' whole answer, and the cell says why.
+    out = cells[("pod/shop/web-0", "pod/shop/web-1")]
+    assert out["allowed"] is False and out["enforced"]["verdict"] == "allowed" and out["differs"] is False
+    assert out["note"] == ELSEWHERE["egress"] and "ingress is enforced on the destination's node" in out["note"]
+    # A real difference on a local pod's ingress is still one: other-1 (node-1) -> db-0 (here)
+    # on 8080 is denied by db-0's ingress, which node-0 enforces, but kube-router admits every
+    # port for the named port db-0 does not declare.
+    wrong = cells[("pod/shop/other-1", "pod/shop/db-0")]
+    assert wrong["allowed"] is False and wrong["enforced"]["verdict"] == "allowed" and wrong["differs"] is True
+    assert wrong["note"] == ELSEWHERE["ingress"]
+    assert wrong["enforced"]["admitted_by"] == ["policy shop/db-from-other"]
+    assert [(c["from"], c["to"]) for c in doc["cells"] if c.get("differs")] == \
+        [("pod/shop/other-1", "pod/shop/db-0")]
+    assert doc["differences"] == 1
+    # Cells with both ends here compare the whole answer and carry no note.
+    assert "note" not in cells[("pod/shop/client-0", "pod/shop/web-0")]
+    # The text grid marks the one real difference only: columns client-0, db-0, other-1, web-0, web-1.
     res = CliRunner().invoke(cli, ["policy", "matrix", *given, "--port", "8080"])
     assert res.exit_code == 0, res.output
-    row = next(line for line in res.output.splitlines() if line.startswith("shop/other-1"))
-    assert "!" not in row and row.split()[1:] == [".", ".", "X", "X"]
-    # lint: nothing about the pair of node-1's pods.
+    rows = {line.split()[0]: line.split()[1:] for line in res.output.splitlines()[2:]}
+    assert rows["shop/other-1"] == [".", "!", ".", "X", "X"]
+    assert rows["shop/web-0"] == [".", "X", ".", ".", "X"]  # web-0 -> web-1: denied, no "!"
+    assert sum(r.count("!") for r in rows.values()) == 1
+    # YAML (built cell by cell) says the same as the streamed JSON.
+    res = CliRunner().invoke(cli, ["policy", "matrix", *given, "--port", "8080", "-o", "yaml"])
+    assert res.exit_code == 0, res.output
+    assert yaml.safe_load(res.output)["cells"] == doc["cells"]
+    # policy check: the same judgement for one connection.
+    res = CliRunner().invoke(cli, ["policy", "check", *given, "--from", "pod/shop/web-0", "--to",
+                                   "pod/shop/web-1", "--port", "8080", "-o", "json"])
+    assert res.exit_code == 1, res.output
+    one = json.loads(res.output)
+    assert one["allowed"] is False and one["differs"] is False and one["note"] == ELSEWHERE["egress"]
+    # lint: nothing about the pair of node-1's pods, nor web-0 -> web-1; other-1 -> db-0 is reported.
     res = CliRunner().invoke(cli, ["lint", *given, "-o", "json"])
     findings = json.loads(res.output)["findings"]
     assert not [f for f in findings if f["message"].startswith("pod/shop/other-1 -> pod/shop/web-1")]
     assert not [f for f in findings if f["message"].startswith("pod/shop/web-1 -> pod/shop/other-1")]
+    assert not [f for f in findings if f["message"].startswith("pod/shop/web-0 -> pod/shop/web-1")]
+    real = [f for f in findings if f["message"].startswith("pod/shop/other-1 -> pod/shop/db-0 port 8080/TCP")]
+    assert [f["code"] for f in real] == ["policy-not-enforced"]
+    assert ELSEWHERE["ingress"] in real[0]["message"]

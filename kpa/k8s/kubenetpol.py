@@ -158,6 +158,14 @@ def in_pod_sets(ruleset: Ruleset) -> Callable[[str], bool]:
     return member
 
 
+def queued_end(ruleset: Ruleset) -> Callable[[str], bool]:
+    """Whether connections to and from an address go to the program's queue: a member of the pod sets,
+    or any address when the table has no pod sets (it queues everything)."""
+    has_sets = any(t.name == TABLE and t.family is Family.INET and set(POD_SETS) & set(t.sets)
+                   for t in ruleset.tables)
+    return in_pod_sets(ruleset) if has_sets else (lambda addr: True)
+
+
 def fail_open_rule(ruleset: Ruleset) -> Any:
     """The first of the table's queue rules with `bypass` (fail-open), or None."""
     for table in ruleset.tables:
@@ -264,6 +272,12 @@ class EnforcedQueueMatrix:
         self.not_here = _not_here()
         self._src_here = [a is not None and self._on_node(a) for a in sources]
         self._dst_here = [a is not None and self._on_node(a) for a in targets]
+        queued = queued_end(ruleset)
+        self._src_queued = [a is not None and queued(a) for a in sources]
+        self._dst_queued = [a is not None and queued(a) for a in targets]
+        self._away = [j for j, h in enumerate(self._dst_here) if not h]
+        self._near_unqueued = [j for j, (h, q) in enumerate(zip(self._dst_here, self._dst_queued, strict=True))
+                               if h and not q]
         self._judged: dict[tuple[str, str], bool] = {}
         self._walks: dict[tuple[Any, ...], list[_Walk]] = {}
         self._all: list[_Walk] = []
@@ -295,6 +309,26 @@ class EnforcedQueueMatrix:
     @property
     def traces(self) -> int:
         return self.walk_traces + self.full_traces
+
+    def scope(self, i: int, j: int) -> str:
+        """The directions of the policies this node enforces for sources[i] -> targets[j]
+        (kpa.k8s.kuberouter.compared): both when the program judges the connection (an end
+        here is queued: it judges egress and ingress both), else, with the other end on
+        another node, only the local end's direction (kube-network-policies queues the pods
+        some policy selects; the other end's node judges the other direction)."""
+        from kpa.k8s.kuberouter import compared
+
+        if self._src_queued[i] or self._dst_queued[j]:
+            return "both"
+        return compared(self._src_here[i], self._dst_here[j])
+
+    def partial(self, i: int) -> tuple[str, list[int]]:
+        """The targets j whose cell with sources[i] this node enforces one direction of (`scope`), and which."""
+        if self._src_queued[i]:
+            return "both", []
+        if self._src_here[i]:
+            return "egress", self._away
+        return "ingress", self._near_unqueued
 
     # ---------------------------------------------------------------- answers
 
@@ -486,6 +520,7 @@ def enforcement_findings(ruleset: Ruleset, objects: Any, node_ips: list[str], no
     of either namespace names. Also one info finding when the queue rules are fail-open.
     """
     from kpa.findings import Finding
+    from kpa.k8s.kuberouter import ELSEWHERE, intended_here
     from kpa.policy.engine import PolicyEngine
 
     if not recognised(ruleset) or not objects.network_policies:
@@ -539,15 +574,19 @@ def enforcement_findings(ruleset: Ruleset, objects: Any, node_ips: list[str], no
                                                                       port, proto, here=here)
                 e = m.answer(i, j)
                 intent = engine.decide(s, d, port, proto)
-                if e is None or e.verdict == "unknown" or (e.verdict == "allowed") == intent.allowed:
+                scope = m.scope(i, j)
+                ok = intended_here(intent.egress.allowed, intent.ingress.allowed, scope)
+                if e is None or e.verdict == "unknown" or (e.verdict == "allowed") == ok:
                     continue
                 who = f"{s.name} -> {d.name} port {port}/{proto}"
+                reason = intent.reason() if scope == "both" else \
+                    f"{getattr(intent, scope).reason()}; {ELSEWHERE[scope]}"
                 if e.verdict == "allowed":
                     out.append(Finding("policy-not-enforced", "error", None,
-                                       f"{who}: the policies deny it ({intent.reason()}) but the node lets it "
+                                       f"{who}: the policies deny it ({reason}) but the node lets it "
                                        f"through: {e.where}", e.deciding))
                 else:
                     out.append(Finding("blocked-without-policy", "error", None,
-                                       f"{who}: the policies allow it ({intent.reason()}) but the node blocks it: "
+                                       f"{who}: the policies allow it ({reason}) but the node blocks it: "
                                        f"{e.where}", e.deciding))
     return out

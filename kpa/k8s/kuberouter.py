@@ -289,7 +289,9 @@ def enforcement_findings(ruleset: Ruleset, objects: Any, node_ips: list[str], no
 
     Connections checked: between every two pods of which at least one has a
     kube-router firewall chain on this node, on each port the destination declares
-    and each numeric port a policy of either pod names. On a kube-network-policies
+    and each numeric port a policy of either pod names. Only the directions this node
+    enforces are compared (`compared`): with the other end on another node, the
+    source's egress or the destination's ingress alone. On a kube-network-policies
     node, kpa.k8s.kubenetpol.enforcement_findings.
     """
     from kpa.k8s import kubenetpol
@@ -304,6 +306,7 @@ def enforcement_findings(ruleset: Ruleset, objects: Any, node_ips: list[str], no
         return []
     engine = PolicyEngine.from_objects(objects)
     local = set(kr.pod_chains.values())
+    on_node = on_this_node(ruleset, objects, node_ips)
     pods = [p for p in engine.pods if p.pod_ips and not p.host_network]
     ports_of: dict[str, set[tuple[int, str]]] = {}
     for policy in objects.network_policies:
@@ -329,17 +332,22 @@ def enforcement_findings(ruleset: Ruleset, objects: Any, node_ips: list[str], no
                     return out
                 intent = engine.decide(s, d, port, proto)
                 e = enforced(ruleset, node_ips, s.ip, d.ip, port, proto, kr)
-                if e.verdict == "unknown" or (e.verdict == "allowed") == intent.allowed:
+                scope = compared(f"{src.namespace}/{src.name}" in local or on_node(s.ip),
+                                 f"{dst.namespace}/{dst.name}" in local or on_node(d.ip))
+                ok = intended_here(intent.egress.allowed, intent.ingress.allowed, scope)
+                if e.verdict == "unknown" or (e.verdict == "allowed") == ok:
                     continue
                 who = f"{s.name} -> {d.name} port {port}/{proto}"
+                reason = intent.reason() if scope == "both" else \
+                    f"{getattr(intent, scope).reason()}; {ELSEWHERE[scope]}"
                 if e.verdict == "allowed":
                     by = f", admitted by {', '.join(e.admitted_by)}" if e.admitted_by else ""
                     out.append(Finding("policy-not-enforced", "error", None,
-                                       f"{who}: the policies deny it ({intent.reason()}) but the node lets it "
+                                       f"{who}: the policies deny it ({reason}) but the node lets it "
                                        f"through{by}", e.deciding))
                 else:
                     out.append(Finding("blocked-without-policy", "error", None,
-                                       f"{who}: the policies allow it ({intent.reason()}) but the node blocks it "
+                                       f"{who}: the policies allow it ({reason}) but the node blocks it "
                                        f"in {e.where}", e.deciding))
     return out
 
@@ -779,6 +787,33 @@ def on_this_node(ruleset: Ruleset, objects: Any, node_ips: list[str]) -> Callabl
     return here
 
 
+#: What a cell with one end on this node says about the direction the other end's node enforces.
+ELSEWHERE = {
+    "egress": "this node enforces the source's egress only: the destination's ingress is enforced on the "
+              "destination's node",
+    "ingress": "this node enforces the destination's ingress only: the source's egress is enforced on the "
+               "source's node",
+}
+
+
+def compared(src_here: bool, dst_here: bool) -> str:
+    """The directions of the policies this node's rules enforce for a connection: "both" when both ends
+    are here (or neither, when nothing is traced), "egress" when only the source is, "ingress" when only
+    the destination is (the other end's node enforces the other direction)."""
+    if src_here == dst_here:
+        return "both"
+    return "egress" if src_here else "ingress"
+
+
+def intended_here(egress_ok: bool, ingress_ok: bool, scope: str) -> bool:
+    """The part of the policies' answer this node enforces (`compared`'s scope)."""
+    if scope == "egress":
+        return egress_ok
+    if scope == "ingress":
+        return ingress_ok
+    return egress_ok and ingress_ok
+
+
 NOT_HERE = Enforced("unknown", "-", None, "neither end is on this node (a node address, a pod with a kube-router "
                     "firewall chain here, or a pod of the node with --node-ip): its rules never see this connection")
 
@@ -806,6 +841,8 @@ class EnforcedMatrix:
         self.src_here = [a is not None and on_node(a) for a in sources]
         self.dst_here = [a is not None and on_node(a) for a in targets]
         self.not_here = NOT_HERE
+        self._near = [j for j, h in enumerate(self.dst_here) if h]
+        self._away = [j for j, h in enumerate(self.dst_here) if not h]
         self.port, self.protocol = port, protocol
         classes = enforcement_classes(ruleset, kr, [*sources, *targets], node_ips)
         ids: dict[Any, int] = {}
@@ -845,6 +882,14 @@ class EnforcedMatrix:
     @property
     def traces(self) -> int:
         return self.full_traces + self.half_traces
+
+    def partial(self, i: int) -> tuple[str, list[int]]:
+        """The targets j for which this node enforces only one direction of sources[i] -> targets[j],
+        and which one (`compared`): the source's egress towards targets elsewhere when the source is
+        here, else the targets' ingress from it when they are here."""
+        if self.src_here[i]:
+            return "egress", self._away
+        return "ingress", self._near
 
     def answer(self, i: int, j: int) -> Enforced | None:
         """The node's answer for sources[i] -> targets[j] (None: no address, or the same one)."""

@@ -76,6 +76,13 @@ class Matrix:
         """Whether sources[i] may connect to targets[j]."""
         return (i, j) in self.exempt or self._by_policy(i, j)
 
+    def directions(self, i: int, j: int) -> tuple[bool, bool]:
+        """(egress allows, ingress allows) for sources[i] -> targets[j]; an exempt pair allows both."""
+        if (i, j) in self.exempt:
+            return True, True
+        s, d = self._src_class[i], self._dst_class[j]
+        return bool((self._egress_ok[s] >> d) & 1), bool((self._ingress_ok[d] >> s) & 1)
+
     def rows(self) -> Iterator[list[bool]]:
         for i in range(len(self.sources)):
             yield self.row(i)
