@@ -270,3 +270,26 @@ def test_json_objects_read_whole_as_one_at_a_time() -> None:
               '{"nftables": [{},,{}]}', '{"nftables": [{} {}]}', '{"nftables": [{}]', '{"nftables": [1, "a"]}\n']
     for text in texts:
         assert objects(text, True) == objects(text, False)
+
+
+def test_listing_form_is_only_claimed_when_nothing_is_split() -> None:
+    """listing_form() lets split_statements skip its loop: it must never be True for a text the loop changes,
+    and it must hold for what nft lists (every kube-proxy capture), or the fast path is never taken."""
+    rng = random.Random(29)
+    fixtures = [p.read_text().splitlines() for p in NFT_FILES]
+    listed = [lines for p, lines in zip(NFT_FILES, fixtures, strict=True) if "kube-proxy" in p.parts]
+    assert len(listed) >= 18 and all(nft_text.listing_form(lines) for lines in listed)
+    pieces = ["table ip t {", "chain c {", "}", "\t}", "set s {", "map m {", "tcp dport 22 accept", "elements = { 1.2.3.4,",
+              "5.6.7.8 }", 'elements = { 1.1.1.1 comment "a" : drop,', '2.2.2.2 comment "b" : drop }',
+              'elements = { 1.1.1.1 comment "}{" : drop,', 'elements = { "{" ,', '"}" }', "# x {", "# y }", "x }", "x }}",
+              "type filter hook input priority 0; policy accept;", "a ; b", "chain d { accept }", "set s { type ipv4_addr }",
+              "ip saddr { 1.1.1.1, 2.2.2.2 } drop", "jump {", "{", "}}", "", "chain e { # c", "table ip u { chain f {",
+              'comment "a { b"', "elements = { 1.2.3.4 } }", "update @s { ip saddr }", "vmap { 1 : drop }"]
+    fast = 0
+    for lines in fixtures + [[rng.choice(pieces) for _ in range(rng.randrange(0, 14))] for _ in range(20000)]:
+        if nft_text.listing_form(lines):
+            fast += 1
+            assert split_statements_by_line(lines) == (lines, list(range(1, len(lines) + 1))), lines
+            assert nft_text.split_statements_by_line(lines) == (lines, list(range(1, len(lines) + 1))), lines
+        assert nft_text.split_statements(lines) == split_statements_by_line(lines), lines
+    assert fast > 2000

@@ -618,6 +618,43 @@ def _needs_split(s: str, depth: int) -> bool:
     return s != "}" and s.endswith("}") and s.count("}") > s.count("{")
 
 
+def _any_block_head(head: str) -> bool:
+    """Whether `HEAD {` opens a block at some brace depth (_block_head at depth 0 or 1)."""
+    return bool(_TABLE_HEAD.fullmatch(head) or _INNER_HEAD.fullmatch(head))
+
+
+def listing_form(lines: list[str]) -> bool:
+    """True only if split_statements(lines) is the lines as they are, each from its own line.
+
+    That holds when no line reaches the splitting branch: no line may be split at any depth
+    (a `;` outside a base chain's head, content after a block head's `{`) and every line that
+    closes more braces than it opens and has content before its `}` (the last line of a set's
+    elements) is inside a statement's brace: the last line with a brace before it opens one
+    that is not a block (more `{` than `}`, also outside quotes; no `;`, not a comment or block head).
+    False says nothing: split_statements then reads line by line.
+    """
+    for line in [line for line in lines if ";" in line]:
+        s = line.strip()
+        if not s.startswith("#") and not (s.startswith("type ") and " hook " in s):
+            return False
+    for line in [line for line in lines if "{" in line]:
+        brace = line.find("{")
+        if line[brace + 1:].strip() and not line.lstrip().startswith("#") and _any_block_head(line[:brace].strip()):
+            return False
+    braces = [n for n, line in enumerate(lines) if "{" in line or "}" in line]
+    for at, n in enumerate(braces):
+        s = lines[n].strip()
+        if s == "}" or not s.endswith("}") or s.startswith("#") or s.count("}") <= s.count("{"):
+            continue
+        if at == 0:
+            return False
+        prev = lines[braces[at - 1]].strip()
+        if (";" in prev or prev.startswith("#") or prev.count("{") <= prev.count("}")
+                or ('"' in prev and _depth(prev) < 1) or (prev.endswith("{") and _any_block_head(prev[:-1].strip()))):
+            return False
+    return True
+
+
 def split_statements(lines: list[str]) -> tuple[list[str], list[int]]:
     """Lines as nft lists them, with the input line each comes from.
 
@@ -627,6 +664,14 @@ def split_statements(lines: list[str]) -> tuple[list[str], list[int]]:
     inside a statement (sets, anonymous chains, elements) are kept as they are, and
     lines already in listing form pass through unchanged.
     """
+    if listing_form(lines):
+        # As nft lists a ruleset: nothing to split (the loop below would pass every line through).
+        return list(lines), list(range(1, len(lines) + 1))
+    return split_statements_by_line(lines)
+
+
+def split_statements_by_line(lines: list[str]) -> tuple[list[str], list[int]]:
+    """split_statements, following open braces line by line."""
     out: list[str] = []
     nos: list[int] = []
     stack: list[bool] = []  # open braces: True for a block, False inside a statement
