@@ -261,7 +261,7 @@ def _enforced(rules: Sequence[str], node_ips: Sequence[str], objects: Any, src: 
     """What the node whose rules these are does to the connection (kpa.k8s.kuberouter, kpa.k8s.kubenetpol),
     and the directions of the policies it enforces (kpa.k8s.kuberouter.compared)."""
     from kpa.k8s import kubenetpol
-    from kpa.k8s.kuberouter import KubeRouterMap, compared, enforced, on_this_node
+    from kpa.k8s.kuberouter import NOT_HERE, KubeRouterMap, compared, enforced, on_this_node
     from kpa.sources import load_rules
 
     if src.ip is None or dst.ip is None:
@@ -271,19 +271,22 @@ def _enforced(rules: Sequence[str], node_ips: Sequence[str], objects: Any, src: 
 
     with status("reading the rules"):
         ruleset = load_rules(list(rules))
+    knp = kubenetpol.recognised(ruleset)
+    here = (kubenetpol.on_this_node if knp else on_this_node)(ruleset, objects, list(node_ips))
+    src_here, dst_here = here(src.ip), here(dst.ip)
+    if not (src_here or dst_here):
+        # The matrix's answer for the same pair: this node's rules never see the connection.
+        return (kubenetpol.not_here() if knp else NOT_HERE), "both"
     kr = KubeRouterMap.from_ruleset(ruleset, objects.network_policies)
     # On a kube-network-policies node, the queued packet is judged as `kpa trace` judges it.
     with status("tracing the connection through the rules"):
         e = enforced(ruleset, list(node_ips), src.ip, dst.ip, port, proto, kr, src_is_node=src.ip in node_ips,
                      queue_decider=queue_decider(ruleset, objects))
-    if kubenetpol.recognised(ruleset):
+    if knp:
         queued = kubenetpol.queued_end(ruleset)
         if queued(src.ip) or queued(dst.ip):
             return e, "both"  # the program at the queue judges egress and ingress both
-        here = kubenetpol.on_this_node(ruleset, objects, list(node_ips))
-    else:
-        here = on_this_node(ruleset, objects, list(node_ips))
-    return e, compared(here(src.ip), here(dst.ip))
+    return e, compared(src_here, dst_here)
 
 
 def _check_service(engine: Any, objects: Any, src: Any, ref: str, proto: str | None,

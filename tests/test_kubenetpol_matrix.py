@@ -244,3 +244,11 @@ def test_one_end_elsewhere_compares_the_direction_this_node_enforces(tmp_path: P
     assert one["differs"] is False and one["note"] == ELSEWHERE["egress"]
     res = CliRunner().invoke(cli, ["lint", *given, "-o", "json"])
     assert not [f for f in json.loads(res.output)["findings"] if f["message"].startswith("pod/shop/free-0 -> ")]
+    # Two of node-1's pods: the program never sees them here; check answers as the matrix does.
+    away = cells[("pod/shop/other-1", "pod/shop/web-1")]
+    assert away["enforced"]["verdict"] == "unknown" and away["differs"] is False
+    res = CliRunner().invoke(cli, ["policy", "check", *given, "--from", "pod/shop/other-1", "--to",
+                                   "pod/shop/web-1", "--port", "8080", "-o", "json"])
+    assert res.exit_code == 1, res.output
+    one = json.loads(res.output)
+    assert one["enforced"] == away["enforced"] and one["differs"] is False

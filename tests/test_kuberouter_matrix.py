@@ -353,3 +353,14 @@ def test_pairs_of_other_nodes_pods_are_unknown_not_differences(backend: str, tmp
     real = [f for f in findings if f["message"].startswith("pod/shop/other-1 -> pod/shop/db-0 port 8080/TCP")]
     assert [f["code"] for f in real] == ["policy-not-enforced"]
     assert ELSEWHERE["ingress"] in real[0]["message"]
+    # policy check gives the matrix's answer for a pair of node-1's pods: unknown, no difference, and says why.
+    res = CliRunner().invoke(cli, ["policy", "check", *given, "--from", "pod/shop/other-1", "--to",
+                                   "pod/shop/web-1", "--port", "8080", "-o", "json"])
+    assert res.exit_code == 1, res.output
+    one = json.loads(res.output)
+    assert one["allowed"] is False and one["differs"] is False
+    assert one["enforced"] == away["enforced"]
+    res = CliRunner().invoke(cli, ["policy", "check", *given, "--from", "pod/shop/other-1", "--to",
+                                   "pod/shop/web-1", "--port", "8080"])
+    assert "enforced on this node: unknown" in res.output and "neither end is on this node" in res.output
+    assert "DIFFERS" not in res.output

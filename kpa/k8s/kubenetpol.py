@@ -207,7 +207,8 @@ def on_this_node(ruleset: Ruleset, objects: Any, node_ips: list[str]) -> Callabl
     return here
 
 
-def _not_here() -> Any:
+def not_here() -> Any:
+    """The answer for a connection neither of whose ends is on this node."""
     from kpa.k8s.kuberouter import Enforced
 
     return Enforced("unknown", "-", None, "neither end is on this node (a node address, a pod in "
@@ -269,7 +270,7 @@ class EnforcedQueueMatrix:
         self._src_key = [self._end(a) for a in sources]
         self._dst_key = [self._end(a) for a in targets]
         self._on_node = here or on_this_node(ruleset, objects, node_ips)
-        self.not_here = _not_here()
+        self.not_here = not_here()
         self._src_here = [a is not None and self._on_node(a) for a in sources]
         self._dst_here = [a is not None and self._on_node(a) for a in targets]
         queued = queued_end(ruleset)

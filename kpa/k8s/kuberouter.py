@@ -170,7 +170,9 @@ class Enforced:
         head = f"enforced on this node: {self.verdict} ({self.outcome})"
         if self.admitted_by:
             head += f", admitted by {', '.join(self.admitted_by)}"
-        return head + (f"\n  deciding rule: {self.deciding}" if self.deciding else "")
+        if self.deciding:
+            return head + f"\n  deciding rule: {self.deciding}"
+        return head + (f"\n  {self.where}" if self.where else "")  # why no rule decided
 
 
 def _deciding(outcome: Outcome, kr: KubeRouterMap) -> tuple[str | None, str | None]:
