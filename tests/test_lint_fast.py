@@ -768,16 +768,16 @@ def test_a_child_left_behind_is_stopped_and_stdin_is_never_forked(tmp_path: Path
 
     path = str(FIXTURES / "clusters" / "kitchen-sink.yaml")
     with pytest.raises(RuntimeError), BackgroundObjects([path], fork=True) as pending:
-        pid = pending._pid
+        pid = pending.child
         assert pid is not None
         raise RuntimeError("reading the rules failed")
-    assert pending._pid is None and pending._fd is None
+    assert pending.child is None
     with pytest.raises(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)  # reaped: no zombie left
     with BackgroundObjects(["-"], fork=True) as pending:
-        assert pending._pid is None
+        assert pending.child is None
     with BackgroundObjects([path], fork=False) as pending:
-        assert pending._pid is None
+        assert pending.child is None
 
 
 

@@ -17,15 +17,14 @@ input is never read in the child.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
-import signal
 import struct
 import sys
 from collections.abc import Sequence
 from types import TracebackType
 
+from kpa.forked import ChildJob
 from kpa.k8s.objects import ClusterObjects, load_objects
 
 _HEADER = struct.Struct("<QQ")  # lengths of the objects' and the Pods' pickles
@@ -67,81 +66,39 @@ class BackgroundObjects:
         self._paths = list(paths)
         self._kinds = kinds
         self._fork = fork
-        self._pid: int | None = None
-        self._fd: int | None = None
+        self._job: ChildJob | None = None
+
+    @property
+    def child(self) -> int | None:
+        """The process id of the child reading the objects, while there is one."""
+        return self._job.pid if self._job is not None else None
 
     def __enter__(self) -> BackgroundObjects:
-        if not _forkable(self._paths) or not (spare_core() if self._fork is None else self._fork):
-            return self
-        read_fd, write_fd = os.pipe()
-        try:
-            pid = os.fork()
-        except OSError:
-            os.close(read_fd)
-            os.close(write_fd)
-            return self
-        if pid == 0:  # the child: read, send, and leave without running the parent's exit code
-            os.close(read_fd)
-            try:
-                _send(write_fd, load_objects(self._paths, kinds=self._kinds))
-            except BaseException:  # the parent reads the objects again and reports what is wrong
-                pass
-            finally:
-                os._exit(0)
-        os.close(write_fd)
-        self._pid, self._fd = pid, read_fd
+        if _forkable(self._paths) and (spare_core() if self._fork is None else self._fork):
+            self._job = ChildJob(self._send)
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
-        self._stop()
+        if self._job is not None:
+            self._job.stop()
 
     def result(self) -> ClusterObjects:
         """The objects, from the child if it sent them whole; otherwise read here."""
-        if self._fd is None:
-            return load_objects(self._paths, kinds=self._kinds)
-        try:
-            data = _read_all(self._fd)
-        finally:
-            self._reap()
-        received = _receive(data)
+        data = self._job.collect() if self._job is not None else None
+        received = _receive(data) if data is not None else None
         if received is None:
             return load_objects(self._paths, kinds=self._kinds)
         return received
 
-    def _reap(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        if self._pid is not None:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(self._pid, 0)
-            self._pid = None
-
-    def _stop(self) -> None:
-        if self._pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self._pid, signal.SIGKILL)
-        self._reap()
-
-
-def _send(fd: int, objects: ClusterObjects) -> None:
-    pods = objects.detach_pods()
-    main = pickle.dumps(objects, protocol=pickle.HIGHEST_PROTOCOL)
-    rest = pickle.dumps(pods, protocol=pickle.HIGHEST_PROTOCOL)
-    with os.fdopen(fd, "wb") as out:
-        out.write(_HEADER.pack(len(main), len(rest)))
-        out.write(main)
-        out.write(rest)
-
-
-def _read_all(fd: int) -> bytes:
-    chunks: list[bytes] = []
-    while True:
-        chunk = os.read(fd, 1 << 20)
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
+    def _send(self) -> list[bytes]:
+        """In the child: the objects and, apart, the Pods, pickled behind their lengths. An error
+        ends the child without a result, and the parent reads the objects again and reports it."""
+        objects = load_objects(self._paths, kinds=self._kinds)
+        pods = objects.detach_pods()
+        main = pickle.dumps(objects, protocol=pickle.HIGHEST_PROTOCOL)
+        rest = pickle.dumps(pods, protocol=pickle.HIGHEST_PROTOCOL)
+        return [_HEADER.pack(len(main), len(rest)), main, rest]
 
 
 def _receive(data: bytes) -> ClusterObjects | None:

@@ -36,13 +36,13 @@ are the same, at the same line, as without skeletons.
 
 from __future__ import annotations
 
-import os
 import re
 import struct
 from array import array
 from typing import Any
 
 from kpa.errors import InputError
+from kpa.forked import ChildJob
 from kpa.netfilter.model import DeferredRule, Expr, LazyNftRule, Rule, RuleShape, Table, VerdictKind
 from kpa.parse.nft_common import Builder, PendingRule
 from kpa.parse.shapes import _IPV4, _PORT, FORK_THRESHOLD, Skeletons, _can_fork
@@ -121,75 +121,33 @@ class KeyJob:
 
     def __init__(self, text: str) -> None:
         self.text = text
-        self._pid = 0
-        self._fd = -1
+        self._job: ChildJob | None = None
         self._done = False
         self._result: Skeletons | None = None
         if len(text) >= FORK_THRESHOLD and _can_fork() and not any(c in text for c in PLACEHOLDERS):
-            self._start()
+            self._job = ChildJob(self._child)
 
-    def _start(self) -> None:
-        try:
-            r, w = os.pipe()
-        except OSError:
-            return
-        try:
-            pid = os.fork()
-        except OSError:
-            os.close(r)
-            os.close(w)
-            return
-        if pid == 0:  # the child; what it sends is checked by the parent (one id per line)
-            status = 1
-            try:
-                os.close(r)
-                keys = line_keys(self.text)
-                if keys is not None:
-                    view = memoryview(keys.to_bytes())
-                    while view:
-                        view = view[os.write(w, view):]
-                    status = 0
-            finally:
-                os._exit(status)
-        os.close(w)
-        self._pid, self._fd = pid, r
+    def _child(self) -> list[bytes] | None:
+        keys = line_keys(self.text)  # what it sends is checked by the parent (one id per line)
+        return None if keys is None else [keys.to_bytes()]
 
     def result(self) -> Skeletons | None:
         if not self._done:
             self._done = True
             got: Skeletons | None = None
-            if self._pid:
-                chunks: list[bytes] = []
+            data = self._job.collect() if self._job is not None else None
+            if data is not None:
                 try:
-                    while chunk := os.read(self._fd, 1 << 20):
-                        chunks.append(chunk)
-                except OSError:
-                    chunks = []
-                finally:
-                    os.close(self._fd)
-                    self._fd = -1
-                if self._wait() == 0 and chunks:
-                    try:
-                        got = Skeletons.from_bytes(b"".join(chunks))
-                    except (ValueError, struct.error):
-                        got = None
+                    got = Skeletons.from_bytes(data)
+                except (ValueError, struct.error):
+                    got = None
             self._result = got if got is not None else line_keys(self.text)
         return self._result
 
     def close(self) -> None:
-        """Reap the child if its result was never needed (the read failed first)."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-        if self._pid:
-            self._wait()
-
-    def _wait(self) -> int:
-        pid, self._pid = self._pid, 0
-        try:
-            return os.waitpid(pid, 0)[1]
-        except ChildProcessError:
-            return 0
+        """Stop the child if its result was never needed (the read failed first)."""
+        if self._job is not None:
+            self._job.stop()
 
 
 def _marker(kind: str, i: int) -> str:

@@ -34,6 +34,7 @@ from array import array
 
 from kpa import ext
 from kpa.ext import comment, nat, recent, tcp
+from kpa.forked import ChildJob
 from kpa.netfilter.model import Family, Rule, RuleShape, VerdictKind
 
 PLACEHOLDER = "\x01"
@@ -185,63 +186,31 @@ class SkeletonJob:
     def __init__(self, text: str, family: Family) -> None:
         self.text = text
         self.family = family
-        self._pid = 0
-        self._fd = -1
         # The child does text[_cut:]; the parent text[:_cut]. Cut after a line break:
         # no value, and so no pass, spans one.
         self._cut = 0
+        self._job: ChildJob | None = None
         self._done = False
         self._result: Skeletons | None = None
         if len(text) >= FORK_THRESHOLD and family in _VALUES and _can_fork() and PLACEHOLDER not in text:
-            self._start()
+            cut = text.find("\n", int(len(text) * PARENT_SHARE))
+            self._cut = cut + 1 if cut >= 0 else 0
+            self._job = ChildJob(self._child)
 
     def _of(self, text: str) -> Skeletons | None:
         skel = skeletonise(text, self.family)
         return None if skel is None else Skeletons.of(skel)
 
-    def _start(self) -> None:
-        try:
-            r, w = os.pipe()
-        except OSError:
-            return
-        cut = self.text.find("\n", int(len(self.text) * PARENT_SHARE))
-        self._cut = cut + 1 if cut >= 0 else 0
-        try:
-            pid = os.fork()
-        except OSError:
-            os.close(r)
-            os.close(w)
-            return
-        if pid == 0:  # the child; its result is checked by the parent
-            status = 1
-            try:
-                os.close(r)
-                part = self._of(self.text[self._cut :])
-                if part is not None:
-                    view = memoryview(part.to_bytes())
-                    while view:
-                        view = view[os.write(w, view) :]
-                    status = 0
-            finally:
-                os._exit(status)
-        os.close(w)
-        self._pid, self._fd = pid, r
+    def _child(self) -> list[bytes] | None:
+        part = self._of(self.text[self._cut :])
+        return None if part is None else [part.to_bytes()]
 
     def _collect(self) -> Skeletons | None:
-        chunks: list[bytes] = []
-        try:
-            while chunk := os.read(self._fd, 1 << 20):
-                chunks.append(chunk)
-        except OSError:
-            chunks = []
-        finally:
-            os.close(self._fd)
-            self._fd = -1
-        status = self._wait()
-        if status != 0 or not chunks:
+        data = self._job.collect() if self._job is not None else None
+        if data is None:
             return None
         try:
-            return Skeletons.from_bytes(b"".join(chunks))
+            return Skeletons.from_bytes(data)
         except (ValueError, struct.error):
             return None
 
@@ -249,7 +218,7 @@ class SkeletonJob:
         """The skeletons, or None if the text has no fast path."""
         if not self._done:
             self._done = True
-            rest = self._collect() if self._pid else None
+            rest = self._collect() if self._job is not None and self._job.started else None
             first = self._of(self.text[: self._cut]) if rest is not None else None
             if first is not None and rest is not None:
                 first.extend(rest)
@@ -259,21 +228,9 @@ class SkeletonJob:
         return self._result
 
     def close(self) -> None:
-        """Reap the child if its result was never needed (the parse failed first)."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-        if self._pid:
-            self._wait()
-
-    def _wait(self) -> int:
-        """The child's exit status; 0 if someone else reaped it (SIGCHLD ignored): its output is then
-        judged by itself, and a short one cannot pass for a whole (the line count would differ)."""
-        pid, self._pid = self._pid, 0
-        try:
-            return os.waitpid(pid, 0)[1]
-        except ChildProcessError:
-            return 0
+        """Stop the child if its result was never needed (the parse failed first)."""
+        if self._job is not None:
+            self._job.stop()
 
 
 def _can_fork() -> bool:

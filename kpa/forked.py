@@ -1,0 +1,100 @@
+"""Work done in a forked child process while the parent goes on, handed back as bytes.
+
+Reading a large dump or objects file has parts that do not depend on each other
+(the rule skeletons and the dump's structure, the objects and the rules). On
+Linux a child can do one of them on the second core. The child's only way back
+is a pipe; whatever goes wrong in it (an exception, a kill, a short write) makes
+`ChildJob.collect` return None, and the caller then does the work itself: the
+same answer, only slower.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Callable, Iterable
+
+
+class ChildJob:
+    """`work()` run in a forked child; `collect()` gives what it returned, or None.
+
+    `work` returns the bytes to hand back (as one or more pieces, so that large
+    results are never joined in the child), or None for "no result". The child
+    exits 0 only when every byte was written; the parent takes the bytes only then.
+    When fork or pipe is not available, nothing starts and `collect()` is None.
+    """
+
+    def __init__(self, work: Callable[[], Iterable[bytes] | None]) -> None:
+        self._pid = 0
+        self._fd = -1
+        try:
+            r, w = os.pipe()
+        except OSError:
+            return
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(r)
+            os.close(w)
+            return
+        if pid == 0:  # the child: never returns into the parent's code
+            status = 1
+            try:
+                os.close(r)
+                pieces = work()
+                if pieces is not None:
+                    for piece in pieces:
+                        view = memoryview(piece)
+                        while view:
+                            view = view[os.write(w, view):]
+                    status = 0
+            finally:
+                os._exit(status)
+        os.close(w)
+        self._pid, self._fd = pid, r
+
+    @property
+    def started(self) -> bool:
+        return self._pid != 0
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id until it is reaped."""
+        return self._pid or None
+
+    def collect(self) -> bytes | None:
+        """Wait for the child; its bytes if it finished its work, else None."""
+        if not self._pid:
+            return None
+        chunks: list[bytes] = []
+        try:
+            while chunk := os.read(self._fd, 1 << 20):
+                chunks.append(chunk)
+        except OSError:
+            chunks = []
+        finally:
+            os.close(self._fd)
+            self._fd = -1
+        if self._wait() != 0 or not chunks:
+            return None
+        return b"".join(chunks)
+
+    def stop(self) -> None:
+        """Stop and reap the child if its result is no longer wanted (e.g. reading failed first)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._pid, signal.SIGKILL)
+            self._wait()
+
+    def _wait(self) -> int:
+        """The child's exit status; 0 if someone else reaped it (SIGCHLD ignored): the caller then
+        judges the bytes by themselves, which is why every result carries its own size or count."""
+        pid, self._pid = self._pid, 0
+        try:
+            return os.waitpid(pid, 0)[1]
+        except ChildProcessError:
+            return 0
