@@ -32,8 +32,16 @@ def _run_on_tty(seconds: float) -> tuple[str, str]:
     proc = subprocess.Popen([sys.executable, "-c", SNIPPET, str(seconds)], stdout=subprocess.PIPE,
                             stderr=slave, text=True, env={**os.environ, "TERM": "xterm", "COLUMNS": "100"})
     os.close(slave)
+    tty = _drain(master, proc, 60)
+    out = proc.communicate()[0]
+    os.close(master)
+    return out, tty
+
+
+def _drain(master: int, proc: subprocess.Popen[str], seconds: float) -> str:
+    """What the process wrote to the terminal until it closed it or exited (at most `seconds`)."""
     chunks: list[bytes] = []
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         ready, _, _ = select.select([master], [], [], 0.2)
         if ready:
@@ -46,9 +54,7 @@ def _run_on_tty(seconds: float) -> tuple[str, str]:
             chunks.append(data)
         elif proc.poll() is not None:
             break
-    out = proc.communicate()[0]
-    os.close(master)
-    return out, b"".join(chunks).decode(errors="replace")
+    return b"".join(chunks).decode(errors="replace")
 
 
 @pytest.mark.slow
@@ -99,24 +105,11 @@ def _kpa_on_tty(args: list[str], env: dict[str, str]) -> tuple[str, str, int]:
         proc = subprocess.Popen([sys.executable, "-m", "kpa", *args], stdout=stdout, stderr=slave, text=True,
                                 env={**os.environ, "TERM": "xterm", "COLUMNS": "120", **env})
         os.close(slave)
-        chunks: list[bytes] = []
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 0.2)
-            if ready:
-                try:
-                    data = os.read(master, 65536)
-                except OSError:
-                    break
-                if not data:
-                    break
-                chunks.append(data)
-            elif proc.poll() is not None:
-                break
+        tty = _drain(master, proc, 120)
         code = proc.wait(timeout=60)
         os.close(master)
         stdout.seek(0)
-        return stdout.read(), b"".join(chunks).decode(errors="replace"), code
+        return stdout.read(), tty, code
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))

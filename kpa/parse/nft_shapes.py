@@ -312,6 +312,23 @@ def pattern_of(key: str) -> re.Pattern[str]:
     return re.compile("".join(_GROUPS[p] if i % 2 else re.escape(p) for i, p in enumerate(parts)))
 
 
+def _lower_skeleton(b: Builder, p: PendingRule, stmts: list[Any], text: str | None, comment: Any,
+                    aliases: list[str]) -> tuple[list[Expr], tuple[int, int] | None, str] | None:
+    """Lower a rule's skeleton (None if the reader refuses it) with `aliases`, set markers standing for
+    the first rule's sets, in place; the aliases and what lowering records of set updates are taken
+    back afterwards, so trying a shape leaves the table as it was."""
+    updated = set(b._updated)
+    try:
+        exprs, counters, _, rendered = b.lower_rule(p.table, p.chain, p.line, stmts, text, comment)
+    except InputError:
+        return None
+    finally:
+        for name in aliases:
+            del p.table.sets[name]
+        b._updated = updated
+    return exprs, counters, rendered
+
+
 def analyse(b: Builder, p: PendingRule, rule: Rule) -> NftShape | None:
     """The shape of p's skeleton if any valid values read as the first rule's do (see the module's doc)."""
     key, text = p.key, p.text
@@ -365,15 +382,10 @@ def analyse(b: Builder, p: PendingRule, rule: Rule) -> NftShape | None:
             table.sets[marker[1:]] = ns
             aliases.append(marker[1:])
             lookups.append(i + 1)
-    updated = set(b._updated)
-    try:
-        exprs, counters, _, _ = b.lower_rule(table, p.chain, p.line, stmts, marked, None)
-    except InputError:
+    lowered = _lower_skeleton(b, p, stmts, marked, None, aliases)
+    if lowered is None:
         return None
-    finally:
-        for name in aliases:
-            del table.sets[name]
-        b._updated = updated
+    exprs, counters, _ = lowered
     if all(e.known for e in exprs) != rule.known or counters != rule.counters:
         return None
     group = {markers[i]: i + 1 for i, kind in enumerate(kinds_in_order) if kind in (CHAIN, SET)}
@@ -615,15 +627,10 @@ def json_analyse(b: Builder, p: PendingRule, rule: Rule, kinds: list[str], value
             table.sets[markers[i][1:]] = ns
             aliases.append(markers[i][1:])
             lookups.append(i)
-    updated = set(b._updated)
-    try:
-        exprs, counters, _, text = b.lower_rule(table, p.chain, p.line, stmts, None, p.comment)
-    except InputError:
+    lowered = _lower_skeleton(b, p, stmts, None, p.comment, aliases)
+    if lowered is None:
         return None
-    finally:
-        for name in aliases:
-            del table.sets[name]
-        b._updated = updated
+    exprs, counters, text = lowered
     if all(e.known for e in exprs) != rule.known or counters != rule.counters:
         return None
     index = {m: i for i, (m, kind) in enumerate(zip(markers, kinds, strict=True)) if kind in (CHAIN, SET)}
