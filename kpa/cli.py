@@ -1011,7 +1011,7 @@ def diff(a: str, b: str, cluster: Sequence[str], node_ips: Sequence[str], node: 
     with bar("comparing entry points") as advance:
         report = diff_rulesets(rules_a, rules_b, objects, ips, advance,
                                service_cidrs=list(service_cidrs) or None,
-                               scope=service_scope(namespace, service_filter))
+                               scope=service_scope(namespace, service_filter), fork=None)
     report.a_name, report.b_name = a, b
     report.warnings[:0] = side_warnings(rules_a, rules_b, a, b)
     if fmt == "text":

@@ -14,12 +14,16 @@ mode quantises them to 2^-31 and nftables numgen to 2^-32, so shares within
 from __future__ import annotations
 
 import ipaddress
+import os
+import pickle
 import re
-from collections.abc import Callable, Iterable
+import sys
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
+from kpa.forked import ChildJob
 from kpa.k8s.kubeproxy import service_ports
 from kpa.k8s.naming import service_port_name
 from kpa.k8s.objects import ClusterObjects, Node
@@ -739,6 +743,59 @@ def _same_traces(a: Ruleset, b: Ruleset, walk: bool = False) -> Callable[[EntryP
     return same
 
 
+class _Part:
+    """What comparing some Service ports found: differences and, per entry point, notes of each side."""
+
+    def __init__(self) -> None:
+        # (position of the Service port, of the entry point in it, how the sources differ)
+        self.differences: list[tuple[int, int, list[SourceDiff]]] = []
+        # (the same positions) -> A's and B's warnings, A's and B's uncertain outcomes
+        self.notes: dict[tuple[int, int], tuple[list[str], list[str], list[str], list[str]]] = {}
+
+
+# Below this many entry points, a second process costs more than it saves.
+SPLIT_ENTRIES = 2000
+
+
+def _split(fork: bool | None, entries: int) -> bool:
+    """Whether to compare half of the Service ports in a second process."""
+    if fork is not None:
+        return fork and _can_fork()
+    if entries < SPLIT_ENTRIES or not _can_fork():
+        return False
+    from kpa.k8s.background import spare_core
+
+    return spare_core()
+
+
+def _halves(ports: int) -> tuple[Sequence[int], Sequence[int]]:
+    """Which Service ports this process compares, and which the child: every other one.
+
+    A Service port's entry points stay together (they reach the same chains, whose
+    reading each process does once).
+    """
+    return range(0, ports, 2), range(1, ports, 2)
+
+
+def _merge(order: list[ServicePortDiff], parts: list[_Part]) -> list[list[str]]:
+    """Put the parts' differences in their Service ports; A's and B's warnings, A's and B's uncertain
+    outcomes, each in entry order, as one process comparing every entry point in turn finds them."""
+    notes: dict[tuple[int, int], tuple[list[str], list[str], list[str], list[str]]] = {}
+    for part in parts:
+        for k, j, sources in part.differences:
+            order[k].differences.append(EntryDiff(order[k].entries[j], sources))
+        notes.update(part.notes)
+    in_order = [notes[key] for key in sorted(notes)]
+    return [[x for n in in_order for x in n[i]] for i in range(4)]
+
+
+def _can_fork() -> bool:
+    """Linux, a second CPU, and no other threads (forking with threads is unsafe)."""
+    threading = sys.modules.get("threading")
+    return (sys.platform == "linux" and hasattr(os, "fork") and len(os.sched_getaffinity(0)) > 1
+            and (threading is None or threading.active_count() == 1))
+
+
 def diff_rulesets(
     a: Ruleset,
     b: Ruleset,
@@ -749,6 +806,7 @@ def diff_rulesets(
     probes: bool = True,
     scope: Callable[[str], bool] | None = None,
     shortcut: bool = True,
+    fork: bool | None = False,
 ) -> DiffReport:
     """Compare what `a` and `b` do to traffic for every Service port entry point.
 
@@ -762,6 +820,10 @@ def diff_rulesets(
     same rules in A and B (see kpa.netfilter.reach) is not traced: its
     outcomes are the same on both sides, so it has no difference.
     `shortcut=False` traces every entry point; the report is the same.
+
+    `fork=True` compares every other Service port in a forked child process
+    (on Linux), `None` does so when a core is idle and there are many entry
+    points; the report is the same.
     """
     versions = _versions(a) | _versions(b)
     warnings: list[str] = []
@@ -785,22 +847,52 @@ def diff_rulesets(
     ta, tb = _Tracer(a, node_ips, "A"), _Tracer(b, node_ips, "B")
     same = _same_traces(a, b) if shortcut else None
     classes: dict[tuple[int, bool], list[SourceClass]] = {}
+    order = list(ports.values())
     total = len(entries)
-    done = 0
-    for p in ports.values():
-        for e in p.entries:
-            sources = [] if same is not None and same(e) else compare_entry(e, ta, tb, objects, node_ips, classes)
-            if sources:
-                p.differences.append(EntryDiff(e, sources))
-            done += 1
-            if progress is not None:
-                progress(done, total)
+
+    def compare(part: Sequence[int], progress: Progress | None) -> _Part:
+        """Every entry point of the Service ports at these positions of `order`, compared."""
+        out = _Part()
+        done = 0
+        # With a child comparing the other half, this half's progress stands for both.
+        scale = total / max(1, sum(len(order[k].entries) for k in part))
+        for k in part:
+            for j, e in enumerate(order[k].entries):
+                marks = (len(ta.warnings), len(tb.warnings), len(ta.uncertain), len(tb.uncertain))
+                sources = [] if same is not None and same(e) else compare_entry(e, ta, tb, objects, node_ips, classes)
+                if sources:
+                    out.differences.append((k, j, sources))
+                if marks != (len(ta.warnings), len(tb.warnings), len(ta.uncertain), len(tb.uncertain)):
+                    out.notes[(k, j)] = (ta.warnings[marks[0]:], tb.warnings[marks[1]:],
+                                         ta.uncertain[marks[2]:], tb.uncertain[marks[3]:])
+                done += 1
+                if progress is not None:
+                    progress(min(total, round(done * scale)), total)
+        return out
+
+    mine: Sequence[int] = range(len(order))
+    theirs: Sequence[int] = ()
+    job: ChildJob | None = None
+    if _split(fork, total):
+        mine, theirs = _halves(len(order))
+        job = ChildJob(lambda: [pickle.dumps(compare(theirs, None), protocol=pickle.HIGHEST_PROTOCOL)])
+        if not job.started:
+            mine, theirs, job = range(len(order)), (), None
+    parts = [compare(mine, progress)]
+    if job is not None:
+        data = job.collect()
+        got = pickle.loads(data) if data is not None else None
+        # Whatever went wrong in the child, its share is compared here: the same answer.
+        parts.append(got if isinstance(got, _Part) else compare(theirs, None))
+        if progress is not None:
+            progress(total, total)
+    side_notes = _merge(order, parts)
     example = source_classes(objects, node_ips, 4 if 4 in versions or not versions else 6, False)
     return DiffReport(
         ports=sorted(ports.values(), key=lambda p: (p.service.startswith("("), p.service, p.protocol, p.family)),
         source_classes=[c.name for c in example],
-        warnings=[*warnings, *dict.fromkeys(ta.warnings + tb.warnings)],
-        uncertain=list(dict.fromkeys(ta.uncertain + tb.uncertain)),
+        warnings=[*warnings, *dict.fromkeys(side_notes[0] + side_notes[1])],
+        uncertain=list(dict.fromkeys(side_notes[2] + side_notes[3])),
     )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import ipaddress
 import json
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -488,3 +489,94 @@ def test_loops_and_deep_nesting_are_found_as_a_search_finds_them() -> None:
                 table.chains[name].rules.append(rule)
         rs = Ruleset(tables=[table])
         assert reach._depth_ok(rs) == _depth_ok_by_search(rs)
+
+
+# ---------------------------------------------------------------- half of the Service ports in a child process
+
+
+def _with_notes() -> tuple[Ruleset, Ruleset, ClusterObjects, list[str]]:
+    """A rollout where every Service chain holds a rule kpa does not model, in A and in B.
+
+    Every entry point is traced, and each trace leaves uncertain outcomes named after its entry
+    point on both sides: the merged lists show whether they come in entry order.
+    """
+    before = random_cluster(seed=71, services=40, endpoints_per_service=2, families=("ipv4",))
+    after = copy.deepcopy(before)
+    _rollout(after, random.Random(71))
+    options = ProxierOptions(node_name="node-0")
+
+    def unmodelled(text: str) -> str:
+        out = []
+        for line in text.splitlines():
+            out.append(line)
+            if line.startswith("-A KUBE-SVC-") and "KUBE-MARK-MASQ" in line:
+                out.append(f'-A {line.split()[1]} -m u32 --u32 "0x0=0x0"')
+        return "\n".join(out) + "\n"
+
+    a, b = (parse_iptables(unmodelled(render_restore(c, options, "ipv4")), f"{n}.rules")
+            for n, c in (("a", before), ("b", after)))
+    return a, b, objects_from_documents(to_objects(after)), before.node("node-0").ips
+
+
+def _split_pairs() -> list[tuple[Ruleset, Ruleset, ClusterObjects | None, list[str]]]:
+    out: list[tuple[Ruleset, Ruleset, ClusterObjects | None, list[str]]] = [_with_notes()]
+    for a, b, objects, ips in _broken_pairs():
+        out.append((a, b, objects, ips))
+        out.append((a, b, None, ips))  # entry points from the rules
+    return out
+
+
+def test_comparing_half_the_ports_in_a_child_gives_the_same_report(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kpa import diff, forked
+
+    received: list[int] = []
+    collect = forked.ChildJob.collect
+
+    def counted(self: forked.ChildJob) -> bytes | None:
+        data = collect(self)
+        received.append(len(data or b""))
+        return data
+
+    monkeypatch.setattr(forked.ChildJob, "collect", counted)
+    pairs = _split_pairs()
+    for k, (a, b, objects, ips) in enumerate(pairs):
+        alone = diff_rulesets(a, b, objects, ips).to_json()
+        split = diff_rulesets(a, b, objects, ips, fork=True).to_json()
+        assert split == alone
+        assert len(received) == k + 1 and received[-1] > 0  # the child's half came from the child
+        assert not alone["identical"]
+    notes = diff_rulesets(*pairs[0]).to_json()
+    assert {u.split(":")[0] for u in notes["uncertain"]} == {"A", "B"}
+    # The child's share of the uncertain outcomes is not empty: the order of the merge is tested.
+    assert len(notes["uncertain"]) > 20
+    assert not diff._split(None, diff.SPLIT_ENTRIES - 1)
+
+
+def test_broken_splits_are_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kpa import diff
+
+    pairs = [(a, b, o, ips, diff_rulesets(a, b, o, ips).to_json()) for a, b, o, ips in _split_pairs()]
+
+    def caught() -> bool:
+        return any(diff_rulesets(a, b, o, ips, fork=True).to_json() != alone for a, b, o, ips, alone in pairs)
+
+    assert not caught()
+    with monkeypatch.context() as m:
+        # The child compares the parent's half again.
+        m.setattr(diff, "_halves", lambda n: (range(0, n, 2), range(0, n, 2)))
+        assert caught()
+    with monkeypatch.context() as m:
+        # Notes of the two halves put one after the other rather than in entry order.
+        def by_part(order: list[diff.ServicePortDiff], parts: list[diff._Part]) -> list[list[str]]:
+            for part in parts:
+                for k, j, sources in part.differences:
+                    order[k].differences.append(diff.EntryDiff(order[k].entries[j], sources))
+            return [[x for part in parts for n in part.notes.values() for x in n[i]] for i in range(4)]
+
+        m.setattr(diff, "_merge", by_part)
+        assert caught()
+    with monkeypatch.context() as m:
+        # A child whose result is lost, and whose half is not compared again.
+        m.setattr(diff.ChildJob, "collect", lambda self: (self.stop(), pickle.dumps(diff._Part()))[1])
+        assert caught()
+    assert not caught()
