@@ -15,7 +15,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from kpa.errors import InputError
 from kpa.ext.base import UnknownExpr
@@ -242,6 +242,13 @@ class PendingRule:
     key: str | None = None
 
 
+class QueuedRules(Protocol):
+    """Rules a reader queued together (kpa.parse.nft_text.ChainBatch): settled in finish(), in input
+    order, each as a PendingRule would be."""
+
+    def settle(self, b: Builder) -> None: ...
+
+
 def clip(text: str, limit: int = 80) -> str:
     """At most `limit` characters of input quoted in a message."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -262,7 +269,7 @@ class Builder:
     # Sets and maps declared but not modelled (id(table), name) -> why; lookups in them are unknown.
     unmodelled: dict[tuple[int, str], str] = field(default_factory=dict)
     # Rules are lowered once every table, chain, set and map is known, so the order of the input does not matter.
-    pending: list[PendingRule] = field(default_factory=list)
+    pending: list[PendingRule | QueuedRules] = field(default_factory=list)
     _anon: int = 0
     # The statements of the JSON rule being built and their texts: id -> (statement, text).
     _texts: dict[int, tuple[Any, str]] = field(default_factory=dict)
@@ -555,6 +562,9 @@ class Builder:
         shapes = self._shapes
         json_shapes = self.shapes
         for p in pending:
+            if not isinstance(p, PendingRule):
+                p.settle(self)  # rules read in bulk (kpa.parse.nft_text.ChainBatch)
+                continue
             if p.key is KEYED:
                 p.key = self.key_of(p) if self.key_of is not None else None
             if p.key is None:
@@ -570,13 +580,7 @@ class Builder:
                 elif jshape is None or not nft_shapes.json_defer(self, p, jshape, values):
                     self._build_rule(p)
                 continue
-            sk = (id(p.table), p.key)
-            shape = shapes.get(sk, nft_shapes.MISSING)
-            if shape is nft_shapes.MISSING:
-                # The first rule of a skeleton is built in full, and decides whether the others may wait.
-                shapes[sk] = nft_shapes.analyse(self, p, self._build_rule(p))
-            elif shape is None or not nft_shapes.defer(self, p, shape):
-                self._build_rule(p)
+            self.settle_keyed(p)
         for t in self.ruleset.tables:
             if (t.family.value, t.name) in self.managed or looks_iptables_managed(t):
                 t.managed_by_iptables = True
@@ -584,6 +588,21 @@ class Builder:
                 if (id(t), name) in self._updated:
                     ns.dynamic = True
         return self.ruleset
+
+    def settle_keyed(self, p: PendingRule) -> None:
+        """Build or defer a text rule with a skeleton (p.key), in input order."""
+        from kpa.parse import nft_shapes
+
+        if p.key is None:
+            self._build_rule(p)
+            return
+        sk = (id(p.table), p.key)
+        shape = self._shapes.get(sk, nft_shapes.MISSING)
+        if shape is nft_shapes.MISSING:
+            # The first rule of a skeleton is built in full, and decides whether the others may wait.
+            self._shapes[sk] = nft_shapes.analyse(self, p, self._build_rule(p))
+        elif shape is None or not nft_shapes.defer(self, p, shape):
+            self._build_rule(p)
 
     # -- lowering ------------------------------------------------------------
     def stmt_text(self, stmt: dict[str, Any]) -> str:

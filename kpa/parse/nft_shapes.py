@@ -43,7 +43,16 @@ from typing import Any
 
 from kpa.errors import InputError
 from kpa.forked import ChildJob
-from kpa.netfilter.model import DeferredRule, Expr, LazyNftRule, Rule, RuleShape, Table, VerdictKind
+from kpa.netfilter.model import (
+    Chain,
+    DeferredRule,
+    Expr,
+    LazyNftRule,
+    Rule,
+    RuleShape,
+    Table,
+    VerdictKind,
+)
 from kpa.parse.nft_common import Builder, PendingRule
 from kpa.parse.shapes import _IPV4, _PORT, FORK_THRESHOLD, Skeletons, _can_fork
 
@@ -91,7 +100,9 @@ def skeleton_lines(text: str) -> list[str] | None:
 
 def line_keys(text: str) -> Skeletons | None:
     """For each line, an index into `keys`: the line's skeleton stripped and without its `# handle N`,
-    after the handle and a NUL (index 0: an empty line). None if the text holds a placeholder already."""
+    after the handle and a NUL. Index 0 (no key): an empty line, or one that ends in `{` or `,` (a
+    block's head, elements going on: never a rule that a skeleton could be of use to; one that is,
+    oddly written, is read in full). None if the text holds a placeholder already."""
     from kpa.parse.nft_text import _handle
 
     lines = skeleton_lines(text)
@@ -102,7 +113,7 @@ def line_keys(text: str) -> Skeletons | None:
     append = ids.append
     for line in lines:
         s = line.strip()
-        if not s:
+        if not s or s[-1] in "{,":
             append(0)
             continue
         handle, key = _handle(s)
@@ -403,27 +414,39 @@ def defer(b: Builder, p: PendingRule, shape: NftShape) -> bool:
     text = p.text
     if text is None:
         return False
-    m = shape.pattern.fullmatch(text)
-    if m is None:
-        return False
     chain = p.table.chains.get(p.chain)
     if chain is None:
         return False
-    sets = p.table.sets
-    for g in shape.lookups:
-        if m.group(g)[1:] not in sets:
-            return False
-    source = b._sources.get(id(p.table))
+    return defer_text(b, p.table, chain, text, p.line or 0, p.handle, shape, text_source(b, p.table))
+
+
+def text_source(b: Builder, table: Table) -> _TextSource:
+    """The one source of a table's deferred text rules."""
+    source = b._sources.get(id(table))
     if source is None:
-        source = b._sources[id(p.table)] = _TextSource(b, p.table)
-    rule = LazyNftRule(p.table.name, p.chain, len(chain.rules) + 1, text, p.line or 0, source, shape,
-                       shape.refs_of(m))
-    if isinstance(p.handle, int) and not isinstance(p.handle, bool):
-        rule.handle = p.handle
-    chain.rules.append(rule)
+        source = b._sources[id(table)] = _TextSource(b, table)
+    return source  # type: ignore[no-any-return]
+
+
+def defer_text(b: Builder, table: Table, chain: Chain, text: str, lineno: int, handle: Any, shape: NftShape,
+               source: _TextSource) -> bool:
+    """Append a rule of `chain` as a LazyNftRule if its text fits the shape exactly; False: read it in full."""
+    m = shape.pattern.fullmatch(text)
+    if m is None:
+        return False
+    if shape.lookups:
+        sets = table.sets
+        for g in shape.lookups:
+            if m.group(g)[1:] not in sets:
+                return False
+    rules = chain.rules
+    rule = LazyNftRule(table.name, chain.name, len(rules) + 1, text, lineno, source, shape, shape.refs_of(m))
+    if isinstance(handle, int) and not isinstance(handle, bool):
+        rule.handle = handle
+    rules.append(rule)
     for name, g in shape.updates:
         # What lowering the rule's set updates would record: the set is updated at runtime.
-        b._updated.add((id(p.table), (m.group(g) if g > 0 else name).lstrip("@")))
+        b._updated.add((id(table), (m.group(g) if g > 0 else name).lstrip("@")))
     return True
 
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from kpa.errors import InputError
-from kpa.netfilter.model import Ruleset, Table
+from kpa.netfilter.model import Chain, Location, Ruleset, Table
 from kpa.netfilter.protocols import BadNumber, c_uint
 from kpa.parse.nft_common import KEYED, VERDICTS, Builder, PendingRule, clip
-from kpa.parse.nft_shapes import KeyJob
+from kpa.parse.nft_shapes import KeyJob, defer_text, text_source
 
 # A line that opens a table, chain, set or other named block: never part of a rule.
 BLOCK_START = re.compile(r"(?:table|chain|set|map|flowtable|counter|quota|limit|ct\s+\S+|secmark|synproxy)\s+"
@@ -776,8 +776,86 @@ def split_statements_by_line(lines: list[str]) -> tuple[list[str], list[int]]:
     return out, nos
 
 
+# A chain block as `nft list ruleset` prints it, which TextReader._block would read as a chain head,
+# one rule per line and the closing brace: `\tchain NAME {`, lines `\t\tRULE` and `\t}`. NAME is one
+# plain word (what _PLAIN_HEAD and split() read; no `#`, so no handle). A RULE starts and ends with a
+# non-blank (strip() leaves it as it is), does not start with `type `, `comment ` or `policy ` (the
+# chain's head, comment and policy), has no `#` (no handle, no comment line) and no `;`; its braces
+# come in pairs on the line, without quotes or braces inside (`vmap { 0 : goto a, 1 : goto b }`), and
+# its quoted strings hold no quote, backslash, brace, `#` or `;`. Text with a line break other than
+# "\n" (which str.splitlines() would split at) is never read this way (_ODD_BREAKS).
+_BULK_PLAIN = r'[^\n#";{}]*'
+_BULK_RULE = (r'\t\t(?!type |comment |policy )(?=\S)'
+              rf'{_BULK_PLAIN}(?:(?:\{{{_BULK_PLAIN}\}}|"[^\n"\\#;{{}}]*"){_BULK_PLAIN})*(?<=\S)\n')
+_CHAIN_BLOCK = re.compile(r'^\tchain ([^\s{}();",#]+) \{\n((?:' + _BULK_RULE + r')*)\t\}\n', re.M)
+# Line breaks of str.splitlines() other than "\n".
+_ODD_BREAKS = "\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+
+
+def chain_blocks(text: str) -> dict[int, re.Match[str]]:
+    """The chain blocks of `text` in the form above, by the index of their head line in
+    text.splitlines(); empty if the text has a line break other than "\n". Which of them the reader
+    meets as a chain head (at a table's level) is the reader's business."""
+    if any(c in text for c in _ODD_BREAKS):
+        return {}
+    found: dict[int, re.Match[str]] = {}
+    count = text.count
+    line = pos = 0
+    for m in _CHAIN_BLOCK.finditer(text):
+        start = m.start()
+        line += count("\n", pos, start)
+        pos = start
+        found[line] = m
+    return found
+
+
+class ChainBatch:
+    """The rules of chain blocks read in bulk (chain_blocks), as (chain, line of its first rule, texts):
+    each is settled in Builder.finish() as the PendingRule the line-by-line reader queues for it would
+    be (TextReader._key, Builder.settle_keyed), with the common case, a rule that fits its skeleton's
+    shape, deferred without one."""
+
+    __slots__ = ("chains", "reader", "table")
+
+    def __init__(self, reader: TextReader, table: Table) -> None:
+        self.reader = reader
+        self.table = table
+        self.chains: list[tuple[str, int, list[str]]] = []
+
+    def settle(self, b: Builder) -> None:
+        reader, table = self.reader, self.table
+        keys = reader._keys.result() if reader._keys is not None else None
+        if keys is None or len(keys.ids) != len(reader._physical):
+            for name, line, texts in self.chains:
+                for lineno, text in enumerate(texts, line):
+                    b._build_rule(PendingRule(table, name, lineno, None, text))  # as TextReader._key: no key
+            return
+        shapes = b._shapes
+        tid = id(table)
+        source = text_source(b, table)
+        ids, entries = keys.ids, keys.keys
+        # By key index: the table's accepted shape of that skeleton, once known.
+        known = reader._known.setdefault(tid, {})
+        for name, line, texts in self.chains:
+            chain = table.chains.get(name)
+            for lineno, text in enumerate(texts, line):
+                kid = ids[lineno - 1]
+                shape = known.get(kid)
+                if shape is not None and chain is not None \
+                        and defer_text(b, table, chain, text, lineno, None, shape, source):
+                    continue
+                handle, _, key = entries[kid].partition("\x00")
+                if handle or not key:
+                    b._build_rule(PendingRule(table, name, lineno, None, text))
+                    continue
+                b.settle_keyed(PendingRule(table, name, lineno, None, text, None, None, key))
+                shape = shapes.get((tid, key))
+                if shape is not None:
+                    known[kid] = shape
+
+
 class TextReader:
-    def __init__(self, file: str, shapes: bool = True) -> None:
+    def __init__(self, file: str, shapes: bool = True, bulk: bool = True) -> None:
         self.file = file
         self.b = Builder(file)
         self.b.parse_rule = self._statements
@@ -785,8 +863,14 @@ class TextReader:
         self._lines = 0
         # Rules that share a skeleton share a shape (kpa.parse.nft_shapes); shapes=False reads each in full.
         self.shapes = shapes
+        # With shapes, chain blocks in listing form are read in bulk (chain_blocks); bulk=False reads
+        # them line by line (the same ruleset, slower).
+        self.bulk = bulk
+        self._text = ""
         self._physical: list[str] = []
         self._keys: KeyJob | None = None
+        # ChainBatch's: by id(table), skeleton index -> accepted shape.
+        self._known: dict[int, dict[int, Any]] = {}
 
     def _statements(self, line: str, lineno: int) -> list[dict[str, Any]]:
         stmts = RuleParser(tokenize(line, self.file, lineno)).statements()
@@ -807,6 +891,7 @@ class TextReader:
             # Rule skeletons are worked out while the structure is read (in a second process for large texts).
             self._physical, self._keys = physical, KeyJob(text)
             self.b.key_of = self._key
+            self._text = text
         try:
             return self._parse(physical)
         finally:
@@ -814,11 +899,22 @@ class TextReader:
                 self._keys.close()
 
     def _parse(self, physical: list[str]) -> Ruleset:
-        lines, self._no = split_statements(physical)
+        bulk: dict[int, re.Match[str]] = {}
+        if listing_form(physical):
+            # As split_statements: nothing to split. Lines and physical lines are then one and the same.
+            lines, self._no = list(physical), list(range(1, len(physical) + 1))
+            if self.bulk and self._keys is not None:
+                bulk = chain_blocks(self._text)
+        else:
+            lines, self._no = split_statements_by_line(physical)
         i = 0
         table: Table | None = None
         table_line = 0
         while i < len(lines):
+            if table is not None and i in bulk:
+                # A chain head at the table's level, and its block in listing form: read in bulk.
+                i = self._bulk_chains(table, bulk, lines, i)
+                continue
             lineno = self._no[i]
             raw = lines[i].strip()
             i += 1
@@ -854,6 +950,32 @@ class TextReader:
         if table is not None:
             raise self.error(self._lines + 1, f"expected '}}' closing table {table.name!r} (opened at line {table_line}), found end of input")
         return self.b.finish()
+
+    def _bulk_chains(self, table: Table, bulk: dict[int, re.Match[str]], lines: list[str], i: int) -> int:
+        """What _block reads from the chain block whose head is line i (0-based, in `bulk`), and from
+        the blocks after it with only empty lines between; the index of the line after the last."""
+        chains = table.chains
+        batch = ChainBatch(self, table)
+        queued = batch.chains
+        while True:
+            m = bulk[i]
+            name, body = m.group(1, 2)
+            if name not in chains:
+                # As Builder.chain does for a chain head without type and hook.
+                chains[name] = Chain(name, table.name, location=Location(self.file, i + 1))
+            if body:
+                texts = body[2:-1].split("\n\t\t")
+                queued.append((name, i + 2, texts))
+                i += 2 + len(texts)
+            else:
+                i += 2
+            while i < len(lines) and not lines[i]:
+                i += 1
+            if i not in bulk:
+                break
+        if queued:
+            self.b.pending.append(batch)
+        return i
 
     def _skip(self, lines: list[str], i: int, start: int) -> int:
         depth = 1
@@ -996,7 +1118,7 @@ class TextReader:
         if keys is None or len(keys.ids) != len(self._physical) or not 0 < lineno <= len(keys.ids):
             return None
         handle, _, key = keys.keys[keys.ids[lineno - 1]].partition("\x00")
-        return key if handle == ("" if p.handle is None else str(p.handle)) else None
+        return (key or None) if handle == ("" if p.handle is None else str(p.handle)) else None
 
     def _rule(self, table: Table, chain: str, line: str, lineno: int, handle: int | None,
               keyed: bool = False) -> None:
@@ -1050,9 +1172,10 @@ def _handle(line: str) -> tuple[int | None, str]:
     return None, line
 
 
-def parse_nft_text(text: str, file: str = "<stdin>", shapes: bool = True) -> Ruleset:
-    """Read `nft list ruleset` text; `shapes=False` reads every rule in full up front (same result, slower)."""
-    return TextReader(file, shapes).parse(text)
+def parse_nft_text(text: str, file: str = "<stdin>", shapes: bool = True, bulk: bool = True) -> Ruleset:
+    """Read `nft list ruleset` text; `shapes=False` reads every rule in full up front, `bulk=False` every
+    line one at a time (same result, slower)."""
+    return TextReader(file, shapes, bulk).parse(text)
 
 
 __all__ = ["parse_nft_text", "tokenize"]

@@ -1,0 +1,186 @@
+"""Chain blocks read in bulk (kpa.parse.nft_text.chain_blocks, ChainBatch) change nothing.
+
+Each input is read three ways: in bulk (the default), line by line with rule
+skeletons (`bulk=False`), and every rule in full (`shapes=False`). All three
+must give the same check view and the same built rules, or the same error
+message; bulk and line by line must also defer exactly the same rules. Inputs:
+every .nft fixture, random one-value mutations of them, and random texts made
+of chain blocks with odd lines (blanks at either end, `type`/`comment`/`policy`
+lines, handles, quotes, braces over several lines, other line breaks, blocks
+inside element lists or anonymous chains), so that every way a line can fall
+out of the bulk form is tried. A kube-proxy listing must be read mostly in bulk.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kpa.errors import InputError
+from kpa.netfilter.model import LazyNftRule
+from kpa.parse import nft_text
+from kpa.parse.nft_text import chain_blocks, parse_nft_text
+from tests.test_nft_shapes import NFT_FILES, _mutations, built_view, check_view
+
+FIX = Path(__file__).parent / "fixtures"
+
+
+def _read(text: str, **how: bool) -> tuple[str, Any]:
+    try:
+        rs = parse_nft_text(text, "rules.nft", **how)
+    except InputError as exc:
+        return "error", str(exc)
+    lazy = [isinstance(r, LazyNftRule) for t in rs.tables for r in t.rules()]
+    return "ok", (check_view(rs), lazy, built_view(rs), check_view(rs))
+
+
+def assert_three_ways(text: str) -> str:
+    bulk, lines, eager = _read(text), _read(text, bulk=False), _read(text, shapes=False)
+    assert bulk[0] == lines[0] == eager[0], (bulk[1] if bulk[0] == "error" else lines[1])
+    if bulk[0] == "error":
+        assert bulk[1] == lines[1] == eager[1]
+        return "error"
+    # Before building: what check reads, and which rules wait; then built; then read again.
+    assert bulk[1][0] == lines[1][0] == eager[1][0]
+    assert bulk[1][1] == lines[1][1]
+    assert bulk[1][2] == lines[1][2] == eager[1][2]
+    assert bulk[1][3] == eager[1][0]
+    return "ok"
+
+
+def bulk_rules(text: str, monkeypatch: pytest.MonkeyPatch) -> tuple[int, int]:
+    """(rules read in bulk, rules) of a read of `text`."""
+    seen = [0]
+    original = nft_text.TextReader._bulk_chains
+
+    def counting(self: nft_text.TextReader, table: Any, bulk: Any, lines: list[str], i: int) -> int:
+        end = original(self, table, bulk, lines, i)
+        batch = self.b.pending[-1] if self.b.pending else None
+        if isinstance(batch, nft_text.ChainBatch):
+            seen[0] += sum(len(texts) for _, _, texts in batch.chains)
+        return end
+
+    monkeypatch.setattr(nft_text.TextReader, "_bulk_chains", counting)
+    rs = parse_nft_text(text, "rules.nft")
+    return seen[0], sum(1 for t in rs.tables for _ in t.rules())
+
+
+@pytest.mark.parametrize("path", NFT_FILES, ids=lambda p: str(p.relative_to(FIX)))
+def test_every_fixture_reads_the_same_three_ways(path: Path) -> None:
+    assert_three_ways(path.read_text())
+
+
+def test_kube_proxy_listings_are_read_mostly_in_bulk(monkeypatch: pytest.MonkeyPatch) -> None:
+    listed = [p for p in NFT_FILES if "kube-proxy" in p.parts]
+    assert len(listed) >= 18
+    counts = [bulk_rules(path.read_text(), monkeypatch) for path in listed]
+    # Base chains (`type ... hook ...`), chains with a `comment "..."` line and the like are read line by line.
+    assert all(in_bulk > 0 for in_bulk, _ in counts)
+    assert sum(in_bulk for in_bulk, _ in counts) > 0.6 * sum(total for _, total in counts), counts
+
+
+def test_one_value_mutations_read_the_same_three_ways() -> None:
+    rng = random.Random(41)
+    for path in [p for p in NFT_FILES if "kube-proxy" in p.parts]:
+        for text in _mutations(path.read_text(), rng, 12):
+            assert_three_ways(text)
+
+
+def test_odd_line_breaks_are_never_read_in_bulk() -> None:
+    block = "table ip t {\n\tchain a {\n\t\taccept\n\t}\n}\n"
+    assert list(chain_blocks(block)) == [1]
+    for brk in "\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029":
+        assert chain_blocks(block.replace("\t\taccept\n", f"\t\taccept\n#{brk}\n")) == {}
+
+
+# -- random texts ---------------------------------------------------------------------
+
+_RULES = [
+    "ip saddr 10.0.0.1 jump a", "ip saddr 10.0.0.2 jump b", "ip saddr 10.0.0.3 jump nowhere", "jump a", "goto b",
+    "meta l4proto tcp dnat to 10.0.0.1:80", "meta l4proto tcp dnat to 10.0.0.2:8080", "tcp dport 80 accept",
+    "ip daddr 10.0.0.9 tcp dport 443 ip saddr != 10.244.0.0/16 jump a", "ip saddr @s goto a", "ip saddr @nothere goto a",
+    "update @s { ip saddr }", "numgen random mod 2 vmap { 0 : goto a, 1 : goto b }",
+    "numgen random mod 2 vmap { 0 : goto b, 1 : goto nowhere }", 'fib saddr type local jump a comment "local"',
+    'ip saddr 10.0.0.4 jump a comment "x { y"', 'ip saddr 10.0.0.5 jump a comment "x # y"',
+    "ip saddr != { 10.0.0.0/8, 192.168.0.0/16 } drop", "counter packets 1 bytes 2 accept", "reject", "drop",
+]
+_ODD_RULES = [
+    "ip saddr 10.0.0.1 jump a # handle 7", "ip saddr 10.0.0.256 jump a", "type filter hook input priority 0; policy accept;", "policy drop",
+    'comment "a chain"', "comment", "typeof x", "# a comment line", "", " ", "\t", "ip saddr 10.0.0.1 jump a ",
+    " ip saddr 10.0.0.1 jump a", "ip saddr 10.0.0.1\xa0jump a", "ip saddr 10.0.0.1 jump a\xa0", "\x1fjump a",
+    "accept;", "jump {", "accept", "}", "{", "jump { accept }", 'comment "unclosed', 'jump a comment "\\" x"',
+    "ip saddr { 10.0.0.1,", "10.0.0.2 } drop", "chain x {", "set y {", "ip saddr { { 1.1.1.1 } } drop",
+    "elements = { 10.0.0.1 }", "map m {", "ip saddr 10.0.0.1 jump a }", "}}", "meta mark set 0x1",
+]
+_NAMES = ["a", "b", "c", "d", "x", "a", "svc-1/tcp/p__10.0.0.1/80"] * 6 + ["e#f", 'g"h', "i{j", "k;l"]
+
+
+def _chain(rng: random.Random, odd: float) -> list[str]:
+    name = rng.choice(_NAMES)
+    head = rng.choice([f"\tchain {name} {{"] * 8 + [f"\tchain {name}  {{", f"  chain {name} {{", f"\tchain {name} {{ ",
+                                                         f"\tchain {name} {{ # handle 3", f"chain {name} {{"])
+    lines = [head]
+    if rng.random() < 0.2:
+        lines.append("\t\ttype filter hook input priority 0; policy accept;")
+    for _ in range(rng.randrange(0, 5)):
+        r = rng.random()
+        if r < odd:
+            lines.append(rng.choice(["\t\t", "\t\t", "\t\t", "\t", "", "\t\t\t", "    "]) + rng.choice(_ODD_RULES))
+        elif r < 2 * odd:
+            # Nearly the bulk form: a blank at either end, a handle, a comment.
+            lines.append(rng.choice(["\t\t"] * 4 + ["\t\t ", "\t\t\xa0", "\t \t", "\t\t\x1f", " \t\t"])
+                         + rng.choice(_RULES)
+                         + rng.choice(["", "", "", " ", "\t", "\xa0", "\u3000", "\x1f", " # handle 9", "#", " # x",
+                                       ' comment "c"', ' comment "c;"', ' comment "c\\"', ";"]))
+        else:
+            lines.append("\t\t" + rng.choice(_RULES))
+    lines.append(rng.choice(["\t}"] * 10 + ["}", "\t} ", "\t}}", "\t\t}"]))
+    return lines
+
+
+_SETS = [
+    ["\tset s {", "\t\ttype ipv4_addr", "\t\telements = { 10.0.0.1, 10.0.0.2 }", "\t}"],
+    ["\tmap m {", "\t\ttype ipv4_addr : verdict", "\t\telements = { 10.0.0.2 : goto a,", "\t\t\t     10.0.0.3 : goto b }",
+     "\t}"],
+    ["\tset s {", "\t\ttype ipv4_addr", "\t\telements = { 10.0.0.1,"],  # a chain block follows inside the elements
+]
+
+
+def _text(rng: random.Random) -> str:
+    odd = rng.choice([0.0, 0.0, 0.05, 0.2])
+    out = ["table ip t {"]
+    if rng.random() < 0.8:
+        out += _SETS[0] + [""] + _SETS[1] + [""]
+    for _ in range(rng.randrange(1, 7)):
+        r = rng.random()
+        if r < 0.02:
+            out += _SETS[2]
+        elif r < 0.04:
+            out += ["\tchain z {", "\t\tjump {"]  # an anonymous chain left open: the next block is inside it
+        elif r < 0.05:
+            out += ["}", "table ip u {"]
+        elif r < 0.06:
+            out += ["}"]  # the table closed: the next block is at the top level
+        out += _chain(rng, odd)
+        out += [""] * rng.choice([0, 1, 1, 2])
+    out.append(rng.choice(["}"] * 9 + ["", "\t}"]))
+    text = "\n".join(out) + rng.choice(["\n", "\n", ""])
+    if rng.random() < 0.05:
+        text = text.replace("\n", rng.choice(["\r\n", "\n\x85", "\n\u2028"]), 1)
+    return text
+
+
+def test_random_texts_read_the_same_three_ways() -> None:
+    rng = random.Random(43)
+    outcomes = {"ok": 0, "error": 0}
+    bulk_read = 0
+    for _ in range(2500):
+        text = _text(rng)
+        outcomes[assert_three_ways(text)] += 1
+        bulk_read += bool(chain_blocks(text))
+    # Both outcomes are common, and the bulk reader was in play in most texts.
+    assert outcomes["ok"] > 400 and outcomes["error"] > 400, outcomes
+    assert bulk_read > 1000
