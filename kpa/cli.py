@@ -137,18 +137,31 @@ def node_rules_from_cluster(inp: Inputs) -> Any:
     return combine(ipt, nft, sets)
 
 
-def rules_and_cluster(inp: Inputs, policy_optional: bool = False) -> tuple[Any, Any]:
-    """The ruleset and the cluster objects; object files are read on a second core meanwhile."""
+def rules_and_cluster(inp: Inputs, policy_optional: bool = False,
+                      ahead: Callable[[Any], Any] | None = None) -> tuple[Any, Any, Any]:
+    """The ruleset, the cluster objects, and what ``ahead`` made of the ruleset alone.
+
+    Object files are read on a second core meanwhile, and ``ahead`` runs on the ruleset
+    while they are (only when there are objects to wait for). Its answer is None when it
+    failed: the full computation, which runs when there is no answer, meets the failure
+    again after the objects are read and reports it there, as it always did.
+    """
     from kpa.k8s.background import BackgroundObjects
 
     inp.resolve_example()
     files = list(inp.cluster)  # files: read in a child process while this one reads the rules
+    early = None
     with BackgroundObjects(files) as pending:
         with progress_status("reading the rules"):
             rs = load_ruleset(inp)
+            if ahead is not None and (files or inp.kube):
+                try:
+                    early = ahead(rs)
+                except Exception:  # reported by the full computation, see above
+                    early = None
         with progress_status("reading the cluster objects"):
             objects = pending.result() if files else load_cluster(inp, policy_optional)
-    return rs, objects
+    return rs, objects, early
 
 
 def load_cluster(inp: Inputs, policy_optional: bool = False) -> Any:
@@ -587,22 +600,25 @@ def show(target: str | None, rules: Sequence[str], live: bool, iptc: bool, examp
       kubectl kpa show --node worker-1 svc/web
       kpa show -r node.save -c objects/ -n shop
     """
-    from kpa.k8s.kubeproxy import hash_names, service_ports
+    from kpa.k8s.kubeproxy import hash_names, service_ports, service_ports_ahead
     from kpa.k8s.showview import describe
 
     # The ruleset and the objects live until exit: without the cyclic collector nothing rescans them.
     gc.disable()
     inp = Inputs(list(rules), list(cluster), list(node_ips), node, live, example, kube, kubeconfig, context,
                  namespace, image, iptc)
-    rs, objects = rules_and_cluster(inp)
-    known: dict[str, str] = {}
-    if objects is not None:
-        from kpa.k8s.naming import service_port_name
-
-        known = hash_names([(service_port_name(s.namespace, s.name, p.name), p.protocol)
-                            for s in objects.services for p in s.ports])
+    rs, objects, early = rules_and_cluster(inp, ahead=service_ports_ahead)
     check_node(inp, objects)
-    views = service_ports(rs, known)
+    if early is not None:
+        views = early  # named by comments alone, so the same for any objects
+    else:
+        known: dict[str, str] = {}
+        if objects is not None:
+            from kpa.k8s.naming import service_port_name
+
+            known = hash_names([(service_port_name(s.namespace, s.name, p.name), p.protocol)
+                                for s in objects.services for p in s.ports])
+        views = service_ports(rs, known)
     wanted = service_ref(target, inp) if target else service_filter
     if wanted:
         names = [v.name.split(":")[0] for v in views if v.name]
@@ -892,7 +908,7 @@ def lint(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: S
     """
     from kpa.findings import check_codes, in_scope, load_baseline, make_report
     from kpa.findings import write_baseline as save_baseline
-    from kpa.k8s.lint import CODES, ignore_annotations
+    from kpa.k8s.lint import CODES, ignore_annotations, rules_ahead
     from kpa.k8s.lint import lint as run_lint
     from kpa.render.findings import render
 
@@ -907,14 +923,15 @@ def lint(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: S
     known = load_baseline(baseline) if baseline else None
     inp = Inputs(list(rules), list(cluster), list(node_ips), node, live, example, kube, kubeconfig, context,
                  namespace, image, iptc)
-    rs, objects = rules_and_cluster(inp, policy_optional=True)  # NetworkPolicies too, where allowed
+    # NetworkPolicies too, where allowed; the rules' part of the comparison while the objects are read.
+    rs, objects, ahead = rules_and_cluster(inp, policy_optional=True, ahead=rules_ahead)
     if objects is None:
         raise click.UsageError("lint compares rules with cluster objects: give --cluster PATH (or --kube)")
     if objects.unlisted:
         click.echo(f"warning: cannot list {' and '.join(objects.unlisted)}; NetworkPolicy checks skipped", err=True)
     check_node(inp, objects)
     with progress_status("comparing the rules with the objects"):
-        findings = run_lint(rs, objects, inp.node)
+        findings = run_lint(rs, objects, inp.node, ahead)
         if objects.network_policies:  # policy mistakes too, so CI has one entry point
             from kpa.policy.lint import as_lint_findings
 

@@ -22,7 +22,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Literal
+from typing import Literal, cast
 
 from kpa.ext.base import VerdictExpr
 from kpa.ext.comment import CommentMatch
@@ -252,9 +252,10 @@ def _object_ports(objects: ClusterObjects, family: FamilyName) -> list[_ObjPort]
                     protocol=sp.protocol.lower(),
                     family=family,
                     cluster_ip=cluster_ip,
-                    endpoints=objects.endpoints_for(
+                    # Unsorted: every use sorts them by their ip:port text or looks them up.
+                    endpoints=tuple(objects.endpoints_by_address(
                         svc.namespace, svc.name, sp.name, sp.protocol, version
-                    ),
+                    ).values()),
                 )
             )
     return out
@@ -424,19 +425,37 @@ class _Collected:
     orphans: list[OrphanEndpoint] = field(default_factory=list)
 
 
+class _SpnOf(Mapping[str, str]):
+    """chain -> Service port name, read from ``known`` (chain -> (name, protocol)) as asked."""
+
+    def __init__(self, known: Mapping[str, tuple[str, str]]) -> None:
+        self._known = known
+
+    def __getitem__(self, chain: str) -> str:
+        return self._known[chain][0]
+
+    def __contains__(self, chain: object) -> bool:
+        return chain in self._known
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._known)
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+
 def _iptables_actual(
     rs: Ruleset,
     nat: Table,
-    known: dict[str, tuple[str, str]],
+    known: Mapping[str, tuple[str, str]],
     out: _Collected,
-    object_ports: list[_ObjPort],
+    object_ports: Iterable[_ObjPort],
+    views_all: list[kubeproxy.ServicePortView] | None = None,
 ) -> None:
     family = _family_name(nat.family)
-    views = [
-        v
-        for v in kubeproxy.service_ports(rs, {c: spn for c, (spn, _) in known.items()})
-        if v.family == family
-    ]
+    if views_all is None:
+        views_all = kubeproxy.service_ports(rs, _SpnOf(known))
+    views = [v for v in views_all if v.family == family]
     referenced: set[str] = set()
     for v in views:
         chain_names = list(v.chains.values())
@@ -544,8 +563,8 @@ def _iptables_orphans(
     nat: Table,
     family: FamilyName,
     referenced: set[str],
-    known: dict[str, tuple[str, str]],
-    object_ports: list[_ObjPort],
+    known: Mapping[str, tuple[str, str]],
+    object_ports: Iterable[_ObjPort],
     out: _Collected,
 ) -> None:
     for c in nat.chains.values():
@@ -717,22 +736,58 @@ def _infer_node(
     return nodes.pop() if len(nodes) == 1 else None
 
 
+@dataclass
+class RulesSide:
+    """The rules' half of a correlation, worked out before the cluster objects are at hand.
+
+    `rules_side(rs)` runs the very code `correlate` runs on the rules, with the inputs
+    made from the objects standing in as `kubeproxy.UNREAD`: when that code never looks
+    at them, what it collected is what `correlate` collects with any objects, and
+    `correlate(rs, objects, node, side)` goes on from there. Used once.
+    """
+
+    ruleset: Ruleset
+    layouts: list[tuple[Mode, Table]]
+    # None when the rules' half needs the objects (a chain no comment names, nftables mode).
+    collected: _Collected | None
+
+
+def rules_side(rs: Ruleset) -> RulesSide:
+    """What `correlate` reads of ``rs`` alone; see `RulesSide`."""
+    layouts = list(kube_proxy_layouts(rs))
+    if any(mode != "iptables" for mode, _ in layouts):
+        return RulesSide(rs, layouts, None)
+    out = _Collected()
+    unread = cast(Mapping[str, tuple[str, str]], kubeproxy.UNREAD)
+    try:
+        views_all = kubeproxy.service_ports(rs, kubeproxy.UNREAD) if layouts else []
+        for _, t in layouts:
+            _iptables_actual(rs, t, unread, out, cast(Iterable[_ObjPort], unread), views_all)
+    except kubeproxy.NeedsObjects:
+        return RulesSide(rs, layouts, None)
+    return RulesSide(rs, layouts, out)
+
+
 def correlate(
-    rs: Ruleset, objects: ClusterObjects, node_name: str | None = None
+    rs: Ruleset, objects: ClusterObjects, node_name: str | None = None,
+    side: RulesSide | None = None,
 ) -> Correlation:
     """Pair every kube-proxy chain in ``rs`` with its Service port in ``objects``.
 
     ``node_name`` is the node the rules were taken from; without it kpa infers
     the node from the endpoints in Local-policy chains, or leaves Local
-    expectations unchecked.
+    expectations unchecked. ``side``: `rules_side(rs)`, worked out earlier.
     """
-    layouts = list(kube_proxy_layouts(rs))
+    ready = side.collected if side is not None and side.ruleset is rs else None
+    if side is not None:
+        side.collected = None  # what correlate collects it then changes: use it once
+    layouts = side.layouts if ready is not None and side is not None else list(kube_proxy_layouts(rs))
     families = {_family_name(t.family) for _, t in layouts}
     obj_ports = {fam: _object_ports(objects, fam) for fam in families}
     by_key = {(fam, op.name, op.protocol): op for fam, ops in obj_ports.items() for op in ops}
 
-    out = _Collected()
-    for mode, t in layouts:
+    out = ready if ready is not None else _Collected()
+    for mode, t in layouts if ready is None else ():
         fam = _family_name(t.family)
         known: dict[str, tuple[str, str]] = {}
         known_eps: dict[str, tuple[str, str, str]] = {}
@@ -798,8 +853,10 @@ __all__ = [
     "Expected",
     "OrphanEndpoint",
     "PortCorrelation",
+    "RulesSide",
     "UnmappedChain",
     "correlate",
     "expected_port",
     "kube_proxy_layouts",
+    "rules_side",
 ]

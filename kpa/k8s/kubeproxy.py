@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -367,12 +367,55 @@ def hash_names(services: list[tuple[str, str]]) -> dict[str, str]:
     return out
 
 
-def service_ports(rs: Ruleset, known: dict[str, str] | None = None) -> list[ServicePortView]:
-    """One view per (family, Service port) found in the nat tables or nftables mode's kube-proxy table."""
+class NeedsObjects(Exception):
+    """Raised by `UNREAD` when work done before the objects are read turns out to need them."""
+
+
+class _Unread(Mapping[str, Any]):
+    """Stands for an input made from the cluster objects while they are still being read.
+
+    Work run with it either never looks at that input, and so gives what it gives with
+    any objects, or raises `NeedsObjects` at the first look.
+    """
+
+    def __getitem__(self, key: str) -> Any:
+        raise NeedsObjects(key)
+
+    def __contains__(self, key: object) -> bool:
+        raise NeedsObjects(key)
+
+    def __iter__(self) -> Iterator[str]:
+        raise NeedsObjects()
+
+    def __len__(self) -> int:
+        raise NeedsObjects()
+
+
+UNREAD: Mapping[str, Any] = _Unread()
+
+
+def service_ports_ahead(rs: Ruleset) -> list[ServicePortView] | None:
+    """`service_ports(rs, known)` for every ``known``, worked out before the objects are read.
+
+    None when some chain's Service port is named by no comment: then its name depends
+    on ``known`` (the recomputed hashes), so the views wait for the objects.
+    """
+    try:
+        return service_ports(rs, UNREAD)
+    except NeedsObjects:
+        return None
+
+
+def service_ports(rs: Ruleset, known: Mapping[str, str] | None = None) -> list[ServicePortView]:
+    """One view per (family, Service port) found in the nat tables or nftables mode's kube-proxy table.
+
+    ``known`` (chain name -> Service port name, from recomputed hashes) is read only for
+    a chain whose Service port no comment names.
+    """
     views: list[ServicePortView] = []
     for t in rs.tables:
         if t.name == "nat":
-            views.extend(_table_views(t, rs, known or {}))
+            views.extend(_table_views(t, rs, known if known is not None else {}))
         elif t.name == "kube-proxy":
             views.extend(_nft_views(t))
     return views
@@ -491,7 +534,7 @@ def natural_key(text: str) -> list[Any]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
-def _table_views(t: Table, rs: Ruleset, known: dict[str, str]) -> list[ServicePortView]:
+def _table_views(t: Table, rs: Ruleset, known: Mapping[str, str]) -> list[ServicePortView]:
     by_key: dict[str, ServicePortView] = {}
     version = t.family.version
     fam = "ipv6" if version == 6 else "ipv4"
@@ -725,10 +768,12 @@ def categorize_endpoints(
 
 
 __all__ = [
+    "UNREAD",
     "Categorized",
     "EndpointInfo",
     "EndpointView",
     "Entry",
+    "NeedsObjects",
     "ServicePortView",
     "TrafficPolicy",
     "categorize_endpoints",
@@ -742,5 +787,6 @@ __all__ = [
     "rule_comment",
     "rule_protocol",
     "service_ports",
+    "service_ports_ahead",
     "traffic_policy",
 ]

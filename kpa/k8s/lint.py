@@ -8,7 +8,7 @@ that name the Service port, the chain and the FILE:LINE of the rule involved.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from fractions import Fraction
 
 from kpa.findings import (
@@ -28,8 +28,10 @@ from kpa.k8s.correlate import (
     EndpointRef,
     Expected,
     PortCorrelation,
+    RulesSide,
     UnmappedChain,
     correlate,
+    rules_side,
 )
 from kpa.k8s.objects import ClusterObjects
 from kpa.netfilter.model import Ruleset
@@ -120,11 +122,36 @@ def _is_local_chain(name: str | None) -> bool:
     return bool(name) and str(name).startswith(("KUBE-SVL-", "local-"))
 
 
-def lint(ruleset: Ruleset, objects: ClusterObjects, node_name: str | None) -> list[Finding]:
-    """All findings for one node's ruleset against the cluster objects, most severe first."""
-    corr = correlate(ruleset, objects, node_name)
+@dataclass
+class RulesAhead:
+    """What `lint` reads of the ruleset alone, worked out while the objects are still being read."""
+
+    ruleset: Ruleset
+    side: RulesSide
+    # (chain whose owner the finding names, code, message, location), in `_rule_problems` order.
+    problems: list[tuple[str, str, str, str | None]]
+
+
+def rules_ahead(ruleset: Ruleset) -> RulesAhead:
+    """The ruleset's part of `lint`: pass it to `lint` with the objects."""
+    return RulesAhead(ruleset, rules_side(ruleset), list(_rule_problems(ruleset)))
+
+
+def lint(ruleset: Ruleset, objects: ClusterObjects, node_name: str | None,
+         ahead: RulesAhead | None = None) -> list[Finding]:
+    """All findings for one node's ruleset against the cluster objects, most severe first.
+
+    ``ahead``: `rules_ahead(ruleset)`, worked out before the objects were at hand.
+    """
+    if ahead is not None and ahead.ruleset is not ruleset:
+        ahead = None
+    corr = correlate(ruleset, objects, node_name, ahead.side if ahead is not None else None)
     findings = list(lint_correlation(corr, objects))
-    findings.extend(_rule_checks(ruleset, _chain_owners(corr)))
+    problems = ahead.problems if ahead is not None else list(_rule_problems(ruleset))
+    if problems:
+        owners = _chain_owners(corr)
+        findings.extend(_finding(code, owners.get(chain), message, where)
+                        for chain, code, message, where in problems)
     return sort_findings(_with_object_locations(findings, objects))
 
 
@@ -400,26 +427,25 @@ def _chain_owners(corr: Correlation) -> dict[str, str]:
     return owners
 
 
-def _rule_checks(rs: Ruleset, owners: dict[str, str]) -> Iterator[Finding]:
+def _rule_problems(rs: Ruleset) -> Iterator[tuple[str, str, str, str | None]]:
+    """Unknown rules and dangling jumps: (chain naming the owner, code, message, location)."""
     for t in rs.tables:
         for c in t.chains.values():
             for r in c.rules:
                 if r.known:
                     continue
                 what = ", ".join(sorted({x.name or "?" for x in r.unknown_exprs()}))
-                yield _finding(
-                    "unknown-rules", owners.get(c.name),
-                    f"{t.family.value} {t.name}/{c.name} rule {r.index}{_at(str(r.location))}: "
-                    f"kpa cannot model {what}, so traces through it are approximate",
-                    str(r.location))
+                yield (c.name, "unknown-rules",
+                       f"{t.family.value} {t.name}/{c.name} rule {r.index}{_at(str(r.location))}: "
+                       f"kpa cannot model {what}, so traces through it are approximate",
+                       str(r.location))
     for node, refs in chain_problems(rs).dangling:
         family, table, chain = node
         loc = refs[0] if refs else None
         more = f" (and {len(refs) - 1} more)" if len(refs) > 1 else ""
-        yield _finding(
-            "dangling-jump", owners.get(chain),
-            f"{family} {table}: rule{_at(loc)}{more} jumps to chain {chain}, which does "
-            "not exist", loc)
+        yield (chain, "dangling-jump",
+               f"{family} {table}: rule{_at(loc)}{more} jumps to chain {chain}, which does "
+               "not exist", loc)
 
 
 def format_text(findings: Sequence[Finding]) -> str:
@@ -437,11 +463,13 @@ __all__ = [
     "CODES",
     "SEVERITY_RANK",
     "Finding",
+    "RulesAhead",
     "Severity",
     "exit_status",
     "format_text",
     "ignore_annotations",
     "lint",
     "lint_correlation",
+    "rules_ahead",
     "sort_findings",
 ]

@@ -1,0 +1,228 @@
+"""The comparison `kpa lint` and `kpa show` make gives the full computation's answers.
+
+Work done on the ruleset before the cluster objects are read (`rules_side`,
+`rules_ahead`, `service_ports_ahead`) must leave the correlation, the findings and
+the views exactly as computing everything after the objects are read; where the
+rules' half would depend on the objects it must step aside. Each shortcut is held
+to the full computation on every fixture and on generated clusters with drift, and
+a deliberately broken variant is shown to give different answers.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from kpa.gen.cluster import random_cluster
+from kpa.gen.iptables import render_restore
+from kpa.gen.objects import to_objects
+from kpa.gen.options import ProxierOptions
+from kpa.k8s import kubeproxy
+from kpa.k8s.correlate import (
+    RulesSide,
+    _Collected,
+    _iptables_actual,
+    correlate,
+    kube_proxy_layouts,
+    rules_side,
+)
+from kpa.k8s.kubeproxy import hash_names, service_ports, service_ports_ahead
+from kpa.k8s.lint import lint, rules_ahead
+from kpa.k8s.naming import service_port_name
+from kpa.k8s.objects import ClusterObjects, load_objects, objects_from_documents
+from kpa.netfilter.model import Ruleset
+from kpa.sources import parse_text
+
+FIXTURES = Path(__file__).parent / "fixtures"
+IPT = sorted((FIXTURES / "iptables").glob("*.save"))
+NFT = sorted((FIXTURES / "nft" / "kube-proxy").glob("*.v[46].nft")) + sorted(
+    (FIXTURES / "nft" / "kube-proxy").glob("*.v[46].json"))
+
+
+def _fmt(path: Path) -> str:
+    return "iptables" if path.suffix == ".save" else ("nft-json" if path.suffix == ".json" else "nft-text")
+
+
+def _fixture(path: Path) -> tuple[Callable[[], Ruleset], ClusterObjects, str]:
+    scenario = path.name.split(".")[0]
+    meta = json.loads((FIXTURES / "clusters" / f"{scenario}.meta.json").read_text())
+    objects = load_objects([str(FIXTURES / "clusters" / f"{scenario}.yaml")])
+    text = path.read_text()
+    return (lambda: parse_text(text, str(path), _fmt(path))), objects, meta["node_name"]
+
+
+def _strip_comments(text: str) -> str:
+    return re.sub(r' -m comment --comment ("[^"]*"|\S+)', "", text)
+
+
+def _drifted(seed: int, family: str, services: int = 120) -> Iterator[tuple[str, str, ClusterObjects]]:
+    """(name, iptables text, objects) of a generated cluster, as is and with drift on either side."""
+    cluster = random_cluster(seed, services, 4, (family,))  # type: ignore[arg-type]
+    text = render_restore(cluster, ProxierOptions(node_name="node-0"), family)  # type: ignore[arg-type]
+    docs = to_objects(cluster)
+    objects = objects_from_documents(docs)
+    yield "as-is", text, objects
+    rng = random.Random(seed)
+    # Objects drift: a deleted Service, an EndpointSlice gone, a port renamed.
+    services_docs = [d for d in docs if d["kind"] == "Service"]
+    gone = rng.choice(services_docs)["metadata"]["name"]
+    slice_gone = rng.choice([d for d in docs if d["kind"] == "EndpointSlice"])
+    fewer = [d for d in docs if not (d["kind"] == "Service" and d["metadata"]["name"] == gone)
+             and d is not slice_gone]
+    yield "objects-drift", text, objects_from_documents(fewer)
+    # Rules drift: a Service chain's jump to an endpoint dropped (an orphan endpoint chain),
+    # an endpoint chain renamed, a probability changed.
+    lines = text.split("\n")
+    jumps = [i for i, line in enumerate(lines) if line.startswith("-A KUBE-SVC-") and "-j KUBE-SEP-" in line]
+    for i in rng.sample(jumps, 3):
+        lines[i] = ""
+    probs = [i for i, line in enumerate(lines) if "--probability" in line]
+    i = rng.choice(probs)
+    lines[i] = re.sub(r"--probability \S+", "--probability 0.10000000009", lines[i])
+    yield "rules-drift", "\n".join(lines), objects
+    # Without comments, chains are named by recomputed hashes: the rules' half needs the objects.
+    yield "no-comments", _strip_comments(text), objects
+    yield "no-comments-drift", _strip_comments("\n".join(lines)), objects_from_documents(fewer)
+
+
+def _generated() -> Iterator[tuple[str, Callable[[], Ruleset], ClusterObjects, str]]:
+    for seed, family in ((3, "ipv4"), (4, "ipv6")):
+        for name, text, objects in _drifted(seed, family):
+            yield (f"{family}-{name}", (lambda t=text, f=family: parse_text(  # type: ignore[misc]
+                t, "gen.save", "iptables")), objects, "node-0")
+
+
+CASES = [(p.name, *_fixture(p)) for p in IPT + NFT] + list(_generated())
+
+
+def _lint_json(rs: Ruleset, objects: ClusterObjects, node: str | None, **kw: object) -> list[str]:
+    return [json.dumps(f.to_json(), sort_keys=True) for f in lint(rs, objects, node, **kw)]  # type: ignore[arg-type]
+
+
+def _known(objects: ClusterObjects) -> dict[str, str]:
+    return hash_names([(service_port_name(s.namespace, s.name, p.name), p.protocol)
+                       for s in objects.services for p in s.ports])
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_the_rules_half_worked_out_first_gives_the_full_answers(case: tuple[object, ...]) -> None:
+    _, parse, objects, node = case
+    assert callable(parse) and isinstance(objects, ClusterObjects) and isinstance(node, str)
+    for who in (node, None):
+        full_rs, rs = parse(), parse()
+        side = rules_side(rs)
+        assert correlate(rs, objects, who, side) == correlate(full_rs, objects, who)
+        assert side.collected is None  # used once
+        full_rs, rs = parse(), parse()
+        assert _lint_json(rs, objects, who, ahead=rules_ahead(rs)) == _lint_json(full_rs, objects, who)
+    # show: the views named by comments alone are the views named with the objects' hashes.
+    rs = parse()
+    early = service_ports_ahead(rs)
+    if early is not None:
+        assert [v.to_json() for v in early] == [v.to_json() for v in service_ports(rs, _known(objects))]
+
+
+def test_the_rules_half_is_taken_where_comments_name_every_chain_and_left_where_not() -> None:
+    taken = {str(c[0]) for c in CASES
+             if callable(c[1]) and rules_side(c[1]()).collected is not None}
+    assert {p.name for p in IPT} <= taken  # every real capture has kube-proxy's comments
+    assert {"ipv4-as-is", "ipv4-objects-drift", "ipv6-as-is", "ipv6-rules-drift"} <= taken
+    assert not taken & {"ipv4-no-comments", "ipv6-no-comments", "ipv4-no-comments-drift"}
+    assert not taken & {p.name for p in NFT}
+
+
+def _careless_side(rs: Ruleset) -> RulesSide:
+    """A broken rules' half: takes the objects' inputs as empty instead of stepping aside."""
+    layouts = list(kube_proxy_layouts(rs))
+    out = _Collected()
+    views = service_ports(rs, {})
+    for _, t in layouts:
+        _iptables_actual(rs, t, {}, out, [], views)
+    return RulesSide(rs, layouts, out)
+
+
+def test_a_rules_half_that_guesses_the_objects_inputs_gives_other_answers() -> None:
+    differs = 0
+    for name, parse, objects, node in CASES:
+        if "no-comments" not in str(name):
+            continue
+        assert callable(parse) and isinstance(objects, ClusterObjects)
+        rs, full_rs = parse(), parse()
+        careless = correlate(rs, objects, str(node), _careless_side(rs))
+        differs += careless != correlate(full_rs, objects, str(node))
+        rs = parse()
+        assert service_ports(rs, {}) != service_ports(rs, _known(objects))
+        assert service_ports_ahead(rs) is None
+    assert differs == 4  # every comment-free case
+
+
+def test_an_orphan_chain_without_a_comment_waits_for_the_objects() -> None:
+    """Naming an orphan endpoint chain by hash needs the objects' Service ports."""
+    _, text, objects = next(_drifted(3, "ipv4"))
+    lines = text.split("\n")
+    i = next(i for i, line in enumerate(lines) if line.startswith("-A KUBE-SVC-") and "-j KUBE-SEP-" in line)
+    lines[i] = ""
+    # Endpoint chains without comments, as kube-proxy writes them for large clusters.
+    lines = [_strip_comments(line) if line.startswith("-A KUBE-SEP-") else line for line in lines]
+    rs = parse_text("\n".join(lines), "orphan.save", "iptables")
+    assert rules_side(rs).collected is None
+    full = correlate(parse_text("\n".join(lines), "orphan.save", "iptables"), objects, "node-0")
+    assert [o.service for o in full.orphans] and all(o.service for o in full.orphans)
+    rs = parse_text("\n".join(lines), "orphan.save", "iptables")
+    assert correlate(rs, objects, "node-0", _careless_side(rs)).orphans != full.orphans
+
+
+def test_a_side_of_another_ruleset_is_not_used() -> None:
+    _, parse, objects, node = CASES[0]
+    assert callable(parse) and isinstance(objects, ClusterObjects)
+    other, rs = parse(), parse()
+    side = rules_side(other)
+    assert correlate(rs, objects, str(node), side) == correlate(parse(), objects, str(node))
+    assert lint(rs, objects, str(node), rules_ahead(other)) == lint(parse(), objects, str(node))
+
+
+def test_the_unread_stand_in_refuses_every_look() -> None:
+    unread = kubeproxy.UNREAD
+    for look in (lambda: "x" in unread, lambda: unread["x"], lambda: list(unread), lambda: len(unread),
+                 lambda: bool(unread)):
+        with pytest.raises(kubeproxy.NeedsObjects):
+            look()
+
+
+def test_commands_answer_the_same_when_the_rules_half_fails(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A failure in the work done while the objects are read leaves it to the full computation."""
+    from kpa.cli import _run
+
+    save = FIXTURES / "iptables" / "kitchen-sink.nft.v4.save"
+    args = ["-r", str(save), "-c", str(FIXTURES / "clusters" / "kitchen-sink.yaml")]
+    runs = [["lint", *args, "--node", "node-a", "-o", "json"], ["show", *args, "-o", "wide"],
+            ["lint", "-r", str(save), "-c", str(FIXTURES / "clusters" / "missing.yaml")]]
+
+    def answers() -> list[tuple[int, str, str]]:
+        out = []
+        for run in runs:
+            with pytest.raises(SystemExit) as exit_info:
+                _run("kpa", run)
+            out.append((int(exit_info.value.code or 0), *capsys.readouterr()))
+        return out
+
+    before = answers()
+    assert [code for code, _, _ in before] == [0, 0, 2]
+    assert "missing.yaml" in before[2][2]
+
+    failed: list[Ruleset] = []
+
+    def fail(rs: Ruleset) -> None:
+        failed.append(rs)
+        raise RuntimeError("fails")
+
+    monkeypatch.setattr("kpa.k8s.lint.rules_ahead", fail)
+    monkeypatch.setattr("kpa.k8s.kubeproxy.service_ports_ahead", fail)
+    assert answers() == before
+    assert len(failed) == 3
