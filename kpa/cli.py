@@ -600,17 +600,18 @@ def show(target: str | None, rules: Sequence[str], live: bool, iptc: bool, examp
       kubectl kpa show --node worker-1 svc/web
       kpa show -r node.save -c objects/ -n shop
     """
-    from kpa.k8s.kubeproxy import hash_names, service_ports, service_ports_ahead
-    from kpa.k8s.showview import describe
+    from kpa.k8s.kubeproxy import hash_names, service_ports
+    from kpa.k8s.showview import describe, describe_ahead, describe_objects
 
     # The ruleset and the objects live until exit: without the cyclic collector nothing rescans them.
     gc.disable()
     inp = Inputs(list(rules), list(cluster), list(node_ips), node, live, example, kube, kubeconfig, context,
                  namespace, image, iptc)
-    rs, objects, early = rules_and_cluster(inp, ahead=service_ports_ahead)
+    rs, objects, early = rules_and_cluster(inp, ahead=describe_ahead)
     check_node(inp, objects)
+    described = None
     if early is not None:
-        views = early  # named by comments alone, so the same for any objects
+        views, described = early  # named by comments alone, so the same for any objects
     else:
         known: dict[str, str] = {}
         if objects is not None:
@@ -632,7 +633,11 @@ def show(target: str | None, rules: Sequence[str], live: bool, iptc: bool, examp
         views = [v for v in views if v.name and scope(v.name)]
         if not views:
             raise KpaError(f"no Service in namespace {namespace} in the rules{near(namespace, spaces)}")
-    docs = describe(views, rs, objects)
+    if described is not None:
+        kept = {id(v) for v in views}  # what describe_rules gave for the views kept, in its order
+        docs = describe_objects([d for d in described if id(d.view) in kept], objects)
+    else:
+        docs = describe(views, rs, objects)
     if fmt == "name":
         for d in docs:
             click.echo(f"svc/{d['service_port'] or '(unnamed)'}")

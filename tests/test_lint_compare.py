@@ -35,6 +35,7 @@ from kpa.k8s.kubeproxy import hash_names, service_ports, service_ports_ahead
 from kpa.k8s.lint import lint, rules_ahead
 from kpa.k8s.naming import service_port_name
 from kpa.k8s.objects import ClusterObjects, load_objects, objects_from_documents
+from kpa.k8s.showview import describe, describe_ahead, describe_objects
 from kpa.netfilter.model import Ruleset
 from kpa.sources import parse_text
 
@@ -120,11 +121,24 @@ def test_the_rules_half_worked_out_first_gives_the_full_answers(case: tuple[obje
         assert side.collected is None  # used once
         full_rs, rs = parse(), parse()
         assert _lint_json(rs, objects, who, ahead=rules_ahead(rs)) == _lint_json(full_rs, objects, who)
-    # show: the views named by comments alone are the views named with the objects' hashes.
-    rs = parse()
+    # show: the views named by comments alone are the views named with the objects' hashes,
+    # and their documents, completed with the objects, are describe's, for any subset kept.
+    rs, full_rs = parse(), parse()
     early = service_ports_ahead(rs)
+    full_views = service_ports(full_rs, _known(objects))
     if early is not None:
-        assert [v.to_json() for v in early] == [v.to_json() for v in service_ports(rs, _known(objects))]
+        assert [v.to_json() for v in early] == [v.to_json() for v in full_views]
+    ahead = describe_ahead(rs)
+    assert (ahead is None) == (early is None)
+    if ahead is not None:
+        views, described = ahead
+        assert describe_objects(described, objects) == describe(full_views, full_rs, objects)
+        rs, full_rs = parse(), parse()
+        views, described = describe_ahead(rs) or ([], [])
+        full_views = service_ports(full_rs, _known(objects))
+        kept = {id(v) for i, v in enumerate(views) if i % 3 == 1}
+        part = describe_objects([d for d in described if id(d.view) in kept], objects)
+        assert part == describe([v for i, v in enumerate(full_views) if i % 3 == 1], full_rs, objects)
 
 
 def test_the_rules_half_is_taken_where_comments_name_every_chain_and_left_where_not() -> None:
@@ -223,6 +237,6 @@ def test_commands_answer_the_same_when_the_rules_half_fails(
         raise RuntimeError("fails")
 
     monkeypatch.setattr("kpa.k8s.lint.rules_ahead", fail)
-    monkeypatch.setattr("kpa.k8s.kubeproxy.service_ports_ahead", fail)
+    monkeypatch.setattr("kpa.k8s.showview.describe_ahead", fail)
     assert answers() == before
     assert len(failed) == 3

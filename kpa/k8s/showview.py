@@ -9,9 +9,10 @@ are no objects, affinity and source ranges are read from the rules.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
-from kpa.k8s.kubeproxy import ServicePortView, natural_key
+from kpa.k8s.kubeproxy import ServicePortView, natural_key, service_ports_ahead
 from kpa.k8s.story import fmt_share
 from kpa.netfilter.model import Ruleset
 
@@ -73,19 +74,52 @@ def _rules_source_ranges(rs: Ruleset, v: ServicePortView) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def describe(views: list[ServicePortView], rs: Ruleset, objects: Any) -> list[dict[str, Any]]:
-    """One JSON-able document per Service port, sorted naturally (svc-2 before svc-1000)."""
-    docs: list[dict[str, Any]] = []
+@dataclass
+class RulesDoc:
+    """A Service port's document as far as the rules alone tell (`describe_rules`)."""
+
+    view: ServicePortView
+    doc: dict[str, Any]
+    affinity: str | None
+    ranges: list[str]
+    # Each endpoint's document with the address and port of its DNAT target.
+    endpoints: list[tuple[dict[str, Any], str | None, int | None]]
+
+
+def describe_rules(views: list[ServicePortView], rs: Ruleset) -> list[RulesDoc]:
+    """What `describe` reads of the rules, in its order; `describe_objects` adds the objects once."""
+    out: list[RulesDoc] = []
     for v in sorted(views, key=lambda v: (natural_key(v.name or "~"), v.family)):
         doc = v.to_json()
+        endpoints = []
+        for key, eps in (("endpoints", v.endpoints), ("local_endpoints", v.local_endpoints)):
+            for e, view in zip(doc[key], eps, strict=True):
+                # The share as a float, which is what the exact fraction prints as.
+                e["share"] = fmt_share(view.probability)
+                endpoints.append((e, *_host_port(e["endpoint"])))
+        out.append(RulesDoc(v, doc, _rules_affinity(rs, v), _rules_source_ranges(rs, v), endpoints))
+    return out
+
+
+def describe_ahead(rs: Ruleset) -> tuple[list[ServicePortView], list[RulesDoc]] | None:
+    """`service_ports_ahead` and `describe_rules` of its views: `kpa show`'s work before the objects are read."""
+    views = service_ports_ahead(rs)
+    return None if views is None else (views, describe_rules(views, rs))
+
+
+def describe_objects(described: list[RulesDoc], objects: Any) -> list[dict[str, Any]]:
+    """The documents of `describe_rules` completed with the objects (each document is changed in place)."""
+    docs: list[dict[str, Any]] = []
+    for d in described:
+        v, doc = d.view, d.doc
         svc = None
         ns = name = port = ""
         if v.name:
             ns, name, port = _split_spn(v.name)
             svc = objects.service(ns, name) if objects is not None else None
         policies: dict[str, str] = {}
-        affinity = _rules_affinity(rs, v)
-        ranges = _rules_source_ranges(rs, v)
+        affinity = d.affinity
+        ranges = d.ranges
         if svc is not None:
             doc["type"] = svc.type
             policies = {"externalTrafficPolicy": svc.external_traffic_policy,
@@ -109,23 +143,24 @@ def describe(views: list[ServicePortView], rs: Ruleset, objects: Any) -> list[di
         conditions: dict[tuple[str, int | None], Any] = {}
         if svc is not None:
             conditions = objects.endpoints_by_address(ns, name, port)
-        for key, eps in (("endpoints", v.endpoints), ("local_endpoints", v.local_endpoints)):
-            for e, view in zip(doc[key], eps, strict=True):
-                host, p = _host_port(e["endpoint"])
-                ep = conditions.get((host or "", p))
-                # The share as a float, which is what the exact fraction prints as.
-                e["share"] = fmt_share(view.probability)
-                if ep is not None:
-                    ref = ep.target_ref
-                    e["pod"] = f"{ref.namespace or ns}/{ref.name}" if ref is not None and ref.kind == "Pod" else None
-                    e["node"] = ep.node_name
-                    e["ready"], e["serving"], e["terminating"] = ep.ready, ep.serving, ep.terminating
-                elif objects is not None and host:
-                    pod = objects.pod_by_ip(host)
-                    e["pod"] = f"{pod.namespace}/{pod.name}" if pod is not None else None
-                    e["node"] = pod.node_name if pod is not None else None
+        for e, host, p in d.endpoints:
+            ep = conditions.get((host or "", p))
+            if ep is not None:
+                ref = ep.target_ref
+                e["pod"] = f"{ref.namespace or ns}/{ref.name}" if ref is not None and ref.kind == "Pod" else None
+                e["node"] = ep.node_name
+                e["ready"], e["serving"], e["terminating"] = ep.ready, ep.serving, ep.terminating
+            elif objects is not None and host:
+                pod = objects.pod_by_ip(host)
+                e["pod"] = f"{pod.namespace}/{pod.name}" if pod is not None else None
+                e["node"] = pod.node_name if pod is not None else None
         docs.append(doc)
     return docs
 
 
-__all__ = ["describe"]
+def describe(views: list[ServicePortView], rs: Ruleset, objects: Any) -> list[dict[str, Any]]:
+    """One JSON-able document per Service port, sorted naturally (svc-2 before svc-1000)."""
+    return describe_objects(describe_rules(views, rs), objects)
+
+
+__all__ = ["RulesDoc", "describe", "describe_ahead", "describe_objects", "describe_rules"]
