@@ -10,6 +10,7 @@ a deliberately broken variant is shown to give different answers.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import random
 import re
@@ -22,19 +23,36 @@ from kpa.gen.cluster import random_cluster
 from kpa.gen.iptables import render_restore
 from kpa.gen.objects import to_objects
 from kpa.gen.options import ProxierOptions
-from kpa.k8s import kubeproxy
+from kpa.k8s import kubeproxy, naming
 from kpa.k8s.correlate import (
+    Actual,
+    EndpointRef,
+    Expected,
+    FamilyName,
+    Mode,
     RulesSide,
     _Collected,
+    _endpoint_chain,
+    _ip_version,
     _iptables_actual,
+    _object_ports,
+    _ObjPort,
     correlate,
+    expected_port,
     kube_proxy_layouts,
     rules_side,
 )
-from kpa.k8s.kubeproxy import hash_names, service_ports, service_ports_ahead
-from kpa.k8s.lint import lint, rules_ahead
+from kpa.k8s.kubeproxy import (
+    EndpointInfo,
+    categorize_endpoints,
+    hash_names,
+    service_ports,
+    service_ports_ahead,
+    traffic_policy,
+)
+from kpa.k8s.lint import _endpoint_drift, lint, rules_ahead
 from kpa.k8s.naming import service_port_name
-from kpa.k8s.objects import ClusterObjects, load_objects, objects_from_documents
+from kpa.k8s.objects import ClusterObjects, canonical_ip, load_objects, objects_from_documents
 from kpa.k8s.showview import describe, describe_ahead, describe_objects
 from kpa.netfilter.model import Ruleset
 from kpa.sources import parse_text
@@ -82,6 +100,9 @@ def _drifted(seed: int, family: str, services: int = 120) -> Iterator[tuple[str,
     jumps = [i for i, line in enumerate(lines) if line.startswith("-A KUBE-SVC-") and "-j KUBE-SEP-" in line]
     for i in rng.sample(jumps, 3):
         lines[i] = ""
+    kept = [i for i in jumps if lines[i]]
+    i, j = rng.sample(kept, 2)
+    lines[i] = lines[i].split(" -j ")[0] + " -j " + lines[j].split(" -j ")[1]
     probs = [i for i, line in enumerate(lines) if "--probability" in line]
     i = rng.choice(probs)
     lines[i] = re.sub(r"--probability \S+", "--probability 0.10000000009", lines[i])
@@ -240,3 +261,132 @@ def test_commands_answer_the_same_when_the_rules_half_fails(
     monkeypatch.setattr("kpa.k8s.showview.describe_ahead", fail)
     assert answers() == before
     assert len(failed) == 3
+
+
+# ------------------------------------------------------------- the objects' side
+
+
+def _expected_reference(op: _ObjPort, node_name: str | None, mode: Mode) -> Expected:
+    """The expected side as it was computed before: EndpointInfo per endpoint, sorted input."""
+    svc, sp, version = op.service, op.port, 6 if op.family == "ipv6" else 4
+    same = tuple(ip for ip in svc.external_ips if _ip_version(ip) == version)
+    vips = tuple(canonical_ip(i.ip) for i in svc.load_balancer_ingress
+                 if i.ip and i.ip_mode != "Proxy" and _ip_version(i.ip) == version)
+    ranges = tuple(str(ipaddress.ip_network(c.strip(), strict=False))
+                   for c in svc.load_balancer_source_ranges if _ip_version(c.strip()) == version)
+    chain_of = naming.sep_chain if mode == "iptables" else naming.nft_endpoint_chain
+    infos = tuple(
+        EndpointInfo(endpoint=key, ip=ep.address, is_local=node_name is not None and ep.node_name == node_name,
+                     ready=ep.ready, serving=ep.serving, terminating=ep.terminating,
+                     chain=chain_of(op.name, op.protocol, key))
+        for key, ep in sorted((naming.endpoint_string(ep.address, ep.port), ep) for ep in op.endpoints))
+    policy = traffic_policy(svc.type, sp.node_port or 0, same, vips, svc.external_traffic_policy,
+                            svc.internal_traffic_policy)
+    cat = categorize_endpoints(infos, policy)
+    node_of = {naming.endpoint_string(e.address, e.port): e.node_name for e in op.endpoints}
+
+    def refs(chosen: tuple[EndpointInfo, ...]) -> tuple[EndpointRef, ...]:
+        return tuple(EndpointRef(i.endpoint, i.chain, node_of.get(i.endpoint)) for i in chosen)
+
+    if mode == "iptables":
+        names = naming.iptables_service_chains(op.name, op.protocol)
+        kinds = ("svc", "svl", "ext", "fw")
+    else:
+        kinds = ("service", "local", "external", "firewall")
+        names = {"service": naming.nft_service_chain(op.name, op.protocol),
+                 "local": naming.nft_local_chain(op.name, op.protocol),
+                 "external": naming.nft_external_chain(op.name, op.protocol),
+                 "firewall": naming.nft_firewall_chain(op.name, op.protocol)}
+    chains: dict[str, str] = {}
+    if cat.cluster and policy.uses_cluster_endpoints:
+        chains[kinds[0]] = names[kinds[0]]
+    if cat.local and policy.uses_local_endpoints:
+        chains[kinds[1]] = names[kinds[1]]
+    if cat.has_any and policy.externally_accessible:
+        chains[kinds[2]] = names[kinds[2]]
+    if vips and ranges and (cat.has_any or mode != "iptables"):
+        chains[kinds[3]] = names[kinds[3]]
+    return Expected(
+        service_type=svc.type, cluster_ip=op.cluster_ip, node_port=sp.node_port,
+        internal_policy_local=policy.internal_policy_local, external_policy_local=policy.external_policy_local,
+        externally_accessible=policy.externally_accessible, endpoints=refs(infos), cluster=refs(cat.cluster),
+        local=refs(cat.local) if node_name is not None else (), has_endpoints=cat.has_any,
+        local_known=node_name is not None, chains=chains,
+        health_check_node_port=svc.health_check_node_port if svc.type == "LoadBalancer" else None)
+
+
+def _object_ports_sorted(objects: ClusterObjects, family: FamilyName) -> list[_ObjPort]:
+    """The Service ports with their endpoints sorted by address, as they were listed before."""
+    out = []
+    for op in _object_ports(objects, family):
+        eps = objects.endpoints_for(op.service.namespace, op.service.name, op.port.name, op.port.protocol,
+                                    6 if family == "ipv6" else 4)
+        assert sorted(eps, key=repr) == sorted(op.endpoints, key=repr)  # the same, in another order
+        out.append(_ObjPort(op.service, op.port, op.name, op.protocol, family, op.cluster_ip, eps))
+    return out
+
+
+def _port_objects() -> Iterator[tuple[ClusterObjects, str]]:
+    seen: set[int] = set()
+    for _, _, objects, node in CASES:
+        assert isinstance(objects, ClusterObjects)
+        if id(objects) not in seen:
+            seen.add(id(objects))
+            yield objects, str(node)
+    # Every condition and policy mixed: random endpoint states on a generated cluster.
+    docs = to_objects(random_cluster(8, 150, 5, ("ipv4", "ipv6")))
+    rng = random.Random(8)
+    for d in docs:
+        if d["kind"] == "EndpointSlice":
+            for ep in d.get("endpoints", []):
+                ep["conditions"] = {k: rng.random() < 0.5 for k in ("ready", "serving", "terminating")}
+                if rng.random() < 0.3:
+                    ep["nodeName"] = "node-0"
+        if d["kind"] == "Service" and rng.random() < 0.3:
+            d["spec"]["internalTrafficPolicy"] = "Local"
+    yield objects_from_documents(docs), "node-0"
+
+
+def test_expected_ports_equal_the_computation_with_endpoint_infos() -> None:
+    compared = 0
+    for objects, node in _port_objects():
+        for family in ("ipv4", "ipv6"):
+            for op, sorted_op in zip(_object_ports(objects, family), _object_ports_sorted(objects, family),
+                                     strict=True):
+                for who in (node, None):
+                    for mode in ("iptables", "nftables"):
+                        want = _expected_reference(sorted_op, who, mode)  # type: ignore[arg-type]
+                        assert expected_port(op, who, mode) == want  # type: ignore[arg-type]
+                        compared += 1
+    assert compared > 4000
+
+
+def _drift_reference(e: Expected, a: Actual, local: bool) -> list[tuple[str, str]]:
+    """(code, chain) of every endpoint drift finding, by the dictionaries alone."""
+    expected = {r.chain: r for r in (e.local if local else e.cluster)}
+    actual = {r.chain: r for r in (a.local if local else a.cluster)}
+    return ([("stale-endpoint", n) for n in actual if n not in expected]
+            + [("missing-endpoint", n) for n in expected if n not in actual])
+
+
+def test_endpoint_drift_equals_the_dictionary_comparison() -> None:
+    drifted = 0
+    for _, parse, objects, node in CASES:
+        assert callable(parse) and isinstance(objects, ClusterObjects)
+        for pc in correlate(parse(), objects, str(node)).ports:
+            if pc.expected is None or pc.actual is None or not pc.actual.programmed:
+                continue
+            for local in (False, True):
+                got = [(f.code, f.message.split(" via ")[-1].split(" ")[0] if f.code == "stale-endpoint"
+                        else f.message.rsplit("expected ", 1)[-1].rstrip(")"))
+                       for f in _endpoint_drift(pc, pc.expected, pc.actual, local)]
+                want = _drift_reference(pc.expected, pc.actual, local)
+                assert got == want, pc.label
+                drifted += bool(want)
+    assert drifted >= 4
+
+
+def test_endpoint_chain_names_are_kube_proxys() -> None:
+    for spn, proto, ep in (("ns/a:p", "tcp", "10.0.0.1:80"), ("ns/b", "udp", "[fd00::1]:53")):
+        assert _endpoint_chain("iptables", spn, proto, ep) == naming.sep_chain(spn, proto, ep)
+        assert _endpoint_chain("nftables", spn, proto, ep) == naming.nft_endpoint_chain(spn, proto, ep)

@@ -214,7 +214,7 @@ def port_views(cluster: Cluster, options: ProxierOptions, family: Family) -> lis
     return views
 
 
-def categorize_endpoints(view: PortView) -> Categorized:
+def categorize_endpoints(view: PortView) -> Categorized[EndpointInfo]:
     """kube-proxy's CategorizeEndpoints for one Service port (see kpa.k8s.kubeproxy)."""
     return kubeproxy.categorize_endpoints(view.endpoints, view.policy)
 

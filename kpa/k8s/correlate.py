@@ -22,12 +22,12 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Literal, cast
+from typing import Literal, NamedTuple, cast
 
 from kpa.ext.base import VerdictExpr
 from kpa.ext.comment import CommentMatch
 from kpa.k8s import kubeproxy, naming
-from kpa.k8s.kubeproxy import EndpointInfo, TrafficPolicy, categorize_endpoints
+from kpa.k8s.kubeproxy import TrafficPolicy, categorize_endpoints
 from kpa.k8s.objects import (
     _CANONICAL_V4,
     ClusterObjects,
@@ -270,6 +270,18 @@ def _ip_version(text: str) -> int | None:
         return None
 
 
+class _Row(NamedTuple):
+    """One endpoint of a Service port as kube-proxy's selection reads it, with its chain and node."""
+
+    endpoint: str  # "ip:port" / "[ip]:port"
+    is_local: bool
+    ready: bool
+    serving: bool
+    terminating: bool
+    chain: str
+    node_name: str | None
+
+
 @dataclass(frozen=True)
 class _Selection:
     """A Service port as kube-proxy's single-family proxier selects its endpoints."""
@@ -277,7 +289,7 @@ class _Selection:
     policy: TrafficPolicy
     lb_vips: tuple[str, ...]
     source_ranges: tuple[str, ...]
-    endpoints: tuple[EndpointInfo, ...]
+    endpoints: tuple[_Row, ...]
 
 
 def _port_view(op: _ObjPort, node_name: str | None, mode: Mode) -> _Selection:
@@ -288,22 +300,16 @@ def _port_view(op: _ObjPort, node_name: str | None, mode: Mode) -> _Selection:
         canonical_ip(i.ip)
         for i in svc.load_balancer_ingress
         if i.ip and i.ip_mode != "Proxy" and _ip_version(i.ip) == version
-    )
+    ) if svc.load_balancer_ingress else ()
     ranges = tuple(
         str(ipaddress.ip_network(c.strip(), strict=False))
         for c in svc.load_balancer_source_ranges
         if _ip_version(c.strip()) == version
-    )
-    infos = tuple(
-        EndpointInfo(
-            endpoint=key,
-            ip=ep.address,
-            is_local=node_name is not None and ep.node_name == node_name,
-            ready=ep.ready,
-            serving=ep.serving,
-            terminating=ep.terminating,
-            chain=_endpoint_chain(mode, op.name, op.protocol, key),
-        )
+    ) if svc.load_balancer_source_ranges else ()
+    spn, proto = op.name, op.protocol
+    rows = tuple(
+        _Row(key, node_name is not None and ep.node_name == node_name, ep.ready, ep.serving,
+             ep.terminating, _endpoint_chain(mode, spn, proto, key), ep.node_name)
         # kube-proxy orders each endpoint list by its string form.
         for key, ep in sorted(
             (naming.endpoint_string(ep.address, ep.port), ep) for ep in op.endpoints
@@ -317,10 +323,12 @@ def _port_view(op: _ObjPort, node_name: str | None, mode: Mode) -> _Selection:
         svc.external_traffic_policy,
         svc.internal_traffic_policy,
     )
-    return _Selection(policy=policy, lb_vips=vips, source_ranges=ranges, endpoints=infos)
+    return _Selection(policy=policy, lb_vips=vips, source_ranges=ranges, endpoints=rows)
 
 
+@functools.lru_cache(maxsize=1 << 17)
 def _endpoint_chain(mode: Mode, spn: str, proto: str, endpoint: str) -> str:
+    """The endpoint chain kube-proxy names; cached (`rules_side` asks for those the rules show)."""
     if mode == "iptables":
         return naming.sep_chain(spn, proto, endpoint)
     return naming.nft_endpoint_chain(spn, proto, endpoint)
@@ -343,14 +351,8 @@ def expected_port(op: _ObjPort, node_name: str | None, mode: Mode) -> Expected:
     view = _port_view(op, node_name, mode)
     cat = categorize_endpoints(view.endpoints, view.policy)
     policy = view.policy
-    node_of = {naming.endpoint_string(e.address, e.port): e.node_name for e in op.endpoints}
     # One (frozen) reference per endpoint, shared by the lists that name it.
-    made = {id(i): EndpointRef(i.endpoint, i.chain, node_of.get(i.endpoint)) for i in view.endpoints}
-
-    def refs(infos: Iterable[EndpointInfo]) -> tuple[EndpointRef, ...]:
-        return tuple(made.get(id(i)) or EndpointRef(i.endpoint, i.chain, node_of.get(i.endpoint))
-                     for i in infos)
-
+    made = {r.endpoint: EndpointRef(r.endpoint, r.chain, r.node_name) for r in view.endpoints}
     names = _service_chains(mode, op.name, op.protocol)
     svc_k, svl_k, ext_k, fw_k = (("svc", "svl", "ext", "fw") if mode == "iptables"
                                  else _NFT_SERVICE_KINDS)
@@ -371,9 +373,9 @@ def expected_port(op: _ObjPort, node_name: str | None, mode: Mode) -> Expected:
         internal_policy_local=policy.internal_policy_local,
         external_policy_local=policy.external_policy_local,
         externally_accessible=policy.externally_accessible,
-        endpoints=refs(view.endpoints),
-        cluster=refs(cat.cluster),
-        local=refs(cat.local) if node_name is not None else (),
+        endpoints=tuple(made.values()),
+        cluster=tuple(made[r.endpoint] for r in cat.cluster),
+        local=tuple(made[r.endpoint] for r in cat.local) if node_name is not None else (),
         has_endpoints=cat.has_any,
         local_known=node_name is not None,
         chains=chains,
@@ -765,6 +767,16 @@ def rules_side(rs: Ruleset) -> RulesSide:
             _iptables_actual(rs, t, unread, out, cast(Iterable[_ObjPort], unread), views_all)
     except kubeproxy.NeedsObjects:
         return RulesSide(rs, layouts, None)
+    # The chain names the objects will most likely ask for are the ones the rules show:
+    # compute them now (both functions are cached) rather than after the objects are read.
+    for pc in out.ports.values():
+        a = pc.actual
+        if a is None or pc.protocol is None:
+            continue
+        _service_chains("iptables", pc.name, pc.protocol)
+        for e in (*a.cluster, *a.local):
+            if e.endpoint:
+                _endpoint_chain("iptables", pc.name, pc.protocol, e.endpoint)
     return RulesSide(rs, layouts, out)
 
 

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from kpa.ext.base import IntCond, Match
 from kpa.ext.nat import NatTarget
@@ -716,23 +716,40 @@ def traffic_policy(
     )
 
 
+class Selectable(Protocol):
+    """What kube-proxy's endpoint selection reads of an endpoint (`EndpointInfo` has it all)."""
+
+    @property
+    def endpoint(self) -> str: ...
+    @property
+    def is_local(self) -> bool: ...
+    @property
+    def ready(self) -> bool: ...
+    @property
+    def serving(self) -> bool: ...
+    @property
+    def terminating(self) -> bool: ...
+
+
+E = TypeVar("E", bound=Selectable)
+
+
 @dataclass(frozen=True)
-class Categorized:
-    cluster: tuple[EndpointInfo, ...]
-    local: tuple[EndpointInfo, ...]
-    reachable: tuple[EndpointInfo, ...]
+class Categorized(Generic[E]):
+    cluster: tuple[E, ...]
+    local: tuple[E, ...]
+    reachable: tuple[E, ...]
     has_any: bool
 
 
-def categorize_endpoints(
-    endpoints: Sequence[EndpointInfo], policy: TrafficPolicy
-) -> Categorized:
+def categorize_endpoints(endpoints: Sequence[E], policy: TrafficPolicy) -> Categorized[E]:
     """kube-proxy's CategorizeEndpoints (topology hints are not modelled).
 
     ``endpoints`` must be sorted by their ``ip:port`` string, as kube-proxy keeps them.
+    The answer holds the very objects given.
     """
-    cluster: tuple[EndpointInfo, ...] = ()
-    local: tuple[EndpointInfo, ...] = ()
+    cluster: tuple[E, ...] = ()
+    local: tuple[E, ...] = ()
     has_any = False
     if policy.uses_cluster_endpoints:
         cluster = tuple(ep for ep in endpoints if ep.ready)
@@ -774,6 +791,7 @@ __all__ = [
     "EndpointView",
     "Entry",
     "NeedsObjects",
+    "Selectable",
     "ServicePortView",
     "TrafficPolicy",
     "categorize_endpoints",

@@ -130,11 +130,20 @@ class RulesAhead:
     side: RulesSide
     # (chain whose owner the finding names, code, message, location), in `_rule_problems` order.
     problems: list[tuple[str, str, str, str | None]]
+    # The endpoint lists of the rules' half whose statistic shares are even, by id.
+    even: dict[int, list[EndpointRef]]
 
 
 def rules_ahead(ruleset: Ruleset) -> RulesAhead:
     """The ruleset's part of `lint`: pass it to `lint` with the objects."""
-    return RulesAhead(ruleset, rules_side(ruleset), list(_rule_problems(ruleset)))
+    side = rules_side(ruleset)
+    even: dict[int, list[EndpointRef]] = {}
+    for pc in side.collected.ports.values() if side.collected is not None else ():
+        for refs in (pc.actual.cluster, pc.actual.local) if pc.actual is not None else ():
+            probs = [r.probability for r in refs]
+            if refs and None not in probs and _even_enough(probs, len(refs)):  # type: ignore[arg-type]
+                even[id(refs)] = refs
+    return RulesAhead(ruleset, side, list(_rule_problems(ruleset)), even)
 
 
 def lint(ruleset: Ruleset, objects: ClusterObjects, node_name: str | None,
@@ -146,7 +155,7 @@ def lint(ruleset: Ruleset, objects: ClusterObjects, node_name: str | None,
     if ahead is not None and ahead.ruleset is not ruleset:
         ahead = None
     corr = correlate(ruleset, objects, node_name, ahead.side if ahead is not None else None)
-    findings = list(lint_correlation(corr, objects))
+    findings = list(lint_correlation(corr, objects, ahead.even if ahead is not None else None))
     problems = ahead.problems if ahead is not None else list(_rule_problems(ruleset))
     if problems:
         owners = _chain_owners(corr)
@@ -177,8 +186,12 @@ def ignore_annotations(objects: ClusterObjects) -> dict[ObjectRef, frozenset[str
     return out
 
 
-def lint_correlation(corr: Correlation, objects: ClusterObjects) -> Iterator[Finding]:
-    """The drift checks that need only the correlation."""
+def lint_correlation(corr: Correlation, objects: ClusterObjects,
+                     even: dict[int, list[EndpointRef]] | None = None) -> Iterator[Finding]:
+    """The drift checks that need only the correlation.
+
+    ``even``: endpoint lists of the correlation already known to have even shares, by id.
+    """
     if not corr.layouts:
         if objects.services:
             yield _finding(
@@ -196,7 +209,7 @@ def lint_correlation(corr: Correlation, objects: ClusterObjects) -> Iterator[Fin
             "no node given and none could be inferred from Local-policy chains: "
             "checks of Local traffic policies were skipped (give the node name)", None)
     for pc in corr.ports:
-        yield from _port_checks(pc)
+        yield from _port_checks(pc, even or {})
     # One finding per lost Service port: its chains share the hash in their names.
     groups: dict[tuple[str, str, str], list[UnmappedChain]] = {}
     for u in corr.unmapped:
@@ -220,7 +233,7 @@ def lint_correlation(corr: Correlation, objects: ClusterObjects) -> Iterator[Fin
             "Service chain", o.location)
 
 
-def _port_checks(pc: PortCorrelation) -> Iterator[Finding]:
+def _port_checks(pc: PortCorrelation, even: dict[int, list[EndpointRef]]) -> Iterator[Finding]:
     e, a = pc.expected, pc.actual
     if e is None:
         if a is not None:
@@ -249,8 +262,8 @@ def _port_checks(pc: PortCorrelation) -> Iterator[Finding]:
         if e.local_known:
             yield from _endpoint_drift(pc, e, a, local=True)
         yield from _policy_drift(pc, e, a)
-        yield from _shares(pc, a.cluster)
-        yield from _shares(pc, a.local)
+        yield from _shares(pc, a.cluster, even)
+        yield from _shares(pc, a.local, even)
     yield from _local_drops(pc, e, a)
 
 
@@ -269,6 +282,8 @@ def _stale_service(pc: PortCorrelation, a: Actual) -> Finding:
 def _endpoint_drift(pc: PortCorrelation, e: Expected, a: Actual, local: bool) -> Iterator[Finding]:
     expected = e.local if local else e.cluster
     actual = a.local if local else a.cluster
+    if len(expected) == len(actual) and all(x.chain == y.chain for x, y in zip(expected, actual, strict=True)):
+        return  # the same chains in the same order: nothing missing, nothing stale
     which = "Local-policy" if local else "Cluster-policy"
     chain = _policy_chain(a, local)
     exp_chains = {r.chain: r for r in expected}
@@ -360,7 +375,10 @@ def _even_enough(probs: Sequence[Fraction], n: int) -> bool | None:
     return abs((1 << top) - total) << 31 <= n << top
 
 
-def _shares(pc: PortCorrelation, refs: Sequence[EndpointRef]) -> Iterator[Finding]:
+def _shares(pc: PortCorrelation, refs: Sequence[EndpointRef],
+            even: dict[int, list[EndpointRef]]) -> Iterator[Finding]:
+    if even.get(id(refs)) is refs:
+        return  # found even before the objects were read
     probs = [r.probability for r in refs]
     if not refs or any(p is None for p in probs):
         return
