@@ -539,8 +539,25 @@ def _masq_share(d: Dist) -> Fraction:
     return sum((p for k, p in d.items() if k.verdict == "ACCEPT" and k.masquerade), Fraction(0))
 
 
+_REASONS: dict[tuple[Any, ...], list[str]] = {}
+
+
 def explain(a: Dist, b: Dist, source: str) -> list[str]:
-    """Human reasons for the difference between two distributions."""
+    """Human reasons for the difference between two distributions.
+
+    The same pair of distributions (in the same order) recurs across atoms and
+    entry points; its reasons are worked out once (`_explain` does the work).
+    """
+    key = (tuple(a.items()), tuple(b.items()), source)
+    got = _REASONS.get(key)
+    if got is None:
+        got = _explain(a, b, source)
+        if len(_REASONS) < 65536:
+            _REASONS[key] = got
+    return list(got)
+
+
+def _explain(a: Dist, b: Dist, source: str) -> list[str]:
     out: list[str] = []
     ea: dict[str, Fraction] = {}
     eb: dict[str, Fraction] = {}
