@@ -32,7 +32,7 @@ from kpa.netfilter.engine import Outcome, trace
 from kpa.netfilter.index import address_value
 from kpa.netfilter.model import Family, Ruleset, Verdict
 from kpa.netfilter.packet import PacketSpec, TraceContext, node_local_addresses
-from kpa.netfilter.reach import Comparison, Signatures
+from kpa.netfilter.reach import Comparison, Signatures, iptables_text, usable_rules
 
 TOLERANCE = Fraction(1, 2**30)
 PROTO_NUMBERS = {6: "tcp", 17: "udp", 132: "sctp"}
@@ -722,13 +722,16 @@ def side_warnings(a: Ruleset, b: Ruleset, a_name: str, b_name: str) -> list[str]
     return out
 
 
-def _same_traces(a: Ruleset, b: Ruleset, walk: bool = False) -> Callable[[EntryPoint], bool] | None:
+def _same_traces(a: Ruleset, b: Ruleset, walk: bool = False,
+                 usable: tuple[bool | None, bool | None] = (None, None)) -> Callable[[EntryPoint], bool] | None:
     """A test telling entry points whose traces read the same rules in `a` and `b`, or None.
 
     kpa.netfilter.reach.Comparison decides; `walk=True` walks A's rules for
     each entry point instead (Signatures.same, slower, never more often "same").
+    `usable`: what reach.usable_rules says of A and of B, where already known or
+    assumed (the answer then holds only if the assumption does).
     """
-    sa, sb = Signatures(a), Signatures(b)
+    sa, sb = Signatures(a, usable[0]), Signatures(b, usable[1])
     if not (sa.usable and sb.usable) or sa.context() != sb.context():
         return None
     addresses: dict[str, int] = {}
@@ -768,6 +771,9 @@ class _Part:
         self.differences: list[tuple[int, int, list[SourceDiff]]] = []
         # (the same positions) -> A's and B's warnings, A's and B's uncertain outcomes
         self.notes: dict[tuple[int, int], tuple[list[str], list[str], list[str], list[str]]] = {}
+        self.traced = 0  # entry points traced rather than skipped
+        self.usable_b = True  # in a child: what reach.usable_rules says of B
+        self.skipped = False  # in a child: whether it skipped entry points it took to read the same rules
 
 
 # Below this many entry points, a second process costs more than it saves.
@@ -862,12 +868,11 @@ def diff_rulesets(
             ports[key] = ServicePortDiff(e.service, e.protocol, e.family)
         ports[key].entries.append(e)
     ta, tb = _Tracer(a, node_ips, "A"), _Tracer(b, node_ips, "B")
-    same = _same_traces(a, b) if shortcut else None
     classes: dict[tuple[int, bool], list[SourceClass]] = {}
     order = list(ports.values())
     total = len(entries)
 
-    def compare(part: Sequence[int], progress: Progress | None) -> _Part:
+    def compare(part: Sequence[int], same: Callable[[EntryPoint], bool] | None, progress: Progress | None) -> _Part:
         """Every entry point of the Service ports at these positions of `order`, compared."""
         out = _Part()
         done = 0
@@ -876,7 +881,11 @@ def diff_rulesets(
         for k in part:
             for j, e in enumerate(order[k].entries):
                 marks = (len(ta.warnings), len(tb.warnings), len(ta.uncertain), len(tb.uncertain))
-                sources = [] if same is not None and same(e) else compare_entry(e, ta, tb, objects, node_ips, classes)
+                if same is not None and same(e):
+                    sources = []
+                else:
+                    sources = compare_entry(e, ta, tb, objects, node_ips, classes)
+                    out.traced += 1
                 if sources:
                     out.differences.append((k, j, sources))
                 if marks != (len(ta.warnings), len(tb.warnings), len(ta.uncertain), len(tb.uncertain)):
@@ -887,20 +896,41 @@ def diff_rulesets(
                     progress(min(total, round(done * scale)), total)
         return out
 
-    mine: Sequence[int] = range(len(order))
-    theirs: Sequence[int] = ()
+    every = range(len(order))
     job: ChildJob | None = None
     if _split(fork, total):
         mine, theirs = _halves(len(order))
-        job = ChildJob(lambda: [pickle.dumps(compare(theirs, None), protocol=pickle.HIGHEST_PROTOCOL)])
+        # Each process checks one ruleset for loops and deep nesting (reach.usable_rules) and
+        # takes the other to pass; a half compared on an assumption that proves false is compared again.
+        text_a, text_b = iptables_text(a), iptables_text(b)
+
+        def child() -> list[bytes]:
+            ub = usable_rules(b) if shortcut else False
+            same = _same_traces(a, b, usable=(text_a, ub)) if shortcut else None
+            part = compare(theirs, same, None)
+            part.usable_b, part.skipped = ub, same is not None
+            return [pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL)]
+
+        job = ChildJob(child)
         if not job.started:
-            mine, theirs, job = range(len(order)), (), None
-    parts = [compare(mine, progress)]
-    if job is not None:
+            job = None
+    if job is None:
+        parts = [compare(every, _same_traces(a, b) if shortcut else None, progress)]
+    else:
+        ua = usable_rules(a) if shortcut else False
+        same = _same_traces(a, b, usable=(ua, text_b)) if shortcut else None
+        parts = [compare(mine, same, progress)]
         data = job.collect()
         got = pickle.loads(data) if data is not None else None
-        # Whatever went wrong in the child, its share is compared here: the same answer.
-        parts.append(got if isinstance(got, _Part) else compare(theirs, None))
+        if not isinstance(got, _Part):
+            got = None  # whatever went wrong in the child, its half is compared here: the same answer
+        ub = got.usable_b if got is not None else (usable_rules(b) if shortcut else False)
+        if not ub and same is not None:
+            same = None  # B has a loop or nests too deep: no entry point may be skipped
+            parts[0] = compare(mine, None, progress)
+        if got is not None and got.skipped and not ua:
+            got = None  # the child skipped entry points, but A has a loop or nests too deep
+        parts.append(got if got is not None else compare(theirs, same, None))
         if progress is not None:
             progress(total, total)
     side_notes = _merge(order, parts)

@@ -625,3 +625,59 @@ def test_reasons_worked_out_once_are_the_reasons(monkeypatch: pytest.MonkeyPatch
     # Keyed without the source class (reasons name it), or on A's distribution only.
     assert caught(lambda a, b, source: (tuple(a.items()), tuple(b.items())))
     assert caught(lambda a, b, source: (tuple(a.items()), source))
+
+
+def _looped(text: str) -> str:
+    """The rules with a chain that jumps to itself: no trace reaches it, but no entry point may be skipped."""
+    lines = text.splitlines()
+    at = lines.index("*nat") + 1
+    lines[at:at] = [":KUBE-LOOPY - [0:0]"]
+    end = next(k for k in range(at, len(lines)) if lines[k] == "COMMIT")
+    lines[end:end] = ["-A KUBE-LOOPY -j KUBE-LOOPY"]
+    return "\n".join(lines) + "\n"
+
+
+def _loop_pairs() -> list[tuple[str, Ruleset, Ruleset, ClusterObjects, list[str]]]:
+    before = random_cluster(seed=62, services=40, endpoints_per_service=2)
+    after = copy.deepcopy(before)
+    _rollout(after, random.Random(62), keep_one=True)
+    options = ProxierOptions(node_name="node-0")
+    ta, tb = (render_restore(c, options, "ipv4") for c in (before, after))
+    objects, ips = objects_from_documents(to_objects(after)), before.node("node-0").ips
+    return [(side, parse_iptables(x, "a.rules"), parse_iptables(y, "b.rules"), objects, ips)
+            for side, x, y in (("none", ta, tb), ("A", _looped(ta), tb), ("B", ta, _looped(tb)))]
+
+
+def test_a_half_compared_before_a_loop_was_found_is_compared_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each process checks one side for loops and takes the other to pass: a loop on either side
+    still means every entry point is traced, in both halves, and the same report."""
+    from kpa import diff
+
+    traced: list[int] = []
+    merge = diff._merge
+
+    def counted(order: list[diff.ServicePortDiff], parts: list[diff._Part]) -> list[list[str]]:
+        traced.append(sum(p.traced for p in parts))
+        return merge(order, parts)
+
+    monkeypatch.setattr(diff, "_merge", counted)
+    pairs = _loop_pairs()
+
+    def run(fork: bool) -> list[tuple[int, int, dict[str, Any]]]:
+        out = []
+        for _, a, b, o, ips in pairs:
+            report = diff_rulesets(a, b, o, ips, fork=fork)
+            out.append((traced[-1], sum(len(p.entries) for p in report.ports), report.to_json()))
+        return out
+
+    alone = run(False)
+    assert run(True) == alone
+    (n_none, entries, _), *looped = alone
+    assert n_none < entries / 2
+    assert all(n == total for n, total, _ in looped)
+    # Plausible mistakes: the child's verdict on B ignored; the child's half kept although it
+    # skipped entry points and A has a loop.
+    for name, value in (("usable_b", True), ("skipped", False)):
+        with monkeypatch.context() as m:
+            m.setattr(diff._Part, name, property(lambda self, v=value: v, lambda self, v: None), raising=False)
+            assert run(True) != alone

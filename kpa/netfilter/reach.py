@@ -122,13 +122,10 @@ class _Base:
 class Signatures:
     """Trace signatures of one ruleset, with what they are built from worked out once."""
 
-    def __init__(self, ruleset: Ruleset) -> None:
+    def __init__(self, ruleset: Ruleset, usable: bool | None = None) -> None:
+        """`usable`: what `usable(ruleset)` says, when the caller knows or assumes it (else worked out here)."""
         self.ruleset = ruleset
-        self.usable = bool(ruleset.tables) and all(t.source.startswith("iptables") for t in ruleset.tables)
-        if self.usable:
-            # A trace that walks a loop, or nests jumps deeper than the engine allows, warns;
-            # such rulesets are always traced.
-            self.usable = _depth_ok(ruleset)
+        self.usable = usable_rules(ruleset) if usable is None else usable
         self._chains: dict[int, _ChainInfo] = {}
         self._bases: dict[Family, _Base | None] = {}
         self._tables = {(t.family, t.name): t for t in ruleset.tables}
@@ -395,6 +392,18 @@ class Signatures:
         if branches > MAX_BRANCHES:
             return None
         return tuple(sorted(seen.items())), found_dsts, found_dports, found_anything, branches
+
+
+def iptables_text(ruleset: Ruleset) -> bool:
+    """Whether the ruleset is iptables text, the only kind signatures read."""
+    return bool(ruleset.tables) and all(t.source.startswith("iptables") for t in ruleset.tables)
+
+
+def usable_rules(ruleset: Ruleset) -> bool:
+    """Whether traces of this ruleset can be told apart by signature: iptables text, no loop among the
+    chains and no nesting deeper than the engine follows (a trace that walks a loop, or nests jumps
+    deeper than the engine allows, warns; such rulesets are always traced)."""
+    return iptables_text(ruleset) and _depth_ok(ruleset)
 
 
 def _depth_ok(ruleset: Ruleset) -> bool:
