@@ -18,7 +18,7 @@ import os
 import pickle
 import re
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -771,6 +771,7 @@ class _Part:
         self.differences: list[tuple[int, int, list[SourceDiff]]] = []
         # (the same positions) -> A's and B's warnings, A's and B's uncertain outcomes
         self.notes: dict[tuple[int, int], tuple[list[str], list[str], list[str], list[str]]] = {}
+        self.ports: list[int] = []  # the positions of the Service ports compared
         self.traced = 0  # entry points traced rather than skipped
         self.usable_b = True  # in a child: what reach.usable_rules says of B
         self.skipped = False  # in a child: whether it skipped entry points it took to read the same rules
@@ -781,7 +782,7 @@ SPLIT_ENTRIES = 2000
 
 
 def _split(fork: bool | None, entries: int) -> bool:
-    """Whether to compare half of the Service ports in a second process."""
+    """Whether to compare some of the Service ports in a second process."""
     if fork is not None:
         return fork and _can_fork()
     if entries < SPLIT_ENTRIES or not _can_fork():
@@ -791,13 +792,45 @@ def _split(fork: bool | None, entries: int) -> bool:
     return spare_core()
 
 
-def _halves(ports: int) -> tuple[Sequence[int], Sequence[int]]:
-    """Which Service ports this process compares, and which the child: every other one.
+class _Claims:
+    """Runs of Service ports handed out one at a time to whichever process asks first.
 
-    A Service port's entry points stay together (they reach the same chains, whose
-    reading each process does once).
+    A pipe holds one byte per run. Reading one byte from a pipe is atomic, so
+    each run goes to exactly one of the processes that read it; the faster one
+    takes more runs. A Service port's entry points stay together in a run (they
+    reach the same chains, which each process reads once), and so do
+    neighbouring ports (often one Service's).
     """
-    return range(0, ports, 2), range(1, ports, 2)
+
+    RUNS = 64
+
+    def __init__(self, ports: int) -> None:
+        n = max(1, min(ports, self.RUNS))
+        self.bounds = [ports * c // n for c in range(n + 1)]
+        r, w = os.pipe()
+        try:
+            os.write(w, bytes(range(n)))
+        finally:
+            os.close(w)
+        self.fd = r
+
+    def ports(self) -> Iterator[int]:
+        """The ports of each run this process claims, until none is left."""
+        while got := os.read(self.fd, 1):
+            yield from range(self.bounds[got[0]], self.bounds[got[0] + 1])
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _received(data: bytes | None, theirs: list[int]) -> _Part | None:
+    """What the child sent, if it compared exactly the ports this process did not.
+
+    None otherwise (whatever went wrong in the child): those ports are then compared here,
+    with the same answer.
+    """
+    got = pickle.loads(data) if data is not None else None
+    return got if isinstance(got, _Part) and sorted(got.ports) == theirs else None
 
 
 def _merge(order: list[ServicePortDiff], parts: list[_Part]) -> list[list[str]]:
@@ -872,13 +905,12 @@ def diff_rulesets(
     order = list(ports.values())
     total = len(entries)
 
-    def compare(part: Sequence[int], same: Callable[[EntryPoint], bool] | None, progress: Progress | None) -> _Part:
+    def compare(part: Iterable[int], same: Callable[[EntryPoint], bool] | None, progress: Progress | None) -> _Part:
         """Every entry point of the Service ports at these positions of `order`, compared."""
         out = _Part()
         done = 0
-        # With a child comparing the other half, this half's progress stands for both.
-        scale = total / max(1, sum(len(order[k].entries) for k in part))
         for k in part:
+            out.ports.append(k)
             for j, e in enumerate(order[k].entries):
                 marks = (len(ta.warnings), len(tb.warnings), len(ta.uncertain), len(tb.uncertain))
                 if same is not None and same(e):
@@ -893,37 +925,52 @@ def diff_rulesets(
                                          ta.uncertain[marks[2]:], tb.uncertain[marks[3]:])
                 done += 1
                 if progress is not None:
-                    progress(min(total, round(done * scale)), total)
+                    # With a child comparing the other ports, this process's progress stands for both.
+                    progress(min(total, done * scale), total)
         return out
 
     every = range(len(order))
+    scale = 1
     job: ChildJob | None = None
+    claims: _Claims | None = None
     if _split(fork, total):
-        mine, theirs = _halves(len(order))
         # Each process checks one ruleset for loops and deep nesting (reach.usable_rules) and
-        # takes the other to pass; a half compared on an assumption that proves false is compared again.
+        # takes the other to pass; ports compared on an assumption that proves false are compared again.
         text_a, text_b = iptables_text(a), iptables_text(b)
+        try:
+            claims = _Claims(len(order))
+        except OSError:
+            claims = None
+        run = claims
 
-        def child() -> list[bytes]:
+        def child() -> list[bytes] | None:
+            if run is None:
+                return None
             ub = usable_rules(b) if shortcut else False
             same = _same_traces(a, b, usable=(text_a, ub)) if shortcut else None
-            part = compare(theirs, same, None)
+            part = compare(run.ports(), same, None)
             part.usable_b, part.skipped = ub, same is not None
             return [pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL)]
 
-        job = ChildJob(child)
-        if not job.started:
-            job = None
-    if job is None:
+        if claims is not None:
+            job = ChildJob(child)
+            if not job.started:
+                job = None
+    if job is None or claims is None:
+        if claims is not None:
+            claims.close()
         parts = [compare(every, _same_traces(a, b) if shortcut else None, progress)]
     else:
+        scale = 2
         ua = usable_rules(a) if shortcut else False
         same = _same_traces(a, b, usable=(ua, text_b)) if shortcut else None
-        parts = [compare(mine, same, progress)]
-        data = job.collect()
-        got = pickle.loads(data) if data is not None else None
-        if not isinstance(got, _Part):
-            got = None  # whatever went wrong in the child, its half is compared here: the same answer
+        try:
+            parts = [compare(claims.ports(), same, progress)]
+        finally:
+            claims.close()
+        mine = parts[0].ports
+        theirs = sorted(set(every) - set(mine))
+        got = _received(job.collect(), theirs)
         ub = got.usable_b if got is not None else (usable_rules(b) if shortcut else False)
         if not ub and same is not None:
             same = None  # B has a loop or nests too deep: no entry point may be skipped
