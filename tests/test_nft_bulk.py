@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from kpa.errors import InputError
-from kpa.netfilter.model import LazyNftRule
+from kpa.netfilter.model import LazyNftRule, Ruleset
 from kpa.parse import nft_text
 from kpa.parse.nft_text import chain_blocks, parse_nft_text
 from tests.test_nft_shapes import NFT_FILES, _mutations, built_view, check_view
@@ -34,7 +34,14 @@ def _read(text: str, **how: bool) -> tuple[str, Any]:
     except InputError as exc:
         return "error", str(exc)
     lazy = [isinstance(r, LazyNftRule) for t in rs.tables for r in t.rules()]
-    return "ok", (check_view(rs), lazy, built_view(rs), check_view(rs))
+    return "ok", (check_view(rs) + sets_view(rs), lazy, built_view(rs), check_view(rs) + sets_view(rs))
+
+
+def sets_view(rs: Ruleset) -> list[Any]:
+    """Every set and map in full (the bulk reader declares those of kube-proxy's forms itself)."""
+    return [(t.name, name, ns.name, ns.key_types, ns.elements, ns.values, sorted(ns.flags), str(ns.location),
+             ns.dynamic, ns.comments, [type(v).__name__ for v in ns.values or []])
+            for t in rs.tables for name, ns in t.sets.items()] + [sorted(rs.warnings)]
 
 
 def assert_three_ways(text: str) -> str:
@@ -147,6 +154,46 @@ _SETS = [
      "\t}"],
     ["\tset s {", "\t\ttype ipv4_addr", "\t\telements = { 10.0.0.1,"],  # a chain block follows inside the elements
 ]
+_SET_TYPES = ["ipv4_addr", "inet_service", "ipv4_addr . inet_proto . inet_service", "inet_proto . inet_service",
+              "ipv6_addr", "ifname", "mark", "ipv4_addr . inet_service", "typeof ip saddr", "ether_addr"]
+_GOOD = {"ipv4_addr": ["10.0.0.1", "10.0.0.2", "10.96.0.10", "192.168.0.2", "0.0.0.0", "10.0.0.0/8", "10.0.0.1-10.0.0.9"],
+         "inet_service": ["53", "80", "65535", "0", "http", "1-5"], "inet_proto": ["tcp", "udp", "sctp", "6"],
+         "ipv6_addr": ["fd00::1", "::1", "fd00::/64"], "ifname": ["eth0", "lo"], "mark": ["0x1", "7"],
+         "ether_addr": ["aa:bb:cc:dd:ee:ff"]}
+_BAD = ["10.0.0.256", "010.0.0.1", "65536", "0x50", "nosuchport", "tcpx", "*", "1.2.3", "10.0.0.9-10.0.0.1", "x",
+        "fd00::zz", "-1"]
+_SET_DATA = ["", "", " : verdict", " : verdict", " : verdict", " : ipv4_addr", " : interval verdict",
+             " : ipv4_addr . inet_service"]
+_VERDICTS = ["goto a", "jump b", "drop", "accept", "continue", "return", "goto nowhere", "goto svc-1/tcp/p__10.0.0.1/80"]
+_BAD_VERDICTS = ["queue", "goto", "10.0.0.1", "jump a b"]
+
+
+def _random_set(rng: random.Random, odd: float) -> list[str]:
+    kind = rng.choice(["set", "map"])
+    data = rng.choice(_SET_DATA) if kind == "map" else rng.choice(["", "", "", " : verdict"])
+    types = rng.choice(_SET_TYPES)
+    head = [f"\t{kind} {rng.choice(['s', 'm', 'n', 's'])} {{", f"\t\ttype {types}{data}"]
+    if rng.random() < 0.3:
+        head.append(f"\t\tflags {rng.choice(['interval', 'dynamic,timeout', 'timeout', 'constant'])}")
+    parts = [t.strip() for t in types.removeprefix("typeof ip saddr").split(" . ")] if "typeof" not in types \
+        else ["ipv4_addr"]
+    elements = []
+    for _ in range(rng.randrange(0, 6)):
+        arity = len(parts) if rng.random() > odd else rng.choice([1, 2, 3])
+        key = " . ".join(rng.choice(_GOOD.get(parts[k % len(parts)], ["x"])) if rng.random() > odd else rng.choice(_BAD)
+                         for k in range(arity))
+        if rng.random() < 0.3:
+            key += rng.choice([' comment "svc:port"', ' comment ""', ' comment "a, b : c"', ' comment "x"'])
+        if data or rng.random() < odd:
+            value = rng.choice(_VERDICTS) if "verdict" in data else rng.choice(_GOOD["ipv4_addr"])
+            key += " : " + (value if rng.random() > odd else rng.choice(_BAD_VERDICTS + _BAD))
+        elements.append(key)
+    body = []
+    if elements or rng.random() < 0.3:
+        body.append("\t\telements = { " + ",\n\t\t\t     ".join(elements) + " }")
+    if rng.random() < 0.1:
+        body.append(rng.choice(["\t\tsize 65535", "\t\ttimeout 1h", "\t\telements = { 10.0.0.9 }", "\t\tcomment \"c\""]))
+    return head + body + ["\t}"]
 
 
 def _text(rng: random.Random) -> str:
@@ -154,6 +201,8 @@ def _text(rng: random.Random) -> str:
     out = ["table ip t {"]
     if rng.random() < 0.8:
         out += _SETS[0] + [""] + _SETS[1] + [""]
+    for _ in range(rng.choice([0, 0, 1, 3])):
+        out += [*_random_set(rng, 0.0 if rng.random() < 0.7 else 0.1), ""]
     for _ in range(rng.randrange(1, 7)):
         r = rng.random()
         if r < 0.02:
@@ -177,10 +226,22 @@ def test_random_texts_read_the_same_three_ways() -> None:
     rng = random.Random(43)
     outcomes = {"ok": 0, "error": 0}
     bulk_read = 0
-    for _ in range(2500):
+    for _ in range(1500):
         text = _text(rng)
         outcomes[assert_three_ways(text)] += 1
         bulk_read += bool(chain_blocks(text))
     # Both outcomes are common, and the bulk reader was in play in most texts.
     assert outcomes["ok"] > 400 and outcomes["error"] > 400, outcomes
-    assert bulk_read > 1000
+    assert bulk_read > 600
+
+
+def test_random_sets_read_the_same_three_ways() -> None:
+    rng = random.Random(47)
+    outcomes = {"ok": 0, "error": 0}
+    for _ in range(1500):
+        odd = rng.choice([0.0, 0.0, 0.05, 0.2])
+        lines = ["table ip t {", *_random_set(rng, odd), "", *_random_set(rng, odd), ""]
+        lines += ["\tchain a {", "\t\tip saddr @s goto b", "\t\tip daddr . meta l4proto . th dport vmap @m", "\t}",
+                  "\tchain b {", "\t}", "}"]
+        outcomes[assert_three_ways("\n".join(lines) + "\n")] += 1
+    assert outcomes["ok"] > 500 and outcomes["error"] > 200, outcomes

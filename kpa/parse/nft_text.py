@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from kpa.errors import InputError
-from kpa.netfilter.model import Chain, Location, Ruleset, Table
+from kpa.ext.nft.base import UnmodelledKey, ValueError_, parse_value
+from kpa.ext.nft.verdict import verdict_value
+from kpa.netfilter.model import Chain, Location, NamedSet, Ruleset, Table
 from kpa.netfilter.protocols import BadNumber, c_uint
 from kpa.parse.nft_common import KEYED, VERDICTS, Builder, PendingRule, clip
 from kpa.parse.nft_shapes import KeyJob, defer_text, text_source
@@ -988,6 +990,8 @@ class TextReader:
 
     def _block(self, kind: str, name: str, table: Table, lines: list[str], i: int, start: int, handle: int | None) -> int:
         spec: dict[str, Any] = {}
+        # The text of elements of elements_fast's forms and whether they map to verdicts, until the end.
+        simple: tuple[str, bool] | None = None
         chain = self.b.chain(table, name, start, handle) if kind == "chain" else None
         while i < len(lines):
             lineno = self._no[i]
@@ -998,7 +1002,7 @@ class TextReader:
             rule_handle, line = _handle(raw) if "#" in raw else (None, raw)
             if line == "}":
                 if kind != "chain":
-                    self.b.set(table, name, start, spec)
+                    self._declare_set(table, name, start, spec, simple)
                 return i
             if line.endswith("{") and BLOCK_START.match(line):
                 raise self.error(lineno, f"expected '}}' closing {kind} {clip(name)!r} (opened at line {start}) "
@@ -1057,16 +1061,20 @@ class TextReader:
                 if not eq or head.strip() != "elements":
                     raise self.error(lineno, f"expected 'elements = {{ ... }}' in set {clip(name)!r}, found {clip(line)!r}")
                 verdicts = "map" in spec and spec["map"] == "verdict"
-                value = elements_fast(rest, verdicts)
-                if value is None:
-                    toks = tokenize(rest, self.file, lineno)
-                    p = RuleParser(toks)
-                    try:
-                        value = p.rhs(map_verdicts=verdicts)
-                        if p.pos < len(toks):
-                            raise Unparsed(f"expected the end of the elements, found {clip(p.rest_text())!r}")
-                    except Unparsed as exc:
-                        raise self.error(lineno, f"set {clip(name)}: {exc}") from None
+                if _SIMPLE_ELEMENTS[verdicts].fullmatch(rest):
+                    # Read at the block's end, in one go when it can be (_simple_set), else as elements_fast reads it.
+                    simple = (rest, verdicts)
+                    spec.pop("elem", None)
+                    continue
+                simple = None
+                toks = tokenize(rest, self.file, lineno)
+                p = RuleParser(toks)
+                try:
+                    value = p.rhs(map_verdicts=verdicts)
+                    if p.pos < len(toks):
+                        raise Unparsed(f"expected the end of the elements, found {clip(p.rest_text())!r}")
+                except Unparsed as exc:
+                    raise self.error(lineno, f"set {clip(name)}: {exc}") from None
                 if isinstance(value, dict) and isinstance(value.get("set"), list):
                     spec["elem"] = value["set"]
                 elif isinstance(value, (str, dict)):
@@ -1076,6 +1084,67 @@ class TextReader:
                 continue
             self._set_attr(spec, line, lineno, table)
         raise self.error(start, f"expected '}}' closing {kind} {name!r}, found end of input")
+
+    def _declare_set(self, table: Table, name: str, start: int, spec: dict[str, Any],
+                     simple: tuple[str, bool] | None) -> None:
+        # With bulk reading (and skeletons: shapes=False is the reference read), sets of plain forms are
+        # declared here; anything else, and anything _simple_set is unsure of, goes to Builder.set.
+        fast = self.bulk and self.shapes
+        if fast and simple is None and "elem" not in spec \
+                and self._simple_set(table, name, start, spec, "", spec.get("map") == "verdict"):
+            return
+        if simple is not None:
+            if fast and self._simple_set(table, name, start, spec, *simple):
+                return
+            value = elements_fast(*simple)
+            assert value is not None
+            spec["elem"] = value["set"]
+        self.b.set(table, name, start, spec)
+
+    def _simple_set(self, table: Table, name: str, line: int, spec: dict[str, Any], text: str, verdicts: bool) -> bool:
+        """What Builder.set makes of `spec` with the elements `text` (of elements_fast's forms), made here
+        without the statement shapes in between, for a set or verdict map of plain types; False (nothing
+        done) for anything else, and for a value Builder.set would refuse or leave unmodelled."""
+        b = self.b
+        types, data = spec.get("type"), spec.get("map")
+        if not isinstance(types, str) or data not in (None, "verdict") or verdicts != (data == "verdict"):
+            return False
+        key_types = tuple(p.strip() for p in types.split(" . "))
+        n = len(key_types)
+        flags = spec.get("flags", [])
+        flags = [flags] if isinstance(flags, str) else list(flags) if isinstance(flags, list) else []
+        cache = b._values
+        elements: list[tuple[Any, ...]] = []
+        values: list[Any] | None = [] if verdicts else None
+        comments: list[str | None] = []
+        try:
+            for m in _ELEMENT[verdicts].finditer(text):
+                key, comment, value = m.groups()
+                parts = key.split()[::2]  # `a . b . c`
+                if len(parts) != n or parts == ["*"] or (value is not None) != verdicts:
+                    return False  # the general reader's message, or a catch-all
+                element = []
+                for dtype, part in zip(key_types, parts, strict=True):
+                    v = cache.get((dtype, part))
+                    if v is None:
+                        v = cache[(dtype, part)] = parse_value(dtype, part)
+                    element.append(v)
+                elements.append(tuple(element))
+                comments.append(comment or None)
+                if values is not None:
+                    words = value.split()
+                    values.append(verdict_value(words[0], words[1] if len(words) == 2 else None))
+        except (ValueError_, UnmodelledKey, ValueError, KeyError, TypeError):
+            return False  # Builder.set says what
+        ns = NamedSet(name, key_types, flags=frozenset(str(f) for f in flags), location=Location(b.file, line),
+                      dynamic="dynamic" in flags)
+        ns.elements = elements
+        ns.values = values
+        if any(c is not None for c in comments):
+            ns.comments = comments
+        b.unmodelled.pop((id(table), name), None)
+        table.sets[name] = ns
+        return True
 
     def _set_attr(self, spec: dict[str, Any], line: str, lineno: int, table: Table) -> None:
         word, _, rest = line.partition(" ")
