@@ -151,7 +151,9 @@ def rules_and_cluster(inp: Inputs, policy_optional: bool = False,
     inp.resolve_example()
     files = list(inp.cluster)  # files: read in a child process while this one reads the rules
     early = None
-    with BackgroundObjects(files) as pending:
+    # The objects may be handed over before they are all checked: the caller settles them
+    # (kpa.k8s.background.settled) before it reports anything.
+    with BackgroundObjects(files, early=True) as pending:
         with progress_status("reading the rules"):
             rs = load_ruleset(inp)
             if ahead is not None and (files or inp.kube):
@@ -608,36 +610,39 @@ def show(target: str | None, rules: Sequence[str], live: bool, iptc: bool, examp
     inp = Inputs(list(rules), list(cluster), list(node_ips), node, live, example, kube, kubeconfig, context,
                  namespace, image, iptc)
     rs, objects, early = rules_and_cluster(inp, ahead=describe_ahead)
-    check_node(inp, objects)
-    described = None
-    if early is not None:
-        views, described = early  # named by comments alone, so the same for any objects
-    else:
-        known: dict[str, str] = {}
-        if objects is not None:
-            from kpa.k8s.naming import service_port_name
+    from kpa.k8s.background import settled
 
-            known = hash_names([(service_port_name(s.namespace, s.name, p.name), p.protocol)
-                                for s in objects.services for p in s.ports])
-        views = service_ports(rs, known)
-    wanted = service_ref(target, inp) if target else service_filter
-    if wanted:
-        names = [v.name.split(":")[0] for v in views if v.name]
-        views = [v for v in views if v.name and (v.name == wanted or v.name.split(":")[0] == wanted)]
-        if not views:
-            raise KpaError(f"no Service {wanted} in the rules{near(wanted, names)}")
-    elif namespace:
-        scope = service_scope(namespace, None)
-        assert scope is not None
-        spaces = [v.name.split("/")[0] for v in views if v.name]
-        views = [v for v in views if v.name and scope(v.name)]
-        if not views:
-            raise KpaError(f"no Service in namespace {namespace} in the rules{near(namespace, spaces)}")
-    if described is not None:
-        kept = {id(v) for v in views}  # what describe_rules gave for the views kept, in its order
-        docs = describe_objects([d for d in described if id(d.view) in kept], objects)
-    else:
-        docs = describe(views, rs, objects)
+    with settled(objects):  # the objects are known whole before anything is said
+        check_node(inp, objects)
+        described = None
+        if early is not None:
+            views, described = early  # named by comments alone, so the same for any objects
+        else:
+            known: dict[str, str] = {}
+            if objects is not None:
+                from kpa.k8s.naming import service_port_name
+
+                known = hash_names([(service_port_name(s.namespace, s.name, p.name), p.protocol)
+                                    for s in objects.services for p in s.ports])
+            views = service_ports(rs, known)
+        wanted = service_ref(target, inp) if target else service_filter
+        if wanted:
+            names = [v.name.split(":")[0] for v in views if v.name]
+            views = [v for v in views if v.name and (v.name == wanted or v.name.split(":")[0] == wanted)]
+            if not views:
+                raise KpaError(f"no Service {wanted} in the rules{near(wanted, names)}")
+        elif namespace:
+            scope = service_scope(namespace, None)
+            assert scope is not None
+            spaces = [v.name.split("/")[0] for v in views if v.name]
+            views = [v for v in views if v.name and scope(v.name)]
+            if not views:
+                raise KpaError(f"no Service in namespace {namespace} in the rules{near(namespace, spaces)}")
+        if described is not None:
+            kept = {id(v) for v in views}  # what describe_rules gave for the views kept, in its order
+            docs = describe_objects([d for d in described if id(d.view) in kept], objects)
+        else:
+            docs = describe(views, rs, objects)
     if fmt == "name":
         for d in docs:
             click.echo(f"svc/{d['service_port'] or '(unnamed)'}")
@@ -934,21 +939,24 @@ def lint(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: S
         raise click.UsageError("lint compares rules with cluster objects: give --cluster PATH (or --kube)")
     if objects.unlisted:
         click.echo(f"warning: cannot list {' and '.join(objects.unlisted)}; NetworkPolicy checks skipped", err=True)
-    check_node(inp, objects)
-    with progress_status("comparing the rules with the objects"):
-        findings = run_lint(rs, objects, inp.node, ahead)
-        if objects.network_policies:  # policy mistakes too, so CI has one entry point
-            from kpa.policy.lint import as_lint_findings
+    from kpa.k8s.background import settled
 
-            findings = [*findings, *as_lint_findings(objects)]
-            from kpa.k8s.kuberouter import enforcement_findings
+    with settled(objects):  # the objects are known whole before anything is said
+        check_node(inp, objects)
+        with progress_status("comparing the rules with the objects"):
+            findings = run_lint(rs, objects, inp.node, ahead)
+            if objects.network_policies:  # policy mistakes too, so CI has one entry point
+                from kpa.policy.lint import as_lint_findings
 
-            # Where the node enforces the policies (kube-router's chains, kube-network-policies' queue),
-            # compare that with the intent.
-            ips = [str(ip) for ip in inp.node_ips]
-            findings = [*findings, *enforcement_findings(rs, objects, ips, inp.node)]
-    report = make_report(findings, only=only_codes, ignore=ignore_codes, annotations=ignore_annotations(objects),
-                         baseline=known, scope=in_scope(namespace, service_filter))
+                findings = [*findings, *as_lint_findings(objects)]
+                from kpa.k8s.kuberouter import enforcement_findings
+
+                # Where the node enforces the policies (kube-router's chains, kube-network-policies' queue),
+                # compare that with the intent.
+                ips = [str(ip) for ip in inp.node_ips]
+                findings = [*findings, *enforcement_findings(rs, objects, ips, inp.node)]
+        report = make_report(findings, only=only_codes, ignore=ignore_codes, annotations=ignore_annotations(objects),
+                             baseline=known, scope=in_scope(namespace, service_filter))
     if write_baseline:
         save_baseline(write_baseline, report.findings)
         click.echo(f"wrote {len(report.findings)} finding(s) to the baseline {write_baseline}", err=True)

@@ -23,6 +23,10 @@ class ChildJob:
     results are never joined in the child), or None for "no result". The child
     exits 0 only when every byte was written; the parent takes the bytes only then.
     When fork or pipe is not available, nothing starts and `collect()` is None.
+
+    The pieces are written by a thread of the child while `work`'s iterator goes on, so a
+    generator can hand over a first part (which the parent takes with `read`) and carry
+    on working while the parent has not read it yet.
     """
 
     def __init__(self, work: Callable[[], Iterable[bytes] | None]) -> None:
@@ -43,11 +47,7 @@ class ChildJob:
             try:
                 os.close(r)
                 pieces = work()
-                if pieces is not None:
-                    for piece in pieces:
-                        view = memoryview(piece)
-                        while view:
-                            view = view[os.write(w, view):]
+                if pieces is not None and _write_all(w, pieces):
                     status = 0
             finally:
                 os._exit(status)
@@ -63,8 +63,29 @@ class ChildJob:
         """The child's process id until it is reaped."""
         return self._pid or None
 
+    def read(self, size: int) -> bytes | None:
+        """The next `size` bytes the child writes, or None (and the child is reaped) if it
+        ends before writing them all."""
+        if not self._pid:
+            return None
+        chunks: list[bytes] = []
+        left = size
+        try:
+            while left:
+                chunk = os.read(self._fd, min(left, 1 << 20))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                left -= len(chunk)
+        except OSError:
+            left = -1
+        if left:
+            self.stop()
+            return None
+        return b"".join(chunks)
+
     def collect(self) -> bytes | None:
-        """Wait for the child; its bytes if it finished its work, else None."""
+        """Wait for the child; the bytes not yet `read` if it finished its work, else None."""
         if not self._pid:
             return None
         chunks: list[bytes] = []
@@ -98,3 +119,34 @@ class ChildJob:
             return os.waitpid(pid, 0)[1]
         except ChildProcessError:
             return 0
+
+
+def _write_all(fd: int, pieces: Iterable[bytes]) -> bool:
+    """Write every piece to `fd` from a second thread while `pieces` is iterated; whether all were written."""
+    import queue
+    import threading
+
+    waiting: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+    written = [True]
+
+    def writer() -> None:
+        while (piece := waiting.get()) is not None:
+            view = memoryview(piece)
+            try:
+                while view:
+                    view = view[os.write(fd, view):]
+            except OSError:
+                written[0] = False
+                return
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        for piece in pieces:
+            if not written[0]:
+                return False
+            waiting.put(piece)
+    finally:
+        waiting.put(None)
+    thread.join()
+    return written[0]

@@ -13,6 +13,12 @@ The answer is always exactly what `load_objects` gives in this process: the chil
 sends only a complete result, and on anything else (bad input, a crash, a kill, no
 fork) the objects are read again here, which raises the very same errors. Standard
 input is never read in the child.
+
+With `early=True` (lint and show) the child hands the objects over before it has built
+the Pods of a JSON List or checked its nesting (`load_objects_early`), and does that
+while the caller already compares; the caller must then call `ClusterObjects.settle()`
+(see `settled`) before it says anything: that waits for the child's word that the
+objects are whole, or reads them here, which raises the error reading them gives.
 """
 
 from __future__ import annotations
@@ -21,13 +27,15 @@ import os
 import pickle
 import struct
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from types import TracebackType
 
 from kpa.forked import ChildJob
-from kpa.k8s.objects import ClusterObjects, load_objects
+from kpa.k8s.objects import ClusterObjects, Pod, load_objects, load_objects_early
 
 _HEADER = struct.Struct("<QQ")  # lengths of the objects' and the Pods' pickles
+_LENGTH = struct.Struct("<Q")  # early hand-over: the length of each of the two pickles
 
 
 def _forkable(paths: Sequence[str]) -> bool:
@@ -61,12 +69,17 @@ class BackgroundObjects:
     example because reading the rules failed) stops it.
     """
 
-    def __init__(self, paths: Sequence[str], fork: bool | None = None, kinds: frozenset[str] | None = None) -> None:
-        """`fork`: True or False to decide; by default, when `spare_core()` says so. `kinds`: see load_objects."""
+    def __init__(self, paths: Sequence[str], fork: bool | None = None, kinds: frozenset[str] | None = None,
+                 early: bool = False) -> None:
+        """`fork`: True or False to decide; by default, when `spare_core()` says so. `kinds`: see load_objects.
+        `early`: hand the objects over before the Pods are built (see the module's help)."""
         self._paths = list(paths)
         self._kinds = kinds
         self._fork = fork
+        self._early = early
         self._job: ChildJob | None = None
+        self._handed = False  # the early objects were taken: the child goes on after the block
+        self._pods: bytes | dict[tuple[str, str], Pod] | None = None
 
     @property
     def child(self) -> int | None:
@@ -75,16 +88,18 @@ class BackgroundObjects:
 
     def __enter__(self) -> BackgroundObjects:
         if _forkable(self._paths) and (spare_core() if self._fork is None else self._fork):
-            self._job = ChildJob(self._send)
+            self._job = ChildJob(self._send_early if self._early else self._send)
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
-        if self._job is not None:
+        if self._job is not None and not self._handed:
             self._job.stop()
 
     def result(self) -> ClusterObjects:
         """The objects, from the child if it sent them whole; otherwise read here."""
+        if self._early:
+            return self._early_result()
         data = self._job.collect() if self._job is not None else None
         received = _receive(data) if data is not None else None
         if received is None:
@@ -99,6 +114,71 @@ class BackgroundObjects:
         main = pickle.dumps(objects, protocol=pickle.HIGHEST_PROTOCOL)
         rest = pickle.dumps(pods, protocol=pickle.HIGHEST_PROTOCOL)
         return [_HEADER.pack(len(main), len(rest)), main, rest]
+
+
+    def _send_early(self) -> Iterator[bytes]:
+        """In the child: the objects without their Pods, then the Pods, each pickled behind its length.
+        The second part is written only if `load_objects` would have read the files without error."""
+        objects, finish = load_objects_early(self._paths, kinds=self._kinds)
+        main = pickle.dumps(objects, protocol=pickle.HIGHEST_PROTOCOL)
+        del objects
+        yield _LENGTH.pack(len(main))
+        yield main
+        del main
+        pods = pickle.dumps(finish(), protocol=pickle.HIGHEST_PROTOCOL)
+        yield _LENGTH.pack(len(pods))
+        yield pods
+
+    def _early_result(self) -> ClusterObjects:
+        job = self._job
+        head = job.read(_LENGTH.size) if job is not None else None
+        main = job.read(_LENGTH.unpack(head)[0]) if job is not None and head is not None else None
+        objects = _unpickled(main) if main is not None else None
+        if objects is None:
+            if job is not None:
+                job.stop()
+            return load_objects(self._paths, kinds=self._kinds)
+        self._handed = True
+        objects.attach_pods(self._child_pods, self._settle)
+        return objects
+
+    def _settle(self) -> None:
+        """Wait for the child's Pods; if it does not send them whole, read the objects here, which
+        raises the error that reading them gives (or, if there is none, gives the Pods)."""
+        if self._pods is not None:
+            return
+        rest = self._job.collect() if self._job is not None else None
+        if rest is not None and len(rest) >= _LENGTH.size and len(rest) == _LENGTH.size + _LENGTH.unpack_from(rest)[0]:
+            self._pods = rest[_LENGTH.size:]
+            return
+        self._pods = load_objects(self._paths, kinds=self._kinds).detach_pods()
+
+    def _child_pods(self) -> dict[tuple[str, str], Pod]:
+        self._settle()
+        pods = self._pods
+        if isinstance(pods, bytes):
+            pods = self._pods = pickle.loads(pods)
+        assert isinstance(pods, dict)
+        return pods
+
+
+@contextmanager
+def settled(objects: ClusterObjects | None) -> Iterator[None]:
+    """Settle `objects` (see `ClusterObjects.settle`) when the block ends, and first thing if it
+    raises: an error in the objects is then reported instead, as when they were read first."""
+    try:
+        yield
+    except BaseException:
+        if objects is not None:
+            objects.settle()
+        raise
+    if objects is not None:
+        objects.settle()
+
+
+def _unpickled(data: bytes) -> ClusterObjects | None:
+    objects = pickle.loads(data)
+    return objects if isinstance(objects, ClusterObjects) else None
 
 
 def _receive(data: bytes) -> ClusterObjects | None:
@@ -118,4 +198,4 @@ def _receive(data: bytes) -> ClusterObjects | None:
     return objects
 
 
-__all__ = ["BackgroundObjects"]
+__all__ = ["BackgroundObjects", "settled"]

@@ -251,6 +251,7 @@ class ClusterObjects:
         self._nodes = {n.name: n for n in nodes}
         self._pods = {(p.namespace, p.name): p for p in pods}
         self._pod_loader: Callable[[], dict[tuple[str, str], Pod]] | None = None
+        self._settler: Callable[[], None] | None = None
         self._namespaces = {n.name: n for n in namespaces}
         self._policies = {(p.namespace, p.name): p for p in network_policies}
         self.warnings: list[str] = list(warnings)
@@ -305,9 +306,25 @@ class ClusterObjects:
         pods, self._pods, self._pod_by_ip = self._pods_now(), {}, None
         return pods
 
-    def attach_pods(self, load: Callable[[], dict[tuple[str, str], Pod]]) -> None:
-        """Put back Pods that `detach_pods` took, read by `load` when first asked for."""
+    def attach_pods(self, load: Callable[[], dict[tuple[str, str], Pod]],
+                    settle: Callable[[], None] | None = None) -> None:
+        """Put back Pods that `detach_pods` took, read by `load` when first asked for.
+
+        `settle`, if given, is what `settle()` runs: it raises if these objects turn out not
+        to be what reading their files gives (see kpa.k8s.background).
+        """
         self._pod_loader = load
+        self._settler = settle
+
+    def settle(self) -> None:
+        """Make sure these objects are whole: raises the input error of their files, if there is one.
+
+        Only objects handed over early by a second process (kpa.k8s.background) can still
+        raise here; a command calls this before it reports anything.
+        """
+        if self._settler is not None:
+            settle, self._settler = self._settler, None
+            settle()
 
     def _pods_now(self) -> dict[tuple[str, str], Pod]:
         if self._pod_loader is not None:
@@ -1368,7 +1385,7 @@ _JSON_SPACE = re.compile(r"[ \t\n\r]*")
 
 
 def _json_with_item_lines(
-    text: str, take: Callable[[Any, int], None] | None = None
+    text: str, take: Callable[[Any, int, int], None] | None = None
 ) -> tuple[Any, dict[int, int]]:
     """Decode JSON; for a top-level object's "items" list, also each item's first line.
 
@@ -1376,8 +1393,8 @@ def _json_with_item_lines(
     this costs no more than decoding the whole text at once. Anything unexpected falls back
     to `json.loads`, which gives its usual errors.
 
-    With `take`, each item of a top-level "items" list is handed to it with its line as
-    soon as it is decoded, and not kept (the list holds None in its place); anything
+    With `take`, each item of a top-level "items" list is handed to it with its line and
+    its offset in the text as soon as it is decoded, and not kept (the list holds None in its place); anything
     unexpected, or a second "items" list, raises _Unfit instead of falling back.
     """
     decode = _JSON.raw_decode
@@ -1424,7 +1441,7 @@ def _json_with_item_lines(
                             line += text.count("\n", counted, start)
                             counted = start
                             if take is not None:
-                                take(item, line)
+                                take(item, line, start)
                                 item = None
                             else:
                                 lines[id(item)] = line
@@ -1495,24 +1512,32 @@ def _load_text(box: list[str], source: str, collector: _Collector) -> None:
             raise InputError(source, error.line, error.message) from None
 
 
-def _streamed_list(text: str, collector: _Collector) -> bool:
+def _streamed_list(text: str, collector: _Collector, later: _LaterPods | None = None) -> bool:
     """Read a top-level `*List` of objects that all carry their kind, item by item as decoded.
 
     Gives exactly what decoding the whole text and `add_document` give, or does nothing
     and returns False when it cannot be sure to (no List, an item without a kind, a schema
     error, a second "items" key, a JSON error): then the whole text is read as before,
     which reports any problem as before.
+
+    With `later`, the Pods are not built: `later` records where each one is, and
+    `_LaterPods.build` builds them as this would have.
     """
     scratch = _Collector()
     scratch.source = collector.source
     scratch.kinds = collector.kinds
+    defer = later is not None and (collector.kinds is None or "Pod" in collector.kinds)
 
-    def take(item: Any, line: int) -> None:
+    def take(item: Any, line: int, start: int) -> None:
         if type(item) is not dict:
             raise _Unfit
         kind = item.get("kind")
         if type(kind) is not str or not kind:
             raise _Unfit
+        if defer and _built_as_pod(item):
+            assert later is not None
+            later.items.append((start, line))
+            return
         try:
             scratch.add_document(item, line, None)
         except _SchemaError:
@@ -1533,6 +1558,34 @@ def _streamed_list(text: str, collector: _Collector) -> bool:
     collector.policies += scratch.policies
     collector.ignored.update(scratch.ignored)
     return True
+
+
+def _built_as_pod(item: dict[str, Any]) -> bool:
+    """Whether add_document builds this item (which has a kind) as a Pod: kind Pod, apiVersion v1 or none."""
+    return item["kind"] == "Pod" and item.get("apiVersion", "v1") in (None, "v1")
+
+
+class _LaterPods:
+    """The Pod items of one JSON List that `load_objects_early` leaves to be built later."""
+
+    def __init__(self, text: str, source: str, kinds: frozenset[str] | None) -> None:
+        self.text, self.source, self.kinds = text, source, kinds
+        #: (offset, line) of each Pod item, in the order of the file.
+        self.items: list[tuple[int, int]] = []
+
+    def build(self) -> list[Pod]:
+        """The Pods, as `load_objects` builds them; raises on anything `load_objects` would not accept,
+        including the nesting check, which `load_objects_early` left out."""
+        check_nesting(self.text, self.source)
+        scratch = _Collector()
+        scratch.source, scratch.kinds = self.source, self.kinds
+        decode = _JSON.raw_decode
+        for start, line in self.items:
+            item = decode(self.text, start)[0]
+            scratch.add_document(item, line, None)
+        if len(scratch.pods) != len(self.items):
+            raise _Unfit
+        return scratch.pods
 
 
 def _report_with_lines(text: str | None, source: str, original: _SchemaError,
@@ -1621,6 +1674,67 @@ def load_objects(paths: Sequence[str], stdin: TextIO | None = None,
     return collector.result()
 
 
+def load_objects_early(paths: Sequence[str], kinds: frozenset[str] | None = None
+                       ) -> tuple[ClusterObjects, Callable[[], dict[tuple[str, str], Pod]]]:
+    """`load_objects` in two steps: the objects without their Pods, then the rest of the work.
+
+    The first step reads and checks every object except the Pods of a JSON List, whose
+    items are decoded (their kind must be known, and the items around them read) but not
+    built, and leaves out the nesting check of such a List. The second step, `finish()`,
+    does what was left out and gives the Pods by (namespace, name), as
+    `load_objects(...).detach_pods()` would; it raises on anything `load_objects` would
+    not accept. So: when `finish()` returns, the objects and the Pods are exactly what
+    `load_objects` gives; when either step raises, `load_objects` raises too, which is how
+    a caller learns the error message. Files are never read from standard input here.
+    """
+    collector = _Collector()
+    collector.kinds = kinds
+    later: list[tuple[int, _LaterPods]] = []
+    for raw in paths:
+        if raw == "-":
+            raise ValueError("standard input is read by load_objects")
+        path = Path(raw)
+        if path.is_dir():
+            files = _files_under(path)
+            if not files:
+                collector.warnings.append(f"{raw}: no *.yaml, *.yml or *.json files found")
+        elif path.exists():
+            files = [path]
+        else:
+            raise InputError(raw, None, "expected a file or directory, found nothing there")
+        for file in files:
+            try:
+                with open(file, "rb") as fh:
+                    data = read_bounded(fh, str(file))
+            except OSError as error:
+                raise InputError(str(file), None, f"cannot read: {error.strerror}") from None
+            text = _decode(data, str(file))
+            del data
+            source = str(file)
+            if _looks_like_json(text):
+                collector.source, collector.item_lines = source, {}
+                pods = _LaterPods(text, source, kinds)
+                if _streamed_list(text, collector, pods):
+                    later.append((len(collector.pods), pods))  # its nesting is checked later, Pods or not
+                    continue
+            _load_text([text], source, collector)
+            del text
+    built, collector.pods = collector.pods, []
+    objects = collector.result()
+
+    def finish() -> dict[tuple[str, str], Pod]:
+        pods: list[Pod] = []
+        done = 0
+        for at, deferred in later:
+            pods += built[done:at]
+            pods += deferred.build()
+            done = at
+        pods += built[done:]
+        return {(p.namespace, p.name): p for p in pods}
+
+    return objects, finish
+
+
 __all__ = [
     "DEFAULT_AFFINITY_TIMEOUT",
     "NAMESPACE_NAME_LABEL",
@@ -1642,5 +1756,6 @@ __all__ = [
     "canonical_ip",
     "ip_family",
     "load_objects",
+    "load_objects_early",
     "objects_from_documents",
 ]

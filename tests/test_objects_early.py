@@ -1,0 +1,255 @@
+"""Objects handed over before they are all read (`load_objects_early`, `BackgroundObjects(early=True)`).
+
+Each shortcut is held to the full computation, `load_objects`: the same objects, the same
+Pods in the same order, and for every input that `load_objects` refuses, a refusal
+(which the caller then turns into `load_objects`' own message).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kpa.errors import InputError
+from kpa.gen.cluster import random_cluster
+from kpa.gen.iptables import render_restore
+from kpa.gen.objects import to_objects
+from kpa.gen.options import ProxierOptions
+from kpa.k8s import objects as o
+from kpa.k8s.objects import ClusterObjects, load_objects, load_objects_early
+
+FIXTURES = Path(__file__).parent / "fixtures"
+CLUSTERS = sorted((FIXTURES / "clusters").glob("*.yaml"))
+
+
+def _seen(objects: ClusterObjects) -> object:
+    """Everything a reader of the objects can see apart from the Pods, lookups included."""
+    return (objects.services, objects.endpoint_slices, objects.nodes, objects.namespaces,
+            objects.network_policies, objects.warnings, objects.unlisted, sorted(objects.ignored_kinds.items()),
+            [(objects.service_by_cluster_ip(ip), objects.services_by_external_ip(ip),
+              objects.services_by_load_balancer_ip(ip))
+             for s in objects.services for ip in (*s.cluster_ips, *s.external_ips, *s.load_balancer_ips)],
+            [objects.endpoints_for(s.namespace, s.name, p.name, p.protocol) for s in objects.services
+             for p in s.ports],
+            [objects.node_by_ip(ip) for n in objects.nodes for ip in (*n.internal_ips, *n.external_ips)])
+
+
+def _full(paths: list[str], kinds: frozenset[str] | None = None) -> object:
+    try:
+        objects = load_objects(paths, kinds=kinds)
+    except InputError as error:
+        return ("error", str(error))
+    pods = objects.detach_pods()
+    return _seen(objects), list(pods.items())
+
+
+def _early(paths: list[str], kinds: frozenset[str] | None = None) -> object:
+    """What load_objects_early gives, with "refused" for any exception in either step."""
+    try:
+        objects, finish = load_objects_early(paths, kinds=kinds)
+        seen = _seen(objects)
+        assert not objects.pods
+        pods = finish()
+    except Exception:
+        return "refused"
+    return seen, list(pods.items())
+
+
+def _items(docs: list[Any]) -> str:
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}, indent=4)
+
+
+def _cases(tmp_path: Path) -> list[list[str]]:
+    big = to_objects(random_cluster(seed=21, services=40, endpoints_per_service=4))
+    pod = next(d for d in big if d["kind"] == "Pod")
+    svc = next(d for d in big if d["kind"] == "Service")
+
+    def variant(change: Callable[[dict[str, Any]], None], of: dict[str, Any] = pod) -> dict[str, Any]:
+        copy = json.loads(json.dumps(of))
+        change(copy)
+        return copy
+
+    bad_port = variant(lambda p: p["spec"]["containers"][0].update(ports=[{"containerPort": 70000}]))
+    texts: dict[str, str] = {
+        "cluster.json": _items(big),
+        "compact.json": json.dumps({"kind": "List", "items": big}),
+        # Pods of other versions are counted, not built; Pods without apiVersion are built.
+        "versions.json": _items([*big[:20], variant(lambda p: p.update(apiVersion="v2")),
+                                 variant(lambda p: p.pop("apiVersion")),
+                                 variant(lambda p: p["metadata"].update(name="other")), *big[20:]]),
+        "duplicates.json": _items([*big, variant(lambda p: p["spec"].update(nodeName="node-x"))]),
+        # Refused by load_objects only because of a Pod, or of the nesting inside one.
+        "bad-pod.json": _items([*big, bad_port]),
+        "pod-version-type.json": _items([*big, variant(lambda p: p.update(apiVersion=1))]),
+        "deep-pod.json": _items([*big, variant(lambda p: p["metadata"].update(
+            annotations={"x": json.loads("[" * 300 + "]" * 300)}))]),
+        "deep-pod-only.json": _items([variant(lambda p: p["spec"].update(x=json.loads("[" * 250 + "]" * 250)))]),
+        "bad-service.json": _items([*big, variant(lambda s: s["spec"]["ports"][0].update(port="x"), svc)]),
+        "truncated.json": _items(big)[:-30000],
+        "no-pods.json": _items([d for d in big if d["kind"] != "Pod"]),
+        "only-pods.json": _items([d for d in big if d["kind"] == "Pod"]),
+        "not-a-list.json": json.dumps(pod, indent=2),
+        "cluster.yaml": yaml.safe_dump_all(big),
+    }
+    for name, text in texts.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "a.yaml").write_text((FIXTURES / "clusters" / "kitchen-sink.yaml").read_text())
+    (tmp_path / "dir" / "b.json").write_text(texts["duplicates.json"])
+    (tmp_path / "dir" / "c.yaml").write_text(yaml.safe_dump_all(big[:30]))
+    cases = [[str(p)] for p in CLUSTERS]
+    cases += [[str(tmp_path / name)] for name in texts]
+    cases += [[str(tmp_path / "dir")], [str(tmp_path / "cluster.yaml"), str(tmp_path / "versions.json"),
+                                        str(CLUSTERS[0]), str(tmp_path / "duplicates.json")],
+              [str(tmp_path / "missing.json")]]
+    return cases
+
+
+def test_objects_read_early_equal_the_objects_read_whole(tmp_path: Path) -> None:
+    """Objects, Pods (values and order) and refusals, with and without a kinds filter."""
+    refused = 0
+    deferred = 0
+    original = o._LaterPods.build
+
+    def counting(self: o._LaterPods) -> list[o.Pod]:
+        nonlocal deferred
+        deferred += len(self.items)
+        return original(self)
+
+    o._LaterPods.build = counting  # type: ignore[method-assign]
+    try:
+        for paths in _cases(tmp_path):
+            for kinds in (None, frozenset({"Service", "EndpointSlice", "Node"}), frozenset({"Pod", "Node"})):
+                full, early = _full(paths, kinds), _early(paths, kinds)
+                if isinstance(full, tuple) and full[0] == "error":
+                    assert early == "refused", (paths, kinds, full)
+                    refused += 1
+                else:
+                    assert early == full, (paths, kinds)
+    finally:
+        o._LaterPods.build = original  # type: ignore[method-assign]
+    assert refused >= 6 * 3  # bad pod, version type, two nesting cases, bad service, truncated (+ missing)
+    assert deferred > 1000
+
+
+def _build_without_the_nesting_check(self: o._LaterPods) -> list[o.Pod]:
+    scratch = o._Collector()
+    scratch.source, scratch.kinds = self.source, self.kinds
+    for start, line in self.items:
+        scratch.add_document(o._JSON.raw_decode(self.text, start)[0], line, None)
+    return scratch.pods
+
+
+@pytest.mark.parametrize("mutation", ["no-nesting-check", "other-versions", "no-build"])
+def test_a_broken_early_reader_is_caught(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mutation: str) -> None:
+    """Each way of getting the early reader wrong makes the comparison above fail."""
+    if mutation == "no-nesting-check":
+        monkeypatch.setattr(o._LaterPods, "build", _build_without_the_nesting_check)
+    elif mutation == "other-versions":  # Pods of other versions deferred (and so built) too
+        monkeypatch.setattr(o, "_built_as_pod", lambda item: item["kind"] == "Pod")
+    else:
+        monkeypatch.setattr(o._LaterPods, "build", lambda self: [])
+    differs = 0
+    for paths in _cases(tmp_path):
+        expected, got = _full(paths), _early(paths)
+        if isinstance(expected, tuple) and expected[0] == "error":
+            differs += got != "refused"
+        else:
+            differs += got != expected
+    assert differs
+
+
+def _background(paths: list[str], fork: bool) -> object:
+    from kpa.k8s.background import BackgroundObjects, settled
+
+    try:
+        with BackgroundObjects(paths, fork=fork, early=True) as pending:
+            objects = pending.result()
+        with settled(objects):
+            seen = _seen(objects)
+        return seen, objects.pods, [objects.pod_by_ip(ip) for p in objects.pods for ip in p.pod_ips]
+    except InputError as error:
+        return ("error", str(error))
+
+
+def test_objects_handed_over_early_by_a_child_equal_objects_read_here(tmp_path: Path) -> None:
+    """Forked, early: the same objects and Pods, and the same message for every bad input, which the
+    child may only find after it has handed the objects over."""
+    errors = 0
+    for paths in _cases(tmp_path):
+        here = _background(paths, fork=False)
+        assert _background(paths, fork=True) == here, paths
+        errors += isinstance(here, tuple) and here[0] == "error"
+    assert errors == 7
+
+
+def test_an_early_child_waits_to_be_settled_and_is_reaped(tmp_path: Path) -> None:
+    from kpa.k8s.background import BackgroundObjects, settled
+
+    (tmp_path / "c.json").write_text(_items(to_objects(random_cluster(seed=22, services=20,
+                                                                      endpoints_per_service=2))))
+    with BackgroundObjects([str(tmp_path / "c.json")], fork=True, early=True) as pending:
+        pid = pending.child
+        assert pid is not None
+        objects = pending.result()
+    assert objects._pod_loader is not None  # the Pods are still to come
+    with pytest.raises(RuntimeError), settled(objects):
+        raise RuntimeError("the comparison failed")  # settles first, then the error goes on
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # reaped: no zombie left
+    assert objects._pod_loader is not None  # settling does not unpickle the Pods
+    assert objects.pods == load_objects([str(tmp_path / "c.json")]).pods
+
+
+def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    from kpa.cli import _run
+
+    with pytest.raises(SystemExit) as exit_info:
+        _run("kpa", args)
+    out, err = capsys.readouterr()
+    return int(exit_info.value.code or 0), out, err
+
+
+def test_lint_and_show_report_a_bad_pod_the_child_finds_late(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Pod (or nesting) error is found after the objects were handed over; the commands still
+    say exactly what they say when the objects are read first, and nothing else."""
+    from kpa.k8s import background
+
+    cluster = random_cluster(seed=23, services=25, endpoints_per_service=3)
+    save = tmp_path / "gen.save"
+    save.write_text(render_restore(cluster, ProxierOptions(node_name="node-0"), "ipv4"))
+    docs = to_objects(cluster)
+    pod = next(d for d in docs if d["kind"] == "Pod")
+    bad = json.loads(json.dumps(pod))
+    bad["spec"]["containers"][0]["ports"] = [{"containerPort": 0}]
+    deep = json.loads(json.dumps(pod))
+    deep["metadata"]["annotations"] = {"x": json.loads("[" * 300 + "]" * 300)}
+    for name, items in (("good", docs), ("bad", [*docs, bad]), ("deep", [*docs, deep])):
+        (tmp_path / f"{name}.json").write_text(_items(items))
+    runs = []
+    for name in ("good", "bad", "deep"):
+        objects = str(tmp_path / f"{name}.json")
+        runs += [
+            ["lint", "-r", str(save), "-c", objects, "--node", "node-0", "-o", "json"],
+            ["lint", "-r", str(save), "-c", objects, "--node", "node-9"],  # no such node: which error first?
+            ["show", "-r", str(save), "-c", objects, "-o", "wide"],
+            ["show", "-r", str(save), "-c", objects, "svc/default/nothing"],
+        ]
+    statuses = []
+    for args in runs:
+        answers = []
+        for spare in (True, False):
+            monkeypatch.setattr(background, "spare_core", lambda spare=spare: spare)
+            answers.append(_cli(args, capsys))
+        assert answers[0] == answers[1], args
+        statuses.append(answers[0][0])
+    # Good objects: lint passes, an unknown node or Service is refused (2); bad objects: refused (2), with
+    # the objects' message even where the node or the Service would have been refused.
+    assert statuses == [0, 2, 0, 2] + [2] * 8
