@@ -253,3 +253,85 @@ def test_lint_and_show_report_a_bad_pod_the_child_finds_late(
     # Good objects: lint passes, an unknown node or Service is refused (2); bad objects: refused (2), with
     # the objects' message even where the node or the Service would have been refused.
     assert statuses == [0, 2, 0, 2] + [2] * 8
+
+
+def _queries(objects: ClusterObjects) -> list[tuple[str, str, str, str | None, int | None]]:
+    names = {(s.namespace, s.service_name or "") for s in objects.endpoint_slices}
+    names |= {(s.namespace, s.name) for s in objects.services}
+    ports = {p.name for s in objects.endpoint_slices for p in s.ports} | {"", "nothing"}
+    return [(ns, name, port, protocol, family) for ns, name in sorted(names) for port in sorted(ports)
+            for protocol in (None, "TCP", "UDP", "SCTP") for family in (None, 4, 6)]
+
+
+def test_slices_handed_over_as_tuples_answer_as_the_slices(tmp_path: Path) -> None:
+    """Pickled objects carry their slices as tuples and answer endpoint questions from them: the same
+    backends (every field) for every Service, port name, protocol and family; the slices themselves come
+    back equal, in their order, and so does each Service's choice of slices."""
+    import pickle
+
+    cases = [load_objects([str(p)]) for p in CLUSTERS]
+    docs = to_objects(random_cluster(seed=24, services=60, endpoints_per_service=5))
+    (tmp_path / "c.json").write_text(_items(docs))
+    cases.append(load_objects([str(tmp_path / "c.json")]))
+    legacy = [{"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "old", "namespace": "default"},
+               "subsets": [{"addresses": [{"ip": "10.0.0.1"}, {"ip": "fd00::1", "nodeName": "n"}],
+                            "notReadyAddresses": [{"ip": "10.0.0.2", "targetRef": {"kind": "Pod", "name": "p"}}],
+                            "ports": [{"port": 80, "name": "http"}, {"port": 53, "protocol": "UDP"}]}]}]
+    cases.append(o.objects_from_documents([*docs[:40], *legacy]))
+    cases.append(cases[-2].merged(cases[0]))
+    asked = 0
+    for objects in cases:
+        again = pickle.loads(pickle.dumps(objects))
+        assert again._packed is not None
+        for query in _queries(objects):
+            want = objects.endpoints_by_address(*query)
+            assert again.endpoints_by_address(*query) == want, query
+            assert list(again.endpoints_by_address(*query)) == list(want), query
+            asked += bool(want)
+        assert again._packed is not None  # answered without building the slices
+        keys = sorted({(s.namespace, s.service_name or "") for s in objects.endpoint_slices})
+        assert [again.slices_for_service(*k) for k in keys] == [objects.slices_for_service(*k) for k in keys]
+        assert again._packed is None
+        assert again.endpoint_slices == objects.endpoint_slices
+        assert pickle.loads(pickle.dumps(again)).endpoint_slices == objects.endpoint_slices
+    assert asked > 500
+
+
+@pytest.mark.parametrize("mutation", ["ready", "family", "first-address"])
+def test_a_broken_tuple_reader_is_caught(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mutation: str) -> None:
+    """The comparison above fails when the tuple reader departs from the slices in any of its rules."""
+    import pickle
+
+    original = o._packed_endpoints
+
+    def broken(packed: o._PackedSlices, namespace: str, name: str, port_name: str, protocol: str | None,
+               family: int | None) -> dict[tuple[str, int], o.ServiceEndpoint]:
+        records, by_service = packed
+        if mutation == "family":
+            family = None
+        if mutation in ("ready", "first-address"):
+            changed = []
+            for r in records:
+                eps = r[6]
+                if mutation == "ready":  # every endpoint read as ready: a not-ready copy wins
+                    eps = tuple((e[0], True, *e[2:]) for e in eps)
+                else:
+                    eps = tuple((e[0][-1:], *e[1:]) for e in eps)
+                changed.append((*r[:6], eps))
+            records = changed  # type: ignore[assignment]
+        return original((records, by_service), namespace, name, port_name, protocol, family)
+
+    monkeypatch.setattr(o, "_packed_endpoints", broken)
+    docs = [d for p in CLUSTERS for d in yaml.safe_load_all(p.read_text()) if isinstance(d, dict)]
+    dup = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+           "metadata": {"name": "dup-b", "namespace": "default", "labels": {"kubernetes.io/service-name": "dup"}},
+           "endpoints": [{"addresses": ["10.9.0.1", "10.9.0.2"], "conditions": {"ready": False}}],
+           "ports": [{"port": 80}]}
+    dup2 = json.loads(json.dumps(dup))
+    dup2["metadata"]["name"] = "dup-a"
+    dup2["endpoints"][0]["conditions"]["ready"] = True
+    differs = 0
+    for objects in (o.objects_from_documents([*docs, dup, dup2]),):
+        again = pickle.loads(pickle.dumps(objects))
+        differs += sum(again.endpoints_by_address(*q) != objects.endpoints_by_address(*q) for q in _queries(objects))
+    assert differs

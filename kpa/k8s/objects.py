@@ -244,10 +244,20 @@ class ClusterObjects:
         ignored_kinds: Mapping[str, int] | None = None,
         namespaces: Iterable[Namespace] = (),
         network_policies: Iterable[NetworkPolicy] = (),
+        *,
+        packed_slices: Sequence[_PackedSlice] = (),
     ) -> None:
+        """`packed_slices`: the slices as tuples (as the file readers make them) instead of `endpoint_slices`."""
         # Later duplicates replace earlier ones, as if the later file were applied last.
         self._services = {s.key: s for s in services}
         self._slices = {(s.namespace, s.name, s.from_endpoints): s for s in endpoint_slices}
+        # The slices as plain tuples, while they are (they are built when first asked for as
+        # such; endpoint questions are answered from the tuples); then _slices is empty.
+        self._packed: _PackedSlices | None = None
+        if packed_slices:
+            if self._slices:
+                raise ValueError("give the slices either built or packed")
+            self._packed = _packed_from_records(packed_slices)
         self._nodes = {n.name: n for n in nodes}
         self._pods = {(p.namespace, p.name): p for p in pods}
         self._pod_loader: Callable[[], dict[tuple[str, str], Pod]] | None = None
@@ -273,7 +283,7 @@ class ClusterObjects:
                 self._by_lb_ip.setdefault(canonical_ip(ip), []).append(service)
 
         slices: dict[tuple[str, str], list[EndpointSlice]] = {}
-        for endpoint_slice in self._slices.values():
+        for endpoint_slice in self._slices.values():  # (none while packed)
             if endpoint_slice.service_name is not None:
                 key = (endpoint_slice.namespace, endpoint_slice.service_name)
                 slices.setdefault(key, []).append(endpoint_slice)
@@ -336,8 +346,23 @@ class ClusterObjects:
     def services(self) -> tuple[Service, ...]:
         return tuple(self._services.values())
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled with the slices as plain tuples, which pickle and unpickle several times faster
+        than the dataclasses; they become EndpointSlices again when first asked for as such."""
+        state = self.__dict__.copy()
+        if self._packed is None:
+            state["_packed"] = _pack_slices(self._slices, self._slices_by_service)
+            state["_slices"], state["_slices_by_service"] = {}, {}
+        return state
+
+    def _unpack(self) -> None:
+        packed, self._packed = self._packed, None
+        if packed is not None:
+            self._slices, self._slices_by_service = _unpack_slices(packed)
+
     @property
     def endpoint_slices(self) -> tuple[EndpointSlice, ...]:
+        self._unpack()
         return tuple(self._slices.values())
 
     @property
@@ -392,6 +417,7 @@ class ClusterObjects:
         return tuple(self._by_lb_ip.get(canonical_ip(ip), ()))
 
     def slices_for_service(self, namespace: str, name: str) -> tuple[EndpointSlice, ...]:
+        self._unpack()
         return self._slices_by_service.get((namespace, name), ())
 
     def endpoints_for(
@@ -419,6 +445,8 @@ class ClusterObjects:
         family: int | None = None,
     ) -> dict[tuple[str, int], ServiceEndpoint]:
         """`endpoints_for`'s backends by (address, port), unsorted."""
+        if self._packed is not None:
+            return _packed_endpoints(self._packed, namespace, name, port_name, protocol, family)
         merged: dict[tuple[str, int], ServiceEndpoint] = {}
         for endpoint_slice in self.slices_for_service(namespace, name):
             if endpoint_slice.address_type not in ("IPv4", "IPv6"):
@@ -474,6 +502,111 @@ def _address_sort_key(key: tuple[str, int]) -> tuple[int, int, int]:
         return (parsed.version, int(parsed), port)
     except ValueError:
         return (0, 0, port)
+
+
+# An EndpointSlice as plain tuples: (namespace, name, service_name, address_type, from_endpoints,
+# ports as (name, protocol, port), endpoints as (addresses, ready, serving, terminating,
+# node_name, zone, hint_zones, target_ref as (kind, namespace, name) or None)).
+_PackedSlice = tuple[str, str, str | None, str, bool, tuple[tuple[str, str, int | None], ...],
+                     tuple[tuple[tuple[str, ...], bool, bool, bool, str | None, str | None, tuple[str, ...],
+                                 tuple[str, str | None, str] | None], ...]]
+# Every slice, then each Service's chosen slices as positions in that list.
+_PackedSlices = tuple[list[_PackedSlice], dict[tuple[str, str], tuple[int, ...]]]
+
+
+def _pack_slice(s: EndpointSlice, one: Callable[[Any, Any], Any] = lambda text, _: text) -> _PackedSlice:
+    """One slice as tuples; `one(text, text)` may give an equal string seen before (see _pack_slices)."""
+    return (one(s.namespace, s.namespace), s.name, one(s.service_name, s.service_name),
+            one(s.address_type, s.address_type), s.from_endpoints,
+            tuple((one(p.name, p.name), one(p.protocol, p.protocol), p.port) for p in s.ports),
+            tuple((e.addresses, e.conditions.ready, e.conditions.serving, e.conditions.terminating,
+                   one(e.node_name, e.node_name), one(e.zone, e.zone), e.hint_zones,
+                   None if (r := e.target_ref) is None else (one(r.kind, r.kind), one(r.namespace, r.namespace), r.name))
+                  for e in s.endpoints))
+
+
+def _pack_slices(slices: dict[tuple[str, str, bool], EndpointSlice],
+                 by_service: dict[tuple[str, str], tuple[EndpointSlice, ...]]) -> _PackedSlices:
+    # Equal strings (node names, zones, namespaces, kinds) become one object, which pickle then writes once.
+    same: dict[Any, Any] = {None: None}
+    records: list[_PackedSlice] = []
+    position: dict[int, int] = {}
+    for s in slices.values():
+        position[id(s)] = len(records)
+        records.append(_pack_slice(s, same.setdefault))
+    return records, {key: tuple(position[id(s)] for s in chosen) for key, chosen in by_service.items()}
+
+
+def _packed_from_records(records: Iterable[_PackedSlice]) -> _PackedSlices:
+    """What ClusterObjects keeps of packed slices: each (namespace, name, from_endpoints) once, the
+    later one winning in the earlier one's place, and each Service's chosen slices, as for built ones."""
+    kept = list({(r[0], r[1], r[4]): r for r in records}.values())
+    found: dict[tuple[str, str], list[int]] = {}
+    for index, r in enumerate(kept):
+        if r[2] is not None:
+            found.setdefault((r[0], r[2]), []).append(index)
+    by_service: dict[tuple[str, str], tuple[int, ...]] = {}
+    for key, indices in found.items():
+        # kube-proxy reads only EndpointSlices; converted legacy Endpoints stand in only for
+        # services that have no slices at all (e.g. a dump taken with an old kubectl).
+        real = [i for i in indices if not kept[i][4]]
+        by_service[key] = tuple(sorted(real or indices, key=lambda i: kept[i][1]))
+    return kept, by_service
+
+
+def _unpacked_slice(record: _PackedSlice) -> EndpointSlice:
+    namespace, name, service_name, address_type, from_endpoints, ports, endpoints = record
+    return EndpointSlice(
+        namespace, name, service_name, address_type,
+        tuple(Endpoint(addresses, EndpointConditions(ready, serving, terminating), node_name, zone, hints,
+                       None if ref is None else ObjectRef(*ref))
+              for addresses, ready, serving, terminating, node_name, zone, hints, ref in endpoints),
+        tuple(EndpointPort(*p) for p in ports),
+        from_endpoints,
+    )
+
+
+def _unpack_slices(packed: _PackedSlices) -> tuple[dict[tuple[str, str, bool], EndpointSlice],
+                                                   dict[tuple[str, str], tuple[EndpointSlice, ...]]]:
+    records, by_service = packed
+    built = [_unpacked_slice(r) for r in records]
+    return ({(s.namespace, s.name, s.from_endpoints): s for s in built},
+            {key: tuple(built[i] for i in chosen) for key, chosen in by_service.items()})
+
+
+def _packed_endpoints(packed: _PackedSlices, namespace: str, name: str, port_name: str, protocol: str | None,
+                      family: int | None) -> dict[tuple[str, int], ServiceEndpoint]:
+    """`ClusterObjects.endpoints_by_address` read from packed slices (the same answer, without building them)."""
+    records, by_service = packed
+    merged: dict[tuple[str, int], ServiceEndpoint] = {}
+    refs: dict[tuple[str, str | None, str], ObjectRef] = {}
+    for index in by_service.get((namespace, name), ()):
+        _, _, _, address_type, _, ports, endpoints = records[index]
+        if address_type not in ("IPv4", "IPv6"):
+            continue  # kube-proxy ignores FQDN slices
+        if family is not None and address_type != f"IPv{family}":
+            continue
+        for slice_port_name, slice_protocol, slice_port in ports:
+            if slice_port_name != port_name or slice_port is None:
+                continue
+            if protocol is not None and slice_protocol != protocol:
+                continue
+            for addresses, ready, serving, terminating, node_name, zone, hints, ref in endpoints:
+                if not addresses:
+                    continue
+                # kube-proxy uses only the first address of an endpoint.
+                address = canonical_ip(addresses[0])
+                key = (address, slice_port)
+                if key in merged and not ready:
+                    continue
+                target = None
+                if ref is not None:
+                    target = refs.get(ref)
+                    if target is None:
+                        target = refs[ref] = ObjectRef(*ref)
+                merged[key] = ServiceEndpoint(address, slice_port, slice_protocol, ready, serving, terminating,
+                                              node_name, zone, hints, target)
+    return merged
 
 
 # --------------------------------------------------------------------------------------
@@ -1019,6 +1152,12 @@ def _fast_service(data: dict[str, Any], source: str | None, line: int | None) ->
 
 
 def _fast_endpoint_slice(data: dict[str, Any]) -> EndpointSlice | None:
+    record = _fast_packed_slice(data)
+    return None if record is None else _unpacked_slice(record)
+
+
+def _fast_packed_slice(data: dict[str, Any]) -> _PackedSlice | None:
+    """An EndpointSlice as `_pack_slice` gives it, read straight from its mapping (or None: see above)."""
     try:
         meta, namespace, name = _name_and_namespace(data)
         address_type = data.get("addressType")
@@ -1036,26 +1175,15 @@ def _fast_endpoint_slice(data: dict[str, Any]) -> EndpointSlice | None:
             ready = True if ready is None else ready
             serving = _b(cond, "serving")
             ref = _d(ep, "targetRef")
-            endpoints.append(Endpoint(
-                addresses=tuple(addresses),
-                conditions=EndpointConditions(ready, ready if serving is None else serving,
-                                              bool(_b(cond, "terminating"))),
-                node_name=_t(ep, "nodeName"),
-                zone=_t(ep, "zone"),
-                hint_zones=tuple(_t(z, "name") or "" for z in _ds(_d(ep, "hints"), "forZones")),
-                target_ref=ObjectRef(_t(ref, "kind") or "", _t(ref, "namespace"), _t(ref, "name") or "")
-                if ref else None,
+            endpoints.append((
+                tuple(addresses), ready, ready if serving is None else serving, bool(_b(cond, "terminating")),
+                _t(ep, "nodeName"), _t(ep, "zone"),
+                tuple(_t(z, "name") or "" for z in _ds(_d(ep, "hints"), "forZones")),
+                (_t(ref, "kind") or "", _t(ref, "namespace"), _t(ref, "name") or "") if ref else None,
             ))
-        ports = tuple(EndpointPort(_t(p, "name") or "", _t(p, "protocol") or "TCP", _i(p, "port"))
-                      for p in _ds(data, "ports"))
-        return EndpointSlice(
-            namespace=namespace,
-            name=name,
-            service_name=_t(_d(meta, "labels"), SERVICE_NAME_LABEL),
-            address_type=address_type,
-            endpoints=tuple(endpoints),
-            ports=ports,
-        )
+        ports = tuple((_t(p, "name") or "", _t(p, "protocol") or "TCP", _i(p, "port")) for p in _ds(data, "ports"))
+        return (namespace, name, _t(_d(meta, "labels"), SERVICE_NAME_LABEL), address_type, False, ports,
+                tuple(endpoints))
     except _Unfit:
         return None
 
@@ -1077,7 +1205,7 @@ class _Collector:
 
     def __init__(self) -> None:
         self.services: list[Service] = []
-        self.slices: list[EndpointSlice] = []
+        self.slices: list[_PackedSlice] = []  # as tuples (see ClusterObjects)
         self.nodes: list[Node] = []
         self.pods: list[Pod] = []
         self.namespaces: list[Namespace] = []
@@ -1143,10 +1271,10 @@ class _Collector:
             svc = _fast_service(document, self.source, line) if isinstance(document, dict) else None
             self.services.append(svc or _parse_service(obj, self.source))
         elif kind == "EndpointSlice":
-            found = _fast_endpoint_slice(document) if isinstance(document, dict) else None
-            self.slices.append(found or _parse_endpoint_slice(obj))
+            found = _fast_packed_slice(document) if isinstance(document, dict) else None
+            self.slices.append(found or _pack_slice(_parse_endpoint_slice(obj)))
         elif kind == "Endpoints":
-            self.slices.extend(_parse_endpoints(obj))
+            self.slices.extend(_pack_slice(s) for s in _parse_endpoints(obj))
         elif kind == "Node":
             self.nodes.append(_parse_node(obj))
         elif kind == "Namespace":
@@ -1165,13 +1293,14 @@ class _Collector:
             )
         return ClusterObjects(
             self.services,
-            self.slices,
+            (),
             self.nodes,
             self.pods,
             warnings,
             self.ignored,
             self.namespaces,
             self.policies,
+            packed_slices=self.slices,
         )
 
 
