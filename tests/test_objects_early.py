@@ -75,6 +75,7 @@ def _cases(tmp_path: Path) -> list[list[str]]:
         change(copy)
         return copy
 
+    pods = [d for d in big if d["kind"] == "Pod"]
     bad_port = variant(lambda p: p["spec"]["containers"][0].update(ports=[{"containerPort": 70000}]))
     texts: dict[str, str] = {
         "cluster.json": _items(big),
@@ -93,6 +94,8 @@ def _cases(tmp_path: Path) -> list[list[str]]:
         "bad-service.json": _items([*big, variant(lambda s: s["spec"]["ports"][0].update(port="x"), svc)]),
         "truncated.json": _items(big)[:-30000],
         "no-pods.json": _items([d for d in big if d["kind"] != "Pod"]),
+        # Pods before, in and after a nested List: the nested ones are read at once, in their place.
+        "nested-pods.json": _items([*pods[:5], {"kind": "List", "items": pods[5:10]}, *big]),
         "only-pods.json": _items([d for d in big if d["kind"] == "Pod"]),
         "not-a-list.json": json.dumps(pod, indent=2),
         "cluster.yaml": yaml.safe_dump_all(big),

@@ -1679,6 +1679,8 @@ def _streamed_list(text: str, collector: _Collector, later: _LaterPods | None = 
     kind = document.get("kind") if isinstance(document, dict) else None
     if not (isinstance(kind, str) and kind.endswith("List") and isinstance(document.get("items"), list)):
         return False
+    if later is not None and later.items and scratch.pods:
+        return False  # Pods in a nested List: built here, they would not keep their place among the others
     collector.services += scratch.services
     collector.slices += scratch.slices
     collector.nodes += scratch.nodes
