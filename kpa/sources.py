@@ -47,13 +47,15 @@ def read_text(path: str) -> str:
 
 
 def _leading_lines(text: str) -> Iterator[str]:
-    # Detection needs only the first few lines; splitting a 45 MB dump costs tens of ms.
+    # Detection needs only the first few lines; splitting a 45 MB dump costs tens of ms. Of a line that
+    # opens a JSON object (`nft -j` prints everything on one line) it needs only the start.
     start, end = 0, len(text)
     while start < end:
         stop = text.find("\n", start)
         if stop < 0:
             stop = end
-        yield text[start:stop]
+        head = text[start:min(stop, start + 4096)]
+        yield head if len(head) == stop - start or head.lstrip().startswith("{") else text[start:stop]
         start = stop + 1
 
 
@@ -105,7 +107,7 @@ def load_rules(paths: list[str]) -> Ruleset:
     for p in paths:
         text = read_text(p)
         name = "<stdin>" if p == "-" else p
-        if not text.strip():
+        if not text or text.isspace():
             raise InputError(name, None, "empty: expected iptables-save, ip6tables-save, `nft list ruleset`, "
                                          "`nft -j list ruleset` or `ipset save` output")
         kind = detect_kind(text)

@@ -243,7 +243,8 @@ class PendingRule:
 
 
 class QueuedRules(Protocol):
-    """Rules a reader queued together (kpa.parse.nft_text.ChainBatch): settled in finish(), in input
+    """Rules a reader queued together (kpa.parse.nft_text.ChainBatch, kpa.parse.nft_json_shapes._Batch):
+    settled in finish(), in input
     order, each as a PendingRule would be."""
 
     def settle(self, b: Builder) -> None: ...
@@ -556,29 +557,15 @@ class Builder:
         return out
 
     def finish(self) -> Ruleset:
-        from kpa.parse import nft_shapes
-
         pending, self.pending = self.pending, []
-        shapes = self._shapes
-        json_shapes = self.shapes
         for p in pending:
             if not isinstance(p, PendingRule):
-                p.settle(self)  # rules read in bulk (kpa.parse.nft_text.ChainBatch)
+                p.settle(self)  # rules read in bulk (kpa.parse.nft_text.ChainBatch, kpa.parse.nft_json_shapes)
                 continue
             if p.key is KEYED:
                 p.key = self.key_of(p) if self.key_of is not None else None
             if p.key is None:
-                found = nft_shapes.json_key(p.stmts) if json_shapes and p.text is None and p.stmts is not None else None
-                if found is None:
-                    self._build_rule(p)
-                    continue
-                key, kinds, values, skeleton = found
-                jk = (id(p.table), key)
-                jshape = shapes.get(jk, nft_shapes.MISSING)
-                if jshape is nft_shapes.MISSING:
-                    shapes[jk] = nft_shapes.json_analyse(self, p, self._build_rule(p), kinds, values, skeleton)
-                elif jshape is None or not nft_shapes.json_defer(self, p, jshape, values):
-                    self._build_rule(p)
+                self.settle_unkeyed(p)
                 continue
             self.settle_keyed(p)
         for t in self.ruleset.tables:
@@ -588,6 +575,23 @@ class Builder:
                 if (id(t), name) in self._updated:
                     ns.dynamic = True
         return self.ruleset
+
+    def settle_unkeyed(self, p: PendingRule) -> None:
+        """Build a rule without a text skeleton, or defer a JSON rule whose statements have an accepted shape
+        (kpa.parse.nft_shapes), in input order."""
+        from kpa.parse import nft_shapes
+
+        found = nft_shapes.json_key(p.stmts) if self.shapes and p.text is None and p.stmts is not None else None
+        if found is None:
+            self._build_rule(p)
+            return
+        key, kinds, values, skeleton = found
+        jk = (id(p.table), key)
+        jshape = self._shapes.get(jk, nft_shapes.MISSING)
+        if jshape is nft_shapes.MISSING:
+            self._shapes[jk] = nft_shapes.json_analyse(self, p, self._build_rule(p), kinds, values, skeleton)
+        elif jshape is None or not nft_shapes.json_defer(self, p, jshape, values):
+            self._build_rule(p)
 
     def settle_keyed(self, p: PendingRule) -> None:
         """Build or defer a text rule with a skeleton (p.key), in input order."""

@@ -16,6 +16,7 @@ from typing import Any
 from kpa.errors import InputError
 from kpa.limits import check_nesting
 from kpa.netfilter.model import Ruleset, Table
+from kpa.parse import nft_json_shapes
 from kpa.parse.nft_common import Builder
 
 HEAD = re.compile(r'\s*\{\s*"nftables"\s*:\s*\[')
@@ -82,30 +83,39 @@ def _str(obj: dict[str, Any], key: str, what: str, file: str, line: int) -> str:
     return value
 
 
-def parse_nft_json(text: str, file: str = "<stdin>", shapes: bool = True) -> Ruleset:
-    """Read `nft -j list ruleset`; `shapes=False` lowers every rule up front (same result, slower)."""
-    b = Builder(file)
-    b.shapes = shapes
-    tables: dict[tuple[str, Any], Table] = {}
-    for line, obj in _objects(text, file):
+class _Reader:
+    """Hands each top-level object to the Builder, in input order."""
+
+    def __init__(self, b: Builder, file: str) -> None:
+        self.b = b
+        self.file = file
+        self.tables: dict[tuple[str, Any], Table] = {}
+
+    def table_of(self, family: str, body: dict[str, Any], line: int) -> Table:
+        tname = body.get("table")
+        table = self.tables.get((family, tname)) if type(tname) is str else None
+        if table is None:
+            table = self.tables[(family, tname)] = self.b.table(family, _str(body, "table", "a table name", self.file,
+                                                                             line), line)
+        return table
+
+    def handle(self, line: int, obj: Any) -> None:
+        b, file = self.b, self.file
         if not isinstance(obj, dict) or len(obj) != 1:
             raise InputError(file, line, f"expected an object with one key (table, chain, rule...), found {str(obj)[:60]!r}")
         (kind, body), = obj.items()
         if kind in IGNORED:
-            continue
+            return
         if not isinstance(body, dict):
             raise InputError(file, line, f"expected the attributes of a {kind}, found {body!r}")
         family = _str(body, "family", "a family", file, line)
         if kind == "table":
             b.table(family, _str(body, "name", "a table name", file, line), line)
-            continue
+            return
         if kind not in ("chain", "set", "map", "rule"):
             b.ruleset.warnings.append(f"{file}:{line}: nft object {kind!r} ignored")
-            continue
-        tname = body.get("table")
-        table = tables.get((family, tname)) if type(tname) is str else None
-        if table is None:
-            table = tables[(family, tname)] = b.table(family, _str(body, "table", "a table name", file, line), line)
+            return
+        table = self.table_of(family, body, line)
         if kind == "chain":
             b.chain(table, _str(body, "name", "a chain name", file, line), line, body.get("handle"),
                     body.get("type"), body.get("hook"), body.get("prio"), body.get("policy"))
@@ -117,6 +127,17 @@ def parse_nft_json(text: str, file: str = "<stdin>", shapes: bool = True) -> Rul
                 raise InputError(file, line, f"expected the rule's statements ('expr') as a list, found {exprs!r}")
             b.rule(table, _str(body, "chain", "a chain name", file, line), line, exprs,
                    comment=body.get("comment"), handle=body.get("handle"))
+
+
+def parse_nft_json(text: str, file: str = "<stdin>", shapes: bool = True, text_shapes: bool = True) -> Ruleset:
+    """Read `nft -j list ruleset`; `shapes=False` lowers every rule up front (same result, slower);
+    `text_shapes=False` decodes every object before keying rules by shape (same result, slower)."""
+    b = Builder(file)
+    b.shapes = shapes
+    reader = _Reader(b, file)
+    if not (shapes and text_shapes and nft_json_shapes.read(text, file, reader)):
+        for line, obj in _objects(text, file):
+            reader.handle(line, obj)
     return b.finish()
 
 
