@@ -480,9 +480,15 @@ def _keyed(outcomes: list[Outcome]) -> Keyed:
 
 
 def _dist(outcomes: Keyed, atom: IntSet) -> Dist:
+    """The distribution over outcome keys of the sources in `atom`, an atom of these outcomes' sources.
+
+    The atom lies wholly inside or wholly outside each outcome's sources (it was cut by
+    them, see _atoms), so whether one of its addresses is a source tells which.
+    """
     d: Dist = {}
+    probe = atom.min()
     for src, k, p in outcomes:
-        if src & atom:
+        if probe in src:
             d[k] = d[k] + p if k in d else p
     return d
 

@@ -638,3 +638,88 @@ def test_a_half_compared_before_a_loop_was_found_is_compared_again(monkeypatch: 
         with monkeypatch.context() as m:
             m.setattr(diff._Part, name, property(lambda self, v=value: v, lambda self, v: None), raising=False)
             assert run(True) != alone
+
+
+# ---------------------------------------------------------------- reasons worked out once per pair of distributions
+
+
+def _reason_pairs() -> list[tuple[Ruleset, Ruleset, ClusterObjects | None, list[str]]]:
+    """Rollouts and policy changes: reasons that name endpoints, shares, fates and source classes."""
+    out: list[tuple[Ruleset, Ruleset, ClusterObjects | None, list[str]]] = [_with_notes()]
+    for seed in (81,):
+        before = random_cluster(seed=seed, services=40, endpoints_per_service=3, families=("ipv4",))
+        after = copy.deepcopy(before)
+        _unrelated(after, random.Random(seed))
+        out.append((_render(before, "ipv4"), _render(after, "ipv4"), objects_from_documents(to_objects(after)),
+                    before.node("node-0").ips))
+    return out
+
+
+def test_reasons_worked_out_once_are_the_reasons(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kpa import diff
+
+    pairs = _reason_pairs()
+    cached = [diff_rulesets(a, b, o, ips).to_json() for a, b, o, ips in pairs]
+    assert len(diff._REASONS) > 20
+    with monkeypatch.context() as m:
+        m.setattr(diff, "explain", diff._explain)
+        assert [diff_rulesets(a, b, o, ips).to_json() for a, b, o, ips in pairs] == cached
+
+    def caught(key: Any) -> bool:
+        with monkeypatch.context() as m:
+            m.setattr(diff, "_REASONS", {})
+            seen: dict[Any, list[str]] = {}
+
+            def broken(a: Any, b: Any, source: str) -> list[str]:
+                k = key(a, b, source)
+                if k not in seen:
+                    seen[k] = diff._explain(a, b, source)
+                return list(seen[k])
+
+            m.setattr(diff, "explain", broken)
+            return [diff_rulesets(a, b, o, ips).to_json() for a, b, o, ips in pairs] != cached
+
+    assert not caught(lambda a, b, source: (tuple(a.items()), tuple(b.items()), source))
+    # Keyed without the source class (reasons name it), or on A's distribution only.
+    assert caught(lambda a, b, source: (tuple(a.items()), tuple(b.items())))
+    assert caught(lambda a, b, source: (tuple(a.items()), source))
+
+
+# ---------------------------------------------------------------- an atom's distribution from one of its addresses
+
+
+def _dist_by_intersection(outcomes: Any, atom: IntSet) -> dict[Any, Any]:
+    d: dict[Any, Any] = {}
+    for src, k, p in outcomes:
+        if src & atom:
+            d[k] = d[k] + p if k in d else p
+    return d
+
+
+def test_an_atoms_distribution_is_read_from_one_of_its_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kpa import diff
+
+    pairs = _reason_pairs()
+    fast = [diff_rulesets(a, b, o, ips).to_json() for a, b, o, ips in pairs]
+    with monkeypatch.context() as m:
+        m.setattr(diff, "_dist", _dist_by_intersection)
+        assert [diff_rulesets(a, b, o, ips).to_json() for a, b, o, ips in pairs] == fast
+    # Atom by atom, on the traces of the entry points that differ; and on atoms cut by A's
+    # sources only (B's outcomes then overlap atoms partly), one address does not tell.
+    checked = partly = 0
+    for a, b, objects, ips in pairs:
+        report = diff_rulesets(a, b, objects, ips)
+        ta, tb = diff._Tracer(a, ips, "A"), diff._Tracer(b, ips, "B")
+        for entry in [d.entry for p in report.differing for d in p.differences][:12]:
+            loopback = entry.address.startswith("127.")
+            for sc in diff.source_classes(objects, ips, entry.version, loopback):
+                oa, ob = diff._keyed(ta.run(entry, sc.origin)), diff._keyed(tb.run(entry, sc.origin))
+                cuts = list(dict.fromkeys(src for src, _, _ in (*oa, *ob)))
+                for atom in diff._atoms(sc.addresses, cuts):
+                    for side in (oa, ob):
+                        assert diff._dist(side, atom) == _dist_by_intersection(side, atom)
+                        checked += 1
+                for atom in diff._atoms(sc.addresses, list(dict.fromkeys(src for src, _, _ in oa))):
+                    partly += diff._dist(ob, atom) != _dist_by_intersection(ob, atom)
+    assert checked > 50
+    assert partly > 0
