@@ -142,9 +142,11 @@ def rules_and_cluster(inp: Inputs, policy_optional: bool = False,
     """The ruleset, the cluster objects, and what ``ahead`` made of the ruleset alone.
 
     Object files are read on a second core meanwhile, and ``ahead`` runs on the ruleset
-    while they are (only when there are objects to wait for). Its answer is None when it
-    failed: the full computation, which runs when there is no answer, meets the failure
-    again after the objects are read and reports it there, as it always did.
+    while they are. Its answer is None when the objects are read here (nothing to
+    overlap: the caller's full computation does the same work after them, and the
+    rules' half would only live through the objects' decoding), or when it failed: the
+    full computation meets the failure again after the objects are read and reports it
+    there, as it always did.
     """
     from kpa.k8s.background import BackgroundObjects
 
@@ -156,7 +158,7 @@ def rules_and_cluster(inp: Inputs, policy_optional: bool = False,
     with BackgroundObjects(files, early=True) as pending:
         with progress_status("reading the rules"):
             rs = load_ruleset(inp)
-            if ahead is not None and (files or inp.kube):
+            if ahead is not None and pending.child is not None:
                 try:
                     early = ahead(rs)
                 except Exception:  # reported by the full computation, see above

@@ -233,6 +233,9 @@ def test_commands_answer_the_same_when_the_rules_half_fails(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """A failure in the work done while the objects are read leaves it to the full computation."""
     from kpa.cli import _run
+    from kpa.k8s import background
+
+    monkeypatch.setattr(background, "spare_core", lambda: True)  # the objects read by a child
 
     save = FIXTURES / "iptables" / "kitchen-sink.nft.v4.save"
     args = ["-r", str(save), "-c", str(FIXTURES / "clusters" / "kitchen-sink.yaml")]
@@ -259,6 +262,10 @@ def test_commands_answer_the_same_when_the_rules_half_fails(
 
     monkeypatch.setattr("kpa.k8s.lint.rules_ahead", fail)
     monkeypatch.setattr("kpa.k8s.showview.describe_ahead", fail)
+    assert answers() == before
+    assert len(failed) == 3
+    # With the objects read here, nothing overlaps: the rules' half is left to the full computation.
+    monkeypatch.setattr(background, "spare_core", lambda: False)
     assert answers() == before
     assert len(failed) == 3
 
@@ -386,7 +393,28 @@ def test_endpoint_drift_equals_the_dictionary_comparison() -> None:
     assert drifted >= 4
 
 
-def test_endpoint_chain_names_are_kube_proxys() -> None:
+def test_endpoint_chain_names_read_from_the_rules_are_kube_proxys() -> None:
+    """The names rules_side keeps are the hashes; expected ports made with them are unchanged."""
+    kept = 0
+    for _, parse, objects, node in CASES:
+        assert callable(parse) and isinstance(objects, ClusterObjects)
+        side = rules_side(parse())
+        for (spn, proto, ep), chain in side.names.items():
+            assert chain == _endpoint_chain("iptables", spn, proto, ep) == naming.sep_chain(spn, proto, ep)
+        kept += len(side.names)
+        for family in ("ipv4", "ipv6"):
+            for op in _object_ports(objects, family):  # type: ignore[arg-type]
+                for mode in ("iptables", "nftables"):
+                    assert (expected_port(op, str(node), mode, side.names)  # type: ignore[arg-type]
+                            == expected_port(op, str(node), mode))  # type: ignore[arg-type]
+    assert kept > 1000
+    # A wrong name among them would show in the expected side.
+    _, parse, objects, node = next(c for c in CASES if c[0] == "ipv4-as-is")
+    assert callable(parse) and isinstance(objects, ClusterObjects)
+    side = rules_side(parse())
+    key = next(iter(side.names))
+    wrong = {**side.names, key: "KUBE-SEP-AAAAAAAAAAAAAAAA"}
+    op = next(o for o in _object_ports(objects, "ipv4") if (o.name, o.protocol) == key[:2])
+    assert expected_port(op, str(node), "iptables", wrong) != expected_port(op, str(node), "iptables")
     for spn, proto, ep in (("ns/a:p", "tcp", "10.0.0.1:80"), ("ns/b", "udp", "[fd00::1]:53")):
-        assert _endpoint_chain("iptables", spn, proto, ep) == naming.sep_chain(spn, proto, ep)
         assert _endpoint_chain("nftables", spn, proto, ep) == naming.nft_endpoint_chain(spn, proto, ep)

@@ -292,7 +292,11 @@ class _Selection:
     endpoints: tuple[_Row, ...]
 
 
-def _port_view(op: _ObjPort, node_name: str | None, mode: Mode) -> _Selection:
+# iptables endpoint chain names by (Service port, protocol, endpoint), as `_endpoint_chain` gives them.
+_Names = dict[tuple[str, str, str], str]
+
+
+def _port_view(op: _ObjPort, node_name: str | None, mode: Mode, names: _Names | None = None) -> _Selection:
     svc, sp, version = op.service, op.port, _version(op.family)
     same = tuple(ip for ip in svc.external_ips if _ip_version(ip) == version)
     # kube-proxy leaves Proxy-mode load-balancer IPs to the load balancer.
@@ -307,9 +311,11 @@ def _port_view(op: _ObjPort, node_name: str | None, mode: Mode) -> _Selection:
         if _ip_version(c.strip()) == version
     ) if svc.load_balancer_source_ranges else ()
     spn, proto = op.name, op.protocol
+    names = names if names and mode == "iptables" else {}
     rows = tuple(
         _Row(key, node_name is not None and ep.node_name == node_name, ep.ready, ep.serving,
-             ep.terminating, _endpoint_chain(mode, spn, proto, key), ep.node_name)
+             ep.terminating, names.get((spn, proto, key)) or _endpoint_chain(mode, spn, proto, key),
+             ep.node_name)
         # kube-proxy orders each endpoint list by its string form.
         for key, ep in sorted(
             (naming.endpoint_string(ep.address, ep.port), ep) for ep in op.endpoints
@@ -326,9 +332,7 @@ def _port_view(op: _ObjPort, node_name: str | None, mode: Mode) -> _Selection:
     return _Selection(policy=policy, lb_vips=vips, source_ranges=ranges, endpoints=rows)
 
 
-@functools.lru_cache(maxsize=1 << 17)
 def _endpoint_chain(mode: Mode, spn: str, proto: str, endpoint: str) -> str:
-    """The endpoint chain kube-proxy names; cached (`rules_side` asks for those the rules show)."""
     if mode == "iptables":
         return naming.sep_chain(spn, proto, endpoint)
     return naming.nft_endpoint_chain(spn, proto, endpoint)
@@ -347,8 +351,9 @@ def _service_chains(mode: Mode, spn: str, proto: str) -> Mapping[str, str]:
     }
 
 
-def expected_port(op: _ObjPort, node_name: str | None, mode: Mode) -> Expected:
-    view = _port_view(op, node_name, mode)
+def expected_port(op: _ObjPort, node_name: str | None, mode: Mode, seps: _Names | None = None) -> Expected:
+    """What kube-proxy would program for ``op``; ``seps``: endpoint chain names known already."""
+    view = _port_view(op, node_name, mode, seps)
     cat = categorize_endpoints(view.endpoints, view.policy)
     policy = view.policy
     # One (frozen) reference per endpoint, shared by the lists that name it.
@@ -752,6 +757,8 @@ class RulesSide:
     layouts: list[tuple[Mode, Table]]
     # None when the rules' half needs the objects (a chain no comment names, nftables mode).
     collected: _Collected | None
+    # The endpoint chain names the rules show, checked against kube-proxy's hash.
+    names: _Names = field(default_factory=dict)
 
 
 def rules_side(rs: Ruleset) -> RulesSide:
@@ -768,16 +775,18 @@ def rules_side(rs: Ruleset) -> RulesSide:
     except kubeproxy.NeedsObjects:
         return RulesSide(rs, layouts, None)
     # The chain names the objects will most likely ask for are the ones the rules show:
-    # compute them now (both functions are cached) rather than after the objects are read.
+    # work them out now rather than after the objects are read. An endpoint chain's name is
+    # kept (the rules' own string) where it is the one kube-proxy's hash gives.
+    names: _Names = {}
     for pc in out.ports.values():
         a = pc.actual
         if a is None or pc.protocol is None:
             continue
-        _service_chains("iptables", pc.name, pc.protocol)
+        _service_chains("iptables", pc.name, pc.protocol)  # cached
         for e in (*a.cluster, *a.local):
-            if e.endpoint:
-                _endpoint_chain("iptables", pc.name, pc.protocol, e.endpoint)
-    return RulesSide(rs, layouts, out)
+            if e.endpoint and naming.sep_chain(pc.name, pc.protocol, e.endpoint) == e.chain:
+                names[(pc.name, pc.protocol, e.endpoint)] = e.chain
+    return RulesSide(rs, layouts, out, names)
 
 
 def correlate(
@@ -791,6 +800,7 @@ def correlate(
     expectations unchecked. ``side``: `rules_side(rs)`, worked out earlier.
     """
     ready = side.collected if side is not None and side.ruleset is rs else None
+    names = side.names if side is not None and side.ruleset is rs else None
     if side is not None:
         side.collected = None  # what correlate collects it then changes: use it once
     layouts = side.layouts if ready is not None and side is not None else list(kube_proxy_layouts(rs))
@@ -838,7 +848,7 @@ def correlate(
             if match is not None:
                 pc.protocol = match.protocol
         if match is not None:
-            pc.expected = expected_port(match, node_name, pc.mode)
+            pc.expected = expected_port(match, node_name, pc.mode, names)
         ns, name, _ = naming.split_service_port_name(pc.name)
         pc.service_exists = objects.service(ns, name) is not None
         seen.add((pc.mode, pc.family, pc.name, pc.protocol))
@@ -851,7 +861,7 @@ def correlate(
             seen.add((mode, fam, op.name, op.protocol))
             result.ports.append(
                 PortCorrelation(mode, fam, op.name, op.protocol, True,
-                                expected=expected_port(op, node_name, mode))
+                                expected=expected_port(op, node_name, mode, names))
             )
     result.ports.sort(key=lambda p: (p.name, p.protocol or "", p.family, p.mode))
     return result
