@@ -245,3 +245,48 @@ def test_random_sets_read_the_same_three_ways() -> None:
                   "\tchain b {", "\t}", "}"]
         outcomes[assert_three_ways("\n".join(lines) + "\n")] += 1
     assert outcomes["ok"] > 500 and outcomes["error"] > 200, outcomes
+
+
+def test_listing_form_from_the_text_is_listing_form() -> None:
+    """listing_form_text (C searches for the lines that matter) says what listing_form says of the lines."""
+    rng = random.Random(53)
+    for path in NFT_FILES:
+        text = path.read_text()
+        assert nft_text.listing_form_text(text) == nft_text.listing_form(text.splitlines()), path
+    pieces = ["table ip t {", "chain c {", "}", "\t}", "set s {", "map m {", "tcp dport 22 accept", "elements = { 1.2.3.4,",
+              "5.6.7.8 }", 'elements = { 1.1.1.1 comment "a" : drop,', '2.2.2.2 comment "b" : drop }',
+              'elements = { 1.1.1.1 comment "}{" : drop,', 'elements = { "{" ,', '"}" }', "# x {", "# y }", "x }", "x }}",
+              "type filter hook input priority 0; policy accept;", "a ; b", "chain d { accept }", "set s { type ipv4_addr }",
+              "ip saddr { 1.1.1.1, 2.2.2.2 } drop", "jump {", "{", "}}", "", "chain e { # c", "table ip u { chain f {",
+              'comment "a { b"', "elements = { 1.2.3.4 } }", "update @s { ip saddr }", "vmap { 1 : drop }", "\t\t}", " }",
+              "}\t", "x\t}", "\tx }", "\xa0}", "x\xa0}", "}\xa0", "\t\t\t}", "{ }", "\t{", "x {\t", "x {\xa0y",
+              "ct helper h { x", "map\tm { a", "table ip x { y", "set{ a", "# ;", "type x hook y;", ";"]
+    claimed = 0
+    for _ in range(30000):
+        lines = [rng.choice(["", "\t", "\t\t", " ", "\xa0"]) + rng.choice(pieces) for _ in range(rng.randrange(0, 14))]
+        text = "\n".join(lines) + rng.choice(["", "\n"])
+        expected = nft_text.listing_form(text.splitlines())
+        assert nft_text.listing_form_text(text) == expected, lines
+        claimed += expected
+    assert 3000 < claimed < 27000
+
+
+def test_skeleton_passes_skip_only_what_cannot_match() -> None:
+    """skeleton_lines asks once per shared context (`sport `, `dport != `) before running a pass: the same
+    lines as every pass run whenever its context is there."""
+    from kpa.parse.nft_shapes import _PASSES, skeleton_lines
+
+    def every_pass(text: str) -> list[str]:
+        for literal, pattern, repl in _PASSES:
+            if literal in text:
+                text = pattern.sub(repl, text)
+        return text.splitlines()
+
+    rng = random.Random(59)
+    texts = [p.read_text() for p in NFT_FILES]
+    texts += [m for p in NFT_FILES if "kube-proxy" in p.parts for m in _mutations(p.read_text(), rng, 5)]
+    words = ["ip", "saddr", "daddr", "tcp", "udp", "sctp", "sport", "dport", "!=", "10.0.0.1", "80", "@s", "jump",
+             "goto", "a", "dnat", "to", "10.0.0.1:80", "update", "{", "}", "\n", "\t", "65536"]
+    texts += [" ".join(rng.choice(words) for _ in range(rng.randrange(1, 30))) for _ in range(3000)]
+    for text in texts:
+        assert skeleton_lines(text) == every_pass(text)

@@ -92,8 +92,15 @@ def skeleton_lines(text: str) -> list[str] | None:
     """The lines of `text` with valid values replaced by placeholders; None if the text holds one already."""
     if any(c in text for c in PLACEHOLDERS):
         return None
+    # Whether the text has a context, asked once per suffix shared by several passes (`sport `, `dport != `)
+    # before the pass's own: passes keep their context words, so the first answer holds throughout.
+    present: dict[str, bool] = {}
     for literal, pattern, repl in _PASSES:
-        if literal in text:
+        shared = literal.split(" ", 1)[1]
+        found = present.get(shared)
+        if found is None:
+            found = present[shared] = shared in text
+        if found and literal in text:
             text = pattern.sub(repl, text)
     return text.splitlines()
 
@@ -116,8 +123,11 @@ def line_keys(text: str) -> Skeletons | None:
         if not s or s[-1] in "{,":
             append(0)
             continue
-        handle, key = _handle(s)
-        entry = f"{'' if handle is None else handle}\x00{key}"
+        if "#" in s:
+            handle, key = _handle(s)
+            entry = f"{'' if handle is None else handle}\x00{key}"
+        else:
+            entry = "\x00" + s
         kid = index.get(entry)
         if kid is None:
             kid = index[entry] = len(index)

@@ -657,6 +657,61 @@ def listing_form(lines: list[str]) -> bool:
     return True
 
 
+# For listing_form_text: a `{` with something after it on its line; a `}` ending a line (blanks aside)
+# right after something other than a line break, or a tab after something other than a line break.
+_CONTENT_AFTER_BRACE = re.compile(r"\{[^\n]*?\S")
+_HEAD_WORDS = ("table", "chain", "set", "map", "flowtable", "counter", "quota", "limit", "secmark", "synproxy", "ct")
+_LINE_END_CLOSE = (re.compile(r"\}(?<![\n\t]\})[^\S\n]*$", re.M), re.compile(r"\t\}(?<!\n\t\})[^\S\n]*$", re.M))
+
+
+def listing_form_text(text: str) -> bool:
+    """listing_form(text.splitlines()) for a text whose only line break is "\n", from C searches for the
+    few lines each check looks at rather than a pass over every line: lines with a `;`, lines with
+    something after their first `{`, and lines that end in a `}` with something before it (the two
+    _LINE_END_CLOSE patterns find every such line: what precedes the `}` is not a line break or tab,
+    or is a tab that does not start the line), each with the last line with a brace before it."""
+    size = len(text)
+
+    def line_at(pos: int) -> tuple[int, int]:
+        end = text.find("\n", pos)
+        return text.rfind("\n", 0, pos) + 1, size if end < 0 else end
+
+    pos = text.find(";")
+    while pos >= 0:
+        start, end = line_at(pos)
+        s = text[start:end].strip()
+        if not s.startswith("#") and not (s.startswith("type ") and " hook " in s):
+            return False
+        pos = text.find(";", end)
+    last = -1
+    for m in _CONTENT_AFTER_BRACE.finditer(text):
+        start, end = line_at(m.start())
+        if start == last:
+            continue
+        last = start
+        line = text[start:end]
+        if not line.lstrip().startswith(_HEAD_WORDS):
+            continue  # never a block head (the words each starts with)
+        brace = line.find("{")
+        if line[brace + 1:].strip() and not line.lstrip().startswith("#") and _any_block_head(line[:brace].strip()):
+            return False
+    # By line start: the line's end (each pattern ends at its line's end).
+    closing = {text.rfind("\n", 0, m.start()) + 1: m.end() for pattern in _LINE_END_CLOSE for m in pattern.finditer(text)}
+    for start, end in closing.items():
+        s = text[start:end].strip()
+        if s == "}" or not s.endswith("}") or s.startswith("#") or s.count("}") <= s.count("{"):
+            continue
+        brace = max(text.rfind("{", 0, start), text.rfind("}", 0, start))
+        if brace < 0:
+            return False
+        p_start, p_end = line_at(brace)
+        prev = text[p_start:p_end].strip()
+        if (";" in prev or prev.startswith("#") or prev.count("{") <= prev.count("}")
+                or ('"' in prev and _depth(prev) < 1) or (prev.endswith("{") and _any_block_head(prev[:-1].strip()))):
+            return False
+    return True
+
+
 def split_statements(lines: list[str]) -> tuple[list[str], list[int]]:
     """Lines as nft lists them, with the input line each comes from.
 
@@ -889,11 +944,11 @@ class TextReader:
             raise self.error(text[: text.index("\x00")].count("\n") + 1, "expected nft text, found binary data")
         physical = text.splitlines()
         self._lines = len(physical)
+        self._text = text
         if self.shapes:
             # Rule skeletons are worked out while the structure is read (in a second process for large texts).
             self._physical, self._keys = physical, KeyJob(text)
             self.b.key_of = self._key
-            self._text = text
         try:
             return self._parse(physical)
         finally:
@@ -902,7 +957,8 @@ class TextReader:
 
     def _parse(self, physical: list[str]) -> Ruleset:
         bulk: dict[int, re.Match[str]] = {}
-        if listing_form(physical):
+        text = self._text
+        if listing_form_text(text) if not any(c in text for c in _ODD_BREAKS) else listing_form(physical):
             # As split_statements: nothing to split. Lines and physical lines are then one and the same.
             lines, self._no = list(physical), list(range(1, len(physical) + 1))
             if self.bulk and self._keys is not None:
