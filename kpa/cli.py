@@ -419,6 +419,10 @@ def check(rules: Sequence[str], live: bool, iptc: bool, example: bool, fmt: str)
     gc.disable()
     with progress_status("reading the rules"):
         rs = load_ruleset(Inputs(list(rules), live=live, example=example, iptc=iptc))
+    # What was read lives until exit: frozen, it is left alone by the collection the interpreter runs at
+    # exit, which would walk it all (and free an nftables ruleset, whose lazy rules refer to their table:
+    # a cycle) just before the process ends anyway.
+    gc.freeze()
     with progress_status("checking the chains"):
         problems = chain_problems(rs)
         tables, findings, cycles = _check_tables(rs, problems)
