@@ -290,3 +290,22 @@ def test_skeleton_passes_skip_only_what_cannot_match() -> None:
     texts += [" ".join(rng.choice(words) for _ in range(rng.randrange(1, 30))) for _ in range(3000)]
     for text in texts:
         assert skeleton_lines(text) == every_pass(text)
+
+
+# -- real nft listings of random clusters (kernel) --------------------------------------
+
+@pytest.mark.kernel
+def test_captured_random_cluster_reads_the_same_three_ways(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kpa.gen.cluster import random_cluster
+    from kpa.gen.nft_capture import capture_nft
+    from kpa.gen.nftables import render_nft
+    from kpa.gen.options import ProxierOptions
+
+    rng = random.Random(61)
+    cluster = random_cluster(seed=3, services=60, endpoints_per_service=4)
+    text = capture_nft(render_nft(cluster, ProxierOptions(node_name="node-0"), "ipv4"))
+    assert assert_three_ways(text) == "ok"
+    in_bulk, total = bulk_rules(text, monkeypatch)
+    assert in_bulk > 0.8 * total, (in_bulk, total)
+    for mutated in _mutations(text, rng, 30):
+        assert_three_ways(mutated)
