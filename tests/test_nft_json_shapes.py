@@ -222,6 +222,10 @@ def test_crafted_objects_read_the_same(after: int) -> None:
                                       "data": {"set": [[0, {"goto": {"target": x}}], [1, {"goto": {"target": y}}]]}}}])
          for k, (x, y) in enumerate([("a", "b"), ("b", "a"), ("a", "a"), ("a", "zz"), ("b", "c")])],
         [rule("c", 10 + k, [saddr("10.0.0.1"), {"jump": {"rules": [[{"accept": None}]]}}]) for k in range(4)],
+        # Statements that read like the start of a top-level object: one object spans two pieces.
+        [rule("c", 10 + k, [saddr("10.0.0.1"), *([{"rule": {"family": "ip", "x": 1}}] if k == 2 else []), jump("a")])
+         for k in range(5)]
+        + [rule("c", 20, [{"counter": {"packets": 0, "bytes": 0}}, {"chain": {"family": "ip"}}, saddr("10.0.0.2")])],
     ]
     for rules in groups:
         for k in range(len(rules)):
