@@ -93,16 +93,22 @@ def documents(
     text: str,
     mapping: Callable[[], Any],
     plain: Callable[[str], Any],
+    ranges: list[tuple[int, int, int]] | None = None,
 ) -> Iterator[Any]:
     """The documents of `text`, then (if needed) a Rest saying where the general reader takes over.
 
     `mapping()` makes an empty mapping with `line` and `key_lines` attributes;
     `plain(text)` gives a plain scalar's value as the loader constructs it, or raises Unfit.
+
+    `ranges`: read only these parts of the text, as (offset, end offset, number of the first
+    line), in order; each must start at the text's start or at a `---` line and end at the
+    text's end or where a `---` line starts, so that each holds whole documents. A Rest
+    still counts from the text's start and says to read the text's whole rest.
     """
     if not _text_is_plain(text):
         yield Rest(0, 0)
         return
-    reader = _Reader(text, mapping, plain)
+    reader = _Reader(text, mapping, plain, ranges)
     separator = 0  # the line of the separator that began the current document (0: none)
     seen_from = (0, 1)  # where the piece holding that separator starts: offset and line
     started = False  # a separator was read and no document after it yet
@@ -150,30 +156,34 @@ def _offset(text: str, piece: tuple[int, int], line: int) -> int:
     return offset
 
 
-def _pieces(text: str) -> Iterator[tuple[list[tuple[str, ...]], Any, str, int, bool, int]]:
+def _pieces(text: str, ranges: list[tuple[int, int, int]] | None = None
+            ) -> Iterator[tuple[list[tuple[str, ...]], Any, str, int, bool, int]]:
     """Rows of the text (blank and comment lines left out) and their line numbers, piece by piece.
 
     With each piece: its text, its first line's number, whether it is the last, and its offset.
+    With `ranges` (see `documents`), only those parts.
     """
-    pos, line, size = 0, 1, len(text)
-    while pos < size:
-        end = size
-        if pos + _PIECE < size:
-            found = _PIECE_END.search(text, pos + _PIECE)
-            if found:
-                end = found.start()
-        piece = text[pos:end]
-        rows = _LINE.findall(piece)
-        count = piece.count("\n") + 1
-        if len(rows) != count:
-            raise Unfit
-        nums: Any = range(line, line + count)
-        if any(not r[_KEY] and not r[_LONE] and not r[_SEP] for r in rows):
-            keep = [n for n, r in enumerate(rows) if r[_KEY] or r[_LONE] or r[_SEP]]
-            nums = [line + n for n in keep]
-            rows = [rows[n] for n in keep]
-        yield rows, nums, piece, line, end == size, pos
-        pos, line = end + 1, line + count
+    size = len(text)
+    for start, stop, line in ranges if ranges is not None else [(0, size, 1)]:
+        pos = start
+        while pos < stop:
+            end = stop
+            if pos + _PIECE < stop:
+                found = _PIECE_END.search(text, pos + _PIECE, stop)
+                if found:
+                    end = found.start()
+            piece = text[pos:end]
+            rows = _LINE.findall(piece)
+            count = piece.count("\n") + 1
+            if len(rows) != count:
+                raise Unfit
+            nums: Any = range(line, line + count)
+            if any(not r[_KEY] and not r[_LONE] and not r[_SEP] for r in rows):
+                keep = [n for n, r in enumerate(rows) if r[_KEY] or r[_LONE] or r[_SEP]]
+                nums = [line + n for n in keep]
+                rows = [rows[n] for n in keep]
+            yield rows, nums, piece, line, end == size, pos
+            pos, line = end + 1, line + count
 
 
 class _Reader:
@@ -185,8 +195,9 @@ class _Reader:
     key) asks `fill` for the next piece when one runs out.
     """
 
-    def __init__(self, text: str, mapping: Callable[[], Any], plain: Callable[[str], Any]) -> None:
-        self.pieces = _pieces(text)
+    def __init__(self, text: str, mapping: Callable[[], Any], plain: Callable[[str], Any],
+                 ranges: list[tuple[int, int, int]] | None = None) -> None:
+        self.pieces = _pieces(text, ranges)
         self.rows: list[tuple[str, ...]] = []
         self.nums: Any = ()
         self.piece, self.first, self.last, self.pos = "", 1, True, 0

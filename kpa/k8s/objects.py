@@ -8,6 +8,7 @@ functions here, so defaulting and validation behave identically.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import json
 import os
 import re
@@ -1450,14 +1451,15 @@ def _plain_scalars() -> Callable[[str], Any]:
     return plain
 
 
-def _yaml_documents(text: str, source: str) -> Iterator[Any]:
+def _yaml_documents(text: str, source: str, ranges: list[tuple[int, int, int]] | None = None) -> Iterator[Any]:
+    """The documents of a YAML text (with `ranges`, of those parts: see blockyaml.documents)."""
     check_nesting(text, source)
     # Block-style YAML as kubectl and yaml.dump write it is read by blockyaml, which gives the
     # same documents; a document it is not sure of is read by the safe loader, alone if the
     # loader reads it alone without an error (so it reads it as in the whole text), else
     # with the rest of the text.
     budget = len(text)  # blank lines put before the documents read alone, in all (each costs its line number)
-    for document in blockyaml.documents(text, _LinedDict, _plain_scalars()):
+    for document in blockyaml.documents(text, _LinedDict, _plain_scalars(), ranges):
         if type(document) is blockyaml.Rest:
             prefix = "\n" * document.line
             budget -= document.line
@@ -1805,6 +1807,117 @@ def load_objects(paths: Sequence[str], stdin: TextIO | None = None,
     return collector.result()
 
 
+# Multi-document YAML whose Pods can be told apart from the text: no directives, document end
+# markers or separators with content; every line in column 0 a comment, a `- ` item, a `---`
+# separator or a plain key (letters first) followed by `:` and a space or the line's end.
+# (Searched in the text after a line break put in front, so that each starts with a literal.)
+_YAML_MARKERS = re.compile(r"\n(?:---[^\n]|\.\.\.|%)")
+_YAML_ODD_COLUMN_0 = re.compile(r"\n(?:[^A-Za-z #\n-]|-(?! |--(?:\n|\Z))|[A-Za-z][\w./-]*+(?!:(?: |\n|\Z)))")
+_YAML_SEPARATOR = re.compile(r"\n---(?=\n|\Z)")
+_YAML_KIND = re.compile(r"\nkind:([^\n]*)")
+_YAML_API_VERSION = re.compile(r"\napiVersion:([^\n]*)")
+_YAML_MAPPING_FIRST = re.compile(r"(?:---\n)?(?: *(?:#[^\n]*)?\n)*[A-Za-z]")
+
+_Ranges = list[tuple[int, int, int]]
+
+
+def _yaml_pod_split(text: str) -> tuple[_Ranges, _Ranges, int] | None:
+    """A multi-document YAML text's parts (as blockyaml.documents' ranges) without the documents
+    that are certainly Pods, the parts with those, and their number; None when that cannot be told.
+
+    A document is certainly a Pod when its root is a block mapping (its first line a plain key
+    in column 0) and its only lines that set the kind and apiVersion are `kind: Pod` and at
+    most one `apiVersion: v1`: with the whole text as above, those lines are keys of the root
+    mapping, with those values.
+    """
+    if not blockyaml._text_is_plain(text):
+        return None
+    t = "\n" + text  # offsets in t are one more than in text
+    if _YAML_MARKERS.search(t) or _YAML_ODD_COLUMN_0.search(t):
+        return None
+    starts = [0, *(m.start() for m in _YAML_SEPARATOR.finditer(t)), len(text)]  # the \n before: the line in text
+    kinds = [(m.start(), m.group(1)) for m in _YAML_KIND.finditer(t)]
+    versions = [(m.start(), m.group(1)) for m in _YAML_API_VERSION.finditer(t)]
+    del t
+    others: _Ranges = []
+    pods: _Ranges = []
+    count = k = v = 0
+    line, counted = 1, 0
+    for a, b in itertools.pairwise(starts):
+        if a == b:
+            continue
+        found_kinds = []
+        while k < len(kinds) and kinds[k][0] < b:
+            found_kinds.append(kinds[k][1])
+            k += 1
+        found_versions = []
+        while v < len(versions) and versions[v][0] < b:
+            found_versions.append(versions[v][1])
+            v += 1
+        line += text.count("\n", counted, a)
+        counted = a
+        pod = (found_kinds == [" Pod"] and found_versions in ([], [" v1"])
+               and _YAML_MAPPING_FIRST.match(text, a) is not None)
+        if pod:
+            count += 1
+        into = pods if pod else others
+        if into and into[-1][1] == a:
+            into[-1] = (into[-1][0], b, into[-1][2])
+        else:
+            into.append((a, b, line))
+    if not count:
+        return None
+    return others, pods, count
+
+
+class _LaterYamlPods(_LaterPods):
+    """The Pod documents of a YAML text (see `_yaml_pod_split`), built later."""
+
+    def __init__(self, text: str, ranges: _Ranges, count: int, source: str, kinds: frozenset[str] | None) -> None:
+        super().__init__(text, source, kinds)
+        self.ranges, self.count = ranges, count
+
+    def build(self) -> list[Pod]:
+        scratch = _Collector()
+        scratch.source, scratch.kinds = self.source, self.kinds
+        for document in _yaml_documents(self.text, self.source, self.ranges):
+            if document is None:
+                continue
+            if not (isinstance(document, dict) and type(document.get("kind")) is str and _built_as_pod(document)):
+                raise _Unfit  # not what the text said: load_objects decides
+            scratch.add_document(document, getattr(document, "line", None), None)
+        if len(scratch.pods) != self.count or len(scratch.services) + len(scratch.slices) + len(scratch.nodes):
+            raise _Unfit
+        return scratch.pods
+
+
+def _early_yaml(text: str, source: str, collector: _Collector) -> _LaterYamlPods | None:
+    """Read a YAML text's objects but its Pods into `collector`, and say how to build those later;
+    None (and nothing read) when the Pods cannot be left for later."""
+    if collector.kinds is not None and "Pod" not in collector.kinds:
+        return None
+    split = _yaml_pod_split(text)
+    if split is None:
+        return None
+    others, pods, count = split
+    scratch = _Collector()
+    scratch.source, scratch.kinds = source, collector.kinds
+    for document in _yaml_documents(text, source, others):
+        try:
+            scratch.add_document(document, getattr(document, "line", None), None)
+        except _SchemaError as error:
+            raise InputError(source, error.line, error.message) from None
+    if scratch.pods:
+        return None  # Pods the text did not show (or read past the parts): read the file in one step
+    collector.services += scratch.services
+    collector.slices += scratch.slices
+    collector.nodes += scratch.nodes
+    collector.namespaces += scratch.namespaces
+    collector.policies += scratch.policies
+    collector.ignored.update(scratch.ignored)
+    return _LaterYamlPods(text, pods, count, source, collector.kinds)
+
+
 def load_objects_early(paths: Sequence[str], kinds: frozenset[str] | None = None
                        ) -> tuple[ClusterObjects, Callable[[], dict[tuple[str, str], Pod]]]:
     """`load_objects` in two steps: the objects without their Pods, then the rest of the work.
@@ -1847,6 +1960,11 @@ def load_objects_early(paths: Sequence[str], kinds: frozenset[str] | None = None
                 pods = _LaterPods(text, source, kinds)
                 if _streamed_list(text, collector, pods):
                     later.append((len(collector.pods), pods))  # its nesting is checked later, Pods or not
+                    continue
+            else:
+                yaml_pods = _early_yaml(text, source, collector)
+                if yaml_pods is not None:
+                    later.append((len(collector.pods), yaml_pods))
                     continue
             _load_text([text], source, collector)
             del text
