@@ -723,3 +723,48 @@ def test_an_atoms_distribution_is_read_from_one_of_its_addresses(monkeypatch: py
                     partly += diff._dist(ob, atom) != _dist_by_intersection(ob, atom)
     assert checked > 50
     assert partly > 0
+
+
+# ---------------------------------------------------------------- the command ends without freeing its data
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_the_command_ends_at_once_with_all_its_output(fmt: str) -> None:
+    """`kpa diff` as a process flushes its output and exits without tearing down its objects:
+    the same output and exit status as the command run in-process (which returns normally)."""
+    import os
+    import subprocess
+    import sys
+
+    from click.testing import CliRunner
+
+    from kpa.cli import cli
+
+    a, b = FIX / "iptables" / "kitchen-sink.nft.v4.save", FIX / "nft" / "kube-proxy" / "kitchen-sink.v4.nft"
+    args = ["diff", str(a), str(b), "-c", str(FIX / "clusters" / "kitchen-sink.yaml"), "-o", fmt]
+    inside = CliRunner().invoke(cli, args)
+    assert inside.exit_code == 1 and len(inside.stdout) > 2000
+    assert fmt == "json" or len(inside.stdout) < 8192
+
+    # Standard output buffered, as it is by default when it is not a terminal.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+
+    def run(prelude: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", f"import kpa.cli as c; {prelude}; c.main()", *args],
+                              capture_output=True, text=True, check=False, env=env)
+
+    whole = run("pass")
+    assert (whole.returncode, whole.stdout) == (1, inside.stdout), whole.stderr
+    # Output left in the buffer (written without click.echo's own flush) is flushed before the
+    # end; without that flush it would be lost.
+    unflushed = "import sys; c.click.echo = lambda m=None, nl=True, **k: sys.stdout.write((m or '') + chr(10) * nl)"
+    kept = run(unflushed)
+    assert (kept.returncode, kept.stdout) == (1, inside.stdout), kept.stderr
+    if len(inside.stdout) < 8192:  # a larger write goes past the buffer, straight out
+        lost = run(unflushed + "; c._flush_streams = lambda: None")
+        assert lost.returncode == 1 and lost.stdout != inside.stdout
+    # A reader that goes away early ends the command as before: no traceback.
+    head = subprocess.run(f"{sys.executable} -m kpa {' '.join(args)} | head -c 100 >/dev/null; "
+                          "echo ${PIPESTATUS[0]}", shell=True, executable="/bin/bash",
+                          capture_output=True, text=True, check=False)
+    assert "Traceback" not in head.stderr and head.stdout.strip() in ("0", "1")
