@@ -1067,6 +1067,17 @@ def diff(a: str, b: str, cluster: Sequence[str], node_ips: Sequence[str], node: 
 _WHOLE_PROCESS = False
 
 
+@contextmanager
+def _whole_process() -> Iterator[None]:
+    """While a console entry point runs its command (it may also be called from Python, e.g. by a test)."""
+    global _WHOLE_PROCESS
+    _WHOLE_PROCESS = True
+    try:
+        yield
+    finally:
+        _WHOLE_PROCESS = False
+
+
 def _flush_streams() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
@@ -1200,9 +1211,8 @@ def _run(prog_name: str, args: list[str] | None = None, defaults: dict[str, Any]
 
 
 def main() -> None:
-    global _WHOLE_PROCESS
-    _WHOLE_PROCESS = True
-    _run("kpa")
+    with _whole_process():
+        _run("kpa")
 
 
 def kubectl_help() -> None:
@@ -1255,6 +1265,5 @@ def kubectl_main() -> None:
     kubectl_help()
     defaults: dict[str, Any] = {cmd: {"kube": True} for cmd in ("trace", "show", "lint")}
     defaults["policy"] = {cmd: {"kube": True} for cmd in ("check", "matrix", "lint")}
-    global _WHOLE_PROCESS
-    _WHOLE_PROCESS = True
-    _run("kubectl kpa", defaults=defaults)
+    with _whole_process():
+        _run("kubectl kpa", defaults=defaults)

@@ -768,3 +768,17 @@ def test_the_command_ends_at_once_with_all_its_output(fmt: str) -> None:
                           "echo ${PIPESTATUS[0]}", shell=True, executable="/bin/bash",
                           capture_output=True, text=True, check=False)
     assert "Traceback" not in head.stderr and head.stdout.strip() in ("0", "1")
+
+
+def test_an_entry_point_called_from_python_leaves_the_process_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """main() and kubectl_main() end the process at once only while they run: a later command
+    run in-process (a test runner's) returns normally."""
+    import sys
+
+    from kpa import cli
+
+    for entry in (cli.main, cli.kubectl_main):
+        monkeypatch.setattr(sys, "argv", ["kpa", "--version"])
+        with pytest.raises(SystemExit):
+            entry()
+        assert not cli._WHOLE_PROCESS
