@@ -377,3 +377,17 @@ def test_a_broken_tuple_reader_is_caught(tmp_path: Path, monkeypatch: pytest.Mon
         again = pickle.loads(pickle.dumps(objects))
         differs += sum(again.endpoints_by_address(*q) != objects.endpoints_by_address(*q) for q in _queries(objects))
     assert differs
+
+
+@pytest.mark.parametrize(("loadavg", "cores", "spare"), [
+    ("0.10 0.20 0.30 1/78 123", 2, True),  # only this process runs
+    ("1.90 1.50 0.80 1/78 123", 2, True),  # the last minute was busy, now it is idle
+    ("0.10 0.20 0.30 2/78 123", 2, False),  # another task runs now
+    ("0.10 0.20 0.30 3/78 123", 4, True),
+    ("0.10 0.20 0.30 4/78 123", 4, False),
+    ("0.10 0.20 0.30 1/78 123", 1, False),  # one core: nothing to share
+])
+def test_a_spare_core_is_judged_by_the_tasks_runnable_now(loadavg: str, cores: int, spare: bool) -> None:
+    from kpa.k8s.background import spare_in
+
+    assert spare_in(loadavg, cores) is spare

@@ -56,10 +56,26 @@ def spare_core() -> bool:
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
     try:
+        with open("/proc/loadavg") as f:
+            return spare_in(f.read(), cores)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):
         return False
     return cores - load >= 1.0
+
+
+def spare_in(loadavg: str, cores: int) -> bool:
+    """Whether `/proc/loadavg`'s text leaves a core for a second process besides this one.
+
+    Its fourth field counts the tasks runnable right now, this process among them. The
+    one-minute average would still count work that has just ended (such as the command
+    run before this one), and keep the second core unused when it is idle.
+    """
+    runnable = int(loadavg.split()[3].split("/", 1)[0])
+    return cores - (runnable - 1) >= 2
 
 
 class BackgroundObjects:
