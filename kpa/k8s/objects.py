@@ -1767,6 +1767,29 @@ def _decode(data: bytes, source: str) -> str:
         raise InputError(source, line, "expected UTF-8 text, found binary data") from None
 
 
+def _files_of(raw: str, collector: _Collector) -> list[Path]:
+    """The object files a path names: itself, or the files under a directory."""
+    path = Path(raw)
+    if path.is_dir():
+        files = _files_under(path)
+        if not files:
+            collector.warnings.append(f"{raw}: no *.yaml, *.yml or *.json files found")
+        return files
+    if path.exists():
+        return [path]
+    raise InputError(raw, None, "expected a file or directory, found nothing there")
+
+
+def _read_text(file: Path) -> str:
+    """A file's text; its bytes are gone when this returns, before its objects are built."""
+    try:
+        with open(file, "rb") as fh:
+            data = read_bounded(fh, str(file))
+    except OSError as error:
+        raise InputError(str(file), None, f"cannot read: {error.strerror}") from None
+    return _decode(data, str(file))
+
+
 def load_objects(paths: Sequence[str], stdin: TextIO | None = None,
                  kinds: frozenset[str] | None = None) -> ClusterObjects:
     """Read Kubernetes objects from files, directories (recursively) and `-` (stdin).
@@ -1786,23 +1809,8 @@ def load_objects(paths: Sequence[str], stdin: TextIO | None = None,
             else:
                 _load_text([_decode(read_bounded(sys.stdin.buffer, "<stdin>"), "<stdin>")], "<stdin>", collector)
             continue
-        path = Path(raw)
-        if path.is_dir():
-            files = _files_under(path)
-            if not files:
-                collector.warnings.append(f"{raw}: no *.yaml, *.yml or *.json files found")
-        elif path.exists():
-            files = [path]
-        else:
-            raise InputError(raw, None, "expected a file or directory, found nothing there")
-        for file in files:
-            try:
-                with open(file, "rb") as fh:
-                    data = read_bounded(fh, str(file))
-            except OSError as error:
-                raise InputError(str(file), None, f"cannot read: {error.strerror}") from None
-            box = [_decode(data, str(file))]
-            del data  # the file's bytes go before its objects are built
+        for file in _files_of(raw, collector):
+            box = [_read_text(file)]  # only the list holds the text, so _load_text can let it go
             _load_text(box, str(file), collector)
     return collector.result()
 
@@ -1937,23 +1945,8 @@ def load_objects_early(paths: Sequence[str], kinds: frozenset[str] | None = None
     for raw in paths:
         if raw == "-":
             raise ValueError("standard input is read by load_objects")
-        path = Path(raw)
-        if path.is_dir():
-            files = _files_under(path)
-            if not files:
-                collector.warnings.append(f"{raw}: no *.yaml, *.yml or *.json files found")
-        elif path.exists():
-            files = [path]
-        else:
-            raise InputError(raw, None, "expected a file or directory, found nothing there")
-        for file in files:
-            try:
-                with open(file, "rb") as fh:
-                    data = read_bounded(fh, str(file))
-            except OSError as error:
-                raise InputError(str(file), None, f"cannot read: {error.strerror}") from None
-            text = _decode(data, str(file))
-            del data
+        for file in _files_of(raw, collector):
+            text = _read_text(file)
             source = str(file)
             if _looks_like_json(text):
                 collector.source, collector.item_lines = source, {}
