@@ -41,7 +41,7 @@ def _objects(text: str, file: str, whole: bool = True) -> Iterator[tuple[int, An
         for obj in doc["nftables"]:
             yield 1, obj
         return
-    pos, line, n = m.end(), text.count("\n", 0, m.end()) + 1, len(text)
+    pos, line = m.end(), text.count("\n", 0, m.end()) + 1
     # `nft -j` writes everything on one line: then the whole array decodes in one call, every object on
     # the same line. Anything else (line breaks, a decoding error) is read an object at a time below.
     array: Any = None
@@ -56,24 +56,12 @@ def _objects(text: str, file: str, whole: bool = True) -> Iterator[tuple[int, An
             raise InputError(file, text.count("\n", 0, end - 1) + 1, "expected '}' after the nftables array")
         return
     counted = pos
-    while True:
-        while pos < n and text[pos] in " \t\r\n,":
-            pos += 1
-        if pos >= n:
-            raise InputError(file, text.count("\n") + 1, "expected ']' closing the nftables array, found end of input")
-        if text[pos] == "]":
-            break
-        line += text.count("\n", counted, pos)
-        counted = pos
-        try:
-            obj, end = dec.raw_decode(text, pos)
-        except json.JSONDecodeError as exc:
-            raise InputError(file, exc.lineno, f"expected nft JSON, {exc.msg}") from None
+    while (start := nft_json_shapes.next_object(text, pos, file)) >= 0:
+        line += text.count("\n", counted, start)
+        counted = start
+        obj, pos = nft_json_shapes.decode_object(dec, text, start, file)
         yield line, obj
-        pos = end
-    rest = text[pos + 1:].strip()
-    if not re.fullmatch(r"\}\s*", rest):
-        raise InputError(file, text.count("\n", 0, pos) + 1, "expected '}' after the nftables array")
+    nft_json_shapes.array_closed(text, nft_json_shapes.array_end(text, pos), file)
 
 
 def _str(obj: dict[str, Any], key: str, what: str, file: str, line: int) -> str:

@@ -547,7 +547,6 @@ def read(text: str, file: str, reader: _Reader) -> bool:
 
 
 def _read(text: str, file: str, reader: _Reader, start: int, stop: int, job: _KeyJob) -> None:
-    n = len(text)
     line = text.count("\n", 0, start) + 1
     keys = job.first()
     later = True
@@ -592,16 +591,11 @@ def _read(text: str, file: str, reader: _Reader, start: int, stop: int, job: _Ke
                 continue
             t = None
         # One object, as kpa.parse.nft_json._objects reads it.
-        while pos < n and text[pos] in " \t\r\n,":
-            pos += 1
-        if pos >= n:
-            raise InputError(file, text.count("\n") + 1, "expected ']' closing the nftables array, found end of input")
-        if text[pos] == "]":
-            break
-        try:
-            obj, end = dec.raw_decode(text, pos)
-        except json.JSONDecodeError as exc:
-            raise InputError(file, exc.lineno, f"expected nft JSON, {exc.msg}") from None
+        at = next_object(text, pos, file)
+        if at < 0:
+            break  # pos stays at the array's `]`, which array_closed reads from
+        pos = at
+        obj, end = decode_object(dec, text, pos, file)
         batch = None
         reader.handle(line, obj)
         if not too_deep and text.count("{", pos, end) + text.count("[", pos, end) > inside:
@@ -614,9 +608,38 @@ def _read(text: str, file: str, reader: _Reader, start: int, stop: int, job: _Ke
                 templates[key] = _template(key, text, pos, end, obj, reader, line)
         i += len(SEP.findall(text, pos, end)) + 1
         pos = end + 2 if text.startswith(", ", end) else end
-    rest = text[pos + 1:].strip()
-    if not re.fullmatch(r"\}\s*", rest):
-        raise InputError(file, text.count("\n", 0, pos) + 1, "expected '}' after the nftables array")
+    array_closed(text, pos, file)
     if too_deep:
         check_nesting(text, file)
     job.close()
+
+
+def next_object(text: str, pos: int, file: str) -> int:
+    """Where the array's next object starts at or after `pos`, or -1 when the array's `]` comes first."""
+    n = len(text)
+    while pos < n and text[pos] in " \t\r\n,":
+        pos += 1
+    if pos >= n:
+        raise InputError(file, text.count("\n") + 1, "expected ']' closing the nftables array, found end of input")
+    return -1 if text[pos] == "]" else pos
+
+
+def array_end(text: str, pos: int) -> int:
+    """Where the array's `]` stands, `pos` being after its last object."""
+    while text[pos] != "]":
+        pos += 1
+    return pos
+
+
+def decode_object(dec: json.JSONDecoder, text: str, pos: int, file: str) -> tuple[Any, int]:
+    """The object starting at `pos` and where it ends; a decoding error names its line."""
+    try:
+        return dec.raw_decode(text, pos)
+    except json.JSONDecodeError as exc:
+        raise InputError(file, exc.lineno, f"expected nft JSON, {exc.msg}") from None
+
+
+def array_closed(text: str, pos: int, file: str) -> None:
+    """After the array's `]` at `pos`, only the document's closing `}` may follow."""
+    if not re.fullmatch(r"\}\s*", text[pos + 1:].strip()):
+        raise InputError(file, text.count("\n", 0, pos) + 1, "expected '}' after the nftables array")
