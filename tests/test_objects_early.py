@@ -25,6 +25,7 @@ from kpa.gen.objects import to_objects
 from kpa.gen.options import ProxierOptions
 from kpa.k8s import objects as o
 from kpa.k8s.objects import ClusterObjects, load_objects, load_objects_early
+from tests.test_lint_fast import _cli
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CLUSTERS = sorted((FIXTURES / "clusters").glob("*.yaml"))
@@ -247,15 +248,6 @@ def test_an_early_child_waits_to_be_settled_and_is_reaped(tmp_path: Path) -> Non
         os.waitpid(pid, os.WNOHANG)  # reaped: no zombie left
     assert objects._pod_loader is not None  # settling does not unpickle the Pods
     assert objects.pods == load_objects([str(tmp_path / "c.json")]).pods
-
-
-def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    from kpa.cli import _run
-
-    with pytest.raises(SystemExit) as exit_info:
-        _run("kpa", args)
-    out, err = capsys.readouterr()
-    return int(exit_info.value.code or 0), out, err
 
 
 def test_lint_and_show_report_a_bad_pod_the_child_finds_late(
