@@ -1219,6 +1219,16 @@ class _Collector:
         # Only these kinds are built (None: all); a caller that needs no Pods need not read them.
         self.kinds: frozenset[str] | None = None
 
+    def take(self, other: _Collector) -> None:
+        """Add what `other` collected after what this one holds."""
+        self.services += other.services
+        self.slices += other.slices
+        self.nodes += other.nodes
+        self.pods += other.pods
+        self.namespaces += other.namespaces
+        self.policies += other.policies
+        self.ignored.update(other.ignored)
+
     def add_document(self, document: Any, line: int | None, implied_kind: str | None,
                      consume: bool = False) -> None:
         """Add the objects of one decoded document.
@@ -1683,13 +1693,7 @@ def _streamed_list(text: str, collector: _Collector, later: _LaterPods | None = 
         return False
     if later is not None and later.items and scratch.pods:
         return False  # Pods in a nested List: built here, they would not keep their place among the others
-    collector.services += scratch.services
-    collector.slices += scratch.slices
-    collector.nodes += scratch.nodes
-    collector.pods += scratch.pods
-    collector.namespaces += scratch.namespaces
-    collector.policies += scratch.policies
-    collector.ignored.update(scratch.ignored)
+    collector.take(scratch)
     return True
 
 
@@ -1917,12 +1921,7 @@ def _early_yaml(text: str, source: str, collector: _Collector) -> _LaterYamlPods
             raise InputError(source, error.line, error.message) from None
     if scratch.pods:
         return None  # Pods the text did not show (or read past the parts): read the file in one step
-    collector.services += scratch.services
-    collector.slices += scratch.slices
-    collector.nodes += scratch.nodes
-    collector.namespaces += scratch.namespaces
-    collector.policies += scratch.policies
-    collector.ignored.update(scratch.ignored)
+    collector.take(scratch)
     return _LaterYamlPods(text, pods, count, source, collector.kinds)
 
 
