@@ -171,10 +171,15 @@ COMMIT
     }
 }
 """)
-    obs = t.send_many([("external", client, node, "udp", 9),
-                       ("external", client, node, "tcp", 9),
-                       ("external", client, node, "tcp", 10),
-                       ("client_pod", None, node, "udp", 9)], timeout=2.0)
+    flows = [("external", client, node, "udp", 9),
+             ("external", client, node, "tcp", 9),
+             ("external", client, node, "tcp", 10),
+             ("client_pod", None, node, "udp", 9)]
+    obs = t.send_many(flows, timeout=2.0)
+    # In a batch, an ICMP port unreachable now and then fails to reach its UDP sender within the
+    # timeout (as in the ipset kernel tests); such a flow is sent again alone, and must be refused then.
+    obs = [t.send_many([f], timeout=2.0)[0] if o.result == "timeout" and f[3] == "udp" else o
+           for o, f in zip(obs, flows, strict=True)]
     assert [o.result for o in obs] == ["refused", "refused", "unreachable:EHOSTUNREACH",
                                        "refused"]
     assert obs[3].src == s.client_pod_ip
