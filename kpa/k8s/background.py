@@ -19,17 +19,27 @@ the Pods of a JSON List or checked its nesting (`load_objects_early`), and does 
 while the caller already compares; the caller must then call `ClusterObjects.settle()`
 (see `settled`) before it says anything: that waits for the child's word that the
 objects are whole, or reads them here, which raises the error reading them gives.
+
+With `objects_ahead=fn` as well, the child runs `fn(objects)` on the objects it handed
+over, and hands `fn`'s result over after them (`ahead_result()`). The result is
+pickled with the same pickler as the objects, so the objects it refers to are the very
+objects `result()` gave, not copies. It is None when there was no child, when the child
+failed, or when `fn` raised (inside `fn` the Pods are not there yet: asking for them
+raises); the caller then works it out from the objects itself. Like the objects, it is
+only final once they are settled.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import struct
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from types import TracebackType
+from typing import Any
 
 from kpa.forked import ChildJob
 from kpa.k8s.objects import ClusterObjects, Pod, load_objects, load_objects_early
@@ -86,13 +96,19 @@ class BackgroundObjects:
     """
 
     def __init__(self, paths: Sequence[str], fork: bool | None = None, kinds: frozenset[str] | None = None,
-                 early: bool = False) -> None:
+                 early: bool = False, objects_ahead: Callable[[ClusterObjects], Any] | None = None) -> None:
         """`fork`: True or False to decide; by default, when `spare_core()` says so. `kinds`: see load_objects.
-        `early`: hand the objects over before the Pods are built (see the module's help)."""
+        `early`: hand the objects over before the Pods are built (see the module's help).
+        `objects_ahead` (with `early` only): run in the child on the objects; see `ahead_result`."""
+        if objects_ahead is not None and not early:
+            raise ValueError("objects_ahead needs early=True")
         self._paths = list(paths)
         self._kinds = kinds
         self._fork = fork
         self._early = early
+        self._objects_ahead = objects_ahead
+        self._unpickler: _Unpickler | None = None  # the objects' unpickler, kept for the ahead result
+        self._ahead: tuple[bool, Any] | None = None  # (taken from the child, result)
         self._job: ChildJob | None = None
         self._handed = False  # the early objects were taken: the child goes on after the block
         self._pods: bytes | dict[tuple[str, str], Pod] | None = None
@@ -136,11 +152,14 @@ class BackgroundObjects:
         """In the child: the objects without their Pods, then the Pods, each pickled behind its length.
         The second part is written only if `load_objects` would have read the files without error."""
         objects, finish = load_objects_early(self._paths, kinds=self._kinds)
-        main = pickle.dumps(objects, protocol=pickle.HIGHEST_PROTOCOL)
-        del objects
-        yield _LENGTH.pack(len(main))
-        yield main
-        del main
+        out = _Pieces()
+        pickler = pickle.Pickler(out, protocol=pickle.HIGHEST_PROTOCOL)
+        pickler.dump(objects)
+        yield _LENGTH.pack(out.size)
+        yield from out.take()
+        if self._objects_ahead is not None:
+            yield from _ahead_pieces(self._objects_ahead, objects, pickler, out)
+        del objects, pickler
         pods = pickle.dumps(finish(), protocol=pickle.HIGHEST_PROTOCOL)
         yield _LENGTH.pack(len(pods))
         yield pods
@@ -149,7 +168,11 @@ class BackgroundObjects:
         job = self._job
         head = job.read(_LENGTH.size) if job is not None else None
         main = job.read(_LENGTH.unpack(head)[0]) if job is not None and head is not None else None
-        objects = _unpickled(main) if main is not None else None
+        objects: ClusterObjects | None = None
+        if main is not None:
+            self._unpickler = _Unpickler(main)
+            sent = self._unpickler.next()
+            objects = sent if isinstance(sent, ClusterObjects) else None
         if objects is None:
             if job is not None:
                 job.stop()
@@ -158,11 +181,33 @@ class BackgroundObjects:
         objects.attach_pods(self._child_pods, self._settle)
         return objects
 
+    def ahead_result(self) -> Any:
+        """What `objects_ahead` gave in the child, or None (no child, the child failed, or it raised).
+
+        Call it after `result()`; it waits for the child to get that far."""
+        if self._ahead is not None:
+            return self._ahead[1]
+        job, unpickler = self._job, self._unpickler
+        if self._objects_ahead is None or job is None or not self._handed or unpickler is None:
+            return None  # (before `result()`: nothing is taken, so it can still be asked for after)
+        self._ahead = (False, None)
+        head = job.read(_LENGTH.size)
+        data = job.read(_LENGTH.unpack(head)[0]) if head is not None else None
+        try:
+            sent = unpickler.next(data) if data is not None else None
+        except Exception:  # (e.g. a class the result names is not importable here): worked out by the caller
+            sent = None
+        if isinstance(sent, tuple) and len(sent) == 2 and sent[0] is True:
+            self._ahead = (True, sent[1])
+        return self._ahead[1]
+
     def _settle(self) -> None:
         """Wait for the child's Pods; if it does not send them whole, read the objects here, which
         raises the error that reading them gives (or, if there is none, gives the Pods)."""
         if self._pods is not None:
             return
+        if self._objects_ahead is not None and self._ahead is None:
+            self.ahead_result()  # the result comes before the Pods; taken here, it is not lost
         rest = self._job.collect() if self._job is not None else None
         if rest is not None and len(rest) >= _LENGTH.size and len(rest) == _LENGTH.size + _LENGTH.unpack_from(rest)[0]:
             self._pods = rest[_LENGTH.size:]
@@ -192,9 +237,56 @@ def settled(objects: ClusterObjects | None) -> Iterator[None]:
         objects.settle()
 
 
-def _unpickled(data: bytes) -> ClusterObjects | None:
-    objects = pickle.loads(data)
-    return objects if isinstance(objects, ClusterObjects) else None
+class _Pieces:
+    """A file for a pickler: keeps what it writes as pieces to hand over."""
+
+    def __init__(self) -> None:
+        self._pieces: list[bytes] = []
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self._pieces.append(bytes(data))
+        self.size += len(data)
+        return len(data)
+
+    def take(self) -> list[bytes]:
+        pieces, self._pieces, self.size = self._pieces, [], 0
+        return pieces
+
+
+def _no_pods_yet() -> dict[tuple[str, str], Pod]:
+    raise LookupError("the Pods are not read yet")
+
+
+def _ahead_pieces(fn: Callable[[ClusterObjects], Any], objects: ClusterObjects, pickler: pickle.Pickler,
+                  out: _Pieces) -> list[bytes]:
+    """In the child: `fn(objects)` pickled after the objects by their pickler (so that it refers to
+    them, not to copies), behind its length; `(False, None)` if fn raised or its result does not pickle."""
+    objects.attach_pods(_no_pods_yet)  # fn must not take the missing Pods for none
+    try:
+        pickler.dump((True, fn(objects)))
+        pieces = out.take()
+    except Exception:
+        out.take()
+        pieces = [pickle.dumps((False, None), protocol=pickle.HIGHEST_PROTOCOL)]
+    return [_LENGTH.pack(sum(len(p) for p in pieces)), *pieces]
+
+
+class _Unpickler:
+    """Unpickles the pickles one pickler wrote in turn, each given as bytes, with one memo, so a later
+    pickle's references to objects of an earlier one give those objects."""
+
+    def __init__(self, data: bytes) -> None:
+        self._file = io.BytesIO(data)
+        self._unpickler = pickle.Unpickler(self._file)
+
+    def next(self, data: bytes | None = None) -> Any:
+        if data is not None:
+            self._file.seek(0)
+            self._file.truncate()
+            self._file.write(data)
+            self._file.seek(0)
+        return self._unpickler.load()
 
 
 def _receive(data: bytes) -> ClusterObjects | None:
