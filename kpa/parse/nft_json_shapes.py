@@ -12,8 +12,9 @@ reader reads its lines (kpa.parse.shapes):
   character), a `"handle"` number, a jump or goto `"target"` of plain
   characters, the dotted quad or `@set` compared with an `ip saddr|daddr`
   payload, the port compared with a `tcp|udp|sctp dport|sport` payload, a
-  `dnat`'s address and port, the `@set` of a set update. The text is then
-  split into its objects; an object's skeleton is its text with placeholders.
+  `dnat`'s address and port, the `@set` of a set update. An object's
+  skeleton is its text with placeholders (`object_key`, on the object's own
+  text: the passes never reach beyond it).
 - The first objects of each skeleton are decoded and read as usual. At the
   third (TEMPLATE_AFTER), the skeleton is decoded with a numbered marker
   value in each placeholder (`_template`), and accepted only if every marker
@@ -34,21 +35,23 @@ reader reads its lines (kpa.parse.shapes):
   same order, same errors. The nesting limit is checked only if the objects
   read go deeper, or before any error is raised, so errors are as before.
 
-A forked child works out the skeletons of the later part of the text while
-the parent reads the first part.
+Most objects need no skeleton worked out: the templates that followed an
+object of the previous object's skeleton are tried first (`FOLLOWERS`, the
+latest first), and the first whose pattern matches at the object's place
+reads it. A wrong guess costs one failed match; a right one reads exactly
+what the object's own template would (a template's pattern, not the key it
+was found by, decides what is read). Only an object no guess matches gets its
+skeleton worked out, ~1% of a kube-proxy ruleset's.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import struct
-from array import array
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from kpa.errors import InputError
-from kpa.forked import ChildJob
 from kpa.limits import MAX_NESTING, _nesting_within, check_nesting
 from kpa.netfilter.model import (
     Chain,
@@ -62,7 +65,7 @@ from kpa.netfilter.model import (
 )
 from kpa.parse import nft_shapes
 from kpa.parse.nft_common import Builder, PendingRule
-from kpa.parse.shapes import _IPV4, _PORT, FORK_THRESHOLD, Skeletons, _can_fork
+from kpa.parse.shapes import _IPV4, _PORT
 
 if TYPE_CHECKING:
     from kpa.parse.nft_json import _Reader
@@ -118,8 +121,8 @@ _PASSES = [
 SEP = re.compile(r'\}\}, \{"(?=[a-z][a-z ]*": \{"family": )')
 # Objects read in full before their skeleton gets a pattern.
 TEMPLATE_AFTER = 3
-# The parent works out the skeletons of this share of the text, the child the rest.
-PARENT_SHARE = 0.25
+# Templates guessed after an object of a given skeleton (the latest that followed one).
+FOLLOWERS = 4
 
 
 def skeleton(region: str) -> str:
@@ -139,60 +142,13 @@ def pieces(region: str) -> list[str]:
     return out
 
 
-def _encode(keys: list[str]) -> Skeletons:
-    index: dict[str, int] = {}
-    ids = array("i")
-    append = ids.append
-    for key in keys:
-        kid = index.get(key)
-        if kid is None:
-            kid = index[key] = len(index) + 1
-        append(kid)
-    return Skeletons(["", *index], ids)
-
-
-class _KeyJob:
-    """pieces() of text[start:stop], the later part worked out in a forked child while the parent does the
-    first. Any failure of the child (or no fork): in-process, the same pieces."""
-
-    def __init__(self, text: str, start: int, stop: int) -> None:
-        self.text = text
-        self.start = start
-        self.stop = stop
-        # Where the child's part starts: after `}}, ` between two objects.
-        self.cut = stop
-        self._job: ChildJob | None = None
-        if stop - start >= FORK_THRESHOLD and _can_fork():
-            m = SEP.search(text, start + int((stop - start) * PARENT_SHARE), stop)
-            if m is not None:
-                self.cut = m.start() + 4
-                self._job = ChildJob(self._child)
-
-    def _child(self) -> list[bytes]:
-        keys = _encode(pieces(self.text[self.cut:self.stop]))
-        return [keys.to_bytes()]
-
-    def first(self) -> list[str]:
-        if self._job is None or not self._job.started:
-            self.cut = self.stop
-        return pieces(self.text[self.start:self.cut - 2 if self.cut < self.stop else self.stop])
-
-    def rest(self) -> list[str]:
-        if self.cut >= self.stop:
-            return []
-        data = self._job.collect() if self._job is not None else None
-        if data is not None:
-            try:
-                got = Skeletons.from_bytes(data)
-                keys = got.keys
-                return [keys[k] for k in got.ids]
-            except (ValueError, IndexError, struct.error, UnicodeDecodeError):
-                pass
-        return pieces(self.text[self.cut:self.stop])
-
-    def close(self) -> None:
-        if self._job is not None:
-            self._job.stop()
+def object_key(text: str, pos: int, stop: int) -> str:
+    """The skeleton of the object at `pos` as pieces() gives it for the array text[..:stop]: up to the next
+    separator (an object holding a string that reads like one gets the key of its first part)."""
+    m = SEP.search(text, pos, stop)
+    # With the closing braces, after which a number ends (as in the whole text); then without them.
+    key = skeleton(text[pos:m.start() + 2 if m is not None else stop])
+    return key[2 if key.startswith('{"') else 0:-2 if key.endswith("}}") else None]
 
 
 def _mark(kind: str, i: int) -> str | int:
@@ -222,12 +178,13 @@ def _core(key: str) -> str:
 class _Template:
     """An accepted skeleton: its pattern, and how its objects are read."""
 
-    __slots__ = ("fast", "kinds", "rule")
+    __slots__ = ("fast", "key", "kinds", "rule")
 
     def __init__(self, fast: re.Pattern[str], kinds: list[str]) -> None:
         self.fast = fast
         self.kinds = kinds
         self.rule = False
+        self.key = ""
 
     def take(self, m: re.Match[str], reader: _Reader, line: int) -> None:
         raise NotImplementedError
@@ -535,46 +492,47 @@ def read(text: str, file: str, reader: _Reader) -> bool:
     stop -= 2
     if stop < start or text[stop:stop + 2] != "]}" or text.find("\n", start, stop) >= 0:
         return False
-    job = _KeyJob(text, start, stop)
     try:
-        _read(text, file, reader, start, stop, job)
+        _read(text, file, reader, start, stop)
     except Exception:
-        job.close()
         # The object-at-a-time reader checks the nesting first: so does this one before any error.
         check_nesting(text, file)
         raise
     return True
 
 
-def _read(text: str, file: str, reader: _Reader, start: int, stop: int, job: _KeyJob) -> None:
+def _read(text: str, file: str, reader: _Reader, start: int, stop: int) -> None:
     line = text.count("\n", 0, start) + 1
-    keys = job.first()
-    later = True
     templates: dict[str, _Template | None] = {}
     seen: dict[str, int] = {}
-    missing: Any = _UNSET
+    # By the skeleton of an object: the templates that matched the object after one of its skeleton, the
+    # latest first (at most FOLLOWERS). A guess only: what is read from a template is what its pattern
+    # matched at the object's place, whichever template is tried.
+    follow: dict[str, list[_Template]] = {}
     dec = _DECODER
     pending = reader.b.pending
     batch: _Batch | None = None
     too_deep = False
     # An object's brackets and braces (outside strings) sit inside the document's `{"nftables": [`.
     inside = MAX_NESTING - 2
-    pos, i, nkeys = start, 0, len(keys)
-    get = templates.get
+    pos = start
+    prev = ""
+    t: Any = None
     while True:
-        if i >= nkeys and later:
-            later = False
-            keys = keys + job.rest()
-            nkeys = len(keys)
-        t: Any = missing
-        # Objects of known skeletons, read from their text.
-        while i < nkeys:
-            t = get(keys[i], missing)
-            if t is None or t is missing:
+        # Objects read from the template of a skeleton that followed the previous object's before.
+        while True:
+            guesses = follow.get(prev)
+            if not guesses:
                 break
-            m = t.fast.match(text, pos, stop)
-            if m is None:
+            for t in guesses:
+                m = t.fast.match(text, pos, stop)
+                if m is not None:
+                    break
+            else:
                 break
+            if t is not guesses[0]:
+                guesses.remove(t)
+                guesses.insert(0, t)
             if t.rule:
                 if batch is None:
                     batch = _Batch()
@@ -585,33 +543,50 @@ def _read(text: str, file: str, reader: _Reader, start: int, stop: int, job: _Ke
             else:
                 t.take(m, reader, line)
             pos = m.end()
-            i += 1
-        else:
-            if later:
-                continue
-            t = None
-        # One object, as kpa.parse.nft_json._objects reads it.
+            prev = t.key
         at = next_object(text, pos, file)
         if at < 0:
             break  # pos stays at the array's `]`, which array_closed reads from
         pos = at
+        key = object_key(text, pos, stop)
+        t = templates.get(key, _UNSET)
+        if t is not None and t is not _UNSET:
+            m = t.fast.match(text, pos, stop)
+            if m is not None:
+                # A template not guessed: it follows the previous object's skeleton from now on.
+                guesses = follow.setdefault(prev, [])
+                guesses.insert(0, t)
+                del guesses[FOLLOWERS:]
+                if t.rule:
+                    if batch is None:
+                        batch = _Batch()
+                        pending.append(batch)
+                        tappend, mappend = batch.templates.append, batch.matches.append
+                    tappend(t)
+                    mappend(m)
+                else:
+                    t.take(m, reader, line)
+                pos = m.end()
+                prev = key
+                continue
+        # One object, as kpa.parse.nft_json._objects reads it.
         obj, end = decode_object(dec, text, pos, file)
         batch = None
         reader.handle(line, obj)
         if not too_deep and text.count("{", pos, end) + text.count("[", pos, end) > inside:
             too_deep = not _nesting_within(text[pos:end], inside)
-        if t is missing:
+        if t is _UNSET:
             # A skeleton gets its pattern (a few milliseconds to compile) once it recurs.
-            key = keys[i]
             count = seen[key] = seen.get(key, 0) + 1
             if count >= TEMPLATE_AFTER:
-                templates[key] = _template(key, text, pos, end, obj, reader, line)
-        i += len(SEP.findall(text, pos, end)) + 1
+                made = templates[key] = _template(key, text, pos, end, obj, reader, line)
+                if made is not None:
+                    made.key = key
+        prev = key
         pos = end + 2 if text.startswith(", ", end) else end
     array_closed(text, pos, file)
     if too_deep:
         check_nesting(text, file)
-    job.close()
 
 
 def next_object(text: str, pos: int, file: str) -> int:
