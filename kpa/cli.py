@@ -616,12 +616,12 @@ def show(target: str | None, rules: Sequence[str], live: bool, iptc: bool, examp
     inp = Inputs(list(rules), list(cluster), list(node_ips), node, live, example, kube, kubeconfig, context,
                  namespace, image, iptc)
     rs, objects, early = rules_and_cluster(inp, ahead=describe_ahead)
-    from kpa.k8s.background import settled
+    from kpa.k8s.background import settled_run
 
-    with settled(objects):  # the objects are known whole before anything is said
+    def compare(objects: Any, handed: bool) -> Any:
         check_node(inp, objects)
         described = None
-        if early is not None:
+        if early is not None and handed:  # (else the whole computation again)
             views, described = early  # named by comments alone, so the same for any objects
         else:
             known: dict[str, str] = {}
@@ -649,6 +649,11 @@ def show(target: str | None, rules: Sequence[str], live: bool, iptc: bool, examp
             docs = describe_objects([d for d in described if id(d.view) in kept], objects)
         else:
             docs = describe(views, rs, objects)
+        return docs
+
+    # The objects are known whole before anything is said; if they were not what the files hold, the
+    # comparison is made again with what they hold.
+    docs = settled_run(objects, compare)
     if fmt == "name":
         for d in docs:
             click.echo(f"svc/{d['service_port'] or '(unnamed)'}")
@@ -945,12 +950,12 @@ def lint(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: S
         raise click.UsageError("lint compares rules with cluster objects: give --cluster PATH (or --kube)")
     if objects.unlisted:
         click.echo(f"warning: cannot list {' and '.join(objects.unlisted)}; NetworkPolicy checks skipped", err=True)
-    from kpa.k8s.background import settled
+    from kpa.k8s.background import settled_run
 
-    with settled(objects):  # the objects are known whole before anything is said
+    def compare(objects: Any, handed: bool) -> tuple[Any, Any]:
         check_node(inp, objects)
         with progress_status("comparing the rules with the objects"):
-            findings = run_lint(rs, objects, inp.node, ahead)
+            findings = run_lint(rs, objects, inp.node, ahead if handed else None)  # the whole computation again
             if objects.network_policies:  # policy mistakes too, so CI has one entry point
                 from kpa.policy.lint import as_lint_findings
 
@@ -963,6 +968,11 @@ def lint(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: S
                 findings = [*findings, *enforcement_findings(rs, objects, ips, inp.node)]
         report = make_report(findings, only=only_codes, ignore=ignore_codes, annotations=ignore_annotations(objects),
                              baseline=known, scope=in_scope(namespace, service_filter))
+        return objects, report
+
+    # The objects are known whole before anything is said; if they were not what the files hold, the
+    # comparison is made again with what they hold.
+    objects, report = settled_run(objects, compare)
     if write_baseline:
         save_baseline(write_baseline, report.findings)
         click.echo(f"wrote {len(report.findings)} finding(s) to the baseline {write_baseline}", err=True)

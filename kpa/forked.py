@@ -26,7 +26,8 @@ class ChildJob:
 
     The pieces are written by a thread of the child while `work`'s iterator goes on, so a
     generator can hand over a first part (which the parent takes with `read`) and carry
-    on working while the parent has not read it yet.
+    on working while the parent has not read it yet. The pieces it gave before it raised
+    are still written (then the child exits with an error).
     """
 
     def __init__(self, work: Callable[[], Iterable[bytes] | None]) -> None:
@@ -147,6 +148,8 @@ def _write_all(fd: int, pieces: Iterable[bytes]) -> bool:
                 return False
             waiting.put(piece)
     finally:
+        # What was handed on is written even when the iterator then fails (the child then exits
+        # with an error): a parent that waits for a first part gets it whatever comes after.
         waiting.put(None)
-    thread.join()
+        thread.join()
     return written[0]

@@ -11,6 +11,7 @@ import json
 import os
 import random
 import re
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -167,7 +168,8 @@ def test_objects_read_early_equal_the_objects_read_whole(tmp_path: Path) -> None
 def _build_without_the_nesting_check(self: o._LaterPods) -> list[o.Pod]:
     scratch = o._Collector()
     scratch.source, scratch.kinds = self.source, self.kinds
-    for start, line in self.items:
+    for start, _ in self.items:
+        line = self.text.count("\n", 0, start) + 1
         scratch.add_document(o._JSON.raw_decode(self.text, start)[0], line, None)
     return scratch.pods
 
@@ -209,14 +211,16 @@ def test_a_broken_early_reader_is_caught(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def _background(paths: list[str], fork: bool) -> object:
-    from kpa.k8s.background import BackgroundObjects, settled
+    from kpa.k8s.background import BackgroundObjects, settled_run
+
+    def seen(objects: ClusterObjects | None, handed: bool) -> object:
+        assert objects is not None
+        return _seen(objects), objects.pods, [objects.pod_by_ip(ip) for p in objects.pods for ip in p.pod_ips]
 
     try:
         with BackgroundObjects(paths, fork=fork, early=True) as pending:
             objects = pending.result()
-        with settled(objects):
-            seen = _seen(objects)
-        return seen, objects.pods, [objects.pod_by_ip(ip) for p in objects.pods for ip in p.pod_ips]
+        return settled_run(objects, seen)
     except InputError as error:
         return ("error", str(error))
 
@@ -432,21 +436,200 @@ def test_a_computation_ahead_in_the_child_gives_what_it_gives_on_the_objects_her
                     assert later is None
 
 
+def _stuck(objects: ClusterObjects) -> object:
+    import time
+
+    time.sleep(120)
+    return None
+
+
 def test_no_result_ahead_when_the_child_dies(tmp_path: Path) -> None:
     import signal
 
-    from kpa.k8s.background import BackgroundObjects, settled
+    from kpa.k8s.background import BackgroundObjects, ObjectsChanged, settled
 
     path = tmp_path / "c.json"
     path.write_text(_items(to_objects(random_cluster(seed=25, services=10, endpoints_per_service=2))))
-    with BackgroundObjects([str(path)], fork=True, early=True, objects_ahead=_expected_by_port) as pending:
+    with BackgroundObjects([str(path)], fork=True, early=True, objects_ahead=_stuck) as pending:
         pid = pending.child
         assert pid is not None
         objects = pending.result()
-        os.kill(pid, signal.SIGKILL)
-        assert pending.ahead_result() is None or pending.ahead_result() == _expected_by_port(objects)
-    with settled(objects):
+        os.kill(pid, signal.SIGKILL)  # while it is stuck in the function
+        assert pending.ahead_result() is None
+    # Killed before it said the objects were whole: they are read here, and what was worked out
+    # from the ones handed over is to be worked out again.
+    with pytest.raises(ObjectsChanged) as changed, settled(objects):
         pass
-    assert objects.pods == load_objects([str(path)]).pods
+    assert changed.value.objects.pods == load_objects([str(path)]).pods
     with pytest.raises(ValueError):
         BackgroundObjects([str(path)], objects_ahead=_expected_by_port)
+
+
+def _item_text(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, indent=4)
+
+
+def _list_text(items: list[str]) -> str:
+    """A List as kubectl prints it, from its items' texts (each as json.dumps(indent=4) prints it)."""
+    body = ",\n".join(textwrap.indent(t, " " * 8) for t in items)
+    return '{\n    "apiVersion": "v1",\n    "items": [\n' + body + '\n    ],\n    "kind": "List"\n}\n'
+
+
+def _as_pod_head(doc: dict[str, Any]) -> dict[str, Any]:
+    """`doc` with apiVersion v1 and kind Pod as its first keys (as a Pod's text begins)."""
+    return {"apiVersion": "v1", "kind": "Pod", **{k: v for k, v in doc.items() if k not in ("apiVersion", "kind")}}
+
+
+def _lying_texts(docs: list[dict[str, Any]], fake: dict[str, Any]) -> dict[str, str]:
+    """Valid kubectl-style Lists whose layout lies about where the Pods are: each hides a Service from
+    a reader that trusts the layout, or shows it one that is not there (`fake`, nested in a Pod)."""
+    texts = [_item_text(d) for d in docs]
+    pods = [n for n, d in enumerate(docs) if d["kind"] == "Pod"]
+    services = [n for n, d in enumerate(docs) if d["kind"] == "Service"]
+    out: dict[str, str] = {}
+    # A Service whose text begins as a Pod's; its later `kind` key wins.
+    hidden = list(texts)
+    service = docs[services[1]]
+    text = _item_text(_as_pod_head(service))
+    hidden[services[1]] = text[: text.rindex("\n}")] + f',\n    "kind": "{service["kind"]}"\n}}'
+    out["duplicate-kind.json"] = _list_text(hidden)
+    # A Pod and a Service after it on the same line: the layout shows one item where there are two.
+    joined = list(texts)
+    joined[pods[2]] = texts[pods[2]] + ", " + json.dumps(docs[services[2]])
+    del joined[services[2]]
+    out["two-in-one.json"] = _list_text(joined)
+    # A Pod with a field holding objects printed at the items' indentation: a Pod-like one, a Service
+    # that is not in the cluster, another Pod-like one; the layout shows four items where there is one.
+    nested = list(texts)
+    pod = _item_text(docs[pods[3]])
+    inner = ",\n".join([_item_text({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p1"}}),
+                        _item_text(fake), _item_text({"apiVersion": "v1", "kind": "Pod", "z": 1})])
+    nested[pods[3]] = pod[: pod.rindex("\n}")] + ',\n    "x": [\n' + inner + "\n    ]\n}"  # at the items' column
+    out["nested.json"] = _list_text(nested)
+    # A string with an escaped separator and Pod head in it: nothing to see for the layout (and no lie).
+    quoted = json.loads(json.dumps(docs[pods[4]]))
+    quoted["metadata"].setdefault("annotations", {})["a"] = '\n        },\n        {\n            "apiVersion": "v1",'
+    out["quoted-ok.json"] = _list_text([*texts[: pods[4]], _item_text(quoted), *texts[pods[4] + 1:]])
+    return out
+
+
+_GHOST = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "ghost", "namespace": "default"},
+          "spec": {"clusterIP": "10.96.250.250", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}}
+
+
+def test_a_layout_that_lies_about_the_pods_is_found_out(tmp_path: Path) -> None:
+    """Items passed over undecoded because the layout shows a Pod there: when the layout lies, the
+    objects of the first step are wrong, and the second step refuses (so the caller reads them again)."""
+    docs = to_objects(random_cluster(seed=26, services=30, endpoints_per_service=3))
+    lies = 0
+    for name, text in _lying_texts(docs, _GHOST).items():
+        path = tmp_path / name
+        path.write_text(text)
+        whole = _full([str(path)])
+        assert isinstance(whole, tuple) and whole[0] != "error"  # valid files, all of them
+        objects, finish = load_objects_early([str(path)])
+        if name.endswith("-ok.json"):
+            assert (_seen(objects), list(finish().items())) == whole
+            continue
+        assert _seen(objects) != whole[0], name  # the layout's guess was wrong here...
+        with pytest.raises(o._Unfit):
+            finish()  # ...and the second step says so
+        lies += 1
+    assert lies == 3
+
+
+def test_objects_handed_over_wrong_are_read_again(tmp_path: Path) -> None:
+    """Through a child: whatever is worked out from objects the layout lied about is worked out again
+    from the objects read whole (`settled_run`), and equals what reading them here gives."""
+    from kpa.k8s import background
+
+    docs = to_objects(random_cluster(seed=27, services=20, endpoints_per_service=2))
+    changed = 0
+    original = background.ObjectsChanged
+
+    class Counted(original):  # type: ignore[misc, valid-type]
+        def __init__(self, objects: ClusterObjects) -> None:
+            nonlocal changed
+            changed += 1
+            super().__init__(objects)
+
+    background.ObjectsChanged = Counted  # type: ignore[misc]
+    try:
+        for name, text in _lying_texts(docs, _GHOST).items():
+            (tmp_path / name).write_text(text)
+            paths = [str(tmp_path / name)]
+            assert _background(paths, fork=True) == _background(paths, fork=False), name
+    finally:
+        background.ObjectsChanged = original  # type: ignore[misc]
+    assert changed == 3
+
+
+def _no_redo_settle(self: Any) -> None:
+    """Settling as it was when the objects handed over were always right: the Pods read here are kept."""
+    if self._pods is not None:
+        return
+    rest = self._job.collect() if self._job is not None else None
+    if rest is not None and len(rest) > 8:
+        self._pods = rest[8:]
+        return
+    self._pods = load_objects(self._paths, kinds=self._kinds).detach_pods()
+
+
+def _build_without_the_end_check(self: o._LaterPods) -> list[o.Pod]:
+    scratch = o._Collector()
+    scratch.source, scratch.kinds = self.source, self.kinds
+    for start, _ in self.items:
+        line = self.text.count("\n", 0, start) + 1
+        item = o._JSON.raw_decode(self.text, start)[0]
+        if item.get("kind") == "Pod":
+            scratch.add_document(item, line, None)
+    return scratch.pods
+
+
+def _build_without_the_kind_check(self: o._LaterPods) -> list[o.Pod]:
+    scratch = o._Collector()
+    scratch.source, scratch.kinds = self.source, self.kinds
+    for start, end in self.items:
+        line = self.text.count("\n", 0, start) + 1
+        item, stop = o._JSON.raw_decode(self.text, start)
+        if end >= 0 and stop != end:
+            raise o._Unfit
+        scratch.add_document(item, line, None)
+    return scratch.pods
+
+
+@pytest.mark.parametrize("mutation", [None, "no-redo", "no-end-check", "no-kind-check"])
+def test_lint_and_show_answer_as_with_the_objects_read_first_when_the_layout_lies(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        mutation: str | None) -> None:
+    """Whole commands, the child forced on and off: the same output, status and messages for Lists whose
+    layout hides a Service that has rules, or shows one that is not there. Each way of getting the
+    shortcut wrong (no redo, no check that an item passed over ends where the layout said, none that it
+    is a Pod) changes an answer."""
+    from kpa.k8s import background
+
+    cluster = random_cluster(seed=28, services=25, endpoints_per_service=3)
+    save = tmp_path / "gen.save"
+    save.write_text(render_restore(cluster, ProxierOptions(node_name="node-0"), "ipv4"))
+    docs = to_objects(cluster)
+    if mutation == "no-redo":
+        monkeypatch.setattr(background.BackgroundObjects, "_settle", _no_redo_settle)
+    elif mutation == "no-end-check":
+        monkeypatch.setattr(o._LaterPods, "build", _build_without_the_end_check)
+    elif mutation == "no-kind-check":
+        monkeypatch.setattr(o._LaterPods, "build", _build_without_the_kind_check)
+    differs = []
+    for name, text in _lying_texts(docs, _GHOST).items():
+        objects = tmp_path / name
+        objects.write_text(text)
+        for args in (["lint", "-r", str(save), "-c", str(objects), "--node", "node-0", "-o", "json"],
+                     ["show", "-r", str(save), "-c", str(objects), "-o", "wide"]):
+            answers = []
+            for spare in (True, False):
+                monkeypatch.setattr(background, "spare_core", lambda spare=spare: spare)
+                answers.append(_cli(args, capsys))
+            if mutation is None:
+                assert answers[0] == answers[1], args
+                assert answers[0][0] in (0, 1), answers[0]
+            differs.append(answers[0] != answers[1])
+    assert any(differs) == (mutation is not None)

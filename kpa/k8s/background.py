@@ -20,6 +20,13 @@ while the caller already compares; the caller must then call `ClusterObjects.set
 (see `settled`) before it says anything: that waits for the child's word that the
 objects are whole, or reads them here, which raises the error reading them gives.
 
+The objects handed over early can even be wrong: the child passes over the Pod items of
+a JSON List where kubectl's layout shows them, without decoding them, and only then
+checks that each was exactly one Pod. If it was not (or the child did not finish),
+settling reads the objects here: that raises the error reading them gives, or, if they
+read fine, `ObjectsChanged` with them, and whatever was worked out from the objects
+handed over must be worked out again from those (`settled_run` does that).
+
 With `objects_ahead=fn` as well, the child runs `fn(objects)` on the objects it handed
 over, and hands `fn`'s result over after them (`ahead_result()`). The result is
 pickled with the same pickler as the objects, so the objects it refers to are the very
@@ -39,10 +46,12 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from kpa.forked import ChildJob
 from kpa.k8s.objects import ClusterObjects, Pod, load_objects, load_objects_early
+
+T = TypeVar("T")
 
 _HEADER = struct.Struct("<QQ")  # lengths of the objects' and the Pods' pickles
 _LENGTH = struct.Struct("<Q")  # early hand-over: the length of each of the two pickles
@@ -112,6 +121,7 @@ class BackgroundObjects:
         self._job: ChildJob | None = None
         self._handed = False  # the early objects were taken: the child goes on after the block
         self._pods: bytes | dict[tuple[str, str], Pod] | None = None
+        self._changed: ObjectsChanged | None = None
 
     @property
     def child(self) -> int | None:
@@ -203,16 +213,21 @@ class BackgroundObjects:
 
     def _settle(self) -> None:
         """Wait for the child's Pods; if it does not send them whole, read the objects here, which
-        raises the error that reading them gives (or, if there is none, gives the Pods)."""
+        raises the error that reading them gives, or else `ObjectsChanged` with them."""
         if self._pods is not None:
             return
+        if self._changed is not None:
+            raise self._changed
         if self._objects_ahead is not None and self._ahead is None:
             self.ahead_result()  # the result comes before the Pods; taken here, it is not lost
         rest = self._job.collect() if self._job is not None else None
         if rest is not None and len(rest) >= _LENGTH.size and len(rest) == _LENGTH.size + _LENGTH.unpack_from(rest)[0]:
             self._pods = rest[_LENGTH.size:]
             return
-        self._pods = load_objects(self._paths, kinds=self._kinds).detach_pods()
+        # The objects handed over may not be what the files hold (see the module's help): the
+        # files are read here, which raises their error if they have one, and else they are the answer.
+        self._changed = ObjectsChanged(load_objects(self._paths, kinds=self._kinds))
+        raise self._changed
 
     def _child_pods(self) -> dict[tuple[str, str], Pod]:
         self._settle()
@@ -223,10 +238,32 @@ class BackgroundObjects:
         return pods
 
 
+class ObjectsChanged(Exception):
+    """Settling found that objects handed over early may not be what their files hold: `objects` is
+    what they hold, and anything worked out from the objects handed over is to be worked out again."""
+
+    def __init__(self, objects: ClusterObjects) -> None:
+        super().__init__("the objects handed over early were not whole")
+        self.objects = objects
+
+
+def settled_run(objects: ClusterObjects | None, compute: Callable[[ClusterObjects | None, bool], T]) -> T:
+    """`compute(objects, True)` with `objects` settled when it ends (see `settled`); if settling finds
+    them changed, `compute(objects read from the files, False)` instead. The second argument says
+    whether the objects are the ones handed over (so that what was worked out alongside them, such
+    as an `objects_ahead` result, holds)."""
+    try:
+        with settled(objects):
+            return compute(objects, True)
+    except ObjectsChanged as changed:
+        return compute(changed.objects, False)
+
+
 @contextmanager
 def settled(objects: ClusterObjects | None) -> Iterator[None]:
     """Settle `objects` (see `ClusterObjects.settle`) when the block ends, and first thing if it
-    raises: an error in the objects is then reported instead, as when they were read first."""
+    raises: an error in the objects is then reported instead, as when they were read first.
+    Settling may raise `ObjectsChanged`, which only `settled_run` handles."""
     try:
         yield
     except BaseException:
@@ -306,4 +343,4 @@ def _receive(data: bytes) -> ClusterObjects | None:
     return objects
 
 
-__all__ = ["BackgroundObjects", "settled"]
+__all__ = ["BackgroundObjects", "ObjectsChanged", "settled", "settled_run"]

@@ -1526,7 +1526,8 @@ _JSON_SPACE = re.compile(r"[ \t\n\r]*")
 
 
 def _json_with_item_lines(
-    text: str, take: Callable[[Any, int, int], None] | None = None
+    text: str, take: Callable[[Any, int, int], None] | None = None,
+    skip: Callable[[str, int], dict[int, int]] | None = None,
 ) -> tuple[Any, dict[int, int]]:
     """Decode JSON; for a top-level object's "items" list, also each item's first line.
 
@@ -1537,6 +1538,11 @@ def _json_with_item_lines(
     With `take`, each item of a top-level "items" list is handed to it with its line and
     its offset in the text as soon as it is decoded, and not kept (the list holds None in its place); anything
     unexpected, or a second "items" list, raises _Unfit instead of falling back.
+
+    With `take`, `skip(text, start)` (given the first item's offset) may also name items not to
+    decode, as {offset: offset of its end}: an item met at such an offset is passed over to that
+    end, and handed to `take` as None (with its offset, but line 0: not counted). Nothing here
+    checks that the text passed over is one item: the caller must (see `_LaterPods.build`).
     """
     decode = _JSON.raw_decode
     lists = 0
@@ -1576,17 +1582,25 @@ def _json_with_item_lines(
                     if text[i : i + 1] == "]":
                         i += 1
                     else:
+                        passed = skip(text, i) if skip is not None and take is not None else {}
                         while True:
                             start = i
-                            item, i = decode(text, i)
-                            line += text.count("\n", counted, start)
-                            counted = start
-                            if take is not None:
-                                take(item, line, start)
-                                item = None
+                            end = passed.get(start)
+                            if end is not None:
+                                assert take is not None
+                                i = end
+                                take(None, 0, start)
+                                items.append(None)
                             else:
-                                lines[id(item)] = line
-                            items.append(item)
+                                item, i = decode(text, i)
+                                line += text.count("\n", counted, start)
+                                counted = start
+                                if take is not None:
+                                    take(item, line, start)
+                                    item = None
+                                else:
+                                    lines[id(item)] = line
+                                items.append(item)
                             i = space(text, i)
                             if text[i : i + 1] == ",":
                                 i = space(text, i + 1)
@@ -1662,7 +1676,10 @@ def _streamed_list(text: str, collector: _Collector, later: _LaterPods | None = 
     which reports any problem as before.
 
     With `later`, the Pods are not built: `later` records where each one is, and
-    `_LaterPods.build` builds them as this would have.
+    `_LaterPods.build` builds them as this would have. With `later.guess` as well, the items
+    that look like Pods in kubectl's layout are not even decoded (`_guessed_pods`): then the
+    objects read here are only right if `_LaterPods.build` finds each of those to be exactly one
+    Pod item; it raises if not.
     """
     scratch = _Collector()
     scratch.source = collector.source
@@ -1670,6 +1687,10 @@ def _streamed_list(text: str, collector: _Collector, later: _LaterPods | None = 
     defer = later is not None and (collector.kinds is None or "Pod" in collector.kinds)
 
     def take(item: Any, line: int, start: int) -> None:
+        if item is None and line == 0:  # passed over undecoded (see _guessed_pods)
+            assert later is not None
+            later.items.append((start, guessed[start]))
+            return
         if type(item) is not dict:
             raise _Unfit
         kind = item.get("kind")
@@ -1677,15 +1698,21 @@ def _streamed_list(text: str, collector: _Collector, later: _LaterPods | None = 
             raise _Unfit
         if defer and _built_as_pod(item):
             assert later is not None
-            later.items.append((start, line))
+            later.items.append((start, -1))
             return
         try:
             scratch.add_document(item, line, None)
         except _SchemaError:
             raise _Unfit from None
 
+    guessed: dict[int, int] = {}
+
+    def skip(text: str, first: int) -> dict[int, int]:
+        guessed.update(_guessed_pods(text, first))
+        return guessed
+
     try:
-        document, _ = _json_with_item_lines(text, take)
+        document, _ = _json_with_item_lines(text, take, skip if later is not None and defer and later.guess else None)
     except (_Unfit, json.JSONDecodeError):
         return False
     kind = document.get("kind") if isinstance(document, dict) else None
@@ -1705,24 +1732,65 @@ def _built_as_pod(item: dict[str, Any]) -> bool:
 class _LaterPods:
     """The Pod items of one JSON List that `load_objects_early` leaves to be built later."""
 
-    def __init__(self, text: str, source: str, kinds: frozenset[str] | None) -> None:
-        self.text, self.source, self.kinds = text, source, kinds
-        #: (offset, line) of each Pod item, in the order of the file.
+    def __init__(self, text: str, source: str, kinds: frozenset[str] | None, guess: bool = False) -> None:
+        self.text, self.source, self.kinds, self.guess = text, source, kinds, guess
+        #: (offset, end) of each Pod item, in the order of the file; the end is -1 for an item that was
+        #: decoded (so known to be one item), else where the item was taken to end without decoding it.
         self.items: list[tuple[int, int]] = []
 
     def build(self) -> list[Pod]:
         """The Pods, as `load_objects` builds them; raises on anything `load_objects` would not accept,
-        including the nesting check, which `load_objects_early` left out."""
+        including the nesting check, which `load_objects_early` left out, and raises _Unfit if an item
+        passed over undecoded is not exactly one Pod item (then the objects read with it may be wrong)."""
         check_nesting(self.text, self.source)
         scratch = _Collector()
         scratch.source, scratch.kinds = self.source, self.kinds
-        decode = _JSON.raw_decode
-        for start, line in self.items:
-            item = decode(self.text, start)[0]
+        decode, text = _JSON.raw_decode, self.text
+        line, counted = 1, 0
+        for start, end in self.items:
+            line += text.count("\n", counted, start)
+            counted = start
+            item, stop = decode(text, start)
+            if end >= 0 and (stop != end or type(item) is not dict or type(item.get("kind")) is not str
+                             or not _built_as_pod(item)):
+                raise _Unfit  # not what the text's layout said: the objects read around it are not sure
             scratch.add_document(item, line, None)
         if len(scratch.pods) != len(self.items):
             raise _Unfit
         return scratch.pods
+
+
+def _guessed_pods(text: str, first: int) -> dict[int, int]:
+    """Where the Pod items of a List printed as kubectl prints it seem to be, judged by the layout
+    alone: {offset: end} of each item that is followed by another and begins with `apiVersion: v1`
+    and `kind: Pod` as its first keys, items being separated by `},` and `{` on lines of their own
+    at the first item's indentation. A guess only: the indentation can lie (an object nested
+    deeper printed there; a later duplicate `kind` key), which `_LaterPods.build` finds out.
+    A raw line break never occurs inside a JSON string, so the separators are never in one.
+    """
+    bol = text.rfind("\n", 0, first) + 1
+    col = first - bol
+    if text[bol:first] != " " * col or text[first : first + 2] != "{\n":
+        return {}
+    j = first + 2
+    inner = 0
+    while text[j + inner : j + inner + 1] == " ":
+        inner += 1
+    if inner <= col:
+        return {}
+    pad, keys = " " * col, " " * inner
+    separator = f"\n{pad}}},\n{pad}{{\n"
+    head = f'{{\n{keys}"apiVersion": "v1",\n{keys}"kind": "Pod",\n'
+    step = len(separator) - 2  # from a separator to the next item's "{"
+    spans: dict[int, int] = {}
+    find, starts = text.find, text.startswith
+    start, i = first, text.find(separator, first)
+    while i >= 0:
+        if starts(head, start):
+            spans[start] = i + col + 2  # just after the "}"
+        start = i + step
+        i = find(separator, start)
+    return spans
 
 
 def _report_with_lines(text: str | None, source: str, original: _SchemaError,
@@ -1929,14 +1997,22 @@ def load_objects_early(paths: Sequence[str], kinds: frozenset[str] | None = None
                        ) -> tuple[ClusterObjects, Callable[[], dict[tuple[str, str], Pod]]]:
     """`load_objects` in two steps: the objects without their Pods, then the rest of the work.
 
-    The first step reads and checks every object except the Pods of a JSON List, whose
-    items are decoded (their kind must be known, and the items around them read) but not
-    built, and leaves out the nesting check of such a List. The second step, `finish()`,
-    does what was left out and gives the Pods by (namespace, name), as
+    The first step reads and checks every object except the Pods of a JSON List, and
+    leaves out the nesting check of such a List. Pod items that kubectl's layout shows
+    (`_guessed_pods`) are passed over without decoding them; other Pod items are decoded
+    (their kind must be known, and the items around them read) but not built. The second
+    step, `finish()`, does what was left out and gives the Pods by (namespace, name), as
     `load_objects(...).detach_pods()` would; it raises on anything `load_objects` would
-    not accept. So: when `finish()` returns, the objects and the Pods are exactly what
-    `load_objects` gives; when either step raises, `load_objects` raises too, which is how
-    a caller learns the error message. Files are never read from standard input here.
+    not accept, and also when an item passed over turns out not to be exactly one Pod item:
+    then the first step's objects may be wrong (a Service hidden where the layout showed a
+    Pod, an object nested in a Pod taken for an item).
+
+    So: when `finish()` returns, the objects and the Pods are exactly what `load_objects`
+    gives. When the first step raises, `load_objects` raises too, which is how a caller
+    learns the error message. When `finish()` raises, the caller must read the objects with
+    `load_objects` (which then raises the error, if there is one) and work out again
+    whatever it worked out from the first step's objects. Files are never read from
+    standard input here.
     """
     collector = _Collector()
     collector.kinds = kinds
@@ -1949,7 +2025,7 @@ def load_objects_early(paths: Sequence[str], kinds: frozenset[str] | None = None
             source = str(file)
             if _looks_like_json(text):
                 collector.source, collector.item_lines = source, {}
-                pods = _LaterPods(text, source, kinds)
+                pods = _LaterPods(text, source, kinds, guess=True)
                 if _streamed_list(text, collector, pods):
                     later.append((len(collector.pods), pods))  # its nesting is checked later, Pods or not
                     continue
