@@ -1032,6 +1032,7 @@ def diff(a: str, b: str, cluster: Sequence[str], node_ips: Sequence[str], node: 
       kpa diff before.save after.save -c cluster/ --node node-a --service shop/frontend
     """
     from kpa.diff import diff_rulesets, render_text
+    from kpa.parse.iptables_save import share_skeletons
     from kpa.sources import load_rules
 
     # Both rulesets and the objects live until exit: without the cyclic collector nothing
@@ -1042,8 +1043,8 @@ def diff(a: str, b: str, cluster: Sequence[str], node_ips: Sequence[str], node: 
     inp = Inputs(cluster=list(cluster), node_ips=list(node_ips), node=node)
     files = list(cluster)  # read in a child process while this one reads the rules, when a core is idle
     with BackgroundObjects(files, kinds=DIFF_KINDS) as pending:
-        with progress_status("reading the rules"):
-            rules_a, rules_b = load_rules([a]), load_rules([b])
+        with progress_status("reading the rules"), share_skeletons():
+            rules_a, rules_b = load_rules([a]), load_rules([b])  # B's lines that A holds are not skeletonised again
         with progress_status("reading the cluster objects"):
             objects = pending.result() if files else load_cluster(inp)
     ips = list(node_ips)

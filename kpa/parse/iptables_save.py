@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import gc
 import re
-from collections.abc import Container
+from collections.abc import Container, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -50,7 +52,16 @@ from kpa.netfilter.model import (
     Verdict,
     VerdictKind,
 )
-from kpa.parse.shapes import MISSING, Role, Shape, SkeletonJob, Skeletons, analyse
+from kpa.parse.shapes import (
+    MISSING,
+    LineKeys,
+    Role,
+    Shape,
+    SkeletonJob,
+    Skeletons,
+    analyse,
+    plain_lines,
+)
 
 BUILTIN_CHAINS = {
     "raw": ("PREROUTING", "OUTPUT"),
@@ -147,6 +158,33 @@ def detect_family(text: str) -> Family:
     return Family.IPV4
 
 
+class _Shared:
+    """The skeleton keys of the lines of the last dump read in a share_skeletons() block."""
+
+    __slots__ = ("keys",)
+
+    def __init__(self) -> None:
+        self.keys: LineKeys | None = None
+
+
+_SHARING: ContextVar[_Shared | None] = ContextVar("kpa_iptables_sharing", default=None)
+
+
+@contextmanager
+def share_skeletons() -> Iterator[None]:
+    """Dumps read in this block skeletonise only the lines the dump read before them did not hold.
+
+    For commands that read several dumps of one node (kpa diff): two dumps a rollout
+    apart share most lines, and a line's skeleton depends on the line alone
+    (kpa.parse.shapes.LineKeys). The rulesets are the same as read one by one.
+    """
+    token = _SHARING.set(_Shared())
+    try:
+        yield
+    finally:
+        _SHARING.reset(token)
+
+
 class Scope(Protocol):
     """What parsing a rule needs to know of its table."""
 
@@ -184,6 +222,7 @@ class IptablesParser:
         # Validate rules that share a skeleton once per skeleton (kpa.parse.shapes).
         self.shapes = shapes
         self._line_count = 0
+        self._lines: list[str] | None = None  # the text's lines, kept while a share_skeletons() block needs them
         # Parsed expressions are immutable, so identical text can share one object;
         # kube-proxy dumps repeat the same matches across thousands of rules.
         self._cache: dict[tuple[object, ...], Expr] = {}
@@ -206,31 +245,51 @@ class IptablesParser:
         if "\x00" in text:
             raise self.error(text[: text.index("\x00")].count("\n") + 1, "expected iptables-save text, found binary data")
         family = self.family or detect_family(text)
-        # The skeletons are worked out while the structure is read, in a second process for large dumps.
-        job = SkeletonJob(text, family) if self.shapes else None
+        shared = _SHARING.get() if self.shapes else None
+        if shared is not None and not plain_lines(text):
+            shared.keys = None  # the next dump is skeletonised in full
+            shared = None
+        known = shared.keys if shared is not None else None
+        if known is not None and known.family is not family:
+            known = None
+        # The skeletons are worked out while the structure is read, in a second process for large dumps,
+        # unless the lines the last dump did not hold are all there is to work out.
+        job = SkeletonJob(text, family) if self.shapes and known is None else None
         try:
             committed: list[tuple[Table, list[tuple[int, str, bool]]]] = []
             try:
-                ruleset = self._scan(text, family, committed)
+                ruleset = self._scan(text, family, committed, keep_lines=shared is not None)
             except InputError:
                 # Rules come before a later structural error: theirs are reported first, as they were
                 # when each table's rules were parsed at its COMMIT.
-                self._all_rules(committed, job)
+                self._all_rules(committed, job, known, family)
                 raise
-            self._all_rules(committed, job)
+            skeletons = self._all_rules(committed, job, known, family)
+            if shared is not None:
+                shared.keys = LineKeys.of(self._lines, family, skeletons) if (
+                    skeletons is not None and self._lines is not None) else None
             return ruleset
         finally:
+            self._lines = None
             if job is not None:
                 job.close()
 
-    def _all_rules(self, committed: list[tuple[Table, list[tuple[int, str, bool]]]], job: SkeletonJob | None) -> None:
-        skeletons = job.result() if job is not None and committed else None
+    def _all_rules(self, committed: list[tuple[Table, list[tuple[int, str, bool]]]], job: SkeletonJob | None,
+                   known: LineKeys | None = None, family: Family | None = None) -> Skeletons | None:
+        if not committed:
+            skeletons = None
+        elif known is not None and self._lines is not None and family is not None:
+            skeletons = known.skeletons(self._lines, family)
+        else:
+            skeletons = job.result() if job is not None else None
         if skeletons is not None and len(skeletons.ids) != self._line_count:
             skeletons = None  # cannot happen (no value spans a line break); then parse every rule in full
         for table, pending in committed:
             self._rules(table, pending, skeletons)
+        return skeletons
 
-    def _scan(self, text: str, family: Family, committed: list[tuple[Table, list[tuple[int, str, bool]]]]) -> Ruleset:
+    def _scan(self, text: str, family: Family, committed: list[tuple[Table, list[tuple[int, str, bool]]]],
+              keep_lines: bool = False) -> Ruleset:
         """Read tables, chains and COMMITs; collect each committed table's rule lines in `committed`."""
         ruleset = Ruleset()
         table: Table | None = None
@@ -239,6 +298,8 @@ class IptablesParser:
         lineno = 0
         lines = text.splitlines()
         self._line_count = len(lines)
+        if keep_lines:
+            self._lines = lines
         for lineno, raw in enumerate(lines, 1):
             line = raw.strip()
             if not line:
@@ -599,4 +660,4 @@ def parse_iptables(text: str, file: str = "<stdin>", family: Family | None = Non
     return IptablesParser(file, family, shapes).parse(text)
 
 
-__all__ = ["IPTABLES_TABLES", "IptablesParser", "parse_iptables", "tokenize"]
+__all__ = ["IPTABLES_TABLES", "IptablesParser", "parse_iptables", "share_skeletons", "tokenize"]

@@ -166,6 +166,79 @@ class Skeletons:
         return cls(["", *keys.split("\n")] if n else [""], ids)
 
 
+# Line breaks of str.splitlines() other than \n: a text without them has the same lines split at \n.
+_OTHER_BREAKS = ("\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")
+
+
+def plain_lines(text: str) -> bool:
+    """Whether `text` breaks lines only at \n and holds no PLACEHOLDER.
+
+    In such a text a line's skeleton depends on that line alone: every pass
+    matches within one line and ends before \n or at the end of the text.
+    """
+    return PLACEHOLDER not in text and not any(c in text for c in _OTHER_BREAKS)
+
+
+class LineKeys:
+    """The skeleton key of every line of a dump already read, to skeletonise another dump of the same
+    family by its new lines only.
+
+    Two dumps of one node a rollout apart share most of their lines; a line's skeleton
+    depends on the line alone (see plain_lines), so a line seen before has the key it
+    had then. `skeletons` gives what `Skeletons.of(skeletonise(text, family))` gives,
+    up to the numbering of the keys.
+    """
+
+    __slots__ = ("by_line", "family", "keys")
+
+    def __init__(self, family: Family, keys: list[str], by_line: dict[str, int]) -> None:
+        self.family = family
+        self.keys = keys
+        self.by_line = by_line
+
+    @classmethod
+    def of(cls, lines: list[str], family: Family, skeletons: Skeletons) -> LineKeys | None:
+        """The keys of a dump's `lines` (of a plain text), given its skeletons."""
+        if len(lines) != len(skeletons.ids):
+            return None
+        return cls(family, skeletons.keys, dict(zip(lines, skeletons.ids, strict=True)))
+
+    def skeletons(self, lines: list[str], family: Family) -> Skeletons | None:
+        """The skeletons of a plain text of this family split into `lines`; None if it has no fast path."""
+        if family is not self.family or family not in _VALUES:
+            return None
+        get = self.by_line.get
+        got = [get(line, -1) for line in lines]
+        # Lines not seen before; only rule lines `-A ...` have a key (lines of other kinds keep
+        # their start through every pass).
+        missing = []
+        for i, kid in enumerate(got):
+            if kid < 0:
+                if lines[i].startswith("-A "):
+                    missing.append(i)
+                else:
+                    got[i] = 0
+        keys = list(self.keys)
+        if missing:
+            skel = skeletonise("\n".join([lines[i] for i in missing]), family)
+            if skel is None:
+                return None
+            part = Skeletons.of(skel)
+            if len(part.ids) != len(missing):
+                return None  # cannot happen: the lines hold no line break
+            index = {key: kid for kid, key in enumerate(keys)}
+            renumber = [0]
+            for key in part.keys[1:]:
+                found = index.get(key)
+                if found is None:
+                    found = index[key] = len(keys)
+                    keys.append(key)
+                renumber.append(found)
+            for i, kid in zip(missing, part.ids, strict=True):
+                got[i] = renumber[kid]
+        return Skeletons(keys, array("i", got))
+
+
 # Below this many characters a dump is skeletonised in-process: forking would cost more than it saves.
 FORK_THRESHOLD = 4_000_000
 # The share of the text the parent skeletonises itself, after reading the structure.
