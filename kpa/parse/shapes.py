@@ -31,6 +31,7 @@ import re
 import struct
 import sys
 from array import array
+from collections.abc import Iterator
 
 from kpa import ext
 from kpa.ext import comment, nat, recent, tcp
@@ -241,67 +242,128 @@ class LineKeys:
 
 # Below this many characters a dump is skeletonised in-process: forking would cost more than it saves.
 FORK_THRESHOLD = 4_000_000
-# The share of the text the parent skeletonises itself, after reading the structure.
-PARENT_SHARE = 0.2
+# The text is cut into this many pieces, handed out one at a time to whichever process asks first.
+PIECES = 32
+_PIECE = struct.Struct("<IQ")  # a piece's number and the length of its skeletons' bytes
 
 
 class SkeletonJob:
-    """`Skeletons.of(skeletonise(text, family))`, worked out in a forked process for large dumps.
+    """`Skeletons.of(skeletonise(text, family))`, worked out by two processes for large dumps.
 
     kpa check spends about as long on the regex passes as on reading the
     dump's tables and chains, and they do not depend on each other, so on
-    Linux a child process works out the skeletons of most of the text while
-    the parent reads, and the parent does the rest of the text after. Any
-    failure of the child (or no fork, or threads that make forking unsafe)
-    falls back to doing it all in-process: same result, only slower.
+    Linux a child process works out skeletons while the parent reads. The
+    text is cut after line breaks (no value, and so no pass, spans one) into
+    PIECES pieces; a pipe holds one byte per piece and each process reads one
+    byte to take the next (reading one byte from a pipe is atomic). The child
+    starts at once; the parent joins in when it has read the structure, so
+    the two finish together however busy the second core is (another child
+    may be reading cluster objects on it). The pieces' skeletons are put
+    together in text order. Any failure of the child (or no fork, or threads
+    that make forking unsafe) leaves its pieces to the parent: same result,
+    only slower.
     """
 
     def __init__(self, text: str, family: Family) -> None:
         self.text = text
         self.family = family
-        # The child does text[_cut:]; the parent text[:_cut]. Cut after a line break:
-        # no value, and so no pass, spans one.
-        self._cut = 0
+        self.bounds = [0, len(text)]  # piece k is text[bounds[k]:bounds[k + 1]]
+        self._claims = -1  # the read end of the pipe of pieces not yet taken
         self._job: ChildJob | None = None
         self._done = False
         self._result: Skeletons | None = None
         if len(text) >= FORK_THRESHOLD and family in _VALUES and _can_fork() and PLACEHOLDER not in text:
-            cut = text.find("\n", int(len(text) * PARENT_SHARE))
-            self._cut = cut + 1 if cut >= 0 else 0
+            bounds = [0]
+            for k in range(1, PIECES):
+                cut = text.find("\n", len(text) * k // PIECES) + 1 or len(text)
+                if cut > bounds[-1]:
+                    bounds.append(cut)
+            if bounds[-1] < len(text):
+                bounds.append(len(text))
+            try:
+                r, w = os.pipe()
+            except OSError:
+                return
+            try:
+                os.write(w, bytes(range(len(bounds) - 1)))
+            finally:
+                os.close(w)
+            self.bounds, self._claims = bounds, r
             self._job = ChildJob(self._child)
 
     def _of(self, text: str) -> Skeletons | None:
         skel = skeletonise(text, self.family)
         return None if skel is None else Skeletons.of(skel)
 
-    def _child(self) -> list[bytes] | None:
-        part = self._of(self.text[self._cut :])
-        return None if part is None else [part.to_bytes()]
+    def _piece(self, k: int) -> Skeletons | None:
+        return self._of(self.text[self.bounds[k] : self.bounds[k + 1]])
 
-    def _collect(self) -> Skeletons | None:
+    def _take(self) -> Iterator[int]:
+        """The pieces this process takes, until none is left."""
+        while got := os.read(self._claims, 1):
+            yield got[0]
+
+    def _child(self) -> Iterator[bytes]:
+        for k in self._take():
+            part = self._piece(k)
+            if part is None:
+                return
+            data = part.to_bytes()
+            yield _PIECE.pack(k, len(data))
+            yield data
+
+    def _collect(self) -> dict[int, Skeletons]:
+        """The pieces the child worked out; none if it failed."""
         data = self._job.collect() if self._job is not None else None
+        out: dict[int, Skeletons] = {}
         if data is None:
-            return None
+            return out
         try:
-            return Skeletons.from_bytes(data)
-        except (ValueError, struct.error):
-            return None
+            pos = 0
+            while pos < len(data):
+                k, n = _PIECE.unpack_from(data, pos)
+                pos += _PIECE.size
+                if pos + n > len(data) or k >= len(self.bounds) - 1:
+                    return {}
+                out[k] = Skeletons.from_bytes(data[pos : pos + n])
+                pos += n
+        except (ValueError, struct.error, UnicodeDecodeError):
+            return {}
+        return out
 
     def result(self) -> Skeletons | None:
         """The skeletons, or None if the text has no fast path."""
         if not self._done:
             self._done = True
-            rest = self._collect() if self._job is not None and self._job.started else None
-            first = self._of(self.text[: self._cut]) if rest is not None else None
-            if first is not None and rest is not None:
-                first.extend(rest)
-                self._result = first
-            else:
-                self._result = self._of(self.text)
+            mine: dict[int, Skeletons | None] = {}
+            if self._claims >= 0:
+                try:
+                    for k in self._take():
+                        mine[k] = self._piece(k)
+                finally:
+                    os.close(self._claims)
+                    self._claims = -1
+            self._result = self.merge(mine, self._collect())
         return self._result
+
+    def merge(self, mine: dict[int, Skeletons | None], theirs: dict[int, Skeletons]) -> Skeletons | None:
+        """The pieces' skeletons in text order, working out here those neither process did."""
+        out: Skeletons | None = None
+        for k in range(len(self.bounds) - 1):
+            part = mine[k] if k in mine else theirs[k] if k in theirs else self._piece(k)
+            if part is None:
+                return None
+            if out is None:
+                out = part
+            else:
+                out.extend(part)
+        return out
 
     def close(self) -> None:
         """Stop the child if its result was never needed (the parse failed first)."""
+        if self._claims >= 0:
+            os.close(self._claims)
+            self._claims = -1
         if self._job is not None:
             self._job.stop()
 
