@@ -734,10 +734,15 @@ def _same_traces(a: Ruleset, b: Ruleset, walk: bool = False,
 
     kpa.netfilter.reach.Comparison decides; `walk=True` walks A's rules for
     each entry point instead (Signatures.same, slower, never more often "same").
-    `usable`: what reach.usable_rules says of A and of B, where already known or
-    assumed (the answer then holds only if the assumption does).
+    `usable`: what reach.usable_rules says of A, and whether B is iptables text,
+    where already known or assumed (the answer then holds only if the assumption does).
+
+    Only A is checked for loops and deep nesting: an entry point is "same" only if
+    every chain its trace can read in B has A's rules (and so A's jumps), so the part
+    of B a skipped trace would read is loop-free and shallow when all of A is.
     """
-    sa, sb = Signatures(a, usable[0]), Signatures(b, usable[1])
+    sa = Signatures(a, usable[0])
+    sb = Signatures(b, iptables_text(b) if usable[1] is None else usable[1])
     if not (sa.usable and sb.usable) or sa.context() != sb.context():
         return None
     addresses: dict[str, int] = {}
@@ -779,7 +784,6 @@ class _Part:
         self.notes: dict[tuple[int, int], tuple[list[str], list[str], list[str], list[str]]] = {}
         self.ports: list[int] = []  # the positions of the Service ports compared
         self.traced = 0  # entry points traced rather than skipped
-        self.usable_b = True  # in a child: what reach.usable_rules says of B
         self.skipped = False  # in a child: whether it skipped entry points it took to read the same rules
 
 
@@ -940,8 +944,8 @@ def diff_rulesets(
     job: ChildJob | None = None
     claims: _Claims | None = None
     if _split(fork, total):
-        # Each process checks one ruleset for loops and deep nesting (reach.usable_rules) and
-        # takes the other to pass; ports compared on an assumption that proves false are compared again.
+        # The child takes A to pass the check for loops and deep nesting (reach.usable_rules), which this
+        # process makes meanwhile; ports compared on an assumption that proves false are compared again.
         text_a, text_b = iptables_text(a), iptables_text(b)
         try:
             claims = _Claims(len(order))
@@ -952,10 +956,9 @@ def diff_rulesets(
         def child() -> list[bytes] | None:
             if run is None:
                 return None
-            ub = usable_rules(b) if shortcut else False
-            same = _same_traces(a, b, usable=(text_a, ub)) if shortcut else None
+            same = _same_traces(a, b, usable=(text_a, text_b)) if shortcut else None
             part = compare(run.ports(), same, None)
-            part.usable_b, part.skipped = ub, same is not None
+            part.skipped = same is not None
             return [pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL)]
 
         if claims is not None:
@@ -977,10 +980,6 @@ def diff_rulesets(
         mine = parts[0].ports
         theirs = sorted(set(every) - set(mine))
         got = _received(job.collect(), theirs)
-        ub = got.usable_b if got is not None else (usable_rules(b) if shortcut else False)
-        if not ub and same is not None:
-            same = None  # B has a loop or nests too deep: no entry point may be skipped
-            parts[0] = compare(mine, None, progress)
         if got is not None and got.skipped and not ua:
             got = None  # the child skipped entry points, but A has a loop or nests too deep
         parts.append(got if got is not None else compare(theirs, same, None))

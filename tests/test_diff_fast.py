@@ -594,6 +594,22 @@ def _looped(text: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _reached(text: str, depth: int) -> str:
+    """The rules with the first KUBE-SVC chain first jumping down `depth` new chains, the last of them
+    jumping back to the first (a loop) when `depth` is 1 (then every packet of that Service drops)."""
+    lines = text.splitlines()
+    at = lines.index("*nat") + 1
+    svc = next(line.split()[0][1:] for line in lines if line.startswith(":KUBE-SVC-"))
+    names = [f"KUBE-DEEP-{k}" for k in range(depth)]
+    lines[at:at] = [f":{n} - [0:0]" for n in names]
+    first = next(k for k, line in enumerate(lines) if line.startswith(f"-A {svc} "))
+    lines[first:first] = [f"-A {svc} -j {names[0]}"]
+    end = next(k for k in range(first, len(lines)) if lines[k] == "COMMIT")
+    lines[end:end] = [f"-A {x} -j {y}" for x, y in zip(names, [*names[1:], names[0]] if depth == 1 else names[1:],
+                                                         strict=False)]
+    return "\n".join(lines) + "\n"
+
+
 def _loop_pairs() -> list[tuple[str, Ruleset, Ruleset, ClusterObjects, list[str]]]:
     before = random_cluster(seed=62, services=40, endpoints_per_service=2)
     after = copy.deepcopy(before)
@@ -602,12 +618,14 @@ def _loop_pairs() -> list[tuple[str, Ruleset, Ruleset, ClusterObjects, list[str]
     ta, tb = (render_restore(c, options, "ipv4") for c in (before, after))
     objects, ips = objects_from_documents(to_objects(after)), before.node("node-0").ips
     return [(side, parse_iptables(x, "a.rules"), parse_iptables(y, "b.rules"), objects, ips)
-            for side, x, y in (("none", ta, tb), ("A", _looped(ta), tb), ("B", ta, _looped(tb)))]
+            for side, x, y in (("none", ta, tb), ("A", _looped(ta), tb), ("B", ta, _looped(tb)),
+                               ("B reached", ta, _reached(tb, 1)), ("B deep", ta, _reached(tb, 40)))]
 
 
-def test_a_half_compared_before_a_loop_was_found_is_compared_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each process checks one side for loops and takes the other to pass: a loop on either side
-    still means every entry point is traced, in both halves, and the same report."""
+def test_a_loop_in_b_is_traced_where_a_trace_reaches_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only A is checked for loops and deep nesting; with a loop or deep nesting in B, the child and
+    the parent still give the report of the full computation. A loop in A means every entry point is
+    traced, in both halves."""
     from kpa import diff
 
     traced: list[int] = []
@@ -620,24 +638,37 @@ def test_a_half_compared_before_a_loop_was_found_is_compared_again(monkeypatch: 
     monkeypatch.setattr(diff, "_merge", counted)
     pairs = _loop_pairs()
 
-    def run(fork: bool) -> list[tuple[int, int, dict[str, Any]]]:
+    def run(fork: bool, shortcut: bool = True) -> list[tuple[int, int, dict[str, Any]]]:
         out = []
         for _, a, b, o, ips in pairs:
-            report = diff_rulesets(a, b, o, ips, fork=fork)
+            report = diff_rulesets(a, b, o, ips, fork=fork, shortcut=shortcut)
             out.append((traced[-1], sum(len(p.entries) for p in report.ports), report.to_json()))
         return out
 
+    full = [report for _, _, report in run(False, shortcut=False)]
     alone = run(False)
+    assert [report for _, _, report in alone] == full
     assert run(True) == alone
-    (n_none, entries, _), *looped = alone
-    assert n_none < entries / 2
-    assert all(n == total for n, total, _ in looped)
-    # Plausible mistakes: the child's verdict on B ignored; the child's half kept although it
-    # skipped entry points and A has a loop.
-    for name, value in (("usable_b", True), ("skipped", False)):
-        with monkeypatch.context() as m:
-            m.setattr(diff._Part, name, property(lambda self, v=value: v, lambda self, v: None), raising=False)
-            assert run(True) != alone
+    counts = {side: (n, total) for (side, *_), (n, total, _) in zip(pairs, alone, strict=True)}
+    assert counts["none"][0] < counts["none"][1] / 2
+    assert counts["A"][0] == counts["A"][1]  # a loop in A: every entry point traced
+    assert counts["B"][0] == counts["none"][0]  # an unreached loop in B changes no trace
+    assert counts["none"][0] < counts["B reached"][0] < counts["B reached"][1] / 2
+    assert any("jump loop" in w for w in alone[3][2]["warnings"])
+    # Plausible mistakes: the child's half kept although it skipped entry points and A has a
+    # loop; B's small chains taken to have A's rules (then B's loop is never traced).
+    with monkeypatch.context() as m:
+        m.setattr(diff._Part, "skipped", property(lambda self: False, lambda self, v: None), raising=False)
+        assert run(True) != alone
+    init = reach.Comparison.__init__
+
+    def careless(self: reach.Comparison, a: Signatures, b: Signatures) -> None:
+        init(self, a, b)
+        b._tables = a._tables  # B's chains looked up by name are A's
+
+    with monkeypatch.context() as m:
+        m.setattr(reach.Comparison, "__init__", careless)
+        assert [report for _, _, report in run(False)] != full
 
 
 # ---------------------------------------------------------------- reasons worked out once per pair of distributions

@@ -630,8 +630,13 @@ class Comparison:
       same rules whatever the packet: its selection is not compared.
 
     A rule's facts are read once per shape where its values cannot change
-    them (_FactCache). The caller checks first that both Signatures are
-    usable and have the same context (kpa.diff._same_traces does).
+    them (_FactCache). The caller checks first that A's Signatures are
+    usable, that B is iptables text and that both have the same context
+    (kpa.diff._same_traces does). B need not be checked for loops and deep
+    nesting: "same" means every chain a trace can read in B has A's rules
+    (small chains are compared whole, the base walks and the selections of
+    indexed chains read the same texts), hence A's jumps, so the part of B
+    such a trace reads is as loop-free and shallow as A.
     """
 
     def __init__(self, a: Signatures, b: Signatures) -> None:
