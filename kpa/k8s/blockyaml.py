@@ -19,6 +19,7 @@ general reader reads them, so the caller yields them and hands the rest over.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -94,20 +95,40 @@ def documents(
     mapping: Callable[[], Any],
     plain: Callable[[str], Any],
     ranges: list[tuple[int, int, int]] | None = None,
+    plain_text: tuple[str, str | None] | None = None,
 ) -> Iterator[Any]:
     """The documents of `text`, then (if needed) a Rest saying where the general reader takes over.
 
     `mapping()` makes an empty mapping with `line` and `key_lines` attributes;
     `plain(text)` gives a plain scalar's value as the loader constructs it, or raises Unfit.
+    `plain_text`, if given, says which plain scalars (on one line) `plain` may give as other
+    than their own text: an expression that matches the whole text of every such scalar, and
+    the characters they may begin with (None: any).
 
     `ranges`: read only these parts of the text, as (offset, end offset, number of the first
     line), in order; each must start at the text's start or at a `---` line and end at the
     text's end or where a `---` line starts, so that each holds whole documents. A Rest
-    still counts from the text's start and says to read the text's whole rest.
+    still counts from the text's start; with no `end`, it says to read the text's whole rest.
+
+    Documents whose shape recurs are read by templates (see `_Templates`), the others
+    line by line; both give the same values.
     """
     if not _text_is_plain(text):
         yield Rest(0, 0)
         return
+    if TEMPLATES:
+        yield from _templated(text, mapping, plain, ranges, plain_text)
+    else:
+        yield from _documents(text, mapping, plain, ranges)
+
+
+def _documents(
+    text: str,
+    mapping: Callable[[], Any],
+    plain: Callable[[str], Any],
+    ranges: list[tuple[int, int, int]] | None = None,
+) -> Iterator[Any]:
+    """`documents` line by line, of a text already found plain."""
     reader = _Reader(text, mapping, plain, ranges)
     separator = 0  # the line of the separator that began the current document (0: none)
     seen_from = (0, 1)  # where the piece holding that separator starts: offset and line
@@ -130,7 +151,9 @@ def documents(
                 while reader.fill() and not reader.rows[reader.i][_SEP]:
                     reader.i += 1
                 if not reader.fill():
-                    yield Rest(separator - 1 if separator else 0, start)
+                    # The document ends where the last range does: at a separator, or the text's end.
+                    stop = ranges[-1][1] if ranges else len(text)
+                    yield Rest(separator - 1 if separator else 0, start, stop if stop < len(text) else None)
                     return
                 end = _offset(text, (reader.pos, reader.first), reader.nums[reader.i])
                 yield Rest(separator - 1 if separator else 0, start, end)
@@ -545,3 +568,362 @@ class _Reader:
                 raise Unfit
 
         return block_map, block_seq
+
+
+# --------------------------------------------------------------------------------------
+# Templates: documents of one shape, read without their lines being walked.
+#
+# kubectl and yaml.dump print every object of a kind with the same keys in the same
+# order, so the documents of a large file come in a few dozen shapes. One C pass
+# (`_VALUES.split`) takes a document's values out of its lines: what follows the first
+# `: ` of a line, or its `- ` when no `key:` follows (`{}` and `[]` stay). What is left
+# is the document's skeleton. Once a skeleton recurs (TEMPLATE_AFTER), its document is
+# read line by line as usual and becomes a template: a function that builds a
+# document from the values, made from the document's lines, and kept only if it builds
+# that very document equal to what the line reader gave (same values and types, same
+# mapping and key lines, same order). A later document with the same skeleton is built
+# by the template if each value is of the class its place admits; anything else (no
+# template, a value out of class) is read line by line, where it is.
+#
+# Why that gives what the line reader gives: the skeletons are equal, so the lines are
+# the template's lines with other values at their ends. The template's lines are only
+# block keys and `- ` items (no comments, blank lines, block or folded scalars, flow
+# content but `{}` and `[]`). A value's class admits only a scalar closed on its line
+# that changes nothing around it (no key is split differently, no line folded into it,
+# no block begun): a plain scalar of one word (no space, `:` or `#`) whose first
+# character is no indicator, which the loader types as a string (`plain_text`); a
+# single-quoted one without quotes inside; or any scalar `_scalar` accepts, typed as the
+# line reader types it. So the line reader meets the same lines, of the same forms, in
+# the same order, and builds the same document around the values.
+
+TEMPLATES = True  # read recurring documents by templates (False: line by line only; for tests)
+TEMPLATE_AFTER = 2  # a skeleton becomes a template when a document of it is seen this many times
+_MAX_TEMPLATE_LINES = 4000  # larger documents are read line by line
+_MAX_SKELETON_TEMPLATES = 2  # per skeleton: one with the strictest classes its document fits, one of any scalars
+
+# Where a `---` line starts (after the line break found), within a range.
+_SEPARATOR = re.compile(r"\n---(?=\n|\Z)")
+# A value: after the first `: ` of a line, or after `- ` when no `key:` follows; not `{}` or `[]`.
+# Split by it (the space before the value goes too), a text gives [text, value, text, value, ..., text].
+_VALUES = re.compile(r" (?<=[:-] )(?:(?<=: )|(?![^\n]*:(?: |$)))(?!(?:\{\}|\[\])$)([^\n]+)", re.MULTILINE)
+_MARK = "\0"  # where a skeleton's values were (no text holds it: `_text_is_plain`)
+# Plain strings, each after a line break: an indicator first.
+_INDICATOR_FIRST = re.compile("\n[-?,\\[\\]{}&*!|>'\"%@`]")
+
+
+def _not_words(text: str) -> bool:
+    """Whether a text of plain strings, each after a line break, has one that is not one word
+    (a space, `:` or `#` in it) or begins with an indicator."""
+    return " " in text or ":" in text or "#" in text or _INDICATOR_FIRST.search(text) is not None
+# Single-quoted scalars without quotes inside, one a line.
+_QUOTED_LINES = re.compile("(?:'[^'\\n]*'\n)*'[^'\\n]*'")
+
+
+class _Scalars(dict[str, Any]):
+    """A scalar's value by its text as written, for any scalar a template's place admits."""
+
+    def __init__(self, plain: Callable[[str], Any]) -> None:
+        super().__init__()
+        self.plain = plain
+
+    def __missing__(self, raw: str) -> Any:
+        value = _scalar(raw, self.plain)
+        if len(raw) <= 64:
+            self[raw] = value
+        return value
+
+
+def _scalar(raw: str, plain: Callable[[str], Any]) -> Any:
+    """A one-line scalar as `_Reader.scalar` reads it, refusing (Unfit) `{}`, `[]`, block and open scalars."""
+    c = raw[0]
+    if c == "'" or c == '"':
+        if not _QUOTED.fullmatch(raw):
+            raise Unfit
+        return raw[1:-1].replace("''", "'") if c == "'" else raw[1:-1]
+    if not _plain_ok(raw):
+        raise Unfit
+    return plain(raw)
+
+
+class _Strings(dict[str, str]):
+    """Plain scalars of one word (see `_INDICATOR_FIRST`) that the loader reads as their own text:
+    those that `typed` does not match, or (if `keyed` is not None) whose first character is not in
+    `keyed`; looked up as they are met, kept when short. Any other is Unfit."""
+
+    def __init__(self, typed: Callable[[str], Any], keyed: str | None) -> None:
+        super().__init__()
+        self.typed, self.keyed = typed, keyed
+
+    def __missing__(self, text: str) -> str:
+        if (self.keyed is None or text[0] in self.keyed) and self.typed(text):
+            raise Unfit
+        if len(text) <= 64:
+            self[text] = text
+        return text
+
+
+class _Templates:
+    """The templates of one text, found as its documents are read."""
+
+    def __init__(self, mapping: Callable[[], Any], plain: Callable[[str], Any],
+                 plain_text: tuple[str, str | None] | None) -> None:
+        self.mapping, self.plain = mapping, plain
+        self.strings = _Strings(re.compile(f"(?:{plain_text[0]})\\Z").match, plain_text[1]) \
+            if plain_text is not None else None
+        self.scalars = _Scalars(plain)
+        self.by_skeleton: dict[str, list[Callable[[list[str], int], Any]]] = {}  # in the order to try them
+        self.seen: dict[str, int] = {}  # skeleton: documents of it not read by a template
+        self.made: dict[str, int] = {}  # skeleton: templates made (or refused) from it
+
+    def read(self, text: str, start: int, end: int, line: int) -> tuple[Any, str, list[str]]:
+        """The document text[start:end] (first line `line`) if a template reads it (else None),
+        its skeleton and its values."""
+        parts = _VALUES.split(text[start:end])
+        skeleton, values = _MARK.join(parts[0::2]), parts[1::2]
+        for build in self.by_skeleton.get(skeleton, ()):
+            try:
+                return build(values, line), skeleton, values
+            except Unfit:
+                pass
+        return None, skeleton, values
+
+    def wanted(self, skeleton: str) -> bool:
+        """Whether a document of this skeleton, which no template read, should now become one."""
+        seen = self.seen.get(skeleton, 0) + 1
+        self.seen[skeleton] = seen
+        return seen >= TEMPLATE_AFTER and self.made.get(skeleton, 0) < _MAX_SKELETON_TEMPLATES
+
+    def make(self, skeleton: str, values: list[str], body: str, line: int, document: Any) -> None:
+        """Make a template of a document's text (its values taken out: skeleton and values),
+        which the line reader read as `document`."""
+        made = self.made.get(skeleton, 0)
+        self.made[skeleton] = made + 1
+        self.seen[skeleton] = 0
+        try:
+            build = _template(body, values, self.mapping, self.plain, self.scalars,
+                              self.strings if made < _MAX_SKELETON_TEMPLATES - 1 else None)
+            built = build(values, line)
+        except (Unfit, RecursionError):
+            built = _Unequal
+        if not _equal(built, document):
+            self.made[skeleton] = _MAX_SKELETON_TEMPLATES
+            return
+        self.by_skeleton.setdefault(skeleton, []).append(build)
+
+
+_Unequal = object()
+
+
+def _equal(a: Any, b: Any) -> bool:
+    """Same values of the same types, mappings with the same items in order, lines and key lines."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return (list(a) == list(b) and all(type(k) is type(j) for k, j in zip(a, b, strict=True))
+                and all(_equal(v, b[k]) for k, v in a.items())
+                and getattr(a, "line", None) == getattr(b, "line", None)
+                and getattr(a, "key_lines", None) == getattr(b, "key_lines", None))
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+def _template(body: str, values: list[str], mapping: Callable[[], Any], plain: Callable[[str], Any],
+              scalars: _Scalars, strings: _Strings | None) -> Callable[[list[str], int], Any]:
+    """The build function of a document's text (which ends with a line break) and its values as
+    `_VALUES` takes them out; Unfit if it has other lines, or its values are not where its lines
+    have them.
+
+    With `strings`, a value the document has as a plain or single-quoted string is admitted only
+    as one (plain strings checked by `strings`); any other value, and every value without
+    `strings`, as any scalar `_scalar` accepts, typed when built.
+    """
+    lines = body[:-1].split("\n")
+    if len(lines) > _MAX_TEMPLATE_LINES:
+        raise Unfit
+    rows = []
+    for text in lines:
+        row = _LINE.fullmatch(text)
+        if row is None or row[1] or not (row[4] or row[6]):
+            raise Unfit  # a separator, blank or comment line
+        rows.append(row)
+    code: list[str] = []  # statements of the build function
+    consts: list[Any] = []  # keys the code names
+    words: list[str] = []  # values that must be plain strings
+    quoted: list[str] = []  # values that must be single-quoted strings
+    slot = 0  # the next value
+    names = 0
+
+    def const(value: Any) -> str:
+        if type(value) is str:
+            return repr(value)
+        consts.append(value)
+        return f"K[{len(consts) - 1}]"
+
+    def value_of(raw: str, i: int) -> str:
+        """The expression of the value written as raw on row i."""
+        nonlocal slot, names
+        if raw == "{}":
+            names += 1
+            code.append(f"e{names} = M(); e{names}.line = L + {i}; e{names}.key_lines = {{}}")
+            return f"e{names}"
+        if raw == "[]":
+            return "[]"
+        if slot >= len(values) or values[slot] != raw:
+            raise Unfit  # not where the lines have it
+        _scalar(raw, plain)  # the document's own value must be one a place admits
+        group = f"g[{slot}]"
+        slot += 1
+        if strings is not None and not _not_words("\n" + raw) and not strings.typed(raw):
+            words.append(group)
+            return f"S[{group}]"
+        if strings is not None and _QUOTED_LINES.fullmatch(raw):
+            quoted.append(group)
+            return f"{group}[1:-1]"
+        return f"C[{group}]"
+
+    def key_of(raw: str) -> tuple[Any, str]:
+        c = raw[0]
+        if c == "'" or c == '"':
+            if not _QUOTED.fullmatch(raw):
+                raise Unfit
+            text = raw[1:-1].replace("''", "'") if c == "'" else raw[1:-1]
+            return text, text
+        if len(raw) > _SIMPLE_KEY_LIMIT or not _plain_ok(raw) or raw.startswith(("--- ", "... ")):
+            raise Unfit
+        return plain(raw), raw
+
+    def block_map(i: int, col: int, depth: int) -> tuple[str, int]:
+        """The mapping whose first key is on row i at column col: its expression and the row after it."""
+        nonlocal names
+        if depth >= limits.MAX_NESTING:
+            raise Unfit
+        items: list[str] = []
+        key_lines: list[str] = []
+        first = i
+        while True:
+            row = rows[i]
+            key, text = key_of(row[4])
+            key_lines.append(f"{const(text)}: L + {i}")
+            raw = row[5]
+            if raw:
+                value = value_of(raw, i)
+                i += 1
+            else:
+                i += 1
+                value = "None"
+                if i < len(rows):
+                    nxt = rows[i]
+                    indent = len(nxt[2])
+                    if nxt[3]:
+                        if indent >= col:
+                            value, i = block_seq(i, indent, depth + 1)
+                    elif indent > col:
+                        if not nxt[4]:
+                            raise Unfit
+                        value, i = block_map(i, indent, depth + 1)
+            items.append(f"{const(key)}: {value}")
+            if i == len(rows):
+                break
+            nxt = rows[i]
+            indent = len(nxt[2])
+            if indent == col and nxt[4] and not nxt[3]:
+                continue  # the next key
+            if indent < col:
+                break
+            raise Unfit  # deeper after a value, a sequence item here, or a lone value
+        names += 1
+        name = f"m{names}"
+        code.append(f"{name} = M({{{', '.join(items)}}}); {name}.line = L + {first}; "
+                    f"{name}.key_lines = {{{', '.join(key_lines)}}}")
+        return name, i
+
+    def block_seq(i: int, col: int, depth: int) -> tuple[str, int]:
+        """The sequence whose first item is on row i, its dash at column col: its expression and the row after it."""
+        nonlocal names
+        if depth >= limits.MAX_NESTING:
+            raise Unfit
+        items: list[str] = []
+        while True:
+            row = rows[i]
+            if row[4]:
+                value, i = block_map(i, col + len(row[3]), depth + 1)  # the item's mapping starts after the dash
+            else:
+                value = value_of(row[6], i)
+                i += 1
+            items.append(value)
+            if i == len(rows):
+                break
+            nxt = rows[i]
+            indent = len(nxt[2])
+            if indent == col and nxt[3]:
+                continue
+            if indent <= col:
+                break
+            raise Unfit
+        names += 1
+        code.append(f"s{names} = [{', '.join(items)}]")
+        return f"s{names}", i
+
+    first = rows[0]
+    if first[2] or first[3] or not first[4]:
+        raise Unfit  # only a root mapping (a root sequence is left to the line reader)
+    root, end = block_map(0, 0, 0)
+    if end != len(rows) or slot != len(values):
+        raise Unfit
+    checks = [f"if len(g) != {slot}: raise U"]
+    if words:
+        checks.append(f"j = '\\n'.join(('', {', '.join(words)}))")
+        checks.append("if W(j): raise U")
+    if quoted:
+        checks.append(f"if not Q('\\n'.join(({', '.join(quoted)},))): raise U")
+    source = ("def build(g, L, M=M, K=K, C=C, S=S, W=W, Q=Q, U=U):\n"
+              + "".join(f"    {c}\n" for c in checks + code) + f"    return {root}\n")
+    namespace: dict[str, Any] = {"M": mapping, "K": tuple(consts), "C": scalars, "W": _not_words,
+                                 "S": strings, "Q": _QUOTED_LINES.fullmatch, "U": Unfit}
+    exec(compile(source, "<yaml template>", "exec"), namespace)  # names, integers and str literals only
+    build: Callable[[list[str], int], Any] = namespace["build"]
+    return build
+
+
+def _templated(
+    text: str,
+    mapping: Callable[[], Any],
+    plain: Callable[[str], Any],
+    ranges: list[tuple[int, int, int]] | None,
+    plain_text: tuple[str, str | None] | None,
+) -> Iterator[Any]:
+    """`documents` with templates: each range cut at its `---` lines into documents, each read by a
+    template or (runs of them) line by line."""
+    templates = _Templates(mapping, plain, plain_text)
+    for start, stop, line in ranges if ranges is not None else [(0, len(text), 1)]:
+        cuts = [start, *(m.start() + 1 for m in _SEPARATOR.finditer(text, start, stop)), stop]
+        run, run_line = start, line  # the documents not read yet: where they start, their first line
+        at, at_line = start, line  # a line number known
+        for a, b in itertools.pairwise(cuts):
+            if a == b:
+                continue
+            at_line += text.count("\n", at, a)
+            at = a
+            body, body_line = a, at_line
+            if text.startswith("---", a) and text[a + 3 : a + 4] in ("\n", ""):
+                body, body_line = a + 4, at_line + 1
+            if body >= b:
+                continue
+            document, skeleton, values = templates.read(text, body, b, body_line)
+            if document is None and not templates.wanted(skeleton):
+                continue
+            if run < a:
+                yield from _documents(text, mapping, plain, [(run, a, run_line)])
+            run, run_line = b, at_line + text.count("\n", a, b)
+            if document is not None:
+                yield document
+            else:
+                alone = list(_documents(text, mapping, plain, [(a, b, at_line)]))
+                yield from alone
+                read = [d for d in alone if d is not None]
+                if len(read) == 1 and type(read[0]) is not Rest:
+                    templates.make(skeleton, values, text[body:b], body_line, read[0])
+            at, at_line = run, run_line
+        if run < stop:
+            yield from _documents(text, mapping, plain, [(run, stop, run_line)])

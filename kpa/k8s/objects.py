@@ -1461,6 +1461,39 @@ def _plain_scalars() -> Callable[[str], Any]:
     return plain
 
 
+def _typed_plain_scalars() -> tuple[str, str | None] | None:
+    """For blockyaml's templates: an expression that matches a plain scalar's whole text
+    whenever one of the implicit resolvers the loader tries for it (those of its first
+    character, then the wildcard ones) matches it; a scalar it does not match is a string.
+    With it, the first characters that have resolvers (None if there are wildcard ones).
+
+    None if a resolver's expression is not of the form this relies on (anchored at both
+    ends and nowhere else, no flags but verbose and Unicode).
+    """
+    loader = _LineLoader("")
+    by_patterns: dict[tuple[str, ...], list[str]] = {}
+    wildcard: list[str] = []
+    for first, entries in loader.yaml_implicit_resolvers.items():
+        expressions = []
+        for _, regexp in entries:
+            pattern = regexp.pattern
+            if (not isinstance(pattern, str) or not pattern.startswith("^") or not pattern.endswith("$")
+                    or "$" in pattern[1:-1] or regexp.flags & ~(re.X | re.U)):
+                return None
+            expressions.append(("(?x:" if regexp.flags & re.X else "(?:") + pattern[1:-1] + ")")
+        if first is None:
+            wildcard += expressions
+        elif first and expressions:
+            by_patterns.setdefault(tuple(expressions), []).append(first)
+    alternatives = [f"(?=[{''.join(re.escape(c) for c in sorted(firsts))}])(?:{'|'.join(expressions)})"
+                    for expressions, firsts in by_patterns.items()] + wildcard
+    keyed = "".join(c for firsts in by_patterns.values() for c in firsts)
+    return "|".join(alternatives) or "(?!)", None if wildcard else keyed
+
+
+_PLAIN_TEXT = _typed_plain_scalars()
+
+
 def _yaml_documents(text: str, source: str, ranges: list[tuple[int, int, int]] | None = None) -> Iterator[Any]:
     """The documents of a YAML text (with `ranges`, of those parts: see blockyaml.documents)."""
     check_nesting(text, source)
@@ -1469,7 +1502,7 @@ def _yaml_documents(text: str, source: str, ranges: list[tuple[int, int, int]] |
     # loader reads it alone without an error (so it reads it as in the whole text), else
     # with the rest of the text.
     budget = len(text)  # blank lines put before the documents read alone, in all (each costs its line number)
-    for document in blockyaml.documents(text, _LinedDict, _plain_scalars(), ranges):
+    for document in blockyaml.documents(text, _LinedDict, _plain_scalars(), ranges, _PLAIN_TEXT):
         if type(document) is blockyaml.Rest:
             prefix = "\n" * document.line
             budget -= document.line
