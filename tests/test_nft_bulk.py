@@ -292,6 +292,76 @@ def test_skeleton_passes_skip_only_what_cannot_match() -> None:
         assert skeleton_lines(text) == every_pass(text)
 
 
+def test_keys_of_one_line_are_the_whole_texts() -> None:
+    """LineKeys works out a line's skeleton entry alone, when asked: the entry line_keys gives that line
+    from the whole text, for fixtures, mutations and random texts; "" for a line with a placeholder."""
+    from kpa.parse.nft_shapes import LineKeys, line_keys
+
+    rng = random.Random(67)
+    texts = [p.read_text() for p in NFT_FILES]
+    texts += [m for p in NFT_FILES if "kube-proxy" in p.parts for m in _mutations(p.read_text(), rng, 5)]
+    texts += [_text(rng) for _ in range(1500)]
+    words = ["ip", "saddr", "daddr", "tcp", "udp", "sctp", "sport", "dport", "!=", "10.0.0.1", "80", "@s", "jump",
+             "goto", "a", "dnat", "to", "10.0.0.1:80", "update", "{", "}", "\n", "\t", "65536", "#", "handle", "7",
+             ",", '"', "\x85", "\r"]
+    texts += [" ".join(rng.choice(words) for _ in range(rng.randrange(1, 30))) for _ in range(3000)]
+    compared = 0
+    for text in texts:
+        whole = line_keys(text)
+        lines = text.splitlines()
+        keys = LineKeys(lines)
+        assert whole is not None and len(whole.ids) == len(lines)
+        assert [keys.entry(n) for n in range(1, len(lines) + 1)] == [whole.keys[k] for k in whole.ids]
+        compared += len(lines)
+    assert compared > 50000
+    assert LineKeys(["\t\tip saddr 10.0.0.1 jump a\x03"]).entry(1) == ""
+
+
+@pytest.mark.parametrize("followers", [0, 1, 64])
+def test_guessed_shapes_read_the_same_three_ways(followers: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rule read in bulk is tried against the shapes that followed the previous rule's (FOLLOWERS of
+    them), else keyed by its own skeleton: no guess, one, or many (most of them wrong) read the same."""
+    monkeypatch.setattr(nft_text, "FOLLOWERS", followers)
+    rng = random.Random(71)
+    for path in [p for p in NFT_FILES if "kube-proxy" in p.parts]:
+        text = path.read_text()
+        assert_three_ways(text)
+        for mutated in _mutations(text, rng, 3):
+            assert_three_ways(mutated)
+    for _ in range(300):
+        assert_three_ways(_text(rng))
+
+
+def test_a_guess_taken_without_its_match_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A guessed shape must match the rule's own text: a shape whose pattern answers a failed match with
+    the last match it made (a broken guess) reads differently from the eager read, which is noticed."""
+    from kpa.parse import nft_shapes
+
+    analyse = nft_shapes.analyse
+
+    class Stale:
+        def __init__(self, pattern: Any) -> None:
+            self.pattern = pattern
+            self.last: Any = None
+
+        def fullmatch(self, text: str) -> Any:
+            m = self.pattern.fullmatch(text)
+            if m is not None:
+                self.last = m
+            return m or self.last
+
+    def stale(*args: Any) -> Any:
+        shape = analyse(*args)
+        if shape is not None:
+            shape.pattern = Stale(shape.pattern)
+        return shape
+
+    monkeypatch.setattr(nft_shapes, "analyse", stale)
+    with pytest.raises(AssertionError):
+        for path in [p for p in NFT_FILES if "kube-proxy" in p.parts]:
+            assert_three_ways(path.read_text())
+
+
 # -- real nft listings of random clusters (kernel) --------------------------------------
 
 @pytest.mark.kernel

@@ -4,8 +4,9 @@ kube-proxy's nftables mode writes tens of thousands of rules from a few
 patterns that differ only in addresses, ports and hash-named chains (`ip
 saddr 10.244.1.5 jump mark-for-masquerade`, `meta l4proto tcp dnat to
 10.244.1.5:8080`, `numgen random mod 3 vmap { 0 : goto endpoint-..., ... }`).
-`skeleton_lines` replaces such values in the whole text by placeholders, one
-C regex pass per kind. A value becomes a placeholder only where it is
+`skeleton_lines` replaces such values in a text by placeholders, one C regex
+pass per kind (`skeleton_line`, the same for one line, is what a reader asks
+for: only for a rule whose shape it cannot guess). A value becomes a placeholder only where it is
 strictly valid for its position: a dotted quad (octets 0-255) right after
 `ip saddr` / `ip daddr` (optionally `!=`), a port 0-65535 in decimal right
 after `tcp|udp|sctp dport|sport`, an address:port right after `dnat to`, a
@@ -37,12 +38,10 @@ are the same, at the same line, as without skeletons.
 from __future__ import annotations
 
 import re
-import struct
 from array import array
 from typing import Any
 
 from kpa.errors import InputError
-from kpa.forked import ChildJob
 from kpa.netfilter.model import (
     Chain,
     DeferredRule,
@@ -54,7 +53,7 @@ from kpa.netfilter.model import (
     VerdictKind,
 )
 from kpa.parse.nft_common import Builder, PendingRule
-from kpa.parse.shapes import _IPV4, _PORT, FORK_THRESHOLD, Skeletons, _can_fork
+from kpa.parse.shapes import _IPV4, _PORT, Skeletons
 
 ADDR, PORT, CHAIN, NAT, SET = "\x01", "\x02", "\x03", "\x04", "\x05"
 PLACEHOLDERS = ADDR + PORT + CHAIN + NAT + SET
@@ -84,6 +83,9 @@ _PASSES: list[tuple[str, re.Pattern[str], str]] = [
 _GROUPS = {ADDR: f"({_IPV4})", PORT: f"({_PORT})", CHAIN: f"({_NAME})", NAT: f"({_IPV4}:{_PORT})",
            SET: f"(@{_NAME})"}
 _SPLIT = re.compile(f"([{PLACEHOLDERS}])")
+# Shapes a reader tries for a rule before working out its skeleton: the latest that followed a rule of
+# the previous rule's shape (a guess: what is read is what the shape's pattern matches).
+FOLLOWERS = 4
 # At most this many placeholders in one rule (markers are numbered within a byte).
 MAX_PLACEHOLDERS = 200
 
@@ -105,13 +107,40 @@ def skeleton_lines(text: str) -> list[str] | None:
     return text.splitlines()
 
 
+def skeleton_line(line: str) -> str:
+    """skeleton_lines' line for a line of a text without placeholders (no pass reaches past a line break,
+    nor looks behind a line's first character but for a blank, which a line break is not)."""
+    text = line
+    present: dict[str, bool] = {}
+    for literal, pattern, repl in _PASSES:
+        shared = literal.split(" ", 1)[1]
+        found = present.get(shared)
+        if found is None:
+            found = present[shared] = shared in text
+        if found and literal in text:
+            text = pattern.sub(repl, text)
+    return text
+
+
+def _entry(skeleton: str) -> str:
+    """A skeleton line's entry: its handle, a NUL and its key; "" for none."""
+    from kpa.parse.nft_text import _handle
+
+    s = skeleton.strip()
+    if not s or s[-1] in "{,":
+        return ""
+    if "#" in s:
+        handle, key = _handle(s)
+        return f"{'' if handle is None else handle}\x00{key}"
+    return "\x00" + s
+
+
 def line_keys(text: str) -> Skeletons | None:
     """For each line, an index into `keys`: the line's skeleton stripped and without its `# handle N`,
     after the handle and a NUL. Index 0 (no key): an empty line, or one that ends in `{` or `,` (a
     block's head, elements going on: never a rule that a skeleton could be of use to; one that is,
-    oddly written, is read in full). None if the text holds a placeholder already."""
-    from kpa.parse.nft_text import _handle
-
+    oddly written, is read in full). None if the text holds a placeholder already. The whole text's
+    answer, which LineKeys gives a line at a time."""
     lines = skeleton_lines(text)
     if lines is None:
         return None
@@ -119,15 +148,7 @@ def line_keys(text: str) -> Skeletons | None:
     ids = array("i")
     append = ids.append
     for line in lines:
-        s = line.strip()
-        if not s or s[-1] in "{,":
-            append(0)
-            continue
-        if "#" in s:
-            handle, key = _handle(s)
-            entry = f"{'' if handle is None else handle}\x00{key}"
-        else:
-            entry = "\x00" + s
+        entry = _entry(line)
         kid = index.get(entry)
         if kid is None:
             kid = index[entry] = len(index)
@@ -135,40 +156,21 @@ def line_keys(text: str) -> Skeletons | None:
     return Skeletons(list(index), ids)
 
 
-class KeyJob:
-    """`line_keys(text)`, worked out in a forked process for large texts while the parent reads the
-    structure (as kpa.parse.shapes.SkeletonJob does for iptables). Any failure of the child (or no fork)
-    falls back to working it out in-process: same result, only slower."""
+class LineKeys:
+    """The entry of line_keys for one line (by number) of a text, worked out when asked: its handle, a
+    NUL and its key, or "" for none (also for a line that holds a placeholder already). Rules of a shape
+    already known need none (kpa.parse.nft_text.ChainBatch guesses theirs), so most lines never ask."""
 
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self._job: ChildJob | None = None
-        self._done = False
-        self._result: Skeletons | None = None
-        if len(text) >= FORK_THRESHOLD and _can_fork() and not any(c in text for c in PLACEHOLDERS):
-            self._job = ChildJob(self._child)
+    __slots__ = ("lines",)
 
-    def _child(self) -> list[bytes] | None:
-        keys = line_keys(self.text)  # what it sends is checked by the parent (one id per line)
-        return None if keys is None else [keys.to_bytes()]
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
 
-    def result(self) -> Skeletons | None:
-        if not self._done:
-            self._done = True
-            got: Skeletons | None = None
-            data = self._job.collect() if self._job is not None else None
-            if data is not None:
-                try:
-                    got = Skeletons.from_bytes(data)
-                except (ValueError, struct.error):
-                    got = None
-            self._result = got if got is not None else line_keys(self.text)
-        return self._result
-
-    def close(self) -> None:
-        """Stop the child if its result was never needed (the read failed first)."""
-        if self._job is not None:
-            self._job.stop()
+    def entry(self, lineno: int) -> str:
+        line = self.lines[lineno - 1]
+        if any(c in line for c in PLACEHOLDERS):
+            return ""
+        return _entry(skeleton_line(line))
 
 
 def _marker(kind: str, i: int) -> str:
@@ -195,7 +197,7 @@ def _leaves(kind: str, value: str) -> list[str | int]:
 class NftShape(RuleShape):
     """An accepted skeleton: its pattern, and its chain references (literal, or a value's group)."""
 
-    __slots__ = ("lookups", "pattern", "refs", "static", "updates")
+    __slots__ = ("lookups", "one", "pattern", "plain", "refs", "static", "updates")
 
     def __init__(self, rule: Rule, pattern: re.Pattern[str], refs: tuple[tuple[VerdictKind, str, int], ...],
                  lookups: tuple[int, ...], updates: tuple[tuple[str, int], ...]) -> None:
@@ -208,11 +210,19 @@ class NftShape(RuleShape):
         # The references when no value names a chain.
         self.static: tuple[tuple[VerdictKind, str], ...] | None = (
             tuple((k, n) for k, n, _ in refs) if all(g < 0 for _, _, g in refs) else None)
+        # The one reference, to a value's chain: its kind and group.
+        self.one: tuple[VerdictKind, int] | None = (refs[0][0], refs[0][2]) if len(refs) == 1 and refs[0][2] > 0 \
+            else None
+        # Nothing to check but the pattern, nothing to record but the rule (defer_text's common case).
+        self.plain = not lookups and not updates
 
     def refs_of(self, m: re.Match[str]) -> tuple[tuple[VerdictKind, str], ...]:
         if self.static is not None:
             return self.static
-        return tuple((k, m.group(g) if g > 0 else n) for k, n, g in self.refs)
+        one = self.one
+        if one is not None:
+            return ((one[0], m.group(one[1])),)
+        return tuple([(k, m.group(g) if g > 0 else n) for k, n, g in self.refs])
 
 
 # What a skeleton not seen yet maps to (beside its shape, or None once rejected).

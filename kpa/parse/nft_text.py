@@ -16,10 +16,10 @@ from typing import Any
 from kpa.errors import InputError
 from kpa.ext.nft.base import UnmodelledKey, ValueError_, parse_value
 from kpa.ext.nft.verdict import verdict_value
-from kpa.netfilter.model import Chain, Location, NamedSet, Ruleset, Table
+from kpa.netfilter.model import Chain, LazyNftRule, Location, NamedSet, Ruleset, Table
 from kpa.netfilter.protocols import BadNumber, c_uint
 from kpa.parse.nft_common import KEYED, VERDICTS, Builder, PendingRule, clip
-from kpa.parse.nft_shapes import KeyJob, defer_text, text_source
+from kpa.parse.nft_shapes import FOLLOWERS, MISSING, LineKeys, NftShape, defer_text, text_source
 
 # A line that opens a table, chain, set or other named block: never part of a rule.
 BLOCK_START = re.compile(r"(?:table|chain|set|map|flowtable|counter|quota|limit|ct\s+\S+|secmark|synproxy)\s+"
@@ -881,8 +881,8 @@ class ChainBatch:
 
     def settle(self, b: Builder) -> None:
         reader, table = self.reader, self.table
-        keys = reader._keys.result() if reader._keys is not None else None
-        if keys is None or len(keys.ids) != len(reader._physical):
+        keys = reader._keys
+        if keys is None:
             for name, line, texts in self.chains:
                 for lineno, text in enumerate(texts, line):
                     b._build_rule(PendingRule(table, name, lineno, None, text))  # as TextReader._key: no key
@@ -890,25 +890,58 @@ class ChainBatch:
         shapes = b._shapes
         tid = id(table)
         source = text_source(b, table)
-        ids, entries = keys.ids, keys.keys
-        # By key index: the table's accepted shape of that skeleton, once known.
-        known = reader._known.setdefault(tid, {})
+        tname = table.name
+        # By the shape of a rule (None: one read in full): the shapes of the rules that followed one, the
+        # latest first. A rule that fits one of them is deferred as its own skeleton's shape would defer
+        # it (a text that fits a shape's pattern has that shape's skeleton); any other rule is keyed.
+        follow = reader._follow.setdefault(tid, {})
+        prev: NftShape | None = reader._prev.get(tid)
         for name, line, texts in self.chains:
             chain = table.chains.get(name)
+            rules = chain.rules if chain is not None else None
             for lineno, text in enumerate(texts, line):
-                kid = ids[lineno - 1]
-                shape = known.get(kid)
-                if shape is not None and chain is not None \
-                        and defer_text(b, table, chain, text, lineno, None, shape, source):
-                    continue
-                handle, _, key = entries[kid].partition("\x00")
+                if rules is not None:
+                    guesses = follow.get(prev)
+                    if guesses:
+                        for shape in guesses:
+                            m = shape.pattern.fullmatch(text)
+                            if m is not None:
+                                break
+                        else:
+                            m = None
+                        if m is not None:
+                            if shape is not guesses[0]:
+                                guesses.remove(shape)
+                                guesses.insert(0, shape)
+                            if shape.plain:
+                                # defer_text for a shape with nothing to check but its pattern (a rule in bulk
+                                # has no handle), without the call.
+                                rules.append(LazyNftRule(tname, name, len(rules) + 1, text, lineno, source, shape,
+                                                         shape.static if shape.static is not None
+                                                         else shape.refs_of(m)))
+                                prev = shape
+                                continue
+                            assert chain is not None
+                            if defer_text(b, table, chain, text, lineno, None, shape, source):
+                                prev = shape
+                                continue
+                handle, _, key = keys.entry(lineno).partition("\x00")
                 if handle or not key:
                     b._build_rule(PendingRule(table, name, lineno, None, text))
+                    prev = None
+                    continue
+                known = shapes.get((tid, key), MISSING)
+                if known is not MISSING and known is not None and chain is not None \
+                        and defer_text(b, table, chain, text, lineno, None, known, source):
+                    guesses = follow.setdefault(prev, [])
+                    guesses.insert(0, known)
+                    del guesses[FOLLOWERS:]
+                    prev = known
                     continue
                 b.settle_keyed(PendingRule(table, name, lineno, None, text, None, None, key))
-                shape = shapes.get((tid, key))
-                if shape is not None:
-                    known[kid] = shape
+                got = shapes.get((tid, key))
+                prev = got if isinstance(got, NftShape) else None
+        reader._prev[tid] = prev
 
 
 class TextReader:
@@ -925,9 +958,10 @@ class TextReader:
         self.bulk = bulk
         self._text = ""
         self._physical: list[str] = []
-        self._keys: KeyJob | None = None
-        # ChainBatch's: by id(table), skeleton index -> accepted shape.
-        self._known: dict[int, dict[int, Any]] = {}
+        self._keys: LineKeys | None = None
+        # ChainBatch's, by id(table): the shapes that followed each shape, and the shape of the last rule.
+        self._follow: dict[int, dict[NftShape | None, list[NftShape]]] = {}
+        self._prev: dict[int, NftShape | None] = {}
 
     def _statements(self, line: str, lineno: int) -> list[dict[str, Any]]:
         stmts = RuleParser(tokenize(line, self.file, lineno)).statements()
@@ -946,14 +980,10 @@ class TextReader:
         self._lines = len(physical)
         self._text = text
         if self.shapes:
-            # Rule skeletons are worked out while the structure is read (in a second process for large texts).
-            self._physical, self._keys = physical, KeyJob(text)
+            # Rule skeletons, worked out for a line when asked.
+            self._physical, self._keys = physical, LineKeys(physical)
             self.b.key_of = self._key
-        try:
-            return self._parse(physical)
-        finally:
-            if self._keys is not None:
-                self._keys.close()
+        return self._parse(physical)
 
     def _parse(self, physical: list[str]) -> Ruleset:
         bulk: dict[int, re.Match[str]] = {}
@@ -1238,11 +1268,10 @@ class TextReader:
 
     def _key(self, p: PendingRule) -> str | None:
         """The skeleton of a rule given on one line of its own (kpa.parse.nft_shapes.line_keys); else None."""
-        keys = self._keys.result() if self._keys is not None else None
         lineno = p.line or 0
-        if keys is None or len(keys.ids) != len(self._physical) or not 0 < lineno <= len(keys.ids):
+        if self._keys is None or not 0 < lineno <= len(self._physical):
             return None
-        handle, _, key = keys.keys[keys.ids[lineno - 1]].partition("\x00")
+        handle, _, key = self._keys.entry(lineno).partition("\x00")
         return (key or None) if handle == ("" if p.handle is None else str(p.handle)) else None
 
     def _rule(self, table: Table, chain: str, line: str, lineno: int, handle: int | None,
