@@ -330,6 +330,92 @@ def test_broken_shortcuts_are_caught(monkeypatch: pytest.MonkeyPatch) -> None:
             assert missed > 0, repr(kind)
 
 
+def _sets(text: str) -> tuple[Any, ...]:
+    try:
+        rs = parse_nft_json(text, "rules.json")
+    except InputError as exc:
+        return ("error", str(exc))
+    return ("ok", [(t.name, name, ns.name, ns.key_types, ns.elements, ns.values, sorted(ns.flags), str(ns.location),
+                    ns.dynamic, ns.comments, [type(v).__name__ for v in ns.values or []])
+                   for t in rs.tables for name, ns in t.sets.items()], sorted(rs.warnings), check_view(rs))
+
+
+def _random_set(rng: random.Random) -> dict[str, Any]:
+    """A set or verdict map object with elements of the forms nft lists and near misses of them."""
+    types = rng.choice([["ipv4_addr"], ["ipv4_addr", "inet_proto", "inet_service"], ["inet_service"], ["ifname"],
+                        ["ipv4_addr", "inet_service"], ["mark"]])
+    values: dict[str, list[Any]] = {
+        "ipv4_addr": ["10.0.0.1", "10.0.0.2", "10.0.0.0/8"], "inet_proto": ["tcp", "udp", "6", 17],
+        "inet_service": ["53", "80", "http", "1-9", 53, 8080], "ifname": ["eth0", "lo"], "mark": ["0x1", "7", 7]}
+    odd: dict[str, list[Any]] = {
+        "ipv4_addr": ["10.0.0.300", "010.0.0.1", "1.2.3.9-1.2.3.4", 167772161], "inet_proto": ["nope", 300],
+        "inet_service": ["70000", 70000, True, -1, 80.0], "ifname": ["", 3], "mark": ["-1", False]}
+    is_map = rng.random() < 0.6
+
+    def key() -> Any:
+        parts: list[Any] = [rng.choice(odd[t] if rng.random() < 0.02 else values[t]) for t in types]
+        if rng.random() < 0.03:
+            parts[rng.randrange(len(parts))] = rng.choice([5, None, ["x"], {"prefix": {"addr": "10.0.0.0", "len": 8}}])
+        if rng.random() < 0.02:
+            parts = parts[:-1] or ["x", "y"]
+        k: Any = parts[0] if len(parts) == 1 and rng.random() < 0.8 else {"concat": parts}
+        form = rng.random()
+        if form < 0.03:
+            k = "*"
+        elif form < 0.08:
+            k = {"elem": {"val": k, "comment": "c"}}
+        elif form < 0.09:
+            k = {"concat": parts, "x": 1}
+        return k
+
+    elems: list[Any] = []
+    for _ in range(rng.randrange(0, 7)):
+        if not is_map:
+            elems.append(key())
+            continue
+        value = rng.choice([{"goto": {"target": "c"}}, {"jump": {"target": "b"}}, {"accept": None}, {"drop": None}])
+        if rng.random() < 0.05:
+            value = rng.choice([{"goto": {"target": 5}}, {"goto": "c"}, {"jump": {"target": "c", "x": 1}}, "accept",
+                                {"goto": {}}, {"goto": {"target": "c"}, "x": 1}, {"return": None}, {"nope": None},
+                                {"nope": {"target": "c"}}, {"accept": {"target": "c"}}])
+        elem: Any = [key(), value]
+        if rng.random() < 0.04:
+            elem = rng.choice([[key()], key(), [key(), value, value]])
+        elems.append(elem)
+    body: dict[str, Any] = {"family": "ip", "name": "s", "table": "t", "handle": 3,
+                            "type": " . ".join(types) if rng.random() < 0.5 or len(types) == 1 else types,
+                            "elem": elems}
+    if is_map:
+        body["map"] = "verdict"
+    if rng.random() < 0.3:
+        body["flags"] = rng.choice([["interval"], ["dynamic", "timeout"], "constant"])
+    return {"map" if is_map else "set": body}
+
+
+def test_sets_of_plain_forms_read_as_the_general_branch_reads_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Builder.set reads plain elements (a string key; a verdict map's string or concatenated key and a jump
+    or goto) without its general branch: the same sets, check view and errors as with every element through
+    it (PLAIN_SETS=False), for the fixtures and random sets and maps with odd elements."""
+    from kpa.parse import nft_common
+
+    rng = random.Random(73)
+    texts = [p.read_text() for p in JSON_FILES]
+    head = [{"table": {"family": "ip", "name": "t", "handle": 1}}]
+    chains = [{"chain": {"family": "ip", "table": "t", "name": n, "handle": 9}} for n in ("a", "b", "c")]
+    rules = [{"rule": {"family": "ip", "table": "t", "chain": "a", "handle": 10, "expr": [
+        {"vmap": {"key": {"payload": {"protocol": "ip", "field": "daddr"}}, "data": "@s"}}]}}]
+    for _ in range(1500):
+        texts.append(json.dumps({"nftables": [*head, _random_set(rng), *chains, *rules]}))
+    outcomes = {"ok": 0, "error": 0}
+    for text in texts:
+        got = _sets(text)
+        with monkeypatch.context() as m:
+            m.setattr(nft_common, "PLAIN_SETS", False)
+            assert _sets(text) == got
+        outcomes[got[0]] += 1
+    assert outcomes["ok"] > 400 and outcomes["error"] > 200, outcomes
+
+
 # -- real nft listings of random clusters (kernel) --------------------------------------
 
 @pytest.mark.kernel

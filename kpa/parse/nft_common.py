@@ -74,6 +74,11 @@ DTYPE_BITS = {"ipv4_addr": 32, "ipv6_addr": 128, "inet_service": 16, "inet_proto
               "integer": 32, "icmp_type": 8, "icmpv6_type": 8}
 
 
+# Builder.set reads the elements of the forms nft lists most without its general branch (False: every
+# element through it; the same sets, slower).
+PLAIN_SETS = True
+
+
 def _is_catch_all(raw: Any) -> bool:
     if isinstance(raw, dict) and "elem" in raw and isinstance(raw["elem"], dict):
         raw = raw["elem"].get("val")
@@ -359,7 +364,49 @@ class Builder:
             raise Malformed(f"expected the elements as a list, found {fmt(elems)!r}")
         catch_all: tuple[Element, Any, str | None] | None = None
         comments: list[str | None] = []
+        cache = self._values
+        elements, values = ns.elements, ns.values
+        n = len(key_types)
+        single = key_types[0] if n == 1 else None
+        verdicts = data == "verdict"
+        plain = PLAIN_SETS
         for item in elems:
+            # The forms nft lists most, read here as the general branch below reads them: a plain key of one
+            # string in a set; in a verdict map, a key of strings and numbers (one, or concatenated) and a jump or goto to a
+            # named chain. No comment, no catch-all; values as element() makes them, in the same order.
+            if not plain:
+                pass
+            elif data is None:
+                if single is not None and type(item) is str and item != "*":
+                    value = cache.get((single, item))
+                    if value is None:
+                        value = cache[(single, item)] = parse_value(single, item)
+                    elements.append((value,))
+                    comments.append(None)
+                    continue
+            elif verdicts and type(item) is list and len(item) == 2:
+                raw_key, raw_value = item
+                parts = [raw_key] if type(raw_key) is str and raw_key != "*" else raw_key.get("concat") \
+                    if type(raw_key) is dict and len(raw_key) == 1 else None
+                if type(raw_value) is dict and len(raw_value) == 1 and type(parts) is list and len(parts) == n:
+                    (kind, body), = raw_value.items()
+                    target = body.get("target") if kind in ("jump", "goto") and type(body) is dict else None
+                    if type(target) is str and all(type(p) is str or type(p) is int for p in parts):
+                        verdict = verdict_value(kind, target)
+                        key: list[Value] = []
+                        for t, p in zip(key_types, parts, strict=True):
+                            if type(p) is str:
+                                value = cache.get((t, p))
+                                if value is None:
+                                    value = cache[(t, p)] = parse_value(t, p)
+                            else:
+                                value = parse_value(t, p)
+                            key.append(value)
+                        elements.append(tuple(key))
+                        comments.append(None)
+                        assert values is not None
+                        values.append(verdict)
+                        continue
             first = item[0] if isinstance(item, list) and item else item
             said = first["elem"].get("comment") if isinstance(first, dict) and isinstance(first.get("elem"), dict) else None
             comment = str(said) if said is not None else None
