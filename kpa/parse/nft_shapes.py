@@ -62,16 +62,33 @@ _NAME = r"[A-Za-z0-9_][A-Za-z0-9_./:-]*"
 _AFTER = r"(?=[ \n]|\Z)"
 
 
-def _pass(context: str, value: str, after: str, placeholder: str) -> tuple[str, re.Pattern[str], str]:
+class _Pattern:
+    """A pattern compiled when first used: the JSON reader, and a text whose rules all fit a shape already
+    known, never run most passes (compiling them all takes ~10 ms)."""
+
+    __slots__ = ("compiled", "pattern")
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self.compiled: re.Pattern[str] | None = None
+
+    def sub(self, repl: str, text: str) -> str:
+        compiled = self.compiled
+        if compiled is None:
+            compiled = self.compiled = re.compile(self.pattern)
+        return compiled.sub(repl, text)
+
+
+def _pass(context: str, value: str, after: str, placeholder: str) -> tuple[str, _Pattern, str]:
     """Replace `value` right after `context` (itself after a blank) by `placeholder`. The pattern opens
     with the context's first word so that the regex engine can search for it; the replacement is
     literal (no group to expand per match)."""
     word, rest = context.split(" ", 1)
-    return (context, re.compile(f"{re.escape(word)}(?<=[\t ]{re.escape(word)}) {re.escape(rest)}{value}{after}"),
+    return (context, _Pattern(f"{re.escape(word)}(?<=[\t ]{re.escape(word)}) {re.escape(rest)}{value}{after}"),
             context + placeholder)
 
 
-_PASSES: list[tuple[str, re.Pattern[str], str]] = [
+_PASSES: list[tuple[str, _Pattern, str]] = [
     *(_pass(f"ip {f}addr {op}", v, _AFTER, ph) for f in "sd" for op in ("", "!= ")
       for v, ph in ((_IPV4, ADDR), (f"@{_NAME}", SET))),
     *(_pass(f"{proto} {f}port {op}", _PORT, _AFTER, PORT) for proto in ("tcp", "udp", "sctp") for f in "sd"
