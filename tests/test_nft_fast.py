@@ -61,12 +61,30 @@ def test_dotted_quads_read_as_ipaddress_reads_them() -> None:
         parts = [rng.choice([str(rng.randrange(256)), str(rng.randrange(1000)), "0" + str(rng.randrange(10)), "",
                              "a"]) if rng.random() < 0.1 else str(rng.randrange(256)) for _ in range(4)]
         samples.append(".".join(parts))
+    samples += ["1.2.3.4 x", "1.2.3.4\n", "1.2.3.4\t5", "1.2.3.4\x00", "0177.0.0.1", "0x7f.1", "127.1", "1",
+                "4294967295", "1.2.3.4.", ".1.2.3.4", "1.2.3.4\x0b", "10.0.0.1\u00a0", "\u0661\u0662.1.1.1", "1.2.3.\uff14"]
+    for _ in range(20000):
+        samples.append("".join(rng.choice("0123456789.. x\t\n\x00x\u0661") for _ in range(rng.randrange(0, 17))))
+
+    def by_parts(text: str) -> int | None:
+        """Four decimal parts of ASCII digits 0-255 without leading zeros."""
+        parts = text.split(".")
+        if len(parts) != 4:
+            return None
+        value = 0
+        for p in parts:
+            if not (p.isascii() and p.isdigit() and (p == "0" or p[0] != "0")) or int(p) > 255:
+                return None
+            value = value << 8 | int(p)
+        return value
+
     for text in samples:
         try:
             expected: int | None = int(ipaddress.IPv4Address(text))
         except ValueError:
             expected = None
         assert _dotted_quad(text) in (expected, None)
+        assert _dotted_quad(text) == by_parts(text), repr(text)
         if expected is not None and str(ipaddress.IPv4Address(text)) == text:
             assert _dotted_quad(text) == expected  # every canonical spelling takes the fast path
 

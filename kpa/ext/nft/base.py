@@ -12,6 +12,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from socket import inet_aton as _inet_aton
+from socket import inet_ntoa as _inet_ntoa
 from typing import Any
 
 from kpa.ext.base import Cond, FnCond, Match, Split, conjunction
@@ -228,19 +230,14 @@ def _network(dtype: str, text: str) -> IntSet:
 
 
 def _dotted_quad(text: str) -> int | None:
-    """A canonical dotted quad (what nft prints) as an integer; None for anything else."""
-    parts = text.split(".")
-    if len(parts) != 4:
+    """A canonical dotted quad (what nft prints) as an integer; None for anything else. The C parser takes
+    more spellings than that (octal, hex, fewer parts, anything after a blank), so only a text that is what
+    the C formatter writes back for its address is one."""
+    try:
+        packed = _inet_aton(text)
+    except (OSError, ValueError, UnicodeError):
         return None
-    value = 0
-    for p in parts:
-        if not (p.isascii() and p.isdigit() and (p == "0" or p[0] != "0")):
-            return None
-        n = int(p)
-        if n > 255:
-            return None
-        value = value << 8 | n
-    return value
+    return int.from_bytes(packed, "big") if _inet_ntoa(packed) == text else None
 
 
 def _scalar(dtype: str, text: str) -> int:
