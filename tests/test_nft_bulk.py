@@ -317,6 +317,42 @@ def test_keys_of_one_line_are_the_whole_texts() -> None:
     assert LineKeys(["\t\tip saddr 10.0.0.1 jump a\x03"]).entry(1) == ""
 
 
+@pytest.mark.parametrize("child", ["answers", "garbage"])
+def test_texts_read_line_by_line_get_their_keys_from_a_child(child: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large text mostly outside chain blocks in bulk form (here: every rule with its `# handle N`, as
+    `nft -a` lists them) has every line's skeleton worked out at once by a forked child (KeyJob): the same
+    reading three ways, the same entries as LineKeys, and with a child that answers garbage too."""
+    from kpa.parse import nft_shapes
+
+    monkeypatch.setattr(nft_shapes, "FORK_THRESHOLD", 0)
+    if child == "garbage":
+        monkeypatch.setattr(nft_shapes.KeyJob, "_child", lambda self: [b"\xff" * 9])
+    jobs: list[Any] = []
+    init = nft_shapes.KeyJob.__init__
+
+    def spy(self: Any, *args: Any) -> None:
+        init(self, *args)
+        jobs.append(self)
+
+    monkeypatch.setattr(nft_shapes.KeyJob, "__init__", spy)
+    answered = read = 0
+    for path in [p for p in NFT_FILES if "kube-proxy" in p.parts]:
+        handle = iter(range(1000, 10**6))
+        text = "".join(line + f" # handle {next(handle)}\n" if line.startswith("\t\t") and not line.rstrip().endswith(
+            ("{", ",")) else line + "\n" for line in path.read_text().splitlines())
+        jobs.clear()
+        if assert_three_ways(text) != "ok":
+            continue  # a handle inside a rule over several lines
+        read += 1
+        assert jobs, path
+        lines = text.splitlines()
+        keys = nft_shapes.LineKeys(lines)
+        assert all(job.entry(n) == keys.entry(n) for job in jobs for n in range(1, len(lines) + 1))
+        answered += any(job._result is not None for job in jobs)
+    assert read >= 5
+    assert answered == (read if child == "answers" else 0)
+
+
 @pytest.mark.parametrize("followers", [0, 1, 64])
 def test_guessed_shapes_read_the_same_three_ways(followers: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """A rule read in bulk is tried against the shapes that followed the previous rule's (FOLLOWERS of

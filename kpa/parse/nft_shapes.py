@@ -38,10 +38,12 @@ are the same, at the same line, as without skeletons.
 from __future__ import annotations
 
 import re
+import struct
 from array import array
 from typing import Any
 
 from kpa.errors import InputError
+from kpa.forked import ChildJob
 from kpa.netfilter.model import (
     Chain,
     DeferredRule,
@@ -53,7 +55,7 @@ from kpa.netfilter.model import (
     VerdictKind,
 )
 from kpa.parse.nft_common import Builder, PendingRule
-from kpa.parse.shapes import _IPV4, _PORT, Skeletons
+from kpa.parse.shapes import _IPV4, _PORT, FORK_THRESHOLD, Skeletons, _can_fork
 
 ADDR, PORT, CHAIN, NAT, SET = "\x01", "\x02", "\x03", "\x04", "\x05"
 PLACEHOLDERS = ADDR + PORT + CHAIN + NAT + SET
@@ -188,6 +190,49 @@ class LineKeys:
         if any(c in line for c in PLACEHOLDERS):
             return ""
         return _entry(skeleton_line(line))
+
+
+class KeyJob:
+    """LineKeys' entries of a large text, worked out for every line at once in a forked child while the
+    parent reads the structure (as kpa.parse.shapes.SkeletonJob does for iptables): for a text whose rules
+    are mostly read line by line (with handles, say), where guesses do not apply and most lines would ask.
+    The child's answer is checked (one entry per line); any failure of the child: LineKeys, the same
+    entries a line at a time."""
+
+    def __init__(self, text: str, lines: list[str]) -> None:
+        self.text = text
+        self.lines = LineKeys(lines)
+        self._done = False
+        self._result: Skeletons | None = None
+        self._job: ChildJob | None = ChildJob(self._child)
+
+    @staticmethod
+    def wanted(text: str) -> bool:
+        """Whether a child may work the entries out: a large text without placeholders, and a fork."""
+        return len(text) >= FORK_THRESHOLD and _can_fork() and not any(c in text for c in PLACEHOLDERS)
+
+    def _child(self) -> list[bytes] | None:
+        keys = line_keys(self.text)
+        return None if keys is None else [keys.to_bytes()]
+
+    def entry(self, lineno: int) -> str:
+        if not self._done:
+            self._done = True
+            data = self._job.collect() if self._job is not None else None
+            if data is not None:
+                try:
+                    sent = Skeletons.from_bytes(data)
+                    if len(sent.ids) == len(self.lines.lines):
+                        self._result = sent
+                except (ValueError, struct.error):
+                    pass
+        got = self._result
+        return got.keys[got.ids[lineno - 1]] if got is not None else self.lines.entry(lineno)
+
+    def close(self) -> None:
+        """Stop the child if its answer was never needed (the read failed first)."""
+        if self._job is not None:
+            self._job.stop()
 
 
 def _marker(kind: str, i: int) -> str:

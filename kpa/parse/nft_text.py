@@ -19,7 +19,15 @@ from kpa.ext.nft.verdict import verdict_value
 from kpa.netfilter.model import Chain, LazyNftRule, Location, NamedSet, Ruleset, Table
 from kpa.netfilter.protocols import BadNumber, c_uint
 from kpa.parse.nft_common import KEYED, VERDICTS, Builder, PendingRule, clip
-from kpa.parse.nft_shapes import FOLLOWERS, MISSING, LineKeys, NftShape, defer_text, text_source
+from kpa.parse.nft_shapes import (
+    FOLLOWERS,
+    MISSING,
+    KeyJob,
+    LineKeys,
+    NftShape,
+    defer_text,
+    text_source,
+)
 
 # A line that opens a table, chain, set or other named block: never part of a rule.
 BLOCK_START = re.compile(r"(?:table|chain|set|map|flowtable|counter|quota|limit|ct\s+\S+|secmark|synproxy)\s+"
@@ -958,7 +966,7 @@ class TextReader:
         self.bulk = bulk
         self._text = ""
         self._physical: list[str] = []
-        self._keys: LineKeys | None = None
+        self._keys: LineKeys | KeyJob | None = None
         # ChainBatch's, by id(table): the shapes that followed each shape, and the shape of the last rule.
         self._follow: dict[int, dict[NftShape | None, list[NftShape]]] = {}
         self._prev: dict[int, NftShape | None] = {}
@@ -983,7 +991,11 @@ class TextReader:
             # Rule skeletons, worked out for a line when asked.
             self._physical, self._keys = physical, LineKeys(physical)
             self.b.key_of = self._key
-        return self._parse(physical)
+        try:
+            return self._parse(physical)
+        finally:
+            if isinstance(self._keys, KeyJob):
+                self._keys.close()
 
     def _parse(self, physical: list[str]) -> Ruleset:
         bulk: dict[int, re.Match[str]] = {}
@@ -995,6 +1007,11 @@ class TextReader:
                 bulk = chain_blocks(self._text)
         else:
             lines, self._no = split_statements_by_line(physical)
+        if self._keys is not None and KeyJob.wanted(text) \
+                and sum(m.end() - m.start() for m in bulk.values()) < len(text) // 2:
+            # Most rules are read line by line (not in bulk, where guesses spare most lines a skeleton):
+            # every line's skeleton at once, in a second process, while the structure is read.
+            self._keys = KeyJob(text, physical)
         i = 0
         table: Table | None = None
         table_line = 0
