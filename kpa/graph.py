@@ -100,10 +100,7 @@ def chain_problems(rs: Ruleset) -> GraphProblems:
             group_base[name] = c.hook is not None
             rules = c.rules
             if rules:
-                targets: list[str] = []
-                for r in rules:
-                    for _, target in r.chain_refs():
-                        targets.append(target)
+                targets = [target for r in rules for _, target in r.chain_refs()]
                 if targets:
                     own[name] = targets
                     if name in group_succ:

@@ -265,6 +265,15 @@ def _text_entry(rule: LazyRule, target: str, version: int) -> tuple[str | None, 
     return m.group(3) or None, m.group(2).upper(), m.group(1), port
 
 
+# kube-proxy's jump from a Service chain to an endpoint chain, in the spellings iptables-save
+# prints whose meaning needs no parser: an optional quoted comment without escapes, an optional
+# random statistic match, and the jump (a word of the text, so the very target the parser reads).
+_SEP_JUMP_RE = re.compile(
+    r'-A [^\s"\'\\]+(?: -m comment --comment "[^"\\]*")?'
+    r"(?: -m statistic --mode random --probability ([0-9.]+))? -j (KUBE-SEP-[^\s\"'\\]+)")
+_ONE = Fraction(1)
+
+
 def endpoint_split(chain: Chain) -> list[tuple[Rule, str, Fraction]]:
     """The jumps to endpoint chains with the exact share of traffic each gets."""
     out: list[tuple[Rule, str, Fraction]] = []
@@ -273,11 +282,20 @@ def endpoint_split(chain: Chain) -> list[tuple[Rule, str, Fraction]]:
     rem_n, rem_e = 1, 0
     remaining: Fraction | None = None
     for r in chain.rules:
-        target = _jump(r)
-        if target is None or not target.startswith("KUBE-SEP-"):
-            continue
         p: Fraction | None = None
-        if isinstance(r, LazyRule):
+        if type(r) is LazyRule and "\\" not in r.text:
+            text = r.text
+            if "KUBE-SEP-" not in text:
+                continue  # its targets are words of its text: it jumps to no endpoint chain
+            m = _SEP_JUMP_RE.fullmatch(text)
+            if m is not None:
+                target = m.group(2)
+                p = _probability(m.group(1)) if m.group(1) is not None else _ONE
+        if p is None:
+            target = _jump(r)  # type: ignore[assignment]
+            if target is None or not target.startswith("KUBE-SEP-"):
+                continue
+        if p is None and isinstance(r, LazyRule):
             if is_affinity_check(r):
                 continue  # session-affinity shortcuts apply only to returning clients
             p = _text_share(r)
@@ -335,10 +353,25 @@ def _text_dnat(rule: Rule, version: int) -> tuple[int | str, int | None] | None:
         return None
 
 
+# The same target as `_DNAT_TAIL[4]` where the text is already what `dnat_target` prints: a
+# canonical IPv4 address and a port in 0-65535 without leading zeros.
+_V4_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+_DNAT_V4_PRINTED = re.compile(
+    rf" -j DNAT --to-destination ((?:{_V4_OCTET}\.){{3}}{_V4_OCTET}"
+    r":(?:[1-9]\d{0,3}|[1-5]\d{4}|6[0-4]\d{3}|65[0-4]\d\d|655[0-2]\d|6553[0-5]|0))")
+
+
 def dnat_target(chain: Chain | None, version: int) -> str | None:
     if chain is None:
         return None
     for r in chain.rules:
+        if version == 4 and type(r) is LazyRule:
+            text = r.text
+            if "DNAT" not in text:
+                continue  # a DNAT target is written `-j DNAT`
+            m = _DNAT_V4_PRINTED.fullmatch(text, text.rfind(" -j "))
+            if m is not None:
+                return m.group(1)
         found = _text_dnat(r, version) if isinstance(r, LazyRule) else None
         if found is _NO_DNAT:
             continue

@@ -141,7 +141,8 @@ def rules_ahead(ruleset: Ruleset) -> RulesAhead:
     for pc in side.collected.ports.values() if side.collected is not None else ():
         for refs in (pc.actual.cluster, pc.actual.local) if pc.actual is not None else ():
             probs = [r.probability for r in refs]
-            if refs and None not in probs and _even_enough(probs, len(refs)):  # type: ignore[arg-type]
+            # By identity: `None in probs` would ask each Fraction whether it equals None.
+            if refs and all(p is not None for p in probs) and _even_enough(probs, len(refs)):  # type: ignore[arg-type]
                 even[id(refs)] = refs
     return RulesAhead(ruleset, side, list(_rule_problems(ruleset)), even)
 
