@@ -27,6 +27,7 @@ from kpa.k8s.correlate import (
     Correlation,
     EndpointRef,
     Expected,
+    ObjectsSide,
     PortCorrelation,
     RulesSide,
     UnmappedChain,
@@ -148,14 +149,15 @@ def rules_ahead(ruleset: Ruleset) -> RulesAhead:
 
 
 def lint(ruleset: Ruleset, objects: ClusterObjects, node_name: str | None,
-         ahead: RulesAhead | None = None) -> list[Finding]:
+         ahead: RulesAhead | None = None, objects_ahead: ObjectsSide | None = None) -> list[Finding]:
     """All findings for one node's ruleset against the cluster objects, most severe first.
 
-    ``ahead``: `rules_ahead(ruleset)`, worked out before the objects were at hand.
+    ``ahead``: `rules_ahead(ruleset)`, worked out before the objects were at hand;
+    ``objects_ahead``: `objects_side(objects, node_name)`, worked out where they were read.
     """
     if ahead is not None and ahead.ruleset is not ruleset:
         ahead = None
-    corr = correlate(ruleset, objects, node_name, ahead.side if ahead is not None else None)
+    corr = correlate(ruleset, objects, node_name, ahead.side if ahead is not None else None, objects_ahead)
     findings = list(lint_correlation(corr, objects, ahead.even if ahead is not None else None))
     problems = ahead.problems if ahead is not None else list(_rule_problems(ruleset))
     if problems:
