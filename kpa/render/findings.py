@@ -5,7 +5,6 @@ Every format renders a `kpa.findings.Report`, whatever check produced its findin
 
 from __future__ import annotations
 
-import json
 import os
 import posixpath
 import urllib.parse
@@ -28,7 +27,9 @@ def render(report: Report, fmt: str, version: str, checks: Sequence[str] = ()) -
 
         return dump(report.to_json(version), fmt)
     if fmt == "sarif":
-        return json.dumps(to_sarif(report, version), indent=2) + "\n"
+        from kpa.render.output import indented_json
+
+        return indented_json(to_sarif(report, version)) + "\n"
     if fmt == "junit":
         return to_junit(report, checks)
     if fmt == "github":
