@@ -13,7 +13,8 @@ run on the same machine, so that other work on the machine affects both sides:
 * `kpa check` of the nftables-mode ruleset (`nft list ruleset` text and `-j`
   JSON): against `kpa check` of the iptables-mode dump of the same cluster.
 
-Each command runs as a whole process (start-up included), best of --repeat
+Each command runs as a whole process (start-up included, kpa from compiled
+bytecode as an installed kpa runs: bench.installed_env), best of --repeat
 runs; peak memory is the process's maximum RSS. The second dump for `diff` is
 the same cluster after a rollout: a few Services gained, lost or changed
 endpoints.
