@@ -633,3 +633,33 @@ def test_lint_and_show_answer_as_with_the_objects_read_first_when_the_layout_lie
                 assert answers[0][0] in (0, 1), answers[0]
             differs.append(answers[0] != answers[1])
     assert any(differs) == (mutation is not None)
+
+
+@pytest.mark.parametrize("kind_first", [False, True])
+def test_pod_items_are_passed_over_undecoded(tmp_path: Path, kind_first: bool) -> None:
+    """In kubectl's layout (keys sorted, or kind first), every Pod item but the last is passed over
+    without decoding it before the objects are handed over, and the answer is still the whole one."""
+    docs = to_objects(random_cluster(seed=29, services=30, endpoints_per_service=3))
+    if kind_first:
+        docs = [{"kind": d["kind"], **{k: v for k, v in d.items() if k != "kind"}} for d in docs]
+    path = tmp_path / "c.json"
+    path.write_text(_items(docs))
+    decoded = []
+    original = o._JSON.raw_decode
+
+    class Counting(json.JSONDecoder):
+        def raw_decode(self, s: str, idx: int = 0) -> tuple[Any, int]:
+            decoded.append(s[idx : idx + 200])
+            return original(s, idx)
+
+    pods = sum(d["kind"] == "Pod" for d in docs)
+    saved, o._JSON = o._JSON, Counting()
+    try:
+        objects, finish = load_objects_early([str(path)])
+        before = list(decoded)
+        whole = (_seen(objects), list(finish().items()))
+    finally:
+        o._JSON = saved
+    assert whole == _full([str(path)])
+    assert sum('"kind": "Pod"' in d for d in before) == 1  # only the last Pod item, which no separator follows
+    assert pods > 40 and sum('"kind": "Pod"' in d for d in decoded) == pods + 1  # each once more in finish()

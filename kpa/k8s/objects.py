@@ -1796,7 +1796,7 @@ class _LaterPods:
 def _guessed_pods(text: str, first: int) -> dict[int, int]:
     """Where the Pod items of a List printed as kubectl prints it seem to be, judged by the layout
     alone: {offset: end} of each item that is followed by another and begins with `apiVersion: v1`
-    and `kind: Pod` as its first keys, items being separated by `},` and `{` on lines of their own
+    and `kind: Pod` as its first two keys (in either order), items being separated by `},` and `{` on lines of their own
     at the first item's indentation. A guess only: the indentation can lie (an object nested
     deeper printed there; a later duplicate `kind` key), which `_LaterPods.build` finds out.
     A raw line break never occurs inside a JSON string, so the separators are never in one.
@@ -1813,13 +1813,14 @@ def _guessed_pods(text: str, first: int) -> dict[int, int]:
         return {}
     pad, keys = " " * col, " " * inner
     separator = f"\n{pad}}},\n{pad}{{\n"
-    head = f'{{\n{keys}"apiVersion": "v1",\n{keys}"kind": "Pod",\n'
+    version, kind = f'\n{keys}"apiVersion": "v1",', f'\n{keys}"kind": "Pod",'
+    heads = ("{" + version + kind + "\n", "{" + kind + version + "\n")  # keys sorted (kubectl), or kind first
     step = len(separator) - 2  # from a separator to the next item's "{"
     spans: dict[int, int] = {}
     find, starts = text.find, text.startswith
     start, i = first, text.find(separator, first)
     while i >= 0:
-        if starts(head, start):
+        if starts(heads, start):
             spans[start] = i + col + 2  # just after the "}"
         start = i + step
         i = find(separator, start)
