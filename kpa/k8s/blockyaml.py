@@ -96,6 +96,7 @@ def documents(
     plain: Callable[[str], Any],
     ranges: list[tuple[int, int, int]] | None = None,
     plain_text: tuple[str, str | None] | None = None,
+    known_plain: bool = False,
 ) -> Iterator[Any]:
     """The documents of `text`, then (if needed) a Rest saying where the general reader takes over.
 
@@ -110,10 +111,12 @@ def documents(
     text's end or where a `---` line starts, so that each holds whole documents. A Rest
     still counts from the text's start; with no `end`, it says to read the text's whole rest.
 
+    `known_plain`: the caller found the text plain (`_text_is_plain`) already.
+
     Documents whose shape recurs are read by templates (see `_Templates`), the others
     line by line; both give the same values.
     """
-    if not _text_is_plain(text):
+    if not known_plain and not _text_is_plain(text):
         yield Rest(0, 0)
         return
     if TEMPLATES:

@@ -1494,15 +1494,21 @@ def _typed_plain_scalars() -> tuple[str, str | None] | None:
 _PLAIN_TEXT = _typed_plain_scalars()
 
 
-def _yaml_documents(text: str, source: str, ranges: list[tuple[int, int, int]] | None = None) -> Iterator[Any]:
-    """The documents of a YAML text (with `ranges`, of those parts: see blockyaml.documents)."""
-    check_nesting(text, source)
+def _yaml_documents(text: str, source: str, ranges: list[tuple[int, int, int]] | None = None,
+                    plain: bool = False, nested: bool = False) -> Iterator[Any]:
+    """The documents of a YAML text (with `ranges`, of those parts: see blockyaml.documents).
+
+    `plain`: the text was found plain (`blockyaml._text_is_plain`); `nested`: its nesting
+    was checked (`check_nesting`). Either is then not done again.
+    """
+    if not nested:
+        check_nesting(text, source)
     # Block-style YAML as kubectl and yaml.dump write it is read by blockyaml, which gives the
     # same documents; a document it is not sure of is read by the safe loader, alone if the
     # loader reads it alone without an error (so it reads it as in the whole text), else
     # with the rest of the text.
     budget = len(text)  # blank lines put before the documents read alone, in all (each costs its line number)
-    for document in blockyaml.documents(text, _LinedDict, _plain_scalars(), ranges, _PLAIN_TEXT):
+    for document in blockyaml.documents(text, _LinedDict, _plain_scalars(), ranges, _PLAIN_TEXT, plain):
         if type(document) is blockyaml.Rest:
             prefix = "\n" * document.line
             budget -= document.line
@@ -1994,7 +2000,8 @@ class _LaterYamlPods(_LaterPods):
     def build(self) -> list[Pod]:
         scratch = _Collector()
         scratch.source, scratch.kinds = self.source, self.kinds
-        for document in _yaml_documents(self.text, self.source, self.ranges):
+        # The first step found this text plain and its nesting within bounds.
+        for document in _yaml_documents(self.text, self.source, self.ranges, plain=True, nested=True):
             if document is None:
                 continue
             if not (isinstance(document, dict) and type(document.get("kind")) is str and _built_as_pod(document)):
@@ -2016,7 +2023,7 @@ def _early_yaml(text: str, source: str, collector: _Collector) -> _LaterYamlPods
     others, pods, count = split
     scratch = _Collector()
     scratch.source, scratch.kinds = source, collector.kinds
-    for document in _yaml_documents(text, source, others):
+    for document in _yaml_documents(text, source, others, plain=True):  # (the split found it plain)
         try:
             scratch.add_document(document, getattr(document, "line", None), None)
         except _SchemaError as error:
