@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from json.encoder import encode_basestring_ascii as _string  # json's own (in C where built)
 from typing import Any
 
+import orjson
 import yaml
 
 
@@ -17,116 +17,21 @@ def dump(doc: Any, fmt: str) -> str:
     raise ValueError(fmt)
 
 
-# `json.dumps(doc, indent=2)` runs json's pure-Python encoder (its C encoder does not indent),
-# which takes most of the time of a large `-o json`. `indented_json` writes the same text with
-# a tighter loop over the JSON types themselves, and leaves anything else to json.
-_FLOAT_REPR = float.__repr__
-_INT_REPR = int.__repr__
-_INF = float("inf")
-
-
-def _float(o: float) -> str:
-    if o != o:
-        return "NaN"
-    if o == _INF:
-        return "Infinity"
-    if o == -_INF:
-        return "-Infinity"
-    return _FLOAT_REPR(o)
-
-
-class _Unsupported(Exception):
-    pass
-
-
-def _key(k: Any) -> str:
-    if isinstance(k, str):
-        return _string(k)
-    if k is True:
-        return '"true"'
-    if k is False:
-        return '"false"'
-    if k is None:
-        return '"null"'
-    if isinstance(k, float):
-        return _string(_float(k))
-    if isinstance(k, int):
-        return _string(_INT_REPR(k))
-    raise _Unsupported
-
-
-def _scalar(o: Any) -> str | None:
-    """The JSON text of a scalar as json writes it; None for a container (or an unsupported value)."""
-    t = type(o)
-    if t is str:
-        return _string(o)
-    if o is None:
-        return "null"
-    if o is True:
-        return "true"
-    if o is False:
-        return "false"
-    if t is int:
-        return _INT_REPR(o)
-    if t is float:
-        return _float(o)
-    return None
-
-
 def indented_json(doc: Any) -> str:
-    """Exactly `json.dumps(doc, indent=2)`: dicts, lists, tuples, str, int, float, bool and None
-    (of those very types) are written here; for anything else json writes the whole document."""
-    out: list[str] = []
-    add = out.append
+    """`doc` as JSON indented by two spaces, the layout of `json.dumps(doc, indent=2)`.
 
-    def value(o: Any, pad: str) -> None:
-        t = type(o)
-        if t is dict:
-            if not o:
-                add("{}")
-                return
-            inner = pad + "  "
-            sep = "{\n" + inner
-            for k, v in o.items():
-                key = _string(k) if type(k) is str else _key(k)
-                tv = type(v)
-                if tv is str:
-                    add(sep + key + ": " + _string(v))
-                else:
-                    text = _scalar(v)
-                    if text is not None:
-                        add(sep + key + ": " + text)
-                    else:
-                        add(sep + key + ": ")
-                        value(v, inner)
-                sep = ",\n" + inner
-            add("\n" + pad + "}")
-        elif t is list or t is tuple:
-            if not o:
-                add("[]")
-                return
-            inner = pad + "  "
-            sep = "[\n" + inner
-            for v in o:
-                text = _scalar(v)
-                if text is not None:
-                    add(sep + text)
-                else:
-                    add(sep)
-                    value(v, inner)
-                sep = ",\n" + inner
-            add("\n" + pad + "]")
-        else:
-            text = _scalar(o)
-            if text is None:
-                raise _Unsupported
-            add(text)
-
+    orjson writes it: json's indenting encoder is pure Python and takes seconds on `show`
+    of a large cluster. The text differs from json's only where JSON allows a choice:
+    non-ASCII characters are written as they are rather than escaped, a float may be
+    spelled differently (``1e16`` for ``1e+16``), and NaN and infinities (which JSON does
+    not have) become null. Documents orjson refuses (keys other than strings, integers
+    beyond 64 bits, other types) are written by json, which raises its usual error for
+    what it cannot write either.
+    """
     try:
-        value(doc, "")
-    except (_Unsupported, RecursionError):
+        return orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode()
+    except TypeError:  # (orjson.JSONEncodeError is one)
         return json.dumps(doc, indent=2)
-    return "".join(out)
 
 
 SEVERITY_COLOURS = {"error": "red", "warning": "yellow", "info": "cyan", "note": "cyan", "unknown": "magenta"}
