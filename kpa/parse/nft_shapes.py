@@ -113,23 +113,16 @@ def skeleton_lines(text: str) -> list[str] | None:
     """The lines of `text` with valid values replaced by placeholders; None if the text holds one already."""
     if any(c in text for c in PLACEHOLDERS):
         return None
-    # Whether the text has a context, asked once per suffix shared by several passes (`sport `, `dport != `)
-    # before the pass's own: passes keep their context words, so the first answer holds throughout.
-    present: dict[str, bool] = {}
-    for literal, pattern, repl in _PASSES:
-        shared = literal.split(" ", 1)[1]
-        found = present.get(shared)
-        if found is None:
-            found = present[shared] = shared in text
-        if found and literal in text:
-            text = pattern.sub(repl, text)
-    return text.splitlines()
+    return skeleton_line(text).splitlines()
 
 
 def skeleton_line(line: str) -> str:
     """skeleton_lines' line for a line of a text without placeholders (no pass reaches past a line break,
-    nor looks behind a line's first character but for a blank, which a line break is not)."""
+    nor looks behind a line's first character but for a blank, which a line break is not), or the
+    skeleton of a whole such text."""
     text = line
+    # Whether the text has a context, asked once per suffix shared by several passes (`sport `, `dport != `)
+    # before the pass's own: passes keep their context words, so the first answer holds throughout.
     present: dict[str, bool] = {}
     for literal, pattern, repl in _PASSES:
         shared = literal.split(" ", 1)[1]
