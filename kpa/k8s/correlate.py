@@ -894,10 +894,7 @@ def correlate(
                 pc.protocol = match.protocol
         if match is not None:
             pc.expected = expected_port(match, node_name, pc.mode, names)
-        ns, name, _ = naming.split_service_port_name(pc.name)
-        pc.service_exists = objects.service(ns, name) is not None
-        seen.add((pc.mode, pc.family, pc.name, pc.protocol))
-        result.ports.append(pc)
+        _add_port(result, seen, pc, objects)
     for mode, t in layouts:
         fam = _family_name(t.family)
         for op in obj_ports[fam]:
@@ -910,6 +907,15 @@ def correlate(
             )
     result.ports.sort(key=lambda p: (p.name, p.protocol or "", p.family, p.mode))
     return result
+
+
+def _add_port(result: Correlation, seen: set[tuple[str, str, str, str | None]], pc: PortCorrelation,
+              objects: ClusterObjects) -> None:
+    """Add a Service port the rules have, with whether its Service exists."""
+    ns, name, _ = naming.split_service_port_name(pc.name)
+    pc.service_exists = objects.service(ns, name) is not None
+    seen.add((pc.mode, pc.family, pc.name, pc.protocol))
+    result.ports.append(pc)
 
 
 def _correlate_given(
@@ -945,10 +951,7 @@ def _correlate_given(
                 match = found[1]
         if match is not None:
             pc.expected = match
-        ns, name, _ = naming.split_service_port_name(pc.name)
-        pc.service_exists = objects.service(ns, name) is not None
-        seen.add((pc.mode, pc.family, pc.name, pc.protocol))
-        result.ports.append(pc)
+        _add_port(result, seen, pc, objects)
     for mode, t in layouts:
         fam = _family_name(t.family)
         for (port_name, port_proto), e in expected[fam].items():
