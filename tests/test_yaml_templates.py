@@ -27,9 +27,8 @@ from tests.test_yaml_block import SCALARS, _cluster_objects, _read, _styles
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-def _three_ways(text: str) -> tuple[object, int]:
-    """What the templates give (asserted equal to the line reader and the loader), and how many
-    documents templates read."""
+def _templated(text: str) -> tuple[object, int]:
+    """What the reader gives with templates on, and how many documents templates read."""
     count = 0
     read = blockyaml._Templates.read
 
@@ -41,9 +40,15 @@ def _three_ways(text: str) -> tuple[object, int]:
 
     blockyaml._Templates.read = counting  # type: ignore[method-assign]
     try:
-        templated = _read(o._yaml_documents(text, "f.yaml"))
+        return _read(o._yaml_documents(text, "f.yaml")), count
     finally:
         blockyaml._Templates.read = read  # type: ignore[method-assign]
+
+
+def _three_ways(text: str) -> tuple[object, int]:
+    """What the templates give (asserted equal to the line reader and the loader), and how many
+    documents templates read."""
+    templated, count = _templated(text)
     blockyaml.TEMPLATES = False
     try:
         lines = _read(o._yaml_documents(text, "f.yaml"))
@@ -264,18 +269,6 @@ def test_the_templates_are_used_on_a_large_generated_cluster() -> None:
         lines = _read(o._yaml_documents(text, "f.yaml"))
     finally:
         blockyaml.TEMPLATES = True
-    count = 0
-    read = blockyaml._Templates.read
-
-    def counting(self: blockyaml._Templates, *args: Any) -> tuple[Any, str, list[str]]:
-        nonlocal count
-        found = read(self, *args)
-        count += found[0] is not None
-        return found
-
-    blockyaml._Templates.read = counting  # type: ignore[method-assign]
-    try:
-        assert _read(o._yaml_documents(text, "f.yaml")) == lines
-    finally:
-        blockyaml._Templates.read = read  # type: ignore[method-assign]
+    templated, count = _templated(text)
+    assert templated == lines
     assert isinstance(lines, list) and count >= len(lines) * 9 // 10
