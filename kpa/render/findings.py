@@ -27,9 +27,9 @@ def render(report: Report, fmt: str, version: str, checks: Sequence[str] = ()) -
 
         return dump(report.to_json(version), fmt)
     if fmt == "sarif":
-        from kpa.render.output import indented_json
+        from kpa.render.output import dump
 
-        return indented_json(to_sarif(report, version)) + "\n"
+        return dump(to_sarif(report, version), "json")
     if fmt == "junit":
         return to_junit(report, checks)
     if fmt == "github":
