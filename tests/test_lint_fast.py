@@ -580,7 +580,7 @@ def test_fast_yaml_documents_equal_the_safe_loader() -> None:
     for text in (deep_block, "a: " + "[" * 201 + "]" * 201 + "\n"):
         with pytest.raises(InputError, match="nesting"):
             list(o._yaml_documents(text, "f.yaml"))
-    loader = o._LineLoader("[1, 2, 3]")
+    loader = o._line_loader()("[1, 2, 3]")
     node = loader.get_single_node()
     original = limits.MAX_YAML_NODES
     limits.MAX_YAML_NODES = 3

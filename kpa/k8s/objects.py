@@ -7,6 +7,7 @@ functions here, so defaulting and validation behave identically.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import itertools
 import json
@@ -19,14 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-import yaml
-
 from kpa.errors import InputError
 from kpa.findings import IGNORE_ANNOTATION
-from kpa.k8s import blockyaml
 from kpa.limits import check_nesting, check_yaml_node, gunzip_bounded, read_bounded
 
 if TYPE_CHECKING:
+    import yaml
+
     from kpa.k8s.netpol import NetworkPolicy
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
@@ -1330,48 +1330,54 @@ def objects_from_documents(documents: Iterable[Any], source: str = "<api>") -> C
 # --------------------------------------------------------------------------------------
 # Reading files.
 
-_BaseLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+@functools.cache
+def _line_loader() -> Any:
+    """The safe YAML loader class whose mappings remember their line numbers (`_LineLoader`).
 
+    Made on first use, so that PyYAML is imported only when YAML is read: JSON objects never need it.
+    """
+    import yaml
 
-class _LineLoader(_BaseLoader):  # type: ignore[misc]
-    """A safe YAML loader whose mappings remember their line numbers."""
+    base: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._resolved: dict[tuple[str, tuple[bool, bool]], str] = {}
+    class _LineLoader(base):  # type: ignore[misc,valid-type]
+        """A safe YAML loader whose mappings remember their line numbers."""
 
-    # The safe loader has no path resolvers, so a scalar's tag depends only on its text and
-    # how it was written: short texts (ports, protocols, booleans) repeat and are looked up once.
-    if not _BaseLoader.yaml_path_resolvers:
-        def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
-            if kind is yaml.ScalarNode and len(value) <= 32:
-                key = (value, implicit)
-                tag = self._resolved.get(key)
-                if tag is None:
-                    tag = self._resolved[key] = super().resolve(kind, value, implicit)
-                return tag
-            return super().resolve(kind, value, implicit)
+        def __init__(self, stream: str) -> None:
+            super().__init__(stream)
+            self._resolved: dict[tuple[str, tuple[bool, bool]], str] = {}
 
-        def descend_resolver(self, current_node: Any, current_index: Any) -> None:
-            return None
+        # The safe loader has no path resolvers, so a scalar's tag depends only on its text and
+        # how it was written: short texts (ports, protocols, booleans) repeat and are looked up once.
+        if not base.yaml_path_resolvers:
+            def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+                if kind is yaml.ScalarNode and len(value) <= 32:
+                    key = (value, implicit)
+                    tag = self._resolved.get(key)
+                    if tag is None:
+                        tag = self._resolved[key] = super().resolve(kind, value, implicit)
+                    return tag
+                return super().resolve(kind, value, implicit)
 
-        def ascend_resolver(self) -> None:
-            return None
+            def descend_resolver(self, current_node: Any, current_index: Any) -> None:
+                return None
 
+            def ascend_resolver(self) -> None:
+                return None
 
-def _construct_lined_mapping(loader: Any, node: yaml.MappingNode) -> Iterator[_LinedDict]:
-    data = _LinedDict()
-    data.line = node.start_mark.line + 1
-    data.key_lines = {
-        key.value: key.start_mark.line + 1
-        for key, _ in node.value
-        if isinstance(key, yaml.ScalarNode)
-    }
-    yield data
-    data.update(loader.construct_mapping(node))
+    def _construct_lined_mapping(loader: Any, node: yaml.MappingNode) -> Iterator[_LinedDict]:
+        data = _LinedDict()
+        data.line = node.start_mark.line + 1
+        data.key_lines = {
+            key.value: key.start_mark.line + 1
+            for key, _ in node.value
+            if isinstance(key, yaml.ScalarNode)
+        }
+        yield data
+        data.update(loader.construct_mapping(node))
 
-
-_LineLoader.add_constructor("tag:yaml.org,2002:map", _construct_lined_mapping)
+    _LineLoader.add_constructor("tag:yaml.org,2002:map", _construct_lined_mapping)
+    return _LineLoader
 
 _YAML_MAP, _YAML_STR = "tag:yaml.org,2002:map", "tag:yaml.org,2002:str"
 # Scalar tags whose safe constructors are plain functions of the node.
@@ -1387,6 +1393,8 @@ def _fast_yaml_document(loader: Any, root: yaml.Node) -> Any:
     caller) on anything else: merge keys, other tags, non-scalar keys, a bound
     exceeded, any error, so that the general path runs and answers.
     """
+    import yaml
+
     from kpa.limits import MAX_NESTING, MAX_YAML_NODES
 
     scalar = yaml.ScalarNode
@@ -1440,7 +1448,11 @@ def _looks_like_json(text: str) -> bool:
 
 def _plain_scalars() -> Callable[[str], Any]:
     """A plain scalar's value as `_LineLoader` constructs it; blockyaml.Unfit for other tags."""
-    loader = _LineLoader("")
+    import yaml
+
+    from kpa.k8s import blockyaml
+
+    loader = _line_loader()("")
     resolve, constructors = loader.resolve, loader.yaml_constructors
     implicit = (True, False)
     node = yaml.ScalarNode
@@ -1461,6 +1473,7 @@ def _plain_scalars() -> Callable[[str], Any]:
     return plain
 
 
+@functools.cache
 def _typed_plain_scalars() -> tuple[str, str | None] | None:
     """For blockyaml's templates: an expression that matches a plain scalar's whole text
     whenever one of the implicit resolvers the loader tries for it (those of its first
@@ -1470,7 +1483,7 @@ def _typed_plain_scalars() -> tuple[str, str | None] | None:
     None if a resolver's expression is not of the form this relies on (anchored at both
     ends and nowhere else, no flags but verbose and Unicode).
     """
-    loader = _LineLoader("")
+    loader = _line_loader()("")
     by_patterns: dict[tuple[str, ...], list[str]] = {}
     wildcard: list[str] = []
     for first, entries in loader.yaml_implicit_resolvers.items():
@@ -1491,9 +1504,6 @@ def _typed_plain_scalars() -> tuple[str, str | None] | None:
     return "|".join(alternatives) or "(?!)", None if wildcard else keyed
 
 
-_PLAIN_TEXT = _typed_plain_scalars()
-
-
 def _yaml_documents(text: str, source: str, ranges: list[tuple[int, int, int]] | None = None,
                     plain: bool = False, nested: bool = False) -> Iterator[Any]:
     """The documents of a YAML text (with `ranges`, of those parts: see blockyaml.documents).
@@ -1507,8 +1517,10 @@ def _yaml_documents(text: str, source: str, ranges: list[tuple[int, int, int]] |
     # same documents; a document it is not sure of is read by the safe loader, alone if the
     # loader reads it alone without an error (so it reads it as in the whole text), else
     # with the rest of the text.
+    from kpa.k8s import blockyaml
+
     budget = len(text)  # blank lines put before the documents read alone, in all (each costs its line number)
-    for document in blockyaml.documents(text, _LinedDict, _plain_scalars(), ranges, _PLAIN_TEXT, plain):
+    for document in blockyaml.documents(text, _LinedDict, _plain_scalars(), ranges, _typed_plain_scalars(), plain):
         if type(document) is blockyaml.Rest:
             prefix = "\n" * document.line
             budget -= document.line
@@ -1526,8 +1538,10 @@ def _yaml_documents(text: str, source: str, ranges: list[tuple[int, int, int]] |
 
 
 def _loaded_yaml_documents(text: str, source: str) -> Iterator[Any]:
+    import yaml
+
     try:
-        loader = _LineLoader(text)
+        loader = _line_loader()(text)
         # Without anchors there are no aliases, so every document is a tree the fast walk can build.
         fast = "&" not in text
         try:
@@ -1841,6 +1855,8 @@ def _report_with_lines(text: str | None, source: str, original: _SchemaError,
     if text is None:
         # Decoding it again with positions would take many times the time and memory: say what is wrong.
         raise InputError(source, original.line, original.message) from None
+    import yaml
+
     try:
         for document in _yaml_documents(text, source):
             scratch.add_document(document, getattr(document, "line", None), None)
@@ -1950,6 +1966,8 @@ def _yaml_pod_split(text: str) -> tuple[_Ranges, _Ranges, int] | None:
     most one `apiVersion: v1`: with the whole text as above, those lines are keys of the root
     mapping, with those values.
     """
+    from kpa.k8s import blockyaml
+
     if not blockyaml._text_is_plain(text):
         return None
     t = "\n" + text  # offsets in t are one more than in text

@@ -10,7 +10,6 @@ import posixpath
 import urllib.parse
 from collections.abc import Sequence
 from typing import Any
-from xml.etree import ElementTree as ET
 
 from kpa.findings import REGISTRY, SEVERITY_RANK, CodeInfo, Finding, Report, split_location
 
@@ -181,6 +180,8 @@ def to_junit(report: Report, checks: Sequence[str] = ()) -> str:
     ``checks`` names the codes that ran; those with no new finding become one passing case,
     so a CI test view lists every check.
     """
+    from xml.etree import ElementTree as ET
+
     by_code: dict[str, dict[str, list[Finding]]] = {}
     for f in report.new:
         name = str(f.object) if f.object else (f.service or f.where() or "ruleset")

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import orjson
-import yaml
-
 
 def dump(doc: Any, fmt: str) -> str:
     if fmt == "json":
         return indented_json(doc) + "\n"
     if fmt == "yaml":
+        import yaml
+
         return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
     raise ValueError(fmt)
 
@@ -28,6 +27,8 @@ def indented_json(doc: Any) -> str:
     beyond 64 bits, other types) are written by json, which raises its usual error for
     what it cannot write either.
     """
+    import orjson
+
     try:
         return orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode()
     except TypeError:  # (orjson.JSONEncodeError is one)
