@@ -89,6 +89,10 @@ class Expected:
     health_check_node_port: int | None = None
 
     @property
+    def endpoint_count(self) -> int:
+        return len(self.endpoints)
+
+    @property
     def internal_dropped(self) -> bool:
         """iTP Local with no local endpoint: ClusterIP traffic from this node is dropped."""
         return (
@@ -153,6 +157,8 @@ class PortCorrelation:
     service_exists: bool
     expected: Expected | None = None
     actual: Actual | None = None
+    # Instead of `expected`, from `correlate(..., lean=True)`: see `LeanExpected`.
+    lean: LeanExpected | None = None
 
     @property
     def label(self) -> str:
@@ -231,10 +237,21 @@ def _version(family: FamilyName) -> int:
     return 6 if family == "ipv6" else 4
 
 
-def _object_ports(objects: ClusterObjects, family: FamilyName) -> list[_ObjPort]:
+class _PortHead(NamedTuple):
+    """A Service port the ``family`` proxier handles, before its endpoints are read."""
+
+    service: Service
+    port: ServicePort
+    name: str
+    protocol: str
+    family: FamilyName
+    cluster_ip: str
+
+
+def _port_heads(objects: ClusterObjects, family: FamilyName) -> list[_PortHead]:
     """Service ports the ``family`` proxier handles: skips headless and ExternalName."""
     version = _version(family)
-    out: list[_ObjPort] = []
+    out: list[_PortHead] = []
     for svc in objects.services:
         if svc.headless or svc.type == "ExternalName":
             continue
@@ -244,21 +261,30 @@ def _object_ports(objects: ClusterObjects, family: FamilyName) -> list[_ObjPort]
         if cluster_ip is None:
             continue
         for sp in svc.ports:
-            out.append(
-                _ObjPort(
-                    service=svc,
-                    port=sp,
-                    name=naming.service_port_name(svc.namespace, svc.name, sp.name),
-                    protocol=sp.protocol.lower(),
-                    family=family,
-                    cluster_ip=cluster_ip,
-                    # Unsorted: every use sorts them by their ip:port text or looks them up.
-                    endpoints=tuple(objects.endpoints_by_address(
-                        svc.namespace, svc.name, sp.name, sp.protocol, version
-                    ).values()),
-                )
-            )
+            out.append(_PortHead(svc, sp, naming.service_port_name(svc.namespace, svc.name, sp.name),
+                                 sp.protocol.lower(), family, cluster_ip))
     return out
+
+
+def _filled(head: _PortHead, objects: ClusterObjects) -> _ObjPort:
+    svc, sp = head.service, head.port
+    return _ObjPort(
+        service=svc,
+        port=sp,
+        name=head.name,
+        protocol=head.protocol,
+        family=head.family,
+        cluster_ip=head.cluster_ip,
+        # Unsorted: every use sorts them by their ip:port text or looks them up.
+        endpoints=tuple(objects.endpoints_by_address(
+            svc.namespace, svc.name, sp.name, sp.protocol, _version(head.family)
+        ).values()),
+    )
+
+
+def _object_ports(objects: ClusterObjects, family: FamilyName) -> list[_ObjPort]:
+    """Service ports the ``family`` proxier handles, with their endpoints: see `_port_heads`."""
+    return [_filled(h, objects) for h in _port_heads(objects, family)]
 
 
 def _ip_version(text: str) -> int | None:
@@ -296,7 +322,8 @@ class _Selection:
 _Names = dict[tuple[str, str, str], str]
 
 
-def _port_view(op: _ObjPort, node_name: str | None, mode: Mode, names: _Names | None = None) -> _Selection:
+def _port_policy(op: _ObjPort | _PortHead) -> tuple[TrafficPolicy, tuple[str, ...]]:
+    """The port's traffic policy as kube-proxy reads it, and its load-balancer IPs."""
     svc, sp, version = op.service, op.port, _version(op.family)
     same = tuple(ip for ip in svc.external_ips if _ip_version(ip) == version)
     # kube-proxy leaves Proxy-mode load-balancer IPs to the load balancer.
@@ -305,11 +332,25 @@ def _port_view(op: _ObjPort, node_name: str | None, mode: Mode, names: _Names | 
         for i in svc.load_balancer_ingress
         if i.ip and i.ip_mode != "Proxy" and _ip_version(i.ip) == version
     ) if svc.load_balancer_ingress else ()
+    policy = kubeproxy.traffic_policy(
+        svc.type,
+        sp.node_port or 0,
+        same,
+        vips,
+        svc.external_traffic_policy,
+        svc.internal_traffic_policy,
+    )
+    return policy, vips
+
+
+def _port_view(op: _ObjPort, node_name: str | None, mode: Mode, names: _Names | None = None) -> _Selection:
+    policy, vips = _port_policy(op)
+    version = _version(op.family)
     ranges = tuple(
         str(ipaddress.ip_network(c.strip(), strict=False))
-        for c in svc.load_balancer_source_ranges
+        for c in op.service.load_balancer_source_ranges
         if _ip_version(c.strip()) == version
-    ) if svc.load_balancer_source_ranges else ()
+    ) if op.service.load_balancer_source_ranges else ()
     spn, proto = op.name, op.protocol
     names = names if names and mode == "iptables" else {}
     rows = tuple(
@@ -320,14 +361,6 @@ def _port_view(op: _ObjPort, node_name: str | None, mode: Mode, names: _Names | 
         for key, ep in sorted(
             (naming.endpoint_string(ep.address, ep.port), ep) for ep in op.endpoints
         )
-    )
-    policy = kubeproxy.traffic_policy(
-        svc.type,
-        sp.node_port or 0,
-        same,
-        vips,
-        svc.external_traffic_policy,
-        svc.internal_traffic_policy,
     )
     return _Selection(policy=policy, lb_vips=vips, source_ranges=ranges, endpoints=rows)
 
@@ -386,6 +419,83 @@ def expected_port(op: _ObjPort, node_name: str | None, mode: Mode, seps: _Names 
         chains=chains,
         health_check_node_port=(op.service.health_check_node_port
                                 if op.service.type == "LoadBalancer" else None),
+    )
+
+
+@dataclass(frozen=True)
+class LeanExpected:
+    """What `kpa lint` reads of a Service port's `Expected` when its endpoint chains agree with the rules.
+
+    `correlate(..., lean=True)` gives one (as `PortCorrelation.lean`, with no `expected`)
+    for an iptables-mode port the rules have when either the rules program it and the
+    endpoint chains kube-proxy's Cluster and Local selections would name are the very
+    chains the rules' Service chains jump to, in the same order (lint's endpoint comparison
+    then has nothing to say), or the rules do not program it and it has no usable endpoint
+    (lint then reads no expected chain). Every other check reads only what is kept here.
+    It is worked out from each endpoint's address, port, conditions and node alone,
+    without an `EndpointRef` per endpoint.
+    """
+
+    internal_policy_local: bool
+    external_policy_local: bool
+    externally_accessible: bool
+    has_endpoints: bool
+    local_known: bool
+    # Whether the Local selection is empty, and how many endpoints the objects offer.
+    no_local: bool
+    endpoint_count: int
+    health_check_node_port: int | None
+
+    @property
+    def internal_dropped(self) -> bool:
+        """See `Expected.internal_dropped`."""
+        return self.local_known and self.internal_policy_local and self.has_endpoints and self.no_local
+
+    @property
+    def external_dropped(self) -> bool:
+        """See `Expected.external_dropped`."""
+        return (self.local_known and self.external_policy_local and self.externally_accessible
+                and self.has_endpoints and self.no_local)
+
+
+def _lean_expected(head: _PortHead, node_name: str, actual: Actual, objects: ClusterObjects,
+                   names: _Names | None) -> LeanExpected | None:
+    """`LeanExpected` for an iptables-mode port on ``node_name``, or None when lint needs its `Expected`."""
+    svc, sp = head.service, head.port
+    states = objects.endpoint_states(svc.namespace, svc.name, sp.name, sp.protocol, _version(head.family))
+    policy, _ = _port_policy(head)
+    # As `_port_view` orders them (by the ip:port text, which differs for every endpoint).
+    rows = [
+        _Row(f"[{address}]:{port}" if ":" in address else f"{address}:{port}", node == node_name,
+             ready, serving, terminating, "", node)
+        for (address, port), (ready, serving, terminating, node) in states.items()
+    ]
+    rows.sort()
+    cat = categorize_endpoints(rows, policy)
+    spn, proto = head.name, head.protocol
+    names = names or {}
+    # Not programmed: lint compares no endpoint chains, and reads the expected chains only
+    # when there are endpoints.
+    compared = ((cat.cluster, actual.cluster), (cat.local, actual.local)) if actual.programmed else ()
+    if compared == () and cat.has_any:
+        return None
+    for chosen, refs in compared:
+        if len(chosen) != len(refs):
+            return None
+        for row, ref in zip(chosen, refs, strict=True):
+            # The chain `_port_view` names for the endpoint.
+            if (names.get((spn, proto, row.endpoint))
+                    or naming.sep_chain(spn, proto, row.endpoint)) != ref.chain:
+                return None
+    return LeanExpected(
+        internal_policy_local=policy.internal_policy_local,
+        external_policy_local=policy.external_policy_local,
+        externally_accessible=policy.externally_accessible,
+        has_endpoints=cat.has_any,
+        local_known=True,
+        no_local=not cat.local,
+        endpoint_count=len(rows),
+        health_check_node_port=svc.health_check_node_port if svc.type == "LoadBalancer" else None,
     )
 
 
@@ -456,7 +566,7 @@ def _iptables_actual(
     nat: Table,
     known: Mapping[str, tuple[str, str]],
     out: _Collected,
-    object_ports: Iterable[_ObjPort | _PortKey],
+    object_ports: Iterable[_ObjPort | _PortHead | _PortKey],
     views_all: list[kubeproxy.ServicePortView] | None = None,
 ) -> None:
     family = _family_name(nat.family)
@@ -571,7 +681,7 @@ def _iptables_orphans(
     family: FamilyName,
     referenced: set[str],
     known: Mapping[str, tuple[str, str]],
-    object_ports: Iterable[_ObjPort | _PortKey],
+    object_ports: Iterable[_ObjPort | _PortHead | _PortKey],
     out: _Collected,
 ) -> None:
     for c in nat.chains.values():
@@ -829,7 +939,7 @@ def objects_side(objects: ClusterObjects, node_name: str | None) -> ObjectsSide 
 
 def correlate(
     rs: Ruleset, objects: ClusterObjects, node_name: str | None = None,
-    side: RulesSide | None = None, objects_ahead: ObjectsSide | None = None,
+    side: RulesSide | None = None, objects_ahead: ObjectsSide | None = None, lean: bool = False,
 ) -> Correlation:
     """Pair every kube-proxy chain in ``rs`` with its Service port in ``objects``.
 
@@ -837,6 +947,9 @@ def correlate(
     the node from the endpoints in Local-policy chains, or leaves Local
     expectations unchecked. ``side``: `rules_side(rs)`, worked out earlier.
     ``objects_ahead``: `objects_side(objects, node_name)`, worked out earlier.
+    ``lean``: where the node is given and every layout is iptables mode, a port whose
+    endpoint chains agree with the rules gets a `LeanExpected` instead of an `Expected`
+    (what `kpa lint` reads; `kpa show` needs the whole `Expected`).
     """
     ready = side.collected if side is not None and side.ruleset is rs else None
     names = side.names if side is not None and side.ruleset is rs else None
@@ -850,7 +963,11 @@ def correlate(
     if given is not None:
         assert node_name is not None
         return _correlate_given(rs, objects, node_name, layouts, ready, given)
-    obj_ports = {fam: _object_ports(objects, fam) for fam in families}
+    lean = lean and node_name is not None and all(mode == "iptables" for mode, _ in layouts)
+    # When lean, a port's endpoints are read only where its Expected is wanted.
+    obj_ports: dict[FamilyName, list[_ObjPort]] | dict[FamilyName, list[_PortHead]] = (
+        {fam: _port_heads(objects, fam) for fam in families} if lean
+        else {fam: _object_ports(objects, fam) for fam in families})
     by_key = {(fam, op.name, op.protocol): op for fam, ops in obj_ports.items() for op in ops}
 
     out = ready if ready is not None else _Collected()
@@ -861,7 +978,7 @@ def correlate(
         for op in obj_ports[fam]:
             for chain in _service_chains(mode, op.name, op.protocol).values():
                 known[chain] = (op.name, op.protocol)
-            if mode == "nftables":
+            if mode == "nftables" and isinstance(op, _ObjPort):  # (never lean)
                 for e in op.endpoints:
                     key = naming.endpoint_string(e.address, e.port)
                     known_eps[_endpoint_chain(mode, op.name, op.protocol, key)] = (
@@ -874,7 +991,7 @@ def correlate(
 
     node_source: Literal["given", "inferred", "unknown"] = "given"
     if node_name is None:
-        node_name = _infer_node(out, objects, by_key)
+        node_name = _infer_node(out, objects, cast(dict[tuple[FamilyName, str, str], _ObjPort], by_key))
         node_source = "inferred" if node_name else "unknown"
 
     result = Correlation(
@@ -892,7 +1009,13 @@ def correlate(
             match = next((o for k, o in by_key.items() if k[:2] == (pc.family, pc.name)), None)
             if match is not None:
                 pc.protocol = match.protocol
-        if match is not None:
+        if isinstance(match, _PortHead):
+            assert node_name is not None
+            if pc.actual is not None:
+                pc.lean = _lean_expected(match, node_name, pc.actual, objects, names)
+            if pc.lean is None:
+                pc.expected = expected_port(_filled(match, objects), node_name, pc.mode, names)
+        elif match is not None:
             pc.expected = expected_port(match, node_name, pc.mode, names)
         _add_port(result, seen, pc, objects)
     for mode, t in layouts:
@@ -901,9 +1024,10 @@ def correlate(
             if (mode, fam, op.name, op.protocol) in seen:
                 continue
             seen.add((mode, fam, op.name, op.protocol))
+            full = _filled(op, objects) if isinstance(op, _PortHead) else op
             result.ports.append(
                 PortCorrelation(mode, fam, op.name, op.protocol, True,
-                                expected=expected_port(op, node_name, mode, names))
+                                expected=expected_port(full, node_name, mode, names))
             )
     result.ports.sort(key=lambda p: (p.name, p.protocol or "", p.family, p.mode))
     return result
@@ -969,6 +1093,7 @@ __all__ = [
     "Correlation",
     "EndpointRef",
     "Expected",
+    "LeanExpected",
     "ObjectsSide",
     "OrphanEndpoint",
     "PortCorrelation",

@@ -27,6 +27,7 @@ from kpa.k8s.correlate import (
     Correlation,
     EndpointRef,
     Expected,
+    LeanExpected,
     ObjectsSide,
     PortCorrelation,
     RulesSide,
@@ -157,9 +158,11 @@ def lint(ruleset: Ruleset, objects: ClusterObjects, node_name: str | None,
     """
     if ahead is not None and ahead.ruleset is not ruleset:
         ahead = None
-    corr = correlate(ruleset, objects, node_name, ahead.side if ahead is not None else None, objects_ahead)
-    findings = list(lint_correlation(corr, objects, ahead.even if ahead is not None else None))
     problems = ahead.problems if ahead is not None else list(_rule_problems(ruleset))
+    # Lean where no rule-level finding needs every expected chain's owner (`_chain_owners`).
+    corr = correlate(ruleset, objects, node_name, ahead.side if ahead is not None else None, objects_ahead,
+                     lean=ahead is not None and not problems)
+    findings = list(lint_correlation(corr, objects, ahead.even if ahead is not None else None))
     if problems:
         owners = _chain_owners(corr)
         findings.extend(_finding(code, owners.get(chain), message, where)
@@ -237,7 +240,10 @@ def lint_correlation(corr: Correlation, objects: ClusterObjects,
 
 
 def _port_checks(pc: PortCorrelation, even: dict[int, list[EndpointRef]]) -> Iterator[Finding]:
-    e, a = pc.expected, pc.actual
+    a = pc.actual
+    # A lean port's endpoint chains are the rules' own, in order (so no endpoint drift), or
+    # the rules do not program it and it has no usable endpoint (see `LeanExpected`).
+    e: Expected | LeanExpected | None = pc.lean if pc.lean is not None else pc.expected
     if e is None:
         if a is not None:
             yield _stale_service(pc, a)
@@ -250,7 +256,7 @@ def _port_checks(pc: PortCorrelation, even: dict[int, list[EndpointRef]]) -> Ite
             f"{pc.label} has no ready or serving-terminating endpoint: its traffic is "
             f"rejected{by}", reject.location if reject else None)
     if a is None or not a.programmed:
-        if e.has_endpoints and e.chains:
+        if e.has_endpoints and isinstance(e, Expected) and e.chains:  # (a lean port has none here)
             why = "the ruleset has no entry rule or chain for it"
             if reject is not None:
                 why = (f"filter {reject.name} rule{_at(reject.location)} rejects it as having "
@@ -261,9 +267,10 @@ def _port_checks(pc: PortCorrelation, even: dict[int, list[EndpointRef]]) -> Ite
                 f"{', '.join(e.chains.values())}",
                 reject.location if reject else None)
     else:
-        yield from _endpoint_drift(pc, e, a, local=False)
-        if e.local_known:
-            yield from _endpoint_drift(pc, e, a, local=True)
+        if isinstance(e, Expected):
+            yield from _endpoint_drift(pc, e, a, local=False)
+            if e.local_known:
+                yield from _endpoint_drift(pc, e, a, local=True)
         yield from _policy_drift(pc, e, a)
         yield from _shares(pc, a.cluster, even)
         yield from _shares(pc, a.local, even)
@@ -329,7 +336,7 @@ def _chain_location(a: Actual, local: bool) -> str | None:
     return a.location
 
 
-def _policy_drift(pc: PortCorrelation, e: Expected, a: Actual) -> Iterator[Finding]:
+def _policy_drift(pc: PortCorrelation, e: Expected | LeanExpected, a: Actual) -> Iterator[Finding]:
     if a.internal_target is not None and e.has_endpoints:
         actual_local = _is_local_chain(a.internal_target)
         if actual_local != e.internal_policy_local:
@@ -402,7 +409,7 @@ def _shares(pc: PortCorrelation, refs: Sequence[EndpointRef],
         f"of 1/{n} each; worst is {worst.chain}{_at(worst.location)}", worst.location)
 
 
-def _local_drops(pc: PortCorrelation, e: Expected, a: Actual | None) -> Iterator[Finding]:
+def _local_drops(pc: PortCorrelation, e: Expected | LeanExpected, a: Actual | None) -> Iterator[Finding]:
     drop = a.local_drops[0] if a and a.local_drops else None
     drop_loc = drop.location if drop else None
     by = f" by filter {drop.name} rule{_at(drop_loc)}" if drop else ""
@@ -427,7 +434,7 @@ def _local_drops(pc: PortCorrelation, e: Expected, a: Actual | None) -> Iterator
         yield _finding(
             "local-policy-no-local-endpoints", pc.name,
             f"{pc.label}: {kind} is Local but {node} has none of its "
-            f"{len(e.endpoints)} endpoint(s), so that traffic is dropped{by}{steered}",
+            f"{e.endpoint_count} endpoint(s), so that traffic is dropped{by}{steered}",
             drop_loc or (a.location if a else None), severity)
 
 

@@ -481,6 +481,19 @@ class ClusterObjects:
                     )
         return merged
 
+    def endpoint_states(
+        self, namespace: str, name: str, port_name: str, protocol: str, family: int
+    ) -> dict[tuple[str, int], tuple[bool, bool, bool, str | None]]:
+        """`endpoints_by_address` as (ready, serving, terminating, node name) of each backend.
+
+        The same keys, in the same order, and those fields of the same backends, read
+        without building a `ServiceEndpoint` for each.
+        """
+        if self._packed is None:
+            return {key: (e.ready, e.serving, e.terminating, e.node_name)
+                    for key, e in self.endpoints_by_address(namespace, name, port_name, protocol, family).items()}
+        return _packed_states(self._packed, namespace, name, port_name, protocol, family)
+
     def pod_by_ip(self, ip: str) -> Pod | None:
         self._pods_now()
         by_ip = self._pod_by_ip if self._pod_by_ip is not None else self._index_pods()
@@ -607,6 +620,33 @@ def _packed_endpoints(packed: _PackedSlices, namespace: str, name: str, port_nam
                         target = refs[ref] = ObjectRef(*ref)
                 merged[key] = ServiceEndpoint(address, slice_port, slice_protocol, ready, serving, terminating,
                                               node_name, zone, hints, target)
+    return merged
+
+
+def _packed_states(packed: _PackedSlices, namespace: str, name: str, port_name: str, protocol: str,
+                   family: int) -> dict[tuple[str, int], tuple[bool, bool, bool, str | None]]:
+    """`ClusterObjects.endpoint_states` read from packed slices: `_packed_endpoints`' walk, four fields kept."""
+    records, by_service = packed
+    address_family = f"IPv{family}"
+    merged: dict[tuple[str, int], tuple[bool, bool, bool, str | None]] = {}
+    for index in by_service.get((namespace, name), ()):
+        _, _, _, address_type, _, ports, endpoints = records[index]
+        if address_type != address_family:
+            continue  # another family, or FQDN slices kube-proxy ignores
+        for slice_port_name, slice_protocol, slice_port in ports:
+            if slice_port_name != port_name or slice_port is None or slice_protocol != protocol:
+                continue
+            for addresses, ready, serving, terminating, node_name, _zone, _hints, _ref in endpoints:
+                if not addresses:
+                    continue
+                # kube-proxy uses only the first address of an endpoint (canonical_ip, inlined).
+                address = addresses[0]
+                if not _CANONICAL_V4.fullmatch(address):
+                    address = canonical_ip(address)
+                key = (address, slice_port)
+                if key in merged and not ready:
+                    continue
+                merged[key] = (ready, serving, terminating, node_name)
     return merged
 
 
