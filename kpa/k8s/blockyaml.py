@@ -19,6 +19,7 @@ general reader reads them, so the caller yields them and hands the rest over.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 from collections.abc import Callable, Iterator
@@ -97,6 +98,7 @@ def documents(
     ranges: list[tuple[int, int, int]] | None = None,
     plain_text: tuple[str, str | None] | None = None,
     known_plain: bool = False,
+    direct: Direct | None = None,
 ) -> Iterator[Any]:
     """The documents of `text`, then (if needed) a Rest saying where the general reader takes over.
 
@@ -114,13 +116,14 @@ def documents(
     `known_plain`: the caller found the text plain (`_text_is_plain`) already.
 
     Documents whose shape recurs are read by templates (see `_Templates`), the others
-    line by line; both give the same values.
+    line by line; both give the same values. With `direct`, a template may give, in a
+    document's place, what `direct` makes of it instead (see `Direct`).
     """
     if not known_plain and not _text_is_plain(text):
         yield Rest(0, 0)
         return
     if TEMPLATES:
-        yield from _templated(text, mapping, plain, ranges, plain_text)
+        yield from _templated(text, mapping, plain, ranges, plain_text, direct)
     else:
         yield from _documents(text, mapping, plain, ranges)
 
@@ -600,6 +603,8 @@ class _Reader:
 # the same order, and builds the same document around the values.
 
 TEMPLATES = True  # read recurring documents by templates (False: line by line only; for tests)
+DIRECT = True  # let templates give what `Direct` makes of their documents (False: the documents; for tests)
+CHECK_DIRECT = True  # use a template's direct code only if it is right for the template's own document (for tests)
 TEMPLATE_AFTER = 2  # a skeleton becomes a template when a document of it is seen this many times
 _MAX_TEMPLATE_LINES = 4000  # larger documents are read line by line
 _MAX_SKELETON_TEMPLATES = 2  # per skeleton: one with the strictest classes its document fits, one of any scalars
@@ -665,12 +670,29 @@ class _Strings(dict[str, str]):
         return text
 
 
+# A document's shape as its template reads it, given to `Direct`: ("map", {key: node}, row) for
+# a mapping (its items as the document has them: a later duplicate key wins, in the first one's
+# place; row: its first line, counted from the document's first line), ("seq", [node, ...]),
+# ("value", name, is_str) for a scalar (`name`: the local variable that holds its value; `is_str`:
+# it is a str whenever the template reads a document), ("null",) for a key without a value.
+Node = tuple[Any, ...]
+# What `Direct` gives for a template: Python statements computing, from the values' names and
+# `L` (the document's first line), what to give in the document's place, ending with `return`
+# (other names they use begin with `d_`); the names they use, by name; and `check(given)`,
+# whether what they give for the template's own document is right. If they raise (anything),
+# the template gives the document.
+DirectCode = tuple[list[str], dict[str, Any], Callable[[Any], bool]]
+# `direct(tree, document)`: the DirectCode for a template of this shape made from this document
+# (as the line reader read it), or None.
+Direct = Callable[[Node, Any], DirectCode | None]
+
+
 class _Templates:
     """The templates of one text, found as its documents are read."""
 
     def __init__(self, mapping: Callable[[], Any], plain: Callable[[str], Any],
-                 plain_text: tuple[str, str | None] | None) -> None:
-        self.mapping, self.plain = mapping, plain
+                 plain_text: tuple[str, str | None] | None, direct: Direct | None = None) -> None:
+        self.mapping, self.plain, self.direct = mapping, plain, direct
         self.strings = _Strings(re.compile(f"(?:{plain_text[0]})\\Z").match, plain_text[1]) \
             if plain_text is not None else None
         self.scalars = _Scalars(plain)
@@ -702,15 +724,24 @@ class _Templates:
         made = self.made.get(skeleton, 0)
         self.made[skeleton] = made + 1
         self.seen[skeleton] = 0
+        check: Callable[[Any], bool] | None = None
         try:
-            build = _template(body, values, self.mapping, self.plain, self.scalars,
-                              self.strings if made < _MAX_SKELETON_TEMPLATES - 1 else None)
-            built = build(values, line)
+            build, check = _template(body, values, self.mapping, self.plain, self.scalars,
+                                     self.strings if made < _MAX_SKELETON_TEMPLATES - 1 else None,
+                                     self.direct if DIRECT else None, document)
+            built = build(values, line, True)
         except (Unfit, RecursionError):
             built = _Unequal
         if not _equal(built, document):
             self.made[skeleton] = _MAX_SKELETON_TEMPLATES
             return
+        if check is not None and CHECK_DIRECT:
+            try:
+                right = check(build(values, line))
+            except Exception:
+                right = False
+            if not right:
+                build = functools.partial(build, F=True)  # the document, never the direct code's result
         self.by_skeleton.setdefault(skeleton, []).append(build)
 
 
@@ -732,10 +763,13 @@ def _equal(a: Any, b: Any) -> bool:
 
 
 def _template(body: str, values: list[str], mapping: Callable[[], Any], plain: Callable[[str], Any],
-              scalars: _Scalars, strings: _Strings | None) -> Callable[[list[str], int], Any]:
+              scalars: _Scalars, strings: _Strings | None, direct: Direct | None = None, document: Any = None,
+              ) -> tuple[Callable[..., Any], Callable[[Any], bool] | None]:
     """The build function of a document's text (which ends with a line break) and its values as
     `_VALUES` takes them out; Unfit if it has other lines, or its values are not where its lines
-    have them.
+    have them. `build(values, line, F)` gives the document, or with F false, what the direct
+    code (if `direct` gave one for `document`, the line reader's reading of this text) gives,
+    if it gives something. With it, the direct code's `check` (else None).
 
     With `strings`, a value the document has as a plain or single-quoted string is admitted only
     as one (plain strings checked by `strings`); any other value, and every value without
@@ -751,6 +785,7 @@ def _template(body: str, values: list[str], mapping: Callable[[], Any], plain: C
             raise Unfit  # a separator, blank or comment line
         rows.append(row)
     code: list[str] = []  # statements of the build function
+    typed: list[str] = []  # statements giving each value (`v0`, `v1`, ...), in the document's order
     consts: list[Any] = []  # keys the code names
     words: list[str] = []  # values that must be plain strings
     quoted: list[str] = []  # values that must be single-quoted strings
@@ -763,27 +798,30 @@ def _template(body: str, values: list[str], mapping: Callable[[], Any], plain: C
         consts.append(value)
         return f"K[{len(consts) - 1}]"
 
-    def value_of(raw: str, i: int) -> str:
-        """The expression of the value written as raw on row i."""
+    def value_of(raw: str, i: int) -> tuple[str, Node]:
+        """The expression of the value written as raw on row i, and its node."""
         nonlocal slot, names
         if raw == "{}":
             names += 1
             code.append(f"e{names} = M(); e{names}.line = L + {i}; e{names}.key_lines = {{}}")
-            return f"e{names}"
+            return f"e{names}", ("map", {}, i)
         if raw == "[]":
-            return "[]"
+            return "[]", ("seq", [])
         if slot >= len(values) or values[slot] != raw:
             raise Unfit  # not where the lines have it
         _scalar(raw, plain)  # the document's own value must be one a place admits
-        group = f"g[{slot}]"
+        group, name = f"g[{slot}]", f"v{slot}"
         slot += 1
         if strings is not None and not _not_words("\n" + raw) and not strings.typed(raw):
             words.append(group)
-            return f"S[{group}]"
+            typed.append(f"{name} = S[{group}]")
+            return name, ("value", name, True)
         if strings is not None and _QUOTED_LINES.fullmatch(raw):
             quoted.append(group)
-            return f"{group}[1:-1]"
-        return f"C[{group}]"
+            typed.append(f"{name} = {group}[1:-1]")
+            return name, ("value", name, True)
+        typed.append(f"{name} = C[{group}]")
+        return name, ("value", name, False)
 
     def key_of(raw: str) -> tuple[Any, str]:
         c = raw[0]
@@ -796,36 +834,39 @@ def _template(body: str, values: list[str], mapping: Callable[[], Any], plain: C
             raise Unfit
         return plain(raw), raw
 
-    def block_map(i: int, col: int, depth: int) -> tuple[str, int]:
-        """The mapping whose first key is on row i at column col: its expression and the row after it."""
+    def block_map(i: int, col: int, depth: int) -> tuple[str, int, Node]:
+        """The mapping whose first key is on row i at column col: its expression, the row after it, its node."""
         nonlocal names
         if depth >= limits.MAX_NESTING:
             raise Unfit
         items: list[str] = []
         key_lines: list[str] = []
+        tree: dict[Any, Node] = {}
         first = i
         while True:
             row = rows[i]
             key, text = key_of(row[4])
             key_lines.append(f"{const(text)}: L + {i}")
             raw = row[5]
+            node: Node
             if raw:
-                value = value_of(raw, i)
+                value, node = value_of(raw, i)
                 i += 1
             else:
                 i += 1
-                value = "None"
+                value, node = "None", ("null",)
                 if i < len(rows):
                     nxt = rows[i]
                     indent = len(nxt[2])
                     if nxt[3]:
                         if indent >= col:
-                            value, i = block_seq(i, indent, depth + 1)
+                            value, i, node = block_seq(i, indent, depth + 1)
                     elif indent > col:
                         if not nxt[4]:
                             raise Unfit
-                        value, i = block_map(i, indent, depth + 1)
+                        value, i, node = block_map(i, indent, depth + 1)
             items.append(f"{const(key)}: {value}")
+            tree[key] = node
             if i == len(rows):
                 break
             nxt = rows[i]
@@ -839,22 +880,27 @@ def _template(body: str, values: list[str], mapping: Callable[[], Any], plain: C
         name = f"m{names}"
         code.append(f"{name} = M({{{', '.join(items)}}}); {name}.line = L + {first}; "
                     f"{name}.key_lines = {{{', '.join(key_lines)}}}")
-        return name, i
+        return name, i, ("map", tree, first)
 
-    def block_seq(i: int, col: int, depth: int) -> tuple[str, int]:
-        """The sequence whose first item is on row i, its dash at column col: its expression and the row after it."""
+    def block_seq(i: int, col: int, depth: int) -> tuple[str, int, Node]:
+        """The sequence whose first item is on row i, its dash at column col: its expression, the row after it,
+        its node."""
         nonlocal names
         if depth >= limits.MAX_NESTING:
             raise Unfit
         items: list[str] = []
+        tree: list[Node] = []
         while True:
             row = rows[i]
+            node: Node
             if row[4]:
-                value, i = block_map(i, col + len(row[3]), depth + 1)  # the item's mapping starts after the dash
+                # the item's mapping starts after the dash
+                value, i, node = block_map(i, col + len(row[3]), depth + 1)
             else:
-                value = value_of(row[6], i)
+                value, node = value_of(row[6], i)
                 i += 1
             items.append(value)
+            tree.append(node)
             if i == len(rows):
                 break
             nxt = rows[i]
@@ -866,12 +912,12 @@ def _template(body: str, values: list[str], mapping: Callable[[], Any], plain: C
             raise Unfit
         names += 1
         code.append(f"s{names} = [{', '.join(items)}]")
-        return f"s{names}", i
+        return f"s{names}", i, ("seq", tree)
 
     first = rows[0]
     if first[2] or first[3] or not first[4]:
         raise Unfit  # only a root mapping (a root sequence is left to the line reader)
-    root, end = block_map(0, 0, 0)
+    root, end, tree = block_map(0, 0, 0)
     if end != len(rows) or slot != len(values):
         raise Unfit
     checks = [f"if len(g) != {slot}: raise U"]
@@ -880,13 +926,23 @@ def _template(body: str, values: list[str], mapping: Callable[[], Any], plain: C
         checks.append("if W(j): raise U")
     if quoted:
         checks.append(f"if not Q('\\n'.join(({', '.join(quoted)},))): raise U")
-    source = ("def build(g, L, M=M, K=K, C=C, S=S, W=W, Q=Q, U=U):\n"
-              + "".join(f"    {c}\n" for c in checks + code) + f"    return {root}\n")
     namespace: dict[str, Any] = {"M": mapping, "K": tuple(consts), "C": scalars, "W": _not_words,
                                  "S": strings, "Q": _QUOTED_LINES.fullmatch, "U": Unfit}
+    given = direct(tree, document) if direct is not None else None
+    shortcut: list[str] = []
+    check = None
+    if given is not None:
+        statements, used, check = given
+        if any(not name.startswith("d_") for name in used):
+            raise ValueError("the direct code's names must begin with d_")
+        namespace.update(used)
+        shortcut = ["if not F:", "    try:", *(f"        {c}" for c in statements), "    except Exception:",
+                    "        pass"]
+    source = ("def build(g, L, F=False, M=M, K=K, C=C, S=S, W=W, Q=Q, U=U):\n"
+              + "".join(f"    {c}\n" for c in checks + typed + shortcut + code) + f"    return {root}\n")
     exec(compile(source, "<yaml template>", "exec"), namespace)  # names, integers and str literals only
-    build: Callable[[list[str], int], Any] = namespace["build"]
-    return build
+    build: Callable[..., Any] = namespace["build"]
+    return build, check
 
 
 def _templated(
@@ -895,10 +951,11 @@ def _templated(
     plain: Callable[[str], Any],
     ranges: list[tuple[int, int, int]] | None,
     plain_text: tuple[str, str | None] | None,
+    direct: Direct | None = None,
 ) -> Iterator[Any]:
     """`documents` with templates: each range cut at its `---` lines into documents, each read by a
     template or (runs of them) line by line."""
-    templates = _Templates(mapping, plain, plain_text)
+    templates = _Templates(mapping, plain, plain_text, direct)
     for start, stop, line in ranges if ranges is not None else [(0, len(text), 1)]:
         cuts = [start, *(m.start() + 1 for m in _SEPARATOR.finditer(text, start, stop)), stop]
         run, run_line = start, line  # the documents not read yet: where they start, their first line

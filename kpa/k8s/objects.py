@@ -27,6 +27,7 @@ from kpa.limits import check_nesting, check_yaml_node, gunzip_bounded, read_boun
 if TYPE_CHECKING:
     import yaml
 
+    from kpa.k8s import blockyaml
     from kpa.k8s.netpol import NetworkPolicy
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
@@ -1335,6 +1336,19 @@ class _Collector:
 
             self.policies.append(parse_network_policy(obj))
 
+    def add_read(self, document: Any) -> None:
+        """Add a document of `_yaml_documents`, or the object a template gave in its place
+        (see `_direct_objects`): a Service, a Pod, or an EndpointSlice as a tuple."""
+        kind = type(document)
+        if kind is Service:
+            self.services.append(document)
+        elif kind is tuple:
+            self.slices.append(document)
+        elif kind is Pod:
+            self.pods.append(document)
+        else:
+            self.add_document(document, getattr(document, "line", None), None)
+
     def result(self) -> ClusterObjects:
         warnings = list(self.warnings)
         if self.ignored:
@@ -1365,6 +1379,356 @@ def objects_from_documents(documents: Iterable[Any], source: str = "<api>") -> C
         except _SchemaError as error:
             raise InputError(source, error.line, error.message) from None
     return collector.result()
+
+
+# --------------------------------------------------------------------------------------
+# Services, EndpointSlices and Pods built straight from a YAML template's values.
+#
+# A template (blockyaml) builds every document of one shape from the values in its lines.
+# For a template whose own document is a Service, an EndpointSlice or a Pod, the code written
+# below builds, from the same values, what `_Collector.add_document` then `_fast_service`,
+# `_fast_packed_slice` or `_fast_pod` make of such a document, without the document: each key
+# those read is looked up once, in the template's shape, when the template is made, and the
+# code keeps, for run time, only what the values decide (their types, whether they are empty,
+# the kind and apiVersion). Anything those functions would not build from the values (a value
+# of another type, another kind) makes the code raise, and the template then gives the document
+# (read as usual). A shape where a key those functions read holds something other than what
+# they take as it comes (a mapping where a string goes, a scalar where a mapping goes) gets no
+# such code. Each template's code is checked on its own document against `add_document`.
+
+
+class _NoDirect(Exception):
+    """The template's shape is not one the direct code is written for: its documents are read as usual."""
+
+
+_EMPTY_NODE: blockyaml.Node = ("map", {}, 0)
+
+
+def _tuple_of(items: list[str]) -> str:
+    return f"({', '.join(items)},)" if items else "()"
+
+
+def _child(node: blockyaml.Node, key: str) -> blockyaml.Node | None:
+    """The node of `data.get(key)` of a mapping's node; None for no value (absent or null)."""
+    child: blockyaml.Node | None = node[1].get(key)
+    return None if child is None or child[0] == "null" else child
+
+
+def _n_d(node: blockyaml.Node, key: str) -> blockyaml.Node:
+    """`_d` in the template: the node of a mapping."""
+    child = _child(node, key)
+    if child is None:
+        return _EMPTY_NODE
+    if child[0] != "map":
+        raise _NoDirect
+    return child
+
+
+def _n_ds(node: blockyaml.Node, key: str) -> list[blockyaml.Node]:
+    """`_ds` in the template: the nodes of a list's mappings."""
+    child = _child(node, key)
+    if child is None:
+        return []
+    if child[0] != "seq" or any(item[0] != "map" for item in child[1]):
+        raise _NoDirect
+    items: list[blockyaml.Node] = child[1]
+    return items
+
+
+def _n_value(node: blockyaml.Node, key: str) -> tuple[str, bool] | None:
+    """`data.get(key)` of a scalar: the expression of the value and whether it is a str; None for None."""
+    child = _child(node, key)
+    if child is None:
+        return None
+    if child[0] != "value":
+        raise _NoDirect
+    return child[1], child[2]
+
+
+def _n_t(node: blockyaml.Node, key: str) -> str:
+    """`_t` in the template: an expression."""
+    value = _n_value(node, key)
+    if value is None:
+        return "None"
+    return value[0] if value[1] else f"d_t({value[0]})"
+
+
+def _n_b(node: blockyaml.Node, key: str) -> str:
+    """`_b` in the template."""
+    value = _n_value(node, key)
+    if value is None:
+        return "None"
+    if value[1]:
+        raise _NoDirect  # (a str is never a bool)
+    return f"d_b({value[0]})"
+
+
+def _n_i(node: blockyaml.Node, key: str) -> str:
+    """`_i` in the template."""
+    value = _n_value(node, key)
+    if value is None:
+        return "None"
+    if value[1]:
+        raise _NoDirect
+    return f"d_i({value[0]})"
+
+
+def _n_ts(node: blockyaml.Node, key: str) -> list[str]:
+    """`_ts` in the template: the expressions of the strings."""
+    child = _child(node, key)
+    if child is None:
+        return []
+    if child[0] != "seq" or any(item[0] != "value" for item in child[1]):
+        raise _NoDirect
+    return [item[1] if item[2] else f"d_s({item[1]})" for item in child[1]]
+
+
+def _n_name(root: blockyaml.Node) -> tuple[blockyaml.Node, str, str]:
+    """`_name_and_namespace` in the template: the metadata's node, the namespace's and the name's expressions."""
+    meta = _n_d(root, "metadata")
+    name = _n_value(meta, "name")
+    if name is None:
+        raise _NoDirect
+    return meta, f"({_n_t(meta, 'namespace')} or 'default')", f"d_named({name[0]})"
+
+
+def _direct_t(value: Any) -> str | None:
+    if value is None or type(value) is str:
+        return value
+    raise _Unfit
+
+
+def _direct_s(value: Any) -> str:
+    if type(value) is str:
+        return value
+    raise _Unfit
+
+
+def _direct_named(value: Any) -> str:
+    if type(value) is str and value:
+        return value
+    raise _Unfit
+
+
+def _direct_b(value: Any) -> bool | None:
+    if value is None or value is True or value is False:
+        return value
+    raise _Unfit
+
+
+def _direct_i(value: Any) -> int | None:
+    if value is None or type(value) is int:
+        return value
+    raise _Unfit
+
+
+def _direct_service_port(port: Any, target: Any, name: str | None, protocol: str | None,
+                         node_port: int | None) -> ServicePort:
+    if type(port) is not int:
+        raise _Unfit
+    if type(target) is str:
+        target = int(target) if target.isdigit() else target
+    elif target is not None and type(target) is not int:
+        raise _Unfit
+    return ServicePort(name=name or "", protocol=protocol or "TCP", port=port,
+                       target_port=port if target is None else target, node_port=node_port)
+
+
+def _direct_container_port(name: str | None, number: Any, protocol: str | None) -> ContainerPort:
+    if type(number) is not int or not 1 <= number <= 65535:
+        raise _Unfit
+    return ContainerPort(name or "", number, protocol or "TCP")
+
+
+def _direct_codes(ignore: str | None) -> frozenset[str]:
+    return frozenset(c.strip() for c in (ignore or "").split(",") if c.strip())
+
+
+def _direct_service(root: blockyaml.Node, lines: list[str]) -> str:
+    """`_fast_service` in the template: statements into `lines`, and the Service's expression."""
+    meta, namespace, name = _n_name(root)
+    spec, status = _n_d(root, "spec"), _n_d(root, "status")
+    lines.append(f"d_ips = {_tuple_of(_n_ts(spec, 'clusterIPs'))}")
+    if not _n_ts(spec, "clusterIPs"):
+        lines.append(f"d_one = {_n_t(spec, 'clusterIP')}")
+        lines.append("if d_one: d_ips = (d_one,)")
+    ports = [f"d_port({_value_or_none(p, 'port')}, {_value_or_none(p, 'targetPort')}, {_n_t(p, 'name')}, "
+             f"{_n_t(p, 'protocol')}, {_n_i(p, 'nodePort')})" for p in _n_ds(spec, "ports")]
+    ingress = [f"d_ingress(ip=d_ip({_n_t(i, 'ip')} or '') or None, hostname={_n_t(i, 'hostname')}, "
+               f"ip_mode={_n_t(i, 'ipMode')})" for i in _n_ds(_n_d(status, "loadBalancer"), "ingress")]
+    lines.append(f"d_affinity = {_n_t(spec, 'sessionAffinity')} or 'None'")
+    timeout = _n_i(_n_d(_n_d(spec, "sessionAffinityConfig"), "clientIP"), "timeoutSeconds")
+    lines.append(f"d_timeout = ({timeout} or {DEFAULT_AFFINITY_TIMEOUT}) if d_affinity == 'ClientIP' else None")
+    ignore = _n_t(_n_d(meta, "annotations"), IGNORE_ANNOTATION)
+    return ("d_service("
+            f"namespace={namespace}, name={name}, type={_n_t(spec, 'type')} or 'ClusterIP', "
+            "cluster_ips=tuple(d_ip(ip) for ip in d_ips if ip and ip != 'None'), headless='None' in d_ips, "
+            f"ports={_tuple_of(ports)}, "
+            f"external_ips={_tuple_of([f'd_ip({e})' for e in _n_ts(spec, 'externalIPs')])}, "
+            f"load_balancer_ingress={_tuple_of(ingress)}, "
+            f"load_balancer_source_ranges={_tuple_of(_n_ts(spec, 'loadBalancerSourceRanges'))}, "
+            f"external_traffic_policy={_n_t(spec, 'externalTrafficPolicy')} or 'Cluster', "
+            f"internal_traffic_policy={_n_t(spec, 'internalTrafficPolicy')} or 'Cluster', "
+            "session_affinity=d_affinity, session_affinity_timeout=d_timeout, "
+            f"ip_families={_tuple_of(_n_ts(spec, 'ipFamilies'))}, "
+            f"health_check_node_port={_n_i(spec, 'healthCheckNodePort')}, "
+            f"has_selector={_n_truth(spec, 'selector')}, "
+            f"external_name={_n_t(spec, 'externalName')}, "
+            f"ignore_codes=d_codes({ignore}), "
+            "location=f'{d_source}:{L}' if d_source and L else d_source)")
+
+
+def _value_or_none(node: blockyaml.Node, key: str) -> str:
+    value = _n_value(node, key)
+    return "None" if value is None else value[0]
+
+
+def _n_truth(node: blockyaml.Node, key: str) -> str:
+    """`bool(data.get(key))` in the template."""
+    child = _child(node, key)
+    if child is None:
+        return "False"
+    if child[0] == "value":
+        return f"bool({child[1]})"
+    return "True" if child[1] else "False"
+
+
+def _direct_slice(root: blockyaml.Node, lines: list[str]) -> str:
+    """`_fast_packed_slice` in the template."""
+    meta, namespace, name = _n_name(root)
+    address_type = _n_value(root, "addressType")
+    if address_type is None:
+        raise _NoDirect
+    endpoints = []
+    for ep in _n_ds(root, "endpoints"):
+        cond = _n_d(ep, "conditions")
+        ready, serving = _n_b(cond, "ready"), _n_b(cond, "serving")
+        ready = "True" if ready == "None" else f"d_ready({ready})"
+        serving = ready if serving == "None" else f"d_serving({ready}, {serving})"
+        ref = _n_d(ep, "targetRef")
+        target = (f"({_n_t(ref, 'kind')} or '', {_n_t(ref, 'namespace')}, {_n_t(ref, 'name')} or '')"
+                  if ref[1] else "None")
+        zones = [f"{_n_t(z, 'name')} or ''" for z in _n_ds(_n_d(ep, "hints"), "forZones")]
+        endpoints.append(
+            f"({_tuple_of(_n_ts(ep, 'addresses'))}, {ready}, {serving}, bool({_n_b(cond, 'terminating')}), "
+            f"{_n_t(ep, 'nodeName')}, {_n_t(ep, 'zone')}, {_tuple_of(zones)}, {target})")
+    ports = [f"({_n_t(p, 'name')} or '', {_n_t(p, 'protocol')} or 'TCP', {_n_i(p, 'port')})"
+             for p in _n_ds(root, "ports")]
+    return (f"({namespace}, {name}, {_n_t(_n_d(meta, 'labels'), SERVICE_NAME_LABEL)}, "
+            f"d_named({address_type[0]}), False, {_tuple_of(ports)}, {_tuple_of(endpoints)})")
+
+
+def _direct_ready(value: Any) -> bool:
+    ready = _direct_b(value)
+    return True if ready is None else ready
+
+
+def _direct_serving(ready: bool, value: Any) -> bool:
+    serving = _direct_b(value)
+    return ready if serving is None else serving
+
+
+def _direct_pod(root: blockyaml.Node, lines: list[str]) -> str:
+    """`_fast_pod` in the template."""
+    meta, namespace, name = _n_name(root)
+    spec, status = _n_d(root, "spec"), _n_d(root, "status")
+    ips = []
+    for p in _n_ds(status, "podIPs"):
+        ip = _n_value(p, "ip")
+        if ip is None:
+            raise _NoDirect
+        ips.append(f"d_ip(d_named({ip[0]}))")
+    if ips:
+        lines.append(f"d_ips = {_tuple_of(ips)}")
+    else:
+        lines.append(f"d_one = {_n_t(status, 'podIP')}")
+        lines.append("d_ips = (d_ip(d_one),) if d_one else ()")
+    ports = [f"d_container_port({_n_t(port, 'name')}, {_value_or_none(port, 'containerPort')}, "
+             f"{_n_t(port, 'protocol')})"
+             for container in _n_ds(spec, "containers") for port in _n_ds(container, "ports")]
+    labels = []
+    for key, value in _n_labels(_n_d(meta, "labels")):
+        if value[0] != "value":
+            raise _NoDirect
+        labels.append(f"({key!r}, {value[1] if value[2] else f'd_s({value[1]})'})")
+    return (f"d_pod(namespace={namespace}, name={name}, node_name={_n_t(spec, 'nodeName')}, pod_ips=d_ips, "
+            f"host_network=bool({_n_b(spec, 'hostNetwork')}), phase={_n_t(status, 'phase')}, "
+            f"labels={_tuple_of(labels)}, container_ports={_tuple_of(ports)}, source=d_source, line=L)")
+
+
+def _n_labels(node: blockyaml.Node) -> list[tuple[str, blockyaml.Node]]:
+    """A mapping's items as `tuple(sorted(labels.items()))` orders them: its keys are distinct, so by key."""
+    items: dict[Any, blockyaml.Node] = node[1]
+    if any(type(key) is not str for key in items):
+        raise _NoDirect
+    return sorted(items.items(), key=lambda item: item[0])
+
+
+_DIRECT_WRITERS: dict[str, Callable[[blockyaml.Node, list[str]], str]] = {
+    "Service": _direct_service, "EndpointSlice": _direct_slice, "Pod": _direct_pod,
+}
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, and of the same types all the way down (dataclasses field by field)."""
+    if type(a) is not type(b):
+        return False
+    if type(a) is tuple or type(a) is list:
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if type(a) is frozenset:
+        return bool(a == b) and all(type(x) is str for x in a | b)
+    fields = getattr(type(a), "__dataclass_fields__", None)
+    if fields is not None:
+        return all(_same(getattr(a, f), getattr(b, f)) for f in fields)
+    return bool(a == b)
+
+
+def _direct_kind(tree: blockyaml.Node, kind: str) -> list[str]:
+    """Statements that give way unless the document has this kind and the apiVersion add_document builds it from."""
+    kind_value = _n_value(tree, "kind")
+    if kind_value is None:
+        raise _NoDirect
+    lines = [f"if {kind_value[0]} != {kind!r}: raise d_Unfit"]
+    version = _n_value(tree, "apiVersion")
+    if version is not None:
+        lines.append(f"if {version[0]} is not None and {version[0]} != {_KNOWN_KINDS[kind]!r}: raise d_Unfit")
+    return lines
+
+
+def _direct_objects(source: str | None, kinds: frozenset[str] | None) -> blockyaml.Direct:
+    """For blockyaml.documents: templates of Services, EndpointSlices and Pods give the object
+    (a Service, a Pod, or the slice as `_fast_packed_slice` packs it) in the document's place."""
+    names: dict[str, Any] = {
+        "d_Unfit": _Unfit, "d_t": _direct_t, "d_s": _direct_s, "d_b": _direct_b, "d_i": _direct_i,
+        "d_named": _direct_named, "d_ip": canonical_ip, "d_port": _direct_service_port,
+        "d_ingress": LoadBalancerIngress, "d_codes": _direct_codes, "d_service": Service,
+        "d_ready": _direct_ready, "d_serving": _direct_serving, "d_container_port": _direct_container_port,
+        "d_pod": Pod, "d_source": source,
+    }
+
+    def direct(tree: blockyaml.Node, document: Any) -> blockyaml.DirectCode | None:
+        kind = document.get("kind") if isinstance(document, dict) else None
+        if type(kind) is not str or kind not in _DIRECT_WRITERS or (kinds is not None and kind not in kinds):
+            return None
+        scratch = _Collector()
+        scratch.source, scratch.kinds = source, kinds
+        try:
+            scratch.add_document(document, getattr(document, "line", None), None)
+        except _SchemaError:
+            return None
+        made = [*scratch.services, *scratch.slices, *scratch.pods]
+        if len(made) != 1:
+            return None
+        expected = made[0]
+        try:
+            lines = _direct_kind(tree, kind)
+            made_expression = _DIRECT_WRITERS[kind](tree, lines)
+        except _NoDirect:
+            return None
+        lines.append(f"return {made_expression}")
+        return lines, names, lambda given: _same(given, expected)
+
+    return direct
 
 
 # --------------------------------------------------------------------------------------
@@ -1545,11 +1909,14 @@ def _typed_plain_scalars() -> tuple[str, str | None] | None:
 
 
 def _yaml_documents(text: str, source: str, ranges: list[tuple[int, int, int]] | None = None,
-                    plain: bool = False, nested: bool = False) -> Iterator[Any]:
+                    plain: bool = False, nested: bool = False, direct: blockyaml.Direct | None = None,
+                    ) -> Iterator[Any]:
     """The documents of a YAML text (with `ranges`, of those parts: see blockyaml.documents).
 
     `plain`: the text was found plain (`blockyaml._text_is_plain`); `nested`: its nesting
-    was checked (`check_nesting`). Either is then not done again.
+    was checked (`check_nesting`). Either is then not done again. `direct`: see
+    blockyaml.documents (`_direct_objects`: some documents come as the object they hold;
+    `_Collector.add_read` takes either).
     """
     if not nested:
         check_nesting(text, source)
@@ -1560,7 +1927,8 @@ def _yaml_documents(text: str, source: str, ranges: list[tuple[int, int, int]] |
     from kpa.k8s import blockyaml
 
     budget = len(text)  # blank lines put before the documents read alone, in all (each costs its line number)
-    for document in blockyaml.documents(text, _LinedDict, _plain_scalars(), ranges, _typed_plain_scalars(), plain):
+    for document in blockyaml.documents(text, _LinedDict, _plain_scalars(), ranges, _typed_plain_scalars(), plain,
+                                        direct):
         if type(document) is blockyaml.Rest:
             prefix = "\n" * document.line
             budget -= document.line
@@ -2059,12 +2427,15 @@ class _LaterYamlPods(_LaterPods):
         scratch = _Collector()
         scratch.source, scratch.kinds = self.source, self.kinds
         # The first step found this text plain and its nesting within bounds.
-        for document in _yaml_documents(self.text, self.source, self.ranges, plain=True, nested=True):
+        direct = _direct_objects(self.source, self.kinds)
+        for document in _yaml_documents(self.text, self.source, self.ranges, plain=True, nested=True,
+                                        direct=direct):
             if document is None:
                 continue
-            if not (isinstance(document, dict) and type(document.get("kind")) is str and _built_as_pod(document)):
+            if type(document) is not Pod and not (
+                    isinstance(document, dict) and type(document.get("kind")) is str and _built_as_pod(document)):
                 raise _Unfit  # not what the text said: load_objects decides
-            scratch.add_document(document, getattr(document, "line", None), None)
+            scratch.add_read(document)
         if len(scratch.pods) != self.count or len(scratch.services) + len(scratch.slices) + len(scratch.nodes):
             raise _Unfit
         return scratch.pods
@@ -2081,9 +2452,10 @@ def _early_yaml(text: str, source: str, collector: _Collector) -> _LaterYamlPods
     others, pods, count = split
     scratch = _Collector()
     scratch.source, scratch.kinds = source, collector.kinds
-    for document in _yaml_documents(text, source, others, plain=True):  # (the split found it plain)
+    direct = _direct_objects(source, collector.kinds)
+    for document in _yaml_documents(text, source, others, plain=True, direct=direct):  # (the split found it plain)
         try:
-            scratch.add_document(document, getattr(document, "line", None), None)
+            scratch.add_read(document)
         except _SchemaError as error:
             raise InputError(source, error.line, error.message) from None
     if scratch.pods:
