@@ -137,34 +137,50 @@ def node_rules_from_cluster(inp: Inputs) -> Any:
     return combine(ipt, nft, sets)
 
 
-def rules_and_cluster(inp: Inputs, policy_optional: bool = False,
-                      ahead: Callable[[Any], Any] | None = None) -> tuple[Any, Any, Any]:
-    """The ruleset, the cluster objects, and what ``ahead`` made of the ruleset alone.
+def start_objects(inp: Inputs, kinds: frozenset[str] | None = None, early: bool = True) -> Any:
+    """Start reading the object files in a child process, on the second core, now.
 
-    Object files are read on a second core meanwhile, and ``ahead`` runs on the ruleset
-    while they are. Its answer is None when the objects are read here (nothing to
-    overlap: the caller's full computation does the same work after them, and the
-    rules' half would only live through the objects' decoding), or when it failed: the
-    full computation meets the failure again after the objects are read and reports it
-    there, as it always did.
+    The commands that read both rules and objects call this first thing, before they import
+    what they need for the rules and the comparison: those imports then run here while the
+    child already reads (it imports only what reading the objects needs). The child is
+    stopped when the command ends if its result was not taken (for example when an option,
+    the baseline or the rules were found bad first). Returns the entered
+    `kpa.k8s.background.BackgroundObjects`; `rules_and_cluster` or the command takes its result.
     """
     from kpa.k8s.background import BackgroundObjects
 
+    inp.resolve_example()
+    pending = BackgroundObjects(list(inp.cluster), kinds=kinds, early=early)
+    return click.get_current_context().with_resource(pending)
+
+
+def rules_and_cluster(inp: Inputs, policy_optional: bool = False,
+                      ahead: Callable[[Any], Any] | None = None, pending: Any = None) -> tuple[Any, Any, Any]:
+    """The ruleset, the cluster objects, and what ``ahead`` made of the ruleset alone.
+
+    Object files are read on a second core meanwhile (by ``pending``, from `start_objects`,
+    or started here), and ``ahead`` runs on the ruleset while they are. Its answer is None
+    when the objects are read here (nothing to overlap: the caller's full computation does
+    the same work after them, and the rules' half would only live through the objects'
+    decoding), or when it failed: the full computation meets the failure again after the
+    objects are read and reports it there, as it always did.
+    """
     inp.resolve_example()
     files = list(inp.cluster)  # files: read in a child process while this one reads the rules
     early = None
     # The objects may be handed over before they are all checked: the caller settles them
     # (kpa.k8s.background.settled) before it reports anything.
-    with BackgroundObjects(files, early=True) as pending:
-        with progress_status("reading the rules"):
-            rs = load_ruleset(inp)
-            if ahead is not None and pending.child is not None:
-                try:
-                    early = ahead(rs)
-                except Exception:  # reported by the full computation, see above
-                    early = None
-        with progress_status("reading the cluster objects"):
-            objects = pending.result() if files else load_cluster(inp, policy_optional)
+    if pending is None:
+        pending = start_objects(inp)
+    with progress_status("reading the rules"):
+        rs = load_ruleset(inp)
+        if ahead is not None and pending.child is not None:
+            try:
+                early = ahead(rs)
+            except Exception:  # reported by the full computation, see above
+                early = None
+    with progress_status("reading the cluster objects"):
+        objects = pending.result() if files else load_cluster(inp, policy_optional)
     return rs, objects, early
 
 
@@ -608,14 +624,15 @@ def show(target: str | None, rules: Sequence[str], live: bool, iptc: bool, examp
       kubectl kpa show --node worker-1 svc/web
       kpa show -r node.save -c objects/ -n shop
     """
-    from kpa.k8s.kubeproxy import hash_names, service_ports
-    from kpa.k8s.showview import describe, describe_ahead, describe_objects
-
     # The ruleset and the objects live until exit: without the cyclic collector nothing rescans them.
     gc.disable()
     inp = Inputs(list(rules), list(cluster), list(node_ips), node, live, example, kube, kubeconfig, context,
                  namespace, image, iptc)
-    rs, objects, early = rules_and_cluster(inp, ahead=describe_ahead)
+    pending = start_objects(inp)  # before the imports below, which only this process needs
+    from kpa.k8s.kubeproxy import hash_names, service_ports
+    from kpa.k8s.showview import describe, describe_ahead, describe_objects
+
+    rs, objects, early = rules_and_cluster(inp, ahead=describe_ahead, pending=pending)
     from kpa.k8s.background import settled_run
 
     def compare(objects: Any, handed: bool) -> Any:
@@ -927,6 +944,12 @@ def lint(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: S
       kpa lint -r node.save -c cluster/ -n shop --ignore uneven-probabilities
       iptables-save | kpa lint -r - --kube --node "$(hostname)" --fail-on warning
     """
+    # The ruleset and the objects live until exit and leave no garbage cycles worth collecting:
+    # without the cyclic collector, nothing rescans them while lint compares them.
+    gc.disable()
+    inp = Inputs(list(rules), list(cluster), list(node_ips), node, live, example, kube, kubeconfig, context,
+                 namespace, image, iptc)
+    pending = start_objects(inp)  # before the imports below, which only this process needs
     from kpa.findings import check_codes, in_scope, load_baseline, make_report
     from kpa.findings import write_baseline as save_baseline
     from kpa.k8s.lint import CODES, ignore_annotations, rules_ahead
@@ -938,14 +961,9 @@ def lint(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: S
         import kpa.policy.lint  # noqa: F401  (registers the NetworkPolicy codes)
     only_codes = check_codes(only, "--only")
     ignore_codes = check_codes(ignore, "--ignore")
-    # The ruleset and the objects live until exit and leave no garbage cycles worth collecting:
-    # without the cyclic collector, nothing rescans them while lint compares them.
-    gc.disable()
     known = load_baseline(baseline) if baseline else None
-    inp = Inputs(list(rules), list(cluster), list(node_ips), node, live, example, kube, kubeconfig, context,
-                 namespace, image, iptc)
     # NetworkPolicies too, where allowed; the rules' part of the comparison while the objects are read.
-    rs, objects, ahead = rules_and_cluster(inp, policy_optional=True, ahead=rules_ahead)
+    rs, objects, ahead = rules_and_cluster(inp, policy_optional=True, ahead=rules_ahead, pending=pending)
     if objects is None:
         raise click.UsageError("lint compares rules with cluster objects: give --cluster PATH (or --kube)")
     if objects.unlisted:
@@ -1031,22 +1049,20 @@ def diff(a: str, b: str, cluster: Sequence[str], node_ips: Sequence[str], node: 
       kpa diff iptables-mode.save nft-ruleset.json -c cluster/ --node node-a -o json
       kpa diff before.save after.save -c cluster/ --node node-a --service shop/frontend
     """
+    # Both rulesets and the objects live until exit: without the cyclic collector nothing
+    # rescans them while the entry points are compared.
+    gc.disable()
+    inp = Inputs(cluster=list(cluster), node_ips=list(node_ips), node=node)
+    files = list(cluster)  # read in a child process while this one reads the rules, when a core is idle
+    pending = start_objects(inp, kinds=DIFF_KINDS, early=False)  # before the imports below
     from kpa.diff import diff_rulesets, render_text
     from kpa.parse.iptables_save import share_skeletons
     from kpa.sources import load_rules
 
-    # Both rulesets and the objects live until exit: without the cyclic collector nothing
-    # rescans them while the entry points are compared.
-    gc.disable()
-    from kpa.k8s.background import BackgroundObjects
-
-    inp = Inputs(cluster=list(cluster), node_ips=list(node_ips), node=node)
-    files = list(cluster)  # read in a child process while this one reads the rules, when a core is idle
-    with BackgroundObjects(files, kinds=DIFF_KINDS) as pending:
-        with progress_status("reading the rules"), share_skeletons():
-            rules_a, rules_b = load_rules([a]), load_rules([b])  # B's lines that A holds are not skeletonised again
-        with progress_status("reading the cluster objects"):
-            objects = pending.result() if files else load_cluster(inp)
+    with progress_status("reading the rules"), share_skeletons():
+        rules_a, rules_b = load_rules([a]), load_rules([b])  # B's lines that A holds are not skeletonised again
+    with progress_status("reading the cluster objects"):
+        objects = pending.result() if files else load_cluster(inp)
     ips = list(node_ips)
     if not ips and objects is not None and node:
         found = objects.node(node)

@@ -46,10 +46,15 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from kpa.forked import ChildJob
-from kpa.k8s.objects import ClusterObjects, Pod, load_objects, load_objects_early
+
+if TYPE_CHECKING:
+    from kpa.k8s.objects import ClusterObjects, Pod
+
+# kpa.k8s.objects is imported where it is used: a command starts the child before it has
+# imported it (see kpa.cli.start_objects), and each process imports what it needs itself.
 
 T = TypeVar("T")
 
@@ -140,6 +145,8 @@ class BackgroundObjects:
 
     def result(self) -> ClusterObjects:
         """The objects, from the child if it sent them whole; otherwise read here."""
+        from kpa.k8s.objects import load_objects
+
         if self._early:
             return self._early_result()
         data = self._job.collect() if self._job is not None else None
@@ -151,6 +158,8 @@ class BackgroundObjects:
     def _send(self) -> list[bytes]:
         """In the child: the objects and, apart, the Pods, pickled behind their lengths. An error
         ends the child without a result, and the parent reads the objects again and reports it."""
+        from kpa.k8s.objects import load_objects
+
         objects = load_objects(self._paths, kinds=self._kinds)
         pods = objects.detach_pods()
         main = pickle.dumps(objects, protocol=pickle.HIGHEST_PROTOCOL)
@@ -161,6 +170,8 @@ class BackgroundObjects:
     def _send_early(self) -> Iterator[bytes]:
         """In the child: the objects without their Pods, then the Pods, each pickled behind its length.
         The second part is written only if `load_objects` would have read the files without error."""
+        from kpa.k8s.objects import load_objects_early
+
         objects, finish = load_objects_early(self._paths, kinds=self._kinds)
         out = _Pieces()
         pickler = pickle.Pickler(out, protocol=pickle.HIGHEST_PROTOCOL)
@@ -175,6 +186,8 @@ class BackgroundObjects:
         yield pods
 
     def _early_result(self) -> ClusterObjects:
+        from kpa.k8s.objects import ClusterObjects, load_objects
+
         job = self._job
         head = job.read(_LENGTH.size) if job is not None else None
         main = job.read(_LENGTH.unpack(head)[0]) if job is not None and head is not None else None
@@ -214,6 +227,8 @@ class BackgroundObjects:
     def _settle(self) -> None:
         """Wait for the child's Pods; if it does not send them whole, read the objects here, which
         raises the error that reading them gives, or else `ObjectsChanged` with them."""
+        from kpa.k8s.objects import load_objects
+
         if self._pods is not None:
             return
         if self._changed is not None:
@@ -328,6 +343,8 @@ class _Unpickler:
 
 def _receive(data: bytes) -> ClusterObjects | None:
     """The objects a child sent, or None unless it sent all of them."""
+    from kpa.k8s.objects import ClusterObjects
+
     if len(data) < _HEADER.size:
         return None
     main_len, pods_len = _HEADER.unpack_from(data)
