@@ -7,6 +7,7 @@ Pods in the same order, and for every input that `load_objects` refuses, a refus
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -24,6 +25,7 @@ from kpa.gen.cluster import random_cluster
 from kpa.gen.iptables import render_restore
 from kpa.gen.objects import to_objects
 from kpa.gen.options import ProxierOptions
+from kpa.k8s import blockyaml
 from kpa.k8s import objects as o
 from kpa.k8s.objects import ClusterObjects, load_objects, load_objects_early
 from tests.test_lint_fast import _cli
@@ -183,7 +185,7 @@ def test_a_broken_early_reader_is_caught(tmp_path: Path, monkeypatch: pytest.Mon
     elif mutation == "other-versions":  # Pods of other versions deferred (and so built) too
         monkeypatch.setattr(o, "_built_as_pod", lambda item: item["kind"] == "Pod")
     elif mutation == "yaml-api-version":  # YAML Pods of other versions left for later too
-        monkeypatch.setattr(o, "_YAML_API_VERSION", re.compile("(?!)"))
+        monkeypatch.setattr(o, "_YAML_API_VERSION", "\n\0")
     elif mutation == "yaml-lines":  # the parts after the first counted one line off
         split = o._yaml_pod_split
 
@@ -663,3 +665,52 @@ def test_pod_items_are_passed_over_undecoded(tmp_path: Path, kind_first: bool) -
     assert whole == _full([str(path)])
     assert sum('"kind": "Pod"' in d for d in before) == 1  # only the last Pod item, which no separator follows
     assert pods > 40 and sum('"kind": "Pod"' in d for d in decoded) == pods + 1  # each once more in finish()
+
+
+def _pod_split_reference(text: str) -> tuple[o._Ranges, o._Ranges, int] | None:
+    """`_yaml_pod_split` written plainly: every column-0 kind and apiVersion line, by regular expression."""
+    if not blockyaml._text_is_plain(text):
+        return None
+    t = "\n" + text
+    if o._YAML_MARKERS.search(t) or o._YAML_ODD_COLUMN_0.search(t):
+        return None
+    starts = [0, *(m.start() for m in o._YAML_SEPARATOR.finditer(t)), len(text)]
+    kinds = [(m.start(), m[1]) for m in re.finditer(r"\nkind:([^\n]*)", t)]
+    versions = [(m.start(), m[1]) for m in re.finditer(r"\napiVersion:([^\n]*)", t)]
+    others: o._Ranges = []
+    pods: o._Ranges = []
+    count = 0
+    for a, b in itertools.pairwise(starts):
+        if a == b:
+            continue
+        line = text.count("\n", 0, a) + 1
+        found_kinds = [k for at, k in kinds if a <= at < b]
+        found_versions = [v for at, v in versions if a <= at < b]
+        pod = (found_kinds == [" Pod"] and found_versions in ([], [" v1"])
+               and o._YAML_MAPPING_FIRST.match(text, a) is not None)
+        count += pod
+        into = pods if pod else others
+        if into and into[-1][1] == a:
+            into[-1] = (into[-1][0], b, into[-1][2])
+        else:
+            into.append((a, b, line))
+    return (others, pods, count) if count else None
+
+
+def test_yaml_pod_split_finds_what_every_kind_line_says() -> None:
+    """The Pods' split (found by searching each document) against every kind and apiVersion line
+    found in the whole text, on random texts of such lines, separators and others."""
+    pieces = ["apiVersion: v1\n", "apiVersion: v2\n", "apiVersion: v1 \n", "apiVersion: v1", "apiVersion:",
+              "apiVersion: 'v1'\n", "kind: Pod\n", "kind: Pod", "kind: Pods\n", "kind: Service\n", "kind:\n",
+              "kind:", "kind: Pod # c\n", " kind: Pod\n", "metadata:\n  name: x\n", "  kind: Pod\n",
+              "- kind: Pod\n", "---\n", "---", "--- \n", "# c\n", "\n", "a: b\n", "'kind': Pod\n"]
+    rng = random.Random(12)
+    split = 0
+    for _ in range(8000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randrange(1, 14)))
+        expected = _pod_split_reference(text)
+        assert o._yaml_pod_split(text) == expected, text
+        split += expected is not None
+    assert split > 80
+    text = yaml.safe_dump_all(to_objects(random_cluster(seed=3, services=30, endpoints_per_service=3)))
+    assert o._yaml_pod_split(text) == _pod_split_reference(text) is not None

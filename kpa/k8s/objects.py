@@ -2121,9 +2121,9 @@ def _load_text(box: list[str], source: str, collector: _Collector) -> None:
             # again with line tracking to say where the problem is.
             _report_with_lines(small, source, error, collector.kinds)
         return
-    for document in _yaml_documents(text, source):
+    for document in _yaml_documents(text, source, direct=_direct_objects(source, collector.kinds)):
         try:
-            collector.add_document(document, getattr(document, "line", None), None)
+            collector.add_read(document)
         except _SchemaError as error:
             raise InputError(source, error.line, error.message) from None
 
@@ -2358,8 +2358,9 @@ def load_objects(paths: Sequence[str], stdin: TextIO | None = None,
 _YAML_MARKERS = re.compile(r"\n(?:---[^\n]|\.\.\.|%)")
 _YAML_ODD_COLUMN_0 = re.compile(r"\n(?:[^A-Za-z #\n-]|-(?! |--(?:\n|\Z))|[A-Za-z][\w./-]*+(?!:(?: |\n|\Z)))")
 _YAML_SEPARATOR = re.compile(r"\n---(?=\n|\Z)")
-_YAML_KIND = re.compile(r"\nkind:([^\n]*)")
-_YAML_API_VERSION = re.compile(r"\napiVersion:([^\n]*)")
+# Lines in column 0 that set the kind and the apiVersion, and the only ones of a Pod's document.
+_YAML_KIND, _YAML_POD = "\nkind:", "\nkind: Pod"
+_YAML_API_VERSION, _YAML_V1 = "\napiVersion:", "\napiVersion: v1"
 _YAML_MAPPING_FIRST = re.compile(r"(?:---\n)?(?: *(?:#[^\n]*)?\n)*[A-Za-z]")
 
 _Ranges = list[tuple[int, int, int]]
@@ -2382,27 +2383,25 @@ def _yaml_pod_split(text: str) -> tuple[_Ranges, _Ranges, int] | None:
     if _YAML_MARKERS.search(t) or _YAML_ODD_COLUMN_0.search(t):
         return None
     starts = [0, *(m.start() for m in _YAML_SEPARATOR.finditer(t)), len(text)]  # the \n before: the line in text
-    kinds = [(m.start(), m.group(1)) for m in _YAML_KIND.finditer(t)]
-    versions = [(m.start(), m.group(1)) for m in _YAML_API_VERSION.finditer(t)]
-    del t
+    find, size, last = t.find, len(t), len(text)
     others: _Ranges = []
     pods: _Ranges = []
-    count = k = v = 0
+    count = 0
     line, counted = 1, 0
     for a, b in itertools.pairwise(starts):
         if a == b:
             continue
-        found_kinds = []
-        while k < len(kinds) and kinds[k][0] < b:
-            found_kinds.append(kinds[k][1])
-            k += 1
-        found_versions = []
-        while v < len(versions) and versions[v][0] < b:
-            found_versions.append(versions[v][1])
-            v += 1
         line += text.count("\n", counted, a)
         counted = a
-        pod = (found_kinds == [" Pod"] and found_versions in ([], [" v1"])
+        # Its lines in column 0 that set the kind: one, `kind: Pod`; and apiVersion: none, or one `apiVersion: v1`.
+        # (In t, the document is t[a:b], and the last one goes on to t's end.)
+        e = b if b < last else size
+        k = find(_YAML_KIND, a, e)
+        v = find(_YAML_API_VERSION, a, e)
+        pod = (k >= 0 and t.startswith(_YAML_POD, k) and (k + len(_YAML_POD) == size or t[k + len(_YAML_POD)] == "\n")
+               and find(_YAML_KIND, k + 1, e) < 0
+               and (v < 0 or (t.startswith(_YAML_V1, v) and (v + len(_YAML_V1) == size or t[v + len(_YAML_V1)] == "\n")
+                              and find(_YAML_API_VERSION, v + 1, e) < 0))
                and _YAML_MAPPING_FIRST.match(text, a) is not None)
         if pod:
             count += 1
