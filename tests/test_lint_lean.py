@@ -1,4 +1,4 @@
-"""`kpa lint`'s lean comparison gives the full computation's findings.
+"""`kpa lint`'s lean comparison gives the full computation's findings; `kpa show` the same documents.
 
 With the rules' half worked out first (`rules_ahead`), `lint` asks `correlate` for lean
 ports: a Service port whose endpoint chains agree with the rules gets a `LeanExpected`,
@@ -6,12 +6,15 @@ read from each endpoint's address, conditions and node alone, instead of an `Exp
 with an `EndpointRef` per endpoint. The findings (order, messages, locations) must be
 exactly those of the full computation (`lint(..., ahead=None)`), on every fixture and on
 generated clusters of several shapes with random drift on either side; and shortcuts
-broken on purpose must be caught here.
+broken on purpose must be caught here. `kpa show` reads each endpoint's conditions, node
+and target from packed slices without building them; its documents must be those read
+from the built slices.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import json
 import random
@@ -32,6 +35,7 @@ from kpa.k8s import objects as objects_module
 from kpa.k8s.correlate import _object_ports, correlate
 from kpa.k8s.lint import lint, rules_ahead
 from kpa.k8s.objects import ClusterObjects, objects_from_documents
+from kpa.k8s.showview import describe_ahead, describe_objects
 from kpa.netfilter.model import Ruleset
 from kpa.sources import parse_text
 from tests.test_lint_compare import CASES, OBJECT_CASES
@@ -230,13 +234,59 @@ def test_endpoint_states_are_the_backends_fields() -> None:
                 version = 6 if family == "ipv6" else 4
                 for op in _object_ports(objs, family):  # type: ignore[arg-type]
                     svc, sp = op.service, op.port
-                    full = objs.endpoints_by_address(svc.namespace, svc.name, sp.name, sp.protocol, version)
-                    states = objs.endpoint_states(svc.namespace, svc.name, sp.name, sp.protocol, version)
-                    assert list(states) == list(full)
-                    assert list(states.values()) == [(e.ready, e.serving, e.terminating, e.node_name)
-                                                     for e in full.values()]
-                    compared += len(states)
-    assert compared > 2000
+                    for asked in ((sp.protocol, version), (None, None), (sp.protocol, None), (None, version)):
+                        full = objs.endpoints_by_address(svc.namespace, svc.name, sp.name, *asked)
+                        states = objs.endpoint_states(svc.namespace, svc.name, sp.name, *asked)
+                        assert list(states) == list(full)
+                        assert list(states.values()) == [
+                            (e.ready, e.serving, e.terminating, e.node_name,
+                             None if (r := e.target_ref) is None else (r.kind, r.namespace, r.name))
+                            for e in full.values()]
+                        compared += len(states)
+    assert compared > 8000
+
+
+# ---------------------------------------------------------------- show
+
+
+def _show_docs(parse: Callable[[], Ruleset], objects: ClusterObjects) -> list[Any]:
+    ahead = describe_ahead(parse())
+    assert ahead is not None
+    return describe_objects(ahead[1], objects)
+
+
+@functools.cache
+def _show_cases() -> list[tuple[Any, ...]]:
+    return [c for c in [*CASES, *GENERATED] if describe_ahead(c[1]()) is not None]  # type: ignore[operator]
+
+
+def test_show_documents_read_from_packed_slices_equal_the_built_slices() -> None:
+    """Packed slices are read by `_packed_states`; built ones through `endpoints_by_address`."""
+    filled = 0
+    for _, parse, objects, _ in _show_cases():
+        docs = _show_docs(parse, objects)
+        assert docs == _show_docs(parse, _unpacked(objects))
+        filled += sum(1 for d in docs for e in d["endpoints"] if "ready" in e)
+    assert filled > 5000
+
+
+_BROKEN_FOR_SHOW = [
+    ('families = ("IPv4", "IPv6") if family is None', 'families = ("IPv4",) if family is None'),
+    ("(ready, serving, terminating, node_name, ref)", "(ready, serving, terminating, node_name, None)"),
+    ("if key in merged and not ready:", "if key in merged:"),
+]
+
+
+@pytest.mark.parametrize("broken", _BROKEN_FOR_SHOW, ids=[b[1] for b in _BROKEN_FOR_SHOW])
+def test_a_broken_reading_of_packed_slices_gives_other_show_documents(
+        broken: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    text, replacement = broken
+    cases = _show_cases()
+    monkeypatch.setattr(objects_module, "_packed_states", _broken(objects_module, "_packed_states", text, replacement))
+    for _, parse, objects, _ in cases:
+        if _show_docs(parse, objects) != _show_docs(parse, _unpacked(objects)):
+            return
+    pytest.fail(f"_packed_states with {replacement!r} for {text!r} went unnoticed")
 
 
 # Shortcuts broken on purpose: (module, function, text, replacement).

@@ -468,7 +468,7 @@ def _lean_expected(head: _PortHead, node_name: str, actual: Actual, objects: Clu
     rows = [
         _Row(f"[{address}]:{port}" if ":" in address else f"{address}:{port}", node == node_name,
              ready, serving, terminating, "", node)
-        for (address, port), (ready, serving, terminating, node) in states.items()
+        for (address, port), (ready, serving, terminating, node, _) in states.items()
     ]
     rows.sort()
     cat = categorize_endpoints(rows, policy)

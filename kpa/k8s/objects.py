@@ -483,15 +483,21 @@ class ClusterObjects:
         return merged
 
     def endpoint_states(
-        self, namespace: str, name: str, port_name: str, protocol: str, family: int
-    ) -> dict[tuple[str, int], tuple[bool, bool, bool, str | None]]:
-        """`endpoints_by_address` as (ready, serving, terminating, node name) of each backend.
+        self,
+        namespace: str,
+        name: str,
+        port_name: str = "",
+        protocol: str | None = None,
+        family: int | None = None,
+    ) -> dict[tuple[str, int], EndpointState]:
+        """`endpoints_by_address` as (ready, serving, terminating, node name, target) of each backend.
 
-        The same keys, in the same order, and those fields of the same backends, read
-        without building a `ServiceEndpoint` for each.
+        The same keys, in the same order, and those fields of the same backends (the target
+        as (kind, namespace, name), or None), read without building a `ServiceEndpoint`.
         """
         if self._packed is None:
-            return {key: (e.ready, e.serving, e.terminating, e.node_name)
+            return {key: (e.ready, e.serving, e.terminating, e.node_name,
+                          None if (r := e.target_ref) is None else (r.kind, r.namespace, r.name))
                     for key, e in self.endpoints_by_address(namespace, name, port_name, protocol, family).items()}
         return _packed_states(self._packed, namespace, name, port_name, protocol, family)
 
@@ -518,6 +524,10 @@ def _address_sort_key(key: tuple[str, int]) -> tuple[int, int, int]:
     except ValueError:
         return (0, 0, port)
 
+
+# What `ClusterObjects.endpoint_states` gives of a backend: ready, serving, terminating, node name,
+# and the target as (kind, namespace, name).
+EndpointState = tuple[bool, bool, bool, str | None, tuple[str, str | None, str] | None]
 
 # An EndpointSlice as plain tuples: (namespace, name, service_name, address_type, from_endpoints,
 # ports as (name, protocol, port), endpoints as (addresses, ready, serving, terminating,
@@ -624,20 +634,23 @@ def _packed_endpoints(packed: _PackedSlices, namespace: str, name: str, port_nam
     return merged
 
 
-def _packed_states(packed: _PackedSlices, namespace: str, name: str, port_name: str, protocol: str,
-                   family: int) -> dict[tuple[str, int], tuple[bool, bool, bool, str | None]]:
-    """`ClusterObjects.endpoint_states` read from packed slices: `_packed_endpoints`' walk, four fields kept."""
+def _packed_states(packed: _PackedSlices, namespace: str, name: str, port_name: str, protocol: str | None,
+                   family: int | None) -> dict[tuple[str, int], EndpointState]:
+    """`ClusterObjects.endpoint_states` read from packed slices: `_packed_endpoints`' walk, five fields kept."""
     records, by_service = packed
-    address_family = f"IPv{family}"
-    merged: dict[tuple[str, int], tuple[bool, bool, bool, str | None]] = {}
+    # kube-proxy ignores FQDN slices.
+    families = ("IPv4", "IPv6") if family is None else (f"IPv{family}",)
+    merged: dict[tuple[str, int], EndpointState] = {}
     for index in by_service.get((namespace, name), ()):
         _, _, _, address_type, _, ports, endpoints = records[index]
-        if address_type != address_family:
-            continue  # another family, or FQDN slices kube-proxy ignores
+        if address_type not in families:
+            continue
         for slice_port_name, slice_protocol, slice_port in ports:
-            if slice_port_name != port_name or slice_port is None or slice_protocol != protocol:
+            if slice_port_name != port_name or slice_port is None:
                 continue
-            for addresses, ready, serving, terminating, node_name, _zone, _hints, _ref in endpoints:
+            if protocol is not None and slice_protocol != protocol:
+                continue
+            for addresses, ready, serving, terminating, node_name, _zone, _hints, ref in endpoints:
                 if not addresses:
                     continue
                 # kube-proxy uses only the first address of an endpoint (canonical_ip, inlined).
@@ -647,7 +660,7 @@ def _packed_states(packed: _PackedSlices, namespace: str, name: str, port_name: 
                 key = (address, slice_port)
                 if key in merged and not ready:
                     continue
-                merged[key] = (ready, serving, terminating, node_name)
+                merged[key] = (ready, serving, terminating, node_name, ref)
     return merged
 
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kpa.k8s.kubeproxy import ServicePortView, natural_key, service_ports_ahead
 from kpa.k8s.story import fmt_share
 from kpa.netfilter.model import Ruleset
+
+if TYPE_CHECKING:
+    from kpa.k8s.objects import EndpointState
 
 
 def _split_spn(spn: str) -> tuple[str, str, str]:
@@ -128,28 +131,30 @@ def describe_objects(described: list[RulesDoc], objects: Any) -> list[dict[str, 
                 t = svc.session_affinity_timeout
                 affinity = f"{svc.session_affinity}" + (f" ({t}s)" if t else "")
             ranges = list(svc.load_balancer_source_ranges) or ranges
+            lb_ips = svc.load_balancer_ips  # (worked out from the ingress list each time it is asked)
             for e in doc["entries"]:
-                if e["address"] in svc.load_balancer_ips:
+                if e["address"] in lb_ips:
                     e["kind"] = "loadBalancerIP"
                 elif e["address"] in svc.external_ips:
                     e["kind"] = "externalIP"
-            doc["load_balancer_ips"] = list(svc.load_balancer_ips)
+            doc["load_balancer_ips"] = list(lb_ips)
             doc["external_ips"] = list(svc.external_ips)
         elif v.local_endpoints or any(k in ("SVL", "local") for k in v.chains):
             policies = {"trafficPolicy": "Local (a local-endpoints chain exists)"}
         doc["traffic_policies"] = policies
         doc["session_affinity"] = affinity or "None"
         doc["source_ranges"] = ranges
-        conditions: dict[tuple[str, int | None], Any] = {}
+        # Each backend's conditions, node and target, without a ServiceEndpoint for each.
+        states: dict[tuple[str, int | None], EndpointState] = {}
         if svc is not None:
-            conditions = objects.endpoints_by_address(ns, name, port)
+            states = objects.endpoint_states(ns, name, port)  # type: ignore[assignment]
         for e, host, p in d.endpoints:
-            ep = conditions.get((host or "", p))
-            if ep is not None:
-                ref = ep.target_ref
-                e["pod"] = f"{ref.namespace or ns}/{ref.name}" if ref is not None and ref.kind == "Pod" else None
-                e["node"] = ep.node_name
-                e["ready"], e["serving"], e["terminating"] = ep.ready, ep.serving, ep.terminating
+            state = states.get((host or "", p))
+            if state is not None:
+                ready, serving, terminating, node, ref = state
+                e["pod"] = f"{ref[1] or ns}/{ref[2]}" if ref is not None and ref[0] == "Pod" else None
+                e["node"] = node
+                e["ready"], e["serving"], e["terminating"] = ready, serving, terminating
             elif objects is not None and host:
                 pod = objects.pod_by_ip(host)
                 e["pod"] = f"{pod.namespace}/{pod.name}" if pod is not None else None
