@@ -674,11 +674,13 @@ def show(target: str | None, rules: Sequence[str], live: bool, iptc: bool, examp
     if fmt == "name":
         for d in docs:
             click.echo(f"svc/{d['service_port'] or '(unnamed)'}")
+        _leave(0)
         return
     if fmt in ("json", "yaml"):
         from kpa.render.output import dump
 
         click.echo(dump({"service_ports": docs}, fmt), nl=False)
+        _leave(0)
         return
     from kpa.render.show import render_text
     from kpa.render.trace import fit, terminal_width
@@ -688,6 +690,7 @@ def show(target: str | None, rules: Sequence[str], live: bool, iptc: bool, examp
     if width and fmt != "wide":  # -o wide is for wide screens and grep, as with kubectl
         text = "\n".join(fit(text.rstrip("\n").split("\n"), width, set())) + "\n"
     click.echo(text, nl=False)
+    _leave(0)
 
 
 # -- trace -----------------------------------------------------------------------
@@ -994,6 +997,7 @@ def lint(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: S
     if write_baseline:
         save_baseline(write_baseline, report.findings)
         click.echo(f"wrote {len(report.findings)} finding(s) to the baseline {write_baseline}", err=True)
+        _leave(0)
         return
     checks = [c for c in CODES if (not only_codes or c in only_codes) and c not in ignore_codes]
     if objects.network_policies:
@@ -1006,9 +1010,7 @@ def lint(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: S
 
         text = colour_severities(text)
     click.echo(text, nl=False)
-    code = report.exit_status(fail_on)  # type: ignore[arg-type]
-    if code:
-        raise click.exceptions.Exit(code)
+    _leave(report.exit_status(fail_on))  # type: ignore[arg-type]
 
 
 # -- diff ------------------------------------------------------------------------
@@ -1111,7 +1113,7 @@ def _flush_streams() -> None:
 
 
 def _leave(code: int) -> None:
-    """End a command whose process holds both rulesets and the objects until the end.
+    """End a command whose process holds rulesets and cluster objects until the end (diff, lint, show).
 
     Freeing millions of objects one by one at interpreter exit takes a few tenths of a
     second and changes nothing, so when this process is the kpa command the output is
