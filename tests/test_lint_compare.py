@@ -30,7 +30,6 @@ from kpa.k8s.correlate import (
     Expected,
     FamilyName,
     Mode,
-    ObjectsSide,
     RulesSide,
     _Collected,
     _endpoint_chain,
@@ -41,7 +40,6 @@ from kpa.k8s.correlate import (
     correlate,
     expected_port,
     kube_proxy_layouts,
-    objects_side,
     rules_side,
 )
 from kpa.k8s.kubeproxy import (
@@ -422,7 +420,8 @@ def test_endpoint_chain_names_read_from_the_rules_are_kube_proxys() -> None:
         assert _endpoint_chain("nftables", spn, proto, ep) == naming.nft_endpoint_chain(spn, proto, ep)
 
 
-# ---------------------------------------------------------------- the objects' half, worked out apart
+# ---------------------------------------------------------------- clusters with the objects' own conditions
+# (OBJECT_CASES: also used by test_lint_lean)
 
 
 def _objects_cases() -> Iterator[tuple[str, Callable[[], Ruleset], ClusterObjects, str]]:
@@ -437,59 +436,3 @@ def _objects_cases() -> Iterator[tuple[str, Callable[[], Ruleset], ClusterObject
 
 
 OBJECT_CASES = list(_objects_cases())
-
-
-@pytest.mark.parametrize("case", OBJECT_CASES, ids=[c[0] for c in OBJECT_CASES])
-def test_the_objects_half_worked_out_apart_gives_the_full_answers(case: tuple[object, ...]) -> None:
-    _, parse, objects, node = case
-    assert callable(parse) and isinstance(objects, ClusterObjects) and isinstance(node, str)
-    given = objects_side(objects, node)
-    assert given is not None and objects_side(objects, None) is None
-    rs, full_rs = parse(), parse()
-    assert correlate(rs, objects, node, objects_ahead=given) == correlate(full_rs, objects, node)
-    rs, full_rs = parse(), parse()
-    ahead = rules_ahead(rs)
-    assert _lint_json(rs, objects, node, ahead=ahead, objects_ahead=given) == _lint_json(full_rs, objects, node)
-    # Another node's or no node's answers are not taken.
-    rs, full_rs = parse(), parse()
-    assert correlate(rs, objects, "other-node", objects_ahead=given) == correlate(full_rs, objects, "other-node")
-    rs, full_rs = parse(), parse()
-    assert correlate(rs, objects, None, objects_ahead=given) == correlate(full_rs, objects, None)
-
-
-def test_the_objects_half_is_taken_for_iptables_layouts_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    from kpa.k8s import correlate as module
-
-    taken: list[str] = []
-    real = module._correlate_given
-
-    def counting(*args: object) -> object:
-        taken.append("given")
-        return real(*args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(module, "_correlate_given", counting)
-    for name, parse, objects, node in CASES:
-        assert callable(parse) and isinstance(objects, ClusterObjects) and isinstance(node, str)
-        rs = parse()
-        before = len(taken)
-        correlate(rs, objects, node, objects_ahead=objects_side(objects, node))
-        modes = {mode for mode, _ in kube_proxy_layouts(rs)}
-        assert (len(taken) > before) == (modes <= {"iptables"}), name
-
-
-def test_a_careless_objects_half_gives_other_answers() -> None:
-    """Expected ports worked out for no node, or for the other family, are caught."""
-    differ_node = differ_family = 0
-    for _, parse, objects, node in OBJECT_CASES:
-        assert callable(parse) and isinstance(objects, ClusterObjects) and isinstance(node, str)
-        given = objects_side(objects, node)
-        assert given is not None
-        full = correlate(parse(), objects, node)
-        no_node = ObjectsSide(node, {fam: {k: expected_port(op, None, "iptables")
-                                           for op in _object_ports(objects, fam)
-                                           for k in [(op.name, op.protocol)]}
-                                     for fam in ("ipv4", "ipv6")})  # type: ignore[misc]
-        differ_node += correlate(parse(), objects, node, objects_ahead=no_node) != full
-        swapped = ObjectsSide(node, {"ipv4": given.expected["ipv6"], "ipv6": given.expected["ipv4"]})
-        differ_family += correlate(parse(), objects, node, objects_ahead=swapped) != full
-    assert differ_node >= 5 and differ_family >= 20

@@ -391,80 +391,37 @@ def test_a_spare_core_is_judged_by_the_tasks_runnable_now(loadavg: str, cores: i
     assert spare_in(loadavg, cores) is spare
 
 
-def _expected_by_port(objects: ClusterObjects) -> dict[tuple[str, str, str], object]:
-    """A stand-in for a computation on the objects alone: endpoints per Service port, with the Service."""
-    return {(s.namespace, s.name, p.name): (s, objects.endpoints_for(s.namespace, s.name, p.name, p.protocol))
-            for s in objects.services for p in s.ports}
-
-
-def _pods_too(objects: ClusterObjects) -> int:
-    return len(objects.pods)
-
-
-def _unpicklable(objects: ClusterObjects) -> object:
-    return lambda: objects
-
-
-def _raises(objects: ClusterObjects) -> object:
-    raise KeyError("no")
-
-
-def test_a_computation_ahead_in_the_child_gives_what_it_gives_on_the_objects_here(tmp_path: Path) -> None:
-    """`objects_ahead` runs in the child; its result equals the same function on the objects handed over,
-    refers to those very objects, and is None wherever the child cannot give it (then the caller computes)."""
-    from kpa.k8s.background import BackgroundObjects, settled
-
-    path = tmp_path / "c.json"
-    path.write_text(_items(to_objects(random_cluster(seed=24, services=30, endpoints_per_service=3))))
-    whole = load_objects([str(path)])
-    for fork in (True, False):
-        for fn in (_expected_by_port, _pods_too, _unpicklable, _raises):
-            for ask in (True, False):
-                with BackgroundObjects([str(path)], fork=fork, early=True, objects_ahead=fn) as pending:
-                    objects = pending.result()
-                    got = pending.ahead_result() if ask else None
-                with settled(objects):
-                    pass
-                assert _seen(objects) == _seen(whole)
-                assert objects.pods == whole.pods  # taking the result first does not lose the Pods
-                later = pending.ahead_result()  # after settling, which took it from the child if not asked yet
-                if ask:
-                    assert later is got  # asked again: the same answer
-                if fork and fn is _expected_by_port:
-                    assert later == _expected_by_port(objects) and later
-                    # the very Services of the objects handed over, not copies
-                    assert all(svc is objects.service(svc.namespace, svc.name) for svc, _ in later.values())
-                else:  # no child, the Pods asked for before they are read, a result that does not pickle, fn raised
-                    assert later is None
-
-
-def _stuck(objects: ClusterObjects) -> object:
-    import time
-
-    time.sleep(120)
-    return None
-
-
-def test_no_result_ahead_when_the_child_dies(tmp_path: Path) -> None:
+def test_a_child_that_dies_after_the_hand_over_leaves_the_objects_to_be_read_here(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed after handing the objects over but before saying they are whole: settling reads the files
+    here, and whatever was worked out from the objects handed over is to be worked out again."""
     import signal
 
     from kpa.k8s.background import BackgroundObjects, ObjectsChanged, settled
 
     path = tmp_path / "c.json"
     path.write_text(_items(to_objects(random_cluster(seed=25, services=10, endpoints_per_service=2))))
-    with BackgroundObjects([str(path)], fork=True, early=True, objects_ahead=_stuck) as pending:
+    real = o.load_objects_early
+
+    def stalling(paths: Any, kinds: Any = None) -> Any:  # the forked child inherits this
+        objects, finish = real(paths, kinds=kinds)
+
+        def stalled() -> Any:
+            import time
+
+            time.sleep(120)
+            return finish()
+        return objects, stalled
+
+    monkeypatch.setattr(o, "load_objects_early", stalling)
+    with BackgroundObjects([str(path)], fork=True, early=True) as pending:
         pid = pending.child
         assert pid is not None
         objects = pending.result()
-        os.kill(pid, signal.SIGKILL)  # while it is stuck in the function
-        assert pending.ahead_result() is None
-    # Killed before it said the objects were whole: they are read here, and what was worked out
-    # from the ones handed over is to be worked out again.
+        os.kill(pid, signal.SIGKILL)  # while it checks the Pods
     with pytest.raises(ObjectsChanged) as changed, settled(objects):
         pass
     assert changed.value.objects.pods == load_objects([str(path)]).pods
-    with pytest.raises(ValueError):
-        BackgroundObjects([str(path)], objects_ahead=_expected_by_port)
 
 
 def _item_text(doc: dict[str, Any]) -> str:

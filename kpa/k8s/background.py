@@ -26,19 +26,10 @@ checks that each was exactly one Pod. If it was not (or the child did not finish
 settling reads the objects here: that raises the error reading them gives, or, if they
 read fine, `ObjectsChanged` with them, and whatever was worked out from the objects
 handed over must be worked out again from those (`settled_run` does that).
-
-With `objects_ahead=fn` as well, the child runs `fn(objects)` on the objects it handed
-over, and hands `fn`'s result over after them (`ahead_result()`). The result is
-pickled with the same pickler as the objects, so the objects it refers to are the very
-objects `result()` gave, not copies. It is None when there was no child, when the child
-failed, or when `fn` raised (inside `fn` the Pods are not there yet: asking for them
-raises); the caller then works it out from the objects itself. Like the objects, it is
-only final once they are settled.
 """
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import struct
@@ -46,7 +37,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from kpa.forked import ChildJob
 
@@ -110,19 +101,13 @@ class BackgroundObjects:
     """
 
     def __init__(self, paths: Sequence[str], fork: bool | None = None, kinds: frozenset[str] | None = None,
-                 early: bool = False, objects_ahead: Callable[[ClusterObjects], Any] | None = None) -> None:
+                 early: bool = False) -> None:
         """`fork`: True or False to decide; by default, when `spare_core()` says so. `kinds`: see load_objects.
-        `early`: hand the objects over before the Pods are built (see the module's help).
-        `objects_ahead` (with `early` only): run in the child on the objects; see `ahead_result`."""
-        if objects_ahead is not None and not early:
-            raise ValueError("objects_ahead needs early=True")
+        `early`: hand the objects over before the Pods are built (see the module's help)."""
         self._paths = list(paths)
         self._kinds = kinds
         self._fork = fork
         self._early = early
-        self._objects_ahead = objects_ahead
-        self._unpickler: _Unpickler | None = None  # the objects' unpickler, kept for the ahead result
-        self._ahead: tuple[bool, Any] | None = None  # (taken from the child, result)
         self._job: ChildJob | None = None
         self._handed = False  # the early objects were taken: the child goes on after the block
         self._pods: bytes | dict[tuple[str, str], Pod] | None = None
@@ -173,14 +158,11 @@ class BackgroundObjects:
         from kpa.k8s.objects import load_objects_early
 
         objects, finish = load_objects_early(self._paths, kinds=self._kinds)
-        out = _Pieces()
-        pickler = pickle.Pickler(out, protocol=pickle.HIGHEST_PROTOCOL)
-        pickler.dump(objects)
-        yield _LENGTH.pack(out.size)
-        yield from out.take()
-        if self._objects_ahead is not None:
-            yield from _ahead_pieces(self._objects_ahead, objects, pickler, out)
-        del objects, pickler
+        main = pickle.dumps(objects, protocol=pickle.HIGHEST_PROTOCOL)
+        del objects
+        yield _LENGTH.pack(len(main))
+        yield main
+        del main
         pods = pickle.dumps(finish(), protocol=pickle.HIGHEST_PROTOCOL)
         yield _LENGTH.pack(len(pods))
         yield pods
@@ -193,8 +175,7 @@ class BackgroundObjects:
         main = job.read(_LENGTH.unpack(head)[0]) if job is not None and head is not None else None
         objects: ClusterObjects | None = None
         if main is not None:
-            self._unpickler = _Unpickler(main)
-            sent = self._unpickler.next()
+            sent = pickle.loads(main)
             objects = sent if isinstance(sent, ClusterObjects) else None
         if objects is None:
             if job is not None:
@@ -203,26 +184,6 @@ class BackgroundObjects:
         self._handed = True
         objects.attach_pods(self._child_pods, self._settle)
         return objects
-
-    def ahead_result(self) -> Any:
-        """What `objects_ahead` gave in the child, or None (no child, the child failed, or it raised).
-
-        Call it after `result()`; it waits for the child to get that far."""
-        if self._ahead is not None:
-            return self._ahead[1]
-        job, unpickler = self._job, self._unpickler
-        if self._objects_ahead is None or job is None or not self._handed or unpickler is None:
-            return None  # (before `result()`: nothing is taken, so it can still be asked for after)
-        self._ahead = (False, None)
-        head = job.read(_LENGTH.size)
-        data = job.read(_LENGTH.unpack(head)[0]) if head is not None else None
-        try:
-            sent = unpickler.next(data) if data is not None else None
-        except Exception:  # (e.g. a class the result names is not importable here): worked out by the caller
-            sent = None
-        if isinstance(sent, tuple) and len(sent) == 2 and sent[0] is True:
-            self._ahead = (True, sent[1])
-        return self._ahead[1]
 
     def _settle(self) -> None:
         """Wait for the child's Pods; if it does not send them whole, read the objects here, which
@@ -233,8 +194,6 @@ class BackgroundObjects:
             return
         if self._changed is not None:
             raise self._changed
-        if self._objects_ahead is not None and self._ahead is None:
-            self.ahead_result()  # the result comes before the Pods; taken here, it is not lost
         rest = self._job.collect() if self._job is not None else None
         if rest is not None and len(rest) >= _LENGTH.size and len(rest) == _LENGTH.size + _LENGTH.unpack_from(rest)[0]:
             self._pods = rest[_LENGTH.size:]
@@ -265,8 +224,8 @@ class ObjectsChanged(Exception):
 def settled_run(objects: ClusterObjects | None, compute: Callable[[ClusterObjects | None, bool], T]) -> T:
     """`compute(objects, True)` with `objects` settled when it ends (see `settled`); if settling finds
     them changed, `compute(objects read from the files, False)` instead. The second argument says
-    whether the objects are the ones handed over (so that what was worked out alongside them, such
-    as an `objects_ahead` result, holds)."""
+    whether the objects are the ones handed over, that is, whether this is the first computation:
+    work a caller did ahead that a computation consumes (lint's rules' half) is for the first only."""
     try:
         with settled(objects):
             return compute(objects, True)
@@ -287,58 +246,6 @@ def settled(objects: ClusterObjects | None) -> Iterator[None]:
         raise
     if objects is not None:
         objects.settle()
-
-
-class _Pieces:
-    """A file for a pickler: keeps what it writes as pieces to hand over."""
-
-    def __init__(self) -> None:
-        self._pieces: list[bytes] = []
-        self.size = 0
-
-    def write(self, data: bytes) -> int:
-        self._pieces.append(bytes(data))
-        self.size += len(data)
-        return len(data)
-
-    def take(self) -> list[bytes]:
-        pieces, self._pieces, self.size = self._pieces, [], 0
-        return pieces
-
-
-def _no_pods_yet() -> dict[tuple[str, str], Pod]:
-    raise LookupError("the Pods are not read yet")
-
-
-def _ahead_pieces(fn: Callable[[ClusterObjects], Any], objects: ClusterObjects, pickler: pickle.Pickler,
-                  out: _Pieces) -> list[bytes]:
-    """In the child: `fn(objects)` pickled after the objects by their pickler (so that it refers to
-    them, not to copies), behind its length; `(False, None)` if fn raised or its result does not pickle."""
-    objects.attach_pods(_no_pods_yet)  # fn must not take the missing Pods for none
-    try:
-        pickler.dump((True, fn(objects)))
-        pieces = out.take()
-    except Exception:
-        out.take()
-        pieces = [pickle.dumps((False, None), protocol=pickle.HIGHEST_PROTOCOL)]
-    return [_LENGTH.pack(sum(len(p) for p in pieces)), *pieces]
-
-
-class _Unpickler:
-    """Unpickles the pickles one pickler wrote in turn, each given as bytes, with one memo, so a later
-    pickle's references to objects of an earlier one give those objects."""
-
-    def __init__(self, data: bytes) -> None:
-        self._file = io.BytesIO(data)
-        self._unpickler = pickle.Unpickler(self._file)
-
-    def next(self, data: bytes | None = None) -> Any:
-        if data is not None:
-            self._file.seek(0)
-            self._file.truncate()
-            self._file.write(data)
-            self._file.seek(0)
-        return self._unpickler.load()
 
 
 def _receive(data: bytes) -> ClusterObjects | None:

@@ -566,7 +566,7 @@ def _iptables_actual(
     nat: Table,
     known: Mapping[str, tuple[str, str]],
     out: _Collected,
-    object_ports: Iterable[_ObjPort | _PortHead | _PortKey],
+    object_ports: Iterable[_ObjPort | _PortHead],
     views_all: list[kubeproxy.ServicePortView] | None = None,
 ) -> None:
     family = _family_name(nat.family)
@@ -681,7 +681,7 @@ def _iptables_orphans(
     family: FamilyName,
     referenced: set[str],
     known: Mapping[str, tuple[str, str]],
-    object_ports: Iterable[_ObjPort | _PortHead | _PortKey],
+    object_ports: Iterable[_ObjPort | _PortHead],
     out: _Collected,
 ) -> None:
     for c in nat.chains.values():
@@ -899,54 +899,15 @@ def rules_side(rs: Ruleset) -> RulesSide:
     return RulesSide(rs, layouts, out, names)
 
 
-@dataclass(frozen=True)
-class _PortKey:
-    """A Service port of the objects as the rules' side of `correlate` reads it: by name alone."""
-
-    name: str
-    protocol: str
-
-
-@dataclass
-class ObjectsSide:
-    """The objects' half of a correlation, worked out from the cluster objects and the node name alone.
-
-    `objects_side(objects, node_name)` computes, for every Service port each family's
-    proxier handles, what kube-proxy would program for it in iptables mode: exactly the
-    `Expected` `correlate` computes for it. It needs no ruleset, so it can be worked out
-    where the objects are read, before they are handed over; `correlate(..., objects_side=)`
-    then takes the answers from it. It is used for the same node only, and only where
-    every kube-proxy layout of the ruleset is iptables mode (nftables mode reads the
-    objects' endpoints to name its chains).
-    """
-
-    node_name: str
-    # Per family, the Service ports in `_object_ports` order, with their iptables-mode Expected.
-    expected: dict[FamilyName, dict[tuple[str, str], Expected]]
-
-
-def objects_side(objects: ClusterObjects, node_name: str | None) -> ObjectsSide | None:
-    """See `ObjectsSide`; None without a node name (the node is then inferred from the rules)."""
-    if node_name is None:
-        return None
-    expected: dict[FamilyName, dict[tuple[str, str], Expected]] = {}
-    families: tuple[FamilyName, ...] = ("ipv4", "ipv6")
-    for family in families:
-        expected[family] = {(op.name, op.protocol): expected_port(op, node_name, "iptables")
-                            for op in _object_ports(objects, family)}
-    return ObjectsSide(node_name, expected)
-
-
 def correlate(
     rs: Ruleset, objects: ClusterObjects, node_name: str | None = None,
-    side: RulesSide | None = None, objects_ahead: ObjectsSide | None = None, lean: bool = False,
+    side: RulesSide | None = None, lean: bool = False,
 ) -> Correlation:
     """Pair every kube-proxy chain in ``rs`` with its Service port in ``objects``.
 
     ``node_name`` is the node the rules were taken from; without it kpa infers
     the node from the endpoints in Local-policy chains, or leaves Local
     expectations unchecked. ``side``: `rules_side(rs)`, worked out earlier.
-    ``objects_ahead``: `objects_side(objects, node_name)`, worked out earlier.
     ``lean``: where the node is given and every layout is iptables mode, a port whose
     endpoint chains agree with the rules gets a `LeanExpected` instead of an `Expected`
     (what `kpa lint` reads; `kpa show` needs the whole `Expected`).
@@ -957,12 +918,6 @@ def correlate(
         side.collected = None  # what correlate collects it then changes: use it once
     layouts = side.layouts if ready is not None and side is not None else list(kube_proxy_layouts(rs))
     families = {_family_name(t.family) for _, t in layouts}
-    given = objects_ahead if (
-        objects_ahead is not None and node_name is not None and objects_ahead.node_name == node_name
-        and all(mode == "iptables" for mode, _ in layouts)) else None
-    if given is not None:
-        assert node_name is not None
-        return _correlate_given(rs, objects, node_name, layouts, ready, given)
     lean = lean and node_name is not None and all(mode == "iptables" for mode, _ in layouts)
     # When lean, a port's endpoints are read only where its Expected is wanted.
     obj_ports: dict[FamilyName, list[_ObjPort]] | dict[FamilyName, list[_PortHead]] = (
@@ -1042,51 +997,6 @@ def _add_port(result: Correlation, seen: set[tuple[str, str, str, str | None]], 
     result.ports.append(pc)
 
 
-def _correlate_given(
-    rs: Ruleset, objects: ClusterObjects, node_name: str, layouts: list[tuple[Mode, Table]],
-    ready: _Collected | None, given: ObjectsSide,
-) -> Correlation:
-    """`correlate` with the objects' half taken from ``given``: the same steps, in the same order."""
-    expected = given.expected
-    out = ready if ready is not None else _Collected()
-    for mode, t in layouts if ready is None else ():
-        fam = _family_name(t.family)
-        known: dict[str, tuple[str, str]] = {}
-        for port_name, port_proto in expected[fam]:
-            for chain in _service_chains(mode, port_name, port_proto).values():
-                known[chain] = (port_name, port_proto)
-        _iptables_actual(rs, t, known, out, [_PortKey(n, p) for n, p in expected[fam]])
-    result = Correlation(
-        unmapped=out.unmapped,
-        orphans=out.orphans,
-        layouts=[(mode, _family_name(t.family)) for mode, t in layouts],
-        node_name=node_name,
-        node_source="given",
-    )
-    seen: set[tuple[str, str, str, str | None]] = set()
-    for (_, proto), pc in sorted(out.ports.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
-        ports = expected.get(pc.family, {})
-        match = ports.get((pc.name, proto or ""))
-        if match is None and proto is None:
-            # Protocol unknown from the rules (no entry rule): any port of that name will do.
-            found = next(((k, e) for k, e in ports.items() if k[0] == pc.name), None)
-            if found is not None:
-                pc.protocol = found[0][1]
-                match = found[1]
-        if match is not None:
-            pc.expected = match
-        _add_port(result, seen, pc, objects)
-    for mode, t in layouts:
-        fam = _family_name(t.family)
-        for (port_name, port_proto), e in expected[fam].items():
-            if (mode, fam, port_name, port_proto) in seen:
-                continue
-            seen.add((mode, fam, port_name, port_proto))
-            result.ports.append(PortCorrelation(mode, fam, port_name, port_proto, True, expected=e))
-    result.ports.sort(key=lambda p: (p.name, p.protocol or "", p.family, p.mode))
-    return result
-
-
 __all__ = [
     "Actual",
     "ChainRef",
@@ -1094,7 +1004,6 @@ __all__ = [
     "EndpointRef",
     "Expected",
     "LeanExpected",
-    "ObjectsSide",
     "OrphanEndpoint",
     "PortCorrelation",
     "RulesSide",
@@ -1102,6 +1011,5 @@ __all__ = [
     "correlate",
     "expected_port",
     "kube_proxy_layouts",
-    "objects_side",
     "rules_side",
 ]

@@ -28,7 +28,6 @@ from kpa.k8s.correlate import (
     EndpointRef,
     Expected,
     LeanExpected,
-    ObjectsSide,
     PortCorrelation,
     RulesSide,
     UnmappedChain,
@@ -150,17 +149,16 @@ def rules_ahead(ruleset: Ruleset) -> RulesAhead:
 
 
 def lint(ruleset: Ruleset, objects: ClusterObjects, node_name: str | None,
-         ahead: RulesAhead | None = None, objects_ahead: ObjectsSide | None = None) -> list[Finding]:
+         ahead: RulesAhead | None = None) -> list[Finding]:
     """All findings for one node's ruleset against the cluster objects, most severe first.
 
-    ``ahead``: `rules_ahead(ruleset)`, worked out before the objects were at hand;
-    ``objects_ahead``: `objects_side(objects, node_name)`, worked out where they were read.
+    ``ahead``: `rules_ahead(ruleset)`, worked out before the objects were at hand.
     """
     if ahead is not None and ahead.ruleset is not ruleset:
         ahead = None
     problems = ahead.problems if ahead is not None else list(_rule_problems(ruleset))
     # Lean where no rule-level finding needs every expected chain's owner (`_chain_owners`).
-    corr = correlate(ruleset, objects, node_name, ahead.side if ahead is not None else None, objects_ahead,
+    corr = correlate(ruleset, objects, node_name, ahead.side if ahead is not None else None,
                      lean=ahead is not None and not problems)
     findings = list(lint_correlation(corr, objects, ahead.even if ahead is not None else None))
     if problems:
