@@ -710,15 +710,63 @@ class Topology:
             ["ip", "netns", "exec", self.ns["node"], "nft", "-a", "monitor", "trace"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            time.sleep(0.2)  # let the monitor subscribe before traffic flows
+            wait_until_tracing(monitor)
             action()
-            time.sleep(0.3)
+            wait_until_traced(monitor)
         finally:
             monitor.terminate()
             out, _ = monitor.communicate(timeout=5)
             self.run_in("node", ["nft", "delete", "table", "inet", "kpat_trace"],
                         check=False)
         return parse_nft_trace(out)
+
+
+# A trace listener (`nft monitor trace`, `xtables-monitor --trace`) is a netfilter netlink
+# socket subscribed to NFNLGRP_NFTRACE. /proc/PID/net/netlink lists the sockets of PID's
+# namespace with their groups (the first 32 as a hex mask) and the bytes waiting in each
+# one's receive queue, so a test can wait for the subscription and for the queue to drain
+# instead of guessing with sleeps, which fail on a loaded machine.
+_NETLINK_NETFILTER = 12
+_NFTRACE_BIT = 1 << (9 - 1)  # NFNLGRP_NFTRACE is group 9
+
+
+def _trace_queues(pid: int) -> list[int]:
+    """The receive-queue bytes of each trace listener in the namespace of process ``pid``."""
+    try:
+        lines = Path(f"/proc/{pid}/net/netlink").read_text().splitlines()[1:]
+    except OSError:
+        return []
+    queues = []
+    for line in lines:
+        fields = line.split()
+        if int(fields[1]) == _NETLINK_NETFILTER and int(fields[3], 16) & _NFTRACE_BIT:
+            queues.append(int(fields[4]))
+    return queues
+
+
+def wait_until_tracing(monitor: subprocess.Popen[str], timeout: float = 10.0) -> None:
+    """Return once ``monitor`` (started in a test's namespace) listens for trace events."""
+    deadline = time.monotonic() + timeout
+    while not _trace_queues(monitor.pid):
+        if monitor.poll() is not None:
+            _, err = monitor.communicate()
+            raise HarnessError(f"trace monitor exited with {monitor.returncode}: {err.strip()}")
+        if time.monotonic() > deadline:
+            raise HarnessError(f"trace monitor not listening after {timeout:.0f}s")
+        time.sleep(0.01)
+
+
+def wait_until_traced(monitor: subprocess.Popen[str], timeout: float = 10.0) -> None:
+    """Return once ``monitor`` has read every trace event the kernel queued for it.
+
+    The events of packets already handled are queued by then; a short pause first
+    lets softirq work still in flight (replies, timers) queue its own.
+    """
+    time.sleep(0.1)
+    deadline = time.monotonic() + timeout
+    while any(_trace_queues(monitor.pid)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)  # from its last read to its printed line
 
 
 @dataclass(frozen=True)

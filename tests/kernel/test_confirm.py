@@ -9,12 +9,11 @@ import re
 import shlex
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from .harness import Topology, default_spec
+from .harness import Topology, default_spec, wait_until_traced, wait_until_tracing
 
 pytestmark = pytest.mark.kernel
 
@@ -40,9 +39,9 @@ def watch(topo: Topology, command: str, action: object) -> str:
     monitor = subprocess.Popen(["ip", "netns", "exec", topo.name("node"), "sh", "-c", f"exec {command}"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(0.3)  # let the monitor subscribe before the packet flows
+        wait_until_tracing(monitor)
         action()  # type: ignore[operator]
-        time.sleep(0.5)
+        wait_until_traced(monitor)
     finally:
         monitor.terminate()
         out, _ = monitor.communicate(timeout=5)
