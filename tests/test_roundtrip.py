@@ -27,10 +27,10 @@ def test_render_back_is_accepted_and_saves_identically(dump: Path, tmp_path: Pat
     subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
         tool = _restore_tool(dump)
-        test = subprocess.run(["ip", "netns", "exec", ns, tool, "--test"], input=rendered, text=True,
+        test = subprocess.run(["ip", "netns", "exec", ns, tool, "-w", "10", "--test"], input=rendered, text=True,
                               capture_output=True, check=False)
         assert test.returncode == 0, test.stderr
-        subprocess.run(["ip", "netns", "exec", ns, tool], input=rendered, text=True, check=True)
+        subprocess.run(["ip", "netns", "exec", ns, tool, "-w", "10"], input=rendered, text=True, check=True)
         saved = subprocess.run(["ip", "netns", "exec", ns, tool.replace("-restore", "-save")], text=True,
                                capture_output=True, check=True).stdout
     finally:

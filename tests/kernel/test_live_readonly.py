@@ -186,7 +186,7 @@ def test_python_iptables_probes_every_table_but_kpa_does_not() -> None:
     rule = ["-t", "filter", "-A", "FORWARD", "-j", "CONNMARK", "--set-xmark", "0x1/0xffffffff"]
     with netns() as naive, netns() as guarded:
         for ns in (naive, guarded):
-            run_in(ns, ["iptables-legacy", *rule])
+            run_in(ns, ["iptables-legacy", "-w", "10", *rule])
             assert tables_in(ns) == ["filter"]
 
         py_in(naive, "import iptc\nt = iptc.Table('filter', autocommit=False)\n"
@@ -215,7 +215,7 @@ def test_iptc_text_parses_like_legacy_save(source: str, family: str) -> None:
     restore = "ip6tables-legacy-restore" if family == "ipv6" else "iptables-legacy-restore"
     save = "ip6tables-legacy-save" if family == "ipv6" else "iptables-legacy-save"
     with netns() as ns:
-        run_in(ns, [restore, "--counters"], stdin=text)
+        run_in(ns, [restore, "-w", "10", "--counters"], stdin=text)
         before = tables_in(ns, family)
         assert before
 
@@ -279,8 +279,8 @@ def load_kube_proxy_everything(ns: str) -> None:
     kitchen_nft = with_counters((IPT_FIXTURES / "kitchen-sink.nft.v4.save").read_text())
     kitchen_legacy = with_counters((IPT_FIXTURES / "kitchen-sink.legacy.v4.save").read_text())
     run_in(ns, ["iptables-nft-restore", "--counters"], stdin=kitchen_nft)
-    run_in(ns, ["iptables-legacy-restore", "--counters"], stdin=kitchen_legacy)
-    run_in(ns, ["ip6tables-legacy-restore", "--counters"],
+    run_in(ns, ["iptables-legacy-restore", "-w", "10", "--counters"], stdin=kitchen_legacy)
+    run_in(ns, ["ip6tables-legacy-restore", "-w", "10", "--counters"],
            stdin=with_counters((IPT_FIXTURES / "dual-stack.legacy.v6.save").read_text()))
     run_in(ns, ["nft", "-f", str(NFT_FIXTURES / "kitchen-sink.v4.nft")])
     run_in(ns, ["nft", "-f", "-"], stdin=COUNTER_TABLE)
