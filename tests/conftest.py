@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -18,7 +19,12 @@ import subprocess
 import pytest
 
 _REQUIRED_TOOLS = ("ip", "iptables-nft-restore", "iptables-legacy-restore", "nft", "conntrack", "ipset")
-_skipped_kernel: list[str] = []
+# Gathered from the test reports, which reach the process that prints the summary whether the
+# tests ran in it or in pytest-xdist's workers: (test, reason) and (test, feature, reason).
+_skipped_kernel: list[tuple[str, str]] = []
+_missing_features: list[tuple[str, str, str]] = []
+_SKIP_RE = re.compile(r"KERNEL TEST SKIPPED: (.*)", re.S)
+_FEATURE_RE = re.compile(r"KERNEL FEATURE MISSING \(([^)]*)\): (.*)", re.S)
 
 
 @functools.cache
@@ -56,17 +62,25 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         return
     if _in_ci():
         pytest.fail(f"CI=true but kernel test cannot run: {reason}", pytrace=False)
-    _skipped_kernel.append(item.nodeid)
     pytest.skip(f"KERNEL TEST SKIPPED: {reason}")
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    from kernel.features import SKIPPED
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if not report.skipped:
+        return
+    longrepr = report.longrepr
+    message = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    if (m := _SKIP_RE.search(message)) is not None:
+        _skipped_kernel.append((report.nodeid, m.group(1)))
+    elif (m := _FEATURE_RE.search(message)) is not None:
+        _missing_features.append((report.nodeid, m.group(1), m.group(2)))
 
-    for test, feature, reason in SKIPPED:
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for test, feature, reason in _missing_features:
         terminalreporter.write_sep("!", f"KERNEL FEATURE MISSING ({feature}), allowed skip: {test}: {reason}",
                                    yellow=True, bold=True)
     if _skipped_kernel:
+        reasons = sorted({reason for _, reason in _skipped_kernel})
         terminalreporter.write_sep(
-            "!", f"{len(_skipped_kernel)} kernel test(s) SKIPPED: "
-                 f"{kernel_unavailable_reason()}", red=True, bold=True)
+            "!", f"{len(_skipped_kernel)} kernel test(s) SKIPPED: {'; '.join(reasons)}", red=True, bold=True)

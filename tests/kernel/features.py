@@ -10,8 +10,6 @@ listed again in the summary. Any other name fails the test.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 ALLOWED: dict[str, str] = {
@@ -19,7 +17,6 @@ ALLOWED: dict[str, str] = {
                  "kube-network-policies' table cannot be loaded as the agent writes it; the same table with "
                  "each queue statement written as `counter` is tested instead",
 }
-SKIPPED: list[tuple[str, str, str]] = []  # (test, feature, reason)
 
 
 def skip_without(feature: str, reason: str | None) -> None:
@@ -28,6 +25,4 @@ def skip_without(feature: str, reason: str | None) -> None:
         return
     if feature not in ALLOWED:
         pytest.fail(f"{feature!r} is not an allowed missing kernel feature: {reason}", pytrace=False)
-    test = os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0]
-    SKIPPED.append((test, feature, reason))
     pytest.skip(f"KERNEL FEATURE MISSING ({feature}): {reason}")
