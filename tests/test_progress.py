@@ -116,8 +116,9 @@ def _kpa_on_tty(args: list[str], env: dict[str, str]) -> tuple[str, str, int]:
 def test_commands_show_progress_on_a_terminal_and_nowhere_else(name: str) -> None:
     args, expected = COMMANDS[name]
     # Without a terminal: the reference output, and nothing about progress on stderr.
+    # $COLUMNS as on the terminal below: kpa fits text output to it even on a pipe.
     plain = subprocess.run([sys.executable, "-m", "kpa", *args], capture_output=True, text=True,
-                           env={**os.environ, "KPA_PROGRESS_DELAY": "0"})
+                           env={**os.environ, "COLUMNS": "120", "KPA_PROGRESS_DELAY": "0"})
     assert "kpa:" not in plain.stderr
     # On a terminal, with every step slow enough to show (delay 0): the progress line is on the
     # terminal and stdout is byte for byte the same.
