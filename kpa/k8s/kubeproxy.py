@@ -51,6 +51,20 @@ class Entry:
         }
 
 
+# id(share) -> (share, float(share), fraction_text(share)). The shares of a ruleset's Service
+# ports repeat (`endpoint_split` gives the same Fraction object for the same dyadic share), and
+# each text costs microseconds; the memo holds each Fraction, so its id is not reused meanwhile.
+ShareTexts = dict[int, tuple[Fraction, float, str]]
+
+
+def share_texts(p: Fraction, memo: ShareTexts) -> tuple[Fraction, float, str]:
+    """``(p, float(p), fraction_text(p))``, from ``memo`` when ``p`` itself is in it."""
+    known = memo.get(id(p))
+    if known is None or known[0] is not p:
+        known = memo[id(p)] = (p, float(p), fraction_text(p))
+    return known
+
+
 @dataclass
 class EndpointView:
     chain: str
@@ -59,12 +73,18 @@ class EndpointView:
     location: str
     local_only: bool = False
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, memo: ShareTexts | None = None) -> dict[str, Any]:
+        """`memo`: the texts of the shares already written, for a caller that writes many."""
+        p = self.probability
+        if memo is None:
+            number, exact = float(p), fraction_text(p)
+        else:
+            _, number, exact = share_texts(p, memo)
         return {
             "chain": self.chain,
             "endpoint": self.address,
-            "probability": float(self.probability),
-            "probability_exact": fraction_text(self.probability),
+            "probability": number,
+            "probability_exact": exact,
             "location": self.location,
         }
 
@@ -81,7 +101,8 @@ class ServicePortView:
     no_endpoints: bool = False
     name_source: str = "comment"
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, memo: ShareTexts | None = None) -> dict[str, Any]:
+        """`memo`: as for `EndpointView.to_json`."""
         return {
             "service_port": self.name,
             "protocol": self.protocol,
@@ -89,8 +110,8 @@ class ServicePortView:
             "name_from": self.name_source,
             "entries": [e.to_json() for e in self.entries],
             "chains": self.chains,
-            "endpoints": [e.to_json() for e in self.endpoints],
-            "local_endpoints": [e.to_json() for e in self.local_endpoints],
+            "endpoints": [e.to_json(memo) for e in self.endpoints],
+            "local_endpoints": [e.to_json(memo) for e in self.local_endpoints],
             "no_endpoints": self.no_endpoints,
         }
 
@@ -826,6 +847,7 @@ __all__ = [
     "NeedsObjects",
     "Selectable",
     "ServicePortView",
+    "ShareTexts",
     "TrafficPolicy",
     "categorize_endpoints",
     "dnat_target",
@@ -839,5 +861,6 @@ __all__ = [
     "rule_protocol",
     "service_ports",
     "service_ports_ahead",
+    "share_texts",
     "traffic_policy",
 ]

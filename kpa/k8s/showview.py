@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
-from kpa.k8s.kubeproxy import ServicePortView, natural_key, service_ports_ahead
+from kpa.k8s.kubeproxy import ServicePortView, ShareTexts, natural_key, service_ports_ahead
 from kpa.k8s.story import fmt_share
 from kpa.netfilter.model import Ruleset
 
@@ -50,10 +51,11 @@ def _rules_affinity(rs: Ruleset, v: ServicePortView) -> str | None:
             if c is None:
                 continue
             for r in c.rules:
-                m = _RCHECK.search(r.text)
-                if m:
+                text = r.text
+                # (the substring first: most rules have no --rcheck, and finding that is cheaper)
+                if "--rcheck --seconds " in text and (m := _RCHECK.search(text)):
                     return f"ClientIP ({m.group(1)}s)"
-                if "@affinity-" in r.text:
+                if "@affinity-" in text:
                     return "ClientIP"
     return None
 
@@ -92,13 +94,20 @@ class RulesDoc:
 def describe_rules(views: list[ServicePortView], rs: Ruleset) -> list[RulesDoc]:
     """What `describe` reads of the rules, in its order; `describe_objects` adds the objects once."""
     out: list[RulesDoc] = []
+    # The texts of each share, once per Fraction object (see `ShareTexts`).
+    memo: ShareTexts = {}
+    shares: dict[int, tuple[Fraction, str]] = {}
     for v in sorted(views, key=lambda v: (natural_key(v.name or "~"), v.family)):
-        doc = v.to_json()
+        doc = v.to_json(memo)
         endpoints = []
         for key, eps in (("endpoints", v.endpoints), ("local_endpoints", v.local_endpoints)):
             for e, view in zip(doc[key], eps, strict=True):
                 # The share as a float, which is what the exact fraction prints as.
-                e["share"] = fmt_share(view.probability)
+                p = view.probability
+                share = shares.get(id(p))
+                if share is None or share[0] is not p:
+                    share = shares[id(p)] = (p, fmt_share(p))
+                e["share"] = share[1]
                 endpoints.append((e, *_host_port(e["endpoint"])))
         out.append(RulesDoc(v, doc, _rules_affinity(rs, v), _rules_source_ranges(rs, v), endpoints))
     return out
