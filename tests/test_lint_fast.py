@@ -783,7 +783,9 @@ def test_a_child_left_behind_is_stopped_and_stdin_is_never_forked(tmp_path: Path
 
 def _render_reference(docs: list[dict[str, object]], wide: bool, headers: bool) -> str:
     """`kpa show`'s text as it was written with str.ljust per cell (the endpoint tables only differ)."""
-    from kpa.render.show import _yn
+
+    def _yn(value: object) -> str:
+        return "-" if value is None else ("yes" if value else "no")
 
     out: list[str] = []
     for d in docs:

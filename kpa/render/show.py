@@ -5,14 +5,20 @@ from __future__ import annotations
 from typing import Any
 
 
-def _yn(value: Any) -> str:
-    return "-" if value is None else ("yes" if value else "no")
+def _head(local: bool, wide: bool) -> list[str]:
+    """The endpoint table's headings: FOR when the port has local endpoints, CHAIN for -o wide."""
+    return (["FOR"] if local else []) + ["ENDPOINT", "SHARE", "POD", "NODE", "READY", "SERVING", "TERMINATING"] \
+        + (["CHAIN"] if wide else [])
+
+
+_HEADS = {(local, wide): _head(local, wide) for local in (False, True) for wide in (False, True)}
 
 
 def render_text(docs: list[dict[str, Any]], wide: bool, headers: bool, color: bool) -> str:
     import click
 
     out: list[str] = []
+    formats: dict[tuple[int, ...], str] = {}
     for d in docs:
         title = f"{d['service_port'] or '(unnamed)'}  {d['protocol'] or ''}  {d['family']}"
         if d.get("type"):
@@ -34,27 +40,32 @@ def render_text(docs: list[dict[str, Any]], wide: bool, headers: bool, color: bo
             out.append("  no endpoints: traffic is rejected")
         if wide and d["chains"]:
             out.append("  chains: " + ", ".join(f"{k} {n}" for k, n in sorted(d["chains"].items())))
+        local = d["local_endpoints"]
         rows: list[list[str]] = []
-        for label, key in (("", "endpoints"), ("local", "local_endpoints")):
-            for e in d[key]:
-                row = [e["endpoint"] or "?", e["share"], e.get("pod") or "-", e.get("node") or "-",
-                       _yn(e.get("ready")), _yn(e.get("serving")), _yn(e.get("terminating"))]
-                if d["local_endpoints"]:
-                    row.insert(0, label or "all")
+        for label, group in (("all", d["endpoints"]), ("local", local)):
+            for e in group:
+                get = e.get
+                ready, serving, terminating = get("ready"), get("serving"), get("terminating")
+                # (each condition as yes, no or -, written out: this runs once per endpoint)
+                row = [e["endpoint"] or "?", e["share"], get("pod") or "-", get("node") or "-",
+                       "-" if ready is None else "yes" if ready else "no",
+                       "-" if serving is None else "yes" if serving else "no",
+                       "-" if terminating is None else "yes" if terminating else "no"]
+                if local:
+                    row.insert(0, label)
                 if wide:
                     row.append(e["chain"])
                 rows.append(row)
         if rows:
-            head = ["ENDPOINT", "SHARE", "POD", "NODE", "READY", "SERVING", "TERMINATING"]
-            if d["local_endpoints"]:
-                head.insert(0, "FOR")
-            if wide:
-                head.append("CHAIN")
+            head = _HEADS[bool(local), wide]
             table = [head, *rows] if headers else rows
-            widths = [max(map(len, column)) for column in zip(*table, strict=True)]
-            # Each cell left-justified to its column's width, as str.ljust does.
-            line = "  " + "  ".join(f"{{:<{w}}}" for w in widths)
-            out.extend(line.format(*r).rstrip() for r in table)
+            widths = tuple([max(map(len, column)) for column in zip(*table, strict=True)])
+            # Each cell left-justified to its column's width, as str.ljust does; the same widths
+            # recur across Service ports, so each line's format is made once.
+            row_format = formats.get(widths)
+            if row_format is None:
+                row_format = formats[widths] = "  " + "  ".join(f"{{:<{w}}}" for w in widths)
+            out.extend([row_format.format(*r).rstrip() for r in table])
         out.append("")
     return "\n".join(out) + ("\n" if out else "")
 
