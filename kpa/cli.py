@@ -666,30 +666,33 @@ def show(target: str | None, rules: Sequence[str], live: bool, iptc: bool, examp
             docs = describe_objects([d for d in described if id(d.view) in kept], objects)
         else:
             docs = describe(views, rs, objects)
-        return docs
+        # Written here, before the objects are settled: the objects' child may still be checking
+        # them meanwhile, and if they were not what the files hold, this output is made again.
+        return show_output(docs)
+
+    def show_output(docs: list[dict[str, Any]]) -> str | bytes:
+        if fmt == "name":
+            return "".join(f"svc/{d['service_port'] or '(unnamed)'}\n" for d in docs)
+        if fmt == "json":
+            from kpa.render.output import json_output
+
+            return json_output({"service_ports": docs})
+        if fmt == "yaml":
+            from kpa.render.output import dump
+
+            return dump({"service_ports": docs}, fmt)
+        from kpa.render.show import render_text
+        from kpa.render.trace import fit, terminal_width
+
+        text = render_text(docs, fmt == "wide", not no_headers, color_enabled(click.get_current_context()))
+        width = terminal_width()
+        if width and fmt != "wide":  # -o wide is for wide screens and grep, as with kubectl
+            text = "\n".join(fit(text.rstrip("\n").split("\n"), width, set())) + "\n"
+        return text
 
     # The objects are known whole before anything is said; if they were not what the files hold, the
     # comparison is made again with what they hold.
-    docs = settled_run(objects, compare)
-    if fmt == "name":
-        for d in docs:
-            click.echo(f"svc/{d['service_port'] or '(unnamed)'}")
-        _leave(0)
-        return
-    if fmt in ("json", "yaml"):
-        from kpa.render.output import dump
-
-        click.echo(dump({"service_ports": docs}, fmt), nl=False)
-        _leave(0)
-        return
-    from kpa.render.show import render_text
-    from kpa.render.trace import fit, terminal_width
-
-    text = render_text(docs, fmt == "wide", not no_headers, color_enabled(click.get_current_context()))
-    width = terminal_width()
-    if width and fmt != "wide":  # -o wide is for wide screens and grep, as with kubectl
-        text = "\n".join(fit(text.rstrip("\n").split("\n"), width, set())) + "\n"
-    click.echo(text, nl=False)
+    click.echo(settled_run(objects, compare), nl=False)
     _leave(0)
 
 

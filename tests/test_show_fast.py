@@ -4,20 +4,24 @@
 looks for session affinity's ``--rcheck`` by substring before its expression. Each is
 compared with the plain computation on the fixtures and generated clusters (shares that are
 dyadic, that are not, and that are too long to print exactly), and broken on purpose to show
-that the comparison notices.
+that the comparison notices. `json_output` hands `click.echo` the bytes of the JSON text where
+standard output takes UTF-8, and the text elsewhere: either way what is written is the text's.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import io
 import json
 import re
+import sys
 import textwrap
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
+import click
 import pytest
 
 from kpa.gen.cluster import random_cluster
@@ -28,6 +32,7 @@ from kpa.k8s.kubeproxy import ServicePortView, natural_key, service_ports
 from kpa.k8s.showview import _host_port, _rules_source_ranges
 from kpa.k8s.story import fmt_share
 from kpa.netfilter.model import Ruleset
+from kpa.render.output import dump, json_output
 from kpa.sources import parse_text
 from tests.test_lint_compare import CASES
 
@@ -136,3 +141,35 @@ def test_broken_shortcuts_give_other_documents(broken: tuple[ModuleType, str, li
     module, name, edits = broken
     monkeypatch.setattr(module, name, _broken(module, name, edits))
     assert _compare_all()[0] != []
+
+
+# ---------------------------------------------------------------- -o json
+
+
+_DOCS: list[Any] = [
+    {"service_ports": []},
+    {"service_ports": [{"name": "ns/café:80", "share": "33.3%", "probability": 1 / 3, "big": 2**40,
+                        "control": "a\x1b[1mb\x00\n\t", "nothing": None, "yes": True, "nested": {"a": [1, 2.5]}}]},
+    {"beyond 64 bits": 2**70},  # orjson refuses it: json writes it
+    {"nan": float("nan"), "inf": float("inf")},
+]
+
+
+def _written(doc: Any, encoding: str, monkeypatch: pytest.MonkeyPatch) -> bytes:
+    """What `click.echo(json_output(doc), nl=False)` writes to a standard output in ``encoding``."""
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding=encoding, errors="strict", write_through=True)
+    monkeypatch.setattr(sys, "stdout", stream)
+    out = json_output(doc)
+    assert isinstance(out, bytes) == (encoding == "utf-8")
+    click.echo(out, nl=False)
+    stream.flush()
+    return raw.getvalue()
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "latin-1"])
+def test_json_output_writes_the_bytes_of_the_json_text(encoding: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    for doc in _DOCS:
+        text = dump(doc, "json")
+        assert "\x1b" not in text  # nothing for click.echo to strip from the text either
+        assert _written(doc, encoding, monkeypatch) == text.encode(encoding)

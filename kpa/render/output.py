@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
 import json
+import os
 from typing import Any
 
 
@@ -33,6 +35,29 @@ def indented_json(doc: Any) -> str:
         return orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode()
     except TypeError:  # (orjson.JSONEncodeError is one)
         return json.dumps(doc, indent=2)
+
+
+def json_output(doc: Any) -> str | bytes:
+    """`dump(doc, "json")` for `click.echo` to write: as the bytes that text becomes where standard
+    output takes text as UTF-8 unchanged, otherwise as the text.
+
+    Decoding orjson's bytes to text and `click.echo` encoding it back cost about a tenth of a
+    second of `show -o json` on a large cluster (20 MB). `click.echo` strips escape sequences
+    from text written to a pipe, but JSON holds none (its control characters are escaped).
+    """
+    import click
+
+    stream = click.get_text_stream("stdout")
+    encoding = getattr(stream, "encoding", None)
+    if (os.linesep != "\n" or not encoding or codecs.lookup(encoding).name != "utf-8"
+            or getattr(stream, "buffer", None) is None):
+        return dump(doc, "json")
+    import orjson
+
+    try:
+        return orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+    except TypeError:  # as indented_json; json's text is ASCII (it escapes the rest)
+        return (json.dumps(doc, indent=2) + "\n").encode()
 
 
 SEVERITY_COLOURS = {"error": "red", "warning": "yellow", "info": "cyan", "note": "cyan", "unknown": "magenta"}
