@@ -85,10 +85,45 @@ def chain_problems(rs: Ruleset) -> GraphProblems:
     together), with chains by name. The graph is built only to list loops
     when there are some, as networkx's simple_cycles lists them.
     """
-    # Per table, in order: its group key and its chains' jump targets, in the graph's edge order.
+    jumps = _jumps(rs)
+    tables, base, succ, referenced = jumps
+    p = GraphProblems()
+    p.dangling = _dangling(jumps)
+    unreferenced = {key: {n for n in group_base.keys() - referenced[key] if not group_base[n]}
+                    for key, group_base in base.items()}
+    # In the graph's node order: an unreferenced node first appears as a chain.
+    emitted: set[Node] = set()
+    for (fam, tname), t, _ in tables:
+        unused = unreferenced[(fam, tname)]
+        if unused:
+            for name in t.chains:
+                node = (fam, tname, name)
+                if name in unused and node not in emitted:
+                    emitted.add(node)
+                    p.unreferenced.append(node)
+    if any(_has_cycle(group_succ) for group_succ in succ.values()):
+        p.cycles = _cycles(build_graph(rs))
+    return p
+
+
+def dangling_jumps(rs: Ruleset) -> list[tuple[Node, list[str]]]:
+    """Exactly `chain_problems(rs).dangling`, without looking for unreferenced chains and loops."""
+    return _dangling(_jumps(rs))
+
+
+# Per table, in order: its group key, the table and its chains' jump targets in the graph's edge order;
+# per group: whether each defined chain is a base chain, each chain's targets over all its tables, and
+# every chain jumped to.
+_Jumps = tuple[list[tuple[tuple[str, str], Table, dict[str, list[str]]]],
+               dict[tuple[str, str], dict[str, bool]],
+               dict[tuple[str, str], dict[str, list[str]]],
+               dict[tuple[str, str], set[str]]]
+
+
+def _jumps(rs: Ruleset) -> _Jumps:
+    """Every table's jumps; tables of one family and name are one group, as they are one in the graph."""
     tables: list[tuple[tuple[str, str], Table, dict[str, list[str]]]] = []
-    # Per group: whether each defined chain is a base chain (the last table to define it wins,
-    # as add_node updates), and each chain's targets over all its tables.
+    # Whether a chain is a base chain: the last table to define it wins, as add_node updates.
     base: dict[tuple[str, str], dict[str, bool]] = {}
     succ: dict[tuple[str, str], dict[str, list[str]]] = {}
     for t in rs.tables:
@@ -108,17 +143,16 @@ def chain_problems(rs: Ruleset) -> GraphProblems:
                     else:
                         group_succ[name] = targets
         tables.append((key, t, own))
-    missing: dict[tuple[str, str], set[str]] = {}
-    unreferenced: dict[tuple[str, str], set[str]] = {}
-    for key, group_succ in succ.items():
-        referenced = set(chained.from_iterable(group_succ.values()))
-        missing[key] = referenced - base[key].keys()
-        unreferenced[key] = {n for n in base[key].keys() - referenced if not base[key][n]}
-    p = GraphProblems()
-    # Both lists in the graph's node order: a dangling node first appears as a jump target, an
-    # unreferenced one as a chain.
+    referenced = {key: set(chained.from_iterable(group_succ.values())) for key, group_succ in succ.items()}
+    return tables, base, succ, referenced
+
+
+def _dangling(jumps: _Jumps) -> list[tuple[Node, list[str]]]:
+    """Jumps to chains no table of their group defines, in the graph's node order (a dangling node first
+    appears as a jump target), each with the locations of its jumps grouped by the chain they are in."""
+    tables, base, _, referenced = jumps
+    missing = {key: group_refs - base[key].keys() for key, group_refs in referenced.items()}
     refs: dict[Node, dict[str, list[str]]] = {}
-    emitted: set[Node] = set()
     for (fam, tname), t, own in tables:
         gone = missing[(fam, tname)]
         if gone:
@@ -127,17 +161,7 @@ def chain_problems(rs: Ruleset) -> GraphProblems:
                     for _, target in r.chain_refs():
                         if target in gone:
                             refs.setdefault((fam, tname, target), {}).setdefault(name, []).append(str(r.location))
-        unused = unreferenced[(fam, tname)]
-        if unused:
-            for name in t.chains:
-                node = (fam, tname, name)
-                if name in unused and node not in emitted:
-                    emitted.add(node)
-                    p.unreferenced.append(node)
-    p.dangling = [(n, [loc for locs in by_src.values() for loc in locs]) for n, by_src in refs.items()]
-    if any(_has_cycle(group_succ) for group_succ in succ.values()):
-        p.cycles = _cycles(build_graph(rs))
-    return p
+    return [(n, [loc for locs in by_src.values() for loc in locs]) for n, by_src in refs.items()]
 
 
 def _has_cycle(succ: dict[str, list[str]]) -> bool:
@@ -237,4 +261,4 @@ def dumps_json(g: nx.DiGraph) -> str:
     return json.dumps(to_json(g), indent=2) + "\n"
 
 
-__all__ = ["build_graph", "chain_problems", "find_problems", "reachable", "to_dot", "to_json", "to_mermaid"]
+__all__ = ["build_graph", "chain_problems", "dangling_jumps", "find_problems", "reachable", "to_dot", "to_json", "to_mermaid"]

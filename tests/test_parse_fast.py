@@ -21,7 +21,7 @@ from kpa.errors import InputError
 from kpa.gen.cluster import random_cluster
 from kpa.gen.iptables import render_restore
 from kpa.gen.options import ProxierOptions
-from kpa.graph import build_graph, chain_problems, find_problems
+from kpa.graph import build_graph, chain_problems, dangling_jumps, find_problems
 from kpa.netfilter.model import Family, LazyRule, Location, Rule, Ruleset
 from kpa.parse import shapes
 from kpa.parse.iptables_save import parse_iptables
@@ -367,6 +367,7 @@ def test_check_facts_without_networkx_match_the_graph(loop: str) -> None:
     expected = find_problems(build_graph(rs))
     got = chain_problems(rs)
     assert got == expected
+    assert dangling_jumps(rs) == got.dangling
     assert [n[2] for n, _ in got.dangling] == ["MISSING1", "MISSING2"]
     assert got.dangling[0][1] == (["g:11", "g:15", "g:17"] if loop != "long" else ["g:11", "g:16", "g:18"])
     assert bool(got.cycles) == (loop != "none")
@@ -385,6 +386,7 @@ def test_check_facts_for_tables_given_twice_match_the_graph(lazy: bool) -> None:
         rs.merge(parse_iptables(text, f"f{i}", shapes=lazy))
     got = chain_problems(rs)
     assert got == find_problems(build_graph(rs))
+    assert dangling_jumps(rs) == got.dangling
     assert [n[2] for n, _ in got.dangling] == ["MISSING1", "KUBE-SEP-DDDDDDDDDDDDDDDD", "MISSING3"]
 
 

@@ -21,7 +21,7 @@ from kpa.findings import (
     register,
     sort_findings,
 )
-from kpa.graph import chain_problems
+from kpa.graph import dangling_jumps
 from kpa.k8s.correlate import (
     Actual,
     Correlation,
@@ -465,7 +465,8 @@ def _rule_problems(rs: Ruleset) -> Iterator[tuple[str, str, str, str | None]]:
                        f"{t.family.value} {t.name}/{c.name} rule {r.index}{_at(str(r.location))}: "
                        f"kpa cannot model {what}, so traces through it are approximate",
                        str(r.location))
-    for node, refs in chain_problems(rs).dangling:
+    # Only the dangling jumps of `chain_problems`: lint reports neither unused chains nor loops.
+    for node, refs in dangling_jumps(rs):
         family, table, chain = node
         loc = refs[0] if refs else None
         more = f" (and {len(refs) - 1} more)" if len(refs) > 1 else ""
