@@ -441,6 +441,33 @@ def test_even_shares_shortcut_equals_fraction_test() -> None:
     assert _even_enough([Fraction(1, 3)] * 3, 3) is None
 
 
+
+def test_even_lists_known_by_their_shares_identity_equal_each_list_tested() -> None:
+    """`rules_ahead`'s evenness per distinct set of share objects is each endpoint list's own answer."""
+    from kpa.k8s.correlate import rules_side
+    from kpa.k8s.lint import _even_enough, _even_lists
+
+    cluster = random_cluster(31, 60, 5, ("ipv4",), nodes=3)  # type: ignore[arg-type]
+    lines = render_restore(cluster, ProxierOptions(node_name="node-0"), "ipv4").split("\n")  # type: ignore[arg-type]
+    # Some cascades made uneven, beside the even ones of as many endpoints, which share their Fractions.
+    shares = [i for i, line in enumerate(lines) if "--probability" in line]
+    for i in random.Random(5).sample(shares, 8):
+        lines[i] = re.sub(r"--probability \S+", "--probability 0.30000000009", lines[i])
+    side = rules_side(parse_iptables("\n".join(lines), "gen.save"))
+    assert side.collected is not None
+    want = {}
+    for pc in side.collected.ports.values():
+        assert pc.actual is not None
+        for refs in (pc.actual.cluster, pc.actual.local):
+            probs = [r.probability for r in refs]
+            if refs and all(p is not None for p in probs) and _even_enough(probs, len(refs)):  # type: ignore[arg-type]
+                want[id(refs)] = refs
+    got = _even_lists(side)
+    assert got.keys() == want.keys() and all(got[k] is want[k] for k in want)
+    lists = sum(1 for pc in side.collected.ports.values() for refs in (pc.actual.cluster, pc.actual.local)  # type: ignore[union-attr]
+                if refs)
+    assert 20 < len(want) < lists - 4
+
 ODD_RULES = [
     '-A {c} -m comment --comment "ns/a:p" -m recent --rcheck --seconds 10800 --reap --name {c} --mask 255.255.255.255 --rsource -j KUBE-SEP-AAAAAAAAAAAAAAAA',
     '-A {c} -m comment --comment "recent -m recent" -j KUBE-SEP-AAAAAAAAAAAAAAAA',

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from fractions import Fraction
+from operator import attrgetter
 
 from kpa.findings import (
     SEVERITY_RANK,
@@ -138,14 +139,33 @@ class RulesAhead:
 def rules_ahead(ruleset: Ruleset) -> RulesAhead:
     """The ruleset's part of `lint`: pass it to `lint` with the objects."""
     side = rules_side(ruleset)
+    return RulesAhead(ruleset, side, list(_rule_problems(ruleset)), _even_lists(side))
+
+
+_probability = attrgetter("probability")
+
+
+def _even_lists(side: RulesSide) -> dict[int, list[EndpointRef]]:
+    """The endpoint lists of the rules' half whose shares `_shares` finds even, by id."""
     even: dict[int, list[EndpointRef]] = {}
+    # Whether shares are even, by the identity of the share objects: the cascades of Service ports
+    # with as many endpoints hold the very same Fractions (see `kubeproxy._dyadic`). Each entry
+    # keeps its shares, so no id is reused while the cache lives.
+    seen: dict[tuple[int, ...], tuple[list[Fraction | None], bool]] = {}
     for pc in side.collected.ports.values() if side.collected is not None else ():
         for refs in (pc.actual.cluster, pc.actual.local) if pc.actual is not None else ():
-            probs = [r.probability for r in refs]
-            # By identity: `None in probs` would ask each Fraction whether it equals None.
-            if refs and all(p is not None for p in probs) and _even_enough(probs, len(refs)):  # type: ignore[arg-type]
+            if not refs:
+                continue
+            probs: list[Fraction | None] = list(map(_probability, refs))
+            key = tuple(map(id, probs))
+            known = seen.get(key)
+            if known is None:
+                # By identity: `None in probs` would ask each Fraction whether it equals None.
+                ok = all(p is not None for p in probs) and bool(_even_enough(probs, len(refs)))  # type: ignore[arg-type]
+                seen[key] = known = (probs, ok)
+            if known[1]:
                 even[id(refs)] = refs
-    return RulesAhead(ruleset, side, list(_rule_problems(ruleset)), even)
+    return even
 
 
 def lint(ruleset: Ruleset, objects: ClusterObjects, node_name: str | None,
