@@ -60,10 +60,13 @@ _B32_PAIRS: Final = tuple(a + b for a in "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567" for 
 
 def _b32_sha256_16(text: str) -> str:
     """The first 16 characters of `_b32_sha256(text)`: base32 of the digest's first 10 bytes."""
-    n = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:10], "big")
+    digest = hashlib.sha256(text.encode()).digest()
+    # Two 40-bit halves, eight characters each: small ints shift and mask faster than one of 80 bits.
+    a = int.from_bytes(digest[:5], "big")
+    b = int.from_bytes(digest[5:10], "big")
     t = _B32_PAIRS
-    return (t[n >> 70] + t[(n >> 60) & 1023] + t[(n >> 50) & 1023] + t[(n >> 40) & 1023]
-            + t[(n >> 30) & 1023] + t[(n >> 20) & 1023] + t[(n >> 10) & 1023] + t[n & 1023])
+    return (t[a >> 30] + t[(a >> 20) & 1023] + t[(a >> 10) & 1023] + t[a & 1023]
+            + t[b >> 30] + t[(b >> 20) & 1023] + t[(b >> 10) & 1023] + t[b & 1023])
 
 
 def service_port_name(namespace: str, name: str, port_name: str = "") -> str:
