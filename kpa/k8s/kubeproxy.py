@@ -310,8 +310,14 @@ def endpoint_split(chain: Chain) -> list[tuple[Rule, str, Fraction]]:
                 continue  # its targets are words of its text: it jumps to no endpoint chain
             m = _SEP_JUMP_RE.fullmatch(text)
             if m is not None:
-                target = m.group(2)
-                p = _probability(m.group(1)) if m.group(1) is not None else _ONE
+                shown, target = m.groups()
+                if remaining is None:
+                    step = _cascade_step(rem_n, rem_e, shown)
+                    if step is not None:
+                        share, rem_n, rem_e = step
+                        out.append((r, target, share))
+                        continue
+                p = _probability(shown) if shown is not None else _ONE
         if p is None:
             target = _jump(r)  # type: ignore[assignment]
             if target is None or not target.startswith("KUBE-SEP-"):
@@ -339,6 +345,25 @@ def endpoint_split(chain: Chain) -> list[tuple[Rule, str, Fraction]]:
         out.append((r, target, remaining * p))
         remaining -= remaining * p
     return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _cascade_step(rem_n: int, rem_e: int, shown: str | None) -> tuple[Fraction, int, int] | None:
+    """`endpoint_split`'s dyadic step for a rule whose probability is written ``shown`` (None: no
+    statistic match) when rem_n / 2**rem_e is left: (its share, rem_n, rem_e after it).
+
+    None where the probability is refused or not dyadic (the caller then takes the long way).
+    The cascades of Service ports with as many endpoints go through the same few steps.
+    """
+    p = _probability(shown) if shown is not None else _ONE
+    if p is None:
+        return None
+    den = p.denominator
+    if den & (den - 1):
+        return None
+    exp = rem_e + den.bit_length() - 1
+    n = rem_n * p.numerator
+    return _dyadic(n, exp), (rem_n << (exp - rem_e)) - n, exp
 
 
 # The tail of kube-proxy's endpoint rule, `-j DNAT --to-destination IP:PORT`, in the forms
@@ -410,6 +435,30 @@ def dnat_target(chain: Chain | None, version: int) -> str | None:
                     return addr
                 return f"[{addr}]:{e.port}" if version == 6 else f"{addr}:{e.port}"
     return None
+
+
+def _printed_dnats(t: Table) -> dict[str, str]:
+    """`dnat_target(t.chains[name], 4)` for each endpoint chain whose answer is its first DNAT rule
+    in the form `_DNAT_V4_PRINTED` reads; other chains are left out (ask `dnat_target`).
+
+    Read in the table's order: the endpoint chains, their rules and texts were made one after
+    the other, so this reads memory in sequence, where the Service chains' order jumps about.
+    """
+    out: dict[str, str] = {}
+    for name, c in t.chains.items():
+        if not name.startswith("KUBE-SEP-"):
+            continue
+        for r in c.rules:
+            if type(r) is not LazyRule:
+                break
+            text = r.text
+            if "DNAT" not in text:
+                continue  # as `dnat_target`: a DNAT target is written `-j DNAT`
+            m = _DNAT_V4_PRINTED.fullmatch(text, text.rfind(" -j "))
+            if m is not None:
+                out[name] = m.group(1)
+            break
+    return out
 
 
 def hash_names(services: list[tuple[str, str]]) -> dict[str, str]:
@@ -636,18 +685,23 @@ def _table_views(t: Table, rs: Ruleset, known: Mapping[str, str]) -> list[Servic
         c = t.chains.get(name)
         if c is not None:
             add_entry(c, kind)
+    get_chain = t.chains.get
+    dnats = _printed_dnats(t) if version == 4 else {}
     for c in t.chains.values():
-        if c.name.startswith(SERVICE_CHAIN_PREFIXES):
-            v = view_for(c.name, next((m for r in c.rules if (m := rule_comment(r))), None), None)
-            v.chains[c.name.split("-")[1]] = c.name
-            if c.name.startswith(("KUBE-SVC-", "KUBE-SVL-")):
-                dest = v.endpoints if c.name.startswith("KUBE-SVC-") else v.local_endpoints
+        name = c.name
+        if name.startswith(SERVICE_CHAIN_PREFIXES):
+            v = by_key.get(name[name.rfind("-") + 1 :])  # (the key `view_for` reads)
+            if v is None or v.name is None:
+                # Only here does `view_for` read the chain's comment: where no entry rule named the port.
+                v = view_for(name, next((m for r in c.rules if (m := rule_comment(r))), None), None)
+            v.chains[name.split("-")[1]] = name
+            if name.startswith(("KUBE-SVC-", "KUBE-SVL-")):
+                dest = v.endpoints if name.startswith("KUBE-SVC-") else v.local_endpoints
                 for r, sep, p in endpoint_split(c):
-                    dest.append(
-                        EndpointView(
-                            sep, dnat_target(t.chains.get(sep), version), p, r.where()
-                        )
-                    )
+                    address = dnats.get(sep)
+                    if address is None:
+                        address = dnat_target(get_chain(sep), version)
+                    dest.append(EndpointView(sep, address, p, r.where()))
     _mark_no_endpoints(rs, t, by_key)
     return sorted(by_key.values(), key=lambda v: (natural_key(v.name or "~"), v.family))
 
