@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from itertools import chain as chained
 from typing import TYPE_CHECKING, Any
 
-from kpa.netfilter.model import Ruleset, Table
+from kpa.netfilter.model import Ruleset
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -85,15 +85,15 @@ def chain_problems(rs: Ruleset) -> GraphProblems:
     together), with chains by name. The graph is built only to list loops
     when there are some, as networkx's simple_cycles lists them.
     """
-    jumps = _jumps(rs)
-    tables, base, succ, referenced = jumps
+    base, succ, referenced = _jumps(rs)
     p = GraphProblems()
-    p.dangling = _dangling(jumps)
+    p.dangling = _dangling(rs, {key: group_refs - base[key].keys() for key, group_refs in referenced.items()})
     unreferenced = {key: {n for n in group_base.keys() - referenced[key] if not group_base[n]}
                     for key, group_base in base.items()}
     # In the graph's node order: an unreferenced node first appears as a chain.
     emitted: set[Node] = set()
-    for (fam, tname), t, _ in tables:
+    for t in rs.tables:
+        fam, tname = t.family.value, t.name
         unused = unreferenced[(fam, tname)]
         if unused:
             for name in t.chains:
@@ -107,22 +107,29 @@ def chain_problems(rs: Ruleset) -> GraphProblems:
 
 
 def dangling_jumps(rs: Ruleset) -> list[tuple[Node, list[str]]]:
-    """Exactly `chain_problems(rs).dangling`, without looking for unreferenced chains and loops."""
-    return _dangling(_jumps(rs))
+    """Exactly `chain_problems(rs).dangling`, without looking for unreferenced chains and loops.
+
+    Only which chains each group of tables defines and jumps to is needed, not each chain's jumps.
+    """
+    defined: dict[tuple[str, str], set[str]] = {}
+    referenced: dict[tuple[str, str], set[str]] = {}
+    for t in rs.tables:
+        key = (t.family.value, t.name)
+        defined.setdefault(key, set()).update(t.chains)
+        referenced.setdefault(key, set()).update(
+            [target for c in t.chains.values() for r in c.rules for _, target in r.chain_refs()])
+    return _dangling(rs, {key: group_refs - defined[key] for key, group_refs in referenced.items()})
 
 
-# Per table, in order: its group key, the table and its chains' jump targets in the graph's edge order;
-# per group: whether each defined chain is a base chain, each chain's targets over all its tables, and
-# every chain jumped to.
-_Jumps = tuple[list[tuple[tuple[str, str], Table, dict[str, list[str]]]],
-               dict[tuple[str, str], dict[str, bool]],
+# Per group of tables: whether each defined chain is a base chain, each chain's targets over all its
+# tables (in the graph's edge order), and every chain jumped to.
+_Jumps = tuple[dict[tuple[str, str], dict[str, bool]],
                dict[tuple[str, str], dict[str, list[str]]],
                dict[tuple[str, str], set[str]]]
 
 
 def _jumps(rs: Ruleset) -> _Jumps:
     """Every table's jumps; tables of one family and name are one group, as they are one in the graph."""
-    tables: list[tuple[tuple[str, str], Table, dict[str, list[str]]]] = []
     # Whether a chain is a base chain: the last table to define it wins, as add_node updates.
     base: dict[tuple[str, str], dict[str, bool]] = {}
     succ: dict[tuple[str, str], dict[str, list[str]]] = {}
@@ -130,34 +137,30 @@ def _jumps(rs: Ruleset) -> _Jumps:
         key = (t.family.value, t.name)
         group_base = base.setdefault(key, {})
         group_succ = succ.setdefault(key, {})
-        own: dict[str, list[str]] = {}
         for name, c in t.chains.items():
             group_base[name] = c.hook is not None
             rules = c.rules
             if rules:
                 targets = [target for r in rules for _, target in r.chain_refs()]
                 if targets:
-                    own[name] = targets
                     if name in group_succ:
                         group_succ[name] = group_succ[name] + targets
                     else:
                         group_succ[name] = targets
-        tables.append((key, t, own))
     referenced = {key: set(chained.from_iterable(group_succ.values())) for key, group_succ in succ.items()}
-    return tables, base, succ, referenced
+    return base, succ, referenced
 
 
-def _dangling(jumps: _Jumps) -> list[tuple[Node, list[str]]]:
-    """Jumps to chains no table of their group defines, in the graph's node order (a dangling node first
-    appears as a jump target), each with the locations of its jumps grouped by the chain they are in."""
-    tables, base, _, referenced = jumps
-    missing = {key: group_refs - base[key].keys() for key, group_refs in referenced.items()}
+def _dangling(rs: Ruleset, missing: dict[tuple[str, str], set[str]]) -> list[tuple[Node, list[str]]]:
+    """The jumps to the chains ``missing`` from each group, in the graph's node order (a dangling node
+    first appears as a jump target), each with the locations of its jumps grouped by the chain they are in."""
     refs: dict[Node, dict[str, list[str]]] = {}
-    for (fam, tname), t, own in tables:
+    for t in rs.tables:
+        fam, tname = t.family.value, t.name
         gone = missing[(fam, tname)]
         if gone:
-            for name in own:
-                for r in t.chains[name].rules:
+            for name, c in t.chains.items():
+                for r in c.rules:
                     for _, target in r.chain_refs():
                         if target in gone:
                             refs.setdefault((fam, tname, target), {}).setdefault(name, []).append(str(r.location))
