@@ -632,9 +632,13 @@ def _nft_endpoint_split(chain: Chain) -> list[tuple[Rule, str, Fraction]]:
     return out
 
 
+_DIGIT_RUNS = re.compile(r"(\d+)")
+
+
 def natural_key(text: str) -> list[Any]:
     """Sort key that puts svc-2 before svc-1000."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+    # (Compiled once: `re.split` looks its pattern up in re's cache on every call.)
+    return [int(part) if part.isdigit() else part for part in _DIGIT_RUNS.split(text)]
 
 
 def _table_views(t: Table, rs: Ruleset, known: Mapping[str, str]) -> list[ServicePortView]:
