@@ -33,8 +33,11 @@ RUNS = {
 
 # Standard output buffered, as it is by default when it is not a terminal.
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
-# click.echo without its own flush: what is written stays in the buffer until the end.
-UNFLUSHED = "import sys; c.click.echo = lambda m=None, nl=True, **k: sys.stdout.write((m or '') + chr(10) * nl)"
+# click.echo without its own flush: what is written stays in the buffer until the end (text in
+# sys.stdout's, bytes in the binary buffer under it, as click.echo writes them).
+UNFLUSHED = ("import sys; c.click.echo = lambda m=None, nl=True, **k: "
+             "sys.stdout.buffer.write(m + bytes([10]) * nl) if isinstance(m, bytes) "
+             "else sys.stdout.write((m or '') + chr(10) * nl)")
 
 
 def _run(args: list[str], prelude: str = "pass") -> subprocess.CompletedProcess[str]:
