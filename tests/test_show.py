@@ -109,3 +109,12 @@ def test_show_fits_the_terminal_width() -> None:
     assert res.returncode == 0
     assert max(len(ln) for ln in res.stdout.splitlines()) <= 72
     assert "loadBalancerSourceRanges: 198.51.100.0/24" in res.stdout.replace("\n      ", " ")
+
+
+def test_natural_order_of_service_names_with_any_digits() -> None:
+    from kpa.k8s.kubeproxy import natural_key
+
+    names = ["ns/svc-10:http", "ns/svc-2:http", "ns/svc²:http", "ns/svc-٣:http", "ns/svc:http", "²"]
+    ordered = sorted(names, key=natural_key)
+    assert ordered.index("ns/svc-2:http") < ordered.index("ns/svc-٣:http") < ordered.index("ns/svc-10:http")
+    assert natural_key("²") == ["²"] and natural_key("a10b2") == ["a", 10, "b", 2, ""]

@@ -637,8 +637,11 @@ _DIGIT_RUNS = re.compile(r"(\d+)")
 
 def natural_key(text: str) -> list[Any]:
     """Sort key that puts svc-2 before svc-1000."""
-    # (Compiled once: `re.split` looks its pattern up in re's cache on every call.)
-    return [int(part) if part.isdigit() else part for part in _DIGIT_RUNS.split(text)]
+    # (Compiled once: `re.split` looks its pattern up in re's cache on every call.) The captured
+    # digit runs are every second part; a text part may still pass `isdigit` ("²") and not `int`.
+    parts: list[Any] = _DIGIT_RUNS.split(text)
+    parts[1::2] = map(int, parts[1::2])
+    return parts
 
 
 def _table_views(t: Table, rs: Ruleset, known: Mapping[str, str]) -> list[ServicePortView]:
