@@ -62,19 +62,41 @@ def installed_env() -> dict[str, str]:
     return dict(_BYTECODE)
 
 
+# Starts the measured command from a small process of its own. A process forked from this
+# script starts with this script's resident memory as its peak (Linux copies the high-water
+# mark into the child's memory map and keeps it across exec), and this script holds whole
+# generated clusters: every command would report at least that. Forked from a fresh
+# `python -S` instead, the command's peak is its own. Prints: seconds, peak KiB, wait status.
+_LAUNCHER = """
+import os, sys, time
+stdin = sys.argv[1]
+start = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    if stdin:
+        fd = os.open(stdin, os.O_RDONLY)
+        os.dup2(fd, 0)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 1)
+    if not stdin:
+        os.dup2(null, 0)
+    try:
+        os.execvp(sys.argv[2], sys.argv[2:])
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+print(time.perf_counter() - start, usage.ru_maxrss, status)
+"""
+
+
 def run_measured(argv: list[str], stdin_path: str | None = None) -> tuple[float, int, int]:
     """Wall seconds, peak RSS in KiB, and exit status of one whole process (kpa from bytecode: installed_env)."""
-    stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL  # noqa: SIM115
-    env = installed_env()
-    try:
-        start = time.perf_counter()
-        proc = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-        elapsed = time.perf_counter() - start
-    finally:
-        if stdin_path:
-            stdin.close()  # type: ignore[union-attr]
-    return elapsed, usage.ru_maxrss, os.waitstatus_to_exitcode(status)
+    launched = subprocess.run([sys.executable, "-S", "-c", _LAUNCHER, stdin_path or "", *argv],
+                              capture_output=True, env=installed_env(), check=False)
+    if launched.returncode != 0 or not launched.stdout.strip():
+        raise SystemExit(f"could not measure {argv[:3]}: {launched.stderr.decode(errors='replace')[-500:]}")
+    elapsed, peak, status = launched.stdout.split()
+    return float(elapsed), int(peak), os.waitstatus_to_exitcode(int(status))
 
 
 def best_of(n: int, argv: list[str], stdin_path: str | None = None) -> tuple[float, int] | str:
