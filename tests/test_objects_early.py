@@ -671,3 +671,57 @@ def test_yaml_pod_split_finds_what_every_kind_line_says() -> None:
     assert split > 80
     text = yaml.safe_dump_all(to_objects(random_cluster(seed=3, services=30, endpoints_per_service=3)))
     assert o._yaml_pod_split(text) == _pod_split_reference(text) is not None
+
+
+def _service_names(objects: ClusterObjects) -> list[str]:
+    return [f"{s.namespace}/{s.name}" for s in objects.services]
+
+
+def _failing(objects: ClusterObjects) -> object:
+    raise ValueError("work that fails in the child")
+
+
+def test_the_childs_extra_work_comes_back_and_changes_nothing_else(tmp_path: Path) -> None:
+    """`extra` runs on the objects in the child after they are handed over: its answer is what it gives
+    on the objects read here, and the objects, their Pods and every error are what they are without it."""
+    from kpa.k8s.background import BackgroundObjects, settled_run
+
+    def with_extra(paths: list[str], extra: Callable[[ClusterObjects], object]) -> tuple[object, object]:
+        def seen(objects: ClusterObjects | None, handed: bool) -> object:
+            assert objects is not None
+            return _seen(objects), objects.pods, [objects.pod_by_ip(ip) for p in objects.pods for ip in p.pod_ips]
+
+        try:
+            with BackgroundObjects(paths, fork=True, early=True, extra=extra) as pending:
+                assert pending.child is not None
+                objects = pending.result()
+                answer = pending.extra_result()
+                assert pending.extra_result() is None  # taken once
+            return settled_run(objects, seen), answer
+        except InputError as error:
+            return ("error", str(error)), None
+
+    answers = 0
+    for paths in _cases(tmp_path):
+        expected = _background(paths, fork=False)
+        got, answer = with_extra(paths, _service_names)
+        assert got == expected, paths
+        if not (isinstance(expected, tuple) and expected[0] == "error"):
+            assert answer == _service_names(load_objects(paths)), paths
+            answers += 1
+        got, answer = with_extra(paths, _failing)
+        assert (got, answer) == (expected, None), paths
+    assert answers >= 5
+
+
+def test_an_extra_answer_not_asked_for_does_not_hold_up_the_pods(tmp_path: Path) -> None:
+    from kpa.k8s.background import BackgroundObjects, settled
+
+    path = tmp_path / "c.json"
+    path.write_text(_items(to_objects(random_cluster(seed=26, services=20, endpoints_per_service=2))))
+    with BackgroundObjects([str(path)], fork=True, early=True, extra=_service_names) as pending:
+        objects = pending.result()
+    with settled(objects):
+        pass  # no ObjectsChanged: the answer before the Pods was passed over
+    assert objects.pods == load_objects([str(path)]).pods
+    assert pending.extra_result() is None
