@@ -266,6 +266,55 @@ def test_simple_elements_read_as_the_parser_reads_them() -> None:
     assert fast > 1000
 
 
+def test_simple_elements_are_what_the_whole_pattern_and_finditer_give() -> None:
+    """simple_elements reads the elements piece by piece: it must accept only texts the whole pattern
+    matches, give each element's groups as finditer does, and accept what nft lists."""
+    from kpa.parse.nft_text import _ELEMENT, _SIMPLE_ELEMENTS, simple_elements
+
+    rng = random.Random(16)
+    parts = ["{", "}", " ", "\t", ",", ", ", " . ", " : ", "10.96.0.1", "tcp", "53", "a.b", "goto svc-1", "drop",
+             "jump", " comment ", '"x y"', '""', '"a:b, c"', "accept", "x.", ":", "@s", "1-5", "*"]
+    samples = [" ".join(m.group(1).split()) for path in NFT_FILES
+               for m in re.finditer(r"elements = (\{[^}]*\})", path.read_text())]
+    listed = len(samples)
+    samples += ["{ a }", " {  a ,  b }  ", "{ a, }", "{ }", "{ a . b : c . d }", "{ 1 : goto x, 2 : drop }",
+                '{ a comment "x" : accept }', "{ a b }", "{ a , b }", "{ a,\tb }"]
+    for _ in range(30000):
+        samples.append("".join(rng.choice(parts) for _ in range(rng.randrange(1, 14))))
+    keys = ["10.96.0.1", "10.96.0.1 . tcp . 53", "a.b", "x.", "tcp . 80", "1-5", "*", "a:b", "@s", "a  .  b"]
+    tails = ["", " : drop", " : goto svc-1", " : jump c.d", " : accept", " : 10.0.0.1 . 80", ' comment "x, y"',
+             ' comment "a" : drop', ' comment ""', " :drop", " : goto"]
+    for _ in range(10000):
+        items = [rng.choice(keys) + rng.choice(tails) for _ in range(rng.randrange(1, 5))]
+        samples.append(rng.choice(["{ ", "{", " {\t"]) + rng.choice([", ", ",\t", " , ", ","]).join(items)
+                       + rng.choice([" }", "}", " } ", ", }"]))
+    accepted = 0
+    for text in samples:
+        for verdicts in (True, False):
+            found = simple_elements(text, verdicts)
+            whole = _SIMPLE_ELEMENTS[verdicts].fullmatch(text) is not None
+            if found is None:
+                assert not whole or text not in samples[:listed], text
+                continue
+            assert whole, text
+            assert found == [m.groups() for m in _ELEMENT[verdicts].finditer(text)], text
+            accepted += 1
+    assert accepted > 2000
+
+
+def test_brace_lines_are_found_as_a_line_by_line_scan_finds_them() -> None:
+    from kpa.parse.nft_text import _brace_line
+
+    rng = random.Random(17)
+    pieces = ["", "a", "10.96.0.1,", "\t\t     b . c : goto d,", "{", "}", "x }", "elements = { a,", "\t"]
+    for _ in range(3000):
+        lines = [rng.choice(pieces) for _ in range(rng.randrange(0, 40))]
+        i = rng.randrange(0, len(lines) + 1)
+        slow = next((j for j in range(i, len(lines)) if "{" in lines[j] or "}" in lines[j]), len(lines))
+        for step in (1, 2, 3, 7, 512):
+            assert _brace_line(lines, i, step) == slow, (lines, i, step)
+
+
 def test_json_objects_read_whole_as_one_at_a_time() -> None:
     import json
 

@@ -554,6 +554,30 @@ _SIMPLE_ELEMENTS = {
     v: re.compile(rf"[ \t]*\{{[ \t]*{_element(v, False)}(?:,[ \t]+{_element(v, False)})*[ \t]*\}}[ \t]*")
     for v in (True, False)
 }
+# _SIMPLE_ELEMENTS a piece at a time: the `{` and the first element, each `,` and element after it, the `}`.
+_FIRST_ELEMENT = {v: re.compile(rf"[ \t]*\{{[ \t]*{_element(v, True)}") for v in (True, False)}
+_NEXT_ELEMENT = {v: re.compile(rf",[ \t]+{_element(v, True)}") for v in (True, False)}
+_ELEMENTS_END = re.compile(r"[ \t]*\}[ \t]*")
+
+# Each element's key, comment and value (None where the element has none).
+Elements = list[tuple[Any, ...]]
+
+
+def simple_elements(text: str, verdicts: bool) -> Elements | None:
+    """The groups (key, comment, value) of each element, as _ELEMENT's finditer gives them, of a text that
+    _SIMPLE_ELEMENTS matches whole; one pass over the text rather than a match and a search. None for
+    anything else (also for a text the whole pattern would only match by reading an element otherwise
+    than finditer does)."""
+    m = _FIRST_ELEMENT[verdicts].match(text)
+    if m is None:
+        return None
+    found: Elements = [m.groups()]
+    following = _NEXT_ELEMENT[verdicts].match
+    pos = m.end()
+    while (m := following(text, pos)) is not None:
+        found.append(m.groups())
+        pos = m.end()
+    return found if _ELEMENTS_END.fullmatch(text, pos) else None
 
 
 def _scalar_of(text: str) -> Any:
@@ -563,11 +587,14 @@ def _scalar_of(text: str) -> Any:
 
 def elements_fast(text: str, verdicts: bool) -> dict[str, Any] | None:
     """What RuleParser.rhs reads from `{ elements }` of the simple forms above; None for anything else."""
-    if not _SIMPLE_ELEMENTS[verdicts].fullmatch(text):
-        return None
+    found = simple_elements(text, verdicts)
+    return None if found is None else elements_value(found, verdicts)
+
+
+def elements_value(found: Elements, verdicts: bool) -> dict[str, Any]:
+    """elements_fast's answer from simple_elements' groups."""
     items: list[Any] = []
-    for m in _ELEMENT[verdicts].finditer(text):
-        key, comment, value = m.groups()
+    for key, comment, value in found:
         k = _scalar_of(key)
         if comment:  # as RuleParser.rhs: an empty comment is none
             k = {"elem": {"val": k, "comment": comment}}
@@ -1094,7 +1121,7 @@ class TextReader:
     def _block(self, kind: str, name: str, table: Table, lines: list[str], i: int, start: int, handle: int | None) -> int:
         spec: dict[str, Any] = {}
         # The text of elements of elements_fast's forms and whether they map to verdicts, until the end.
-        simple: tuple[str, bool] | None = None
+        simple: tuple[Elements, bool] | None = None
         chain = self.b.chain(table, name, start, handle) if kind == "chain" else None
         while i < len(lines):
             lineno = self._no[i]
@@ -1151,22 +1178,26 @@ class TextReader:
                 continue
             # set or map attribute; `elements = { ... }` may span lines
             if line.startswith("elements"):
-                # One part per line, joined once: adding to a string line by line is quadratic.
-                parts = [line]
+                # One part per line, joined once: adding to a string line by line is quadratic. Only lines
+                # with a brace change the depth: those are found a slice of lines at a time.
                 depth = line.count("{") - line.count("}")
-                while depth > 0 and i < len(lines):
-                    nxt = lines[i].strip()
-                    parts.append(nxt)
-                    depth += nxt.count("{") - nxt.count("}")
-                    i += 1
-                text = " ".join(parts)
+                end = i
+                while depth > 0 and end < len(lines):
+                    end = _brace_line(lines, end)
+                    if end < len(lines):
+                        nxt = lines[end]
+                        depth += nxt.count("{") - nxt.count("}")
+                        end += 1
+                text = " ".join([line, *map(str.strip, lines[i:end])])
+                i = end
                 head, eq, rest = text.partition("=")
                 if not eq or head.strip() != "elements":
                     raise self.error(lineno, f"expected 'elements = {{ ... }}' in set {clip(name)!r}, found {clip(line)!r}")
                 verdicts = "map" in spec and spec["map"] == "verdict"
-                if _SIMPLE_ELEMENTS[verdicts].fullmatch(rest):
+                found = simple_elements(rest, verdicts)
+                if found is not None:
                     # Read at the block's end, in one go when it can be (_simple_set), else as elements_fast reads it.
-                    simple = (rest, verdicts)
+                    simple = (found, verdicts)
                     spec.pop("elem", None)
                     continue
                 simple = None
@@ -1189,23 +1220,22 @@ class TextReader:
         raise self.error(start, f"expected '}}' closing {kind} {name!r}, found end of input")
 
     def _declare_set(self, table: Table, name: str, start: int, spec: dict[str, Any],
-                     simple: tuple[str, bool] | None) -> None:
+                     simple: tuple[Elements, bool] | None) -> None:
         # With bulk reading (and skeletons: shapes=False is the reference read), sets of plain forms are
         # declared here; anything else, and anything _simple_set is unsure of, goes to Builder.set.
         fast = self.bulk and self.shapes
         if fast and simple is None and "elem" not in spec \
-                and self._simple_set(table, name, start, spec, "", spec.get("map") == "verdict"):
+                and self._simple_set(table, name, start, spec, [], spec.get("map") == "verdict"):
             return
         if simple is not None:
             if fast and self._simple_set(table, name, start, spec, *simple):
                 return
-            value = elements_fast(*simple)
-            assert value is not None
-            spec["elem"] = value["set"]
+            spec["elem"] = elements_value(*simple)["set"]
         self.b.set(table, name, start, spec)
 
-    def _simple_set(self, table: Table, name: str, line: int, spec: dict[str, Any], text: str, verdicts: bool) -> bool:
-        """What Builder.set makes of `spec` with the elements `text` (of elements_fast's forms), made here
+    def _simple_set(self, table: Table, name: str, line: int, spec: dict[str, Any], found: Elements,
+                    verdicts: bool) -> bool:
+        """What Builder.set makes of `spec` with the elements `found` (simple_elements' groups), made here
         without the statement shapes in between, for a set or verdict map of plain types; False (nothing
         done) for anything else, and for a value Builder.set would refuse or leave unmodelled."""
         b = self.b
@@ -1221,8 +1251,7 @@ class TextReader:
         values: list[Any] | None = [] if verdicts else None
         comments: list[str | None] = []
         try:
-            for m in _ELEMENT[verdicts].finditer(text):
-                key, comment, value = m.groups()
+            for key, comment, value in found:
                 parts = key.split()[::2]  # `a . b . c`
                 if len(parts) != n or parts == ["*"] or (value is not None) != verdicts:
                     return False  # the general reader's message, or a catch-all
@@ -1310,6 +1339,20 @@ def statements_from_text(text: str, file: str, lineno: int) -> list[dict[str, An
         if "unparsed" not in st:
             _fix_ports(st)
     return stmts
+
+
+def _brace_line(lines: list[str], i: int, step: int = 512) -> int:
+    """The index of the first of lines[i:] with a `{` or `}`, len(lines) if none; `step` lines at a time,
+    joined (no line holds a "\n": they are split at line breaks) and searched in C."""
+    n = len(lines)
+    while i < n:
+        chunk = "\n".join(lines[i:i + step])
+        opening, closing = chunk.find("{"), chunk.find("}")
+        at = closing if opening < 0 else opening if closing < 0 else min(opening, closing)
+        if at >= 0:
+            return i + chunk.count("\n", 0, at)
+        i += step
+    return n
 
 
 def _depth(line: str) -> int:
