@@ -97,6 +97,21 @@ def test_most_objects_are_read_from_their_skeletons(counted: list[int], monkeypa
     assert sum(isinstance(r, LazyNftRule) for r in rules) > len(rules) * 0.6
 
 
+@pytest.mark.parametrize("path", KUBE_PROXY, ids=lambda p: p.name)
+def test_rules_built_before_their_text_is_read_have_the_eager_text(path: Path) -> None:
+    """A rule read from its template works its text out when first read (LazyJsonRule): read after the
+    rule is built, or never read before, it is the text the eager read gives (assert_same reads it
+    before building)."""
+    text = path.read_text()
+    lazy = [r for t in parse_nft_json(text, "rules.json").tables for r in t.rules()]
+    eager = [r for t in parse_nft_json(text, "rules.json", shapes=False).tables for r in t.rules()]
+    assert any(isinstance(r, nft_json_shapes.LazyJsonRule) for r in lazy)
+    for r in lazy:
+        assert r.exprs is not None  # built, its text unread
+    assert [(type(r), r.text, r.handle, str(r.location)) for r in lazy] == \
+        [(type(r), r.text, r.handle, str(r.location)) for r in eager]
+
+
 @pytest.mark.parametrize("followers", [0, 1, 64])
 def test_guessed_templates_give_the_same_reading(followers: int, monkeypatch: pytest.MonkeyPatch,
                                                 counted: list[int]) -> None:

@@ -27,9 +27,10 @@ reader reads its lines (kpa.parse.shapes):
   pattern (placeholders as strict value classes) at its place in the text.
   A chain or set is then made from the template and its values and read as
   usual. A rule is queued as it is (its match, in a `_Batch`), and placed
-  in finish() as a LazyNftRule when its statements' skeleton is accepted as
+  in finish() as a LazyJsonRule when its statements' skeleton is accepted as
   a shape by `nft_shapes.json_analyse` (which the first such rule decides);
-  it decodes its own object when it is built. Otherwise it is decoded and read in full then.
+  it decodes its own object when it is built, and renders its text when
+  the text is first read. Otherwise it is decoded and read in full then.
 - Anything else (no pattern, no match, not one line) is decoded where it is,
   object at a time, exactly as kpa.parse.nft_json reads it: same objects,
   same order, same errors. The nesting limit is checked only if the objects
@@ -59,6 +60,8 @@ from kpa.netfilter.model import (
     Expr,
     LazyNftRule,
     Location,
+    Rule,
+    RuleShape,
     RuleSource,
     Table,
     VerdictKind,
@@ -333,9 +336,9 @@ class _RuleTemplate(_Template):
         self.jshape = None
 
 
-class _Source(tuple[Builder, Table, str, int]):
-    """One deferred rule's object in the text (builder, table, text, position): decoded and lowered as
-    the eager read does. A tuple, as there is one per rule."""
+class _Source(tuple[Builder, _RuleTemplate, re.Match[str]]):
+    """One deferred rule's object in the text (builder, template, match): decoded and lowered as the
+    eager read does. A tuple, as there is one per rule; the match is the one the object was read with."""
 
     __slots__ = ()
 
@@ -344,15 +347,55 @@ class _Source(tuple[Builder, Table, str, int]):
         return self[0].file
 
     def materialise(self, rule: DeferredRule) -> tuple[list[Expr], str | None]:
-        b, table, text, pos = self
-        body = _DECODER.raw_decode(text, pos)[0]["rule"]
-        exprs, _, comment, _ = b.lower_rule(table, rule.chain, rule.lineno, body["expr"], None, body.get("comment"))
+        b, t, m = self
+        body = _DECODER.raw_decode(m.string, m.start())[0]["rule"]
+        exprs, _, comment, _ = b.lower_rule(t.table, rule.chain, rule.lineno, body["expr"], None, body.get("comment"))
         return exprs, comment
 
 
 _DECODER = json.JSONDecoder()
 # Typed as what LazyNftRule takes (a read-only `file` is all it reads of it).
-_new_source = cast(Callable[[type, tuple[Builder, Table, str, int]], RuleSource], tuple.__new__)
+_new_source = cast(Callable[[type, tuple[Builder, _RuleTemplate, re.Match[str]]], RuleSource], tuple.__new__)
+# The storage behind Rule.text, which LazyJsonRule's property of the same name hides.
+_TEXT: Any = Rule.__dict__["text"]
+
+
+class LazyJsonRule(LazyNftRule):
+    """A LazyNftRule read from its template's pattern: its text is the template's with the rule's values,
+    worked out when first read (kpa check reads none of them) and kept."""
+
+    __slots__ = ()
+
+    def __init__(self, table: str, chain: str, index: int, lineno: int, source: RuleSource, shape: RuleShape,
+                 refs: tuple[tuple[VerdictKind, str], ...], handle: int | None) -> None:
+        self.table = table
+        self.chain = chain
+        self.index = index
+        self.lineno = lineno
+        self._source = source
+        self._shape = shape
+        self._refs = refs
+        self.counters = shape.counters
+        self.handle = handle
+
+    def _text(self) -> str:
+        try:
+            text: str = _TEXT.__get__(self, Rule)
+        except AttributeError:
+            _, t, m = cast(_Source, self._source)
+            text = t.text.format(*m.groups())
+            _TEXT.__set__(self, text)
+        return text
+
+    def _set_text(self, text: str) -> None:
+        _TEXT.__set__(self, text)
+
+    if not TYPE_CHECKING:
+        text = property(_text, _set_text)
+
+    def build(self) -> Rule:
+        self._text()  # a plain Rule reads its text from the slot
+        return super().build()
 
 
 class _Batch:
@@ -366,7 +409,6 @@ class _Batch:
 
     def settle(self, b: Builder) -> None:
         updated = b._updated
-        text: str | None = None
         for t, m in zip(self.templates, self.matches, strict=True):
             js = t.jshape
             if js is _UNSET:
@@ -377,13 +419,9 @@ class _Batch:
             if chain is None or (t.lookups and not all(vals[i][1:] in t.table.sets for i in t.lookups)):
                 b.settle_unkeyed(_full(t, m))
                 continue
-            if text is None:
-                text = m.string
             rules = chain.rules
-            rule = LazyNftRule(t.tname, name, len(rules) + 1, t.text.format(*vals), t.line,
-                               _new_source(_Source, (b, t.table, text, m.start())), js, t.refs_of(vals))
-            rule.handle = int(vals[t.hi]) if t.hi >= 0 else t.handle
-            rules.append(rule)
+            rules.append(LazyJsonRule(t.tname, name, len(rules) + 1, t.line, _new_source(_Source, (b, t, m)), js,
+                                      t.refs_of(vals), int(vals[t.hi]) if t.hi >= 0 else t.handle))
             if t.updates:
                 for uname, i in t.updates:
                     updated.add((id(t.table), (vals[i] if i >= 0 else uname).lstrip("@")))
