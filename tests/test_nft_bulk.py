@@ -390,6 +390,7 @@ def test_a_guess_taken_without_its_match_is_caught(monkeypatch: pytest.MonkeyPat
         shape = analyse(*args)
         if shape is not None:
             shape.pattern = Stale(shape.pattern)
+            shape.fullmatch = shape.pattern.fullmatch
         return shape
 
     monkeypatch.setattr(nft_shapes, "analyse", stale)

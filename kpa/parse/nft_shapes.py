@@ -252,12 +252,14 @@ def _leaves(kind: str, value: str) -> list[str | int]:
 class NftShape(RuleShape):
     """An accepted skeleton: its pattern, and its chain references (literal, or a value's group)."""
 
-    __slots__ = ("lookups", "one", "pattern", "plain", "refs", "static", "updates")
+    __slots__ = ("fullmatch", "lookups", "one", "pattern", "plain", "refs", "static", "updates")
 
     def __init__(self, rule: Rule, pattern: re.Pattern[str], refs: tuple[tuple[VerdictKind, str, int], ...],
                  lookups: tuple[int, ...], updates: tuple[tuple[str, int], ...]) -> None:
         super().__init__(not rule.known, rule.counters)
         self.pattern = pattern
+        # The pattern's fullmatch, bound once: kpa.parse.nft_text.ChainBatch tries it on most rules.
+        self.fullmatch = pattern.fullmatch
         self.refs = refs
         # Groups naming a set looked up (it must exist in the table), and the sets the rule updates.
         self.lookups = lookups

@@ -922,7 +922,6 @@ class ChainBatch:
                 for lineno, text in enumerate(texts, line):
                     b._build_rule(PendingRule(table, name, lineno, None, text))  # as TextReader._key: no key
             return
-        shapes = b._shapes
         tid = id(table)
         source = text_source(b, table)
         tname = table.name
@@ -930,53 +929,70 @@ class ChainBatch:
         # latest first. A rule that fits one of them is deferred as its own skeleton's shape would defer
         # it (a text that fits a shape's pattern has that shape's skeleton); any other rule is keyed.
         follow = reader._follow.setdefault(tid, {})
+        following = follow.get
         prev: NftShape | None = reader._prev.get(tid)
+        chains = table.chains
+        lazy = LazyNftRule
         for name, line, texts in self.chains:
-            chain = table.chains.get(name)
-            rules = chain.rules if chain is not None else None
+            chain = chains.get(name)
+            if chain is None:
+                for lineno, text in enumerate(texts, line):
+                    prev = self._keyed(b, None, name, lineno, text, prev)
+                continue
+            rules = chain.rules
+            append = rules.append
             for lineno, text in enumerate(texts, line):
-                if rules is not None:
-                    guesses = follow.get(prev)
-                    if guesses:
-                        for shape in guesses:
-                            m = shape.pattern.fullmatch(text)
+                guesses = following(prev)
+                if guesses:
+                    # The latest follower first; a hit further down the list moves to its front.
+                    shape = guesses[0]
+                    m = shape.fullmatch(text)
+                    if m is None:
+                        for shape in guesses[1:]:
+                            m = shape.fullmatch(text)
                             if m is not None:
-                                break
-                        else:
-                            m = None
-                        if m is not None:
-                            if shape is not guesses[0]:
                                 guesses.remove(shape)
                                 guesses.insert(0, shape)
-                            if shape.plain:
-                                # defer_text for a shape with nothing to check but its pattern (a rule in bulk
-                                # has no handle), without the call.
-                                rules.append(LazyNftRule(tname, name, len(rules) + 1, text, lineno, source, shape,
-                                                         shape.static if shape.static is not None
-                                                         else shape.refs_of(m)))
-                                prev = shape
-                                continue
-                            assert chain is not None
-                            if defer_text(b, table, chain, text, lineno, None, shape, source):
-                                prev = shape
-                                continue
-                handle, _, key = keys.entry(lineno).partition("\x00")
-                if handle or not key:
-                    b._build_rule(PendingRule(table, name, lineno, None, text))
-                    prev = None
-                    continue
-                known = shapes.get((tid, key), MISSING)
-                if known is not MISSING and known is not None and chain is not None \
-                        and defer_text(b, table, chain, text, lineno, None, known, source):
-                    guesses = follow.setdefault(prev, [])
-                    guesses.insert(0, known)
-                    del guesses[FOLLOWERS:]
-                    prev = known
-                    continue
-                b.settle_keyed(PendingRule(table, name, lineno, None, text, None, None, key))
-                got = shapes.get((tid, key))
-                prev = got if isinstance(got, NftShape) else None
+                                break
+                    if m is not None:
+                        if shape.plain:
+                            # defer_text for a shape with nothing to check but its pattern (a rule in bulk has
+                            # no handle), without the call; refs_of's common cases inline.
+                            refs = shape.static
+                            if refs is None:
+                                one = shape.one
+                                refs = ((one[0], m.group(one[1])),) if one is not None else shape.refs_of(m)
+                            append(lazy(tname, name, len(rules) + 1, text, lineno, source, shape, refs))
+                            prev = shape
+                            continue
+                        if defer_text(b, table, chain, text, lineno, None, shape, source):
+                            prev = shape
+                            continue
+                prev = self._keyed(b, chain, name, lineno, text, prev)
         reader._prev[tid] = prev
+
+    def _keyed(self, b: Builder, chain: Chain | None, name: str, lineno: int, text: str,
+               prev: NftShape | None) -> NftShape | None:
+        """A rule no guess fits, by its own skeleton as the line-by-line reader reads it; the shape of the
+        rule (None: read in full), which also becomes a follower of `prev`'s if the rule fits it."""
+        table = self.table
+        tid = id(table)
+        keys = self.reader._keys
+        assert keys is not None
+        handle, _, key = keys.entry(lineno).partition("\x00")
+        if handle or not key:
+            b._build_rule(PendingRule(table, name, lineno, None, text))
+            return None
+        known = b._shapes.get((tid, key), MISSING)
+        if known is not MISSING and known is not None and chain is not None \
+                and defer_text(b, table, chain, text, lineno, None, known, text_source(b, table)):
+            guesses = self.reader._follow[tid].setdefault(prev, [])
+            guesses.insert(0, known)
+            del guesses[FOLLOWERS:]
+            return known  # type: ignore[no-any-return]
+        b.settle_keyed(PendingRule(table, name, lineno, None, text, None, None, key))
+        got = b._shapes.get((tid, key))
+        return got if isinstance(got, NftShape) else None
 
 
 class TextReader:
