@@ -189,7 +189,9 @@ class _Template:
         self.rule = False
         self.key = ""
 
-    def take(self, m: re.Match[str], reader: _Reader, line: int) -> None:
+    def take(self, m: re.Match[str], reader: _Reader, line: int, stop: int) -> int:
+        """Read the object `m` matched (a chain or set template: maybe the objects that follow it too);
+        where the last object read ends."""
         raise NotImplementedError
 
 
@@ -205,12 +207,13 @@ class _ObjectTemplate(_Template):
         self.body = body
         self.attrs = attrs
 
-    def take(self, m: re.Match[str], reader: _Reader, line: int) -> None:
+    def take(self, m: re.Match[str], reader: _Reader, line: int, stop: int) -> int:
         vals = m.groups()
         body = {k: _copy(v) for k, v in self.body.items()}
         for key, i in self.attrs:
             body[key] = int(vals[i]) if self.kinds[i] in INTS else vals[i]
         reader.handle(line, {self.kind: body})
+        return m.end()
 
 
 class _ChainTemplate(_Template):
@@ -226,17 +229,25 @@ class _ChainTemplate(_Template):
         self.name = name
         self.handle = handle
 
-    def take(self, m: re.Match[str], reader: _Reader, line: int) -> None:
-        vals = m.groups()
-        name = vals[self.name]
-        chains = self.table.chains
-        if name not in chains:
-            hi, handle = self.handle
-            if hi >= 0:
-                handle = int(vals[hi])
-            elif type(handle) is not int:
-                handle = None
-            chains[name] = Chain(name, self.table.name, location=self.location, handle=handle)
+    def take(self, m: re.Match[str], reader: _Reader, line: int, stop: int) -> int:
+        # Chains are listed one after another (39,000 of them for 5,000 Services): this reads the run of
+        # them that this pattern matches in turn, without going back to the guesses between two. Any
+        # template whose pattern matches an object reads it the same, so this one may read them all.
+        fast, chains, tname, location, ni = self.fast, self.table.chains, self.table.name, self.location, self.name
+        hi, handle = self.handle
+        if type(handle) is not int:
+            handle = None
+        text = m.string
+        while True:
+            vals = m.groups()
+            name = vals[ni]
+            if name not in chains:
+                chains[name] = Chain(name, tname, location=location, handle=int(vals[hi]) if hi >= 0 else handle)
+            end = m.end()
+            got = fast.match(text, end, stop)
+            if got is None:
+                return end
+            m = got
 
 
 _UNSET: Any = object()
@@ -578,9 +589,9 @@ def _read(text: str, file: str, reader: _Reader, start: int, stop: int) -> None:
                     tappend, mappend = batch.templates.append, batch.matches.append
                 tappend(t)
                 mappend(m)
+                pos = m.end()
             else:
-                t.take(m, reader, line)
-            pos = m.end()
+                pos = t.take(m, reader, line, stop)
             prev = t.key
         at = next_object(text, pos, file)
         if at < 0:
@@ -602,9 +613,9 @@ def _read(text: str, file: str, reader: _Reader, start: int, stop: int) -> None:
                         tappend, mappend = batch.templates.append, batch.matches.append
                     tappend(t)
                     mappend(m)
+                    pos = m.end()
                 else:
-                    t.take(m, reader, line)
-                pos = m.end()
+                    pos = t.take(m, reader, line, stop)
                 prev = key
                 continue
         # One object, as kpa.parse.nft_json._objects reads it.
