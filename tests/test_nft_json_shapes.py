@@ -99,9 +99,9 @@ def test_most_objects_are_read_from_their_skeletons(counted: list[int], monkeypa
 
 @pytest.mark.parametrize("path", KUBE_PROXY, ids=lambda p: p.name)
 def test_rules_built_before_their_text_is_read_have_the_eager_text(path: Path) -> None:
-    """A rule read from its template works its text out when first read (LazyJsonRule): read after the
-    rule is built, or never read before, it is the text the eager read gives (assert_same reads it
-    before building)."""
+    """A rule read from its template works its text and handle out when first read (LazyJsonRule): read
+    after the rule is built, never read before, they are what the eager read gives (assert_same reads
+    them before building)."""
     text = path.read_text()
     lazy = [r for t in parse_nft_json(text, "rules.json").tables for r in t.rules()]
     eager = [r for t in parse_nft_json(text, "rules.json", shapes=False).tables for r in t.rules()]

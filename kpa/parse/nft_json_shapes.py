@@ -29,8 +29,8 @@ reader reads its lines (kpa.parse.shapes):
   usual. A rule is queued as it is (its match, in a `_Batch`), and placed
   in finish() as a LazyJsonRule when its statements' skeleton is accepted as
   a shape by `nft_shapes.json_analyse` (which the first such rule decides);
-  it decodes its own object when it is built, and renders its text when
-  the text is first read. Otherwise it is decoded and read in full then.
+  it decodes its own object when it is built, and works its text and
+  handle out when they are first read. Otherwise it is decoded and read in full then.
 - Anything else (no pattern, no match, not one line) is decoded where it is,
   object at a time, exactly as kpa.parse.nft_json reads it: same objects,
   same order, same errors. The nesting limit is checked only if the objects
@@ -367,18 +367,19 @@ class _Source(tuple[Builder, _RuleTemplate, re.Match[str]]):
 _DECODER = json.JSONDecoder()
 # Typed as what LazyNftRule takes (a read-only `file` is all it reads of it).
 _new_source = cast(Callable[[type, tuple[Builder, _RuleTemplate, re.Match[str]]], RuleSource], tuple.__new__)
-# The storage behind Rule.text, which LazyJsonRule's property of the same name hides.
+# The storage behind Rule.text and Rule.handle, which LazyJsonRule's properties of the same names hide.
 _TEXT: Any = Rule.__dict__["text"]
+_HANDLE: Any = Rule.__dict__["handle"]
 
 
 class LazyJsonRule(LazyNftRule):
-    """A LazyNftRule read from its template's pattern: its text is the template's with the rule's values,
-    worked out when first read (kpa check reads none of them) and kept."""
+    """A LazyNftRule read from its template's pattern: its text (the template's with the rule's values) and
+    its handle are worked out from the match when first read (kpa check reads neither) and kept."""
 
     __slots__ = ()
 
     def __init__(self, table: str, chain: str, index: int, lineno: int, source: RuleSource, shape: RuleShape,
-                 refs: tuple[tuple[VerdictKind, str], ...], handle: int | None) -> None:
+                 refs: tuple[tuple[VerdictKind, str], ...]) -> None:
         self.table = table
         self.chain = chain
         self.index = index
@@ -387,7 +388,6 @@ class LazyJsonRule(LazyNftRule):
         self._shape = shape
         self._refs = refs
         self.counters = shape.counters
-        self.handle = handle
 
     def _text(self) -> str:
         try:
@@ -401,11 +401,26 @@ class LazyJsonRule(LazyNftRule):
     def _set_text(self, text: str) -> None:
         _TEXT.__set__(self, text)
 
+    def _handle(self) -> int | None:
+        try:
+            handle: int | None = _HANDLE.__get__(self, Rule)
+        except AttributeError:
+            _, t, m = cast(_Source, self._source)
+            handle = int(m.group(t.hi + 1)) if t.hi >= 0 else t.handle
+            _HANDLE.__set__(self, handle)
+        return handle
+
+    def _set_handle(self, handle: int | None) -> None:
+        _HANDLE.__set__(self, handle)
+
     if not TYPE_CHECKING:
         text = property(_text, _set_text)
+        handle = property(_handle, _set_handle)
 
     def build(self) -> Rule:
-        self._text()  # a plain Rule reads its text from the slot
+        # A plain Rule reads its text and handle from their slots.
+        self._text()
+        self._handle()
         return super().build()
 
 
@@ -432,7 +447,7 @@ class _Batch:
                 continue
             rules = chain.rules
             rules.append(LazyJsonRule(t.tname, name, len(rules) + 1, t.line, _new_source(_Source, (b, t, m)), js,
-                                      t.refs_of(vals), int(vals[t.hi]) if t.hi >= 0 else t.handle))
+                                      t.refs_of(vals)))
             if t.updates:
                 for uname, i in t.updates:
                     updated.add((id(t.table), (vals[i] if i >= 0 else uname).lstrip("@")))
