@@ -222,6 +222,40 @@ def _text(rng: random.Random) -> str:
     return text
 
 
+def test_locations_of_chains_read_in_bulk_are_locations() -> None:
+    from kpa.netfilter.model import Location
+
+    for file, line in (("rules.nft", 1), ("a b", 10**6), ("", 0)):
+        fast, slow = nft_text._location(file, line), Location(file, line)
+        assert type(fast) is Location and fast == slow and hash(fast) == hash(slow)
+        assert (repr(fast), str(fast), fast.file, fast.line) == (repr(slow), str(slow), slow.file, slow.line)
+        with pytest.raises(AttributeError):
+            fast.line = 2  # type: ignore[misc]
+
+
+def test_runs_of_chain_blocks_are_the_blocks_with_only_empty_lines_between() -> None:
+    """chain_blocks groups blocks in runs; each later block of a run starts its line right after the
+    empty lines that follow the one before, which the reader counts from the run's first line."""
+    rng = random.Random(44)
+    longer = 0
+    for _ in range(500):
+        text = _text(rng)
+        lines = text.splitlines()
+        blocks = chain_blocks(text)
+        heads = {text.count("\n", 0, m.start()) for run in blocks.values() for m in run}
+        for first, run in blocks.items():
+            line = first
+            for m in run:
+                assert text.count("\n", 0, m.start()) == line
+                line += m.group(0).count("\n")
+                while line < len(lines) and not lines[line]:
+                    line += 1
+            # A block right after the run's empty lines belongs to the run.
+            assert line not in heads
+            longer += len(run) > 1
+    assert longer > 25, longer
+
+
 def test_random_texts_read_the_same_three_ways() -> None:
     rng = random.Random(43)
     outcomes = {"ok": 0, "error": 0}

@@ -879,26 +879,50 @@ def split_statements_by_line(lines: list[str]) -> tuple[list[str], list[int]]:
 _BULK_PLAIN = r'[^\n#";{}]*'
 _BULK_RULE = (r'\t\t(?!type |comment |policy )(?=\S)'
               rf'{_BULK_PLAIN}(?:(?:\{{{_BULK_PLAIN}\}}|"[^\n"\\#;{{}}]*"){_BULK_PLAIN})*(?<=\S)\n')
-_CHAIN_BLOCK = re.compile(r'^\tchain ([^\s{}();",#]+) \{\n((?:' + _BULK_RULE + r')*)\t\}\n', re.M)
+# `\tchain ` at a line's start, written as the literal and a look back at the line's start so that the
+# regex engine searches for the literal. Group 3 (looked ahead at, not part of the match) holds the empty
+# lines after the block.
+_CHAIN_BLOCK = re.compile(r'\tchain (?<=^\tchain )([^\s{}();",#]+) \{\n((?:' + _BULK_RULE + r')*)\t\}\n(?=(\n*))',
+                          re.M)
 # Line breaks of str.splitlines() other than "\n".
 _ODD_BREAKS = "\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 
 
-def chain_blocks(text: str) -> dict[int, re.Match[str]]:
-    """The chain blocks of `text` in the form above, by the index of their head line in
-    text.splitlines(); empty if the text has a line break other than "\n". Which of them the reader
-    meets as a chain head (at a table's level) is the reader's business."""
+def chain_blocks(text: str) -> dict[int, list[re.Match[str]]]:
+    """The chain blocks of `text` in the form above, in runs of blocks with only empty lines between
+    them, each run by the index of its first head line in text.splitlines(); empty if the text has a
+    line break other than "\n". Which of them the reader meets as a chain head (at a table's level) is
+    the reader's business."""
     if any(c in text for c in _ODD_BREAKS):
         return {}
-    found: dict[int, re.Match[str]] = {}
+    found: dict[int, list[re.Match[str]]] = {}
     count = text.count
     line = pos = 0
+    run: list[re.Match[str]] = []
+    after = -1  # where the last block's empty lines end
     for m in _CHAIN_BLOCK.finditer(text):
         start = m.start()
-        line += count("\n", pos, start)
-        pos = start
-        found[line] = m
+        if start != after:
+            line += count("\n", pos, start)
+            pos = start
+            run = found[line] = []
+        run.append(m)
+        after = m.end(3)
     return found
+
+
+def _location(file: str, line: int) -> Location:
+    """Location(file, line), set through its slots: a frozen dataclass's __init__ sets each field through
+    object.__setattr__, which costs as much again for the tens of thousands of chains read in bulk."""
+    loc = _new_object(Location)
+    _LOCATION_FILE(loc, file)
+    _LOCATION_LINE(loc, line)
+    return loc
+
+
+_new_object = object.__new__
+_LOCATION_FILE = Location.__dict__["file"].__set__
+_LOCATION_LINE = Location.__dict__["line"].__set__
 
 
 class ChainBatch:
@@ -1041,7 +1065,7 @@ class TextReader:
                 self._keys.close()
 
     def _parse(self, physical: list[str]) -> Ruleset:
-        bulk: dict[int, re.Match[str]] = {}
+        bulk: dict[int, list[re.Match[str]]] = {}
         text = self._text
         if listing_form_text(text) if not any(c in text for c in _ODD_BREAKS) else listing_form(physical):
             # As split_statements: nothing to split. Lines and physical lines are then one and the same.
@@ -1051,7 +1075,7 @@ class TextReader:
         else:
             lines, self._no = split_statements_by_line(physical)
         if self._keys is not None and KeyJob.wanted(text) \
-                and sum(m.end() - m.start() for m in bulk.values()) < len(text) // 2:
+                and sum(m.end() - m.start() for run in bulk.values() for m in run) < len(text) // 2:
             # Most rules are read line by line (not in bulk, where guesses spare most lines a skeleton):
             # every line's skeleton at once, in a second process, while the structure is read.
             self._keys = KeyJob(text, physical)
@@ -1099,28 +1123,26 @@ class TextReader:
             raise self.error(self._lines + 1, f"expected '}}' closing table {table.name!r} (opened at line {table_line}), found end of input")
         return self.b.finish()
 
-    def _bulk_chains(self, table: Table, bulk: dict[int, re.Match[str]], lines: list[str], i: int) -> int:
-        """What _block reads from the chain block whose head is line i (0-based, in `bulk`), and from
-        the blocks after it with only empty lines between; the index of the line after the last."""
+    def _bulk_chains(self, table: Table, bulk: dict[int, list[re.Match[str]]], lines: list[str], i: int) -> int:
+        """What _block reads from the run of chain blocks whose first head is line i (0-based, in `bulk`),
+        and from the empty lines after each; the index of the line after the last."""
         chains = table.chains
+        tname, file = table.name, self.file
         batch = ChainBatch(self, table)
         queued = batch.chains
-        while True:
-            m = bulk[i]
+        for m in bulk[i]:
             name, body = m.group(1, 2)
             if name not in chains:
                 # As Builder.chain does for a chain head without type and hook.
-                chains[name] = Chain(name, table.name, location=Location(self.file, i + 1))
+                chains[name] = Chain(name, tname, location=_location(file, i + 1))
             if body:
                 texts = body[2:-1].split("\n\t\t")
                 queued.append((name, i + 2, texts))
                 i += 2 + len(texts)
             else:
                 i += 2
-            while i < len(lines) and not lines[i]:
-                i += 1
-            if i not in bulk:
-                break
+            start, end = m.span(3)
+            i += end - start  # one empty line per "\n"
         if queued:
             self.b.pending.append(batch)
         return i
