@@ -287,8 +287,8 @@ class Builder:
     # Rule shapes by (id(table), skeleton): kpa.parse.nft_shapes.
     _shapes: dict[tuple[int, str], Any] = field(default_factory=dict)
     _sources: dict[int, Any] = field(default_factory=dict)
-    # Set and map element values by (type, text), as parse_value reads them.
-    _values: dict[tuple[str, str], Value] = field(default_factory=dict)
+    # Set and map element values by (type, text or number), as parse_value reads them.
+    _values: dict[tuple[str, str | int], Value] = field(default_factory=dict)
 
     def error(self, line: int | None, message: str) -> InputError:
         return InputError(self.file, line, message)
@@ -395,12 +395,11 @@ class Builder:
                         verdict = verdict_value(kind, target)
                         key: list[Value] = []
                         for t, p in zip(key_types, parts, strict=True):
-                            if type(p) is str:
-                                value = cache.get((t, p))
-                                if value is None:
-                                    value = cache[(t, p)] = parse_value(t, p)
-                            else:
-                                value = parse_value(t, p)
+                            # Numbers (ports) are kept as strings are: values are immutable, and (t, 80) and
+                            # (t, "80") are different keys.
+                            value = cache.get((t, p))
+                            if value is None:
+                                value = cache[(t, p)] = parse_value(t, p)
                             key.append(value)
                         elements.append(tuple(key))
                         comments.append(None)
