@@ -103,8 +103,11 @@ _GROUPS = {ADDR: f"({_IPV4})", PORT: f"({_PORT})", CHAIN: f"({_NAME})", NAT: f"(
            SET: f"(@{_NAME})"}
 _SPLIT = re.compile(f"([{PLACEHOLDERS}])")
 # Shapes a reader tries for a rule before working out its skeleton: the latest that followed a rule of
-# the previous rule's shape (a guess: what is read is what the shape's pattern matches).
-FOLLOWERS = 4
+# the previous rule's shape (a guess: what is read is what the shape's pattern matches). Six, not four:
+# in a kube-proxy listing a service chain's last rule is followed by chains of more than four shapes
+# (endpoints by protocol, external, firewall), and each miss works a skeleton out (5000x5.nft: 1308
+# skeletons with four, 400 with six).
+FOLLOWERS = 6
 # At most this many placeholders in one rule (markers are numbered within a byte).
 MAX_PLACEHOLDERS = 200
 
