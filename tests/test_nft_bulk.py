@@ -281,6 +281,34 @@ def test_random_sets_read_the_same_three_ways() -> None:
     assert outcomes["ok"] > 500 and outcomes["error"] > 200, outcomes
 
 
+def test_sets_alike_read_the_same_three_ways() -> None:
+    """In bulk, a set or map block of the same attribute lines as the one before takes its spec: blocks
+    alike, nearly alike (a line more or less, other flags, elements, a handle, no closing brace), in one
+    table or two, read as they read one at a time."""
+    rng = random.Random(48)
+    bodies = [["\t\ttype ipv4_addr", "\t\tsize 65535", "\t\tflags dynamic,timeout", "\t\ttimeout 3h"],
+              ["\t\ttype ipv4_addr", "\t\tsize 65535", "\t\tflags dynamic,timeout"],
+              ["\t\ttype ipv4_addr", "\t\tflags interval"], ["\t\ttype ipv4_addr", "", "\t\tflags interval"],
+              ["\t\ttype ipv4_addr . inet_proto . inet_service : verdict"], ["\t\ttype ipv4_addr"], [],
+              ["\t\ttype ipv4_addr", "\t\telements = { 10.0.0.1 }"], ["\t\ttype ipv6_addr", "\t\tflags constant"],
+              ["\t\ttypeof ip saddr", "\t\tflags timeout"], ["\t\ttype ipv4_addr # handle 7"], ["\t\ttype bogus"],
+              ["\t\ttype ipv4_addr", "\t\t# a comment"], ["\t\ttype ipv4_addr", "\t\tflags dynamic, timeout"]]
+    closings = ["\t}", "\t}", "\t}", "\t} # handle 9", "  }  "]
+    outcomes = {"ok": 0, "error": 0}
+    for _ in range(600):
+        lines = ["table ip t {"]
+        for n in range(rng.randrange(1, 8)):
+            if rng.random() < 0.05:
+                lines += ["}", "table ip u {"]
+            lines += [f"\t{rng.choice(['set', 'set', 'map'])} s{n} {{", *rng.choice(bodies[:3] * 4 + bodies)]
+            if rng.random() > 0.02:
+                lines.append(rng.choice(closings))
+            lines.append("")
+        lines += ["\tchain a {", "\t\tip saddr @s0 drop", "\t}", "}"]
+        outcomes[assert_three_ways("\n".join(lines) + "\n")] += 1
+    assert outcomes["ok"] > 300 and outcomes["error"] > 30, outcomes
+
+
 def test_listing_form_from_the_text_is_listing_form() -> None:
     """listing_form_text (C searches for the lines that matter) says what listing_form says of the lines."""
     rng = random.Random(53)

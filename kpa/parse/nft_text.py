@@ -1037,6 +1037,9 @@ class TextReader:
         # ChainBatch's, by id(table): the shapes that followed each shape, and the shape of the last rule.
         self._follow: dict[int, dict[NftShape | None, list[NftShape]]] = {}
         self._prev: dict[int, NftShape | None] = {}
+        # _block's, when reading in bulk: the lines of the last set or map block of attribute lines only
+        # (kube-proxy lists thousands of affinity sets alike), and the spec they make.
+        self._attrs: tuple[list[str], dict[str, Any]] | None = None
 
     def _statements(self, line: str, lineno: int) -> list[dict[str, Any]]:
         stmts = RuleParser(tokenize(line, self.file, lineno)).statements()
@@ -1161,6 +1164,16 @@ class TextReader:
         # The text of elements of elements_fast's forms and whether they map to verdicts, until the end.
         simple: tuple[Elements, bool] | None = None
         chain = self.b.chain(table, name, start, handle) if kind == "chain" else None
+        if chain is None and self._attrs is not None:
+            body, known = self._attrs
+            end = i + len(body)
+            if end < len(lines) and lines[end].strip() == "}" and lines[i:end] == body:
+                # The lines of the last such block, which make the same spec (_set_attr reads nothing else).
+                self._declare_set(table, name, start, {k: list(v) if isinstance(v, list) else v
+                                                       for k, v in known.items()}, None)
+                return end + 1
+        first = i
+        attrs_only = chain is None and self.bulk and self.shapes  # so far, and whether to keep them
         while i < len(lines):
             lineno = self._no[i]
             raw = lines[i].strip()
@@ -1170,6 +1183,11 @@ class TextReader:
             rule_handle, line = _handle(raw) if "#" in raw else (None, raw)
             if line == "}":
                 if kind != "chain":
+                    if attrs_only and simple is None and all(
+                            type(v) is str or (type(v) is list and all(type(w) is str for w in v))
+                            for v in spec.values()):
+                        self._attrs = (lines[first:i - 1], {k: list(v) if isinstance(v, list) else v
+                                                            for k, v in spec.items()})
                     self._declare_set(table, name, start, spec, simple)
                 return i
             if line.endswith("{") and BLOCK_START.match(line):
@@ -1216,6 +1234,7 @@ class TextReader:
                 continue
             # set or map attribute; `elements = { ... }` may span lines
             if line.startswith("elements"):
+                attrs_only = False
                 # One part per line, joined once: adding to a string line by line is quadratic. Only lines
                 # with a brace change the depth: those are found a slice of lines at a time.
                 depth = line.count("{") - line.count("}")
