@@ -243,6 +243,8 @@ def test_runs_of_chain_blocks_are_the_blocks_with_only_empty_lines_between() -> 
         lines = text.splitlines()
         blocks = chain_blocks(text)
         heads = {text.count("\n", 0, m.start()) for run in blocks.values() for m in run}
+        # What the reader weighs against the text's length to read every line's skeleton in a child.
+        assert nft_text._chain_runs(text)[1] == sum(len(m.group(0)) for run in blocks.values() for m in run)
         for first, run in blocks.items():
             line = first
             for m in run:

@@ -893,22 +893,28 @@ def chain_blocks(text: str) -> dict[int, list[re.Match[str]]]:
     them, each run by the index of its first head line in text.splitlines(); empty if the text has a
     line break other than "\n". Which of them the reader meets as a chain head (at a table's level) is
     the reader's business."""
+    return _chain_runs(text)[0]
+
+
+def _chain_runs(text: str) -> tuple[dict[int, list[re.Match[str]]], int]:
+    """chain_blocks(text), and how many characters its blocks cover."""
     if any(c in text for c in _ODD_BREAKS):
-        return {}
+        return {}, 0
     found: dict[int, list[re.Match[str]]] = {}
     count = text.count
-    line = pos = 0
+    line = pos = covered = 0
     run: list[re.Match[str]] = []
     after = -1  # where the last block's empty lines end
     for m in _CHAIN_BLOCK.finditer(text):
-        start = m.start()
+        start, end = m.span()
+        covered += end - start
         if start != after:
             line += count("\n", pos, start)
             pos = start
             run = found[line] = []
         run.append(m)
         after = m.end(3)
-    return found
+    return found, covered
 
 
 def _location(file: str, line: int) -> Location:
@@ -1069,16 +1075,17 @@ class TextReader:
 
     def _parse(self, physical: list[str]) -> Ruleset:
         bulk: dict[int, list[re.Match[str]]] = {}
+        covered = 0  # characters of the text in `bulk`'s blocks
         text = self._text
         if listing_form_text(text) if not any(c in text for c in _ODD_BREAKS) else listing_form(physical):
             # As split_statements: nothing to split. Lines and physical lines are then one and the same.
             lines, self._no = list(physical), list(range(1, len(physical) + 1))
             if self.bulk and self._keys is not None:
-                bulk = chain_blocks(self._text)
+                bulk, covered = _chain_runs(self._text)
         else:
             lines, self._no = split_statements_by_line(physical)
         if self._keys is not None and KeyJob.wanted(text) \
-                and sum(m.end() - m.start() for run in bulk.values() for m in run) < len(text) // 2:
+                and covered < len(text) // 2:
             # Most rules are read line by line (not in bulk, where guesses spare most lines a skeleton):
             # every line's skeleton at once, in a second process, while the structure is read.
             self._keys = KeyJob(text, physical)
