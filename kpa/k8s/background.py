@@ -101,17 +101,13 @@ class BackgroundObjects:
     """
 
     def __init__(self, paths: Sequence[str], fork: bool | None = None, kinds: frozenset[str] | None = None,
-                 early: bool = False, extra: Callable[[ClusterObjects], object] | None = None) -> None:
+                 early: bool = False) -> None:
         """`fork`: True or False to decide; by default, when `spare_core()` says so. `kinds`: see load_objects.
-        `early`: hand the objects over before the Pods are built (see the module's help). `extra` (with
-        `early`): work on the objects that the child does after handing them over, while the caller
-        unpickles them; `extra_result()` is its answer."""
+        `early`: hand the objects over before the Pods are built (see the module's help)."""
         self._paths = list(paths)
         self._kinds = kinds
         self._fork = fork
         self._early = early
-        self._extra = extra if early else None
-        self._extra_read = False
         self._job: ChildJob | None = None
         self._handed = False  # the early objects were taken: the child goes on after the block
         self._pods: bytes | dict[tuple[str, str], Pod] | None = None
@@ -163,19 +159,10 @@ class BackgroundObjects:
 
         objects, finish = load_objects_early(self._paths, kinds=self._kinds)
         main = pickle.dumps(objects, protocol=pickle.HIGHEST_PROTOCOL)
+        del objects
         yield _LENGTH.pack(len(main))
         yield main
         del main
-        if self._extra is not None:
-            # Empty when the work fails: the caller then does without (an answer of extra is never
-            # needed, only sooner), and the objects' own errors still come from settling.
-            try:
-                answer = pickle.dumps(self._extra(objects), protocol=pickle.HIGHEST_PROTOCOL)
-            except Exception:
-                answer = b""
-            yield _LENGTH.pack(len(answer))
-            yield answer
-        del objects
         pods = pickle.dumps(finish(), protocol=pickle.HIGHEST_PROTOCOL)
         yield _LENGTH.pack(len(pods))
         yield pods
@@ -207,7 +194,6 @@ class BackgroundObjects:
             return
         if self._changed is not None:
             raise self._changed
-        self.extra_result()  # it comes before the Pods
         rest = self._job.collect() if self._job is not None else None
         if rest is not None and len(rest) >= _LENGTH.size and len(rest) == _LENGTH.size + _LENGTH.unpack_from(rest)[0]:
             self._pods = rest[_LENGTH.size:]
@@ -216,17 +202,6 @@ class BackgroundObjects:
         # files are read here, which raises their error if they have one, and else they are the answer.
         self._changed = ObjectsChanged(load_objects(self._paths, kinds=self._kinds))
         raise self._changed
-
-    def extra_result(self) -> object | None:
-        """What `extra` made of the objects handed over early; None if nothing was (no child,
-        no `extra`, the work failed, or it was asked for already)."""
-        job = self._job
-        if self._extra is None or self._extra_read or job is None or not self._handed:
-            return None
-        self._extra_read = True
-        head = job.read(_LENGTH.size)
-        answer = job.read(_LENGTH.unpack(head)[0]) if head is not None else None
-        return pickle.loads(answer) if answer else None
 
     def _child_pods(self) -> dict[tuple[str, str], Pod]:
         self._settle()
