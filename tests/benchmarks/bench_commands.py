@@ -15,7 +15,9 @@ run on the same machine, so that other work on the machine affects both sides:
 
 Each command runs as a whole process (start-up included, kpa from compiled
 bytecode as an installed kpa runs: bench.installed_env), best of --repeat
-runs; peak memory is the process's maximum RSS. The second dump for `diff` is
+runs; peak memory is the process's maximum RSS. The runs go in rounds, each of
+the reference and then every command once, so a figure and its reference come
+from the same minutes. The second dump for `diff` is
 the same cluster after a rollout: a few Services gained, lost or changed
 endpoints.
 
@@ -52,8 +54,8 @@ GOALS = {
 }
 
 
-def best_of(n: int, argv: list[str], stdin_path: str | None = None) -> dict[str, Any]:
-    runs = [run_measured(argv, stdin_path) for _ in range(n)]
+def best(runs: list[tuple[float, int, int]]) -> dict[str, Any]:
+    """The best time and the highest peak of a command's runs (`bench.run_measured`'s answers)."""
     codes = {code for _, _, code in runs}
     if not codes <= {0, 1}:
         return {"failed": sorted(codes)}
@@ -117,14 +119,20 @@ def bench_size(services: int, endpoints: int, workdir: Path, repeat: int, only: 
     out: dict[str, Any] = {"services": services, "endpoints": endpoints,
                            "rules": sum(1 for line in text.splitlines() if line.startswith("-A ")),
                            "bytes": len(text.encode())}
+    wanted = {name: argv for name, argv in commands.items() if not only or name in only or name == "check_ipt"}
     with scratch_netns("kpab") as ns:
-        out["iptables_restore_test"] = best_of(repeat, ["ip", "netns", "exec", ns, "iptables-restore", "--test"],
-                                               str(p["save"]))
-    print(f"  {'iptables_restore_test':<22} {out['iptables_restore_test']}", flush=True)
-    for name, argv in commands.items():
-        if only and name not in only and name != "check_ipt":
-            continue
-        out[name] = best_of(repeat, argv)
+        # In rounds: each round runs the reference and then every command once, so that a figure and its
+        # reference are taken over the same minutes; the machine's speed drifts more than that between
+        # the start and the end of a run.
+        runs: dict[str, list[tuple[float, int, int]]] = {"iptables_restore_test": []}
+        runs.update({name: [] for name in wanted})
+        for _ in range(repeat):
+            runs["iptables_restore_test"].append(
+                run_measured(["ip", "netns", "exec", ns, "iptables-restore", "--test"], str(p["save"])))
+            for name, argv in wanted.items():
+                runs[name].append(run_measured(argv))
+    for name, taken in runs.items():
+        out[name] = best(taken)
         print(f"  {name:<22} {out[name]}", flush=True)
     ref = out["iptables_restore_test"].get("seconds")
     check_ref = out.get("check_ipt", {}).get("seconds")
