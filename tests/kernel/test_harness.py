@@ -505,3 +505,38 @@ COMMIT
     assert entry.dnat == ("10.244.0.10", 8080)
     # No address on the cali interface: MASQUERADE uses the node's primary address.
     assert entry.snat == "192.168.10.2"
+
+
+def test_flows_sent_again_after_conntrack_losses_are_only_traceless_ones_and_a_drop_stays_a_drop(
+        t: Topology) -> None:
+    """The differential tests send again, once, as many flows that left no trace as conntrack counted
+    losses of its own (diffutil._resend_lost); a flow a rule drops is dropped the second time too."""
+    from .diffutil import _resend_lost, collect, conntrack_losses, install_observer
+
+    s = t.spec
+    node, client = s.node_ips[0], s.external_client_ips[0]
+    t.load_iptables(f"""*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -p tcp --dport 81 -j DROP
+COMMIT
+*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+-A PREROUTING -p tcp --dport 1 -j DNAT --to-destination {_ep(s.local_pod_ips[0])}:80
+COMMIT
+""", backend="nft")
+    install_observer(t)
+    flows: list[Flow] = [("external", client, node, "tcp", 81)] * 3 + [("external", client, node, "udp", 82)]
+    obs = t.send_many(flows, timeout=0.5)
+    assert [o.result for o in obs] == ["timeout"] * 3 + ["refused"]
+    tally: collections.Counter[str] = collections.Counter()
+    again, _ = _resend_lost(t, flows, obs, collect(t), 2, tally, 0.5)
+    assert tally["resent"] == 2
+    assert [o.result for o in again] == ["timeout"] * 3 + ["refused"]
+    assert all(a.sport != o.sport for a, o in zip(again[:2], obs[:2], strict=True))  # sent anew
+    assert again[2:] == obs[2:]
+    assert conntrack_losses(t) == 0  # nothing here was conntrack's own loss
