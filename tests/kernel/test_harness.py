@@ -231,12 +231,10 @@ COMMIT
         assert counters[("INPUT", 1)] >= 1
 
 
-@pytest.mark.parametrize("loader", LOADERS)
-def test_node_originated_drop_to_local_address_keeps_conntrack_entry(
-        t: Topology, loader: str) -> None:
-    s = t.spec
-    node = s.node_ips[0]
-    _load(t, loader, f"""*filter
+def _tcp_81_dropped(s: TopologySpec) -> str:
+    """iptables rules that drop TCP to port 81 in INPUT; the unused DNAT rule only makes conntrack active
+    in the namespace (the kernel attaches conntrack to a netns when some rule needs it)."""
+    return f"""*filter
 :INPUT ACCEPT [0:0]
 :FORWARD ACCEPT [0:0]
 :OUTPUT ACCEPT [0:0]
@@ -249,7 +247,15 @@ COMMIT
 :POSTROUTING ACCEPT [0:0]
 -A PREROUTING -p tcp --dport 1 -j DNAT --to-destination {_ep(s.local_pod_ips[0])}:80
 COMMIT
-""", f"""table inet kpat_t {{
+"""
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+def test_node_originated_drop_to_local_address_keeps_conntrack_entry(
+        t: Topology, loader: str) -> None:
+    s = t.spec
+    node = s.node_ips[0]
+    _load(t, loader, _tcp_81_dropped(s), f"""table inet kpat_t {{
     chain input {{
         type filter hook input priority filter; policy accept;
         tcp dport 81 drop
@@ -515,20 +521,7 @@ def test_flows_sent_again_after_conntrack_losses_are_only_traceless_ones_and_a_d
 
     s = t.spec
     node, client = s.node_ips[0], s.external_client_ips[0]
-    t.load_iptables(f"""*filter
-:INPUT ACCEPT [0:0]
-:FORWARD ACCEPT [0:0]
-:OUTPUT ACCEPT [0:0]
--A INPUT -p tcp --dport 81 -j DROP
-COMMIT
-*nat
-:PREROUTING ACCEPT [0:0]
-:INPUT ACCEPT [0:0]
-:OUTPUT ACCEPT [0:0]
-:POSTROUTING ACCEPT [0:0]
--A PREROUTING -p tcp --dport 1 -j DNAT --to-destination {_ep(s.local_pod_ips[0])}:80
-COMMIT
-""", backend="nft")
+    t.load_iptables(_tcp_81_dropped(s), backend="nft")
     install_observer(t)
     flows: list[Flow] = [("external", client, node, "tcp", 81)] * 3 + [("external", client, node, "udp", 82)]
     obs = t.send_many(flows, timeout=0.5)
