@@ -1176,8 +1176,7 @@ class TextReader:
             end = i + len(body)
             if end < len(lines) and lines[end].strip() == "}" and lines[i:end] == body:
                 # The lines of the last such block, which make the same spec (_set_attr reads nothing else).
-                self._declare_set(table, name, start, {k: list(v) if isinstance(v, list) else v
-                                                       for k, v in known.items()}, None)
+                self._declare_set(table, name, start, _spec_copy(known), None)
                 return end + 1
         first = i
         attrs_only = chain is None and self.bulk and self.shapes  # so far, and whether to keep them
@@ -1193,8 +1192,7 @@ class TextReader:
                     if attrs_only and simple is None and all(
                             type(v) is str or (type(v) is list and all(type(w) is str for w in v))
                             for v in spec.values()):
-                        self._attrs = (lines[first:i - 1], {k: list(v) if isinstance(v, list) else v
-                                                            for k, v in spec.items()})
+                        self._attrs = (lines[first:i - 1], _spec_copy(spec))
                     self._declare_set(table, name, start, spec, simple)
                 return i
             if line.endswith("{") and BLOCK_START.match(line):
@@ -1403,6 +1401,11 @@ def statements_from_text(text: str, file: str, lineno: int) -> list[dict[str, An
         if "unparsed" not in st:
             _fix_ports(st)
     return stmts
+
+
+def _spec_copy(spec: dict[str, Any]) -> dict[str, Any]:
+    """A set block's spec of attribute lines (strings, lists of strings) that its reader may change freely."""
+    return {k: list(v) if isinstance(v, list) else v for k, v in spec.items()}
 
 
 def _brace_line(lines: list[str], i: int, step: int = 512) -> int:
