@@ -554,6 +554,11 @@ def collect(topo: Topology) -> Evidence:
     return Evidence(ct, _delivered(topo))
 
 
+def flow_key(obs: Observation) -> FlowKey:
+    """The flow an observation was of, as the evidence is keyed."""
+    return (obs.proto, canon(obs.src), obs.sport, canon(obs.dst), obs.dport)
+
+
 def kernel_fate(obs: Observation, ev: Evidence, local: set[str]) -> Fate:
     """Turn one observation and the node's evidence into a fate.
 
@@ -561,7 +566,7 @@ def kernel_fate(obs: Observation, ev: Evidence, local: set[str]) -> Fate:
     flow that was dropped in INPUT (its entry is confirmed before INPUT) from one
     that left the node.
     """
-    key = (obs.proto, canon(obs.src), obs.sport, canon(obs.dst), obs.dport)
+    key = flow_key(obs)
     node_origin = obs.origin == "node"
     if obs.result in ("connected", "reply"):
         raise AssertionError(f"something answered {obs}: the topology should be silent")
@@ -740,7 +745,7 @@ def _resend_lost(topo: Topology, flows: Sequence[Flow], observations: list[Obser
     of them. A flow a rule drops leaves no trace the second time either, and fails as it would have."""
     traceless = [i for i, obs in enumerate(observations)
                  if obs.result == "timeout"
-                 and (key := (obs.proto, canon(obs.src), obs.sport, canon(obs.dst), obs.dport)) not in evidence.conntrack
+                 and (key := flow_key(obs)) not in evidence.conntrack
                  and key not in evidence.delivered][:lost]
     if not traceless:
         return observations, evidence
