@@ -47,6 +47,7 @@ class ChildJob:
             status = 1
             try:
                 os.close(r)
+                _let_go_of_output()
                 pieces = work()
                 if pieces is not None and _write_all(w, pieces):
                     status = 0
@@ -153,3 +154,16 @@ def _write_all(fd: int, pieces: Iterable[bytes]) -> bool:
         waiting.put(None)
         thread.join()
     return written[0]
+
+
+def _let_go_of_output() -> None:
+    """In a child: point standard output and error at /dev/null. The child writes only to its pipe,
+    and it may outlive the command by a moment (the command ends without waiting for work it no
+    longer needs): a pipeline reading the command's output must not wait for it."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        return
+    os.dup2(null, 1)
+    os.dup2(null, 2)
+    os.close(null)
