@@ -256,6 +256,59 @@ def test_an_early_child_waits_to_be_settled_and_is_reaped(tmp_path: Path) -> Non
     assert objects.pods == load_objects([str(tmp_path / "c.json")]).pods
 
 
+def test_the_pods_asked_for_in_the_block_come_from_the_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settled in the block, the Pods asked for there are the child's (the files are not read again),
+    and the child is reaped once they are taken."""
+    from kpa.k8s import background
+
+    path = tmp_path / "c.json"
+    path.write_text(_items(to_objects(random_cluster(seed=27, services=20, endpoints_per_service=2))))
+    expected = load_objects([str(path)]).pods
+    with background.BackgroundObjects([str(path)], fork=True, early=True) as pending:
+        pid = pending.child
+        assert pid is not None
+        objects = pending.result()
+        objects.settle()
+
+        def no_second_read(*args: Any, **kwargs: Any) -> Any:
+            raise AssertionError("the objects were read again")
+
+        monkeypatch.setattr(o, "load_objects", no_second_read)
+        assert objects.pods == expected
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def test_the_objects_are_whole_before_the_pods_are_pickled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The child says the objects are whole as soon as it has checked the Pods: settling does not wait
+    for their pickle (here one that never ends), and Pods asked for after the block are read here."""
+    import pickle
+
+    from kpa.k8s import background
+
+    path = tmp_path / "c.json"
+    path.write_text(_items(to_objects(random_cluster(seed=28, services=20, endpoints_per_service=2))))
+    real = pickle.dumps
+
+    def stalling(value: Any, *args: Any, **kwargs: Any) -> bytes:  # the forked child inherits this
+        if isinstance(value, dict) and value and all(isinstance(p, o.Pod) for p in value.values()):
+            import time
+
+            time.sleep(60)
+        return real(value, *args, **kwargs)
+
+    monkeypatch.setattr(background.pickle, "dumps", stalling)
+    with background.BackgroundObjects([str(path)], fork=True, early=True) as pending:
+        pid = pending.child
+        assert pid is not None
+        objects = pending.result()
+        objects.settle()
+        assert os.waitpid(pid, os.WNOHANG) == (0, 0)  # settled while the child still pickles
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # the block stopped the child it no longer needs
+    assert objects.pods == load_objects([str(path)]).pods
+
+
 def test_lint_and_show_report_a_bad_pod_the_child_finds_late(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """A Pod (or nesting) error is found after the objects were handed over; the commands still
@@ -671,3 +724,57 @@ def test_yaml_pod_split_finds_what_every_kind_line_says() -> None:
     assert split > 80
     text = yaml.safe_dump_all(to_objects(random_cluster(seed=3, services=30, endpoints_per_service=3)))
     assert o._yaml_pod_split(text) == _pod_split_reference(text) is not None
+
+
+def _service_names(objects: ClusterObjects) -> list[str]:
+    return [f"{s.namespace}/{s.name}" for s in objects.services]
+
+
+def _failing(objects: ClusterObjects) -> object:
+    raise ValueError("work that fails in the child")
+
+
+def test_the_childs_extra_work_comes_back_and_changes_nothing_else(tmp_path: Path) -> None:
+    """`extra` runs on the objects in the child after they are handed over: its answer is what it gives
+    on the objects read here, and the objects, their Pods and every error are what they are without it."""
+    from kpa.k8s.background import BackgroundObjects, settled_run
+
+    def with_extra(paths: list[str], extra: Callable[[ClusterObjects], object]) -> tuple[object, object]:
+        def seen(objects: ClusterObjects | None, handed: bool) -> object:
+            assert objects is not None
+            return _seen(objects), objects.pods, [objects.pod_by_ip(ip) for p in objects.pods for ip in p.pod_ips]
+
+        try:
+            with BackgroundObjects(paths, fork=True, early=True, extra=extra) as pending:
+                assert pending.child is not None
+                objects = pending.result()
+                answer = pending.extra_result()
+                assert pending.extra_result() is None  # taken once
+            return settled_run(objects, seen), answer
+        except InputError as error:
+            return ("error", str(error)), None
+
+    answers = 0
+    for paths in _cases(tmp_path):
+        expected = _background(paths, fork=False)
+        got, answer = with_extra(paths, _service_names)
+        assert got == expected, paths
+        if not (isinstance(expected, tuple) and expected[0] == "error"):
+            assert answer == _service_names(load_objects(paths)), paths
+            answers += 1
+        got, answer = with_extra(paths, _failing)
+        assert (got, answer) == (expected, None), paths
+    assert answers >= 5
+
+
+def test_an_extra_answer_not_asked_for_does_not_hold_up_the_pods(tmp_path: Path) -> None:
+    from kpa.k8s.background import BackgroundObjects, settled
+
+    path = tmp_path / "c.json"
+    path.write_text(_items(to_objects(random_cluster(seed=26, services=20, endpoints_per_service=2))))
+    with BackgroundObjects([str(path)], fork=True, early=True, extra=_service_names) as pending:
+        objects = pending.result()
+    with settled(objects):
+        pass  # no ObjectsChanged: the answer before the Pods was passed over
+    assert objects.pods == load_objects([str(path)]).pods
+    assert pending.extra_result() is None

@@ -18,7 +18,8 @@ With `early=True` (lint and show) the child hands the objects over before it has
 the Pods of a JSON List or checked its nesting (`load_objects_early`), and does that
 while the caller already compares; the caller must then call `ClusterObjects.settle()`
 (see `settled`) before it says anything: that waits for the child's word that the
-objects are whole, or reads them here, which raises the error reading them gives.
+objects are whole, or reads them here, which raises the error reading them gives. The
+child says that word before it pickles the Pods, which the caller reads only if asked.
 
 The objects handed over early can even be wrong: the child passes over the Pod items of
 a JSON List where kubectl's layout shows them, without decoding them, and only then
@@ -34,6 +35,7 @@ import os
 import pickle
 import struct
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from types import TracebackType
@@ -50,7 +52,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 _HEADER = struct.Struct("<QQ")  # lengths of the objects' and the Pods' pickles
-_LENGTH = struct.Struct("<Q")  # early hand-over: the length of each of the two pickles
+_LENGTH = struct.Struct("<Q")  # early hand-over: the length of each pickle
+_WHOLE = b"whole\x00\x00\x00"  # early hand-over: the objects handed over are what the files hold
 
 
 def _forkable(paths: Sequence[str]) -> bool:
@@ -101,16 +104,22 @@ class BackgroundObjects:
     """
 
     def __init__(self, paths: Sequence[str], fork: bool | None = None, kinds: frozenset[str] | None = None,
-                 early: bool = False) -> None:
+                 early: bool = False, extra: Callable[[ClusterObjects], object] | None = None) -> None:
         """`fork`: True or False to decide; by default, when `spare_core()` says so. `kinds`: see load_objects.
-        `early`: hand the objects over before the Pods are built (see the module's help)."""
+        `early`: hand the objects over before the Pods are built (see the module's help). `extra` (with
+        `early`): work on the objects that the child does after handing them over, while the caller
+        unpickles them; `extra_result()` is its answer."""
         self._paths = list(paths)
         self._kinds = kinds
         self._fork = fork
         self._early = early
+        self._extra = extra if early else None
+        self._extra_read = False
         self._job: ChildJob | None = None
         self._handed = False  # the early objects were taken: the child goes on after the block
-        self._pods: bytes | dict[tuple[str, str], Pod] | None = None
+        self._whole = False  # the child said the objects handed over early are whole
+        self._ended = False  # the `with` block has ended
+        self._pods: dict[tuple[str, str], Pod] | None = None
         self._changed: ObjectsChanged | None = None
 
     @property
@@ -125,7 +134,10 @@ class BackgroundObjects:
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
-        if self._job is not None and not self._handed:
+        self._ended = True
+        # Once the objects are whole, only the Pods are still to come: a caller that has not
+        # asked for them by now reads them from the files if it ever does.
+        if self._job is not None and (not self._handed or (self._whole and self._pods is None)):
             self._job.stop()
 
     def result(self) -> ClusterObjects:
@@ -153,19 +165,34 @@ class BackgroundObjects:
 
 
     def _send_early(self) -> Iterator[bytes]:
-        """In the child: the objects without their Pods, then the Pods, each pickled behind its length.
-        The second part is written only if `load_objects` would have read the files without error."""
+        """In the child: the objects without their Pods, `extra`'s answer, the word `_WHOLE`, then the
+        Pods, each pickle behind its length. `_WHOLE` and the Pods are written only if `load_objects`
+        would have read the files without error."""
         from kpa.k8s.objects import load_objects_early
 
         objects, finish = load_objects_early(self._paths, kinds=self._kinds)
         main = pickle.dumps(objects, protocol=pickle.HIGHEST_PROTOCOL)
-        del objects
         yield _LENGTH.pack(len(main))
         yield main
         del main
-        pods = pickle.dumps(finish(), protocol=pickle.HIGHEST_PROTOCOL)
-        yield _LENGTH.pack(len(pods))
-        yield pods
+        if self._extra is not None:
+            # Empty when the work fails: the caller then does without (an answer of extra is never
+            # needed, only sooner), and the objects' own errors still come from settling.
+            try:
+                answer = pickle.dumps(self._extra(objects), protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception:
+                answer = b""
+            yield _LENGTH.pack(len(answer))
+            yield answer
+        del objects
+        pods = finish()
+        # The caller waits for this word before it reports; it rarely reads the Pods themselves.
+        yield _WHOLE
+        # Pickling holds the interpreter lock throughout: let the writing thread send the word first.
+        time.sleep(0.001)
+        data = pickle.dumps(pods, protocol=pickle.HIGHEST_PROTOCOL)
+        yield _LENGTH.pack(len(data))
+        yield data
 
     def _early_result(self) -> ClusterObjects:
         from kpa.k8s.objects import ClusterObjects, load_objects
@@ -186,30 +213,48 @@ class BackgroundObjects:
         return objects
 
     def _settle(self) -> None:
-        """Wait for the child's Pods; if it does not send them whole, read the objects here, which
-        raises the error that reading them gives, or else `ObjectsChanged` with them."""
+        """Wait for the child's word that the objects are whole; without it, read the objects here,
+        which raises the error that reading them gives, or else `ObjectsChanged` with them."""
         from kpa.k8s.objects import load_objects
 
-        if self._pods is not None:
+        if self._whole:
             return
         if self._changed is not None:
             raise self._changed
-        rest = self._job.collect() if self._job is not None else None
-        if rest is not None and len(rest) >= _LENGTH.size and len(rest) == _LENGTH.size + _LENGTH.unpack_from(rest)[0]:
-            self._pods = rest[_LENGTH.size:]
+        self.extra_result()  # it comes before the word
+        if self._job is not None and self._job.read(len(_WHOLE)) == _WHOLE:
+            self._whole = True
+            if self._ended:
+                self._job.stop()  # as when the block ends after settling: no child outlives both
             return
         # The objects handed over may not be what the files hold (see the module's help): the
         # files are read here, which raises their error if they have one, and else they are the answer.
         self._changed = ObjectsChanged(load_objects(self._paths, kinds=self._kinds))
         raise self._changed
 
+    def extra_result(self) -> object | None:
+        """What `extra` made of the objects handed over early; None if nothing was (no child,
+        no `extra`, the work failed, or it was asked for already)."""
+        job = self._job
+        if self._extra is None or self._extra_read or job is None or not self._handed:
+            return None
+        self._extra_read = True
+        head = job.read(_LENGTH.size)
+        answer = job.read(_LENGTH.unpack(head)[0]) if head is not None else None
+        return pickle.loads(answer) if answer else None
+
     def _child_pods(self) -> dict[tuple[str, str], Pod]:
+        from kpa.k8s.objects import load_objects
+
         self._settle()
-        pods = self._pods
-        if isinstance(pods, bytes):
-            pods = self._pods = pickle.loads(pods)
-        assert isinstance(pods, dict)
-        return pods
+        if self._pods is None:
+            rest = self._job.collect() if self._job is not None else None
+            if rest is not None and len(rest) >= _LENGTH.size and len(rest) == _LENGTH.size + _LENGTH.unpack_from(rest)[0]:
+                self._pods = pickle.loads(memoryview(rest)[_LENGTH.size:])
+            else:
+                # The objects are whole (settled), but the Pods did not arrive: read them here.
+                self._pods = load_objects(self._paths, kinds=self._kinds).detach_pods()
+        return self._pods
 
 
 class ObjectsChanged(Exception):
