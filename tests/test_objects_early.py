@@ -734,10 +734,21 @@ def _failing(objects: ClusterObjects) -> object:
     raise ValueError("work that fails in the child")
 
 
-def test_the_childs_extra_work_comes_back_and_changes_nothing_else(tmp_path: Path) -> None:
-    """`extra` runs on the objects in the child after they are handed over: its answer is what it gives
-    on the objects read here, and the objects, their Pods and every error are what they are without it."""
+@pytest.mark.parametrize("waiting", [False, True], ids=["caller-busy", "caller-waiting"])
+def test_the_childs_extra_work_comes_back_and_changes_nothing_else(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, waiting: bool) -> None:
+    """`extra` runs on the objects in the child after they are handed over, unless the caller already
+    waits for them: its answer is then None, and else what it gives on the objects read here. Either
+    way the objects, their Pods and every error are what they are without it."""
+    from kpa.k8s import background
     from kpa.k8s.background import BackgroundObjects, settled_run
+
+    # Whether the caller asked before the child handed the objects over is a race: here the child
+    # (which inherits this) is told the one or the other.
+    def asked(readers: list[int], *rest: object) -> tuple[list[int], list[int], list[int]]:
+        return (readers if waiting else []), [], []
+
+    monkeypatch.setattr(background.select, "select", asked)
 
     def with_extra(paths: list[str], extra: Callable[[ClusterObjects], object]) -> tuple[object, object]:
         def seen(objects: ClusterObjects | None, handed: bool) -> object:
@@ -760,11 +771,37 @@ def test_the_childs_extra_work_comes_back_and_changes_nothing_else(tmp_path: Pat
         got, answer = with_extra(paths, _service_names)
         assert got == expected, paths
         if not (isinstance(expected, tuple) and expected[0] == "error"):
-            assert answer == _service_names(load_objects(paths)), paths
+            assert answer == (None if waiting else _service_names(load_objects(paths))), paths
             answers += 1
         got, answer = with_extra(paths, _failing)
         assert (got, answer) == (expected, None), paths
     assert answers >= 5
+
+
+def test_a_caller_that_waits_for_the_objects_gets_no_extra_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The caller asks for the objects before the child has them (here the child is held up): the child
+    then leaves `extra` out and says the objects are whole without it."""
+    from kpa.k8s import background
+
+    path = tmp_path / "c.json"
+    path.write_text(_items(to_objects(random_cluster(seed=29, services=20, endpoints_per_service=2))))
+    real = o.load_objects_early
+
+    def slow(paths: Any, kinds: Any = None) -> Any:  # the forked child inherits this
+        import time
+
+        time.sleep(0.5)
+        return real(paths, kinds=kinds)
+
+    def never(objects: ClusterObjects) -> object:
+        return "extra ran while the caller waited"
+
+    monkeypatch.setattr(o, "load_objects_early", slow)
+    with background.BackgroundObjects([str(path)], fork=True, early=True, extra=never) as pending:
+        objects = pending.result()  # at once: the child is still reading
+        assert pending.extra_result() is None
+        objects.settle()
+        assert objects.pods == load_objects([str(path)]).pods
 
 
 def test_an_extra_answer_not_asked_for_does_not_hold_up_the_pods(tmp_path: Path) -> None:

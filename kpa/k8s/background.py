@@ -31,8 +31,10 @@ handed over must be worked out again from those (`settled_run` does that).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import select
 import struct
 import sys
 import time
@@ -114,6 +116,8 @@ class BackgroundObjects:
         self._fork = fork
         self._early = early
         self._extra = extra if early else None
+        # With `extra`: a pipe on which the caller says it waits for the objects (see `_send_early`).
+        self._asked: tuple[int, int] | None = None
         self._extra_read = False
         self._job: ChildJob | None = None
         self._handed = False  # the early objects were taken: the child goes on after the block
@@ -129,12 +133,27 @@ class BackgroundObjects:
 
     def __enter__(self) -> BackgroundObjects:
         if _forkable(self._paths) and (spare_core() if self._fork is None else self._fork):
+            if self._extra is not None:
+                try:
+                    self._asked = os.pipe()
+                except OSError:
+                    self._extra = None
             self._job = ChildJob(self._send_early if self._early else self._send)
+            if self._asked is not None:
+                os.close(self._asked[0])
+                if not self._job.started:
+                    self._close_asked()
         return self
+
+    def _close_asked(self) -> None:
+        if self._asked is not None:
+            os.close(self._asked[1])
+            self._asked = None
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
         self._ended = True
+        self._close_asked()
         # Once the objects are whole, only the Pods are still to come: a caller that has not
         # asked for them by now reads them from the files if it ever does.
         if self._job is not None and (not self._handed or (self._whole and self._pods is None)):
@@ -170,6 +189,8 @@ class BackgroundObjects:
         would have read the files without error."""
         from kpa.k8s.objects import load_objects_early
 
+        if self._asked is not None:
+            os.close(self._asked[1])
         objects, finish = load_objects_early(self._paths, kinds=self._kinds)
         main = pickle.dumps(objects, protocol=pickle.HIGHEST_PROTOCOL)
         yield _LENGTH.pack(len(main))
@@ -177,9 +198,13 @@ class BackgroundObjects:
         del main
         if self._extra is not None:
             # Empty when the work fails: the caller then does without (an answer of extra is never
-            # needed, only sooner), and the objects' own errors still come from settling.
+            # needed, only sooner), and the objects' own errors still come from settling. Empty too
+            # when the caller already waits for the objects: it is then the one with time to spare
+            # (YAML objects take this process longer than the rules take the caller), and the work
+            # here would only hold up the word that the objects are whole.
             try:
-                answer = pickle.dumps(self._extra(objects), protocol=pickle.HIGHEST_PROTOCOL)
+                asked = self._asked is not None and bool(select.select([self._asked[0]], [], [], 0)[0])
+                answer = b"" if asked else pickle.dumps(self._extra(objects), protocol=pickle.HIGHEST_PROTOCOL)
             except Exception:
                 answer = b""
             yield _LENGTH.pack(len(answer))
@@ -198,6 +223,10 @@ class BackgroundObjects:
         from kpa.k8s.objects import ClusterObjects, load_objects
 
         job = self._job
+        if self._asked is not None:
+            with contextlib.suppress(OSError):
+                os.write(self._asked[1], b"!")  # see `_send_early`
+            self._close_asked()
         head = job.read(_LENGTH.size) if job is not None else None
         main = job.read(_LENGTH.unpack(head)[0]) if job is not None and head is not None else None
         objects: ClusterObjects | None = None
