@@ -137,8 +137,7 @@ def node_rules_from_cluster(inp: Inputs) -> Any:
     return combine(ipt, nft, sets)
 
 
-def start_objects(inp: Inputs, kinds: frozenset[str] | None = None, early: bool = True,
-                  extra: Callable[[Any], object] | None = None) -> Any:
+def start_objects(inp: Inputs, kinds: frozenset[str] | None = None, early: bool = True) -> Any:
     """Start reading the object files in a child process, on the second core, now.
 
     The commands that read both rules and objects call this first thing, before they import
@@ -147,20 +146,12 @@ def start_objects(inp: Inputs, kinds: frozenset[str] | None = None, early: bool 
     stopped when the command ends if its result was not taken (for example when an option,
     the baseline or the rules were found bad first). Returns the entered
     `kpa.k8s.background.BackgroundObjects`; `rules_and_cluster` or the command takes its result.
-    `extra`: work the child does on the objects once it has handed them over (see there).
     """
     from kpa.k8s.background import BackgroundObjects
 
     inp.resolve_example()
-    pending = BackgroundObjects(list(inp.cluster), kinds=kinds, early=early, extra=extra)
+    pending = BackgroundObjects(list(inp.cluster), kinds=kinds, early=early)
     return click.get_current_context().with_resource(pending)
-
-
-def _endpoint_chain_names(objects: Any) -> object:
-    """`kpa.k8s.correlate.endpoint_chain_names`, imported by the process that runs it."""
-    from kpa.k8s.correlate import endpoint_chain_names
-
-    return endpoint_chain_names(objects)
 
 
 def rules_and_cluster(inp: Inputs, policy_optional: bool = False,
@@ -964,9 +955,7 @@ def lint(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: S
     gc.disable()
     inp = Inputs(list(rules), list(cluster), list(node_ips), node, live, example, kube, kubeconfig, context,
                  namespace, image, iptc)
-    # Before the imports below, which only this process needs. The child also names the endpoint
-    # chains of the objects, which this process would otherwise do while it has the most to do.
-    pending = start_objects(inp, extra=_endpoint_chain_names)
+    pending = start_objects(inp)  # before the imports below, which only this process needs
     from kpa.findings import check_codes, in_scope, load_baseline, make_report
     from kpa.findings import write_baseline as save_baseline
     from kpa.k8s.lint import CODES, ignore_annotations, rules_ahead
@@ -981,9 +970,6 @@ def lint(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: S
     known = load_baseline(baseline) if baseline else None
     # NetworkPolicies too, where allowed; the rules' part of the comparison while the objects are read.
     rs, objects, ahead = rules_and_cluster(inp, policy_optional=True, ahead=rules_ahead, pending=pending)
-    names = pending.extra_result()
-    if ahead is not None and isinstance(names, dict):
-        ahead.side.names = names
     if objects is None:
         raise click.UsageError("lint compares rules with cluster objects: give --cluster PATH (or --kube)")
     if objects.unlisted:

@@ -38,7 +38,6 @@ from kpa.k8s.correlate import (
     _object_ports,
     _ObjPort,
     correlate,
-    endpoint_chain_names,
     expected_port,
     kube_proxy_layouts,
     rules_side,
@@ -394,27 +393,27 @@ def test_endpoint_drift_equals_the_dictionary_comparison() -> None:
     assert drifted >= 4
 
 
-def test_endpoint_chain_names_worked_out_from_the_objects_are_kube_proxys() -> None:
-    """The names endpoint_chain_names gives are the hashes; expected ports made with them are unchanged."""
+def test_endpoint_chain_names_read_from_the_rules_are_kube_proxys() -> None:
+    """The names rules_side keeps are the hashes; expected ports made with them are unchanged."""
     kept = 0
-    for _, _, objects, node in CASES:
-        assert isinstance(objects, ClusterObjects)
-        names = endpoint_chain_names(objects)
-        for (spn, proto, ep), chain in names.items():
+    for _, parse, objects, node in CASES:
+        assert callable(parse) and isinstance(objects, ClusterObjects)
+        side = rules_side(parse())
+        for (spn, proto, ep), chain in side.names.items():
             assert chain == _endpoint_chain("iptables", spn, proto, ep) == naming.sep_chain(spn, proto, ep)
-        kept += len(names)
+        kept += len(side.names)
         for family in ("ipv4", "ipv6"):
             for op in _object_ports(objects, family):  # type: ignore[arg-type]
                 for mode in ("iptables", "nftables"):
-                    assert (expected_port(op, str(node), mode, names)  # type: ignore[arg-type]
+                    assert (expected_port(op, str(node), mode, side.names)  # type: ignore[arg-type]
                             == expected_port(op, str(node), mode))  # type: ignore[arg-type]
     assert kept > 1000
     # A wrong name among them would show in the expected side.
-    _, _, objects, node = next(c for c in CASES if c[0] == "ipv4-as-is")
-    assert isinstance(objects, ClusterObjects)
-    names = endpoint_chain_names(objects)
-    key = next(iter(names))
-    wrong = {**names, key: "KUBE-SEP-AAAAAAAAAAAAAAAA"}
+    _, parse, objects, node = next(c for c in CASES if c[0] == "ipv4-as-is")
+    assert callable(parse) and isinstance(objects, ClusterObjects)
+    side = rules_side(parse())
+    key = next(iter(side.names))
+    wrong = {**side.names, key: "KUBE-SEP-AAAAAAAAAAAAAAAA"}
     op = next(o for o in _object_ports(objects, "ipv4") if (o.name, o.protocol) == key[:2])
     assert expected_port(op, str(node), "iptables", wrong) != expected_port(op, str(node), "iptables")
     for spn, proto, ep in (("ns/a:p", "tcp", "10.0.0.1:80"), ("ns/b", "udp", "[fd00::1]:53")):

@@ -937,34 +937,3 @@ def test_lint_and_show_answer_the_same_with_and_without_the_objects_child(
         assert answers[0] == answers[1], args
     assert forks >= len(runs)  # each run had an objects child (stopped when the rules are missing)
     assert _cli(runs[5], capsys)[0] == 2
-
-
-@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
-def test_endpoint_chain_names_from_the_objects_are_the_ones_lint_asks_for(
-        family: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`endpoint_chain_names` (worked out where the objects are read) holds kube-proxy's hash for every
-    endpoint chain lint looks up: with it, lint hashes none itself, and says what it says without it."""
-    from kpa.k8s import correlate
-    from kpa.k8s.lint import rules_ahead
-
-    cluster = random_cluster(seed=13, services=300, endpoints_per_service=4, families=(family,))  # type: ignore[arg-type]
-    rs = parse_iptables(render_restore(cluster, ProxierOptions(node_name="node-0"), family), "random.save")  # type: ignore[arg-type]
-    objects = objects_from_documents(to_objects(cluster))
-    names = correlate.endpoint_chain_names(objects)
-    assert len(names) > 300
-    assert all(naming.sep_chain(*key) == chain for key, chain in names.items())
-    expected = _lint_json(rs, objects, "node-0")
-
-    ahead = rules_ahead(rs)
-    ahead.side.names = names
-    hashed: list[tuple[str, str, str]] = []
-    real = naming.sep_chain
-
-    def counted(spn: str, proto: str, endpoint: str) -> str:
-        hashed.append((spn, proto, endpoint))
-        return real(spn, proto, endpoint)
-
-    monkeypatch.setattr(naming, "sep_chain", counted)
-    got = [json.dumps(f.to_json(), sort_keys=True) for f in lint(rs, objects, "node-0", ahead)]
-    assert got == expected
-    assert hashed == []

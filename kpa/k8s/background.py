@@ -31,10 +31,8 @@ handed over must be worked out again from those (`settled_run` does that).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
-import select
 import struct
 import sys
 import time
@@ -106,19 +104,13 @@ class BackgroundObjects:
     """
 
     def __init__(self, paths: Sequence[str], fork: bool | None = None, kinds: frozenset[str] | None = None,
-                 early: bool = False, extra: Callable[[ClusterObjects], object] | None = None) -> None:
+                 early: bool = False) -> None:
         """`fork`: True or False to decide; by default, when `spare_core()` says so. `kinds`: see load_objects.
-        `early`: hand the objects over before the Pods are built (see the module's help). `extra` (with
-        `early`): work on the objects that the child does after handing them over, while the caller
-        unpickles them; `extra_result()` is its answer."""
+        `early`: hand the objects over before the Pods are built (see the module's help)."""
         self._paths = list(paths)
         self._kinds = kinds
         self._fork = fork
         self._early = early
-        self._extra = extra if early else None
-        # With `extra`: a pipe on which the caller says it waits for the objects (see `_send_early`).
-        self._asked: tuple[int, int] | None = None
-        self._extra_read = False
         self._job: ChildJob | None = None
         self._handed = False  # the early objects were taken: the child goes on after the block
         self._whole = False  # the child said the objects handed over early are whole
@@ -133,27 +125,12 @@ class BackgroundObjects:
 
     def __enter__(self) -> BackgroundObjects:
         if _forkable(self._paths) and (spare_core() if self._fork is None else self._fork):
-            if self._extra is not None:
-                try:
-                    self._asked = os.pipe()
-                except OSError:
-                    self._extra = None
             self._job = ChildJob(self._send_early if self._early else self._send)
-            if self._asked is not None:
-                os.close(self._asked[0])
-                if not self._job.started:
-                    self._close_asked()
         return self
-
-    def _close_asked(self) -> None:
-        if self._asked is not None:
-            os.close(self._asked[1])
-            self._asked = None
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
         self._ended = True
-        self._close_asked()
         # Once the objects are whole, only the Pods are still to come: a caller that has not
         # asked for them by now reads them from the files if it ever does.
         if self._job is not None and (not self._handed or (self._whole and self._pods is None)):
@@ -184,32 +161,17 @@ class BackgroundObjects:
 
 
     def _send_early(self) -> Iterator[bytes]:
-        """In the child: the objects without their Pods, `extra`'s answer, the word `_WHOLE`, then the
-        Pods, each pickle behind its length. `_WHOLE` and the Pods are written only if `load_objects`
-        would have read the files without error."""
+        """In the child: the objects without their Pods, the word `_WHOLE`, then the Pods, each pickle
+        behind its length. `_WHOLE` and the Pods are written only if `load_objects` would have read the
+        files without error."""
         from kpa.k8s.objects import load_objects_early
 
-        if self._asked is not None:
-            os.close(self._asked[1])
         objects, finish = load_objects_early(self._paths, kinds=self._kinds)
         main = pickle.dumps(objects, protocol=pickle.HIGHEST_PROTOCOL)
+        del objects
         yield _LENGTH.pack(len(main))
         yield main
         del main
-        if self._extra is not None:
-            # Empty when the work fails: the caller then does without (an answer of extra is never
-            # needed, only sooner), and the objects' own errors still come from settling. Empty too
-            # when the caller already waits for the objects: it is then the one with time to spare
-            # (YAML objects take this process longer than the rules take the caller), and the work
-            # here would only hold up the word that the objects are whole.
-            try:
-                asked = self._asked is not None and bool(select.select([self._asked[0]], [], [], 0)[0])
-                answer = b"" if asked else pickle.dumps(self._extra(objects), protocol=pickle.HIGHEST_PROTOCOL)
-            except Exception:
-                answer = b""
-            yield _LENGTH.pack(len(answer))
-            yield answer
-        del objects
         pods = finish()
         # The caller waits for this word before it reports; it rarely reads the Pods themselves.
         yield _WHOLE
@@ -223,10 +185,6 @@ class BackgroundObjects:
         from kpa.k8s.objects import ClusterObjects, load_objects
 
         job = self._job
-        if self._asked is not None:
-            with contextlib.suppress(OSError):
-                os.write(self._asked[1], b"!")  # see `_send_early`
-            self._close_asked()
         head = job.read(_LENGTH.size) if job is not None else None
         main = job.read(_LENGTH.unpack(head)[0]) if job is not None and head is not None else None
         objects: ClusterObjects | None = None
@@ -250,7 +208,6 @@ class BackgroundObjects:
             return
         if self._changed is not None:
             raise self._changed
-        self.extra_result()  # it comes before the word
         if self._job is not None and self._job.read(len(_WHOLE)) == _WHOLE:
             self._whole = True
             if self._ended:
@@ -260,17 +217,6 @@ class BackgroundObjects:
         # files are read here, which raises their error if they have one, and else they are the answer.
         self._changed = ObjectsChanged(load_objects(self._paths, kinds=self._kinds))
         raise self._changed
-
-    def extra_result(self) -> object | None:
-        """What `extra` made of the objects handed over early; None if nothing was (no child,
-        no `extra`, the work failed, or it was asked for already)."""
-        job = self._job
-        if self._extra is None or self._extra_read or job is None or not self._handed:
-            return None
-        self._extra_read = True
-        head = job.read(_LENGTH.size)
-        answer = job.read(_LENGTH.unpack(head)[0]) if head is not None else None
-        return pickle.loads(answer) if answer else None
 
     def _child_pods(self) -> dict[tuple[str, str], Pod]:
         from kpa.k8s.objects import load_objects

@@ -867,7 +867,7 @@ class RulesSide:
     layouts: list[tuple[Mode, Table]]
     # None when the rules' half needs the objects (a chain no comment names, nftables mode).
     collected: _Collected | None
-    # Endpoint chain names known already (`endpoint_chain_names`), each the one kube-proxy's hash gives.
+    # The endpoint chain names the rules show, checked against kube-proxy's hash.
     names: _Names = field(default_factory=dict)
 
 
@@ -884,33 +884,19 @@ def rules_side(rs: Ruleset) -> RulesSide:
             _iptables_actual(rs, t, unread, out, cast(Iterable[_ObjPort], unread), views_all)
     except kubeproxy.NeedsObjects:
         return RulesSide(rs, layouts, None)
-    # The chain names the objects will ask for, worked out now rather than after they are read.
-    # (The endpoint chains' names come from `endpoint_chain_names`, worked out where the objects
-    # are read.)
-    for pc in out.ports.values():
-        if pc.actual is not None and pc.protocol is not None:
-            _service_chains("iptables", pc.name, pc.protocol)  # cached
-    return RulesSide(rs, layouts, out)
-
-
-def endpoint_chain_names(objects: ClusterObjects) -> _Names:
-    """The iptables endpoint chain name of every endpoint the objects give a Service port, keyed
-    as `_lean_expected` and `_port_view` look them up (`RulesSide.names`).
-
-    `kpa lint` has the process that reads the objects work these out while this one reads the
-    rules: that process is done first, and hashing every endpoint is a tenth of the comparison.
-    """
+    # The chain names the objects will most likely ask for are the ones the rules show:
+    # work them out now rather than after the objects are read. An endpoint chain's name is
+    # kept (the rules' own string) where it is the one kube-proxy's hash gives.
     names: _Names = {}
-    families: tuple[FamilyName, ...] = ("ipv4", "ipv6")
-    for family in families:
-        version = _version(family)
-        for head in _port_heads(objects, family):
-            svc, sp = head.service, head.port
-            spn, proto = head.name, head.protocol
-            for address, port in objects.endpoint_states(svc.namespace, svc.name, sp.name, sp.protocol, version):
-                endpoint = naming.endpoint_string(address, port)
-                names[(spn, proto, endpoint)] = naming.sep_chain(spn, proto, endpoint)
-    return names
+    for pc in out.ports.values():
+        a = pc.actual
+        if a is None or pc.protocol is None:
+            continue
+        _service_chains("iptables", pc.name, pc.protocol)  # cached
+        for e in (*a.cluster, *a.local):
+            if e.endpoint and naming.sep_chain(pc.name, pc.protocol, e.endpoint) == e.chain:
+                names[(pc.name, pc.protocol, e.endpoint)] = e.chain
+    return RulesSide(rs, layouts, out, names)
 
 
 def correlate(
@@ -1023,7 +1009,6 @@ __all__ = [
     "RulesSide",
     "UnmappedChain",
     "correlate",
-    "endpoint_chain_names",
     "expected_port",
     "kube_proxy_layouts",
     "rules_side",
