@@ -87,6 +87,8 @@ _DEPTH_STEP[ord("]")] = _DEPTH_STEP[ord("}")] = -1
 # Opens as "(", closes as ")"; the quotes and backslashes left outside strings go.
 _PARENS = bytes.maketrans(b"[{]}", b"(())")
 _NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+_PIECE = 1 << 18  # characters of a text encoded at a time by _nesting_within
+_COUNT_BELOW = 1 << 16  # characters: check_nesting counts brackets first only in texts this short
 
 
 def _nesting_within(text: str, limit: int) -> bool:
@@ -104,7 +106,10 @@ def _nesting_within(text: str, limit: int) -> bool:
     """
     if "\\" in text:
         text = _ESCAPE.sub(r"\1", text)
-    kept = text.encode("utf-8", "surrogatepass").translate(None, _DROPPED)
+    # In pieces: one encoded copy of a large text is fresh memory, and the kernel's first touch
+    # of each page of it costs nearly what the copying does; a piece's memory is reused.
+    kept = b"".join([text[i : i + _PIECE].encode("utf-8", "surrogatepass").translate(None, _DROPPED)
+                     for i in range(0, len(text), _PIECE)])
     if b"\\" not in kept:
         kept = kept.replace(b'""', b"")
     brackets = _STRING.sub(b"", kept)
@@ -126,7 +131,10 @@ def _nesting_within(text: str, limit: int) -> bool:
 
 def check_nesting(text: str, name: str, limit: int = MAX_NESTING) -> None:
     """Refuse JSON or flow-style YAML nested deeper than `limit` brackets (outside strings)."""
-    if text.count("[") + text.count("{") <= limit:
+    # Too few brackets to nest that deep: counting them reads the text twice more, which is
+    # worth it only for a short text (a large one nearly always has more, and the shortcut
+    # below then takes less than the count took).
+    if len(text) <= _COUNT_BELOW and text.count("[") + text.count("{") <= limit:
         return
     if _nesting_within(text, limit):
         return

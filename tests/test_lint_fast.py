@@ -210,6 +210,28 @@ def test_nesting_shortcut_on_real_objects() -> None:
     assert limits._nesting_within('{"a": "' + "[" * 500 + '"}', 200)
 
 
+def test_nesting_of_texts_longer_than_a_piece() -> None:
+    """Texts the shortcut encodes in several pieces, with strings, escapes and multi-byte characters
+    across the cuts, and long enough that brackets are not counted first: answers as the scan, and
+    a text too deep is refused at the line the scan names."""
+    rng = random.Random(17)
+    alphabet = ['"', "\\", "[", "]", "{", "}", "a" * 50, "\n", "é", "😀", '\\"', "\\\\", '"x[{"']
+    for _ in range(3):
+        text = "".join(rng.choice(alphabet) for _ in range(limits._PIECE // 2))
+        assert len(text) > 2 * limits._PIECE > limits._COUNT_BELOW
+        for limit in (2, 5, 200):
+            if limits._nesting_within(text, limit):
+                assert _scan_accepts(text, limit)
+    filler = '{"a": "' + "x" * limits._PIECE + '"}\n'
+    balanced = "[" + filler * 3 + "]"
+    assert limits._nesting_within(balanced, 2) and not limits._nesting_within(balanced, 1)
+    limits.check_nesting(balanced, "long.json", 2)
+    deep = filler * 3 + "[" * 6 + "\n" + "]" * 6
+    with pytest.raises(InputError) as raised:
+        limits.check_nesting(deep, "long.json", 5)
+    assert raised.value.line == 4
+
+
 def test_chain_name_hash_shortcut_matches_base64() -> None:
     """kube-proxy's chain-name hashes: 16 base32 characters from 10 digest bytes, as base64 gives them."""
     rng = random.Random(3)
