@@ -223,10 +223,10 @@ def _text(rng: random.Random) -> str:
 
 
 def test_locations_of_chains_read_in_bulk_are_locations() -> None:
-    from kpa.netfilter.model import Location
+    from kpa.netfilter.model import Location, new_location
 
     for file, line in (("rules.nft", 1), ("a b", 10**6), ("", 0)):
-        fast, slow = nft_text._location(file, line), Location(file, line)
+        fast, slow = new_location(file, line), Location(file, line)
         assert type(fast) is Location and fast == slow and hash(fast) == hash(slow)
         assert (repr(fast), str(fast), fast.file, fast.line) == (repr(slow), str(slow), slow.file, slow.line)
         with pytest.raises(AttributeError):

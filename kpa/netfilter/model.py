@@ -39,6 +39,19 @@ class Location:
         return f"{self.file}:{self.line}"
 
 
+_LOCATION_FILE = Location.__dict__["file"].__set__
+_LOCATION_LINE = Location.__dict__["line"].__set__
+
+
+def new_location(file: str, line: int) -> Location:
+    """Location(file, line), set through its slots: a frozen dataclass's __init__ sets each field through
+    object.__setattr__, which costs as much again for the tens of thousands of chains read in bulk."""
+    loc = object.__new__(Location)
+    _LOCATION_FILE(loc, file)
+    _LOCATION_LINE(loc, line)
+    return loc
+
+
 class VerdictKind(str, Enum):
     ACCEPT = "ACCEPT"
     DROP = "DROP"
@@ -316,7 +329,7 @@ IPTABLES_TABLES = ("raw", "mangle", "nat", "filter", "security")
 HOOKS = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Chain:
     name: str
     table: str

@@ -51,6 +51,7 @@ from kpa.netfilter.model import (
     Table,
     Verdict,
     VerdictKind,
+    new_location,
 )
 from kpa.parse.shapes import (
     MISSING,
@@ -368,7 +369,7 @@ class IptablesParser:
             if not m:
                 raise self.error(lineno, f"expected chain counters like [0:0], found {parts[2]!r}")
             counters = (int(m.group(1)), int(m.group(2)))
-        loc = Location(self.file, lineno)
+        loc = new_location(self.file, lineno)
         if name in BUILTIN_CHAINS[table.name]:
             if policy not in ("ACCEPT", "DROP"):
                 raise self.error(lineno, f"expected policy ACCEPT or DROP for built-in chain {name}, found {policy!r}")

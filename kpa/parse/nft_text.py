@@ -16,7 +16,7 @@ from typing import Any
 from kpa.errors import InputError
 from kpa.ext.nft.base import UnmodelledKey, ValueError_, parse_value
 from kpa.ext.nft.verdict import verdict_value
-from kpa.netfilter.model import Chain, LazyNftRule, Location, NamedSet, Ruleset, Table
+from kpa.netfilter.model import Chain, LazyNftRule, Location, NamedSet, Ruleset, Table, new_location
 from kpa.netfilter.protocols import BadNumber, c_uint
 from kpa.parse.nft_common import KEYED, VERDICTS, Builder, PendingRule, clip
 from kpa.parse.nft_shapes import (
@@ -917,20 +917,6 @@ def _chain_runs(text: str) -> tuple[dict[int, list[re.Match[str]]], int]:
     return found, covered
 
 
-def _location(file: str, line: int) -> Location:
-    """Location(file, line), set through its slots: a frozen dataclass's __init__ sets each field through
-    object.__setattr__, which costs as much again for the tens of thousands of chains read in bulk."""
-    loc = _new_object(Location)
-    _LOCATION_FILE(loc, file)
-    _LOCATION_LINE(loc, line)
-    return loc
-
-
-_new_object = object.__new__
-_LOCATION_FILE = Location.__dict__["file"].__set__
-_LOCATION_LINE = Location.__dict__["line"].__set__
-
-
 class ChainBatch:
     """The rules of chain blocks read in bulk (chain_blocks), as (chain, line of its first rule, texts):
     each is settled in Builder.finish() as the PendingRule the line-by-line reader queues for it would
@@ -1144,7 +1130,7 @@ class TextReader:
             name, body = m.group(1, 2)
             if name not in chains:
                 # As Builder.chain does for a chain head without type and hook.
-                chains[name] = Chain(name, tname, location=_location(file, i + 1))
+                chains[name] = Chain(name, tname, location=new_location(file, i + 1))
             if body:
                 texts = body[2:-1].split("\n\t\t")
                 queued.append((name, i + 2, texts))
