@@ -137,7 +137,8 @@ def node_rules_from_cluster(inp: Inputs) -> Any:
     return combine(ipt, nft, sets)
 
 
-def start_objects(inp: Inputs, kinds: frozenset[str] | None = None, early: bool = True) -> Any:
+def start_objects(inp: Inputs, kinds: frozenset[str] | None = None, early: bool = True,
+                  extra: Callable[[Any], object] | None = None) -> Any:
     """Start reading the object files in a child process, on the second core, now.
 
     The commands that read both rules and objects call this first thing, before they import
@@ -146,16 +147,25 @@ def start_objects(inp: Inputs, kinds: frozenset[str] | None = None, early: bool 
     stopped when the command ends if its result was not taken (for example when an option,
     the baseline or the rules were found bad first). Returns the entered
     `kpa.k8s.background.BackgroundObjects`; `rules_and_cluster` or the command takes its result.
+    `extra`: work on the objects the child may do for the command (`BackgroundObjects`).
     """
     from kpa.k8s.background import BackgroundObjects
 
     inp.resolve_example()
-    pending = BackgroundObjects(list(inp.cluster), kinds=kinds, early=early)
+    pending = BackgroundObjects(list(inp.cluster), kinds=kinds, early=early, extra=extra)
     return click.get_current_context().with_resource(pending)
 
 
+def _endpoint_chain_names(objects: Any) -> object:
+    """In the objects' child: the objects' endpoint chain names (imported there: the child needs only this)."""
+    from kpa.k8s.naming import endpoint_chain_names
+
+    return endpoint_chain_names(objects)
+
+
 def rules_and_cluster(inp: Inputs, policy_optional: bool = False,
-                      ahead: Callable[[Any], Any] | None = None, pending: Any = None) -> tuple[Any, Any, Any]:
+                      ahead: Callable[[Any], Any] | None = None, pending: Any = None,
+                      meanwhile: Callable[[Any], None] | None = None) -> tuple[Any, Any, Any]:
     """The ruleset, the cluster objects, and what ``ahead`` made of the ruleset alone.
 
     Object files are read on a second core meanwhile (by ``pending``, from `start_objects`,
@@ -163,7 +173,8 @@ def rules_and_cluster(inp: Inputs, policy_optional: bool = False,
     when the objects are read here (nothing to overlap: the caller's full computation does
     the same work after them, and the rules' half would only live through the objects'
     decoding), or when it failed: the full computation meets the failure again after the
-    objects are read and reports it there, as it always did.
+    objects are read and reports it there, as it always did. ``meanwhile(answer)`` runs if the
+    objects are still being read when ``ahead`` is done (see `BackgroundObjects.result`).
     """
     inp.resolve_example()
     files = list(inp.cluster)  # files: read in a child process while this one reads the rules
@@ -180,7 +191,8 @@ def rules_and_cluster(inp: Inputs, policy_optional: bool = False,
             except Exception:  # reported by the full computation, see above
                 early = None
     with progress_status("reading the cluster objects"):
-        objects = pending.result() if files else load_cluster(inp, policy_optional)
+        waiting = (lambda: meanwhile(early)) if meanwhile is not None and early is not None else None
+        objects = pending.result(waiting) if files else load_cluster(inp, policy_optional)
     return rs, objects, early
 
 
@@ -955,10 +967,12 @@ def lint(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: S
     gc.disable()
     inp = Inputs(list(rules), list(cluster), list(node_ips), node, live, example, kube, kubeconfig, context,
                  namespace, image, iptc)
-    pending = start_objects(inp)  # before the imports below, which only this process needs
+    # Before the imports below, which only this process needs; the child also names the objects'
+    # endpoint chains, which the comparison with iptables-mode rules looks up.
+    pending = start_objects(inp, extra=_endpoint_chain_names)
     from kpa.findings import check_codes, in_scope, load_baseline, make_report
     from kpa.findings import write_baseline as save_baseline
-    from kpa.k8s.lint import CODES, ignore_annotations, rules_ahead
+    from kpa.k8s.lint import CODES, RulesAhead, ignore_annotations, rules_ahead
     from kpa.k8s.lint import lint as run_lint
     from kpa.render.findings import render
 
@@ -969,7 +983,10 @@ def lint(rules: Sequence[str], live: bool, iptc: bool, example: bool, cluster: S
     ignore_codes = check_codes(ignore, "--ignore")
     known = load_baseline(baseline) if baseline else None
     # NetworkPolicies too, where allowed; the rules' part of the comparison while the objects are read.
-    rs, objects, ahead = rules_and_cluster(inp, policy_optional=True, ahead=rules_ahead, pending=pending)
+    rs, objects, ahead = rules_and_cluster(inp, policy_optional=True, ahead=rules_ahead, pending=pending,
+                                           meanwhile=RulesAhead.meanwhile)
+    if ahead is not None:
+        ahead.take_names(pending.extra)
     if objects is None:
         raise click.UsageError("lint compares rules with cluster objects: give --cluster PATH (or --kube)")
     if objects.unlisted:

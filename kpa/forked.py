@@ -65,6 +65,17 @@ class ChildJob:
         """The child's process id until it is reaped."""
         return self._pid or None
 
+    def ready(self) -> bool:
+        """Whether a `read` would find bytes (or the child's end) without waiting; False without a child."""
+        if not self._pid:
+            return False
+        import select
+
+        try:
+            return bool(select.select([self._fd], [], [], 0)[0])
+        except (OSError, ValueError):
+            return False
+
     def read(self, size: int) -> bytes | None:
         """The next `size` bytes the child writes, or None (and the child is reaped) if it
         ends before writing them all."""

@@ -31,9 +31,11 @@ from kpa.gen.iptables import render_restore
 from kpa.gen.objects import to_objects
 from kpa.gen.options import ProxierOptions
 from kpa.k8s import correlate as correlate_module
+from kpa.k8s import naming
 from kpa.k8s import objects as objects_module
 from kpa.k8s.correlate import _object_ports, correlate
 from kpa.k8s.lint import lint, rules_ahead
+from kpa.k8s.naming import endpoint_chain_names
 from kpa.k8s.objects import ClusterObjects, objects_from_documents
 from kpa.k8s.showview import describe_ahead, describe_objects
 from kpa.netfilter.model import Ruleset
@@ -43,8 +45,18 @@ from tests.test_lint_compare import CASES, OBJECT_CASES
 Obj = dict[str, Any]
 
 
-def _findings(rs: Ruleset, objects: ClusterObjects, node: str | None, lean: bool) -> list[str]:
+# Where the lean comparison finds the endpoint chain names it looks up: the rules' (worked out
+# while the objects are read), the objects' (worked out by the objects' reader), or none.
+NAMES = ("rules", "objects", "none")
+
+
+def _findings(rs: Ruleset, objects: ClusterObjects, node: str | None, lean: bool,
+              names: str = "rules") -> list[str]:
     ahead = rules_ahead(rs) if lean else None
+    if ahead is not None and names == "rules":
+        ahead.meanwhile()
+    elif ahead is not None and names == "objects":
+        ahead.take_names(endpoint_chain_names(objects))
     return [json.dumps(f.to_json(), sort_keys=True) for f in lint(rs, objects, node, ahead)]
 
 
@@ -188,11 +200,12 @@ def test_lean_findings_equal_the_full_computation_on_generated_clusters_with_dri
 
     monkeypatch.setattr(correlate_module, "_lean_expected", counting)
     findings = 0
-    for name, parse, objects, node in GENERATED:
+    for n, (name, parse, objects, node) in enumerate(GENERATED):
         for objs, nodes in ((objects, (node, "node-1")), (_unpacked(objects), (node,))):
             for who in nodes:
                 full = _findings(parse(), objs, who, False)
-                assert _findings(parse(), objs, who, True) == full, (name, who)
+                names = NAMES[n % len(NAMES)]
+                assert _findings(parse(), objs, who, True, names) == full, (name, who, names)
                 findings += len(full)
     # Both ways were taken many times, and the drift gave findings to compare.
     assert answers.count(True) > 5000 and answers.count(False) > 300
@@ -320,3 +333,38 @@ def test_a_broken_shortcut_gives_other_findings(broken: tuple[Any, ...], monkeyp
         if _findings(parse(), objects, node, True) != _findings(parse(), objects, node, False):
             return
     pytest.fail(f"{name} with {replacement!r} for {text!r} went unnoticed")
+
+
+def test_the_objects_endpoint_chain_names_are_the_ones_the_comparison_asks_for(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`naming.endpoint_chain_names` holds every name the lean comparison looks up, and only
+    kube-proxy's: with it, the comparison hashes nothing and finds what it finds without it."""
+    asked: list[tuple[str, str, str]] = []
+    missed: list[tuple[str, str, str]] = []
+
+    class Watched(dict[tuple[str, str, str], str]):
+        def get(self, key: Any, default: Any = None) -> Any:
+            asked.append(key)
+            if key not in self:
+                missed.append(key)
+            return super().get(key, default)
+
+    hashed: list[str] = []
+    real = naming.sep_chain
+
+    def counted(*args: str) -> str:
+        hashed.append(args[2])
+        return real(*args)
+
+    monkeypatch.setattr(naming, "sep_chain", counted)
+    for name, parse, objects, node in GENERATED:
+        rs = parse()
+        ahead = rules_ahead(rs)
+        names = Watched(endpoint_chain_names(objects))
+        assert all(chain == real(*key) for key, chain in names.items()), name
+        hashed.clear()
+        ahead.take_names(names)
+        with_names = [json.dumps(f.to_json(), sort_keys=True) for f in lint(rs, objects, node, ahead)]
+        assert not missed and not hashed, (name, missed[:3], hashed[:3])
+        assert with_names == _findings(parse(), objects, node, False), name
+    assert len(asked) > 10000

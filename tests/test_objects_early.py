@@ -7,6 +7,7 @@ Pods in the same order, and for every input that `load_objects` refuses, a refus
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -309,6 +310,134 @@ def test_the_objects_are_whole_before_the_pods_are_pickled(tmp_path: Path, monke
     assert objects.pods == load_objects([str(path)]).pods
 
 
+def _proc_state(pid: int) -> tuple[str, int] | None:
+    """A process's state letter and the CPU ticks it has used, or None once it is gone (or a zombie)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in "ZX" else (fields[0], int(fields[11]) + int(fields[12]))
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to watch the child")
+def test_a_child_never_asked_for_the_pods_waits_idle_and_ends_with_its_caller(tmp_path: Path) -> None:
+    """After saying the objects are whole, the child does nothing until asked for the Pods: it takes no
+    core from the caller or from the next command, and a caller that ends as the kpa command does
+    (os._exit, no cleanup) ends it too."""
+    import time
+
+    from kpa.k8s.background import BackgroundObjects
+
+    path = tmp_path / "c.json"
+    path.write_text(_items(to_objects(random_cluster(seed=31, services=30, endpoints_per_service=3))))
+    said_r, said_w = os.pipe()
+    end_r, end_w = os.pipe()
+    caller = os.fork()
+    if caller == 0:  # the caller
+        status = 1
+        try:
+            os.close(said_r)
+            os.close(end_w)
+            with BackgroundObjects([str(path)], fork=True, early=True) as pending:
+                objects = pending.result()
+                objects.settle()
+                os.write(said_w, str(pending.child).encode())
+                os.read(end_r, 1)
+                os._exit(0)  # leaves the block as the command does: not at all
+        finally:
+            os._exit(status)
+    os.close(said_w)
+    os.close(end_r)
+    try:
+        child = int(os.read(said_r, 64) or 0)
+        assert child, "the caller did not settle"
+        deadline = time.monotonic() + 30
+        while (state := _proc_state(child)) is not None and state[0] != "S" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert state is not None and state[0] == "S", state  # waits, and has not ended on its own
+        time.sleep(0.3)
+        assert _proc_state(child) == state  # no CPU used meanwhile
+        os.write(end_w, b"!")
+        assert os.waitpid(caller, 0)[1] == 0
+        while _proc_state(child) is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _proc_state(child) is None, "the child outlived its caller"
+    finally:
+        os.close(said_r)
+        os.close(end_w)  # a caller still waiting ends
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(caller, 0)
+
+
+def test_the_child_works_out_extra_for_a_caller_that_asks_late(tmp_path: Path) -> None:
+    """A caller that asks for the objects after the child has handed them over gets `extra`'s answer
+    (here the objects' endpoint chain names) from the child, and runs nothing meanwhile."""
+    import select
+
+    from kpa.k8s.background import BackgroundObjects
+    from kpa.k8s.naming import endpoint_chain_names
+
+    path = tmp_path / "c.json"
+    path.write_text(_items(to_objects(random_cluster(seed=29, services=20, endpoints_per_service=3))))
+    r, w = os.pipe()
+
+    def extra(objects: ClusterObjects) -> object:  # in the child, which was not told the caller waits
+        os.write(w, b"!")
+        return endpoint_chain_names(objects)
+
+    ran: list[bool] = []
+    try:
+        with BackgroundObjects([str(path)], fork=True, early=True, extra=extra) as pending:
+            assert select.select([r], [], [], 60)[0], "the child never got to `extra`"
+            objects = pending.result(lambda: ran.append(True))
+            objects.settle()
+    finally:
+        os.close(r)
+        os.close(w)
+    expected = endpoint_chain_names(load_objects([str(path)]))
+    assert ran == [] and len(expected) > 40 and pending.extra == expected
+    assert objects.pods == load_objects([str(path)]).pods
+
+
+def test_a_caller_that_waits_works_meanwhile_and_the_child_leaves_extra(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A caller that asks before the child has handed the objects over runs its `meanwhile` while it
+    waits, and the child, told so, leaves `extra` to it; the objects are the same."""
+    from kpa.k8s.background import BackgroundObjects
+
+    path = tmp_path / "c.json"
+    path.write_text(_items(to_objects(random_cluster(seed=30, services=20, endpoints_per_service=3))))
+    r, w = os.pipe()
+    real = o.load_objects_early
+
+    def held(paths: Any, kinds: Any = None) -> Any:  # the forked child inherits this
+        os.read(r, 1)  # reads the objects only once the caller waits
+        return real(paths, kinds=kinds)
+
+    monkeypatch.setattr(o, "load_objects_early", held)
+    called = tmp_path / "extra-called"
+
+    def extra(objects: ClusterObjects) -> object:
+        called.write_text("the child worked out `extra` though the caller waited")
+        return {}
+
+    ran: list[bool] = []
+
+    def meanwhile() -> None:
+        ran.append(True)
+        os.write(w, b"!")
+
+    try:
+        with BackgroundObjects([str(path)], fork=True, early=True, extra=extra) as pending:
+            objects = pending.result(meanwhile)
+            objects.settle()
+    finally:
+        os.close(r)
+        os.close(w)
+    assert ran == [True] and pending.extra is None and not called.exists()
+    assert _seen(objects) == _seen(load_objects([str(path)]))
+
+
 def test_lint_and_show_report_a_bad_pod_the_child_finds_late(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """A Pod (or nesting) error is found after the objects were handed over; the commands still
@@ -578,8 +707,11 @@ def test_objects_handed_over_wrong_are_read_again(tmp_path: Path) -> None:
 
 def _no_redo_settle(self: Any) -> None:
     """Settling as it was when the objects handed over were always right: the Pods read here are kept."""
+    from kpa.k8s.background import _PODS_WANTED
+
     if self._pods is not None:
         return
+    self._say(_PODS_WANTED)
     rest = self._job.collect() if self._job is not None else None
     if rest is not None and len(rest) > 8:
         self._pods = rest[8:]

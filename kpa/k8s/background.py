@@ -19,7 +19,19 @@ the Pods of a JSON List or checked its nesting (`load_objects_early`), and does 
 while the caller already compares; the caller must then call `ClusterObjects.settle()`
 (see `settled`) before it says anything: that waits for the child's word that the
 objects are whole, or reads them here, which raises the error reading them gives. The
-child says that word before it pickles the Pods, which the caller reads only if asked.
+child then pickles the Pods only when the caller asks for them, which it rarely does; a
+caller that ends without asking ends the child too, which meanwhile waits without taking
+a core (from the caller's output, or from a next command judging `spare_core`). The
+caller's words to the child go over a socket pair: that it waits for the objects (see
+`extra`), that it wants the Pods, and, by closing it, that it has ended.
+
+With `extra` as well, the child also works out `extra(objects)` on the objects it handed
+over early, for the caller, who would otherwise do that work itself: it sends the answer
+right after the objects, unless the caller has asked for the objects by then (the caller
+is then already waiting for the child, and the child is the later of the two; see
+`result`'s `meanwhile`). `extra` answers the same whatever the objects handed over turn
+out to be (for example a memo of a pure function), so its answer holds even when
+settling finds them changed.
 
 The objects handed over early can even be wrong: the child passes over the Pod items of
 a JSON List where kubectl's layout shows them, without decoding them, and only then
@@ -31,11 +43,12 @@ handed over must be worked out again from those (`settled_run` does that).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import select
 import struct
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from types import TracebackType
@@ -44,6 +57,8 @@ from typing import TYPE_CHECKING, TypeVar
 from kpa.forked import ChildJob
 
 if TYPE_CHECKING:
+    import socket
+
     from kpa.k8s.objects import ClusterObjects, Pod
 
 # kpa.k8s.objects is imported where it is used: a command starts the child before it has
@@ -54,6 +69,10 @@ T = TypeVar("T")
 _HEADER = struct.Struct("<QQ")  # lengths of the objects' and the Pods' pickles
 _LENGTH = struct.Struct("<Q")  # early hand-over: the length of each pickle
 _WHOLE = b"whole\x00\x00\x00"  # early hand-over: the objects handed over are what the files hold
+_EXTRA = b"extra\x00\x00\x00"  # early hand-over: the pickle of `extra`'s answer follows
+_NO_EXTRA = b"noextra\x00"  # early hand-over: the child left `extra` to the caller
+_WAITING = b"w"  # early hand-over, to the child: the caller waits for the objects
+_PODS_WANTED = b"p"  # early hand-over, to the child: the caller wants the Pods
 
 
 def _forkable(paths: Sequence[str]) -> bool:
@@ -104,13 +123,21 @@ class BackgroundObjects:
     """
 
     def __init__(self, paths: Sequence[str], fork: bool | None = None, kinds: frozenset[str] | None = None,
-                 early: bool = False) -> None:
+                 early: bool = False, extra: Callable[[ClusterObjects], object] | None = None) -> None:
         """`fork`: True or False to decide; by default, when `spare_core()` says so. `kinds`: see load_objects.
-        `early`: hand the objects over before the Pods are built (see the module's help)."""
+        `early`: hand the objects over before the Pods are built; `extra`: work the child may do for the
+        caller on those objects, given then as `extra` (see the module's help)."""
         self._paths = list(paths)
         self._kinds = kinds
         self._fork = fork
         self._early = early
+        self._extra_work = extra if early else None
+        #: What `extra` answered in the child, once `result` has taken it; None if the child left it.
+        self.extra: object | None = None
+        # Early hand-over: the caller's words to the child, on a socket pair (see `_say`).
+        self._to_child: socket.socket | None = None
+        self._from_caller: socket.socket | None = None
+        self._said_waiting = False
         self._job: ChildJob | None = None
         self._handed = False  # the early objects were taken: the child goes on after the block
         self._whole = False  # the child said the objects handed over early are whole
@@ -125,23 +152,43 @@ class BackgroundObjects:
 
     def __enter__(self) -> BackgroundObjects:
         if _forkable(self._paths) and (spare_core() if self._fork is None else self._fork):
+            if self._early:
+                import socket
+
+                with contextlib.suppress(OSError):  # without them the child goes on as if told at once
+                    self._to_child, self._from_caller = socket.socketpair()
             self._job = ChildJob(self._send_early if self._early else self._send)
+            if self._from_caller is not None:
+                self._from_caller.close()  # the child's end
+                self._from_caller = None
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
         self._ended = True
+        if self._to_child is not None:
+            self._to_child.close()  # a child waiting to be asked for the Pods ends
+            self._to_child = None
         # Once the objects are whole, only the Pods are still to come: a caller that has not
         # asked for them by now reads them from the files if it ever does.
         if self._job is not None and (not self._handed or (self._whole and self._pods is None)):
             self._job.stop()
 
-    def result(self) -> ClusterObjects:
-        """The objects, from the child if it sent them whole; otherwise read here."""
+    def result(self, meanwhile: Callable[[], None] | None = None) -> ClusterObjects:
+        """The objects, from the child if it sent them whole; otherwise read here.
+
+        `meanwhile`: the caller's own way to the work `extra` does (if it gives `extra`), run here if
+        the child has not yet handed the objects over: it runs while the child still reads them, and
+        the child, told that the caller waits, leaves `extra` to it. So either `meanwhile` ran, or
+        `self.extra` holds `extra`'s answer, or (when the child hands the objects over just as the
+        caller asks) neither: the caller then does that work when it needs it, as without a child.
+        """
         from kpa.k8s.objects import load_objects
 
         if self._early:
-            return self._early_result()
+            return self._early_result(meanwhile)
+        if meanwhile is not None and self._job is not None and not self._job.ready():
+            meanwhile()
         data = self._job.collect() if self._job is not None else None
         received = _receive(data) if data is not None else None
         if received is None:
@@ -166,25 +213,88 @@ class BackgroundObjects:
         files without error."""
         from kpa.k8s.objects import load_objects_early
 
+        if self._to_child is not None:
+            self._to_child.close()  # the caller's end: the child sees the caller end with it
+            self._to_child = None
         objects, finish = load_objects_early(self._paths, kinds=self._kinds)
         main = pickle.dumps(objects, protocol=pickle.HIGHEST_PROTOCOL)
-        del objects
         yield _LENGTH.pack(len(main))
         yield main
         del main
+        if self._extra_work is not None:
+            yield from self._extra_pieces(objects)
+        del objects
         pods = finish()
-        # The caller waits for this word before it reports; it rarely reads the Pods themselves.
+        # The caller waits for this word before it reports; it rarely reads the Pods themselves, so
+        # they are pickled only once asked for. A caller that ends without asking ends the child
+        # with it, which until then waits without taking a core from anything.
         yield _WHOLE
-        # Pickling holds the interpreter lock throughout: let the writing thread send the word first.
-        time.sleep(0.001)
+        if not self._told_pods_wanted():
+            return
         data = pickle.dumps(pods, protocol=pickle.HIGHEST_PROTOCOL)
         yield _LENGTH.pack(len(data))
         yield data
 
-    def _early_result(self) -> ClusterObjects:
+    def _extra_pieces(self, objects: ClusterObjects) -> Iterator[bytes]:
+        """In the child: `_EXTRA` and `extra`'s answer pickled behind its length, or `_NO_EXTRA` when the
+        caller already waits for the objects (the child is then the later side) or `extra` failed."""
+        assert self._extra_work is not None
+        if not self._asked():
+            try:
+                data = pickle.dumps(self._extra_work(objects), protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception:  # the caller does the work itself, as it would without a child
+                pass
+            else:
+                yield _EXTRA
+                yield _LENGTH.pack(len(data))
+                yield data
+                return
+        yield _NO_EXTRA
+
+    def _asked(self) -> bool:
+        """In the child: whether the caller has said it waits for the objects (or has ended)."""
+        if self._from_caller is None:
+            return True
+        try:
+            return bool(select.select([self._from_caller], [], [], 0)[0])
+        except (OSError, ValueError):
+            return True
+
+    def _told_pods_wanted(self) -> bool:
+        """In the child: wait for the caller to ask for the Pods (True) or to end (False)."""
+        if self._from_caller is None:
+            return True
+        try:
+            while word := self._from_caller.recv(1):
+                if word == _PODS_WANTED:
+                    return True
+        except OSError:
+            pass
+        return False
+
+    def _say(self, word: bytes) -> None:
+        """In the caller: tell the child something. Never raises (not even SIGPIPE): a child that is gone
+        has nothing to hear, and what it would have sent is then read here."""
+        if self._to_child is not None:
+            import socket
+
+            with contextlib.suppress(OSError):
+                self._to_child.send(word, getattr(socket, "MSG_NOSIGNAL", 0))
+
+    def _ask(self) -> None:
+        """In the caller: say that it waits for the objects."""
+        if not self._said_waiting:
+            self._said_waiting = True
+            self._say(_WAITING)
+
+    def _early_result(self, meanwhile: Callable[[], None] | None) -> ClusterObjects:
         from kpa.k8s.objects import ClusterObjects, load_objects
 
         job = self._job
+        self._ask()
+        # Said before looking: a child that has not handed the objects over yet will see it (see `result`).
+        if meanwhile is not None and job is not None and not job.ready():
+            meanwhile()
         head = job.read(_LENGTH.size) if job is not None else None
         main = job.read(_LENGTH.unpack(head)[0]) if job is not None and head is not None else None
         objects: ClusterObjects | None = None
@@ -195,9 +305,22 @@ class BackgroundObjects:
             if job is not None:
                 job.stop()
             return load_objects(self._paths, kinds=self._kinds)
+        if self._extra_work is not None:
+            self.extra = self._take_extra()
         self._handed = True
         objects.attach_pods(self._child_pods, self._settle)
         return objects
+
+    def _take_extra(self) -> object | None:
+        """What the child sends after the objects: `extra`'s answer, or None. A child that ends here is
+        stopped, and settling then reads the objects from the files."""
+        job = self._job
+        word = job.read(len(_EXTRA)) if job is not None else None
+        if word != _EXTRA or job is None:
+            return None
+        head = job.read(_LENGTH.size)
+        data = job.read(_LENGTH.unpack(head)[0]) if head is not None else None
+        return pickle.loads(data) if data is not None else None
 
     def _settle(self) -> None:
         """Wait for the child's word that the objects are whole; without it, read the objects here,
@@ -223,6 +346,7 @@ class BackgroundObjects:
 
         self._settle()
         if self._pods is None:
+            self._say(_PODS_WANTED)
             rest = self._job.collect() if self._job is not None else None
             if rest is not None and len(rest) >= _LENGTH.size and len(rest) == _LENGTH.size + _LENGTH.unpack_from(rest)[0]:
                 self._pods = pickle.loads(memoryview(rest)[_LENGTH.size:])

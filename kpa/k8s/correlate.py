@@ -867,12 +867,14 @@ class RulesSide:
     layouts: list[tuple[Mode, Table]]
     # None when the rules' half needs the objects (a chain no comment names, nftables mode).
     collected: _Collected | None
-    # The endpoint chain names the rules show, checked against kube-proxy's hash.
+    # Endpoint chain names known ahead, a memo of `naming.sep_chain`: the rules' own where they are
+    # kube-proxy's hash (`rule_names`), or the objects' (`naming.endpoint_chain_names`).
     names: _Names = field(default_factory=dict)
 
 
-def rules_side(rs: Ruleset) -> RulesSide:
-    """What `correlate` reads of ``rs`` alone; see `RulesSide`."""
+def rules_side(rs: Ruleset, names: bool = True) -> RulesSide:
+    """What `correlate` reads of ``rs`` alone; see `RulesSide`. ``names``: with the endpoint
+    chain names the rules show (`rule_names`), which may instead be worked out later."""
     layouts = list(kube_proxy_layouts(rs))
     if any(mode != "iptables" for mode, _ in layouts):
         return RulesSide(rs, layouts, None)
@@ -884,11 +886,21 @@ def rules_side(rs: Ruleset) -> RulesSide:
             _iptables_actual(rs, t, unread, out, cast(Iterable[_ObjPort], unread), views_all)
     except kubeproxy.NeedsObjects:
         return RulesSide(rs, layouts, None)
-    # The chain names the objects will most likely ask for are the ones the rules show:
-    # work them out now rather than after the objects are read. An endpoint chain's name is
-    # kept (the rules' own string) where it is the one kube-proxy's hash gives.
-    names: _Names = {}
-    for pc in out.ports.values():
+    side = RulesSide(rs, layouts, out)
+    if names:
+        rule_names(side)
+    return side
+
+
+def rule_names(side: RulesSide) -> None:
+    """Fill ``side.names`` with the endpoint chain names the rules show.
+
+    The chain names the objects will most likely ask for are the ones the rules show: this
+    works them out before the objects are read. An endpoint chain's name is kept (the rules'
+    own string) where it is the one kube-proxy's hash gives.
+    """
+    names = side.names
+    for pc in side.collected.ports.values() if side.collected is not None else ():
         a = pc.actual
         if a is None or pc.protocol is None:
             continue
@@ -896,7 +908,6 @@ def rules_side(rs: Ruleset) -> RulesSide:
         for e in (*a.cluster, *a.local):
             if e.endpoint and naming.sep_chain(pc.name, pc.protocol, e.endpoint) == e.chain:
                 names[(pc.name, pc.protocol, e.endpoint)] = e.chain
-    return RulesSide(rs, layouts, out, names)
 
 
 def correlate(

@@ -33,6 +33,7 @@ from kpa.k8s.correlate import (
     RulesSide,
     UnmappedChain,
     correlate,
+    rule_names,
     rules_side,
 )
 from kpa.k8s.objects import ClusterObjects
@@ -135,10 +136,25 @@ class RulesAhead:
     # The endpoint lists of the rules' half whose statistic shares are even, by id.
     even: dict[int, list[EndpointRef]]
 
+    def meanwhile(self) -> None:
+        """Work for a wait for the objects: the endpoint chain names the rules show (`rule_names`)."""
+        rule_names(self.side)
+
+    def take_names(self, names: object) -> None:
+        """Endpoint chain names worked out from the objects elsewhere (`naming.endpoint_chain_names`),
+        for the comparison to look up instead of hashing; kept only where `meanwhile` found none."""
+        if isinstance(names, dict) and not self.side.names:
+            self.side.names = names
+
 
 def rules_ahead(ruleset: Ruleset) -> RulesAhead:
-    """The ruleset's part of `lint`: pass it to `lint` with the objects."""
-    side = rules_side(ruleset)
+    """The ruleset's part of `lint`: pass it to `lint` with the objects.
+
+    The endpoint chain names are left out: the objects' reader works them out from the objects
+    (`take_names`), or this process does from the rules while it waits for the objects
+    (`meanwhile`), or the comparison as it goes.
+    """
+    side = rules_side(ruleset, names=False)
     return RulesAhead(ruleset, side, list(_rule_problems(ruleset)), _even_lists(side))
 
 

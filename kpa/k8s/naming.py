@@ -22,7 +22,10 @@ import functools
 import hashlib
 import ipaddress
 import re
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
+
+if TYPE_CHECKING:
+    from kpa.k8s.objects import ClusterObjects
 
 IPTABLES_PREFIXES: Final[dict[str, str]] = {
     "svc": "KUBE-SVC-",
@@ -121,6 +124,23 @@ def fw_chain(svc_port_name: str, protocol: str) -> str:
 def sep_chain(svc_port_name: str, protocol: str, endpoint: str) -> str:
     """``KUBE-SEP-…``: the per-endpoint DNAT chain; endpoint is ``ip:port``."""
     return "KUBE-SEP-" + _b32_sha256_16(svc_port_name + protocol.lower() + endpoint)
+
+
+def endpoint_chain_names(objects: ClusterObjects) -> dict[tuple[str, str, str], str]:
+    """`sep_chain` of every endpoint of every Service port in ``objects`` that kube-proxy gives chains,
+    by (Service port name, lower-case protocol, endpoint string): the names a comparison of the objects
+    with an iptables-mode dump asks for. A memo of `sep_chain`, so right for any objects."""
+    out: dict[tuple[str, str, str], str] = {}
+    for svc in objects.services:
+        if svc.headless or svc.type == "ExternalName":
+            continue
+        for sp in svc.ports:
+            spn = service_port_name(svc.namespace, svc.name, sp.name)
+            proto = sp.protocol.lower()
+            for address, port in objects.endpoint_states(svc.namespace, svc.name, sp.name, sp.protocol):
+                endpoint = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+                out[(spn, proto, endpoint)] = sep_chain(spn, proto, endpoint)
+    return out
 
 
 def iptables_chain_kind(chain: str) -> IptablesChainKind | None:
