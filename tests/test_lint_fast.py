@@ -365,7 +365,12 @@ def test_fast_object_readers_equal_the_field_parsers() -> None:
         if kind not in checked:
             continue
         fast, slow = readers[kind]
-        assert fast(doc, "f.yaml", 7) == slow(o._Fields(doc, "", 7, "f.yaml")), doc
+        got, want = fast(doc, "f.yaml", 7), slow(o._Fields(doc, "", 7, "f.yaml"))
+        assert got == want, doc
+        # A Pod made without its __init__ is the same in every way: fields, repr, hash, frozen.
+        assert (vars(got), repr(got), hash(got)) == (vars(want), repr(want), hash(want))
+        with pytest.raises(AttributeError):
+            got.name = "changed"
         checked[kind] += 1
         for bad in _mutations(doc, rng, 8):
             try:
