@@ -67,14 +67,7 @@ class ChildJob:
 
     def ready(self) -> bool:
         """Whether a `read` would find bytes (or the child's end) without waiting; False without a child."""
-        if not self._pid:
-            return False
-        import select
-
-        try:
-            return bool(select.select([self._fd], [], [], 0)[0])
-        except (OSError, ValueError):
-            return False
+        return bool(self._pid) and readable_now(self._fd) is True
 
     def read(self, size: int) -> bytes | None:
         """The next `size` bytes the child writes, or None (and the child is reaped) if it
@@ -178,3 +171,13 @@ def _let_go_of_output() -> None:
     os.dup2(null, 1)
     os.dup2(null, 2)
     os.close(null)
+
+
+def readable_now(fd: int) -> bool | None:
+    """Whether reading `fd` would find bytes or its end without waiting; None if it cannot be asked."""
+    import select
+
+    try:
+        return bool(select.select([fd], [], [], 0)[0])
+    except (OSError, ValueError):
+        return None

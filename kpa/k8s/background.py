@@ -46,7 +46,6 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
-import select
 import struct
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -54,7 +53,7 @@ from contextlib import contextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, TypeVar
 
-from kpa.forked import ChildJob
+from kpa.forked import ChildJob, readable_now
 
 if TYPE_CHECKING:
     import socket
@@ -137,7 +136,6 @@ class BackgroundObjects:
         # Early hand-over: the caller's words to the child, on a socket pair (see `_say`).
         self._to_child: socket.socket | None = None
         self._from_caller: socket.socket | None = None
-        self._said_waiting = False
         self._job: ChildJob | None = None
         self._handed = False  # the early objects were taken: the child goes on after the block
         self._whole = False  # the child said the objects handed over early are whole
@@ -177,7 +175,7 @@ class BackgroundObjects:
     def result(self, meanwhile: Callable[[], None] | None = None) -> ClusterObjects:
         """The objects, from the child if it sent them whole; otherwise read here.
 
-        `meanwhile`: the caller's own way to the work `extra` does (if it gives `extra`), run here if
+        `meanwhile`: the caller's own way to the work `extra` does (early, with `extra`), run here if
         the child has not yet handed the objects over: it runs while the child still reads them, and
         the child, told that the caller waits, leaves `extra` to it. So either `meanwhile` ran, or
         `self.extra` holds `extra`'s answer, or (when the child hands the objects over just as the
@@ -187,8 +185,6 @@ class BackgroundObjects:
 
         if self._early:
             return self._early_result(meanwhile)
-        if meanwhile is not None and self._job is not None and not self._job.ready():
-            meanwhile()
         data = self._job.collect() if self._job is not None else None
         received = _receive(data) if data is not None else None
         if received is None:
@@ -253,12 +249,7 @@ class BackgroundObjects:
 
     def _asked(self) -> bool:
         """In the child: whether the caller has said it waits for the objects (or has ended)."""
-        if self._from_caller is None:
-            return True
-        try:
-            return bool(select.select([self._from_caller], [], [], 0)[0])
-        except (OSError, ValueError):
-            return True
+        return self._from_caller is None or readable_now(self._from_caller.fileno()) is not False
 
     def _told_pods_wanted(self) -> bool:
         """In the child: wait for the caller to ask for the Pods (True) or to end (False)."""
@@ -281,22 +272,15 @@ class BackgroundObjects:
             with contextlib.suppress(OSError):
                 self._to_child.send(word, getattr(socket, "MSG_NOSIGNAL", 0))
 
-    def _ask(self) -> None:
-        """In the caller: say that it waits for the objects."""
-        if not self._said_waiting:
-            self._said_waiting = True
-            self._say(_WAITING)
-
     def _early_result(self, meanwhile: Callable[[], None] | None) -> ClusterObjects:
         from kpa.k8s.objects import ClusterObjects, load_objects
 
         job = self._job
-        self._ask()
+        self._say(_WAITING)
         # Said before looking: a child that has not handed the objects over yet will see it (see `result`).
         if meanwhile is not None and job is not None and not job.ready():
             meanwhile()
-        head = job.read(_LENGTH.size) if job is not None else None
-        main = job.read(_LENGTH.unpack(head)[0]) if job is not None and head is not None else None
+        main = _read_sized(job)
         objects: ClusterObjects | None = None
         if main is not None:
             sent = pickle.loads(main)
@@ -315,11 +299,9 @@ class BackgroundObjects:
         """What the child sends after the objects: `extra`'s answer, or None. A child that ends here is
         stopped, and settling then reads the objects from the files."""
         job = self._job
-        word = job.read(len(_EXTRA)) if job is not None else None
-        if word != _EXTRA or job is None:
+        if job is None or job.read(len(_EXTRA)) != _EXTRA:
             return None
-        head = job.read(_LENGTH.size)
-        data = job.read(_LENGTH.unpack(head)[0]) if head is not None else None
+        data = _read_sized(job)
         return pickle.loads(data) if data is not None else None
 
     def _settle(self) -> None:
@@ -390,6 +372,12 @@ def settled(objects: ClusterObjects | None) -> Iterator[None]:
         raise
     if objects is not None:
         objects.settle()
+
+
+def _read_sized(job: ChildJob | None) -> bytes | None:
+    """The next piece the child sends behind its length (`_LENGTH`), or None if it ends first."""
+    head = job.read(_LENGTH.size) if job is not None else None
+    return job.read(_LENGTH.unpack(head)[0]) if job is not None and head is not None else None
 
 
 def _receive(data: bytes) -> ClusterObjects | None:

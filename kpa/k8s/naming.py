@@ -138,7 +138,7 @@ def endpoint_chain_names(objects: ClusterObjects) -> dict[tuple[str, str, str], 
             spn = service_port_name(svc.namespace, svc.name, sp.name)
             proto = sp.protocol.lower()
             for address, port in objects.endpoint_states(svc.namespace, svc.name, sp.name, sp.protocol):
-                endpoint = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+                endpoint = endpoint_string(address, port)
                 out[(spn, proto, endpoint)] = sep_chain(spn, proto, endpoint)
     return out
 
