@@ -14,6 +14,7 @@ import os
 import random
 import re
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -293,7 +294,6 @@ def test_the_objects_are_whole_before_the_pods_are_pickled(tmp_path: Path, monke
 
     def stalling(value: Any, *args: Any, **kwargs: Any) -> bytes:  # the forked child inherits this
         if isinstance(value, dict) and value and all(isinstance(p, o.Pod) for p in value.values()):
-            import time
 
             time.sleep(60)
         return real(value, *args, **kwargs)
@@ -324,7 +324,6 @@ def test_a_child_never_asked_for_the_pods_waits_idle_and_ends_with_its_caller(tm
     """After saying the objects are whole, the child does nothing until asked for the Pods: it takes no
     core from the caller or from the next command, and a caller that ends as the kpa command does
     (os._exit, no cleanup) ends it too."""
-    import time
 
     from kpa.k8s.background import BackgroundObjects
 
@@ -389,6 +388,11 @@ def test_the_child_works_out_extra_for_a_caller_that_asks_late(tmp_path: Path) -
     try:
         with BackgroundObjects([str(path)], fork=True, early=True, extra=extra) as pending:
             assert select.select([r], [], [], 60)[0], "the child never got to `extra`"
+            # The child's writer thread may not have put the objects in the pipe yet: "late" means
+            # once they are there to read.
+            deadline = time.monotonic() + 60
+            while pending._job is not None and not pending._job.ready() and time.monotonic() < deadline:
+                time.sleep(0.01)
             objects = pending.result(lambda: ran.append(True))
             objects.settle()
     finally:
@@ -589,7 +593,6 @@ def test_a_child_that_dies_after_the_hand_over_leaves_the_objects_to_be_read_her
         objects, finish = real(paths, kinds=kinds)
 
         def stalled() -> Any:
-            import time
 
             time.sleep(120)
             return finish()
