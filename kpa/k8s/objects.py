@@ -7,6 +7,7 @@ functions here, so defaulting and validation behave identically.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import ipaddress
 import itertools
@@ -352,10 +353,20 @@ class ClusterObjects:
         """Pickled with the slices as plain tuples, which pickle and unpickle several times faster
         than the dataclasses; they become EndpointSlices again when first asked for as such."""
         state = self.__dict__.copy()
-        if self._packed is None:
-            state["_packed"] = _pack_slices(self._slices, self._slices_by_service)
+        packed = self._packed
+        if packed is None:
+            packed = _pack_slices(self._slices, self._slices_by_service)
             state["_slices"], state["_slices_by_service"] = {}, {}
+        state["_packed"] = _pickled_plainly(packed)
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        packed = state["_packed"]
+        if type(packed) is bytes:
+            import pickle
+
+            state["_packed"] = pickle.loads(packed)
+        self.__dict__.update(state)
 
     def _unpack(self) -> None:
         packed, self._packed = self._packed, None
@@ -560,6 +571,21 @@ def _pack_slices(slices: dict[tuple[str, str, bool], EndpointSlice],
         position[id(s)] = len(records)
         records.append(_pack_slice(s, same.setdefault))
     return records, {key: tuple(position[id(s)] for s in chosen) for key, chosen in by_service.items()}
+
+
+def _pickled_plainly(packed: _PackedSlices) -> bytes:
+    """Packed slices pickled without pickle's memo: they are tuples, lists and dicts of strings and
+    numbers, with no cycle and no object that needs to stay one object, and recording each of their
+    many small objects in the memo takes most of the time pickling them otherwise takes."""
+    import io
+    import pickle
+
+    out = io.BytesIO()
+    pickler = pickle.Pickler(out, protocol=pickle.HIGHEST_PROTOCOL)
+    with contextlib.suppress(AttributeError):  # a Python without fast mode pickles with the memo
+        pickler.fast = True
+    pickler.dump(packed)
+    return out.getvalue()
 
 
 def _packed_from_records(records: Iterable[_PackedSlice]) -> _PackedSlices:
