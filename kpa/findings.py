@@ -92,6 +92,8 @@ def split_location(location: str | None) -> tuple[str, int | None] | None:
 
 @dataclass(frozen=True)
 class Finding:
+    """One lint finding: its code and severity, what it says, and where (the rule, the object)."""
+
     code: str
     severity: Severity
     #: The Service port (``namespace/name:port``) for kube-proxy checks, else None.

@@ -54,6 +54,8 @@ def build_graph(rs: Ruleset) -> nx.DiGraph:
 
 @dataclass
 class GraphProblems:
+    """What is wrong with a ruleset's jump graph: jumps to missing chains, chains nothing reaches, loops."""
+
     dangling: list[tuple[Node, list[str]]] = field(default_factory=list)
     unreferenced: list[Node] = field(default_factory=list)
     cycles: list[list[Node]] = field(default_factory=list)

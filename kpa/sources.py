@@ -22,6 +22,8 @@ from kpa.parse.ipset_save import looks_like_ipset
 
 @dataclass
 class RulesInput:
+    """One input of rules: its name, its text, and what kind of dump it is."""
+
     name: str
     text: str
     kind: str  # "iptables" | "nft-text" | "nft-json" | "ipset"

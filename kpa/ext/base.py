@@ -28,6 +28,8 @@ class Unsupported(Exception):
 
 @dataclass
 class Option:
+    """One option of a match or target as written, e.g. `--dport 80` or `! -s 10.0.0.0/8`."""
+
     name: str  # as written, e.g. "--dport"
     args: list[str]
     negated: bool = False
@@ -43,6 +45,8 @@ class Option:
 
 @dataclass
 class ParseCtx:
+    """What a match or target parser knows of the rule around it: the family and the rule's `-p`."""
+
     family: Family
     protocol: str | None = None  # the rule's -p, which implies tcp/udp/... modules
 
@@ -110,6 +114,8 @@ class Cond:
 
 @dataclass
 class IntCond(Cond):
+    """A condition that a numeric packet field lies in a set of values."""
+
     field: str
     values: IntSet
     negated: bool = False
@@ -120,6 +126,8 @@ class IntCond(Cond):
 
 @dataclass
 class NameCond(Cond):
+    """A condition on an interface-like name: equal to a pattern, or starting with it (`eth+`)."""
+
     field: str
     pattern: str
     prefix: bool
@@ -142,6 +150,8 @@ class PredCond(Cond):
 
 @dataclass
 class FnCond(Cond):
+    """A condition decided by a function of the state, for tests no field set expresses."""
+
     fn: Callable[[State, TraceContext], Split]
     negated: bool = False
 
@@ -216,6 +226,8 @@ class UnknownExpr(Expr):
 
 @dataclass(eq=False)
 class VerdictExpr(Expr):
+    """A target that ends the rule with a verdict (ACCEPT, DROP, RETURN, a jump, ...)."""
+
     verdict: Verdict = field(default_factory=lambda: Verdict(VerdictKind.ACCEPT))
 
     def __post_init__(self) -> None:

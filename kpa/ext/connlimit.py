@@ -22,6 +22,8 @@ UNKNOWN = "depends on how many connections the client already has (kpa trace --c
 
 @dataclass(eq=False)
 class ConnLimit(Expr):
+    """`-m connlimit`: depends on how many connections the client already has (as stated, else unknown)."""
+
     name: str = "connlimit"
     options: list[Option] = field(default_factory=list)
     limit: int = 0

@@ -58,6 +58,8 @@ COUNTER_OPTIONS = {"--packets-eq", "--packets-lt", "--packets-gt", "--bytes-eq",
 
 @dataclass(frozen=True)
 class Unknown:
+    """A set lookup kpa cannot answer for these packets, and why."""
+
     reason: str
 
 
@@ -378,6 +380,8 @@ def _list_test(ipset: IpSet, st: State, dirs: list[str], return_nomatch: bool,
 
 @dataclass(eq=False)
 class SetMatch(Expr):
+    """`-m set`: whether the packet's fields (in the given directions) are in a named ipset."""
+
     name: str = "set"
     options: list[Option] = field(default_factory=list)
     set_name: str = ""

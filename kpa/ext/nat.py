@@ -38,6 +38,8 @@ MAX_ADDRESS_CHOICES = 16
 
 @dataclass(frozen=True)
 class NatRange:
+    """A NAT target's address range and optional port range (and port shift base), as integers."""
+
     ip_lo: int
     ip_hi: int
     port_lo: int | None = None
@@ -180,6 +182,8 @@ def _unknown(st: State, ctx: TraceContext, why: str, matched: bool = True) -> St
 
 @dataclass(eq=False)
 class NatTarget(Expr):
+    """DNAT, SNAT, MASQUERADE or REDIRECT: the rewrite a NAT rule makes."""
+
     name: str = ""
     options: list[Option] = field(default_factory=list)
     ip: int | None = None

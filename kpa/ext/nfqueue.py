@@ -34,6 +34,8 @@ def describe_queue(detail: str | None) -> str:
 
 @dataclass(eq=False)
 class QueueTarget(VerdictExpr):
+    """`-j NFQUEUE` (or `QUEUE`): hands the packet to a userspace program, whose verdict is final."""
+
     name: str = "NFQUEUE"
     options: list[Option] = field(default_factory=list)
 

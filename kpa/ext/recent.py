@@ -23,6 +23,8 @@ HITS_UNKNOWN = "recent --hitcount depends on how many packets the client sent be
 
 @dataclass(eq=False)
 class RecentMatch(Expr):
+    """`-m recent`: whether the source was seen recently, which depends on earlier packets."""
+
     name: str = "recent"
     options: list[Option] = field(default_factory=list)
     list_name: str = "DEFAULT"

@@ -32,6 +32,8 @@ def _assume(st: State, ctx: TraceContext, why: str, matched: bool) -> State:
 
 @dataclass(eq=False)
 class SocketMatch(Expr):
+    """`-m socket`: whether a local socket owns the packet, as the trace context states."""
+
     name: str = "socket"
     options: list[Option] = field(default_factory=list)
     restore_mark: bool = False
@@ -62,6 +64,8 @@ def parse_socket(opts: list[Option], ctx: ParseCtx) -> Expr:
 
 @dataclass(eq=False)
 class Tproxy(Expr):
+    """`-j TPROXY`: hands the packet to a local transparent-proxy socket, or drops it without one."""
+
     name: str = "TPROXY"
     options: list[Option] = field(default_factory=list)
     mark: tuple[int, int] | None = None

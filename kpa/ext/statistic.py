@@ -33,6 +33,8 @@ def kernel_probability(text: str) -> Fraction:
 
 @dataclass(eq=False)
 class StatisticMatch(Expr):
+    """`-m statistic`: matches a share of packets (random or every nth); kube-proxy's load balancing."""
+
     name: str = "statistic"
     options: list[Option] = field(default_factory=list)
     probability: Fraction = Fraction(1)

@@ -63,6 +63,8 @@ class EndpointRef:
 
 @dataclass(frozen=True)
 class ChainRef:
+    """A chain (or a rule in it) by name, with its FILE:LINE in the rules dump."""
+
     name: str
     location: str | None
 
@@ -150,6 +152,8 @@ class Actual:
 
 @dataclass
 class PortCorrelation:
+    """One Service port: what the objects say kube-proxy should program, and what the rules hold."""
+
     mode: Mode
     family: FamilyName
     name: str  # ServicePortName, "ns/name" or "ns/name:port"
@@ -190,6 +194,8 @@ class OrphanEndpoint:
 
 @dataclass
 class Correlation:
+    """Every Service port of a ruleset paired with the cluster objects, and the chains nothing explains."""
+
     ports: list[PortCorrelation] = field(default_factory=list)
     unmapped: list[UnmappedChain] = field(default_factory=list)
     orphans: list[OrphanEndpoint] = field(default_factory=list)
@@ -220,6 +226,8 @@ class Correlation:
 
 @dataclass(frozen=True)
 class _ObjPort:
+    """A Service port of the objects in one family, with its endpoints."""
+
     service: Service
     port: ServicePort
     name: str
@@ -537,6 +545,8 @@ def _comment_head(rule: Rule) -> str | None:
 
 @dataclass
 class _Collected:
+    """What the rules' side of a correlation gathers: ports, unexplained chains, orphaned endpoints."""
+
     ports: dict[tuple[str, str | None], PortCorrelation] = field(default_factory=dict)
     unmapped: list[UnmappedChain] = field(default_factory=list)
     orphans: list[OrphanEndpoint] = field(default_factory=list)

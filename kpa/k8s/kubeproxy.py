@@ -35,6 +35,8 @@ SERVICE_CHAIN_PREFIXES = ("KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-")
 
 @dataclass
 class Entry:
+    """A way into a Service port's chains: a KUBE-SERVICES or KUBE-NODEPORTS rule, or an nftables map element."""
+
     kind: str  # clusterIP, nodePort, externalIP, loadBalancerIP
     address: str | None  # None for NodePorts (any local address)
     port: int | None
@@ -67,6 +69,8 @@ def share_texts(p: Fraction, memo: ShareTexts) -> tuple[Fraction, float, str]:
 
 @dataclass
 class EndpointView:
+    """One endpoint of a Service port as the rules show it: its chain, address and share of traffic."""
+
     chain: str
     address: str | None
     probability: Fraction
@@ -91,6 +95,8 @@ class EndpointView:
 
 @dataclass
 class ServicePortView:
+    """One Service port as the rules show it: its entries, chains and endpoints."""
+
     name: str | None  # "ns/name:port" as kube-proxy prints it, when known
     protocol: str | None
     family: str
@@ -851,6 +857,8 @@ E = TypeVar("E", bound=Selectable)
 
 @dataclass(frozen=True)
 class Categorized(Generic[E]):
+    """kube-proxy's choice of endpoints for a Service port: for cluster traffic, for local, and all reachable."""
+
     cluster: tuple[E, ...]
     local: tuple[E, ...]
     reachable: tuple[E, ...]

@@ -63,6 +63,8 @@ def ip_family(address: str) -> int | None:
 
 @dataclass(frozen=True)
 class ObjectRef:
+    """A Kubernetes object by kind, namespace (None for cluster-scoped kinds) and name."""
+
     kind: str
     namespace: str | None
     name: str
@@ -70,6 +72,8 @@ class ObjectRef:
 
 @dataclass(frozen=True)
 class ServicePort:
+    """One port of a Service, as its spec gives it."""
+
     name: str
     protocol: str
     port: int
@@ -80,6 +84,8 @@ class ServicePort:
 
 @dataclass(frozen=True)
 class LoadBalancerIngress:
+    """One load-balancer ingress point from a Service's status."""
+
     ip: str | None
     hostname: str | None
     # "VIP" (the default) or "Proxy"; kube-proxy skips programming Proxy-mode IPs.
@@ -88,6 +94,8 @@ class LoadBalancerIngress:
 
 @dataclass(frozen=True)
 class Service:
+    """A Service: what kube-proxy reads of its spec and status, and where it was read."""
+
     namespace: str
     name: str
     type: str
@@ -127,6 +135,8 @@ class Service:
 
 @dataclass(frozen=True)
 class EndpointConditions:
+    """An endpoint's conditions, with the API's defaults for missing ones applied."""
+
     ready: bool
     serving: bool
     terminating: bool
@@ -134,6 +144,8 @@ class EndpointConditions:
 
 @dataclass(frozen=True)
 class Endpoint:
+    """One endpoint of an EndpointSlice: its addresses, conditions, node, zone and target."""
+
     addresses: tuple[str, ...]
     conditions: EndpointConditions
     node_name: str | None = None
@@ -144,6 +156,8 @@ class Endpoint:
 
 @dataclass(frozen=True)
 class EndpointPort:
+    """One port of an EndpointSlice, named as the Service port it serves."""
+
     name: str
     protocol: str
     port: int | None
@@ -151,6 +165,8 @@ class EndpointPort:
 
 @dataclass(frozen=True)
 class EndpointSlice:
+    """An EndpointSlice (or legacy Endpoints converted to one): a Service's endpoints and ports."""
+
     namespace: str
     name: str
     service_name: str | None
@@ -179,6 +195,8 @@ class ServiceEndpoint:
 
 @dataclass(frozen=True)
 class Node:
+    """A Node: its addresses, Pod CIDRs and zone."""
+
     name: str
     internal_ips: tuple[str, ...]
     external_ips: tuple[str, ...]
@@ -197,6 +215,8 @@ class ContainerPort:
 
 @dataclass(frozen=True)
 class Pod:
+    """A Pod: where it runs, its addresses, and what NetworkPolicy reads of it."""
+
     namespace: str
     name: str
     node_name: str | None
@@ -224,6 +244,8 @@ NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 
 @dataclass(frozen=True)
 class Namespace:
+    """A Namespace and its labels (NetworkPolicy's namespace selectors read them)."""
+
     name: str
     labels: tuple[tuple[str, str], ...] = ()
     source: str | None = None

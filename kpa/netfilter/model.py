@@ -32,6 +32,8 @@ class Family(str, Enum):
 
 @dataclass(frozen=True, slots=True)
 class Location:
+    """Where something was read: a file (or `<stdin>`, a live source) and a 1-based line."""
+
     file: str
     line: int
 
@@ -64,6 +66,8 @@ class VerdictKind(str, Enum):
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
+    """What a rule or chain decides: accept, drop, reject, queue, return, jump or goto (with its chain)."""
+
     kind: VerdictKind
     chain: str | None = None
     # REJECT's reply (icmp-port-unreachable, tcp-reset, ...) or why a DROP happened.
@@ -331,6 +335,8 @@ HOOKS = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
 
 @dataclass(eq=False, slots=True)
 class Chain:
+    """A chain of one table: its rules in order and, for a base chain, its hook, priority and policy."""
+
     name: str
     table: str
     rules: list[Rule] = field(default_factory=list)
@@ -398,6 +404,8 @@ class IpSet:
 
 @dataclass(eq=False)
 class Table:
+    """One table of one family (iptables' raw/mangle/nat/filter, or an nftables table) with its chains and sets."""
+
     family: Family
     name: str
     chains: dict[str, Chain] = field(default_factory=dict)
@@ -421,6 +429,8 @@ class Table:
 
 @dataclass(eq=False)
 class Ruleset:
+    """Every table read from a node's dumps, with the ipsets the rules refer to; what every reader produces."""
+
     tables: list[Table] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     # ipsets by name, from `ipset save` dumps (the `set` match and SET target look them up here).

@@ -139,6 +139,8 @@ class Assumption:
 
 @dataclass(frozen=True)
 class State:
+    """A set of packets (each field a set of values) on its way through the hooks, with what happened to it."""
+
     family: Family
     domains: dict[str, Any]  # field -> IntSet | NameSet
     ctstate: frozenset[str] = frozenset({"NEW"})

@@ -94,6 +94,8 @@ _QUOTING = re.compile(r"[\"'\\]")
 
 @dataclass(slots=True)
 class Token:
+    """A word of an iptables-save line, and whether it was quoted."""
+
     text: str
     quoted: bool = False
 
