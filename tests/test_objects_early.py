@@ -294,7 +294,6 @@ def test_the_objects_are_whole_before_the_pods_are_pickled(tmp_path: Path, monke
 
     def stalling(value: Any, *args: Any, **kwargs: Any) -> bytes:  # the forked child inherits this
         if isinstance(value, dict) and value and all(isinstance(p, o.Pod) for p in value.values()):
-
             time.sleep(60)
         return real(value, *args, **kwargs)
 
@@ -324,7 +323,6 @@ def test_a_child_never_asked_for_the_pods_waits_idle_and_ends_with_its_caller(tm
     """After saying the objects are whole, the child does nothing until asked for the Pods: it takes no
     core from the caller or from the next command, and a caller that ends as the kpa command does
     (os._exit, no cleanup) ends it too."""
-
     from kpa.k8s.background import BackgroundObjects
 
     path = tmp_path / "c.json"
@@ -593,7 +591,6 @@ def test_a_child_that_dies_after_the_hand_over_leaves_the_objects_to_be_read_her
         objects, finish = real(paths, kinds=kinds)
 
         def stalled() -> Any:
-
             time.sleep(120)
             return finish()
         return objects, stalled

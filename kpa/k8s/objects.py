@@ -373,7 +373,8 @@ class ClusterObjects:
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled with the slices as plain tuples, which pickle and unpickle several times faster
-        than the dataclasses; they become EndpointSlices again when first asked for as such."""
+        than the dataclasses (and apart, see `_pickled_plainly`); they become EndpointSlices again
+        when first asked for as such."""
         state = self.__dict__.copy()
         packed = self._packed
         if packed is None:
