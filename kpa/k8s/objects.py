@@ -384,11 +384,9 @@ class ClusterObjects:
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        packed = state["_packed"]
-        if type(packed) is bytes:
-            import pickle
+        import pickle
 
-            state["_packed"] = pickle.loads(packed)
+        state["_packed"] = pickle.loads(state["_packed"])  # always bytes: see __getstate__
         self.__dict__.update(state)
 
     def _unpack(self) -> None:
