@@ -1165,7 +1165,7 @@ def _fast_pod(data: dict[str, Any], source: str | None, line: int | None) -> Pod
         for key, value in labels.items():
             if type(key) is not str or type(value) is not str:
                 raise _Unfit
-        return _made(Pod, {
+        return made_frozen(Pod, {
             "namespace": namespace,
             "name": name,
             "node_name": _t(spec, "nodeName"),
@@ -1185,10 +1185,10 @@ _new_object = object.__new__
 _Frozen = TypeVar("_Frozen")
 
 
-def _made(cls: type[_Frozen], fields: dict[str, Any]) -> _Frozen:
-    """`cls(**fields)` for a frozen dataclass without __post_init__ and `fields` naming every field, made
-    without its __init__, which sets each field through object.__setattr__: five times the time of
-    this, for the hundreds of thousands of Pods of a large cluster."""
+def made_frozen(cls: type[_Frozen], fields: dict[str, Any]) -> _Frozen:
+    """`cls(**fields)` for a frozen dataclass without __post_init__ or slots and `fields` naming every
+    field, made without its __init__, which sets each field through object.__setattr__: five times
+    the time of this, for the hundreds of thousands of Pods of a large cluster."""
     made: _Frozen = _new_object(cls)
     made.__dict__.update(fields)
     return made
@@ -1222,13 +1222,13 @@ def _fast_service(data: dict[str, Any], source: str | None, line: int | None) ->
                 target = int(target) if target.isdigit() else target
             elif target is not None and type(target) is not int:
                 raise _Unfit
-            ports.append(ServicePort(
-                name=_t(p, "name") or "",
-                protocol=_t(p, "protocol") or "TCP",
-                port=port,
-                target_port=port if target is None else target,
-                node_port=_i(p, "nodePort"),
-            ))
+            ports.append(made_frozen(ServicePort, {
+                "name": _t(p, "name") or "",
+                "protocol": _t(p, "protocol") or "TCP",
+                "port": port,
+                "target_port": port if target is None else target,
+                "node_port": _i(p, "nodePort"),
+            }))
         ingress = tuple(
             LoadBalancerIngress(ip=canonical_ip(_t(i, "ip") or "") or None, hostname=_t(i, "hostname"),
                                 ip_mode=_t(i, "ipMode"))
@@ -1241,27 +1241,27 @@ def _fast_service(data: dict[str, Any], source: str | None, line: int | None) ->
                 or DEFAULT_AFFINITY_TIMEOUT
         ignore = _t(_d(meta, "annotations"), IGNORE_ANNOTATION)
         where = getattr(data, "line", None) or line
-        return Service(
-            namespace=namespace,
-            name=name,
-            type=_t(spec, "type") or "ClusterIP",
-            cluster_ips=tuple(canonical_ip(ip) for ip in cluster_ips if ip and ip != "None"),
-            headless="None" in cluster_ips,
-            ports=tuple(ports),
-            external_ips=tuple(canonical_ip(ip) for ip in _ts(spec, "externalIPs")),
-            load_balancer_ingress=ingress,
-            load_balancer_source_ranges=_ts(spec, "loadBalancerSourceRanges"),
-            external_traffic_policy=_t(spec, "externalTrafficPolicy") or "Cluster",
-            internal_traffic_policy=_t(spec, "internalTrafficPolicy") or "Cluster",
-            session_affinity=affinity,
-            session_affinity_timeout=timeout,
-            ip_families=_ts(spec, "ipFamilies"),
-            health_check_node_port=_i(spec, "healthCheckNodePort"),
-            has_selector=bool(spec.get("selector")),
-            external_name=_t(spec, "externalName"),
-            ignore_codes=frozenset(c.strip() for c in (ignore or "").split(",") if c.strip()),
-            location=f"{source}:{where}" if source and where else source,
-        )
+        return made_frozen(Service, {
+            "namespace": namespace,
+            "name": name,
+            "type": _t(spec, "type") or "ClusterIP",
+            "cluster_ips": tuple(canonical_ip(ip) for ip in cluster_ips if ip and ip != "None"),
+            "headless": "None" in cluster_ips,
+            "ports": tuple(ports),
+            "external_ips": tuple(canonical_ip(ip) for ip in _ts(spec, "externalIPs")),
+            "load_balancer_ingress": ingress,
+            "load_balancer_source_ranges": _ts(spec, "loadBalancerSourceRanges"),
+            "external_traffic_policy": _t(spec, "externalTrafficPolicy") or "Cluster",
+            "internal_traffic_policy": _t(spec, "internalTrafficPolicy") or "Cluster",
+            "session_affinity": affinity,
+            "session_affinity_timeout": timeout,
+            "ip_families": _ts(spec, "ipFamilies"),
+            "health_check_node_port": _i(spec, "healthCheckNodePort"),
+            "has_selector": bool(spec.get("selector")),
+            "external_name": _t(spec, "externalName"),
+            "ignore_codes": frozenset(c.strip() for c in (ignore or "").split(",") if c.strip()),
+            "location": f"{source}:{where}" if source and where else source,
+        })
     except _Unfit:
         return None
 
@@ -1279,21 +1279,40 @@ def _fast_packed_slice(data: dict[str, Any]) -> _PackedSlice | None:
         if type(address_type) is not str or not address_type:
             raise _Unfit
         endpoints = []
+        # What `_b`, `_t` and `_d` check, written out: this loop runs once per endpoint.
         for ep in _ds(data, "endpoints"):
-            addresses = ep.get("addresses")
+            get = ep.get
+            addresses = get("addresses")
             if addresses is None:
                 addresses = ()
             elif type(addresses) is not list or any(type(a) is not str for a in addresses):
                 raise _Unfit
-            cond = _d(ep, "conditions")
-            ready = _b(cond, "ready")
-            ready = True if ready is None else ready
-            serving = _b(cond, "serving")
+            cond = get("conditions")
+            if cond is None:
+                cond = {}
+            elif not isinstance(cond, dict):
+                raise _Unfit
+            ready, serving, terminating = cond.get("ready"), cond.get("serving"), cond.get("terminating")
+            if ready is None:
+                ready = True
+            elif ready is not True and ready is not False:
+                raise _Unfit
+            if serving is None:
+                serving = ready
+            elif serving is not True and serving is not False:
+                raise _Unfit
+            if terminating is None:
+                terminating = False
+            elif terminating is not True and terminating is not False:
+                raise _Unfit
+            node, zone = get("nodeName"), get("zone")
+            if not (node is None or type(node) is str) or not (zone is None or type(zone) is str):
+                raise _Unfit
+            hints = get("hints")
             ref = _d(ep, "targetRef")
             endpoints.append((
-                tuple(addresses), ready, ready if serving is None else serving, bool(_b(cond, "terminating")),
-                _t(ep, "nodeName"), _t(ep, "zone"),
-                tuple(_t(z, "name") or "" for z in _ds(_d(ep, "hints"), "forZones")),
+                tuple(addresses), ready, serving, terminating, node, zone,
+                tuple(_t(z, "name") or "" for z in _ds(_d(ep, "hints"), "forZones")) if hints is not None else (),
                 (_t(ref, "kind") or "", _t(ref, "namespace"), _t(ref, "name") or "") if ref else None,
             ))
         ports = tuple((_t(p, "name") or "", _t(p, "protocol") or "TCP", _i(p, "port")) for p in _ds(data, "ports"))
@@ -2617,5 +2636,6 @@ __all__ = [
     "ip_family",
     "load_objects",
     "load_objects_early",
+    "made_frozen",
     "objects_from_documents",
 ]
