@@ -35,6 +35,7 @@ from kpa.k8s.objects import (
     ServiceEndpoint,
     ServicePort,
     canonical_ip,
+    made_frozen,
 )
 from kpa.netfilter.model import Chain, Family, LazyRule, Rule, Ruleset, Table, VerdictKind
 
@@ -604,11 +605,14 @@ def _iptables_actual(
             kind = _IPT_KIND_OF.get(parts[1]) if len(parts) > 1 else None
             if kind is None:
                 continue  # not a KUBE-SVC/SVL/EXT/FW chain (a hand-made or mangled dump)
-            actual.chains[kind] = ChainRef(name, _chain_location(nat.chains[name]))
+            actual.chains[kind] = made_frozen(ChainRef, {"name": name,
+                                                         "location": _chain_location(nat.chains[name])})
         for dest, views_eps in ((actual.cluster, v.endpoints), (actual.local, v.local_endpoints)):
             for e in views_eps:
                 referenced.add(e.chain)
-                dest.append(EndpointRef(e.address, e.chain, None, e.probability, e.location))
+                # One for each endpoint chain of the dump: made without the frozen __init__.
+                dest.append(made_frozen(EndpointRef, {"endpoint": e.address, "chain": e.chain, "node_name": None,
+                                                      "probability": e.probability, "location": e.location}))
         actual.rejects = [
             ChainRef("KUBE-SERVICES" if e.kind == "clusterIP" else "KUBE-EXTERNAL-SERVICES",
                      e.location)
