@@ -258,6 +258,32 @@ def test_an_early_child_waits_to_be_settled_and_is_reaped(tmp_path: Path) -> Non
     assert objects.pods == load_objects([str(tmp_path / "c.json")]).pods
 
 
+@pytest.mark.parametrize(("layout", "gives_way"), [("json", True), ("yaml", False), ("directory", False)])
+def test_a_child_reading_json_files_runs_below_its_callers_priority(
+        tmp_path: Path, layout: str, gives_way: bool) -> None:
+    """Reading JSON files, the child gives way to its caller, whose part is the longer one then; reading
+    YAML (or files it finds in a directory), it keeps its caller's priority."""
+    from kpa.k8s.background import JSON_CHILD_NICENESS, BackgroundObjects
+
+    docs = to_objects(random_cluster(seed=23, services=20, endpoints_per_service=2))
+    if layout == "directory":
+        (tmp_path / "objects").mkdir()
+        (tmp_path / "objects" / "c.json").write_text(_items(docs))
+        path = tmp_path / "objects"
+    else:
+        path = tmp_path / f"c.{layout}"
+        path.write_text(_items(docs) if layout == "json" else yaml.safe_dump_all(docs))
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    with BackgroundObjects([str(path)], fork=True, early=True) as pending:
+        child = pending.child
+        assert child is not None
+        objects = pending.result()  # handed over: the child has long set its priority, and waits
+        theirs = os.getpriority(os.PRIO_PROCESS, child)
+    assert theirs == (min(mine + JSON_CHILD_NICENESS, 19) if gives_way else mine)
+    assert objects.services == load_objects([str(path)]).services
+    assert os.getpriority(os.PRIO_PROCESS, 0) == mine
+
+
 def test_the_pods_asked_for_in_the_block_come_from_the_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Settled in the block, the Pods asked for there are the child's (the files are not read again),
     and the child is reaped once they are taken."""
