@@ -1371,6 +1371,14 @@ class _Collector:
         """
         if document is None:
             return  # an empty YAML document, e.g. a trailing '---'
+        if type(document) is dict:
+            # A decoded JSON object that names its kind and version as text: what `_Fields` would
+            # read of them, without making one (it is needed only where a fast reader gives up).
+            kind, api_version = document.get("kind"), document.get("apiVersion")
+            if (type(kind) is str and kind and not kind.endswith("List")
+                    and (api_version is None or type(api_version) is str)):
+                self._add_object(document, None, line, kind, api_version)
+                return
         if isinstance(document, list):
             for item in document:
                 self.add_document(item, line, implied_kind)
@@ -1398,7 +1406,11 @@ class _Collector:
                 self.add_document(item.data, self.item_lines.get(id(item.data), item.line),
                                   item_kind)
             return
-        api_version = obj.text("apiVersion")
+        self._add_object(document, obj, line, kind, obj.text("apiVersion"))
+
+    def _add_object(self, document: Mapping[str, Any], obj: _Fields | None, line: int | None, kind: str,
+                    api_version: str | None) -> None:
+        """Add one object of `kind` (not a List); `obj`: its `_Fields`, or None to make it if needed."""
         expected_version = _KNOWN_KINDS.get(kind)
         if expected_version is None:
             self.ignored[kind] += 1
@@ -1410,23 +1422,26 @@ class _Collector:
             return
         if kind == "Pod":
             pod = _fast_pod(document, self.source, line) if isinstance(document, dict) else None
-            self.pods.append(pod or _parse_pod(obj))
+            self.pods.append(pod or _parse_pod(obj or _Fields(document, "", line, self.source)))
         elif kind == "Service":
             svc = _fast_service(document, self.source, line) if isinstance(document, dict) else None
-            self.services.append(svc or _parse_service(obj, self.source))
+            self.services.append(svc or _parse_service(obj or _Fields(document, "", line, self.source), self.source))
         elif kind == "EndpointSlice":
             found = _fast_packed_slice(document) if isinstance(document, dict) else None
-            self.slices.append(found or _pack_slice(_parse_endpoint_slice(obj)))
-        elif kind == "Endpoints":
-            self.slices.extend(_pack_slice(s) for s in _parse_endpoints(obj))
-        elif kind == "Node":
-            self.nodes.append(_parse_node(obj))
-        elif kind == "Namespace":
-            self.namespaces.append(_parse_namespace(obj))
-        elif kind == "NetworkPolicy":
-            from kpa.k8s.netpol import parse_network_policy
+            self.slices.append(found or _pack_slice(_parse_endpoint_slice(obj or _Fields(document, "", line,
+                                                                                         self.source))))
+        else:
+            obj = obj or _Fields(document, "", line, self.source)
+            if kind == "Endpoints":
+                self.slices.extend(_pack_slice(s) for s in _parse_endpoints(obj))
+            elif kind == "Node":
+                self.nodes.append(_parse_node(obj))
+            elif kind == "Namespace":
+                self.namespaces.append(_parse_namespace(obj))
+            elif kind == "NetworkPolicy":
+                from kpa.k8s.netpol import parse_network_policy
 
-            self.policies.append(parse_network_policy(obj))
+                self.policies.append(parse_network_policy(obj))
 
     def add_read(self, document: Any) -> None:
         """Add a document of `_yaml_documents`, or the object a template gave in its place
