@@ -1420,28 +1420,34 @@ class _Collector:
             return
         if self.kinds is not None and kind not in self.kinds:
             return
+        if isinstance(document, dict):  # the fast readers; None where only `_Fields` should judge
+            if kind == "Pod" and (pod := _fast_pod(document, self.source, line)) is not None:
+                self.pods.append(pod)
+                return
+            if kind == "Service" and (svc := _fast_service(document, self.source, line)) is not None:
+                self.services.append(svc)
+                return
+            if kind == "EndpointSlice" and (packed := _fast_packed_slice(document)) is not None:
+                self.slices.append(packed)
+                return
+        if obj is None:
+            obj = _Fields(document, "", line, self.source)
         if kind == "Pod":
-            pod = _fast_pod(document, self.source, line) if isinstance(document, dict) else None
-            self.pods.append(pod or _parse_pod(obj or _Fields(document, "", line, self.source)))
+            self.pods.append(_parse_pod(obj))
         elif kind == "Service":
-            svc = _fast_service(document, self.source, line) if isinstance(document, dict) else None
-            self.services.append(svc or _parse_service(obj or _Fields(document, "", line, self.source), self.source))
+            self.services.append(_parse_service(obj, self.source))
         elif kind == "EndpointSlice":
-            found = _fast_packed_slice(document) if isinstance(document, dict) else None
-            self.slices.append(found or _pack_slice(_parse_endpoint_slice(obj or _Fields(document, "", line,
-                                                                                         self.source))))
-        else:
-            obj = obj or _Fields(document, "", line, self.source)
-            if kind == "Endpoints":
-                self.slices.extend(_pack_slice(s) for s in _parse_endpoints(obj))
-            elif kind == "Node":
-                self.nodes.append(_parse_node(obj))
-            elif kind == "Namespace":
-                self.namespaces.append(_parse_namespace(obj))
-            elif kind == "NetworkPolicy":
-                from kpa.k8s.netpol import parse_network_policy
+            self.slices.append(_pack_slice(_parse_endpoint_slice(obj)))
+        elif kind == "Endpoints":
+            self.slices.extend(_pack_slice(s) for s in _parse_endpoints(obj))
+        elif kind == "Node":
+            self.nodes.append(_parse_node(obj))
+        elif kind == "Namespace":
+            self.namespaces.append(_parse_namespace(obj))
+        elif kind == "NetworkPolicy":
+            from kpa.k8s.netpol import parse_network_policy
 
-                self.policies.append(parse_network_policy(obj))
+            self.policies.append(parse_network_policy(obj))
 
     def add_read(self, document: Any) -> None:
         """Add a document of `_yaml_documents`, or the object a template gave in its place
