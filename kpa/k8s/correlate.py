@@ -605,8 +605,7 @@ def _iptables_actual(
             kind = _IPT_KIND_OF.get(parts[1]) if len(parts) > 1 else None
             if kind is None:
                 continue  # not a KUBE-SVC/SVL/EXT/FW chain (a hand-made or mangled dump)
-            actual.chains[kind] = made_frozen(ChainRef, {"name": name,
-                                                         "location": _chain_location(nat.chains[name])})
+            actual.chains[kind] = ChainRef(name, _chain_location(nat.chains[name]))
         for dest, views_eps in ((actual.cluster, v.endpoints), (actual.local, v.local_endpoints)):
             for e in views_eps:
                 referenced.add(e.chain)
