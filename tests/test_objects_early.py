@@ -279,6 +279,9 @@ def test_a_child_reading_json_files_runs_below_its_callers_priority(
         assert child is not None
         objects = pending.result()  # handed over: the child has long set its priority, and waits
         theirs = os.getpriority(os.PRIO_PROCESS, child)
+    objects.settle()
+    with pytest.raises(ChildProcessError):
+        os.waitpid(child, os.WNOHANG)  # reaped: no child left behind for the next test
     assert theirs == (min(mine + JSON_CHILD_NICENESS, 19) if gives_way else mine)
     assert objects.services == load_objects([str(path)]).services
     assert os.getpriority(os.PRIO_PROCESS, 0) == mine
